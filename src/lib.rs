@@ -1,0 +1,22 @@
+//! weft: an overlay network for containers, compatible with flannel's etcd mode.
+//!
+//! The pure core (no I/O, unit-tested without root): [`config`] parses the network config,
+//! [`subnet`] does subnet arithmetic and lease-key names, [`lease`] holds a lease and its
+//! flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`.
+//!
+//! The edges, each tested against the real thing: [`netlink`] is a synchronous, pipelined
+//! netlink client shared by `weftd` and the CNI plugin; with the `daemon` feature, [`store`]
+//! keeps leases in etcd, [`backend`] and [`reconcile`] turn leases into kernel state,
+//! [`masq`] owns the nftables rules, [`agent`] runs the host's life cycle and [`http`] serves
+//! health and metrics.
+
+pub mod config;
+pub mod lease;
+pub mod subnet;
+pub mod subnet_env;
+
+#[cfg(feature = "netlink")]
+pub mod netlink;
+
+#[cfg(feature = "daemon")]
+pub mod store;
