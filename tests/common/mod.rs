@@ -1,0 +1,6 @@
+//! Test harness shared by the integration tests: real etcd processes and network namespaces,
+//! each removed when its guard drops, also when a test fails.
+#![allow(dead_code)]
+
+pub mod etcd;
+pub mod netns;
