@@ -20,3 +20,8 @@ pub mod netlink;
 
 #[cfg(feature = "daemon")]
 pub mod store;
+
+#[cfg(feature = "daemon")]
+pub mod http;
+#[cfg(feature = "daemon")]
+pub mod masq;

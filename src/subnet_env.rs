@@ -237,7 +237,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("FLANNEL_SUBNET") && err.contains("10.5.300.1/24"), "{err}");
+        assert!(
+            err.contains("FLANNEL_SUBNET") && err.contains("10.5.300.1/24"),
+            "{err}"
+        );
         let err = SubnetEnv::parse("FLANNEL_SUBNET=10.5.3.1/24\n", Path::new("/run/x"))
             .unwrap_err()
             .to_string();

@@ -1,0 +1,249 @@
+//! The nftables rules weftd owns: masquerade for traffic leaving the overlay, and forward
+//! accepts for the overlay network. They live in tables of weft's own (`ip weft`, `ip6 weft`),
+//! replaced in one atomic `nft -f` transaction, so nothing else's rules are ever touched.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// The kube-proxy mark: traffic it already NATs is left alone to avoid double NAT.
+const KUBE_PROXY_MARK: u32 = 0x4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasqError {
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft -f refused the rules for table {table}: {stderr}")]
+    Apply { table: String, stderr: String },
+    #[error("nft list table {table} failed: {stderr}")]
+    List { table: String, stderr: String },
+}
+
+/// What the rules are computed from: the overlay network N and this host's subnet P.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasqSpec {
+    pub v4: Option<(Ipv4Net, Ipv4Net)>,
+    pub v6: Option<(Ipv6Net, Ipv6Net)>,
+    /// Install masquerade rules (--ip-masq); forward accepts are always installed.
+    pub masquerade: bool,
+}
+
+/// One address family's table: its nft family name and the script that rebuilds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableScript {
+    pub family: &'static str,
+    pub script: String,
+}
+
+pub const TABLE: &str = "weft";
+
+fn rules(family: &'static str, network: IpNet, subnet: IpNet, masquerade: bool) -> TableScript {
+    let (ip, mcast) = match family {
+        "ip" => ("ip", "224.0.0.0/4"),
+        _ => ("ip6", "ff00::/8"),
+    };
+    let n = network.trunc();
+    let p = subnet.trunc();
+    let mut s = String::new();
+    // Declaring then deleting makes the transaction work whether or not the table exists;
+    // the whole script is applied atomically, so there is no moment without rules.
+    s.push_str(&format!(
+        "table {family} {TABLE}\ndelete table {family} {TABLE}\n"
+    ));
+    s.push_str(&format!("table {family} {TABLE} {{\n"));
+    if masquerade {
+        s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+        s.push_str(&format!(
+            "    meta mark & {KUBE_PROXY_MARK:#x} == {KUBE_PROXY_MARK:#x} return\n"
+        ));
+        s.push_str(&format!("    {ip} saddr {p} {ip} daddr {n} return\n"));
+        s.push_str(&format!("    {ip} saddr {n} {ip} daddr {p} return\n"));
+        // Traffic from outside the overlay to this host's containers keeps its source, so
+        // they see who really called. (flannel's nftables variant writes `saddr != P` here,
+        // which swallows the last masquerade rule below.)
+        s.push_str(&format!("    {ip} saddr != {n} {ip} daddr {p} return\n"));
+        s.push_str(&format!(
+            "    {ip} saddr {n} {ip} daddr != {mcast} masquerade fully-random\n"
+        ));
+        s.push_str(&format!(
+            "    {ip} saddr != {n} {ip} daddr {n} masquerade fully-random\n"
+        ));
+        s.push_str("  }\n");
+    }
+    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    s.push_str(&format!("    {ip} saddr {n} accept\n"));
+    s.push_str(&format!("    {ip} daddr {n} accept\n"));
+    s.push_str("  }\n}\n");
+    TableScript { family, script: s }
+}
+
+impl MasqSpec {
+    /// The scripts for every family in use; pure, so the rule text is unit-tested.
+    pub fn scripts(&self) -> Vec<TableScript> {
+        let mut out = Vec::new();
+        if let Some((n, p)) = self.v4 {
+            out.push(rules("ip", IpNet::V4(n), IpNet::V4(p), self.masquerade));
+        }
+        if let Some((n, p)) = self.v6 {
+            out.push(rules("ip6", IpNet::V6(n), IpNet::V6(p), self.masquerade));
+        }
+        out
+    }
+}
+
+/// Applies and watches weft's tables. It remembers how the kernel listed each table right
+/// after it was written, so a later difference (a flush by hand, another tool's `nft flush
+/// ruleset`) is noticed and repaired.
+#[derive(Debug, Default)]
+pub struct Masq {
+    applied: Vec<(TableScript, String)>,
+}
+
+impl Masq {
+    pub fn new() -> Masq {
+        Masq::default()
+    }
+
+    /// Makes the kernel hold exactly these tables. Returns true when anything was written.
+    pub fn ensure(&mut self, spec: &MasqSpec) -> Result<bool, MasqError> {
+        let wanted = spec.scripts();
+        let mut wrote = false;
+        let mut applied = Vec::with_capacity(wanted.len());
+        for table in wanted {
+            let current = list_table(table.family)?;
+            let unchanged = self
+                .applied
+                .iter()
+                .any(|(t, listing)| *t == table && Some(listing) == current.as_ref());
+            let listing = if unchanged {
+                current.unwrap_or_default()
+            } else {
+                run_nft(&table.script, table.family)?;
+                wrote = true;
+                list_table(table.family)?.unwrap_or_default()
+            };
+            applied.push((table, listing));
+        }
+        // A family no longer in use (e.g. IPv6 turned off) loses its table.
+        for (old, _) in &self.applied {
+            if !applied.iter().any(|(t, _)| t.family == old.family) {
+                remove_table(old.family)?;
+                wrote = true;
+            }
+        }
+        self.applied = applied;
+        Ok(wrote)
+    }
+}
+
+/// Removes weft's table of one family; absent is fine.
+pub fn remove_table(family: &str) -> Result<(), MasqError> {
+    run_nft(
+        &format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n"),
+        family,
+    )
+}
+
+fn run_nft(script: &str, family: &str) -> Result<(), MasqError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(MasqError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(MasqError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(MasqError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(MasqError::Apply {
+            table: format!("{family} {TABLE}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// The kernel's listing of weft's table of one family, or None when it does not exist.
+pub fn list_table(family: &str) -> Result<Option<String>, MasqError> {
+    let out = Command::new("nft")
+        .args(["list", "table", family, TABLE])
+        .output()
+        .map_err(MasqError::Spawn)?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(MasqError::List {
+            table: format!("{family} {TABLE}"),
+            stderr: stderr.trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerade_rules_follow_flannel_semantics() {
+        let spec = MasqSpec {
+            v4: Some((
+                "198.19.0.0/16".parse().unwrap(),
+                "198.19.7.0/24".parse().unwrap(),
+            )),
+            v6: None,
+            masquerade: true,
+        };
+        let scripts = spec.scripts();
+        assert_eq!(scripts.len(), 1);
+        let s = &scripts[0].script;
+        let order = [
+            "meta mark & 0x4000 == 0x4000 return",
+            "ip saddr 198.19.7.0/24 ip daddr 198.19.0.0/16 return",
+            "ip saddr 198.19.0.0/16 ip daddr 198.19.7.0/24 return",
+            "ip saddr != 198.19.0.0/16 ip daddr 198.19.7.0/24 return",
+            "ip saddr 198.19.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+            "ip saddr != 198.19.0.0/16 ip daddr 198.19.0.0/16 masquerade fully-random",
+            "ip saddr 198.19.0.0/16 accept",
+            "ip daddr 198.19.0.0/16 accept",
+        ];
+        let mut at = 0;
+        for rule in order {
+            let found = s[at..]
+                .find(rule)
+                .unwrap_or_else(|| panic!("{rule} in\n{s}"));
+            at += found + rule.len();
+        }
+        // The flannel nftables bug: a `saddr != P` return rule makes the last masquerade
+        // rule unreachable.
+        assert!(!s.contains("saddr != 198.19.7.0/24"), "{s}");
+    }
+
+    #[test]
+    fn without_ip_masq_only_forward_rules() {
+        let spec = MasqSpec {
+            v4: Some((
+                "198.19.0.0/16".parse().unwrap(),
+                "198.19.7.0/24".parse().unwrap(),
+            )),
+            v6: Some((
+                "fd00:5::/48".parse().unwrap(),
+                "fd00:5:0:7::/64".parse().unwrap(),
+            )),
+            masquerade: false,
+        };
+        let scripts = spec.scripts();
+        assert_eq!(scripts.len(), 2);
+        assert!(!scripts[0].script.contains("masquerade"));
+        assert!(scripts[1].script.contains("ip6 saddr fd00:5::/48 accept"));
+    }
+}
