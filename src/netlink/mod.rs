@@ -516,6 +516,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handles_can_move_to_a_blocking_thread() {
+        fn send<T: Send>() {}
+        send::<Netlink>();
+        send::<Monitor>();
+        send::<NetlinkError>();
+        fn sync<T: Sync>() {}
+        sync::<NetlinkError>();
+    }
+
+    #[test]
     fn interface_names_are_checked_before_the_kernel() {
         assert!(check_ifname("x", "flannel.1").is_ok());
         assert!(check_ifname("x", "0123456789abcde").is_ok());

@@ -27,6 +27,9 @@ const RCVBUF_WANTED: usize = 4 << 20;
 const ACK_COST: usize = 2048;
 /// Give up on a dump interrupted by concurrent changes after this many attempts.
 const DUMP_ATTEMPTS: u32 = 10;
+/// A reply the kernel owes us never takes this long; past it the request is reported failed
+/// instead of blocking the caller (the reconciler, a CNI command) forever.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// SO_RCVBUFFORCE on the generic Linux ABIs (x86, arm, riscv); not exported by every libc.
 const SO_RCVBUFFORCE: libc::c_int = 33;
 
@@ -65,6 +68,7 @@ impl Conn {
         if let Err(e) = sock.set_ext_ack(true) {
             tracing::debug!("NETLINK_EXT_ACK unavailable: {e}");
         }
+        set_recv_timeout(&sock, REPLY_TIMEOUT);
         let rcvbuf = sock.get_rx_buf_sz().unwrap_or(212_992);
         let window = (rcvbuf / ACK_COST).clamp(32, 4096);
         Ok(Conn {
@@ -162,6 +166,7 @@ impl Conn {
             let flags = if blocking { 0 } else { libc::MSG_DONTWAIT };
             let len = match recv_datagram(&self.sock, &mut self.buf, flags) {
                 Ok(Some(len)) => len,
+                Ok(None) if blocking => return Err(libc::ETIMEDOUT),
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
             };
@@ -216,9 +221,8 @@ impl Conn {
         encode(msg, NLM_F_REQUEST, seq, &mut out);
         send_all(&self.sock, &out).map_err(|e| NetlinkError::socket(op(), e))?;
         loop {
-            let len = recv_datagram(&self.sock, &mut self.buf, 0)
-                .map_err(|e| NetlinkError::socket(op(), e))?
-                .unwrap_or(0);
+            let len =
+                recv_reply(&self.sock, &mut self.buf).map_err(|e| NetlinkError::socket(op(), e))?;
             for m in split(&self.buf[..len]) {
                 let m = m.map_err(|detail| NetlinkError::Decode { op: op(), detail })?;
                 if m.seq != seq {
@@ -253,9 +257,8 @@ impl Conn {
             let mut interrupted = false;
             let mut decode_error = None;
             'datagrams: loop {
-                let len = recv_datagram(&self.sock, &mut self.buf, 0)
-                    .map_err(|e| NetlinkError::socket(op(), e))?
-                    .unwrap_or(0);
+                let len = recv_reply(&self.sock, &mut self.buf)
+                    .map_err(|e| NetlinkError::socket(op(), e))?;
                 for m in split(&self.buf[..len]) {
                     let m = m.map_err(|detail| NetlinkError::Decode { op: op(), detail })?;
                     if m.seq != seq {
@@ -426,6 +429,39 @@ pub(crate) fn recv_datagram(
             continue;
         }
         return Ok(Some(n));
+    }
+}
+
+/// A blocking read that turns the receive timeout into an error.
+fn recv_reply(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    recv_datagram(sock, buf, 0)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no reply from the kernel within {REPLY_TIMEOUT:?}"),
+        )
+    })
+}
+
+fn set_recv_timeout(sock: &Socket, t: std::time::Duration) {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid fd and a pointer to a timeval that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "netlink: could not set a receive timeout: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
