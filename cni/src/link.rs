@@ -44,12 +44,6 @@ pub fn ensure_bridge(nl: &mut Netlink, name: &str, gateway: Ipv4Net, mtu: u32) -
     let bridge = nl
         .create_bridge(name, Some(mtu))
         .map_err(|e| kernel(format_args!("cannot create bridge {name}"), e))?;
-    if bridge.kind.as_deref() != Some("bridge") {
-        return Err(CniError::kernel(format!(
-            "{name} exists and is a {}, not a bridge",
-            bridge.kind.as_deref().unwrap_or("device of unknown kind")
-        )));
-    }
     let want = IpNet::V4(gateway);
     let addrs = nl
         .addresses(Some(bridge.index))
@@ -162,10 +156,9 @@ pub fn configure_pair(
         .set_up(ctr.index)
         .map_err(|e| kernel(format_args!("cannot set {name} up"), e))?;
     for dst in side.routes {
-        let mut route = Route::new(*dst);
-        route.gateway = Some(IpAddr::V4(side.gateway));
-        route.oif = Some(ctr.index);
-        route.table = MAIN_TABLE;
+        let route = Route::new(*dst)
+            .via(IpAddr::V4(side.gateway))
+            .dev(ctr.index);
         ctr_nl.add_route(&route).map_err(|e| {
             kernel(
                 format_args!("cannot add route {dst} via {} to {name}", side.gateway),
