@@ -7,8 +7,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
-pub use weft::netlink::{format_mac, parse_mac, Mac};
-use weft::netlink::{Family, Link, Netlink, NetlinkError, Route};
+pub use weft::netlink::{format_mac, parse_mac, Link, Mac};
+use weft::netlink::{Family, Netlink, NetlinkError, Route};
 
 use crate::error::{CniError, Result};
 

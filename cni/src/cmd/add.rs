@@ -109,7 +109,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         }
     };
 
-    let iface = |l: &weft::netlink::Link, sandbox: Option<String>| Interface {
+    let iface = |l: &link::Link, sandbox: Option<String>| Interface {
         name: l.name.clone(),
         mac: l.mac.as_ref().map(link::format_mac),
         mtu: Some(l.mtu),

@@ -1,5 +1,5 @@
-//! One file per CNI command, plus what several of them share: reading subnet.env with the
-//! errors a runtime can act on, and taking an attachment apart again (DEL, ADD's rollback).
+//! One file per CNI command, plus what ADD and STATUS share: reading subnet.env with the
+//! errors a runtime can act on.
 
 pub mod add;
 pub mod check;
