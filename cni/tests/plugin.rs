@@ -391,6 +391,17 @@ fn del_is_idempotent_and_works_without_the_netns() {
     host.plugin("DEL", "gone", Some(&path), &conf).ok();
     host.plugin("DEL", "gone", None, &conf).ok();
     host.plugin("DEL", "never-added", None, &conf).ok();
+    // An eth0 that weft never made is not weft's to delete.
+    let other = Netns::new("c");
+    other.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    host.plugin("DEL", "never-added", Some(&other.path()), &conf)
+        .ok();
+    assert!(
+        other.link("eth0").is_some(),
+        "DEL removed a stranger's eth0"
+    );
 
     // Without CNI_NETNS but with the namespace alive, the pair still goes.
     let ctr = Netns::new("c");
