@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{exec_plugin, Host, Netns};
+use common::{exec_plugin, Host, Netns, NetnsExt};
 use serde_json::{json, Value};
 
 const REFERENCE: &str = "/usr/lib/cni";
@@ -80,7 +80,7 @@ fn chained_with_reference_plugins() {
     let host_end = result["interfaces"][1]["name"].as_str().unwrap();
     let qdisc = common::run(
         "tc",
-        &["-n", &host.ns.name, "qdisc", "show", "dev", host_end],
+        &["-n", host.ns.name(), "qdisc", "show", "dev", host_end],
     );
     assert!(qdisc.contains("tbf"), "bandwidth set no shaping: {qdisc}");
     let sysctl = common::run(
@@ -88,7 +88,7 @@ fn chained_with_reference_plugins() {
         &[
             "netns",
             "exec",
-            &ctr.name,
+            ctr.name(),
             "cat",
             "/proc/sys/net/ipv4/conf/eth0/arp_notify",
         ],
@@ -113,7 +113,7 @@ fn chained_with_reference_plugins() {
                 &[
                     "netns",
                     "exec",
-                    &host.ns.name,
+                    host.ns.name(),
                     "iptables",
                     "-t",
                     "nat",

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use common::{Host, Netns, MTU};
+use common::{Host, Netns, NetnsExt, MTU};
 use serde_json::{json, Value};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -24,7 +24,7 @@ fn every_command_in_every_version() {
     let host = Host::new(Some("198.19.10.0/24"));
     for (n, version) in VERSIONS.into_iter().enumerate() {
         let ctr = Netns::new("c");
-        let id = format!("{}-{n}", ctr.name);
+        let id = format!("{}-{n}", ctr.name());
         let conf = host.conf(version);
 
         let r = host.plugin("ADD", &id, Some(&ctr.path()), &conf).ok();

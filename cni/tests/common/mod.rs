@@ -3,7 +3,12 @@
 //! runtime runs it (CNI_* variables, config on stdin, inside the host's namespace).
 #![allow(dead_code)]
 
+// The namespace guard the library's own integration tests use.
+#[path = "../../../tests/common/netns.rs"]
+pub mod netns;
 pub mod podman;
+
+pub use netns::Netns;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -14,8 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 
-/// A short name unique to this process and call: `w<pid base36><n>`, so parallel tests and
-/// parallel test binaries never collide and leftovers are easy to spot.
+/// A short name unique to this process and call, `w<pid base36><kind><n>`, for interfaces
+/// (at most 15 bytes), networks and containers.
 pub fn unique(kind: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let mut pid = std::process::id();
@@ -42,38 +47,25 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
+/// What the plugin's tests read from a namespace beyond the shared guard: addresses and
+/// link details as iproute2's JSON shows them.
+pub trait NetnsExt {
+    /// `ip -j -n <ns> <args>` parsed.
+    fn ip_json(&self, args: &[&str]) -> Value;
+    /// The IPv4 addresses (with prefix) of a device.
+    fn addrs(&self, dev: &str) -> Vec<String>;
+    /// `ip -d link show dev <dev>` as JSON, or `None` when there is no such device.
+    fn link(&self, dev: &str) -> Option<Value>;
 }
 
-impl Netns {
-    pub fn new(kind: &str) -> Netns {
-        let name = unique(kind);
-        run("ip", &["netns", "add", &name]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <ns> <args>`.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
+impl NetnsExt for Netns {
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-j"];
         all.extend_from_slice(args);
-        run("ip", &all)
+        serde_json::from_str(&self.ip(&all)).expect("ip -j prints JSON")
     }
 
-    /// `ip -j -n <ns> <args>` parsed.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-j", "-n", &self.name];
-        all.extend_from_slice(args);
-        serde_json::from_str(&run("ip", &all)).expect("ip -j prints JSON")
-    }
-
-    /// The IPv4 addresses (with prefix) of a device in this namespace.
-    pub fn addrs(&self, dev: &str) -> Vec<String> {
+    fn addrs(&self, dev: &str) -> Vec<String> {
         let v = self.ip_json(&["-4", "addr", "show", "dev", dev]);
         v.as_array()
             .into_iter()
@@ -83,36 +75,13 @@ impl Netns {
             .collect()
     }
 
-    pub fn link(&self, dev: &str) -> Option<Value> {
-        let out = Command::new("ip")
-            .args(["-j", "-d", "-n", &self.name, "link", "show", "dev", dev])
-            .output()
-            .expect("cannot run ip");
+    fn link(&self, dev: &str) -> Option<Value> {
+        let out = self.try_ip(&["-j", "-d", "link", "show", "dev", dev]);
         if !out.status.success() {
             return None;
         }
         let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
         v.as_array().and_then(|a| a.first().cloned())
-    }
-
-    /// Whether `ping` from this namespace reaches `addr`.
-    pub fn ping(&self, addr: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "ping", "-c1", "-W2", addr])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("cannot run ping (iputils-ping)")
-            .success()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
