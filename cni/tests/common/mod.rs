@@ -1,0 +1,264 @@
+//! Harness for the plugin's integration tests: network namespaces that vanish with their
+//! guard, a "host" with its own subnet.env, data dir and bridge, and the plugin run as a
+//! runtime runs it (CNI_* variables, config on stdin, inside the host's namespace).
+#![allow(dead_code)]
+
+// The namespace guard the library's own integration tests use.
+#[path = "../../../tests/common/netns.rs"]
+pub mod netns;
+pub mod podman;
+
+pub use netns::Netns;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+/// A short name unique to this process and call, `w<pid base36><kind><n>`, for interfaces
+/// (at most 15 bytes), networks and containers.
+pub fn unique(kind: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut pid = std::process::id();
+    let mut tag = String::new();
+    while pid > 0 {
+        tag.insert(0, char::from_digit(pid % 36, 36).unwrap());
+        pid /= 36;
+    }
+    format!("w{tag}{kind}{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a tool and panics with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the plugin's tests read from a namespace beyond the shared guard: addresses and
+/// link details as iproute2's JSON shows them.
+pub trait NetnsExt {
+    /// `ip -j -n <ns> <args>` parsed.
+    fn ip_json(&self, args: &[&str]) -> Value;
+    /// The IPv4 addresses (with prefix) of a device.
+    fn addrs(&self, dev: &str) -> Vec<String>;
+    /// `ip -d link show dev <dev>` as JSON, or `None` when there is no such device.
+    fn link(&self, dev: &str) -> Option<Value>;
+}
+
+impl NetnsExt for Netns {
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).expect("ip -j prints JSON")
+    }
+
+    fn addrs(&self, dev: &str) -> Vec<String> {
+        let v = self.ip_json(&["-4", "addr", "show", "dev", dev]);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
+
+    fn link(&self, dev: &str) -> Option<Value> {
+        let out = self.try_ip(&["-j", "-d", "link", "show", "dev", dev]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+        v.as_array().and_then(|a| a.first().cloned())
+    }
+}
+
+pub const NETWORK: &str = "198.19.0.0/16";
+pub const MTU: u32 = 1400;
+
+/// What one plugin run printed and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success and returns the printed result (Null when nothing was printed).
+    pub fn ok(self) -> Value {
+        assert_eq!(self.code, 0, "plugin failed: {self:?}");
+        if self.stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Asserts a CNI error with `code` and returns its message.
+    pub fn err(self, code: u64) -> String {
+        assert_ne!(
+            self.code, 0,
+            "plugin succeeded where it should fail: {self:?}"
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "wrong error code: {v}");
+        v["msg"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Runs a CNI plugin binary the way a runtime does, inside `netns` (the "host").
+pub fn exec_plugin(binary: &Path, netns: &Netns, vars: &[(&str, String)], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.path().display()))
+        .arg("--")
+        .arg(binary)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("cannot run nsenter (util-linux)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin)
+        .expect("cannot write the config to the plugin");
+    let out = child.wait_with_output().expect("plugin did not finish");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn weft_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// A simulated host: its own namespace, subnet.env, data dir, bridge and network name.
+pub struct Host {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub bridge: String,
+    pub network: String,
+}
+
+impl Host {
+    /// A host whose subnet is `subnet` (e.g. "198.19.5.0/24"), or none yet when `None`.
+    pub fn new(subnet: Option<&str>) -> Host {
+        let host = Host {
+            ns: Netns::new("h"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            bridge: unique("b"),
+            network: unique("net"),
+        };
+        if let Some(s) = subnet {
+            host.write_subnet_env(s);
+        }
+        host
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn network_dir(&self) -> PathBuf {
+        self.data_dir().join(&self.network)
+    }
+
+    /// Writes subnet.env as weftd would for a lease of `subnet`.
+    pub fn write_subnet_env(&self, subnet: &str) {
+        let net: ipnet::Ipv4Net = subnet.parse().unwrap();
+        let gw = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
+        std::fs::write(
+            self.subnet_file(),
+            format!(
+                "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n",
+                net.prefix_len()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The plugin's config for this host at `version`.
+    pub fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": self.network,
+            "type": "weft",
+            "subnetFile": self.subnet_file(),
+            "dataDir": self.data_dir(),
+            "bridge": self.bridge,
+        })
+    }
+
+    /// Runs the weft plugin in this host.
+    pub fn plugin(&self, command: &str, id: &str, netns: Option<&Path>, conf: &Value) -> Output {
+        self.plugin_with(command, id, netns, "eth0", conf, &[])
+    }
+
+    pub fn plugin_with(
+        &self,
+        command: &str,
+        id: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+        conf: &Value,
+        extra: &[(&str, String)],
+    ) -> Output {
+        let mut vars = vec![
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_IFNAME", ifname.to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+        ];
+        if let Some(n) = netns {
+            vars.push(("CNI_NETNS", n.display().to_string()));
+        }
+        vars.extend(extra.iter().cloned());
+        exec_plugin(&weft_binary(), &self.ns, &vars, conf.to_string().as_bytes())
+    }
+
+    /// Addresses reserved on disk (file names that are addresses), sorted.
+    pub fn reservations(&self) -> BTreeSet<IpAddr> {
+        let Ok(entries) = std::fs::read_dir(self.network_dir()) else {
+            return BTreeSet::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// weft's attachment records left on disk.
+    pub fn records(&self) -> usize {
+        std::fs::read_dir(self.network_dir().join("weft"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
