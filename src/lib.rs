@@ -22,6 +22,18 @@ pub mod netlink;
 pub mod store;
 
 #[cfg(feature = "daemon")]
+pub mod agent;
+#[cfg(feature = "daemon")]
+pub mod backend;
+#[cfg(feature = "daemon")]
+pub mod check;
+#[cfg(feature = "daemon")]
+pub mod datapath;
+#[cfg(feature = "daemon")]
 pub mod http;
 #[cfg(feature = "daemon")]
+pub mod iface;
+#[cfg(feature = "daemon")]
 pub mod masq;
+#[cfg(feature = "daemon")]
+pub mod reconcile;

@@ -1,1 +1,146 @@
-fn main() {}
+//! weftd: the weft host agent. Flags mirror flanneld's where flannel has the same knob; each
+//! can also be set as WEFTD_<FLAG> (e.g. WEFTD_IFACE, WEFTD_IP_MASQ).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use weft::agent::{self, AgentConfig};
+use weft::iface::IfaceSelect;
+use weft::store::EtcdOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft host agent: leases this host's subnet from etcd and keeps the overlay's routes, neighbours and FDB entries in the kernel equal to every host's lease"
+)]
+struct Args {
+    #[command(flatten)]
+    etcd: EtcdOptions,
+
+    /// External interface, by name or by address; repeat to give fallbacks (the first that
+    /// exists wins). Default: the interface holding the default route.
+    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
+    iface: Vec<String>,
+
+    /// Regular expression matched against interface names and addresses; repeatable; used
+    /// when --iface is not given.
+    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
+    iface_regex: Vec<String>,
+
+    /// Use the interface the kernel would route this address through.
+    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
+    iface_can_reach: Option<Ipv4Addr>,
+
+    /// The address other hosts reach this one at. Default: the external interface's address.
+    #[arg(long, env = "WEFTD_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+
+    /// Where to write the subnet file the CNI plugin reads.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: PathBuf,
+
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    subnet_lease_renew_margin: u64,
+
+    /// Lease time to live (e.g. 24h, 90s): how long a dead host keeps its subnet.
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    subnet_lease_ttl: Duration,
+
+    /// Masquerade traffic from the overlay to destinations outside it.
+    #[arg(long, env = "WEFTD_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    ip_masq: bool,
+
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    healthz_ip: IpAddr,
+
+    /// Port for /healthz, /readyz and /metrics; 0 turns the endpoint off.
+    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = 0)]
+    healthz_port: u16,
+
+    /// Compare the whole kernel state with the leases this often, besides reacting to
+    /// events (e.g. 30s).
+    #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    resync_interval: Duration,
+
+    /// Name of the VXLAN device. Default: flannel.<VNI>, as flannel names it.
+    #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
+    vxlan_device: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "WEFTD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Log level or filter (e.g. info, debug, weft=debug).
+    #[arg(long, env = "WEFTD_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let cfg = AgentConfig {
+        etcd: args.etcd,
+        select: IfaceSelect {
+            ifaces: args.iface,
+            regexes: args.iface_regex,
+            can_reach: args.iface_can_reach,
+            public_ip: args.public_ip,
+        },
+        subnet_file: args.subnet_file,
+        lease_ttl: args.subnet_lease_ttl,
+        renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
+        ip_masq: args.ip_masq,
+        healthz: (args.healthz_port != 0)
+            .then(|| SocketAddr::new(args.healthz_ip, args.healthz_port)),
+        resync: args.resync_interval,
+        vxlan_device: args.vxlan_device,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weftd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weftd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

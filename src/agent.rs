@@ -1,0 +1,500 @@
+//! weftd's life: start-up in a fixed order (config → interface → device → lease → datapath →
+//! subnet.env → ready), then one loop that follows the leases in etcd, renews this host's
+//! own, re-acquires it when it is lost, and hands every change to the datapath thread. Nothing
+//! here tears the datapath down: stopping weftd leaves the kernel as it is.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use ipnet::Ipv4Net;
+
+use crate::backend::vxlan::{self, DeviceSpec};
+use crate::config::{BackendConfig, NetworkConfig};
+use crate::datapath::{Datapath, Report, Snapshot};
+use crate::http::{self, Metrics};
+use crate::iface::{self, ExtIface, IfaceSelect};
+use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
+use crate::masq::MasqSpec;
+use crate::netlink::{format_mac, parse_mac, Family, Mac, Netlink};
+use crate::store::{EtcdOptions, EtcdStore, StoreError};
+use crate::subnet_env::SubnetEnv;
+
+/// weftd's settings, from its flags.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub etcd: EtcdOptions,
+    pub select: IfaceSelect,
+    pub subnet_file: PathBuf,
+    pub lease_ttl: Duration,
+    pub renew_margin: Duration,
+    pub ip_masq: bool,
+    pub healthz: Option<SocketAddr>,
+    pub resync: Duration,
+    pub vxlan_device: Option<String>,
+}
+
+/// Retries an etcd operation with capped exponential backoff until it succeeds, logging each
+/// failure once with what was being done.
+async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Runs weftd until SIGTERM or SIGINT.
+pub async fn run(opts: AgentConfig) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.healthz {
+        let listener = http::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(http::serve(listener, metrics.clone()));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        r = Agent::start(opts, metrics) => r,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: exiting; the datapath stays as it is");
+            Ok(())
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT: exiting; the datapath stays as it is");
+            Ok(())
+        }
+    }
+}
+
+struct Agent {
+    opts: AgentConfig,
+    metrics: Arc<Metrics>,
+    store: EtcdStore,
+    cfg: NetworkConfig,
+    ext: ExtIface,
+    device: Option<DeviceSpec>,
+    /// The device's real MAC, which the lease must advertise.
+    device_mac: Option<Mac>,
+    mtu: u32,
+    own: Lease,
+    leases: BTreeMap<Ipv4Net, Lease>,
+    datapath: Datapath,
+    /// systemd has been told READY=1.
+    notified: bool,
+}
+
+/// Runs a netlink job on a blocking thread.
+async fn netlink<T: Send + 'static>(
+    f: impl FnOnce(&mut Netlink) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || {
+        let mut nl = Netlink::new().context("cannot open a netlink socket")?;
+        f(&mut nl)
+    })
+    .await
+    .context("netlink task failed")?
+}
+
+async fn wait_for_config(store: &EtcdStore, metrics: &Metrics, prefix: &str) -> NetworkConfig {
+    let mut last = String::new();
+    loop {
+        let msg = match store.get_config().await {
+            Ok(Some(cfg)) => return cfg,
+            Ok(None) => format!("no network config at {prefix}/config yet; waiting for it (weftctl config set FILE)"),
+            Err(e) => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                format!("cannot use the network config: {e}")
+            }
+        };
+        if msg != last {
+            tracing::warn!("{msg}");
+            last = msg;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Agent {
+    async fn start(opts: AgentConfig, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+        let endpoints = opts.etcd.endpoints.join(",");
+        let store = retry(
+            &format!("connecting to etcd at {endpoints}"),
+            &metrics,
+            || EtcdStore::connect(&opts.etcd),
+        )
+        .await;
+        let cfg = wait_for_config(&store, &metrics, &opts.etcd.prefix).await;
+        if !cfg.enable_ipv4 || cfg.network.is_none() {
+            bail!("the network config enables no IPv4 network; weft's datapath needs EnableIPv4 with a Network");
+        }
+        if cfg.enable_ipv6 {
+            tracing::warn!(
+                "the network config enables IPv6; this weftd programs the IPv4 overlay only"
+            );
+        }
+        tracing::info!(network = ?cfg.network, backend = cfg.backend.type_name(), "network config read");
+
+        let select = opts.select.clone();
+        let ext = netlink(move |nl| {
+            let links = nl.links()?;
+            let addrs = nl.addresses(None)?;
+            let routes = nl.routes(Family::V4)?;
+            Ok(iface::choose(&select, &links, &addrs, &routes)?)
+        })
+        .await
+        .context("cannot choose the external interface")?;
+        if matches!(cfg.backend, BackendConfig::HostGw) && !ext.addresses.contains(&ext.public_ip) {
+            bail!(
+                "host-gw needs the public IP on the external interface, but {} is not an address of {}; drop --public-ip or pick the interface that holds it",
+                ext.public_ip,
+                ext.name
+            );
+        }
+        tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface chosen");
+
+        // The lease already advertising this host keeps its VTEP MAC for a device that has to
+        // be created, so peers never need to learn a new one.
+        let known = retry("listing leases", &metrics, || store.list_leases(Some(&cfg))).await;
+        let advertised: Option<Mac> = known
+            .leases
+            .iter()
+            .find(|l| l.attrs.public_ip == ext.public_ip)
+            .and_then(|l| l.attrs.vxlan_data())
+            .and_then(|d| parse_mac(&d.vtep_mac).ok());
+
+        let (device, device_mac, mtu) = match &cfg.backend {
+            BackendConfig::Vxlan(vx) => {
+                let spec = DeviceSpec::new(
+                    vx,
+                    opts.vxlan_device.as_deref(),
+                    ext.iface_addr.into(),
+                    ext.index,
+                    ext.mtu,
+                );
+                let s = spec.clone();
+                let dev = netlink(move |nl| Ok(vxlan::ensure(nl, &s, advertised)?))
+                    .await
+                    .with_context(|| format!("cannot set up the VXLAN device {}", spec.name))?;
+                tracing::info!(device = %spec.name, vni = spec.vni, mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "VXLAN device ready");
+                (Some(spec), Some(dev.mac), dev.mtu)
+            }
+            BackendConfig::HostGw => (None, None, ext.mtu),
+        };
+
+        let attrs = lease_attrs(&cfg, ext.public_ip, device_mac);
+        let prev = SubnetEnv::read(&opts.subnet_file)
+            .ok()
+            .and_then(|e| e.subnet_network());
+        let own = retry("acquiring a subnet lease", &metrics, || {
+            store.acquire_lease(&cfg, &attrs, prev, opts.lease_ttl)
+        })
+        .await;
+        metrics.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
+
+        let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let datapath = Datapath::start(metrics.clone(), opts.resync, reports_tx)
+            .context("cannot start the datapath")?;
+        let mut agent = Agent {
+            opts,
+            metrics,
+            store,
+            cfg,
+            ext,
+            device,
+            device_mac,
+            mtu,
+            own,
+            leases: BTreeMap::new(),
+            datapath,
+            notified: false,
+        };
+        agent.note_own_lease();
+        let list = retry("listing leases", &agent.metrics, || {
+            agent.store.list_leases(Some(&agent.cfg))
+        })
+        .await;
+        for l in list.leases {
+            agent.leases.insert(l.subnet, l);
+        }
+        agent.leases.insert(agent.own.subnet, agent.own.clone());
+        agent.publish();
+
+        // subnet.env is written once the datapath has been programmed, so a plugin that
+        // finds it can use the subnet at once.
+        if let Some(r) = reports.recv().await {
+            agent.on_report(r).await;
+        }
+        agent.write_subnet_env()?;
+        agent.notify_ready_if_ready();
+
+        let mut watcher = agent
+            .store
+            .watch_leases(Some(agent.cfg.clone()), list.revision);
+        loop {
+            let renew_at = agent.renew_at();
+            tokio::select! {
+                events = watcher.next() => match events {
+                    Ok(events) => agent.on_events(events).await?,
+                    Err(e) => {
+                        agent.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "lease watch interrupted; resuming");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(renew_at) => agent.renew().await?,
+                Some(r) = reports.recv() => {
+                    agent.on_report(r).await;
+                    agent.notify_ready_if_ready();
+                }
+            }
+        }
+    }
+
+    /// When to renew: the margin before expiry, or half the TTL when the margin is longer
+    /// than that (short TTLs in labs).
+    fn renew_at(&self) -> tokio::time::Instant {
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let Some(exp) = self.own.expiration else {
+            return far;
+        };
+        let lead = self.opts.renew_margin.min(self.opts.lease_ttl / 2);
+        match exp
+            .checked_sub(lead)
+            .map(|t| t.duration_since(SystemTime::now()))
+        {
+            Some(Ok(d)) => tokio::time::Instant::now() + d,
+            _ => tokio::time::Instant::now(),
+        }
+    }
+
+    fn note_own_lease(&self) {
+        let m = &self.metrics;
+        m.lease_held.store(true, Ordering::Relaxed);
+        let unix = match self.own.expiration {
+            None => -1,
+            Some(t) => t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        };
+        m.lease_expires_unix.store(unix, Ordering::Relaxed);
+    }
+
+    fn masq_spec(&self) -> MasqSpec {
+        MasqSpec {
+            v4: self.cfg.network.map(|n| (n, self.own.subnet)),
+            v6: None,
+            masquerade: self.opts.ip_masq,
+        }
+    }
+
+    fn publish(&self) {
+        self.datapath.update(Arc::new(Snapshot {
+            cfg: self.cfg.clone(),
+            ext: self.ext.clone(),
+            device: self.device.clone(),
+            own: self.own.clone(),
+            leases: self.leases.values().cloned().collect(),
+            masq: self.masq_spec(),
+        }));
+    }
+
+    fn write_subnet_env(&self) -> anyhow::Result<()> {
+        let env = SubnetEnv::for_lease(
+            self.cfg.network,
+            Some(self.own.subnet),
+            None,
+            None,
+            self.mtu,
+            self.opts.ip_masq,
+        );
+        env.write(&self.opts.subnet_file)
+            .with_context(|| format!("cannot write {}", self.opts.subnet_file.display()))?;
+        self.metrics
+            .subnet_env_written
+            .store(true, Ordering::Relaxed);
+        tracing::info!(path = %self.opts.subnet_file.display(), subnet = %self.own.subnet, mtu = self.mtu, "subnet.env written");
+        Ok(())
+    }
+
+    fn notify_ready_if_ready(&mut self) {
+        if !self.notified && self.metrics.not_ready_reasons().is_empty() {
+            self.notified = true;
+            tracing::info!(subnet = %self.own.subnet, "ready");
+            sd_notify_ready();
+        }
+    }
+
+    async fn on_events(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
+        let mut lost = false;
+        for ev in events {
+            match ev {
+                LeaseEvent::Added(l) => {
+                    if l.subnet == self.own.subnet {
+                        if l.attrs.public_ip != self.ext.public_ip {
+                            tracing::error!(subnet = %l.subnet, holder = %l.attrs.public_ip, "this host's subnet now belongs to another host");
+                            lost = true;
+                        } else {
+                            self.own = l.clone();
+                        }
+                    } else if !self.leases.contains_key(&l.subnet) {
+                        tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer joined");
+                    }
+                    self.leases.insert(l.subnet, l);
+                }
+                LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => {
+                    if l.subnet == self.own.subnet {
+                        tracing::warn!(subnet = %l.subnet, "this host's lease vanished from etcd; acquiring it again");
+                        lost = true;
+                    } else {
+                        tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer left");
+                    }
+                    self.leases.remove(&l.subnet);
+                }
+            }
+        }
+        if lost {
+            self.reacquire().await?;
+        } else {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Gets a lease again (the same subnet when it is still free) and re-advertises it; the
+    /// containers keep running meanwhile.
+    async fn reacquire(&mut self) -> anyhow::Result<()> {
+        self.metrics.lease_held.store(false, Ordering::Relaxed);
+        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
+        let prev = Some(self.own.subnet);
+        let (store, cfg, ttl) = (&self.store, &self.cfg, self.opts.lease_ttl);
+        let lease = retry("re-acquiring the subnet lease", &self.metrics, || {
+            store.acquire_lease(cfg, &attrs, prev, ttl)
+        })
+        .await;
+        self.metrics
+            .lease_acquisitions
+            .fetch_add(1, Ordering::Relaxed);
+        let moved = lease.subnet != self.own.subnet;
+        if moved {
+            tracing::warn!(old = %self.own.subnet, new = %lease.subnet, "re-acquired a different subnet; containers must be restarted to use it");
+        } else {
+            tracing::info!(subnet = %lease.subnet, "lease re-acquired");
+        }
+        self.leases.remove(&self.own.subnet);
+        self.own = lease;
+        self.leases.insert(self.own.subnet, self.own.clone());
+        self.note_own_lease();
+        if moved {
+            self.write_subnet_env()?;
+        }
+        self.publish();
+        self.datapath.kick("own lease changed");
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        match self.store.renew_lease(&self.own, self.opts.lease_ttl).await {
+            Ok(l) => {
+                self.own = l;
+                self.leases.insert(self.own.subnet, self.own.clone());
+                self.note_own_lease();
+                self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(subnet = %self.own.subnet, "lease renewed");
+            }
+            Err(StoreError::LeaseGone { .. }) => {
+                tracing::warn!(subnet = %self.own.subnet, "lease expired or was revoked; acquiring it again");
+                self.reacquire().await?;
+            }
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
+                // Retry soon without spinning: push the renewal a little into the future.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's MAC changed (recreated without the old one, or by hand): advertise it.
+    async fn on_report(&mut self, r: Report) {
+        let Some(mac) = r.device_mac else { return };
+        if Some(mac) == self.device_mac {
+            return;
+        }
+        tracing::warn!(mac = %format_mac(&mac), "VXLAN device MAC changed; re-advertising it");
+        self.device_mac = Some(mac);
+        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
+        match self.store.update_lease_attrs(&self.own, &attrs).await {
+            Ok(l) => {
+                self.own = l;
+                self.leases.insert(self.own.subnet, self.own.clone());
+                self.publish();
+            }
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot re-advertise the VTEP MAC; will retry");
+                self.device_mac = None;
+            }
+        }
+    }
+}
+
+/// This host's lease attributes, with flannel's field names and types.
+fn lease_attrs(cfg: &NetworkConfig, public_ip: Ipv4Addr, mac: Option<Mac>) -> LeaseAttrs {
+    let backend_data = match &cfg.backend {
+        BackendConfig::Vxlan(vx) => Some(serde_json::json!({
+            "VNI": vx.vni,
+            "VtepMAC": mac.map(|m| format_mac(&m)).unwrap_or_default(),
+        })),
+        BackendConfig::HostGw => None,
+    };
+    LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: cfg.backend.type_name().to_string(),
+        backend_data,
+        backend_v6_data: None,
+    }
+}
+
+/// Tells systemd (Type=notify) that weftd is ready, when NOTIFY_SOCKET is set.
+fn sd_notify_ready() {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => UnixAddr::from_abstract_name(name.as_bytes()),
+        None => UnixAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(b"READY=1\n", &addr)
+    });
+    match sent {
+        Ok(_) => tracing::debug!("told systemd READY=1"),
+        Err(e) => tracing::warn!(socket = %path, error = %e, "cannot notify systemd"),
+    }
+}

@@ -1,0 +1,432 @@
+//! The datapath thread: the only writer of kernel state in weftd. It owns a netlink socket,
+//! takes the latest snapshot of leases from the agent, and reconciles. A lease event takes
+//! the fast path (the new desired state against the last applied one: a handful of netlink
+//! requests, no dumps). A kernel change on weft's objects, a failed request or the resync
+//! timer takes the full path (dump, diff, apply), which is what repairs drift.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::backend::vxlan::{self, DeviceSpec};
+use crate::config::NetworkConfig;
+use crate::http::Metrics;
+use crate::iface::ExtIface;
+use crate::lease::Lease;
+use crate::masq::{Masq, MasqSpec};
+use crate::netlink::{parse_mac, Change, Family, Mac, Monitor, Netlink, Op};
+use crate::reconcile::{self, Actual, Desired, Host};
+
+/// Everything the desired state is computed from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub cfg: NetworkConfig,
+    pub ext: ExtIface,
+    pub device: Option<DeviceSpec>,
+    pub own: Lease,
+    /// Every valid lease known, this host's included.
+    pub leases: Vec<Lease>,
+    pub masq: MasqSpec,
+}
+
+impl Snapshot {
+    fn own_subnet(&self) -> Ipv4Net {
+        self.own.subnet
+    }
+
+    /// The MAC this host's lease advertises: a recreated device gets it back.
+    fn advertised_mac(&self) -> Option<Mac> {
+        self.own
+            .attrs
+            .vxlan_data()
+            .and_then(|d| parse_mac(&d.vtep_mac).ok())
+    }
+}
+
+/// What the datapath tells the agent after each full reconciliation.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The device's real MAC (vxlan only); the agent re-advertises it if it differs.
+    pub device_mac: Option<Mac>,
+    pub programmed: bool,
+}
+
+enum Cmd {
+    State(Arc<Snapshot>),
+    Kick(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot open a netlink socket: {0}")]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Handle to the datapath thread.
+#[derive(Clone)]
+pub struct Datapath {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Datapath {
+    /// Starts the datapath thread and the kernel monitor thread.
+    pub fn start(
+        metrics: Arc<Metrics>,
+        resync: Duration,
+        reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    ) -> Result<Datapath, DatapathError> {
+        let (tx, rx) = mpsc::channel();
+        let nl = Netlink::new()?;
+        let monitor = Monitor::new()?;
+        let watched = Arc::new(Watched::default());
+        let worker = Worker {
+            nl,
+            metrics,
+            resync,
+            reports,
+            masq: Masq::new(),
+            state: None,
+            applied: None,
+            warned: HashSet::new(),
+            watched: watched.clone(),
+            failures: 0,
+        };
+        std::thread::Builder::new()
+            .name("datapath".into())
+            .spawn(move || worker.run(rx))
+            .map_err(DatapathError::Thread)?;
+        let kick = tx.clone();
+        std::thread::Builder::new()
+            .name("kernel-monitor".into())
+            .spawn(move || watch_kernel(monitor, watched, kick))
+            .map_err(DatapathError::Thread)?;
+        Ok(Datapath { tx })
+    }
+
+    /// Hands the datapath a new snapshot; it is applied on the fast path.
+    pub fn update(&self, snapshot: Arc<Snapshot>) {
+        let _ = self.tx.send(Cmd::State(snapshot));
+    }
+
+    /// Asks for a full reconciliation.
+    pub fn kick(&self, why: &'static str) {
+        let _ = self.tx.send(Cmd::Kick(why));
+    }
+}
+
+/// What the monitor thread needs to tell weft's objects from everything else.
+#[derive(Default)]
+struct Watched {
+    device: AtomicU32,
+    ext: AtomicU32,
+    network: std::sync::Mutex<Option<Ipv4Net>>,
+}
+
+fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cmd>) {
+    loop {
+        let changes = match monitor.recv() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel monitor failed; relying on the resync timer for a moment");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let device = watched.device.load(Ordering::Relaxed);
+        let ext = watched.ext.load(Ordering::Relaxed);
+        let network = *watched.network.lock().unwrap_or_else(|e| e.into_inner());
+        let relevant = changes.iter().any(|c| match c {
+            Change::Overflow => true,
+            Change::Link { index, .. } => *index == device || *index == ext,
+            Change::Neighbour { index, deleted } => *deleted && *index == device,
+            Change::Route { dst, deleted } => {
+                *deleted
+                    && match (dst, network) {
+                        (IpNet::V4(d), Some(n)) => n.contains(d),
+                        _ => false,
+                    }
+            }
+            Change::Address { index, deleted } => *deleted && *index == device,
+        });
+        if relevant && tx.send(Cmd::Kick("kernel change")).is_err() {
+            return;
+        }
+    }
+}
+
+struct Worker {
+    nl: Netlink,
+    metrics: Arc<Metrics>,
+    resync: Duration,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    masq: Masq,
+    state: Option<Arc<Snapshot>>,
+    /// The desired state last applied without error; None forces the full path.
+    applied: Option<Desired>,
+    warned: HashSet<(String, String)>,
+    watched: Arc<Watched>,
+    failures: u32,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut full_due = Instant::now() + self.resync;
+        loop {
+            let now = Instant::now();
+            let wait = full_due.saturating_duration_since(now);
+            let mut full = false;
+            let mut new_state = false;
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => {
+                    let mut cmds = vec![cmd];
+                    // Kernel changes come in bursts (a device going down takes all its
+                    // routes with it): settle briefly, then handle them all at once.
+                    if matches!(cmds[0], Cmd::Kick(_)) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    cmds.extend(rx.try_iter());
+                    for cmd in cmds {
+                        match cmd {
+                            Cmd::State(s) => {
+                                self.state = Some(s);
+                                new_state = true;
+                            }
+                            Cmd::Kick(why) => {
+                                tracing::debug!(why, "full reconciliation requested");
+                                full = true;
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => full = true,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.state.is_none() {
+                continue;
+            }
+            if !full && new_state && self.applied.is_some() {
+                if self.fast().is_ok() {
+                    continue;
+                }
+                full = true;
+            }
+            if full || self.applied.is_none() {
+                let ok = self.full().is_ok();
+                self.failures = if ok { 0 } else { self.failures + 1 };
+                // A failure comes back soon, backing off to the resync interval.
+                let retry = Duration::from_millis(200 << self.failures.min(6)).min(self.resync);
+                full_due = Instant::now() + if ok { self.resync } else { retry };
+            }
+        }
+    }
+
+    fn host(&self, s: &Snapshot, device: Option<u32>) -> Host {
+        Host {
+            public_ip: s.ext.public_ip,
+            ext_index: s.ext.index,
+            ext_networks: s.ext.networks.clone(),
+            vxlan_index: device,
+        }
+    }
+
+    fn desired(&mut self, s: &Snapshot, device: Option<u32>) -> Desired {
+        let host = self.host(s, device);
+        let d = reconcile::desired(&s.cfg, &host, &s.own, &s.leases);
+        for skip in &d.skipped {
+            if self.warned.insert((skip.key.clone(), skip.reason.clone())) {
+                tracing::warn!(key = %skip.key, reason = %skip.reason, "lease not programmed");
+            }
+        }
+        self.metrics
+            .leases_known
+            .store(s.leases.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .leases_skipped
+            .store(d.skipped.len() as u64, Ordering::Relaxed);
+        d
+    }
+
+    /// Applies ops, logging and counting failures. Err if any failed.
+    fn apply(&mut self, ops: &[Op], previous: Option<&Desired>) -> Result<(), ()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let results = self.nl.apply(ops);
+        let mut failed = false;
+        let mut repairs = 0;
+        for (op, result) in ops.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    if previous.is_some_and(|p| reconcile::is_repair(op, p)) {
+                        repairs += 1;
+                        tracing::info!(object = %reconcile::describe(op), "drift repaired");
+                    } else {
+                        tracing::debug!(object = %reconcile::describe(op), "programmed");
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(object = %reconcile::describe(op), error = %e, "netlink request failed; will retry");
+                }
+            }
+        }
+        self.metrics
+            .drift_repairs
+            .fetch_add(repairs, Ordering::Relaxed);
+        if failed {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The fast path: the new desired state against the last applied one.
+    fn fast(&mut self) -> Result<(), ()> {
+        let started = Instant::now();
+        let Some(s) = self.state.clone() else {
+            return Ok(());
+        };
+        let device = self.watched.device.load(Ordering::Relaxed);
+        let device = (s.device.is_some() && device != 0).then_some(device);
+        let desired = self.desired(&s, device);
+        let Some(previous) = self.applied.take() else {
+            return Err(());
+        };
+        let as_applied = Actual {
+            routes: previous.routes.values().cloned().collect(),
+            neighbours: previous.neighbours.values().cloned().collect(),
+            fdb: previous.fdb.values().cloned().collect(),
+        };
+        let ops = reconcile::diff(&desired, &as_applied);
+        let result = self.apply(&ops, None);
+        self.metrics
+            .peers_programmed
+            .store(desired.peers as u64, Ordering::Relaxed);
+        if result.is_ok() {
+            if !ops.is_empty() {
+                tracing::info!(
+                    changes = ops.len(),
+                    peers = desired.peers,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "peers updated"
+                );
+            }
+            self.applied = Some(desired);
+        }
+        self.metrics.record_reconcile(started.elapsed());
+        result
+    }
+
+    /// The full path: device, address, dumps, diff, apply, masquerade rules.
+    fn full(&mut self) -> Result<(), ()> {
+        let started = Instant::now();
+        let Some(s) = self.state.clone() else {
+            return Ok(());
+        };
+        *self
+            .watched
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = s.cfg.network;
+        self.watched.ext.store(s.ext.index, Ordering::Relaxed);
+        let mut ok = true;
+
+        let mut device_mac = None;
+        let mut device = None;
+        if let Some(spec) = &s.device {
+            match vxlan::ensure(&mut self.nl, spec, s.advertised_mac()) {
+                Ok(dev) => {
+                    if dev.created {
+                        tracing::warn!(device = %spec.name, mac = %crate::netlink::format_mac(&dev.mac), "VXLAN device was missing; recreated it");
+                        self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.watched.device.store(dev.index, Ordering::Relaxed);
+                    device_mac = Some(dev.mac);
+                    device = Some(dev.index);
+                    match vxlan::ensure_address(&mut self.nl, dev.index, s.own_subnet()) {
+                        Ok(true) => {
+                            tracing::info!(device = %spec.name, subnet = %s.own_subnet(), "device address set")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            ok = false;
+                            self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(device = %spec.name, error = %e, "cannot set the device address");
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(device = %spec.name, error = %e, "cannot set up the VXLAN device; will retry");
+                    let _ = self.reports.send(Report {
+                        device_mac: None,
+                        programmed: false,
+                    });
+                    return Err(());
+                }
+            }
+        }
+
+        let desired = self.desired(&s, device);
+        let host = self.host(&s, device);
+        let dumps = (|| {
+            let routes = self.nl.routes(Family::V4)?;
+            let (neigh, fdb) = match device {
+                Some(d) => (self.nl.neighbours(Some(d))?, self.nl.fdb(Some(d))?),
+                None => (Vec::new(), Vec::new()),
+            };
+            Ok::<_, crate::netlink::NetlinkError>((routes, neigh, fdb))
+        })();
+        match dumps {
+            Ok((routes, neigh, fdb)) => {
+                let actual = reconcile::owned(&s.cfg, &host, s.own_subnet(), routes, neigh, fdb);
+                let ops = reconcile::diff(&desired, &actual);
+                let previous = self.applied.take();
+                if self.apply(&ops, previous.as_ref()).is_err() {
+                    ok = false;
+                }
+                self.metrics
+                    .peers_programmed
+                    .store(desired.peers as u64, Ordering::Relaxed);
+                if ok {
+                    self.applied = Some(desired);
+                }
+            }
+            Err(e) => {
+                ok = false;
+                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot read the kernel's routes, neighbours or FDB");
+            }
+        }
+
+        match self.masq.ensure(&s.masq) {
+            Ok(true) => tracing::info!(masquerade = s.masq.masquerade, "nftables rules written"),
+            Ok(false) => {}
+            Err(e) => {
+                ok = false;
+                tracing::warn!(error = %e, "cannot write the nftables rules");
+            }
+        }
+
+        self.metrics.record_reconcile(started.elapsed());
+        self.metrics
+            .datapath_programmed
+            .store(ok, Ordering::Relaxed);
+        let _ = self.reports.send(Report {
+            device_mac,
+            programmed: ok,
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}

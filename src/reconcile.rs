@@ -1,0 +1,560 @@
+//! The heart of weftd: the kernel state this host should have is a pure function of the
+//! network config, this host's facts and the leases it knows; the reconciler reads what the
+//! kernel has, keeps only the objects weft owns, and applies the difference. Events only say
+//! when to look, so a hand-deleted route, a recreated device or a missed watch event all mend
+//! the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::{BackendConfig, NetworkConfig};
+use crate::lease::Lease;
+use crate::netlink::{parse_mac, FdbEntry, Mac, Neighbour, Op, Route};
+
+/// NUD_PERMANENT: weft's neighbours never age out.
+pub const NUD_PERMANENT: u16 = 0x80;
+/// RTPROT_KERNEL: routes the kernel made for an address; never ours.
+const RTPROT_KERNEL: u8 = 2;
+const MAIN_TABLE: u32 = 254;
+
+/// Facts about this host the desired state depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub public_ip: Ipv4Addr,
+    /// The external (underlay) interface.
+    pub ext_index: u32,
+    /// The external interface's IPv4 networks: a peer inside one is reachable without a
+    /// gateway (DirectRouting, host-gw).
+    pub ext_networks: Vec<Ipv4Net>,
+    /// weft's VXLAN device, for the vxlan backend.
+    pub vxlan_index: Option<u32>,
+}
+
+/// The kernel objects one remote lease calls for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerObjects {
+    pub route: Option<Route>,
+    pub neighbour: Option<Neighbour>,
+    pub fdb: Option<FdbEntry>,
+}
+
+/// A lease that is not programmed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The whole desired state, keyed the way the kernel identifies each object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: BTreeMap<IpNet, Route>,
+    pub neighbours: BTreeMap<IpAddr, Neighbour>,
+    pub fdb: BTreeMap<Mac, FdbEntry>,
+    pub peers: usize,
+    pub skipped: Vec<Skip>,
+}
+
+/// What the kernel holds of weft's objects (after [`owned`] filtered a dump).
+#[derive(Debug, Clone, Default)]
+pub struct Actual {
+    pub routes: Vec<Route>,
+    pub neighbours: Vec<Neighbour>,
+    pub fdb: Vec<FdbEntry>,
+}
+
+fn usable_ip(ip: Ipv4Addr) -> Result<(), &'static str> {
+    if ip.is_unspecified() {
+        Err("is unspecified")
+    } else if ip.is_loopback() {
+        Err("is a loopback address")
+    } else if ip.is_multicast() {
+        Err("is a multicast address")
+    } else if ip.is_broadcast() {
+        Err("is the broadcast address")
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks one remote lease on its own and returns the objects it calls for. `Err` says why it
+/// must not be programmed.
+pub fn peer_objects(
+    cfg: &NetworkConfig,
+    host: &Host,
+    own_subnet: Ipv4Net,
+    lease: &Lease,
+) -> Result<PeerObjects, String> {
+    let subnet = lease.subnet;
+    if !cfg.contains_subnet(subnet) {
+        return Err(format!("subnet {subnet} is not a subnet of the network"));
+    }
+    if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
+        return Err(format!(
+            "subnet {subnet} overlaps this host's subnet {own_subnet}"
+        ));
+    }
+    let public_ip = lease.attrs.public_ip;
+    usable_ip(public_ip).map_err(|why| format!("PublicIP {public_ip} {why}"))?;
+    if public_ip == host.public_ip {
+        return Err(format!("PublicIP {public_ip} is this host's own address"));
+    }
+    let own_type = cfg.backend.type_name();
+    if lease.attrs.backend_type != own_type {
+        return Err(format!(
+            "BackendType {:?} differs from this network's {own_type:?}",
+            lease.attrs.backend_type
+        ));
+    }
+    let direct = host.ext_networks.iter().any(|n| n.contains(&public_ip));
+    let direct_route = || {
+        let mut r = Route::new(IpNet::V4(subnet));
+        r.gateway = Some(IpAddr::V4(public_ip));
+        r.oif = Some(host.ext_index);
+        r
+    };
+    match &cfg.backend {
+        BackendConfig::HostGw => Ok(PeerObjects {
+            route: Some(direct_route()),
+            ..PeerObjects::default()
+        }),
+        BackendConfig::Vxlan(vx) => {
+            if vx.direct_routing && direct {
+                return Ok(PeerObjects {
+                    route: Some(direct_route()),
+                    ..PeerObjects::default()
+                });
+            }
+            let data = lease
+                .attrs
+                .vxlan_data()
+                .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
+            if data.vni != vx.vni {
+                return Err(format!(
+                    "VNI {} differs from this network's {}",
+                    data.vni, vx.vni
+                ));
+            }
+            let mac = parse_mac(&data.vtep_mac)
+                .map_err(|_| format!("VtepMAC {:?} is not a MAC address", data.vtep_mac))?;
+            if mac == [0; 6] || mac[0] & 1 == 1 {
+                return Err(format!(
+                    "VtepMAC {} is not a unicast address",
+                    data.vtep_mac
+                ));
+            }
+            let Some(dev) = host.vxlan_index else {
+                return Err("the VXLAN device does not exist yet".to_string());
+            };
+            let gw = IpAddr::V4(subnet.network());
+            let mut route = Route::new(IpNet::V4(subnet));
+            route.gateway = Some(gw);
+            route.oif = Some(dev);
+            route.onlink = true;
+            Ok(PeerObjects {
+                route: Some(route),
+                neighbour: Some(Neighbour {
+                    index: dev,
+                    ip: gw,
+                    mac: Some(mac),
+                    state: NUD_PERMANENT,
+                }),
+                fdb: Some(FdbEntry {
+                    index: dev,
+                    mac,
+                    dst: Some(IpAddr::V4(public_ip)),
+                    permanent: true,
+                }),
+            })
+        }
+    }
+}
+
+/// The desired state for all known leases. Leases that overlap each other are settled by
+/// age: the older (lower revision, then lower key) is kept, the newer skipped.
+pub fn desired(cfg: &NetworkConfig, host: &Host, own: &Lease, leases: &[Lease]) -> Desired {
+    let mut out = Desired::default();
+    let mut sorted: Vec<&Lease> = leases.iter().filter(|l| l.subnet != own.subnet).collect();
+    sorted.sort_by_key(|l| (l.mod_revision, l.key_name()));
+    let mut accepted: Vec<Ipv4Net> = Vec::new();
+    let mut macs: BTreeSet<Mac> = BTreeSet::new();
+    for lease in sorted {
+        let key = lease.key_name();
+        if let Some(other) = accepted
+            .iter()
+            .find(|a| a.contains(&lease.subnet) || lease.subnet.contains(*a))
+        {
+            out.skipped.push(Skip {
+                key,
+                reason: format!("subnet {} overlaps the older lease {other}", lease.subnet),
+            });
+            continue;
+        }
+        match peer_objects(cfg, host, own.subnet, lease) {
+            Ok(objects) => {
+                if let Some(f) = &objects.fdb {
+                    // Two leases claiming one VTEP MAC would fight over one FDB entry.
+                    if !macs.insert(f.mac) {
+                        out.skipped.push(Skip {
+                            key,
+                            reason: "VtepMAC is already used by an older lease".to_string(),
+                        });
+                        continue;
+                    }
+                }
+                accepted.push(lease.subnet);
+                out.peers += 1;
+                if let Some(r) = objects.route {
+                    out.routes.insert(r.dst, r);
+                }
+                if let Some(n) = objects.neighbour {
+                    out.neighbours.insert(n.ip, n);
+                }
+                if let Some(f) = objects.fdb {
+                    out.fdb.insert(f.mac, f);
+                }
+            }
+            Err(reason) => out.skipped.push(Skip { key, reason }),
+        }
+    }
+    out
+}
+
+/// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
+/// this host's own subnet, not the kernel's) on weft's device or the external interface;
+/// permanent neighbours and FDB entries on weft's VXLAN device.
+pub fn owned(
+    cfg: &NetworkConfig,
+    host: &Host,
+    own_subnet: Ipv4Net,
+    routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
+    fdb: Vec<FdbEntry>,
+) -> Actual {
+    let Some(network) = cfg.network else {
+        return Actual::default();
+    };
+    let routes = routes
+        .into_iter()
+        .filter(|r| {
+            let IpNet::V4(dst) = r.dst else { return false };
+            r.table == MAIN_TABLE
+                && r.protocol != RTPROT_KERNEL
+                && network.contains(&dst)
+                && !own_subnet.contains(&dst)
+                && r.oif.is_some()
+                && (r.oif == host.vxlan_index || r.oif == Some(host.ext_index))
+        })
+        .collect();
+    let neighbours = neighbours
+        .into_iter()
+        .filter(|n| {
+            Some(n.index) == host.vxlan_index && n.state & NUD_PERMANENT != 0 && n.ip.is_ipv4()
+        })
+        .collect();
+    let fdb = fdb
+        .into_iter()
+        .filter(|f| {
+            Some(f.index) == host.vxlan_index && f.permanent && f.dst.is_some() && f.mac != [0; 6]
+        })
+        .collect();
+    Actual {
+        routes,
+        neighbours,
+        fdb,
+    }
+}
+
+fn same_route(a: &Route, b: &Route) -> bool {
+    a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
+}
+
+/// The operations that turn `actual` into `desired`: replacements first (a changed object is
+/// replaced in place, never deleted and re-added, so traffic never sees a gap), then removals.
+pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut dels = Vec::new();
+
+    let mut have_routes: BTreeMap<IpNet, Vec<&Route>> = BTreeMap::new();
+    for r in &actual.routes {
+        have_routes.entry(r.dst).or_default().push(r);
+    }
+    for (dst, want) in &desired.routes {
+        let have = have_routes.get(dst).map(Vec::as_slice).unwrap_or(&[]);
+        if !have.iter().any(|h| same_route(h, want)) {
+            ops.push(Op::ReplaceRoute(want.clone()));
+        }
+        // Any other route of ours to the same destination (another metric, say) goes.
+        for h in have.iter().filter(|h| !same_route(h, want)) {
+            if h.metric != want.metric {
+                dels.push(Op::DelRoute((*h).clone()));
+            }
+        }
+    }
+    for r in &actual.routes {
+        if !desired.routes.contains_key(&r.dst) {
+            dels.push(Op::DelRoute(r.clone()));
+        }
+    }
+
+    let have_neigh: BTreeMap<IpAddr, &Neighbour> =
+        actual.neighbours.iter().map(|n| (n.ip, n)).collect();
+    for (ip, want) in &desired.neighbours {
+        if have_neigh.get(ip).map(|h| h.mac) != Some(want.mac) {
+            ops.push(Op::ReplaceNeighbour(want.clone()));
+        }
+    }
+    for n in &actual.neighbours {
+        if !desired.neighbours.contains_key(&n.ip) {
+            dels.push(Op::DelNeighbour(n.clone()));
+        }
+    }
+
+    for (mac, want) in &desired.fdb {
+        let matching = actual
+            .fdb
+            .iter()
+            .any(|h| h.mac == *mac && h.dst == want.dst);
+        if !matching {
+            ops.push(Op::ReplaceFdb(want.clone()));
+        }
+    }
+    for f in &actual.fdb {
+        let wanted = desired.fdb.get(&f.mac).is_some_and(|w| w.dst == f.dst);
+        if !wanted {
+            dels.push(Op::DelFdb(f.clone()));
+        }
+    }
+
+    ops.extend(dels);
+    ops
+}
+
+/// Ops that put back objects the previous desired state already had: the kernel lost them
+/// (or someone changed them) since weft last programmed them. Counted as drift repairs.
+pub fn is_repair(op: &Op, previous: &Desired) -> bool {
+    match op {
+        Op::ReplaceRoute(r) => previous
+            .routes
+            .get(&r.dst)
+            .is_some_and(|p| same_route(p, r)),
+        Op::ReplaceNeighbour(n) => previous.neighbours.get(&n.ip) == Some(n),
+        Op::ReplaceFdb(f) => previous.fdb.get(&f.mac) == Some(f),
+        _ => false,
+    }
+}
+
+/// A short name of an op's object, for logs.
+pub fn describe(op: &Op) -> String {
+    let route = |r: &Route| {
+        let mut s = r.dst.to_string();
+        if let Some(g) = r.gateway {
+            s.push_str(&format!(" via {g}"));
+        }
+        if let Some(o) = r.oif {
+            s.push_str(&format!(" dev #{o}"));
+        }
+        if r.onlink {
+            s.push_str(" onlink");
+        }
+        s
+    };
+    let mac = |m: &Option<Mac>| {
+        m.map(|m| crate::netlink::format_mac(&m))
+            .unwrap_or_default()
+    };
+    match op {
+        Op::ReplaceRoute(r) => format!("route {}", route(r)),
+        Op::DelRoute(r) => format!("remove route {}", route(r)),
+        Op::ReplaceNeighbour(n) => format!("neighbour {} lladdr {}", n.ip, mac(&n.mac)),
+        Op::DelNeighbour(n) => format!("remove neighbour {}", n.ip),
+        Op::ReplaceFdb(f) => format!(
+            "fdb {} dst {}",
+            crate::netlink::format_mac(&f.mac),
+            f.dst.map(|d| d.to_string()).unwrap_or_default()
+        ),
+        Op::DelFdb(f) => format!("remove fdb {}", crate::netlink::format_mac(&f.mac)),
+        Op::AddAddress(i, a) => format!("address {a} on #{i}"),
+        Op::DelAddress(i, a) => format!("remove address {a} from #{i}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn cfg(backend: &str) -> NetworkConfig {
+        NetworkConfig::parse(&format!(
+            r#"{{"Network":"198.19.0.0/16","Backend":{backend}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn lease(subnet: &str, ip: &str, mac: Option<&str>, rev: i64) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: if mac.is_some() { "vxlan" } else { "host-gw" }.into(),
+                backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m})),
+                backend_v6_data: None,
+            },
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: rev,
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            public_ip: "198.18.0.1".parse().unwrap(),
+            ext_index: 2,
+            ext_networks: vec!["198.18.0.0/24".parse().unwrap()],
+            vxlan_index: Some(7),
+        }
+    }
+
+    #[test]
+    fn vxlan_peer_gets_flannels_three_objects() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let d = desired(&c, &host(), &own, &[own.clone(), peer]);
+        assert_eq!(d.peers, 1);
+        let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
+        assert_eq!(r.gateway, Some("198.19.2.0".parse().unwrap()));
+        assert_eq!((r.oif, r.onlink), (Some(7), true));
+        let n = &d.neighbours[&"198.19.2.0".parse::<IpAddr>().unwrap()];
+        assert_eq!(n.mac, Some([0x0e, 0, 0, 0, 0, 2]));
+        assert_eq!(n.state, NUD_PERMANENT);
+        let f = &d.fdb[&[0x0e, 0, 0, 0, 0, 2]];
+        assert_eq!(f.dst, Some("198.18.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn untrusted_leases_are_skipped_with_the_reason() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let bad = [
+            lease("198.19.1.0/25", "198.18.0.9", Some("0e:00:00:00:00:09"), 2),
+            lease("198.19.3.0/24", "224.0.0.5", Some("0e:00:00:00:00:03"), 3),
+            lease("198.19.4.0/24", "127.0.0.1", Some("0e:00:00:00:00:04"), 4),
+            lease("198.19.5.0/24", "198.18.0.1", Some("0e:00:00:00:00:05"), 5),
+            lease("198.19.6.0/24", "198.18.0.6", Some("01:00:5e:00:00:01"), 6),
+            lease("198.19.7.0/24", "198.18.0.7", Some("not-a-mac"), 7),
+            lease("198.19.8.0/24", "198.18.0.8", None, 8),
+            lease(
+                "198.19.9.0/24",
+                "255.255.255.255",
+                Some("0e:00:00:00:00:0a"),
+                9,
+            ),
+        ];
+        let d = desired(&c, &host(), &own, &bad);
+        assert_eq!(d.peers, 0, "{:?}", d.routes);
+        assert_eq!(d.skipped.len(), bad.len());
+        let reasons: Vec<_> = d.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert!(
+            reasons[0].contains("not a subnet of the network"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("multicast"), "{reasons:?}");
+        assert!(reasons[2].contains("loopback"), "{reasons:?}");
+        assert!(reasons[3].contains("this host's own"), "{reasons:?}");
+        assert!(reasons[4].contains("not a unicast"), "{reasons:?}");
+        assert!(reasons[5].contains("not-a-mac"), "{reasons:?}");
+        assert!(reasons[6].contains("BackendType"), "{reasons:?}");
+        assert!(reasons[7].contains("broadcast"), "{reasons:?}");
+        assert_eq!(d.skipped[1].key, "198.19.3.0-24");
+    }
+
+    #[test]
+    fn overlapping_leases_keep_the_older() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let older = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 5);
+        let newer = lease("198.19.2.0/23", "198.18.0.3", Some("0e:00:00:00:00:03"), 9);
+        let d = desired(&c, &host(), &own, &[newer, older]);
+        assert_eq!(d.peers, 1);
+        assert!(d
+            .routes
+            .contains_key(&"198.19.2.0/24".parse::<IpNet>().unwrap()));
+        assert!(d.skipped[0].reason.contains("overlaps the older lease"));
+    }
+
+    #[test]
+    fn direct_routing_and_host_gw_route_via_the_public_ip() {
+        let c = cfg(r#"{"Type":"vxlan","DirectRouting":true}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let near = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let far = lease("198.19.3.0/24", "198.18.5.3", Some("0e:00:00:00:00:03"), 3);
+        let d = desired(&c, &host(), &own, &[near, far]);
+        let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
+        assert_eq!(
+            (r.gateway, r.oif, r.onlink),
+            (Some("198.18.0.2".parse().unwrap()), Some(2), false)
+        );
+        let r = &d.routes[&"198.19.3.0/24".parse::<IpNet>().unwrap()];
+        assert_eq!((r.oif, r.onlink), (Some(7), true));
+        assert_eq!(d.fdb.len(), 1);
+
+        let c = cfg(r#"{"Type":"host-gw"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", None, 1);
+        let peer = lease("198.19.2.0/24", "198.18.0.2", None, 2);
+        let d = desired(&c, &host(), &own, &[peer]);
+        let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
+        assert_eq!(r.gateway, Some("198.18.0.2".parse().unwrap()));
+        assert!(d.neighbours.is_empty() && d.fdb.is_empty());
+    }
+
+    #[test]
+    fn diff_replaces_missing_removes_stale_and_leaves_others_alone() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let h = host();
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let d = desired(&c, &h, &own, &[peer]);
+
+        let mut stale = Route::new("198.19.9.0/24".parse().unwrap());
+        stale.gateway = Some("198.19.9.0".parse().unwrap());
+        stale.oif = Some(7);
+        stale.onlink = true;
+        let mut foreign = Route::new("198.19.50.0/24".parse().unwrap());
+        foreign.oif = Some(99); // another tool's device: not ours
+        let mut own_bridge = Route::new("198.19.1.0/24".parse().unwrap());
+        own_bridge.oif = Some(2);
+        let mut outside = Route::new("198.20.0.0/24".parse().unwrap());
+        outside.oif = Some(7);
+        let good_neigh = d.neighbours.values().next().unwrap().clone();
+        let stale_fdb = FdbEntry {
+            index: 7,
+            mac: [0x0e, 0, 0, 0, 0, 9],
+            dst: Some("198.18.0.9".parse().unwrap()),
+            permanent: true,
+        };
+        let actual = owned(
+            &c,
+            &h,
+            own.subnet,
+            vec![stale.clone(), foreign, own_bridge, outside],
+            vec![good_neigh],
+            vec![stale_fdb.clone()],
+        );
+        assert_eq!(actual.routes, vec![stale.clone()]);
+        let ops = diff(&d, &actual);
+        let names: Vec<String> = ops.iter().map(describe).collect();
+        assert_eq!(ops.len(), 4, "{names:?}");
+        assert!(
+            matches!(&ops[0], Op::ReplaceRoute(r) if r.dst == "198.19.2.0/24".parse::<IpNet>().unwrap())
+        );
+        assert!(matches!(&ops[1], Op::ReplaceFdb(_)));
+        assert!(ops.contains(&Op::DelRoute(stale)));
+        assert!(ops.contains(&Op::DelFdb(stale_fdb)));
+        assert!(ops[..2].iter().all(|op| is_repair(op, &d)));
+    }
+}
