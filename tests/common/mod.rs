@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod lab;
 pub mod netns;

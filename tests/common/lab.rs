@@ -1,0 +1,323 @@
+//! A multi-host lab: an "underlay" namespace holding a bridge that joins every host, etcd
+//! inside it at 198.18.0.254, and hosts (namespaces with `eth0` at 198.18.0.N/24) each running
+//! a real weftd. Everything goes when the lab drops: weftd processes first, then etcd, then
+//! the namespaces.
+
+use std::io::{Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use weft::subnet_env::SubnetEnv;
+
+use super::etcd::Etcd;
+use super::netns::Netns;
+
+pub const NETWORK: &str = "198.19.0.0/16";
+pub const VXLAN_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#;
+pub const ETCD_IP: &str = "198.18.0.254";
+pub const HEALTHZ_PORT: u16 = 8471;
+
+/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Host {
+    pub ns: Netns,
+    /// The host's underlay address (198.18.0.N).
+    pub ip: String,
+    pub subnet_file: PathBuf,
+    log: PathBuf,
+    weftd: Option<Child>,
+    etcd_url: String,
+}
+
+impl Host {
+    /// Starts weftd with the lab's standard flags plus `extra`.
+    pub fn start(&mut self, extra: &[&str]) {
+        assert!(
+            self.weftd.is_none(),
+            "weftd already runs on {}",
+            self.ns.name()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the weftd log");
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.ns.name().into(),
+            env!("CARGO_BIN_EXE_weftd").into(),
+            "--etcd-endpoints".into(),
+            self.etcd_url.clone(),
+            "--iface".into(),
+            "eth0".into(),
+            "--subnet-file".into(),
+            self.subnet_file.display().to_string(),
+            "--healthz-port".into(),
+            HEALTHZ_PORT.to_string(),
+            "--resync-interval".into(),
+            "5s".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting weftd with ip netns exec");
+        self.weftd = Some(child);
+    }
+
+    /// Waits until /readyz answers 200 and returns what weftd wrote to subnet.env.
+    pub fn wait_ready(&mut self) -> SubnetEnv {
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Some(child) = self.weftd.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "weftd on {} exited with {status}:\n{}",
+                        self.ns.name(),
+                        self.logs()
+                    );
+                }
+            }
+            (self.http_get("/readyz").0 == 200).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "weftd on {} not ready within 20 s:\n{}",
+            self.ns.name(),
+            self.logs()
+        );
+        SubnetEnv::read(&self.subnet_file).expect("reading the subnet.env weftd wrote")
+    }
+
+    /// This host's subnet, from its subnet.env.
+    pub fn subnet(&self) -> Ipv4Net {
+        SubnetEnv::read(&self.subnet_file)
+            .expect("reading subnet.env")
+            .subnet_network()
+            .expect("subnet.env has FLANNEL_SUBNET")
+    }
+
+    /// The address a "container" on this host has: the subnet's first address on a bridge
+    /// `cni0`, as the CNI plugin sets it up.
+    pub fn container_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet().network()) + 1)
+    }
+
+    /// Gives the host a container address (idempotent): bridge `cni0` with the gateway address.
+    pub fn add_container(&self) {
+        let have = self.ns.try_ip(&["link", "show", "cni0"]).status.success();
+        if !have {
+            self.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
+            self.ns.ip(&["link", "set", "cni0", "up"]);
+        }
+        let addr = format!("{}/{}", self.container_ip(), self.subnet().prefix_len());
+        self.ns.ip(&["addr", "replace", &addr, "dev", "cni0"]);
+    }
+
+    /// One ping from this host's container address to `dst`, 1 s timeout.
+    pub fn ping_from_container(&self, dst: Ipv4Addr) -> bool {
+        let src = self.container_ip().to_string();
+        self.ns
+            .exec(&["ping", "-c1", "-W1", "-I", &src, &dst.to_string()])
+            .status
+            .success()
+    }
+
+    /// SIGTERM and wait (up to 10 s) for weftd to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.weftd.take().expect("weftd is not running");
+        // `ip netns exec` execs weftd, so the child's pid is weftd's.
+        let pid = child.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        status.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "weftd on {} did not exit within 10 s of SIGTERM",
+                self.ns.name()
+            )
+        })
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.weftd
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A GET against weftd's health endpoint from inside the host: (status, body); status 0
+    /// when nothing answers.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let path = path.to_string();
+        weft::netlink::run_in_netns(&self.ns.path(), move || {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            else {
+                return (0, String::new());
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            (status, body)
+        })
+        .expect("entering the host namespace")
+    }
+
+    /// A metric's value from /metrics.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// `ip route show` for one destination.
+    pub fn route_to(&self, subnet: Ipv4Net) -> String {
+        self.ns
+            .ip(&["route", "show", &subnet.to_string()])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.weftd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Hosts are declared first so they drop (killing weftd) before etcd and the underlay.
+pub struct Lab {
+    pub hosts: Vec<Host>,
+    pub etcd: Etcd,
+    pub underlay: Netns,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// An underlay with etcd holding `config`, and `n` hosts (weftd not started yet).
+    pub fn new(n: usize, config: &str) -> Lab {
+        let underlay = Netns::new("ul");
+        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        underlay.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let etcd = Etcd::start_in_netns(underlay.name(), ETCD_IP);
+        etcd.put("/coreos.com/network/config", config);
+        let dir = tempfile::Builder::new()
+            .prefix("weft-lab-")
+            .tempdir()
+            .expect("creating the lab dir");
+        let mut lab = Lab {
+            hosts: Vec::new(),
+            etcd,
+            underlay,
+            dir,
+        };
+        for _ in 0..n {
+            lab.add_host();
+        }
+        lab
+    }
+
+    /// Adds host number len+1 at 198.18.0.<len+1> on the underlay bridge.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        let ns = Netns::new(&format!("h{i}"));
+        let port = format!("p{i}");
+        ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            self.underlay.name(),
+        ]);
+        self.underlay
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        let ip = format!("198.18.0.{i}");
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        self.hosts.push(Host {
+            ns,
+            ip,
+            subnet_file: self.dir.path().join(format!("h{i}/subnet.env")),
+            log: self.dir.path().join(format!("h{i}.log")),
+            weftd: None,
+            etcd_url: format!("http://{ETCD_IP}:2379"),
+        });
+        i - 1
+    }
+
+    /// Starts weftd on every host and waits until all are ready and every host has a route
+    /// to every other host's subnet.
+    pub fn start_all(&mut self, extra: &[&str]) {
+        for h in &mut self.hosts {
+            h.start(extra);
+        }
+        for h in &mut self.hosts {
+            h.wait_ready();
+        }
+        self.wait_converged();
+    }
+
+    /// Waits (5 s) until every host routes to every other host's subnet.
+    pub fn wait_converged(&self) {
+        let subnets: Vec<Ipv4Net> = self.hosts.iter().map(|h| h.subnet()).collect();
+        for (i, h) in self.hosts.iter().enumerate() {
+            for (j, s) in subnets.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let ok = wait_for(Duration::from_secs(5), || {
+                    (!h.route_to(*s).is_empty()).then_some(())
+                });
+                assert!(
+                    ok.is_some(),
+                    "host {} has no route to {s} after 5 s:\n{}",
+                    i + 1,
+                    h.logs()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! weftd's VXLAN datapath across hosts in network namespaces, against a real etcd.
+
+mod common;
+
+use common::lab::{Lab, VXLAN_CONFIG};
+
+#[test]
+fn three_hosts_reach_each_other_and_the_mtu_is_exact() {
+    let mut lab = Lab::new(3, VXLAN_CONFIG);
+    lab.start_all(&[]);
+    for h in &lab.hosts {
+        h.add_container();
+    }
+    for (i, a) in lab.hosts.iter().enumerate() {
+        for (j, b) in lab.hosts.iter().enumerate() {
+            if i != j {
+                assert!(
+                    a.ping_from_container(b.container_ip()),
+                    "host {} cannot reach host {}'s container",
+                    i + 1,
+                    j + 1
+                );
+            }
+        }
+    }
+    // FLANNEL_MTU is the device's real MTU, and exactly that much crosses unfragmented.
+    let env = weft::subnet_env::SubnetEnv::read(&lab.hosts[0].subnet_file).unwrap();
+    assert_eq!(env.mtu, 1450);
+    let link = lab.hosts[0].ns.ip(&["-o", "link", "show", "flannel.1"]);
+    assert!(link.contains("mtu 1450"), "{link}");
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let ping = |size: u32| {
+        a.ns.exec(&[
+            "ping",
+            "-c1",
+            "-W1",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            "-I",
+            &a.container_ip().to_string(),
+            &b.container_ip().to_string(),
+        ])
+        .status
+        .success()
+    };
+    assert!(
+        ping(env.mtu - 28),
+        "a {}-byte ping must cross",
+        env.mtu - 28
+    );
+    assert!(
+        !ping(env.mtu - 27),
+        "a {}-byte ping must not fit",
+        env.mtu - 27
+    );
+}
