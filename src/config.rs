@@ -1,1 +1,798 @@
-//! (being written)
+//! The network config stored at `<prefix>/config`: flannel's JSON, read the way flannel's Go
+//! decoder reads it (keys case-insensitive, the last occurrence wins, `null` leaves a default),
+//! then given flannel's defaults and validated. Every refusal names the field and its value.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+/// A config that weft refuses, with the field and the value that made it refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON: {0}")]
+    Json(String),
+    #[error("config must be a JSON object, found {0}")]
+    NotAnObject(String),
+    #[error("{field} {value}: {why}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{field} is missing: {why}")]
+    Missing { field: &'static str, why: String },
+}
+
+impl ConfigError {
+    /// The field the error is about, as flannel spells it (`None` for syntax errors).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { field, .. } | ConfigError::Missing { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// How a JSON value is shown in an error: strings bare, everything else as JSON.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The network, its division into per-host subnets, and the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// `Network`; `None` when IPv4 is disabled.
+    pub network: Option<Ipv4Net>,
+    /// `SubnetLen`; 0 when IPv4 is disabled.
+    pub subnet_len: u8,
+    /// First and last subnet that may be handed out (network addresses of subnets).
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet_len: u8,
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
+    pub enable_nftables: bool,
+    pub backend: BackendConfig,
+    /// The document as stored, for tools that show it back unchanged.
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Vxlan(VxlanConfig),
+    HostGw,
+}
+
+impl BackendConfig {
+    /// The name flannel writes into a lease's `BackendType`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw => "host-gw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    /// UDP port; 0 leaves the kernel's default (8472).
+    pub port: u16,
+    /// `None`: derived from the external interface.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 0,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+/// A JSON object with its keys in document order and duplicates kept, so that lookups can
+/// follow Go's rule (case-insensitive, the last match wins).
+struct OrderedObject(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for OrderedObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<OrderedObject, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = m.next_entry::<String, Value>()? {
+                    v.push(entry);
+                }
+                Ok(OrderedObject(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Case-insensitive lookup in an object; `null` counts as absent, like Go leaves a
+/// non-pointer field alone when it meets `null`.
+trait Lookup {
+    fn field(&self, name: &str) -> Option<&Value>;
+}
+
+impl Lookup for OrderedObject {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
+            .map(|(_, v)| v)
+    }
+}
+
+impl Lookup for serde_json::Map<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        // Exact spelling first, as Go prefers it when several keys differ only in case.
+        match self.get(name) {
+            Some(v) if !v.is_null() => Some(v),
+            _ => self
+                .iter()
+                .find(|(k, v)| k.eq_ignore_ascii_case(name) && !v.is_null())
+                .map(|(_, v)| v),
+        }
+    }
+}
+
+fn get_bool(obj: &impl Lookup, field: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match obj.field(field) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(invalid(field, show(v), "must be true or false")),
+    }
+}
+
+fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, ConfigError> {
+    match obj.field(field) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            invalid(
+                field,
+                show(v),
+                "must be a whole number that is not negative",
+            )
+        }),
+    }
+}
+
+fn get_str<'a>(obj: &'a impl Lookup, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
+    match obj.field(field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(field, show(v), "must be a string")),
+    }
+}
+
+impl NetworkConfig {
+    /// Parses and validates a config document, filling in flannel's defaults.
+    pub fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
+        let raw: Value =
+            serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+        if !raw.is_object() {
+            return Err(ConfigError::NotAnObject(raw.to_string()));
+        }
+        let obj: OrderedObject =
+            serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
+
+        let enable_ipv4 = get_bool(&obj, "EnableIPv4", true)?;
+        let enable_ipv6 = get_bool(&obj, "EnableIPv6", false)?;
+        let enable_nftables = get_bool(&obj, "EnableNFTables", false)?;
+        if !enable_ipv4 && !enable_ipv6 {
+            return Err(invalid(
+                "EnableIPv4",
+                false,
+                "EnableIPv4 or EnableIPv6 must be true, or there is no network to share",
+            ));
+        }
+
+        let mut cfg = NetworkConfig {
+            network: None,
+            subnet_len: 0,
+            subnet_min: Ipv4Addr::UNSPECIFIED,
+            subnet_max: Ipv4Addr::UNSPECIFIED,
+            enable_ipv4,
+            enable_ipv6,
+            ipv6_network: None,
+            ipv6_subnet_len: 0,
+            ipv6_subnet_min: None,
+            ipv6_subnet_max: None,
+            enable_nftables,
+            backend: parse_backend(obj.field("Backend"))?,
+            raw: Value::Null,
+        };
+        if enable_ipv4 {
+            cfg.parse_ipv4(&obj)?;
+        }
+        if enable_ipv6 {
+            cfg.parse_ipv6(&obj)?;
+        }
+        cfg.raw = raw;
+        Ok(cfg)
+    }
+
+    fn parse_ipv4(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
+        let text = get_str(obj, "Network")?.ok_or_else(|| ConfigError::Missing {
+            field: "Network",
+            why: "the overlay network (e.g. \"10.5.0.0/16\") must be set when EnableIPv4 is true"
+                .into(),
+        })?;
+        let network: Ipv4Net = text
+            .parse()
+            .map_err(|_| invalid("Network", text, "not an IPv4 network in CIDR form"))?;
+        // Go's ParseCIDR drops host bits; so do we.
+        let network = network.trunc();
+        let plen = network.prefix_len();
+
+        let subnet_len = match get_uint(obj, "SubnetLen")? {
+            Some(len) if len > 0 => {
+                if len > 30 {
+                    return Err(invalid("SubnetLen", len, "must be at most 30"));
+                }
+                if len < u64::from(plen) + 2 {
+                    return Err(invalid(
+                        "SubnetLen",
+                        len,
+                        format!(
+                            "must be at least {} so that Network {network} holds four subnets",
+                            plen + 2
+                        ),
+                    ));
+                }
+                len as u8
+            }
+            _ => {
+                if plen > 28 {
+                    return Err(invalid(
+                        "Network",
+                        network,
+                        "is too small: the smallest useful network is a /28",
+                    ));
+                }
+                if plen <= 22 {
+                    24
+                } else {
+                    plen + 2
+                }
+            }
+        };
+        let size = 1u32 << (32 - subnet_len);
+        let first = u32::from(network.network());
+        let last_subnet = u32::from(network.broadcast()) - (size - 1);
+
+        let subnet_min = match get_str(obj, "SubnetMin")? {
+            None => Ipv4Addr::from(first + size),
+            Some(t) => {
+                let a: Ipv4Addr = t
+                    .parse()
+                    .map_err(|_| invalid("SubnetMin", t, "not an IPv4 address"))?;
+                if !network.contains(&a) {
+                    return Err(invalid(
+                        "SubnetMin",
+                        a,
+                        format!("is not inside Network {network}"),
+                    ));
+                }
+                a
+            }
+        };
+        let subnet_max = match get_str(obj, "SubnetMax")? {
+            None => Ipv4Addr::from(last_subnet),
+            Some(t) => {
+                let a: Ipv4Addr = t
+                    .parse()
+                    .map_err(|_| invalid("SubnetMax", t, "not an IPv4 address"))?;
+                if !network.contains(&a) {
+                    return Err(invalid(
+                        "SubnetMax",
+                        a,
+                        format!("is not inside Network {network}"),
+                    ));
+                }
+                a
+            }
+        };
+        let mask = u32::MAX << (32 - subnet_len);
+        for (field, a) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
+            if u32::from(a) & mask != u32::from(a) {
+                return Err(invalid(
+                    field,
+                    a,
+                    format!("is not on a /{subnet_len} subnet boundary (SubnetLen)"),
+                ));
+            }
+        }
+        if subnet_min > subnet_max {
+            return Err(invalid(
+                "SubnetMin",
+                subnet_min,
+                format!("is after SubnetMax {subnet_max}"),
+            ));
+        }
+        self.network = Some(network);
+        self.subnet_len = subnet_len;
+        self.subnet_min = subnet_min;
+        self.subnet_max = subnet_max;
+        Ok(())
+    }
+
+    fn parse_ipv6(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
+        let text = get_str(obj, "IPv6Network")?.ok_or_else(|| ConfigError::Missing {
+            field: "IPv6Network",
+            why: "the IPv6 overlay network must be set when EnableIPv6 is true".into(),
+        })?;
+        let network: Ipv6Net = text
+            .parse()
+            .map_err(|_| invalid("IPv6Network", text, "not an IPv6 network in CIDR form"))?;
+        let network = network.trunc();
+        let plen = network.prefix_len();
+
+        let subnet_len = match get_uint(obj, "IPv6SubnetLen")? {
+            Some(len) if len > 0 => {
+                if len > 126 {
+                    return Err(invalid("IPv6SubnetLen", len, "must be at most 126"));
+                }
+                if len < u64::from(plen) + 2 {
+                    return Err(invalid(
+                        "IPv6SubnetLen",
+                        len,
+                        format!(
+                            "must be at least {} so that IPv6Network {network} holds four subnets",
+                            plen + 2
+                        ),
+                    ));
+                }
+                len as u8
+            }
+            _ => {
+                if plen > 124 {
+                    return Err(invalid(
+                        "IPv6Network",
+                        network,
+                        "is too small: the smallest useful network is a /124",
+                    ));
+                }
+                if plen <= 62 {
+                    64
+                } else {
+                    plen + 2
+                }
+            }
+        };
+        let size = 1u128 << (128 - subnet_len);
+        let first = u128::from(network.network());
+        let last_subnet = u128::from(network.broadcast()) - (size - 1);
+        let bound = |field: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
+            match get_str(obj, field)? {
+                None => Ok(Ipv6Addr::from(default)),
+                Some(t) => {
+                    let a: Ipv6Addr = t
+                        .parse()
+                        .map_err(|_| invalid(field, t, "not an IPv6 address"))?;
+                    if !network.contains(&a) {
+                        return Err(invalid(
+                            field,
+                            a,
+                            format!("is not inside IPv6Network {network}"),
+                        ));
+                    }
+                    Ok(a)
+                }
+            }
+        };
+        let min = bound("IPv6SubnetMin", first + size)?;
+        let max = bound("IPv6SubnetMax", last_subnet)?;
+        let mask = u128::MAX << (128 - subnet_len);
+        for (field, a) in [("IPv6SubnetMin", min), ("IPv6SubnetMax", max)] {
+            if u128::from(a) & mask != u128::from(a) {
+                return Err(invalid(
+                    field,
+                    a,
+                    format!("is not on a /{subnet_len} subnet boundary (IPv6SubnetLen)"),
+                ));
+            }
+        }
+        if min > max {
+            return Err(invalid(
+                "IPv6SubnetMin",
+                min,
+                format!("is after IPv6SubnetMax {max}"),
+            ));
+        }
+        self.ipv6_network = Some(network);
+        self.ipv6_subnet_len = subnet_len;
+        self.ipv6_subnet_min = Some(min);
+        self.ipv6_subnet_max = Some(max);
+        Ok(())
+    }
+
+    /// Whether `s` is one of this network's subnets: inside `Network`, `SubnetLen` long and
+    /// on a subnet boundary. Leases of other hosts are judged by this.
+    pub fn contains_subnet(&self, s: Ipv4Net) -> bool {
+        match self.network {
+            Some(n) => s.prefix_len() == self.subnet_len && s.trunc() == s && n.contains(&s),
+            None => false,
+        }
+    }
+
+    /// Whether `s` may be handed out now: a subnet of the network within SubnetMin..SubnetMax.
+    /// A host keeps its old lease only when this holds (flannel's rule).
+    pub fn subnet_in_range(&self, s: Ipv4Net) -> bool {
+        self.contains_subnet(s) && s.network() >= self.subnet_min && s.network() <= self.subnet_max
+    }
+
+    pub fn contains_subnet6(&self, s: Ipv6Net) -> bool {
+        match self.ipv6_network {
+            Some(n) => s.prefix_len() == self.ipv6_subnet_len && s.trunc() == s && n.contains(&s),
+            None => false,
+        }
+    }
+
+    pub fn subnet6_in_range(&self, s: Ipv6Net) -> bool {
+        match (self.ipv6_subnet_min, self.ipv6_subnet_max) {
+            (Some(min), Some(max)) => {
+                self.contains_subnet6(s) && s.network() >= min && s.network() <= max
+            }
+            _ => false,
+        }
+    }
+
+    /// Number of subnets in SubnetMin..SubnetMax.
+    pub fn subnet_count(&self) -> u64 {
+        if self.network.is_none() {
+            return 0;
+        }
+        let step = 1u64 << (32 - self.subnet_len);
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    }
+
+    /// The config with every default filled in, under flannel's field names.
+    pub fn effective_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("EnableIPv4".into(), self.enable_ipv4.into());
+        m.insert("EnableIPv6".into(), self.enable_ipv6.into());
+        m.insert("EnableNFTables".into(), self.enable_nftables.into());
+        if let Some(n) = self.network {
+            m.insert("Network".into(), n.to_string().into());
+            m.insert("SubnetLen".into(), self.subnet_len.into());
+            m.insert("SubnetMin".into(), self.subnet_min.to_string().into());
+            m.insert("SubnetMax".into(), self.subnet_max.to_string().into());
+        }
+        if let Some(n) = self.ipv6_network {
+            m.insert("IPv6Network".into(), n.to_string().into());
+            m.insert("IPv6SubnetLen".into(), self.ipv6_subnet_len.into());
+            if let Some(a) = self.ipv6_subnet_min {
+                m.insert("IPv6SubnetMin".into(), a.to_string().into());
+            }
+            if let Some(a) = self.ipv6_subnet_max {
+                m.insert("IPv6SubnetMax".into(), a.to_string().into());
+            }
+        }
+        let backend = match &self.backend {
+            BackendConfig::HostGw => serde_json::json!({"Type": "host-gw"}),
+            BackendConfig::Vxlan(v) => serde_json::json!({
+                "Type": "vxlan",
+                "VNI": v.vni,
+                "Port": v.port,
+                "MTU": v.mtu.unwrap_or(0),
+                "GBP": v.gbp,
+                "Learning": v.learning,
+                "DirectRouting": v.direct_routing,
+            }),
+        };
+        m.insert("Backend".into(), backend);
+        Value::Object(m)
+    }
+}
+
+fn parse_backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+    let Some(v) = v else {
+        return Err(invalid(
+            "Backend.Type",
+            "udp",
+            "Backend is absent and flannel's default backend \"udp\" is not supported by weft; \
+             set Backend to {\"Type\": \"vxlan\"} or {\"Type\": \"host-gw\"}",
+        ));
+    };
+    let Value::Object(obj) = v else {
+        return Err(invalid("Backend", show(v), "must be a JSON object"));
+    };
+    let ty = get_str(obj, "Type")?.unwrap_or("");
+    // flannel lower-cases the type before looking the backend up.
+    match ty.to_ascii_lowercase().as_str() {
+        "vxlan" => parse_vxlan(obj).map(BackendConfig::Vxlan),
+        "host-gw" => Ok(BackendConfig::HostGw),
+        "" => Err(invalid(
+            "Backend.Type",
+            "\"\"",
+            "must be set; weft supports \"vxlan\" and \"host-gw\"",
+        )),
+        "udp" => Err(invalid(
+            "Backend.Type",
+            ty,
+            "the udp backend is not supported by weft; use \"vxlan\" or \"host-gw\"",
+        )),
+        _ => Err(invalid(
+            "Backend.Type",
+            ty,
+            "unsupported backend; weft supports \"vxlan\" and \"host-gw\"",
+        )),
+    }
+}
+
+fn parse_vxlan(obj: &serde_json::Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
+    let mut c = VxlanConfig::default();
+    if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
+        if vni > 0xFF_FFFF {
+            return Err(invalid(
+                "Backend.VNI",
+                vni,
+                "must be at most 16777215 (24 bits)",
+            ));
+        }
+        c.vni = vni as u32;
+    }
+    if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
+        c.port = u16::try_from(port)
+            .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
+    }
+    if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
+        if mtu != 0 {
+            if !(68..=65535).contains(&mtu) {
+                return Err(invalid(
+                    "Backend.MTU",
+                    mtu,
+                    "must be between 68 and 65535 (or 0 to derive it)",
+                ));
+            }
+            c.mtu = Some(mtu as u32);
+        }
+    }
+    c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
+    c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
+    c.direct_routing =
+        get_bool(obj, "DirectRouting", false).map_err(|e| rename(e, "Backend.DirectRouting"))?;
+    Ok(c)
+}
+
+/// Backend fields are reported with their path so the operator finds them.
+fn rename(e: ConfigError, field: &'static str) -> ConfigError {
+    match e {
+        ConfigError::Invalid { value, why, .. } => ConfigError::Invalid { field, value, why },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> NetworkConfig {
+        NetworkConfig::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> String {
+        NetworkConfig::parse(s).unwrap_err().to_string()
+    }
+
+    const VX: &str = r#""Backend": {"Type": "vxlan"}"#;
+
+    #[test]
+    fn defaults_for_a_16() {
+        let c = parse(&format!(r#"{{"Network": "198.19.0.0/16", {VX}}}"#));
+        assert_eq!(c.network, Some("198.19.0.0/16".parse().unwrap()));
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(198, 19, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(198, 19, 255, 0));
+        assert!(c.enable_ipv4 && !c.enable_ipv6 && !c.enable_nftables);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert_eq!(c.backend.type_name(), "vxlan");
+        assert_eq!(c.subnet_count(), 255);
+    }
+
+    #[test]
+    fn small_networks_get_prefix_plus_two() {
+        let c = parse(&format!(r#"{{"Network": "198.19.0.0/26", {VX}}}"#));
+        assert_eq!(c.subnet_len, 28);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(198, 19, 0, 16));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(198, 19, 0, 48));
+        let c = parse(&format!(r#"{{"Network": "198.19.0.0/22", {VX}}}"#));
+        assert_eq!(c.subnet_len, 24);
+        let c = parse(&format!(r#"{{"Network": "198.19.0.0/28", {VX}}}"#));
+        assert_eq!(c.subnet_len, 30);
+        let e = err(&format!(r#"{{"Network": "198.19.0.0/29", {VX}}}"#));
+        assert!(e.starts_with("Network 198.19.0.0/29:"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_last_wins() {
+        let c = parse(
+            r#"{"network": "198.18.0.0/16", "NETWORK": "198.19.0.0/16", "subnetlen": 26,
+                "backend": {"type": "VXLAN", "vni": 7, "port": 4789, "directrouting": true}}"#,
+        );
+        assert_eq!(c.network, Some("198.19.0.0/16".parse().unwrap()));
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan(VxlanConfig {
+                vni: 7,
+                port: 4789,
+                direct_routing: true,
+                ..VxlanConfig::default()
+            })
+        );
+    }
+
+    #[test]
+    fn explicit_bounds_are_checked() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetMin": "198.19.10.0", "SubnetMax": "198.19.20.0", {VX}}}"#
+        ));
+        assert_eq!(c.subnet_count(), 11);
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetMin": "198.19.10.5", {VX}}}"#
+        ));
+        assert!(
+            e.starts_with("SubnetMin 198.19.10.5: is not on a /24"),
+            "{e}"
+        );
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetMax": "198.18.10.0", {VX}}}"#
+        ));
+        assert!(e.starts_with("SubnetMax 198.18.10.0: is not inside"), "{e}");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetMin": "198.19.30.0", "SubnetMax": "198.19.20.0", {VX}}}"#
+        ));
+        assert!(e.starts_with("SubnetMin 198.19.30.0: is after"), "{e}");
+    }
+
+    #[test]
+    fn subnet_len_limits() {
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetLen": 31, {VX}}}"#
+        ));
+        assert_eq!(e, "SubnetLen 31: must be at most 30");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetLen": 17, {VX}}}"#
+        ));
+        assert!(e.starts_with("SubnetLen 17: must be at least 18"), "{e}");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetLen": "24", {VX}}}"#
+        ));
+        assert!(e.starts_with("SubnetLen 24: must be a whole number"), "{e}");
+    }
+
+    #[test]
+    fn network_is_required_and_must_parse() {
+        assert!(err(&format!("{{{VX}}}")).starts_with("Network is missing"));
+        let e = err(&format!(r#"{{"Network": "198.19.0.0/33", {VX}}}"#));
+        assert!(e.starts_with("Network 198.19.0.0/33:"), "{e}");
+        let e = err(&format!(r#"{{"Network": "fd00::/64", {VX}}}"#));
+        assert!(e.starts_with("Network fd00::/64:"), "{e}");
+        assert!(err("[1]").contains("JSON object"));
+        assert!(err("{").contains("not valid JSON"));
+    }
+
+    #[test]
+    fn backends() {
+        let e = err(r#"{"Network": "198.19.0.0/16"}"#);
+        assert!(
+            e.starts_with("Backend.Type udp:") && e.contains("vxlan") && e.contains("host-gw"),
+            "{e}"
+        );
+        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}"#);
+        assert!(e.starts_with("Backend.Type udp:"), "{e}");
+        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "wireguard"}}"#);
+        assert!(e.starts_with("Backend.Type wireguard:"), "{e}");
+        let c = parse(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "host-gw"}}"#);
+        assert_eq!(c.backend, BackendConfig::HostGw);
+        let e =
+            err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}"#);
+        assert!(e.starts_with("Backend.VNI 16777216:"), "{e}");
+        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "MTU": 20}}"#);
+        assert!(e.starts_with("Backend.MTU 20:"), "{e}");
+        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "GBP": "yes"}}"#);
+        assert!(e.starts_with("Backend.GBP yes:"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_defaults_and_limits() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:1::/56", {VX}}}"#
+        ));
+        assert_eq!(c.ipv6_subnet_len, 64);
+        assert_eq!(c.ipv6_subnet_min, Some("fd00:1:0:1::".parse().unwrap()));
+        assert_eq!(c.ipv6_subnet_max, Some("fd00:1:0:ff::".parse().unwrap()));
+        let c = parse(&format!(
+            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/120", {VX}}}"#
+        ));
+        assert_eq!(c.network, None);
+        assert_eq!(c.ipv6_subnet_len, 122);
+        let e = err(&format!(
+            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/125", {VX}}}"#
+        ));
+        assert!(e.starts_with("IPv6Network fd00::/125: is too small"), "{e}");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, {VX}}}"#
+        ));
+        assert!(e.starts_with("IPv6Network is missing"), "{e}");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetLen": 127, {VX}}}"#
+        ));
+        assert!(e.starts_with("IPv6SubnetLen 127:"), "{e}");
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00::1", {VX}}}"#
+        ));
+        assert!(
+            e.starts_with("IPv6SubnetMin fd00::1: is not on a /64"),
+            "{e}"
+        );
+        let e = err(&format!(r#"{{"EnableIPv4": false, {VX}}}"#));
+        assert!(e.starts_with("EnableIPv4 false:"), "{e}");
+    }
+
+    #[test]
+    fn null_keeps_defaults_and_host_bits_are_dropped() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.3.7/16", "SubnetLen": null, "EnableIPv4": null, {VX}}}"#
+        ));
+        assert_eq!(c.network, Some("198.19.0.0/16".parse().unwrap()));
+        assert_eq!(c.subnet_len, 24);
+        assert!(c.enable_ipv4);
+    }
+
+    #[test]
+    fn subnet_membership() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "SubnetMin": "198.19.10.0", {VX}}}"#
+        ));
+        assert!(c.contains_subnet("198.19.0.0/24".parse().unwrap()));
+        assert!(!c.subnet_in_range("198.19.0.0/24".parse().unwrap()));
+        assert!(c.subnet_in_range("198.19.10.0/24".parse().unwrap()));
+        assert!(!c.contains_subnet("198.19.10.0/25".parse().unwrap()));
+        assert!(!c.contains_subnet("198.19.10.1/24".parse().unwrap()));
+        assert!(!c.contains_subnet("198.18.10.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn effective_json_round_trips() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56", {VX}}}"#
+        ));
+        let again = NetworkConfig::parse(&c.effective_json().to_string()).unwrap();
+        assert_eq!(again.effective_json(), c.effective_json());
+    }
+}
