@@ -1,1 +1,273 @@
-//! (being written)
+//! A host's subnet lease and the attributes stored as its value. The value is flannel's JSON,
+//! field for field (`PublicIP`, `PublicIPv6`, `BackendType`, `BackendData`, `BackendV6Data`),
+//! and `BackendData` is kept exactly as stored so foreign fields survive a rewrite.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::subnet::{lease_key_name, parse_lease_key_name, SubnetError};
+
+/// Why a stored lease could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    Key(#[from] SubnetError),
+    #[error("lease {key}: value is not a flannel lease: {why}")]
+    Value { key: String, why: String },
+    #[error("lease {key}: subnet {subnet} is not a subnet of the network {network}")]
+    OutsideNetwork {
+        key: String,
+        subnet: String,
+        network: String,
+    },
+}
+
+/// What a lease says about its host. Field names and types are flannel's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// flannel writes `null` here for IPv4-only hosts, so weft does too.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<Value>,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<Value>,
+}
+
+/// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLeaseData {
+    pub vni: u32,
+    /// As stored (flannel writes lower-case colon-separated hex).
+    pub vtep_mac: String,
+}
+
+impl VxlanLeaseData {
+    /// flannel's `BackendData` object for a VXLAN lease.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
+    }
+
+    fn from_value(v: &Value) -> Option<VxlanLeaseData> {
+        let obj = v.as_object()?;
+        let get = |name: &str| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let vni = u32::try_from(get("VNI")?.as_u64()?).ok()?;
+        let vtep_mac = get("VtepMAC")?.as_str()?.to_string();
+        Some(VxlanLeaseData { vni, vtep_mac })
+    }
+}
+
+impl LeaseAttrs {
+    /// Attributes of a VXLAN host, as flannel writes them.
+    pub fn new_vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: &str) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(
+                VxlanLeaseData {
+                    vni,
+                    vtep_mac: vtep_mac.to_string(),
+                }
+                .to_value(),
+            ),
+            backend_v6_data: None,
+        }
+    }
+
+    /// Attributes of a host-gw host: no `BackendData`, as in flannel.
+    pub fn new_host_gw(public_ip: Ipv4Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// VNI and VTEP MAC from `BackendData`; `None` when absent or not parseable.
+    pub fn vxlan_data(&self) -> Option<VxlanLeaseData> {
+        self.backend_data
+            .as_ref()
+            .and_then(VxlanLeaseData::from_value)
+    }
+
+    /// The same for `BackendV6Data`.
+    pub fn vxlan_v6_data(&self) -> Option<VxlanLeaseData> {
+        self.backend_v6_data
+            .as_ref()
+            .and_then(VxlanLeaseData::from_value)
+    }
+
+    /// The value to store, in flannel's compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("lease attributes always serialize")
+    }
+
+    /// Reads a stored value; `key` only names the lease in errors.
+    pub fn from_json(key: &str, value: &[u8]) -> Result<LeaseAttrs, LeaseError> {
+        serde_json::from_slice(value).map_err(|e| LeaseError::Value {
+            key: key.to_string(),
+            why: e.to_string(),
+        })
+    }
+}
+
+/// One host's share of the network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub subnet6: Option<Ipv6Net>,
+    pub attrs: LeaseAttrs,
+    /// When the lease runs out; `None` for a reservation, which never does.
+    pub expiration: Option<SystemTime>,
+    /// The etcd lease the key is attached to; `None` for a reservation.
+    pub etcd_lease_id: Option<i64>,
+    /// etcd revision of the key's last change.
+    pub mod_revision: i64,
+}
+
+impl Lease {
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease_id.is_none()
+    }
+
+    /// The last element of the lease's etcd key.
+    pub fn key_name(&self) -> String {
+        lease_key_name(self.subnet, self.subnet6)
+    }
+
+    /// Builds a lease from a key name and a stored value. Expiration, etcd lease and revision
+    /// are filled in by the store.
+    pub fn parse(key_name: &str, value: &[u8]) -> Result<Lease, LeaseError> {
+        let (subnet, subnet6) = parse_lease_key_name(key_name)?;
+        let attrs = LeaseAttrs::from_json(key_name, value)?;
+        Ok(Lease {
+            subnet,
+            subnet6,
+            attrs,
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: 0,
+        })
+    }
+}
+
+/// A change in the set of leases, as a watcher reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LeaseEvent {
+    /// A new lease, or new attributes for a known one.
+    Added(Lease),
+    /// Deleted before its time (revoked, or removed by hand).
+    Removed(Lease),
+    /// Deleted by etcd because nobody renewed it.
+    Expired(Lease),
+}
+
+impl LeaseEvent {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            LeaseEvent::Added(l) | LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => l,
+        }
+    }
+
+    /// `added`, `removed` or `expired`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseEvent::Added(_) => "added",
+            LeaseEvent::Removed(_) => "removed",
+            LeaseEvent::Expired(_) => "expired",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte for byte what flannel stores (FLANNEL-COMPAT.md).
+    const FLANNEL: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+    #[test]
+    fn reads_flannel_value() {
+        let l = Lease::parse("10.5.52.0-24", FLANNEL.as_bytes()).unwrap();
+        assert_eq!(l.subnet, "10.5.52.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 168, 64, 3));
+        assert_eq!(l.attrs.public_ipv6, None);
+        assert_eq!(l.attrs.backend_type, "vxlan");
+        assert_eq!(
+            l.attrs.vxlan_data(),
+            Some(VxlanLeaseData {
+                vni: 1,
+                vtep_mac: "c6:d2:32:6f:8f:44".into()
+            })
+        );
+        assert_eq!(l.attrs.backend_v6_data, None);
+        assert!(l.is_reservation());
+        assert_eq!(l.key_name(), "10.5.52.0-24");
+    }
+
+    #[test]
+    fn writes_flannel_value() {
+        let a = LeaseAttrs::new_vxlan(Ipv4Addr::new(192, 168, 64, 3), 1, "c6:d2:32:6f:8f:44");
+        assert_eq!(a.to_json(), FLANNEL);
+        assert_eq!(
+            LeaseAttrs::new_host_gw(Ipv4Addr::new(198, 18, 0, 1)).to_json(),
+            r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+    }
+
+    #[test]
+    fn keeps_foreign_backend_data() {
+        let v = r#"{"PublicIP":"198.18.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff","Extra":[1,2]},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:fe"}}"#;
+        let a = LeaseAttrs::from_json("k", v.as_bytes()).unwrap();
+        assert_eq!(
+            a.backend_data.as_ref().unwrap()["Extra"],
+            serde_json::json!([1, 2])
+        );
+        assert_eq!(a.vxlan_v6_data().unwrap().vtep_mac, "aa:bb:cc:dd:ee:fe");
+        let again = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
+        assert_eq!(again, a);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Lease::parse("10.5.52.0-24", b"{not json").unwrap_err();
+        assert!(e.to_string().starts_with("lease 10.5.52.0-24:"), "{e}");
+        let e = Lease::parse("10.5.52.0-24", br#"{"PublicIP":"nope"}"#).unwrap_err();
+        assert!(e.to_string().starts_with("lease 10.5.52.0-24:"), "{e}");
+        let e = Lease::parse("10.5.52.0", FLANNEL.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("\"10.5.52.0\""), "{e}");
+        let a = LeaseAttrs::from_json(
+            "k",
+            br#"{"PublicIP":"198.18.0.1","BackendData":{"VNI":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.vxlan_data(), None);
+    }
+}
