@@ -1,1 +1,146 @@
-//! (being written)
+//! The registry: the network config and the hosts' subnet leases, kept in etcd in flannel's
+//! layout. [`EtcdStore`] has the operations weftd and weftctl need (acquire, renew, list,
+//! reserve, revoke); [`LeaseWatcher`] turns etcd's watch into typed lease events.
+
+mod etcd;
+mod watch;
+
+use std::path::PathBuf;
+
+pub use etcd::{EtcdStore, LeaseList, SkippedLease};
+pub use watch::LeaseWatcher;
+
+use crate::config::ConfigError;
+use crate::lease::LeaseError;
+
+/// How to reach etcd. weftd and weftctl both flatten this, so one environment file
+/// (`WEFTD_ETCD_*`) serves both.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "WEFTD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Key prefix of the network: config at <prefix>/config, leases under <prefix>/subnets/.
+    #[arg(
+        long = "etcd-prefix",
+        env = "WEFTD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub prefix: String,
+    /// CA certificate to verify etcd's server certificate.
+    #[arg(long = "etcd-cafile", env = "WEFTD_ETCD_CAFILE")]
+    pub cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long = "etcd-certfile", env = "WEFTD_ETCD_CERTFILE")]
+    pub certfile: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long = "etcd-keyfile", env = "WEFTD_ETCD_KEYFILE")]
+    pub keyfile: Option<PathBuf>,
+    /// User name for etcd authentication.
+    #[arg(long = "etcd-username", env = "WEFTD_ETCD_USERNAME")]
+    pub username: Option<String>,
+    /// Password for etcd authentication.
+    #[arg(
+        long = "etcd-password",
+        env = "WEFTD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl EtcdOptions {
+    /// Options for plain-HTTP endpoints and a prefix, everything else unset.
+    pub fn new(endpoints: &[&str], prefix: &str) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.to_string(),
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions::new(&["http://127.0.0.1:2379"], "/coreos.com/network")
+    }
+}
+
+/// What went wrong talking to the registry. Each message names the endpoints, key or subnet.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach etcd at {endpoints}: {why}")]
+    Unreachable { endpoints: String, why: String },
+    #[error("etcd at {endpoints}: {op}: no answer within {secs}s")]
+    Timeout {
+        endpoints: String,
+        op: String,
+        secs: u64,
+    },
+    #[error("etcd at {endpoints}: {op}: {source}")]
+    Etcd {
+        endpoints: String,
+        op: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("invalid etcd options: {0}")]
+    Options(String),
+    #[error("network config at {key}: {source}")]
+    Config {
+        key: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("no network config at {key}")]
+    NoConfig { key: String },
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("lease {subnet} is gone from etcd: {why}")]
+    LeaseGone { subnet: String, why: String },
+    #[error("no free subnet in {min}..{max} (/{len}): all {taken} of {total} subnets are taken")]
+    NoFreeSubnet {
+        min: String,
+        max: String,
+        len: u8,
+        taken: u64,
+        total: u64,
+    },
+    #[error("no lease after {attempts} attempts: other hosts took each chosen subnet first")]
+    Contention { attempts: u32 },
+    #[error("{subnet} is not a subnet of the network {network} (SubnetLen {len})")]
+    NotInNetwork {
+        subnet: String,
+        network: String,
+        len: u8,
+    },
+    #[error("{subnet} is leased to {public_ip}")]
+    SubnetTaken { subnet: String, public_ip: String },
+    #[error("{public_ip} already has a reservation: {subnet}")]
+    AlreadyReserved { public_ip: String, subnet: String },
+    #[error("{subnet} is not a reservation (it is leased to {public_ip}); revoke it instead")]
+    NotAReservation { subnet: String, public_ip: String },
+    #[error("{subnet} is a reservation for {public_ip}; remove it with `reservations remove`")]
+    IsReservation { subnet: String, public_ip: String },
+    #[error("etcd at {endpoints}: watch refused: {why}")]
+    WatchRefused { endpoints: String, why: String },
+}
+
+impl StoreError {
+    /// Whether trying again later may help (etcd down, slow or restarting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. } | StoreError::Timeout { .. } => true,
+            StoreError::Etcd { source, .. } => etcd::is_transient(source),
+            _ => false,
+        }
+    }
+}

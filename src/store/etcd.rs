@@ -1,0 +1,923 @@
+//! The registry on etcd v3. Every call has a deadline, so an unreachable etcd is an error
+//! that names the endpoints, never a hang. Leases are created with a transaction that only
+//! succeeds while the key is absent; renewal keeps the one etcd lease alive.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+};
+use ipnet::Ipv4Net;
+use tracing::{debug, info, warn};
+
+use super::{EtcdOptions, LeaseWatcher, StoreError};
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, LeaseAttrs, LeaseError};
+use crate::subnet::{lease_key_name, parse_lease_key_name, subnets_between};
+
+/// How long one etcd request may take before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many lost creation races an acquisition survives.
+const MAX_ATTEMPTS: u32 = 20;
+/// A random subnet is drawn from this many free ones (flannel's number).
+const RANDOM_POOL: usize = 100;
+/// TTL lookups in flight at once when listing.
+const TTL_CONCURRENCY: usize = 64;
+
+/// The leases under `<prefix>/subnets/` at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseList {
+    /// Sorted by subnet.
+    pub leases: Vec<Lease>,
+    /// Keys that are not usable leases, with the reason.
+    pub skipped: Vec<SkippedLease>,
+    /// The etcd revision of the listing; watch from here to miss nothing.
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedLease {
+    /// The full etcd key.
+    pub key: String,
+    pub reason: String,
+    pub mod_revision: i64,
+}
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+    op_timeout: Duration,
+}
+
+pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
+        // gRPC codes: Cancelled 1, Unknown 2, DeadlineExceeded 4, ResourceExhausted 8,
+        // Aborted 10, Internal 13, Unavailable 14.
+        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 2 | 4 | 8 | 10 | 13 | 14),
+        _ => false,
+    }
+}
+
+/// A raw entry under the subnets prefix, decoded as far as it goes.
+struct Entry {
+    key: String,
+    kv: KeyValue,
+    subnet: Option<Ipv4Net>,
+    lease: Result<Lease, String>,
+}
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers, within a few seconds.
+    pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        let endpoints = opts.endpoints.join(",");
+        if opts.endpoints.is_empty() || opts.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(StoreError::Options(format!(
+                "--etcd-endpoints {endpoints:?}: an endpoint is empty"
+            )));
+        }
+        let tls_wanted = opts.cafile.is_some()
+            || opts.certfile.is_some()
+            || opts.keyfile.is_some()
+            || opts.endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls_wanted {
+            return Err(StoreError::Options(format!(
+                "TLS to etcd ({endpoints}, --etcd-cafile/--etcd-certfile/--etcd-keyfile) is not \
+                 supported by this build of weft; use http:// endpoints"
+            )));
+        }
+        let mut copts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        match (&opts.username, &opts.password) {
+            (Some(u), Some(p)) => copts = copts.with_user(u, p),
+            (Some(u), None) => copts = copts.with_user(u, ""),
+            (None, Some(_)) => {
+                return Err(StoreError::Options(
+                    "--etcd-password is set but --etcd-username is not".into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        let unreachable = |why: String| StoreError::Unreachable {
+            endpoints: endpoints.clone(),
+            why,
+        };
+        let client = match tokio::time::timeout(
+            OP_TIMEOUT,
+            Client::connect(opts.endpoints.clone(), Some(copts)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    OP_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Ok(c)) => c,
+        };
+        let store = EtcdStore {
+            client,
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
+            endpoints: endpoints.clone(),
+            op_timeout: OP_TIMEOUT,
+        };
+        // The channel connects lazily; one cheap read proves etcd is there.
+        let mut c = store.client.clone();
+        let key = store.config_key();
+        match tokio::time::timeout(
+            OP_TIMEOUT,
+            c.get(key, Some(GetOptions::new().with_count_only())),
+        )
+        .await
+        {
+            Err(_) => Err(unreachable(format!(
+                "no answer within {}s",
+                OP_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Ok(_)) => Ok(store),
+        }
+    }
+
+    /// The endpoints, as given, for messages.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The key prefix without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub(super) fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// The full etcd key of a lease.
+    pub fn lease_key(&self, lease: &Lease) -> String {
+        format!("{}{}", self.subnets_prefix(), lease.key_name())
+    }
+
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Runs one etcd call under the deadline, turning failures into errors naming `op`.
+    pub(super) async fn timed<T>(
+        &self,
+        op: impl Into<String>,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, f).await {
+            Err(_) => Err(StoreError::Timeout {
+                endpoints: self.endpoints.clone(),
+                op: op.into(),
+                secs: self.op_timeout.as_secs(),
+            }),
+            Ok(Err(source)) => Err(StoreError::Etcd {
+                endpoints: self.endpoints.clone(),
+                op: op.into(),
+                source,
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    // ---- config ----
+
+    /// The network config; `Ok(None)` when the key does not exist.
+    pub async fn get_config(&self) -> Result<Option<NetworkConfig>, StoreError> {
+        let key = self.config_key();
+        let mut c = self.client();
+        let resp = self
+            .timed(format!("get {key}"), c.get(key.clone(), None))
+            .await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(kv.value());
+        NetworkConfig::parse(&text)
+            .map(Some)
+            .map_err(|source| StoreError::Config { key, source })
+    }
+
+    /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
+    /// invalid, etcd unreachable) is logged once.
+    pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {
+        let mut last_reason = String::new();
+        loop {
+            let reason = match self.get_config().await {
+                Ok(Some(cfg)) => {
+                    if !last_reason.is_empty() {
+                        info!(key = %self.config_key(), "network config found");
+                    }
+                    return Ok(cfg);
+                }
+                Ok(None) => format!("waiting for the network config at {}", self.config_key()),
+                Err(e) => format!("waiting for a usable network config: {e}"),
+            };
+            if reason != last_reason {
+                warn!("{reason}");
+                last_reason = reason;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Validates and stores a config document.
+    pub async fn put_config(&self, cfg_json: &str) -> Result<(), StoreError> {
+        let key = self.config_key();
+        NetworkConfig::parse(cfg_json).map_err(|source| StoreError::Config {
+            key: key.clone(),
+            source,
+        })?;
+        let mut c = self.client();
+        self.timed(format!("put {key}"), c.put(key.clone(), cfg_json, None))
+            .await?;
+        Ok(())
+    }
+
+    // ---- reading leases ----
+
+    async fn entries(&self, revision: i64) -> Result<(Vec<Entry>, i64), StoreError> {
+        let prefix = self.subnets_prefix();
+        let mut opts = GetOptions::new().with_prefix();
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut c = self.client();
+        let mut resp = self
+            .timed(format!("list {prefix}"), c.get(prefix.clone(), Some(opts)))
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp
+            .take_kvs()
+            .into_iter()
+            .filter_map(|kv| self.entry(kv))
+            .collect();
+        Ok((entries, rev))
+    }
+
+    /// Decodes one key-value; `None` for keys deeper than a lease (not ours to judge).
+    pub(super) fn entry_from(&self, kv: &KeyValue) -> Option<(String, Result<Lease, String>)> {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let name = key.strip_prefix(&self.subnets_prefix())?.to_string();
+        if name.contains('/') {
+            return None;
+        }
+        let lease = Lease::parse(&name, kv.value())
+            .map(|mut l| {
+                l.etcd_lease_id = (kv.lease() != 0).then_some(kv.lease());
+                l.mod_revision = kv.mod_revision();
+                l
+            })
+            .map_err(|e| match e {
+                LeaseError::Value { why, .. } => format!("value is not a flannel lease: {why}"),
+                other => other.to_string(),
+            });
+        Some((key, lease))
+    }
+
+    fn entry(&self, kv: KeyValue) -> Option<Entry> {
+        let (key, lease) = self.entry_from(&kv)?;
+        let name = &key[self.subnets_prefix().len()..];
+        let subnet = parse_lease_key_name(name).ok().map(|(s, _)| s);
+        Some(Entry {
+            key,
+            kv,
+            subnet,
+            lease,
+        })
+    }
+
+    /// Remaining seconds of each etcd lease (-1 when gone), looked up concurrently.
+    pub(super) async fn ttls(&self, ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError> {
+        let mut out = HashMap::new();
+        let unique: Vec<i64> = ids
+            .iter()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in unique.chunks(TTL_CONCURRENCY) {
+            let mut set = tokio::task::JoinSet::new();
+            for &id in chunk {
+                let mut lc = self.client.lease_client();
+                let t = self.op_timeout;
+                set.spawn(
+                    async move { (id, tokio::time::timeout(t, lc.time_to_live(id, None)).await) },
+                );
+            }
+            while let Some(joined) = set.join_next().await {
+                let Ok((id, res)) = joined else { continue };
+                match res {
+                    Ok(Ok(r)) => {
+                        out.insert(id, r.ttl());
+                    }
+                    Ok(Err(source)) => {
+                        return Err(StoreError::Etcd {
+                            endpoints: self.endpoints.clone(),
+                            op: format!("time-to-live of etcd lease {id:x}"),
+                            source,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(StoreError::Timeout {
+                            endpoints: self.endpoints.clone(),
+                            op: format!("time-to-live of etcd lease {id:x}"),
+                            secs: self.op_timeout.as_secs(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets `expiration` of every non-reservation from its etcd lease's remaining TTL.
+    pub(super) async fn fill_expirations(&self, leases: &mut [Lease]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = leases.iter().filter_map(|l| l.etcd_lease_id).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ttls = self.ttls(&ids).await?;
+        let now = SystemTime::now();
+        for l in leases.iter_mut() {
+            if let Some(id) = l.etcd_lease_id {
+                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
+                l.expiration = Some(now + Duration::from_secs(secs));
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits raw entries into usable leases and skipped keys; with a config, leases outside
+    /// the network are skipped too.
+    pub(super) fn sort_entries(
+        entries: Vec<(String, Result<Lease, String>, i64)>,
+        cfg: Option<&NetworkConfig>,
+    ) -> (Vec<Lease>, Vec<SkippedLease>) {
+        let mut leases = Vec::new();
+        let mut skipped = Vec::new();
+        for (key, lease, mod_revision) in entries {
+            match lease {
+                Ok(l) => match outside_network(&l, cfg) {
+                    None => leases.push(l),
+                    Some(reason) => skipped.push(SkippedLease {
+                        key,
+                        reason,
+                        mod_revision,
+                    }),
+                },
+                Err(reason) => skipped.push(SkippedLease {
+                    key,
+                    reason,
+                    mod_revision,
+                }),
+            }
+        }
+        leases.sort_by_key(|l| (l.subnet.network(), l.subnet.prefix_len()));
+        (leases, skipped)
+    }
+
+    /// All leases with their expirations, at the current revision (or `revision` if > 0).
+    pub(super) async fn list_at(
+        &self,
+        cfg: Option<&NetworkConfig>,
+        revision: i64,
+    ) -> Result<LeaseList, StoreError> {
+        let (entries, rev) = self.entries(revision).await?;
+        let raw = entries
+            .into_iter()
+            .map(|e| (e.key, e.lease, e.kv.mod_revision()))
+            .collect();
+        let (mut leases, skipped) = Self::sort_entries(raw, cfg);
+        self.fill_expirations(&mut leases).await?;
+        Ok(LeaseList {
+            leases,
+            skipped,
+            revision: rev,
+        })
+    }
+
+    /// All leases, sorted by subnet. With a config, leases outside its network are skipped.
+    pub async fn list_leases(&self, cfg: Option<&NetworkConfig>) -> Result<LeaseList, StoreError> {
+        self.list_at(cfg, 0).await
+    }
+
+    /// The lease of one subnet, if any (a key that does not parse is an error naming it).
+    pub async fn get_lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>, StoreError> {
+        let Some(e) = self.find_entry(subnet).await? else {
+            return Ok(None);
+        };
+        let mut lease = e.lease.map_err(|why| LeaseError::Value {
+            key: e.key.clone(),
+            why,
+        })?;
+        self.fill_expirations(std::slice::from_mut(&mut lease))
+            .await?;
+        Ok(Some(lease))
+    }
+
+    /// The entry whose key names `subnet` (also a dual-stack key starting with it).
+    async fn find_entry(&self, subnet: Ipv4Net) -> Result<Option<Entry>, StoreError> {
+        let key = format!("{}{}", self.subnets_prefix(), lease_key_name(subnet, None));
+        let mut c = self.client();
+        let mut resp = self
+            .timed(
+                format!("get {key}"),
+                c.get(key.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .filter_map(|kv| self.entry(kv))
+            .find(|e| e.subnet == Some(subnet)))
+    }
+
+    /// Starts a watch of all leases after `after_revision` (0: list first and report every
+    /// current lease as added). See [`LeaseWatcher`].
+    pub fn watch_leases(&self, cfg: Option<NetworkConfig>, after_revision: i64) -> LeaseWatcher {
+        LeaseWatcher::new(self.clone(), cfg, after_revision)
+    }
+
+    /// Starts a watch right after a listing, whose leases the caller already knows.
+    pub fn watch_from_list(&self, cfg: Option<NetworkConfig>, list: &LeaseList) -> LeaseWatcher {
+        LeaseWatcher::from_list(self.clone(), cfg, list)
+    }
+
+    // ---- this host's lease ----
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let mut c = self.client();
+        let resp = self
+            .timed("grant etcd lease", c.lease_grant(secs, None))
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Best effort: an etcd lease nobody uses expires on its own anyway.
+    async fn revoke_quietly(&self, id: i64) {
+        let mut c = self.client();
+        if let Err(e) = self
+            .timed(format!("revoke etcd lease {id:x}"), c.lease_revoke(id))
+            .await
+        {
+            debug!("{e}");
+        }
+    }
+
+    /// Writes `value` at `key` if `when` holds; returns the new revision, or `None` when the
+    /// comparison failed.
+    async fn put_if(
+        &self,
+        key: &str,
+        value: &str,
+        lease: Option<i64>,
+        when: Vec<Compare>,
+    ) -> Result<Option<i64>, StoreError> {
+        let opts = lease.map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::put(key, value, opts)]);
+        let mut c = self.client();
+        let resp = self.timed(format!("put {key}"), c.txn(txn)).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Acquires this host's lease, in flannel's order: the lease already holding
+    /// `attrs.public_ip` if it still fits the config (its attributes are rewritten), else
+    /// `prev_subnet` if free, else a random free subnet among the first 100 free ones.
+    /// A lost creation race re-reads the leases and tries again.
+    pub async fn acquire_lease(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        prev_subnet: Option<Ipv4Net>,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        if cfg.network.is_none() {
+            return Err(StoreError::Options(
+                "the network config has EnableIPv4 false; IPv6-only leases are not supported yet"
+                    .into(),
+            ));
+        }
+        let value = attrs.to_json();
+        let mut granted: Option<i64> = None;
+        let result = self
+            .acquire_attempts(cfg, attrs, &value, prev_subnet, ttl, &mut granted)
+            .await;
+        if result.is_err() {
+            if let Some(id) = granted {
+                self.revoke_quietly(id).await;
+            }
+        }
+        result
+    }
+
+    async fn acquire_attempts(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        value: &str,
+        prev_subnet: Option<Ipv4Net>,
+        ttl: Duration,
+        granted: &mut Option<i64>,
+    ) -> Result<Lease, StoreError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (entries, _) = self.entries(0).await?;
+            let taken: HashSet<Ipv4Net> = entries.iter().filter_map(|e| e.subnet).collect();
+            let mut mine: Vec<&Lease> = entries
+                .iter()
+                .filter_map(|e| e.lease.as_ref().ok())
+                .filter(|l| l.attrs.public_ip == attrs.public_ip && cfg.subnet_in_range(l.subnet))
+                .collect();
+            // A reservation wins over an ordinary lease; then the newest.
+            mine.sort_by_key(|l| (l.is_reservation(), l.mod_revision));
+
+            if let Some(&old) = mine.last() {
+                let key = self.lease_key(old);
+                let unchanged = vec![Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    old.mod_revision,
+                )];
+                let lease_id = if old.is_reservation() {
+                    None
+                } else {
+                    Some(match *granted {
+                        Some(id) => id,
+                        None => *granted.insert(self.grant(ttl).await?),
+                    })
+                };
+                if let Some(rev) = self.put_if(&key, value, lease_id, unchanged).await? {
+                    *granted = None;
+                    // The key now hangs on the new etcd lease; the old one would only linger.
+                    let stale: Vec<i64> = mine[..mine.len() - 1]
+                        .iter()
+                        .chain(std::iter::once(&old))
+                        .filter_map(|l| l.etcd_lease_id)
+                        .filter(|id| Some(*id) != lease_id)
+                        .collect();
+                    for id in stale {
+                        self.revoke_quietly(id).await;
+                    }
+                    info!(subnet = %old.subnet, reserved = old.is_reservation(), "reusing the lease held by {}", attrs.public_ip);
+                    return Ok(Lease {
+                        subnet: old.subnet,
+                        subnet6: old.subnet6,
+                        attrs: attrs.clone(),
+                        expiration: lease_id.map(|_| SystemTime::now() + ttl),
+                        etcd_lease_id: lease_id,
+                        mod_revision: rev,
+                    });
+                }
+                debug!(attempt, subnet = %old.subnet, "own lease changed while reusing it; retrying");
+                continue;
+            }
+
+            let choice = match prev_subnet.filter(|p| cfg.subnet_in_range(*p) && !taken.contains(p))
+            {
+                Some(p) => p,
+                None => {
+                    let free: Vec<Ipv4Net> =
+                        subnets_between(cfg.subnet_min, cfg.subnet_max, cfg.subnet_len)
+                            .filter(|s| !taken.contains(s))
+                            .take(RANDOM_POOL)
+                            .collect();
+                    if free.is_empty() {
+                        let in_range =
+                            taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
+                        return Err(StoreError::NoFreeSubnet {
+                            min: cfg.subnet_min.to_string(),
+                            max: cfg.subnet_max.to_string(),
+                            len: cfg.subnet_len,
+                            taken: in_range,
+                            total: cfg.subnet_count(),
+                        });
+                    }
+                    free[rand::random_range(0..free.len())]
+                }
+            };
+            let id = match *granted {
+                Some(id) => id,
+                None => *granted.insert(self.grant(ttl).await?),
+            };
+            let key = format!("{}{}", self.subnets_prefix(), lease_key_name(choice, None));
+            let absent = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
+            if let Some(rev) = self.put_if(&key, value, Some(id), absent).await? {
+                *granted = None;
+                info!(subnet = %choice, public_ip = %attrs.public_ip, "acquired a new lease");
+                return Ok(Lease {
+                    subnet: choice,
+                    subnet6: None,
+                    attrs: attrs.clone(),
+                    expiration: Some(SystemTime::now() + ttl),
+                    etcd_lease_id: Some(id),
+                    mod_revision: rev,
+                });
+            }
+            debug!(attempt, subnet = %choice, "another host took the subnet first; retrying");
+        }
+        Err(StoreError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Renews a lease by keeping its one etcd lease alive (no new etcd lease per renewal).
+    /// `LeaseGone` when the key or the etcd lease has vanished: the caller re-acquires. A lease
+    /// an operator turned into a reservation comes back as that reservation.
+    /// The etcd lease is refreshed to the TTL it was granted with (`ttl` is logged if it
+    /// differs; a new TTL takes effect at the next acquisition).
+    pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let key = self.lease_key(lease);
+        let gone = |why: &str| StoreError::LeaseGone {
+            subnet: lease.subnet.to_string(),
+            why: why.to_string(),
+        };
+        let mut c = self.client();
+        let Some(id) = lease.etcd_lease_id else {
+            let resp = self
+                .timed(format!("get {key}"), c.get(key.clone(), None))
+                .await?;
+            let kv = resp
+                .kvs()
+                .first()
+                .ok_or_else(|| gone("the reservation was removed"))?;
+            if kv.lease() != 0 {
+                return Err(gone("the reservation was replaced by an expiring lease"));
+            }
+            return Ok(Lease {
+                mod_revision: kv.mod_revision(),
+                ..lease.clone()
+            });
+        };
+        let (mut c2, mut c3) = (self.client(), self.client());
+        let (alive, current, ttl_info) = tokio::join!(
+            self.timed(
+                format!("keep-alive etcd lease {id:x}"),
+                c.lease_keep_alive(id)
+            ),
+            self.timed(format!("get {key}"), c2.get(key.clone(), None)),
+            self.timed(
+                format!("time-to-live of etcd lease {id:x}"),
+                c3.lease_time_to_live(id, None)
+            ),
+        );
+        let current = current?;
+        let kv = current.kvs().first();
+        match alive {
+            Ok(_) => {}
+            Err(StoreError::Etcd {
+                source: etcd_client::Error::LeaseKeepAliveError(_),
+                ..
+            }) => {
+                return Err(gone("its etcd lease expired or was revoked"));
+            }
+            Err(e) => return Err(e),
+        }
+        let Some(kv) = kv else {
+            self.revoke_quietly(id).await;
+            return Err(gone("the key was deleted"));
+        };
+        if kv.lease() != id {
+            let now_reserved = kv.lease() == 0
+                && LeaseAttrs::from_json(&key, kv.value())
+                    .is_ok_and(|a| a.public_ip == lease.attrs.public_ip);
+            self.revoke_quietly(id).await;
+            if now_reserved {
+                info!(subnet = %lease.subnet, "the lease was turned into a reservation");
+                return Ok(Lease {
+                    expiration: None,
+                    etcd_lease_id: None,
+                    mod_revision: kv.mod_revision(),
+                    ..lease.clone()
+                });
+            }
+            return Err(gone("the key now belongs to another etcd lease"));
+        }
+        let granted = ttl_info?.granted_ttl().max(0) as u64;
+        if granted != ttl.as_secs() {
+            debug!(
+                granted,
+                wanted = ttl.as_secs(),
+                "etcd lease keeps its granted TTL until the next acquisition"
+            );
+        }
+        Ok(Lease {
+            expiration: Some(SystemTime::now() + Duration::from_secs(granted)),
+            mod_revision: kv.mod_revision(),
+            ..lease.clone()
+        })
+    }
+
+    /// Rewrites a lease's value, keeping its etcd lease (e.g. after the VTEP MAC changed).
+    pub async fn update_lease_attrs(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+    ) -> Result<Lease, StoreError> {
+        let key = self.lease_key(lease);
+        let id = lease.etcd_lease_id.unwrap_or(0);
+        let when = vec![
+            Compare::version(key.as_str(), CompareOp::Greater, 0),
+            Compare::lease(key.as_str(), CompareOp::Equal, id),
+        ];
+        match self
+            .put_if(&key, &attrs.to_json(), lease.etcd_lease_id, when)
+            .await?
+        {
+            Some(rev) => Ok(Lease {
+                attrs: attrs.clone(),
+                mod_revision: rev,
+                ..lease.clone()
+            }),
+            None => Err(StoreError::LeaseGone {
+                subnet: lease.subnet.to_string(),
+                why: "the key was deleted or taken over".into(),
+            }),
+        }
+    }
+
+    // ---- operator actions ----
+
+    /// Revokes a subnet's lease and its etcd lease. `Ok(false)` when there is none;
+    /// reservations are refused (they are removed with `remove_reservation`).
+    pub async fn revoke_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+        let Some(e) = self.find_entry(subnet).await? else {
+            return Ok(false);
+        };
+        let id = e.kv.lease();
+        if id == 0 {
+            let public_ip = e
+                .lease
+                .as_ref()
+                .map(|l| l.attrs.public_ip.to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(StoreError::IsReservation {
+                subnet: subnet.to_string(),
+                public_ip,
+            });
+        }
+        let mut c = self.client();
+        // Revoking deletes every key on the etcd lease; the delete below covers a lease that
+        // vanished in between.
+        let _ = self
+            .timed(format!("revoke etcd lease {id:x}"), c.lease_revoke(id))
+            .await;
+        let txn = Txn::new()
+            .when(vec![Compare::lease(e.key.as_str(), CompareOp::Equal, id)])
+            .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
+        self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
+        info!(%subnet, "lease revoked");
+        Ok(true)
+    }
+
+    /// Reserves `subnet` for `public_ip`: a key without an etcd lease, so it never expires.
+    /// A lease already held by the same PublicIP becomes the reservation.
+    pub async fn add_reservation(
+        &self,
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+    ) -> Result<(), StoreError> {
+        if let Some(cfg) = self.get_config().await? {
+            if !cfg.contains_subnet(subnet) {
+                return Err(StoreError::NotInNetwork {
+                    subnet: subnet.to_string(),
+                    network: cfg.network.map(|n| n.to_string()).unwrap_or_default(),
+                    len: cfg.subnet_len,
+                });
+            }
+        }
+        let (entries, _) = self.entries(0).await?;
+        if let Some(other) = entries.iter().find_map(|e| {
+            e.lease.as_ref().ok().filter(|l| {
+                l.is_reservation() && l.attrs.public_ip == public_ip && l.subnet != subnet
+            })
+        }) {
+            return Err(StoreError::AlreadyReserved {
+                public_ip: public_ip.to_string(),
+                subnet: other.subnet.to_string(),
+            });
+        }
+        let existing = entries.iter().find(|e| e.subnet == Some(subnet));
+        let (key, value, when) = match existing {
+            None => {
+                let key = format!("{}{}", self.subnets_prefix(), lease_key_name(subnet, None));
+                let attrs = LeaseAttrs {
+                    public_ip,
+                    public_ipv6: None,
+                    backend_type: String::new(),
+                    backend_data: None,
+                    backend_v6_data: None,
+                };
+                let when = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
+                (key, attrs.to_json(), when)
+            }
+            Some(e) => match &e.lease {
+                Ok(l) if l.attrs.public_ip == public_ip => {
+                    let when = vec![Compare::mod_revision(
+                        e.key.as_str(),
+                        CompareOp::Equal,
+                        e.kv.mod_revision(),
+                    )];
+                    (e.key.clone(), l.attrs.to_json(), when)
+                }
+                Ok(l) => {
+                    return Err(StoreError::SubnetTaken {
+                        subnet: subnet.to_string(),
+                        public_ip: l.attrs.public_ip.to_string(),
+                    })
+                }
+                Err(why) => {
+                    return Err(StoreError::Lease(LeaseError::Value {
+                        key: e.key.clone(),
+                        why: why.clone(),
+                    }))
+                }
+            },
+        };
+        match self.put_if(&key, &value, None, when).await? {
+            Some(_) => {
+                info!(%subnet, %public_ip, "reservation added");
+                Ok(())
+            }
+            None => Err(StoreError::SubnetTaken {
+                subnet: subnet.to_string(),
+                public_ip: "another host (it changed while reserving)".into(),
+            }),
+        }
+    }
+
+    /// Deletes a reservation. `Ok(false)` when the subnet has no key; a lease that is not a
+    /// reservation is refused and left alone.
+    pub async fn remove_reservation(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+        let Some(e) = self.find_entry(subnet).await? else {
+            return Ok(false);
+        };
+        if e.kv.lease() != 0 {
+            let public_ip = e
+                .lease
+                .as_ref()
+                .map(|l| l.attrs.public_ip.to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(StoreError::NotAReservation {
+                subnet: subnet.to_string(),
+                public_ip,
+            });
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                e.key.as_str(),
+                CompareOp::Equal,
+                e.kv.mod_revision(),
+            )])
+            .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
+        let mut c = self.client();
+        let resp = self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::NotAReservation {
+                subnet: subnet.to_string(),
+                public_ip: "a host (it changed while removing)".into(),
+            });
+        }
+        info!(%subnet, "reservation removed");
+        Ok(true)
+    }
+}
+
+/// Why a lease is not part of `cfg`'s network, if it is not.
+pub(super) fn outside_network(l: &Lease, cfg: Option<&NetworkConfig>) -> Option<String> {
+    let cfg = cfg?;
+    if cfg.contains_subnet(l.subnet) {
+        return None;
+    }
+    Some(
+        LeaseError::OutsideNetwork {
+            key: l.key_name(),
+            subnet: l.subnet.to_string(),
+            network: cfg
+                .network
+                .map(|n| format!("{n} (SubnetLen {})", cfg.subnet_len))
+                .unwrap_or_else(|| "(none)".into()),
+        }
+        .to_string(),
+    )
+}

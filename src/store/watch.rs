@@ -1,0 +1,459 @@
+//! Turns etcd's watch of `<prefix>/subnets/` into typed lease events. The watcher keeps a
+//! cache of the leases it has reported, so removals carry their attributes, a compacted
+//! revision becomes a re-list that reports exactly the difference, and a dropped connection
+//! resumes after the last revision it delivered.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{EventType, WatchOptions, WatchStream};
+use tracing::{info, warn};
+
+use super::etcd::{outside_network, EtcdStore, LeaseList, SkippedLease};
+use super::StoreError;
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, LeaseEvent};
+
+/// A delete this close to (or after) the cached expiration counts as an expiry.
+const EXPIRY_SLACK: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A running watch of all leases. Reconnects by itself; see [`LeaseWatcher::next`].
+pub struct LeaseWatcher {
+    store: EtcdStore,
+    cfg: Option<NetworkConfig>,
+    /// Every change up to this revision has been delivered.
+    revision: i64,
+    /// Full key → the lease as last reported.
+    cache: HashMap<String, Lease>,
+    seeded: bool,
+    stream: Option<WatchStream>,
+    warned: HashSet<(String, i64)>,
+    backoff: Duration,
+    last_problem: Option<String>,
+}
+
+impl LeaseWatcher {
+    pub(super) fn new(store: EtcdStore, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
+        LeaseWatcher {
+            store,
+            cfg,
+            revision: after_revision.max(0),
+            cache: HashMap::new(),
+            seeded: false,
+            stream: None,
+            warned: HashSet::new(),
+            backoff: Duration::from_millis(100),
+            last_problem: None,
+        }
+    }
+
+    pub(super) fn from_list(
+        store: EtcdStore,
+        cfg: Option<NetworkConfig>,
+        list: &LeaseList,
+    ) -> Self {
+        let mut w = LeaseWatcher::new(store, cfg, list.revision);
+        w.cache = list
+            .leases
+            .iter()
+            .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
+            .map(|l| (w.store.lease_key(l), l.clone()))
+            .collect();
+        for s in &list.skipped {
+            w.warn_skipped(s);
+        }
+        w.seeded = true;
+        w
+    }
+
+    /// The last revision whose changes have been delivered.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The leases as the watcher knows them now, sorted by subnet.
+    pub fn leases(&self) -> Vec<Lease> {
+        let mut v: Vec<Lease> = self.cache.values().cloned().collect();
+        v.sort_by_key(|l| (l.subnet.network(), l.subnet.prefix_len()));
+        v
+    }
+
+    /// Waits for the next changes and returns them (never an empty batch).
+    ///
+    /// Connection problems are not returned: the watcher logs them once, retries with
+    /// backoff and resumes after [`revision`](Self::revision), so nothing is lost or repeated.
+    /// A compacted revision triggers a re-list that reports only the difference. `Err` is
+    /// returned only when etcd refuses the watch itself (permission denied, authentication
+    /// failed, invalid request): retrying cannot help and the caller must know.
+    /// Started with `after_revision` 0, the first batch is every current lease as `Added`.
+    pub async fn next(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        loop {
+            if !self.seeded {
+                match self.seed().await {
+                    Ok(events) => {
+                        self.recovered();
+                        if !events.is_empty() {
+                            return Ok(events);
+                        }
+                    }
+                    Err(e) => {
+                        self.trouble(e).await?;
+                        continue;
+                    }
+                }
+            }
+            if self.stream.is_none() {
+                match self.open().await {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) => {
+                        self.trouble(e).await?;
+                        continue;
+                    }
+                }
+            }
+            let deadline = self.refresh_deadline();
+            let stream = self.stream.as_mut().expect("opened above");
+            let msg = tokio::select! {
+                m = stream.message() => Some(m),
+                _ = tokio::time::sleep(deadline) => None,
+            };
+            let Some(msg) = msg else {
+                self.refresh_expirations().await;
+                continue;
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    self.stream = None;
+                    self.trouble(StoreError::Unreachable {
+                        endpoints: self.store.endpoints().to_string(),
+                        why: "the watch stream was closed".into(),
+                    })
+                    .await?;
+                    continue;
+                }
+                Err(source) => {
+                    self.stream = None;
+                    self.trouble(StoreError::Etcd {
+                        endpoints: self.store.endpoints().to_string(),
+                        op: format!("watch {}", self.store.subnets_prefix()),
+                        source,
+                    })
+                    .await?;
+                    continue;
+                }
+            };
+            if resp.compact_revision() > 0 {
+                self.stream = None;
+                info!(
+                    from = self.revision + 1,
+                    compacted = resp.compact_revision(),
+                    "lease history was compacted; re-listing the leases"
+                );
+                match self.resync().await {
+                    Ok(events) => {
+                        self.recovered();
+                        if !events.is_empty() {
+                            return Ok(events);
+                        }
+                    }
+                    Err(e) => self.trouble(e).await?,
+                }
+                continue;
+            }
+            if resp.canceled() {
+                self.stream = None;
+                let why = resp.cancel_reason().to_string();
+                if why.contains("permission") || why.contains("auth") {
+                    return Err(StoreError::WatchRefused {
+                        endpoints: self.store.endpoints().to_string(),
+                        why,
+                    });
+                }
+                self.trouble(StoreError::Unreachable {
+                    endpoints: self.store.endpoints().to_string(),
+                    why: format!("the watch was cancelled: {why}"),
+                })
+                .await?;
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification: everything up to its revision has been sent.
+                if !resp.created() {
+                    if let Some(h) = resp.header() {
+                        self.revision = self.revision.max(h.revision());
+                    }
+                }
+                continue;
+            }
+            let events = self.apply(&resp).await;
+            self.recovered();
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<WatchStream, StoreError> {
+        let prefix = self.store.subnets_prefix();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.revision + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut c = self.store.client();
+        self.store
+            .timed(
+                format!("watch {prefix}"),
+                c.watch(prefix.clone(), Some(opts)),
+            )
+            .await
+    }
+
+    /// Fills the cache: at the starting revision (no events: the caller knows those leases),
+    /// or, when starting from 0 or when that revision is compacted, from a fresh list
+    /// reported as `Added`.
+    async fn seed(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        if self.revision > 0 {
+            match self.store.list_at(self.cfg.as_ref(), self.revision).await {
+                Ok(list) => {
+                    self.take_list(&list);
+                    self.seeded = true;
+                    return Ok(Vec::new());
+                }
+                Err(StoreError::Etcd {
+                    source: etcd_client::Error::GRpcStatus(s),
+                    ..
+                }) if i32::from(s.code()) == 11 => {
+                    warn!(
+                        revision = self.revision,
+                        "the starting revision is compacted; reporting every current lease"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        self.take_list(&list);
+        self.revision = list.revision;
+        self.seeded = true;
+        Ok(list
+            .leases
+            .iter()
+            .map(|l| LeaseEvent::Added(l.clone()))
+            .collect())
+    }
+
+    fn take_list(&mut self, list: &LeaseList) {
+        for s in &list.skipped {
+            self.warn_skipped(s);
+        }
+        self.cache = list
+            .leases
+            .iter()
+            .map(|l| (self.store.lease_key(l), l.clone()))
+            .collect();
+    }
+
+    /// After a compaction: the current leases against the cache, as events.
+    async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        for s in &list.skipped {
+            self.warn_skipped(s);
+        }
+        let now = SystemTime::now();
+        let mut fresh: HashMap<String, Lease> = list
+            .leases
+            .iter()
+            .map(|l| (self.store.lease_key(l), l.clone()))
+            .collect();
+        let mut events = Vec::new();
+        let mut old_keys: Vec<&String> = self.cache.keys().collect();
+        old_keys.sort();
+        for key in old_keys {
+            if !fresh.contains_key(key) {
+                events.push(classify_delete(self.cache[key].clone(), now));
+            }
+        }
+        for l in &list.leases {
+            let key = self.store.lease_key(l);
+            if self.cache.get(&key).map_or(true, |old| differs(old, l)) {
+                events.push(LeaseEvent::Added(l.clone()));
+            }
+        }
+        // Keep cached expirations of unchanged leases only if the list had none.
+        for (k, l) in fresh.iter_mut() {
+            if l.expiration.is_none() && l.etcd_lease_id.is_some() {
+                if let Some(old) = self.cache.get(k) {
+                    l.expiration = old.expiration;
+                }
+            }
+        }
+        self.cache = fresh;
+        self.revision = list.revision;
+        Ok(events)
+    }
+
+    async fn apply(&mut self, resp: &etcd_client::WatchResponse) -> Vec<LeaseEvent> {
+        let now = SystemTime::now();
+        let ids: Vec<i64> = resp
+            .events()
+            .iter()
+            .filter(|e| e.event_type() == EventType::Put)
+            .filter_map(|e| e.kv().map(|kv| kv.lease()))
+            .filter(|id| *id != 0)
+            .collect();
+        // On failure the leases get "now" and the refresh timer asks again shortly.
+        let ttls = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.ttls(&ids).await.unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        let mut max_rev = self.revision;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let rev = kv.mod_revision();
+            if rev <= self.revision {
+                continue;
+            }
+            max_rev = max_rev.max(rev);
+            match ev.event_type() {
+                EventType::Put => {
+                    let Some((key, parsed)) = self.store.entry_from(kv) else {
+                        continue;
+                    };
+                    let lease = parsed.and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
+                        Some(reason) => Err(reason),
+                        None => Ok(l),
+                    });
+                    match lease {
+                        Ok(mut l) => {
+                            if let Some(id) = l.etcd_lease_id {
+                                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
+                                l.expiration = Some(now + Duration::from_secs(secs));
+                            }
+                            let changed = self.cache.get(&key).map_or(true, |old| differs(old, &l));
+                            self.cache.insert(key, l.clone());
+                            if changed {
+                                out.push(LeaseEvent::Added(l));
+                            }
+                        }
+                        Err(reason) => {
+                            self.warn_skipped(&SkippedLease {
+                                key: key.clone(),
+                                reason,
+                                mod_revision: rev,
+                            });
+                            // The key no longer describes a usable lease; forget the old one.
+                            if let Some(old) = self.cache.remove(&key) {
+                                out.push(LeaseEvent::Removed(old));
+                            }
+                        }
+                    }
+                }
+                EventType::Delete => {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    if let Some(old) = self.cache.remove(&key) {
+                        out.push(classify_delete(old, now));
+                    }
+                }
+            }
+        }
+        self.revision = max_rev;
+        out
+    }
+
+    /// When the earliest cached expiration (plus slack) passes without a delete, the lease
+    /// was renewed: time to ask etcd for its new TTL.
+    fn refresh_deadline(&self) -> Duration {
+        let now = SystemTime::now();
+        self.cache
+            .values()
+            .filter(|l| l.etcd_lease_id.is_some())
+            .filter_map(|l| l.expiration)
+            .map(|e| {
+                (e + EXPIRY_SLACK)
+                    .duration_since(now)
+                    .unwrap_or(Duration::ZERO)
+            })
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(200))
+    }
+
+    async fn refresh_expirations(&mut self) {
+        let now = SystemTime::now();
+        let stale: Vec<i64> = self
+            .cache
+            .values()
+            .filter(|l| l.expiration.is_some_and(|e| e + EXPIRY_SLACK <= now))
+            .filter_map(|l| l.etcd_lease_id)
+            .collect();
+        let ttls = self.store.ttls(&stale).await.unwrap_or_default();
+        let now = SystemTime::now();
+        for l in self.cache.values_mut() {
+            if let Some(id) = l.etcd_lease_id.filter(|id| stale.contains(id)) {
+                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
+                // A lease that is gone is about to be deleted; look again after the slack.
+                l.expiration = Some(now + Duration::from_secs(secs));
+            }
+        }
+    }
+
+    fn warn_skipped(&mut self, s: &SkippedLease) {
+        if self.warned.insert((s.key.clone(), s.mod_revision)) {
+            warn!(key = %s.key, revision = s.mod_revision, "skipping lease: {}", s.reason);
+        }
+    }
+
+    /// Logs a problem once (until things work again), waits, and lets the loop retry;
+    /// returns the error instead when retrying cannot help.
+    async fn trouble(&mut self, e: StoreError) -> Result<(), StoreError> {
+        if is_refusal(&e) {
+            return Err(e);
+        }
+        let msg = e.to_string();
+        if self.last_problem.as_deref() != Some(msg.as_str()) {
+            warn!("lease watch interrupted, retrying: {msg}");
+            self.last_problem = Some(msg);
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(())
+    }
+
+    fn recovered(&mut self) {
+        if self.last_problem.take().is_some() {
+            info!(revision = self.revision, "lease watch resumed");
+        }
+        self.backoff = Duration::from_millis(100);
+    }
+}
+
+fn is_refusal(e: &StoreError) -> bool {
+    match e {
+        StoreError::WatchRefused { .. } => true,
+        // InvalidArgument 3, PermissionDenied 7, Unauthenticated 16.
+        StoreError::Etcd {
+            source: etcd_client::Error::GRpcStatus(s),
+            ..
+        } => matches!(i32::from(s.code()), 3 | 7 | 16),
+        _ => false,
+    }
+}
+
+/// Whether a lease changed in a way its watchers care about.
+fn differs(old: &Lease, new: &Lease) -> bool {
+    old.attrs != new.attrs || old.etcd_lease_id != new.etcd_lease_id || old.subnet6 != new.subnet6
+}
+
+/// etcd does not say why a key went away: a lease whose time was (nearly) up expired,
+/// anything else was removed.
+fn classify_delete(old: Lease, now: SystemTime) -> LeaseEvent {
+    match (old.etcd_lease_id, old.expiration) {
+        (Some(_), Some(exp)) if now + EXPIRY_SLACK >= exp => LeaseEvent::Expired(old),
+        _ => LeaseEvent::Removed(old),
+    }
+}
