@@ -1,1 +1,289 @@
-//! (being written)
+//! A real etcd (/usr/bin/etcd) per test: on free loopback ports with a temporary data dir, or
+//! inside a network namespace at a given address for multi-host labs. It can be stopped and
+//! started again on the same ports and data for outage tests; dropping it kills it and
+//! removes its data.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ETCD: &str = "/usr/bin/etcd";
+const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+pub struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    host: String,
+    client_port: u16,
+    peer_port: u16,
+    netns: Option<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
+}
+
+fn require(tool: &str) {
+    assert!(
+        Path::new(tool).exists(),
+        "{tool} is missing: install the Debian packages etcd-server and etcd-client"
+    );
+}
+
+impl Etcd {
+    /// Starts etcd on free loopback ports and waits until it is healthy.
+    pub fn new() -> Etcd {
+        require(ETCD);
+        require(ETCDCTL);
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut e = Etcd {
+                child: None,
+                dir: tempfile::Builder::new()
+                    .prefix("weft-etcd-")
+                    .tempdir()
+                    .expect("creating a temporary dir for etcd"),
+                host: "127.0.0.1".into(),
+                client_port: free_port(),
+                peer_port: free_port(),
+                netns: None,
+            };
+            if e.client_port == e.peer_port {
+                continue;
+            }
+            match e.spawn_and_wait() {
+                Ok(()) => return e,
+                // Another process may have taken a port between probing and binding.
+                Err(why) => last = why,
+            }
+        }
+        panic!("etcd did not start after 5 tries: {last}");
+    }
+
+    /// Starts etcd inside network namespace `ns`, listening on `ip` (ports 2379/2380).
+    pub fn start_in_netns(ns: &str, ip: &str) -> Etcd {
+        require(ETCD);
+        require(ETCDCTL);
+        let mut e = Etcd {
+            child: None,
+            dir: tempfile::Builder::new()
+                .prefix("weft-etcd-")
+                .tempdir()
+                .expect("creating a temporary dir for etcd"),
+            host: ip.to_string(),
+            client_port: 2379,
+            peer_port: 2380,
+            netns: Some(ns.to_string()),
+        };
+        if let Err(why) = e.spawn_and_wait() {
+            panic!("etcd in netns {ns} at {ip} did not start: {why}");
+        }
+        e
+    }
+
+    /// `host:port` of the client listener.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.client_port)
+    }
+
+    /// `http://host:port`, as weft's `--etcd-endpoints` takes it.
+    pub fn client_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("opening etcd's log: {e}"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("opening etcd's log: {e}"))?;
+        let data = self.dir.path().join("data");
+        let child = self
+            .command(ETCD)
+            .arg("--name=weft-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={}", self.client_url()))
+            .arg(format!("--advertise-client-urls={}", self.client_url()))
+            .arg(format!("--listen-peer-urls={}", self.peer_url()))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
+            .arg(format!("--initial-cluster=weft-test={}", self.peer_url()))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("running {ETCD}: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("etcd exited ({status}):\n{}", self.log_tail()));
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "etcd not healthy after 30s at {}:\n{}",
+                    self.client_url(),
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.etcdctl(&["endpoint", "health", "--command-timeout=1s"])
+            .status
+            .success()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills etcd (as a crash would); its data stays for [`start`](Self::start).
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        if let Err(why) = self.spawn_and_wait() {
+            panic!("restarting etcd at {}: {why}", self.client_url());
+        }
+    }
+
+    /// Runs etcdctl against this etcd (in its namespace, if any).
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.command(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {ETCDCTL}: {e}"))
+    }
+
+    /// Like [`etcdctl`](Self::etcdctl), panicking with its output when it fails.
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl status {out:?}: {e}"));
+        v[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no revision in {out}"))
+    }
+
+    /// Compacts the history up to `revision` (the current one if `None`), physically.
+    pub fn compact(&self, revision: Option<i64>) -> i64 {
+        let rev = revision.unwrap_or_else(|| self.revision());
+        self.etcdctl_ok(&["compact", &rev.to_string(), "--physical"]);
+        rev
+    }
+
+    /// Writes a key with etcdctl (as another tool would).
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl_ok(&["put", key, value]);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Etcd {
+    /// weft's connection options for this etcd, with flannel's default prefix.
+    pub fn options(&self) -> weft::store::EtcdOptions {
+        weft::store::EtcdOptions::new(&[&self.client_url()], "/coreos.com/network")
+    }
+
+    /// A connected store.
+    pub async fn store(&self) -> weft::store::EtcdStore {
+        weft::store::EtcdStore::connect(&self.options())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test etcd: {e}"))
+    }
+
+    /// The number of etcd leases that exist.
+    pub async fn lease_count(&self) -> usize {
+        let mut c = etcd_client::Client::connect([self.client_url()], None)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test etcd: {e}"));
+        c.leases()
+            .await
+            .unwrap_or_else(|e| panic!("listing etcd leases: {e}"))
+            .leases()
+            .len()
+    }
+
+    /// The value stored at `key`, byte for byte, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl_ok(&["get", key, "--print-value-only"]);
+        let v = out.strip_suffix('\n').unwrap_or(&out);
+        (!out.is_empty()).then(|| v.to_string())
+    }
+
+    /// The etcd lease id attached to `key` (0 for none), if the key exists.
+    pub fn key_lease(&self, key: &str) -> Option<i64> {
+        let out = self.etcdctl_ok(&["get", key, "-w", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl get {out:?}: {e}"));
+        let kv = v["kvs"].as_array()?.first()?.clone();
+        Some(kv["lease"].as_i64().unwrap_or(0))
+    }
+}
