@@ -232,8 +232,8 @@ impl Agent {
             agent.store.list_leases(Some(&agent.cfg))
         })
         .await;
-        for l in list.leases {
-            agent.leases.insert(l.subnet, l);
+        for l in &list.leases {
+            agent.leases.insert(l.subnet, l.clone());
         }
         agent.leases.insert(agent.own.subnet, agent.own.clone());
         agent.publish();
@@ -246,9 +246,9 @@ impl Agent {
         agent.write_subnet_env()?;
         agent.notify_ready_if_ready();
 
-        let mut watcher = agent
-            .store
-            .watch_leases(Some(agent.cfg.clone()), list.revision);
+        // The watch starts from the list's revision and knows its leases, so a compaction
+        // before the first event still yields exactly the difference.
+        let mut watcher = agent.store.watch_from_list(Some(agent.cfg.clone()), &list);
         loop {
             let renew_at = agent.renew_at();
             tokio::select! {

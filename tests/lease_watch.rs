@@ -108,7 +108,9 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
 #[tokio::test]
 async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
     let (_etcd, store, cfg) = setup().await;
-    let ttl = Duration::from_secs(3);
+    // Long enough that the revocation lands seconds before any expiry the watcher could
+    // believe in, even when a loaded machine delays its TTL refresh.
+    let ttl = Duration::from_secs(8);
     let mut a = store
         .acquire_lease(&cfg, &host(1), None, ttl)
         .await
