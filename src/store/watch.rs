@@ -3,7 +3,7 @@
 //! revision becomes a re-list that reports exactly the difference, and a dropped connection
 //! resumes after the last revision it delivered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, WatchOptions, WatchStream};
@@ -29,6 +29,8 @@ pub struct LeaseWatcher {
     seeded: bool,
     stream: Option<WatchStream>,
     warned: HashSet<(String, i64)>,
+    /// Keys that hold no usable lease right now (full key → reason), for whoever counts them.
+    skipped: tokio::sync::watch::Sender<BTreeMap<String, String>>,
     backoff: Duration,
     last_problem: Option<String>,
 }
@@ -43,6 +45,7 @@ impl LeaseWatcher {
             seeded: false,
             stream: None,
             warned: HashSet::new(),
+            skipped: tokio::sync::watch::Sender::new(BTreeMap::new()),
             backoff: Duration::from_millis(100),
             last_problem: None,
         }
@@ -60,11 +63,16 @@ impl LeaseWatcher {
             .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
             .map(|l| (w.store.lease_key(l), l.clone()))
             .collect();
-        for s in &list.skipped {
-            w.warn_skipped(s);
-        }
+        w.take_skipped(&list.skipped);
         w.seeded = true;
         w
+    }
+
+    /// The keys that hold no usable lease (malformed, outside the network), full key →
+    /// reason, as a value that changes whenever that set does. Such keys produce no events,
+    /// so this is the only way a caller learns of them.
+    pub fn skipped_keys(&self) -> tokio::sync::watch::Receiver<BTreeMap<String, String>> {
+        self.skipped.subscribe()
     }
 
     /// The last revision whose changes have been delivered.
@@ -246,9 +254,7 @@ impl LeaseWatcher {
     }
 
     fn take_list(&mut self, list: &LeaseList) {
-        for s in &list.skipped {
-            self.warn_skipped(s);
-        }
+        self.take_skipped(&list.skipped);
         self.cache = list
             .leases
             .iter()
@@ -259,9 +265,7 @@ impl LeaseWatcher {
     /// After a compaction: the current leases against the cache, as events.
     async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
         let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
-        for s in &list.skipped {
-            self.warn_skipped(s);
-        }
+        self.take_skipped(&list.skipped);
         let now = SystemTime::now();
         let mut fresh: HashMap<String, Lease> = list
             .leases
@@ -334,6 +338,7 @@ impl LeaseWatcher {
                                 let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
                                 l.expiration = Some(now + Duration::from_secs(secs));
                             }
+                            self.unskip(&key);
                             let changed = self.cache.get(&key).map_or(true, |old| differs(old, &l));
                             self.cache.insert(key, l.clone());
                             if changed {
@@ -343,9 +348,12 @@ impl LeaseWatcher {
                         Err(reason) => {
                             self.warn_skipped(&SkippedLease {
                                 key: key.clone(),
-                                reason,
+                                reason: reason.clone(),
                                 mod_revision: rev,
                             });
+                            let k = key.clone();
+                            self.skipped
+                                .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
                             // The key no longer describes a usable lease; forget the old one.
                             if let Some(old) = self.cache.remove(&key) {
                                 out.push(LeaseEvent::Removed(old));
@@ -355,6 +363,7 @@ impl LeaseWatcher {
                 }
                 EventType::Delete => {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    self.unskip(&key);
                     if let Some(old) = self.cache.remove(&key) {
                         out.push(classify_delete(old, now));
                     }
@@ -400,6 +409,26 @@ impl LeaseWatcher {
                 l.expiration = Some(now + Duration::from_secs(secs));
             }
         }
+    }
+
+    /// Warns about every skipped key of a listing and makes them the whole skipped set.
+    fn take_skipped(&mut self, skipped: &[SkippedLease]) {
+        for s in skipped {
+            self.warn_skipped(s);
+        }
+        let fresh: BTreeMap<String, String> = skipped
+            .iter()
+            .map(|s| (s.key.clone(), s.reason.clone()))
+            .collect();
+        self.skipped.send_if_modified(|m| {
+            let changed = *m != fresh;
+            *m = fresh;
+            changed
+        });
+    }
+
+    fn unskip(&self, key: &str) {
+        self.skipped.send_if_modified(|m| m.remove(key).is_some());
     }
 
     fn warn_skipped(&mut self, s: &SkippedLease) {
