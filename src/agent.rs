@@ -237,8 +237,8 @@ impl Agent {
         })
         .await;
         agent.unreadable = list.skipped.len();
-        for l in list.leases {
-            agent.leases.insert(l.subnet, l);
+        for l in &list.leases {
+            agent.leases.insert(l.subnet, l.clone());
         }
         agent.leases.insert(agent.own.subnet, agent.own.clone());
         agent.publish();
@@ -251,9 +251,9 @@ impl Agent {
         agent.write_subnet_env()?;
         agent.notify_ready_if_ready();
 
-        let watcher = agent
-            .store
-            .watch_leases(Some(agent.cfg.clone()), list.revision);
+        // The watch starts from the list's revision and knows its leases, so a compaction
+        // before the first event still yields exactly the difference.
+        let watcher = agent.store.watch_from_list(Some(agent.cfg.clone()), &list);
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
         loop {

@@ -1,1 +1,426 @@
-fn main() {}
+//! weftctl: look into and manage the network config and the subnet leases in etcd.
+//! Tables for people, `-o json` for scripts; etcd flags and environment are weftd's.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use weft::config::NetworkConfig;
+use weft::lease::{Lease, LeaseEvent};
+use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
+use weft::subnet::parse_subnet;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Inspect and manage weft's network config and subnet leases in etcd"
+)]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdOptions,
+    /// Output format of read commands.
+    #[arg(short = 'o', long = "output", value_enum, global = true, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The network config at <prefix>/config.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// The hosts' subnet leases (`weftctl leases` lists them).
+    Leases {
+        #[command(subcommand)]
+        command: Option<LeasesCmd>,
+    },
+    /// Subnets pinned to a PublicIP; they never expire.
+    #[command(subcommand)]
+    Reservations(ReservationsCmd),
+    // `check` (this host's kernel state against the leases) belongs here.
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the config as stored (`-o json`: with every default filled in).
+    Get,
+    /// Validate a config and store it.
+    Set {
+        /// A file with the config JSON, or `-` for standard input.
+        file: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeasesCmd {
+    /// All leases, sorted by subnet.
+    List,
+    /// One lease, by subnet, by an address inside its subnet, or by its PublicIP.
+    Show { target: String },
+    /// Print one line per lease change as it happens.
+    Watch,
+    /// Revoke a lease (its host will acquire a new one).
+    Revoke { subnet: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReservationsCmd {
+    /// All reservations, sorted by subnet.
+    List,
+    /// Reserve SUBNET for the host with PUBLIC_IP.
+    Add { subnet: String, public_ip: Ipv4Addr },
+    /// Remove a reservation.
+    Remove { subnet: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weftctl: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let store = EtcdStore::connect(&cli.etcd).await?;
+    let out = cli.output;
+    match cli.command {
+        Command::Config(ConfigCmd::Get) => config_get(&store, out).await,
+        Command::Config(ConfigCmd::Set { file }) => config_set(&store, &file).await,
+        Command::Leases { command } => match command.unwrap_or(LeasesCmd::List) {
+            LeasesCmd::List => leases_list(&store, out, false).await,
+            LeasesCmd::Show { target } => leases_show(&store, out, &target).await,
+            LeasesCmd::Watch => leases_watch(&store, out).await,
+            LeasesCmd::Revoke { subnet } => {
+                let sn = parse_subnet(&subnet)?;
+                if !store.revoke_lease(sn).await? {
+                    bail!("no lease for {sn}");
+                }
+                println!("revoked {sn}");
+                Ok(())
+            }
+        },
+        Command::Reservations(cmd) => match cmd {
+            ReservationsCmd::List => leases_list(&store, out, true).await,
+            ReservationsCmd::Add { subnet, public_ip } => {
+                let sn = parse_subnet(&subnet)?;
+                store.add_reservation(sn, public_ip).await?;
+                println!("reserved {sn} for {public_ip}");
+                Ok(())
+            }
+            ReservationsCmd::Remove { subnet } => {
+                let sn = parse_subnet(&subnet)?;
+                if !store.remove_reservation(sn).await? {
+                    bail!("no reservation for {sn}");
+                }
+                println!("removed the reservation of {sn}");
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn config_get(store: &EtcdStore, out: Format) -> Result<()> {
+    let key = store.config_key();
+    let text = store
+        .get_config_text()
+        .await?
+        .ok_or(StoreError::NoConfig { key: key.clone() })?;
+    let parsed = NetworkConfig::parse(&text);
+    match out {
+        Format::Table => {
+            println!("{}", text.trim_end());
+            if let Err(e) = parsed {
+                eprintln!("weftctl: warning: the config at {key} is not valid: {e}");
+            }
+        }
+        Format::Json => {
+            let cfg = parsed.map_err(|source| StoreError::Config { key, source })?;
+            println!("{}", serde_json::to_string_pretty(&cfg.effective_json())?);
+        }
+    }
+    Ok(())
+}
+
+async fn config_set(store: &EtcdStore, file: &str) -> Result<()> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the config from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    store.put_config(&text).await?;
+    println!("config written to {}", store.config_key());
+    Ok(())
+}
+
+/// The config, if there is a valid one; listing works without it.
+async fn config_for_listing(store: &EtcdStore) -> Result<Option<NetworkConfig>> {
+    match store.get_config().await {
+        Ok(cfg) => Ok(cfg),
+        Err(e @ StoreError::Config { .. }) => {
+            eprintln!("weftctl: warning: {e}; leases are not checked against the network");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn warn_skipped(list: &LeaseList) {
+    for s in &list.skipped {
+        eprintln!("weftctl: warning: skipping {}: {}", s.key, s.reason);
+    }
+}
+
+async fn leases_list(store: &EtcdStore, out: Format, only_reservations: bool) -> Result<()> {
+    let cfg = config_for_listing(store).await?;
+    let list = store.list_leases(cfg.as_ref()).await?;
+    warn_skipped(&list);
+    let leases: Vec<&Lease> = list
+        .leases
+        .iter()
+        .filter(|l| !only_reservations || l.is_reservation())
+        .collect();
+    match out {
+        Format::Json => {
+            let v: Vec<Value> = leases.iter().map(|l| lease_json(l)).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Table => print_table(&leases),
+    }
+    Ok(())
+}
+
+fn lease_json(l: &Lease) -> Value {
+    json!({
+        "subnet": l.subnet.to_string(),
+        "public_ip": l.attrs.public_ip.to_string(),
+        "backend_type": l.attrs.backend_type,
+        "backend_data": l.attrs.backend_data,
+        "expires_at": l.expiration.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "reserved": l.is_reservation(),
+    })
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn expires(l: &Lease) -> String {
+    let Some(t) = l.expiration else {
+        return "reserved".into();
+    };
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) if d.as_secs() > 0 => short_duration(d),
+        _ => "expired".into(),
+    }
+}
+
+/// `23h59m`, `4m10s`, `9s`: two units at most, no spaces, so columns stay columns.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{sec}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+fn print_table(leases: &[&Lease]) {
+    let rows: Vec<[String; 5]> = leases
+        .iter()
+        .map(|l| {
+            [
+                l.subnet.to_string(),
+                l.attrs.public_ip.to_string(),
+                or_dash(&l.attrs.backend_type).to_string(),
+                l.attrs
+                    .vxlan_data()
+                    .map(|v| v.vtep_mac)
+                    .unwrap_or_else(|| "-".into()),
+                expires(l),
+            ]
+        })
+        .collect();
+    let header = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(stdout, "{}", line.join("  ").trim_end());
+    }
+}
+
+async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()> {
+    let lease = if target.contains('/') || target.contains('-') {
+        let sn = parse_subnet(target)?;
+        store.get_lease(sn).await?
+    } else {
+        let ip: Ipv4Addr = target
+            .parse()
+            .map_err(|_| anyhow!("{target:?} is neither a subnet nor an IPv4 address"))?;
+        let cfg = config_for_listing(store).await?;
+        let list = store.list_leases(cfg.as_ref()).await?;
+        let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
+        let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
+        by_subnet.or(by_public).cloned()
+    };
+    let l = lease.ok_or_else(|| anyhow!("no lease for {target}"))?;
+    match out {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&lease_json(&l))?),
+        Format::Table => {
+            let vx = l.attrs.vxlan_data();
+            let expiry = match l.expiration {
+                None => "never (reserved)".to_string(),
+                Some(t) => format!(
+                    "{} (in {})",
+                    humantime::format_rfc3339_seconds(t),
+                    expires(&l)
+                ),
+            };
+            let rows = [
+                ("Subnet", l.subnet.to_string()),
+                ("Public IP", l.attrs.public_ip.to_string()),
+                (
+                    "Public IPv6",
+                    l.attrs
+                        .public_ipv6
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                ("Backend", or_dash(&l.attrs.backend_type).to_string()),
+                (
+                    "VNI",
+                    vx.as_ref()
+                        .map(|v| v.vni.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                (
+                    "VTEP MAC",
+                    vx.map(|v| v.vtep_mac).unwrap_or_else(|| "-".into()),
+                ),
+                ("Expires", expiry),
+                (
+                    "etcd lease",
+                    l.etcd_lease_id
+                        .map(|id| format!("{id:x}"))
+                        .unwrap_or_else(|| "none".into()),
+                ),
+                ("Key", store.lease_key(&l)),
+                (
+                    "BackendData",
+                    l.attrs
+                        .backend_data
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
+            ];
+            for (k, v) in rows {
+                println!("{:<12} {v}", format!("{k}:"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn leases_watch(store: &EtcdStore, out: Format) -> Result<()> {
+    let cfg = config_for_listing(store).await?;
+    let list = store.list_leases(cfg.as_ref()).await?;
+    warn_skipped(&list);
+    let mut watcher = store.watch_from_list(cfg, &list);
+    let mut stdout = std::io::stdout();
+    loop {
+        let events = watcher.next().await?;
+        for e in events {
+            let line = match out {
+                Format::Json => event_json(&e).to_string(),
+                Format::Table => event_line(&e),
+            };
+            // A closed pipe (`| head`) ends the watch quietly.
+            if writeln!(stdout, "{line}")
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn event_json(e: &LeaseEvent) -> Value {
+    let mut v = lease_json(e.lease());
+    v["event"] = json!(e.kind());
+    v
+}
+
+fn event_line(e: &LeaseEvent) -> String {
+    let l = e.lease();
+    let mac = l
+        .attrs
+        .vxlan_data()
+        .map(|v| v.vtep_mac)
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{:<8} {} {} {} {} {}",
+        e.kind(),
+        l.subnet,
+        l.attrs.public_ip,
+        or_dash(&l.attrs.backend_type),
+        mac,
+        expires(l)
+    )
+}

@@ -214,6 +214,17 @@ impl EtcdStore {
             .map_err(|source| StoreError::Config { key, source })
     }
 
+    /// The config document exactly as stored, valid or not; `Ok(None)` when missing.
+    pub async fn get_config_text(&self) -> Result<Option<String>, StoreError> {
+        let key = self.config_key();
+        let mut c = self.client();
+        let resp = self.timed(format!("get {key}"), c.get(key, None)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
     /// invalid, etcd unreachable) is logged once.
     pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {

@@ -14,8 +14,14 @@ use super::StoreError;
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseEvent};
 
-/// A delete this close to (or after) the cached expiration counts as an expiry.
-const EXPIRY_SLACK: Duration = Duration::from_secs(2);
+/// A delete this close to (or after) the cached expiration counts as an expiry. Cached
+/// expirations come from whole-second TTLs, so they are at most a second early, and etcd
+/// deletes an expired key within about half a second: an expiry always lands after them.
+const EXPIRY_SLACK: Duration = Duration::from_millis(500);
+/// How long before a cached expiration its TTL is looked up again (a renewal moves it).
+const CHECK_LEAD: Duration = Duration::from_secs(1);
+/// How often a key still there after its expiration has its TTL looked up again.
+const REFRESH_DELAY: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A running watch of all leases. Reconnects by itself; see [`LeaseWatcher::next`].
@@ -31,6 +37,8 @@ pub struct LeaseWatcher {
     warned: HashSet<(String, i64)>,
     /// Keys that hold no usable lease right now (full key → reason), for whoever counts them.
     skipped: tokio::sync::watch::Sender<BTreeMap<String, String>>,
+    /// When each etcd lease's TTL was last looked up.
+    checked: HashMap<i64, SystemTime>,
     backoff: Duration,
     last_problem: Option<String>,
 }
@@ -46,6 +54,7 @@ impl LeaseWatcher {
             stream: None,
             warned: HashSet::new(),
             skipped: tokio::sync::watch::Sender::new(BTreeMap::new()),
+            checked: HashMap::new(),
             backoff: Duration::from_millis(100),
             last_problem: None,
         }
@@ -64,6 +73,7 @@ impl LeaseWatcher {
             .map(|l| (w.store.lease_key(l), l.clone()))
             .collect();
         w.take_skipped(&list.skipped);
+        w.mark_all_checked();
         w.seeded = true;
         w
     }
@@ -260,6 +270,7 @@ impl LeaseWatcher {
             .iter()
             .map(|l| (self.store.lease_key(l), l.clone()))
             .collect();
+        self.mark_all_checked();
     }
 
     /// After a compaction: the current leases against the cache, as events.
@@ -295,6 +306,7 @@ impl LeaseWatcher {
             }
         }
         self.cache = fresh;
+        self.mark_all_checked();
         self.revision = list.revision;
         Ok(events)
     }
@@ -337,6 +349,9 @@ impl LeaseWatcher {
                             if let Some(id) = l.etcd_lease_id {
                                 let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
                                 l.expiration = Some(now + Duration::from_secs(secs));
+                                if ttls.contains_key(&id) {
+                                    self.checked.insert(id, now);
+                                }
                             }
                             self.unskip(&key);
                             let changed = self.cache.get(&key).map_or(true, |old| differs(old, &l));
@@ -365,6 +380,9 @@ impl LeaseWatcher {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     self.unskip(&key);
                     if let Some(old) = self.cache.remove(&key) {
+                        if let Some(id) = old.etcd_lease_id {
+                            self.checked.remove(&id);
+                        }
                         out.push(classify_delete(old, now));
                     }
                 }
@@ -374,41 +392,68 @@ impl LeaseWatcher {
         out
     }
 
-    /// When the earliest cached expiration (plus slack) passes without a delete, the lease
-    /// was renewed: time to ask etcd for its new TTL.
+    /// When to look up a cached lease's TTL again: shortly before its expiration, so that a
+    /// renewal is known before a delete has to be judged; and after it, while the key lingers.
+    fn next_check(&self, l: &Lease) -> Option<SystemTime> {
+        let id = l.etcd_lease_id?;
+        let exp = l.expiration?;
+        let checked = self
+            .checked
+            .get(&id)
+            .copied()
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let before = exp.checked_sub(CHECK_LEAD).unwrap_or(exp);
+        Some(if checked < before {
+            before
+        } else {
+            (exp + REFRESH_DELAY).max(checked + REFRESH_DELAY)
+        })
+    }
+
     fn refresh_deadline(&self) -> Duration {
         let now = SystemTime::now();
         self.cache
             .values()
-            .filter(|l| l.etcd_lease_id.is_some())
-            .filter_map(|l| l.expiration)
-            .map(|e| {
-                (e + EXPIRY_SLACK)
-                    .duration_since(now)
-                    .unwrap_or(Duration::ZERO)
-            })
+            .filter_map(|l| self.next_check(l))
+            .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
             .min()
             .unwrap_or(Duration::from_secs(3600))
-            .max(Duration::from_millis(200))
+            .max(Duration::from_millis(100))
     }
 
     async fn refresh_expirations(&mut self) {
         let now = SystemTime::now();
-        let stale: Vec<i64> = self
+        let due: Vec<i64> = self
             .cache
             .values()
-            .filter(|l| l.expiration.is_some_and(|e| e + EXPIRY_SLACK <= now))
+            .filter(|l| self.next_check(l).is_some_and(|t| t <= now))
             .filter_map(|l| l.etcd_lease_id)
             .collect();
-        let ttls = self.store.ttls(&stale).await.unwrap_or_default();
+        let ttls = self.store.ttls(&due).await.unwrap_or_default();
         let now = SystemTime::now();
         for l in self.cache.values_mut() {
-            if let Some(id) = l.etcd_lease_id.filter(|id| stale.contains(id)) {
-                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
-                // A lease that is gone is about to be deleted; look again after the slack.
-                l.expiration = Some(now + Duration::from_secs(secs));
+            let Some(id) = l.etcd_lease_id.filter(|id| due.contains(id)) else {
+                continue;
+            };
+            // A lease that is gone keeps its expiration: its key is about to be deleted.
+            if let Some(secs) = ttls.get(&id).copied().filter(|s| *s > 0) {
+                l.expiration = Some(now + Duration::from_secs(secs as u64));
             }
         }
+        for id in due {
+            self.checked.insert(id, now);
+        }
+    }
+
+    /// Notes that every cached lease's expiration was looked up just now.
+    fn mark_all_checked(&mut self) {
+        let now = SystemTime::now();
+        self.checked = self
+            .cache
+            .values()
+            .filter_map(|l| l.etcd_lease_id)
+            .map(|id| (id, now))
+            .collect();
     }
 
     /// Warns about every skipped key of a listing and makes them the whole skipped set.

@@ -6,6 +6,8 @@
 // The namespace guard the library's own integration tests use.
 #[path = "../../../tests/common/netns.rs"]
 pub mod netns;
+// The podman harness, shared with the library's two-host tests.
+#[path = "../../../tests/common/podman.rs"]
 pub mod podman;
 
 pub use netns::Netns;

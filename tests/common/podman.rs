@@ -9,7 +9,38 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::{unique, Netns, Output};
+use super::netns::Netns;
+
+/// What a podman command printed, and its exit code.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A name unique to this process and call: image tags never collide across parallel tests.
+fn unique(kind: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "w{}{kind}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 pub struct Podman {
     netns: PathBuf,
@@ -82,7 +113,7 @@ impl Podman {
             symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         let tar = self.dir.path().join("rootfs.tar");
-        super::run(
+        run(
             "tar",
             &[
                 "-C",

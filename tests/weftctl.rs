@@ -1,0 +1,404 @@
+//! The weftctl binary against a real etcd: tables, JSON, revoke, reservations, config, watch,
+//! and a prompt failure when etcd is unreachable.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use serde_json::Value;
+use weft::lease::LeaseAttrs;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weftctl");
+const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn weftctl(etcd: &Etcd, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .env_clear()
+        .arg("--etcd-endpoints")
+        .arg(etcd.client_url())
+        .args(args)
+        .output()
+        .expect("running weftctl")
+}
+
+fn ok(etcd: &Etcd, args: &[&str]) -> String {
+    let out = weftctl(etcd, args);
+    assert!(
+        out.status.success(),
+        "weftctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(etcd: &Etcd, args: &[&str]) -> String {
+    let out = weftctl(etcd, args);
+    assert!(!out.status.success(), "weftctl {args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn set_config(etcd: &Etcd, cfg: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("WEFTD_ETCD_ENDPOINTS", etcd.client_url())
+        .args(["config", "set", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running weftctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cfg.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn host(i: u8) -> LeaseAttrs {
+    LeaseAttrs::new_vxlan(
+        Ipv4Addr::new(198, 18, 4, i),
+        1,
+        &format!("0e:2a:00:00:04:{i:02x}"),
+    )
+}
+
+#[tokio::test]
+async fn config_set_validates_and_get_shows_it() {
+    let etcd = Etcd::new();
+    let e = fails(&etcd, &["config", "get"]);
+    assert!(
+        e.contains("no network config at /coreos.com/network/config"),
+        "{e}"
+    );
+
+    let out = set_config(
+        &etcd,
+        r#"{"Network": "198.19.0.0/16", "SubnetLen": 31, "Backend": {"Type": "vxlan"}}"#,
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("SubnetLen 31"), "{e}");
+    assert_eq!(etcd.get("/coreos.com/network/config"), None);
+
+    let out = set_config(&etcd, CFG);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(etcd.get("/coreos.com/network/config").unwrap(), CFG);
+    assert_eq!(ok(&etcd, &["config", "get"]).trim_end(), CFG);
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        r#"{"Network": "198.19.0.0/20", "Backend": {"Type": "host-gw"}}"#,
+    )
+    .unwrap();
+    ok(&etcd, &["config", "set", file.path().to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&ok(&etcd, &["config", "get", "-o", "json"])).unwrap();
+    assert_eq!(v["Network"], "198.19.0.0/20");
+    assert_eq!(v["SubnetLen"], 24);
+    assert_eq!(v["SubnetMin"], "198.19.1.0");
+    assert_eq!(v["SubnetMax"], "198.19.15.0");
+    assert_eq!(v["Backend"]["Type"], "host-gw");
+}
+
+#[tokio::test]
+async fn leases_table_and_json() {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store.put_config(CFG).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let b = store
+        .acquire_lease(
+            &cfg,
+            &host(2),
+            Some("198.19.20.0/24".parse().unwrap()),
+            HOUR,
+        )
+        .await
+        .unwrap();
+    let a = store
+        .acquire_lease(&cfg, &host(1), Some("198.19.3.0/24".parse().unwrap()), HOUR)
+        .await
+        .unwrap();
+    ok(
+        &etcd,
+        &["reservations", "add", "198.19.9.0/24", "198.18.4.9"],
+    );
+    etcd.put("/coreos.com/network/subnets/198.19.7.0-24", "{broken");
+
+    // Plain `leases` and `leases list` are the same table, sorted by subnet.
+    let out = weftctl(&etcd, &["leases"]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table, ok(&etcd, &["leases", "list"]));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("198.19.7.0-24"),
+        "bad lease not reported: {stderr}"
+    );
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES"]
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    assert_eq!(
+        &lines[1][..4],
+        ["198.19.3.0/24", "198.18.4.1", "vxlan", "0e:2a:00:00:04:01"]
+    );
+    assert!(
+        lines[1][4].starts_with("59m") || lines[1][4].starts_with("1h"),
+        "{table}"
+    );
+    assert_eq!(
+        &lines[2],
+        &["198.19.9.0/24", "198.18.4.9", "-", "-", "reserved"]
+    );
+    assert_eq!(&lines[3][..2], ["198.19.20.0/24", "198.18.4.2"]);
+
+    let v: Value = serde_json::from_str(&ok(&etcd, &["leases", "list", "-o", "json"])).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 3);
+    for o in arr {
+        let mut keys: Vec<&String> = o.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "backend_data",
+                "backend_type",
+                "expires_at",
+                "public_ip",
+                "reserved",
+                "subnet"
+            ]
+        );
+    }
+    assert_eq!(arr[0]["subnet"], a.subnet.to_string());
+    assert_eq!(arr[0]["public_ip"], "198.18.4.1");
+    assert_eq!(arr[0]["backend_type"], "vxlan");
+    assert_eq!(
+        arr[0]["backend_data"],
+        serde_json::json!({"VNI": 1, "VtepMAC": "0e:2a:00:00:04:01"})
+    );
+    assert_eq!(arr[0]["reserved"], false);
+    let at = humantime::parse_rfc3339(arr[0]["expires_at"].as_str().unwrap()).unwrap();
+    let left = at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > Duration::from_secs(3500) && left <= HOUR, "{left:?}");
+    assert_eq!(arr[1]["reserved"], true);
+    assert!(arr[1]["expires_at"].is_null());
+    assert!(arr[1]["backend_data"].is_null());
+    assert_eq!(arr[2]["subnet"], b.subnet.to_string());
+
+    // `-o json` before the subcommand works too.
+    let v2: Value = serde_json::from_str(&ok(&etcd, &["-o", "json", "leases"])).unwrap();
+    assert_eq!(v2, v);
+
+    // show: by subnet (either spelling), by an address in it, by PublicIP.
+    for target in [
+        "198.19.3.0/24",
+        "198.19.3.0-24",
+        "198.19.3.77",
+        "198.18.4.1",
+    ] {
+        let o: Value =
+            serde_json::from_str(&ok(&etcd, &["leases", "show", target, "-o", "json"])).unwrap();
+        assert_eq!(o["subnet"], "198.19.3.0/24", "{target}");
+        assert_eq!(o["public_ip"], "198.18.4.1", "{target}");
+    }
+    let shown = ok(&etcd, &["leases", "show", "198.19.3.0/24"]);
+    assert!(
+        shown.contains("198.18.4.1") && shown.contains("0e:2a:00:00:04:01"),
+        "{shown}"
+    );
+    let e = fails(&etcd, &["leases", "show", "198.19.99.1"]);
+    assert!(e.contains("no lease for 198.19.99.1"), "{e}");
+
+    let v: Value =
+        serde_json::from_str(&ok(&etcd, &["reservations", "list", "-o", "json"])).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["subnet"], "198.19.9.0/24");
+}
+
+#[tokio::test]
+async fn revoke_and_reservations() {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store.put_config(CFG).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let a = store
+        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .await
+        .unwrap();
+    let key = format!("/coreos.com/network/subnets/{}", a.key_name());
+
+    let out = ok(&etcd, &["leases", "revoke", &a.subnet.to_string()]);
+    assert!(out.contains(&a.subnet.to_string()), "{out}");
+    assert_eq!(etcd.get(&key), None);
+    assert_eq!(etcd.lease_count().await, 0, "the etcd lease is revoked too");
+    let e = fails(&etcd, &["leases", "revoke", &a.subnet.to_string()]);
+    assert!(e.contains("no lease"), "{e}");
+
+    ok(
+        &etcd,
+        &["reservations", "add", "198.19.5.0/24", "198.18.4.5"],
+    );
+    assert_eq!(
+        etcd.key_lease("/coreos.com/network/subnets/198.19.5.0-24"),
+        Some(0)
+    );
+    let e = fails(
+        &etcd,
+        &["reservations", "add", "198.19.5.0/24", "198.18.4.6"],
+    );
+    assert!(e.contains("198.18.4.5"), "{e}");
+    let e = fails(
+        &etcd,
+        &["reservations", "add", "198.18.5.0/24", "198.18.4.6"],
+    );
+    assert!(e.contains("not a subnet of the network"), "{e}");
+    let e = fails(&etcd, &["leases", "revoke", "198.19.5.0/24"]);
+    assert!(e.contains("reservation"), "{e}");
+
+    // The reserved host gets it; another host never does.
+    let b = store
+        .acquire_lease(&cfg, &host(6), Some("198.19.5.0/24".parse().unwrap()), HOUR)
+        .await
+        .unwrap();
+    assert_ne!(b.subnet.to_string(), "198.19.5.0/24");
+    let e = fails(&etcd, &["reservations", "remove", &b.subnet.to_string()]);
+    assert!(e.contains("not a reservation"), "{e}");
+    let mine = store
+        .acquire_lease(&cfg, &host(5), None, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(mine.subnet.to_string(), "198.19.5.0/24");
+
+    ok(&etcd, &["reservations", "remove", "198.19.5.0-24"]);
+    assert_eq!(etcd.get("/coreos.com/network/subnets/198.19.5.0-24"), None);
+    let e = fails(&etcd, &["reservations", "remove", "198.19.5.0/24"]);
+    assert!(e.contains("no reservation"), "{e}");
+}
+
+#[tokio::test]
+async fn watch_prints_one_line_per_event() {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store.put_config(CFG).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .args([
+            "--etcd-endpoints",
+            &etcd.client_url(),
+            "leases",
+            "watch",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running weftctl");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the watch a moment to start, then make two changes.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let a = store
+        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .await
+        .unwrap();
+    store.revoke_lease(a.subnet).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no watch line within 10s")
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        got.push((
+            v["event"].as_str().unwrap().to_string(),
+            v["subnet"].as_str().unwrap().to_string(),
+            v["public_ip"].as_str().unwrap().to_string(),
+        ));
+    }
+    let s = a.subnet.to_string();
+    assert_eq!(
+        got,
+        [
+            ("added".to_string(), s.clone(), "198.18.4.1".to_string()),
+            ("removed".to_string(), s, "198.18.4.1".to_string())
+        ]
+    );
+}
+
+#[test]
+fn unreachable_etcd_exits_within_ten_seconds_naming_the_endpoints() {
+    // A port that refuses, and one that accepts but never answers.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    for endpoints in [
+        format!("http://127.0.0.1:{refused}"),
+        format!("http://127.0.0.1:{silent_port}"),
+        format!("http://127.0.0.1:{refused},http://127.0.0.1:{silent_port}"),
+    ] {
+        let started = Instant::now();
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("WEFTD_ETCD_ENDPOINTS", &endpoints)
+            .args(["leases", "list"])
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(!out.status.success());
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(&endpoints), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_etcd_that_stops_is_reported_not_waited_for() {
+    let mut etcd = Etcd::new();
+    set_config(&etcd, CFG);
+    etcd.stop();
+    let started = Instant::now();
+    let e = fails(&etcd, &["config", "get"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(e.contains(&etcd.client_url()), "{e}");
+    etcd.start();
+    assert_eq!(ok(&etcd, &["config", "get"]).trim_end(), CFG);
+}
