@@ -471,3 +471,56 @@ fn untrusted_leases_are_never_programmed_and_weftd_keeps_going() {
     assert_eq!(h.http_get("/readyz").0, 200);
     assert_eq!(h.http_get("/healthz").0, 200);
 }
+
+#[test]
+fn weftctl_check_reports_a_route_deleted_by_hand() {
+    let mut lab = Lab::new(2, VXLAN_CONFIG);
+    lab.start_all(&[]);
+    let peer = lab.hosts[1].subnet();
+    let h = &mut lab.hosts[0];
+    let subnet_file = h.subnet_file.display().to_string();
+    let check = |h: &Host| {
+        let out = h.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = check(h);
+    assert_eq!(code, Some(0), "a healthy host: {stdout}{stderr}");
+    assert_eq!(stdout, "", "a healthy host reports nothing");
+
+    // With weftd stopped nothing mends the kernel, so the hand-made damage stays for check.
+    assert!(h.stop().success());
+    h.ns.ip(&["route", "del", &peer.to_string()]);
+    let (code, stdout, stderr) = check(h);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("route") && stdout.contains(&peer.to_string()),
+        "the finding must name the route: {stdout}"
+    );
+    let out = h.weftctl(&[
+        "-o",
+        "json",
+        "check",
+        "--iface",
+        "eth0",
+        "--subnet-file",
+        &subnet_file,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check -o json");
+    assert_eq!(v["findings"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // weftd puts it back on start, and check is quiet again.
+    h.start(&[]);
+    h.wait_ready();
+    let back = wait_for(Duration::from_secs(5), || {
+        (!h.route_to(peer).is_empty()).then_some(())
+    });
+    assert!(back.is_some(), "{}", h.logs());
+    let (code, stdout, stderr) = check(h);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""), "{stderr}");
+}

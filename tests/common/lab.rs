@@ -165,6 +165,22 @@ impl Host {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Runs `weftctl` inside the host against the lab's etcd; `args` follow the global flags.
+    pub fn weftctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                env!("CARGO_BIN_EXE_weftctl"),
+            ])
+            .args(["--etcd-endpoints", &self.etcd_url])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running weftctl with ip netns exec")
+    }
+
     /// Waits up to `timeout` for weftd to exit by itself; None while it still runs.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let child = self.weftd.as_mut().expect("weftd is not running");
