@@ -524,3 +524,28 @@ fn weftctl_check_reports_a_route_deleted_by_hand() {
     let (code, stdout, stderr) = check(h);
     assert_eq!((code, stdout.as_str()), (Some(0), ""), "{stderr}");
 }
+
+#[test]
+fn a_forged_lease_with_this_hosts_ip_cannot_give_its_device_a_bad_mac() {
+    let mut lab = Lab::new(1, VXLAN_CONFIG);
+    let forged: Ipv4Net = "198.19.205.0/24".parse().unwrap();
+    let ip = lab.hosts[0].ip.clone();
+    lab.etcd.put(
+        &format!("{SUBNETS}/{}", key_name(forged)),
+        &format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"01:00:5e:00:00:05"}}}}"#
+        ),
+    );
+    let h = &mut lab.hosts[0];
+    h.start(&[]);
+    h.wait_ready();
+    let mac = h.ns.mac_of("flannel.1");
+    assert_ne!(mac, "01:00:5e:00:00:05", "{}", h.logs());
+    // Whatever subnet the host ended up with, its lease advertises the device's real MAC.
+    let attrs = stored_attrs(&lab, lab.hosts[0].subnet());
+    let advertised = wait_for(Duration::from_secs(5), || {
+        let a = stored_attrs(&lab, lab.hosts[0].subnet());
+        (a["BackendData"]["VtepMAC"] == mac.as_str()).then_some(a)
+    });
+    assert!(advertised.is_some(), "{attrs} vs {mac}");
+}
