@@ -73,6 +73,46 @@ struct Entry {
     lease: Result<Lease, String>,
 }
 
+/// TLS settings from --etcd-cafile/--etcd-certfile/--etcd-keyfile; None for plain http://
+/// endpoints with no files given. Unreadable files are named in the error.
+fn tls_options(opts: &EtcdOptions) -> Result<Option<etcd_client::TlsOptions>, StoreError> {
+    let https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !https && opts.cafile.is_none() && opts.certfile.is_none() && opts.keyfile.is_none() {
+        return Ok(None);
+    }
+    if let Some(plain) = opts.endpoints.iter().find(|e| !e.starts_with("https://")) {
+        return Err(StoreError::Options(format!(
+            "--etcd-endpoints {plain}: TLS files are given (or another endpoint is https://), so every endpoint must be https://"
+        )));
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Options(format!("{flag} {}: {e}", path.display())))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &opts.cafile {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+            "--etcd-cafile",
+            ca,
+        )?));
+    }
+    match (&opts.certfile, &opts.keyfile) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("--etcd-certfile", cert)?,
+                read("--etcd-keyfile", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(StoreError::Options(
+                "--etcd-certfile and --etcd-keyfile go together: give both or neither".into(),
+            ))
+        }
+    }
+    Ok(Some(tls))
+}
+
 impl EtcdStore {
     /// Connects and checks that etcd answers, within a few seconds.
     pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
@@ -82,19 +122,12 @@ impl EtcdStore {
                 "--etcd-endpoints {endpoints:?}: an endpoint is empty"
             )));
         }
-        let tls_wanted = opts.cafile.is_some()
-            || opts.certfile.is_some()
-            || opts.keyfile.is_some()
-            || opts.endpoints.iter().any(|e| e.starts_with("https://"));
-        if tls_wanted {
-            return Err(StoreError::Options(format!(
-                "TLS to etcd ({endpoints}, --etcd-cafile/--etcd-certfile/--etcd-keyfile) is not \
-                 supported by this build of weft; use http:// endpoints"
-            )));
-        }
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = tls_options(opts)? {
+            copts = copts.with_tls(tls);
+        }
         match (&opts.username, &opts.password) {
             (Some(u), Some(p)) => copts = copts.with_user(u, p),
             (Some(u), None) => copts = copts.with_user(u, ""),
