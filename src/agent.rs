@@ -96,6 +96,9 @@ struct Agent {
     mtu: u32,
     own: Lease,
     leases: BTreeMap<Ipv4Net, Lease>,
+    /// Keys in etcd that hold no usable lease (malformed, outside the network); the store
+    /// drops them before they become events, but they count as skipped leases.
+    unreadable: usize,
     datapath: Datapath,
     /// systemd has been told READY=1.
     notified: bool,
@@ -224,6 +227,7 @@ impl Agent {
             mtu,
             own,
             leases: BTreeMap::new(),
+            unreadable: 0,
             datapath,
             notified: false,
         };
@@ -232,6 +236,7 @@ impl Agent {
             agent.store.list_leases(Some(&agent.cfg))
         })
         .await;
+        agent.unreadable = list.skipped.len();
         for l in &list.leases {
             agent.leases.insert(l.subnet, l.clone());
         }
@@ -248,18 +253,24 @@ impl Agent {
 
         // The watch starts from the list's revision and knows its leases, so a compaction
         // before the first event still yields exactly the difference.
-        let mut watcher = agent.store.watch_from_list(Some(agent.cfg.clone()), &list);
+        let watcher = agent.store.watch_from_list(Some(agent.cfg.clone()), &list);
+        let mut unreadable = watcher.skipped_keys();
+        let mut lease_events = spawn_watch(watcher);
         loop {
             let renew_at = agent.renew_at();
             tokio::select! {
-                events = watcher.next() => match events {
-                    Ok(events) => agent.on_events(events).await?,
-                    Err(e) => {
+                batch = lease_events.recv() => match batch {
+                    Some(Ok(events)) => agent.on_events(events).await?,
+                    Some(Err(e)) => {
                         agent.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    None => bail!("the lease watch task ended"),
                 },
+                Ok(()) = unreadable.changed() => {
+                    agent.unreadable = unreadable.borrow_and_update().len();
+                    agent.publish();
+                }
                 _ = tokio::time::sleep_until(renew_at) => agent.renew().await?,
                 Some(r) = reports.recv() => {
                     agent.on_report(r).await;
@@ -314,6 +325,7 @@ impl Agent {
             device: self.device.clone(),
             own: self.own.clone(),
             leases: self.leases.values().cloned().collect(),
+            unreadable: self.unreadable,
             masq: self.masq_spec(),
         }));
     }
@@ -457,6 +469,29 @@ impl Agent {
             }
         }
     }
+}
+
+/// Runs the lease watch in a task of its own and hands its batches over a channel. The watch's
+/// `next()` is not cancel-safe (a batch it has taken off the stream is lost if the future is
+/// dropped while it looks up TTLs), so it must never be one branch of the agent's select.
+fn spawn_watch(
+    mut watcher: crate::store::LeaseWatcher,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<LeaseEvent>, StoreError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let batch = watcher.next().await;
+            let refused = batch.is_err();
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+            if refused {
+                // etcd refused the watch itself; asking again at once cannot help.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    rx
 }
 
 /// This host's lease attributes, with flannel's field names and types.

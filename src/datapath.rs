@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub own: Lease,
     /// Every valid lease known, this host's included.
     pub leases: Vec<Lease>,
+    /// Keys in etcd that are no usable lease at all; counted with the refused leases.
+    pub unreadable: usize,
     pub masq: MasqSpec,
 }
 
@@ -248,7 +250,7 @@ impl Worker {
             .store(s.leases.len() as u64, Ordering::Relaxed);
         self.metrics
             .leases_skipped
-            .store(d.skipped.len() as u64, Ordering::Relaxed);
+            .store((d.skipped.len() + s.unreadable) as u64, Ordering::Relaxed);
         d
     }
 

@@ -116,6 +116,11 @@ pub fn peer_objects(
         r
     };
     match &cfg.backend {
+        // The kernel refuses a gateway that is not on a connected network, so such a route
+        // would fail on every reconciliation and keep this host from ever being programmed.
+        BackendConfig::HostGw if !direct => Err(format!(
+            "PublicIP {public_ip} is not on a network of the external interface; host-gw needs every host on one L2"
+        )),
         BackendConfig::HostGw => Ok(PeerObjects {
             route: Some(direct_route()),
             ..PeerObjects::default()
@@ -506,10 +511,17 @@ mod tests {
         let c = cfg(r#"{"Type":"host-gw"}"#);
         let own = lease("198.19.1.0/24", "198.18.0.1", None, 1);
         let peer = lease("198.19.2.0/24", "198.18.0.2", None, 2);
-        let d = desired(&c, &host(), &own, &[peer]);
+        let far = lease("198.19.3.0/24", "198.18.5.3", None, 3);
+        let d = desired(&c, &host(), &own, &[peer, far]);
         let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
         assert_eq!(r.gateway, Some("198.18.0.2".parse().unwrap()));
         assert!(d.neighbours.is_empty() && d.fdb.is_empty());
+        // A host-gw peer off this L2 cannot be a gateway.
+        assert_eq!(d.routes.len(), 1);
+        assert_eq!(d.skipped.len(), 1);
+        assert!(d.skipped[0]
+            .reason
+            .contains("198.18.5.3 is not on a network"));
     }
 
     #[test]

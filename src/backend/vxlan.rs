@@ -62,6 +62,12 @@ impl DeviceSpec {
     }
 }
 
+/// A MAC a device can be given: unicast and not all zeros. A lease may advertise anything,
+/// and the kernel refuses any other MAC, which would keep the device from being created.
+pub fn assignable(mac: &Mac) -> bool {
+    *mac != [0; 6] && mac[0] & 1 == 0
+}
+
 /// What `ensure` found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -90,6 +96,10 @@ pub fn ensure(
     mac: Option<Mac>,
 ) -> Result<Device, DeviceError> {
     let existing = nl.link_by_name(&spec.name)?;
+    if let Some(bad) = mac.filter(|m| !assignable(m)) {
+        tracing::warn!(device = %spec.name, mac = %crate::netlink::format_mac(&bad), "the lease advertises a MAC no device can have; the kernel picks one");
+    }
+    let mac = mac.filter(assignable);
     let (link, created) = match existing {
         Some(link) if link.kind.as_deref() == Some("vxlan") && same_identity(&link, spec) => {
             (link, false)
@@ -98,7 +108,7 @@ pub fn ensure(
             let mut mac = mac;
             if let Some(old) = other {
                 tracing::warn!(device = %spec.name, "existing device has another identity (VNI, port, local address, lower device or GBP); recreating it");
-                mac = mac.or(old.mac);
+                mac = mac.or(old.mac.filter(assignable));
                 nl.delete_link(old.index)?;
             }
             let link = nl.create_vxlan(&VxlanSpec {
@@ -161,4 +171,17 @@ pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<b
         changed = true;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_nonzero_macs_are_assignable() {
+        assert!(assignable(&[0x0e, 0, 0, 0, 0, 1]));
+        assert!(!assignable(&[0; 6]));
+        assert!(!assignable(&[0x01, 0x00, 0x5e, 0, 0, 1]));
+        assert!(!assignable(&[0xff; 6]));
+    }
 }

@@ -9,10 +9,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+use weft::check::Finding;
 use weft::config::NetworkConfig;
+use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
+use weft::netlink::{Family, Netlink};
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
 use weft::subnet::parse_subnet;
+use weft::subnet_env::SubnetEnv;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,7 +53,37 @@ enum Command {
     /// Subnets pinned to a PublicIP; they never expire.
     #[command(subcommand)]
     Reservations(ReservationsCmd),
-    // `check` (this host's kernel state against the leases) belongs here.
+    /// Compare this host's kernel (device, routes, neighbours, FDB) and subnet.env with the
+    /// leases; print what is wrong and exit 1, or print nothing and exit 0.
+    Check(CheckArgs),
+}
+
+/// How to find this host's facts: the same flags (and WEFTD_* variables) as weftd's, so one
+/// environment file serves both.
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// External interface, by name or by address; repeatable.
+    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
+    iface: Vec<String>,
+    /// Regular expression matched against interface names and addresses; repeatable.
+    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
+    iface_regex: Vec<String>,
+    /// Use the interface the kernel would route this address through.
+    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
+    iface_can_reach: Option<Ipv4Addr>,
+    /// The address other hosts reach this one at.
+    #[arg(long, env = "WEFTD_PUBLIC_IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// The subnet file weftd writes.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: std::path::PathBuf,
+    /// Name of the VXLAN device (default flannel.<VNI>).
+    #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
+    vxlan_device: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +183,81 @@ async fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Check(args) => check(&store, out, args).await,
+    }
+}
+
+/// `weftctl check`: findings on stdout (one per line, or JSON), leases this host cannot mend
+/// as notes on stderr; an error (exit 1) when anything is wrong.
+async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
+    let cfg = store
+        .get_config()
+        .await?
+        .ok_or_else(|| anyhow!("no network config in etcd at {}", store.config_key()))?;
+    let list = store.list_leases(Some(&cfg)).await?;
+    let env = SubnetEnv::read(&args.subnet_file).ok();
+    let select = IfaceSelect {
+        ifaces: args.iface,
+        regexes: args.iface_regex,
+        can_reach: args.iface_can_reach,
+        public_ip: args.public_ip,
+    };
+    let mut nl = Netlink::new().context("cannot open a netlink socket")?;
+    let ext = iface::choose(
+        &select,
+        &nl.links()?,
+        &nl.addresses(None)?,
+        &nl.routes(Family::V4)?,
+    )
+    .context("cannot choose the external interface")?;
+    // This host's lease holds its PublicIP; the one subnet.env names wins if several do.
+    let mine: Vec<&Lease> = list
+        .leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == ext.public_ip)
+        .collect();
+    let env_subnet = env.as_ref().and_then(|e| e.subnet_network());
+    let own = mine
+        .iter()
+        .find(|l| Some(l.subnet) == env_subnet)
+        .or(mine.first())
+        .copied();
+    let mut report = weft::check::check(
+        &mut nl,
+        &cfg,
+        &ext,
+        args.vxlan_device.as_deref(),
+        own,
+        &list.leases,
+        env.as_ref(),
+    )?;
+    for s in &list.skipped {
+        report.notes.push(Finding(format!(
+            "key {} is not a usable lease: {}",
+            s.key, s.reason
+        )));
+    }
+    match out {
+        Format::Json => println!(
+            "{}",
+            json!({
+                "findings": report.findings.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+                "notes": report.notes.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+            })
+        ),
+        Format::Table => {
+            for f in &report.findings {
+                println!("{f}");
+            }
+            for n in &report.notes {
+                eprintln!("note: {n}");
+            }
+        }
+    }
+    match report.findings.len() {
+        0 => Ok(()),
+        1 => bail!("1 problem on this host"),
+        n => bail!("{n} problems on this host"),
     }
 }
 

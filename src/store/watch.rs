@@ -3,7 +3,7 @@
 //! revision becomes a re-list that reports exactly the difference, and a dropped connection
 //! resumes after the last revision it delivered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, WatchOptions, WatchStream};
@@ -35,6 +35,8 @@ pub struct LeaseWatcher {
     seeded: bool,
     stream: Option<WatchStream>,
     warned: HashSet<(String, i64)>,
+    /// Keys that hold no usable lease right now (full key → reason), for whoever counts them.
+    skipped: tokio::sync::watch::Sender<BTreeMap<String, String>>,
     /// When each etcd lease's TTL was last looked up.
     checked: HashMap<i64, SystemTime>,
     backoff: Duration,
@@ -51,6 +53,7 @@ impl LeaseWatcher {
             seeded: false,
             stream: None,
             warned: HashSet::new(),
+            skipped: tokio::sync::watch::Sender::new(BTreeMap::new()),
             checked: HashMap::new(),
             backoff: Duration::from_millis(100),
             last_problem: None,
@@ -69,12 +72,17 @@ impl LeaseWatcher {
             .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
             .map(|l| (w.store.lease_key(l), l.clone()))
             .collect();
-        for s in &list.skipped {
-            w.warn_skipped(s);
-        }
+        w.take_skipped(&list.skipped);
         w.mark_all_checked();
         w.seeded = true;
         w
+    }
+
+    /// The keys that hold no usable lease (malformed, outside the network), full key →
+    /// reason, as a value that changes whenever that set does. Such keys produce no events,
+    /// so this is the only way a caller learns of them.
+    pub fn skipped_keys(&self) -> tokio::sync::watch::Receiver<BTreeMap<String, String>> {
+        self.skipped.subscribe()
     }
 
     /// The last revision whose changes have been delivered.
@@ -256,9 +264,7 @@ impl LeaseWatcher {
     }
 
     fn take_list(&mut self, list: &LeaseList) {
-        for s in &list.skipped {
-            self.warn_skipped(s);
-        }
+        self.take_skipped(&list.skipped);
         self.cache = list
             .leases
             .iter()
@@ -270,9 +276,7 @@ impl LeaseWatcher {
     /// After a compaction: the current leases against the cache, as events.
     async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
         let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
-        for s in &list.skipped {
-            self.warn_skipped(s);
-        }
+        self.take_skipped(&list.skipped);
         let now = SystemTime::now();
         let mut fresh: HashMap<String, Lease> = list
             .leases
@@ -349,6 +353,7 @@ impl LeaseWatcher {
                                     self.checked.insert(id, now);
                                 }
                             }
+                            self.unskip(&key);
                             let changed = self.cache.get(&key).map_or(true, |old| differs(old, &l));
                             self.cache.insert(key, l.clone());
                             if changed {
@@ -358,9 +363,12 @@ impl LeaseWatcher {
                         Err(reason) => {
                             self.warn_skipped(&SkippedLease {
                                 key: key.clone(),
-                                reason,
+                                reason: reason.clone(),
                                 mod_revision: rev,
                             });
+                            let k = key.clone();
+                            self.skipped
+                                .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
                             // The key no longer describes a usable lease; forget the old one.
                             if let Some(old) = self.cache.remove(&key) {
                                 out.push(LeaseEvent::Removed(old));
@@ -370,6 +378,7 @@ impl LeaseWatcher {
                 }
                 EventType::Delete => {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    self.unskip(&key);
                     if let Some(old) = self.cache.remove(&key) {
                         if let Some(id) = old.etcd_lease_id {
                             self.checked.remove(&id);
@@ -445,6 +454,26 @@ impl LeaseWatcher {
             .filter_map(|l| l.etcd_lease_id)
             .map(|id| (id, now))
             .collect();
+    }
+
+    /// Warns about every skipped key of a listing and makes them the whole skipped set.
+    fn take_skipped(&mut self, skipped: &[SkippedLease]) {
+        for s in skipped {
+            self.warn_skipped(s);
+        }
+        let fresh: BTreeMap<String, String> = skipped
+            .iter()
+            .map(|s| (s.key.clone(), s.reason.clone()))
+            .collect();
+        self.skipped.send_if_modified(|m| {
+            let changed = *m != fresh;
+            *m = fresh;
+            changed
+        });
+    }
+
+    fn unskip(&self, key: &str) {
+        self.skipped.send_if_modified(|m| m.remove(key).is_some());
     }
 
     fn warn_skipped(&mut self, s: &SkippedLease) {

@@ -73,7 +73,7 @@ impl Host {
             "--resync-interval".into(),
             "5s".into(),
             "--log-level".into(),
-            "debug".into(),
+            "info,weft=debug".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new("ip")
@@ -165,6 +165,32 @@ impl Host {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Runs `weftctl` inside the host against the lab's etcd; `args` follow the global flags.
+    pub fn weftctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                env!("CARGO_BIN_EXE_weftctl"),
+            ])
+            .args(["--etcd-endpoints", &self.etcd_url])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running weftctl with ip netns exec")
+    }
+
+    /// Waits up to `timeout` for weftd to exit by itself; None while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.weftd.as_mut().expect("weftd is not running");
+        let status = wait_for(timeout, || child.try_wait().ok().flatten());
+        if status.is_some() {
+            self.weftd = None;
+        }
+        status
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -225,10 +251,18 @@ impl Drop for Host {
 /// Hosts are declared first so they drop (killing weftd) before etcd and the underlay.
 pub struct Lab {
     pub hosts: Vec<Host>,
+    /// A router joining the underlay's first segment (198.18.0.0/24, bridge `br0`) to a second
+    /// one (198.18.1.0/24, bridge `br1`), once [`Lab::add_router`] made it.
+    pub router: Option<Netns>,
     pub etcd: Etcd,
     pub underlay: Netns,
     pub dir: tempfile::TempDir,
 }
+
+/// The router's address on the first segment and on the far one.
+pub const ROUTER_NEAR_IP: &str = "198.18.0.253";
+pub const ROUTER_FAR_IP: &str = "198.18.1.254";
+pub const FAR_SEGMENT: &str = "198.18.1.0/24";
 
 impl Lab {
     /// An underlay with etcd holding `config`, and `n` hosts (weftd not started yet).
@@ -245,6 +279,7 @@ impl Lab {
             .expect("creating the lab dir");
         let mut lab = Lab {
             hosts: Vec::new(),
+            router: None,
             etcd,
             underlay,
             dir,
@@ -257,6 +292,66 @@ impl Lab {
 
     /// Adds host number len+1 at 198.18.0.<len+1> on the underlay bridge.
     pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        self.add_host_on("br0", &format!("198.18.0.{i}"))
+    }
+
+    /// Adds host number len+1 at 198.18.1.<len+1> on the far segment, behind the router, with
+    /// its default route through the router. [`Lab::add_router`] must have run.
+    pub fn add_far_host(&mut self) -> usize {
+        assert!(self.router.is_some(), "add_far_host needs add_router first");
+        let i = self.hosts.len() + 1;
+        let h = self.add_host_on("br1", &format!("198.18.1.{i}"));
+        self.hosts[h]
+            .ns
+            .ip(&["route", "add", "default", "via", ROUTER_FAR_IP]);
+        h
+    }
+
+    /// Adds a second underlay segment (bridge `br1`) and a router namespace between it and the
+    /// first; every host of the first segment, and etcd, reach the far one through it.
+    pub fn add_router(&mut self) {
+        assert!(self.router.is_none(), "the lab already has a router");
+        let router = Netns::new("rt");
+        self.underlay.ip(&["link", "add", "br1", "type", "bridge"]);
+        self.underlay.ip(&["link", "set", "br1", "up"]);
+        for (dev, port, bridge, addr) in [
+            ("r0", "rp0", "br0", ROUTER_NEAR_IP),
+            ("r1", "rp1", "br1", ROUTER_FAR_IP),
+        ] {
+            router.ip(&[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                self.underlay.name(),
+            ]);
+            self.underlay
+                .ip(&["link", "set", port, "master", bridge, "up"]);
+            router.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+            router.ip(&["link", "set", dev, "up"]);
+        }
+        let out = router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        assert!(
+            out.status.success(),
+            "enabling forwarding in the router: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.underlay
+            .ip(&["route", "add", FAR_SEGMENT, "via", ROUTER_NEAR_IP]);
+        for h in self.hosts.iter().filter(|h| h.ip.starts_with("198.18.0.")) {
+            h.ns.ip(&["route", "add", FAR_SEGMENT, "via", ROUTER_NEAR_IP]);
+        }
+        self.router = Some(router);
+    }
+
+    /// A host's namespace with `eth0` at `ip`/24 on `bridge` of the underlay.
+    fn add_host_on(&mut self, bridge: &str, ip: &str) -> usize {
         let i = self.hosts.len() + 1;
         let ns = Netns::new(&format!("h{i}"));
         let port = format!("p{i}");
@@ -273,13 +368,15 @@ impl Lab {
             self.underlay.name(),
         ]);
         self.underlay
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
-        let ip = format!("198.18.0.{i}");
+            .ip(&["link", "set", &port, "master", bridge, "up"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
+        if self.router.is_some() && bridge == "br0" {
+            ns.ip(&["route", "add", FAR_SEGMENT, "via", ROUTER_NEAR_IP]);
+        }
         self.hosts.push(Host {
             ns,
-            ip,
+            ip: ip.to_string(),
             subnet_file: self.dir.path().join(format!("h{i}/subnet.env")),
             log: self.dir.path().join(format!("h{i}.log")),
             weftd: None,
@@ -320,4 +417,31 @@ impl Lab {
             }
         }
     }
+}
+
+/// Sends UDP datagrams from address `src` inside namespace `from` to a receiver bound at `dst`
+/// inside namespace `to`, and returns the source address the receiver saw: what a server
+/// would log as its caller. None when nothing arrives within 3 s.
+pub fn udp_source_seen(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    use std::net::{SocketAddr, UdpSocket};
+    // A socket stays in the namespace it was made in, whichever thread uses it later.
+    let rx = weft::netlink::run_in_netns(&to.path(), move || UdpSocket::bind((dst, 0)))
+        .expect("entering the receiver's namespace")
+        .unwrap_or_else(|e| panic!("binding a UDP receiver at {dst} in {}: {e}", to.name()));
+    let to_addr = rx.local_addr().expect("the receiver's address");
+    let tx = weft::netlink::run_in_netns(&from.path(), move || UdpSocket::bind((src, 0)))
+        .expect("entering the sender's namespace")
+        .unwrap_or_else(|e| panic!("binding a UDP sender at {src} in {}: {e}", from.name()));
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("setting a read timeout");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        // The first datagram may wait for ARP or a route; keep sending until one arrives.
+        let _ = tx.send_to(b"weft probe", to_addr);
+        if let Ok((_, SocketAddr::V4(peer))) = rx.recv_from(&mut buf) {
+            return Some(*peer.ip());
+        }
+    }
+    None
 }
