@@ -258,7 +258,13 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         .acquire_lease(&cfg, &host(1), None, HOUR)
         .await
         .unwrap();
-    let broken = format!("{PREFIX}198.19.9.0-24");
+    // Subnets for the bad values that the random acquisition above did not hand out.
+    let free: Vec<String> = ["198.19.9.0", "198.19.10.0", "198.19.11.0"]
+        .into_iter()
+        .filter(|s| good.subnet.network().to_string() != *s)
+        .map(|s| format!("{PREFIX}{s}-24"))
+        .collect();
+    let broken = free[0].clone();
     let outside = format!("{PREFIX}198.18.200.0-24");
     etcd.put(&broken, "{not json");
     etcd.put(&outside, &host(7).to_json());
@@ -279,7 +285,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         vec![ev("added", &good)]
     );
     // More bad values do not stop the watch.
-    etcd.put(&format!("{PREFIX}198.19.10.0-24"), r#"{"PublicIP": 5}"#);
+    etcd.put(&free[1], r#"{"PublicIP": 5}"#);
     etcd.put(&format!("{PREFIX}not-a-subnet"), &host(8).to_json());
     let second = store
         .acquire_lease(&cfg, &host(2), None, HOUR)
@@ -295,7 +301,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
     for key in [
         broken.as_str(),
         outside.as_str(),
-        &format!("{PREFIX}198.19.10.0-24"),
+        &free[1],
         &format!("{PREFIX}not-a-subnet"),
     ] {
         let n = text
