@@ -7,6 +7,9 @@ use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -19,6 +22,10 @@ pub const NETWORK: &str = "198.19.0.0/16";
 pub const VXLAN_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#;
 pub const ETCD_IP: &str = "198.18.0.254";
 pub const HEALTHZ_PORT: u16 = 8471;
+/// The VXLAN device weftd makes for VXLAN_CONFIG (VNI 1).
+pub const VXLAN_DEVICE: &str = "flannel.1";
+/// Where flannel (and weft) keep the leases.
+pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
 
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -239,6 +246,166 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The MAC of this host's VXLAN device (its VTEP MAC).
+    pub fn vtep_mac(&self) -> String {
+        self.ns.mac_of(VXLAN_DEVICE)
+    }
+
+    /// `ip neigh show` for the gateway address of `subnet` on the VXLAN device.
+    pub fn neighbour_to(&self, subnet: Ipv4Net) -> String {
+        let gw = subnet.network().to_string();
+        let out = self.ns.try_ip(&["neigh", "show", &gw, "dev", VXLAN_DEVICE]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The VXLAN device's FDB entries for `mac` that send to a remote (`dst`), one a line.
+    pub fn fdb_for(&self, mac: &str) -> String {
+        let out = self
+            .ns
+            .exec(&["bridge", "fdb", "show", "dev", VXLAN_DEVICE]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(mac) && l.contains(" dst "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Which of the three objects a VXLAN peer needs this host has for `peer`: the route to
+    /// its subnet, the neighbour entry for its gateway with its MAC, the FDB entry sending
+    /// its MAC to its underlay address.
+    pub fn objects_for(&self, peer: &Peer) -> [bool; 3] {
+        let neigh = self.neighbour_to(peer.subnet);
+        [
+            !self.route_to(peer.subnet).is_empty(),
+            neigh.contains(&peer.mac),
+            self.fdb_for(&peer.mac)
+                .contains(&format!("dst {}", peer.ip)),
+        ]
+    }
+
+    /// This host as its peers see it.
+    pub fn as_peer(&self) -> Peer {
+        Peer {
+            subnet: self.subnet(),
+            mac: self.vtep_mac(),
+            ip: self.ip.clone(),
+        }
+    }
+
+    /// weftd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.weftd.as_ref().map(|c| c.id())
+    }
+
+    /// Pings `dst` from this host's container address every 10 ms until the pinger finishes.
+    pub fn start_pinging(&self, dst: Ipv4Addr) -> Pinger {
+        Pinger::start(self.ns.name(), self.container_ip(), dst)
+    }
+}
+
+/// What a host needs to know to reach a VXLAN peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub mac: String,
+    pub ip: String,
+}
+
+/// Counts from a [`Pinger`].
+#[derive(Debug, Clone, Default)]
+pub struct PingTotals {
+    pub transmitted: u64,
+    pub received: u64,
+    /// ping's summary of every run that lost packets, for the failure message.
+    pub lossy_runs: Vec<String>,
+}
+
+impl PingTotals {
+    pub fn lost(&self) -> u64 {
+        self.transmitted - self.received
+    }
+}
+
+/// Pings every 10 ms (ping makes that ~17 ms here) in back-to-back runs of 100 packets, each run waiting
+/// for every reply, so stopping never cuts a packet in flight and a lost packet is a real
+/// loss. Between two runs there is a gap of a few milliseconds while the next ping starts.
+pub struct Pinger {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<PingTotals, String>>>,
+}
+
+impl Pinger {
+    fn start(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Pinger {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ns, src, dst) = (ns.to_string(), src.to_string(), dst.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut totals = PingTotals::default();
+            while !flag.load(Ordering::SeqCst) {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "ping", "-q", "-n", "-i", "0.01"])
+                    .args(["-c", "100", "-W", "1", "-I", &src, &dst])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run ping (install iputils-ping): {e}"))?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let summary = text
+                    .lines()
+                    .find(|l| l.contains("packets transmitted"))
+                    .ok_or_else(|| {
+                        format!(
+                            "no summary from ping {src} -> {dst}: {text}{}",
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
+                let count = |what: &str| -> Option<u64> {
+                    summary
+                        .split(", ")
+                        .find(|part| part.contains(what))?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                let (Some(tx), Some(rx)) = (count("transmitted"), count("received")) else {
+                    return Err(format!("cannot read ping's summary: {summary}"));
+                };
+                totals.transmitted += tx;
+                totals.received += rx;
+                if rx < tx {
+                    totals.lossy_runs.push(summary.to_string());
+                }
+            }
+            Ok(totals)
+        });
+        Pinger {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Lets the current run complete and returns the totals.
+    pub fn finish(mut self) -> PingTotals {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("finish is called once");
+        match thread.join() {
+            Ok(Ok(t)) => t,
+            Ok(Err(why)) => panic!("{why}"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         if let Some(mut child) = self.weftd.take() {
@@ -444,4 +611,54 @@ pub fn udp_source_seen(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -
         }
     }
     None
+}
+
+impl Lab {
+    /// Revokes `subnet`'s lease through weft's store API (what an operator's revoke does), from
+    /// inside the underlay. Returns the instant the revoke request was sent (after the
+    /// connection was made), to measure how fast the hosts follow.
+    pub fn revoke_lease(&self, subnet: Ipv4Net) -> Instant {
+        let opts = self.etcd.options();
+        let result = weft::netlink::run_in_netns(&self.underlay.path(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+            rt.block_on(async {
+                let store = weft::store::EtcdStore::connect(&opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let sent = Instant::now();
+                match store.revoke_lease(subnet).await {
+                    Ok(true) => Ok(sent),
+                    Ok(false) => Err(format!("no lease for {subnet} to revoke")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
+        .expect("entering the underlay namespace");
+        result.unwrap_or_else(|why| panic!("revoking the lease of {subnet}: {why}"))
+    }
+
+    /// The lease of `subnet` as stored in etcd (flannel's JSON), if there is one.
+    pub fn lease_value(&self, subnet: Ipv4Net) -> Option<serde_json::Value> {
+        let key = format!(
+            "{SUBNETS_PREFIX}{}",
+            weft::subnet::lease_key_name(subnet, None)
+        );
+        let text = self.etcd.get(&key)?;
+        Some(
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("lease {key} is not JSON ({e}): {text}")),
+        )
+    }
+
+    /// The etcd lease id the lease of `subnet` hangs on (0 for a reservation), if it exists.
+    pub fn lease_id(&self, subnet: Ipv4Net) -> Option<i64> {
+        let key = format!(
+            "{SUBNETS_PREFIX}{}",
+            weft::subnet::lease_key_name(subnet, None)
+        );
+        self.etcd.key_lease(&key)
+    }
 }
