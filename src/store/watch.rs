@@ -197,11 +197,13 @@ impl LeaseWatcher {
                 continue;
             }
             if resp.events().is_empty() {
-                // A progress notification: everything up to its revision has been sent.
-                if !resp.created() {
-                    if let Some(h) = resp.header() {
-                        self.revision = self.revision.max(h.revision());
-                    }
+                if resp.created() {
+                    // etcd accepted the watch: after an outage, say so now rather than at
+                    // the next lease change, which may be hours away.
+                    self.recovered();
+                } else if let Some(h) = resp.header() {
+                    // A progress notification: everything up to its revision has been sent.
+                    self.revision = self.revision.max(h.revision());
                 }
                 continue;
             }
