@@ -309,7 +309,22 @@ fn an_etcd_outage_loses_no_packet_and_hosts_join_afterwards() {
         );
     }
     lab.etcd.start();
-    std::thread::sleep(Duration::from_millis(500));
+    // An operator reading the logs learns the outage is over without waiting for a lease
+    // to change.
+    for h in &lab.hosts {
+        let resumed = wait_for(Duration::from_secs(10), || {
+            h.logs()
+                .lines()
+                .any(|l| l.contains("INFO") && l.contains("lease watch resumed"))
+                .then_some(())
+        });
+        assert!(
+            resumed.is_some(),
+            "weftd on {} does not say the lease watch resumed after etcd came back:\n{}",
+            h.ns.name(),
+            h.logs()
+        );
+    }
     let there = there.finish();
     let back = back.finish();
     assert_no_loss(&there, "host 1 -> host 2 across the etcd outage", 800);

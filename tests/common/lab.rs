@@ -614,30 +614,26 @@ pub fn udp_source_seen(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -
 }
 
 impl Lab {
-    /// Revokes `subnet`'s lease through weft's store API (what an operator's revoke does), from
-    /// inside the underlay. Returns the instant the revoke request was sent (after the
-    /// connection was made), to measure how fast the hosts follow.
+    /// Revokes `subnet`'s lease as an operator would: `weftctl leases revoke` run inside the
+    /// underlay. Returns the instant the command was started, to measure how fast the hosts
+    /// follow.
     pub fn revoke_lease(&self, subnet: Ipv4Net) -> Instant {
-        let opts = self.etcd.options();
-        let result = weft::netlink::run_in_netns(&self.underlay.path(), move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
-            rt.block_on(async {
-                let store = weft::store::EtcdStore::connect(&opts)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let sent = Instant::now();
-                match store.revoke_lease(subnet).await {
-                    Ok(true) => Ok(sent),
-                    Ok(false) => Err(format!("no lease for {subnet} to revoke")),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-        })
-        .expect("entering the underlay namespace");
-        result.unwrap_or_else(|why| panic!("revoking the lease of {subnet}: {why}"))
+        let started = Instant::now();
+        let out = self.underlay.exec(&[
+            env!("CARGO_BIN_EXE_weftctl"),
+            "--etcd-endpoints",
+            &self.etcd.client_url(),
+            "leases",
+            "revoke",
+            &subnet.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "weftctl leases revoke {subnet} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started
     }
 
     /// The lease of `subnet` as stored in etcd (flannel's JSON), if there is one.
