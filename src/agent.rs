@@ -102,6 +102,8 @@ struct Agent {
     datapath: Datapath,
     /// systemd has been told READY=1.
     notified: bool,
+    /// Set while renewals fail: when to try again.
+    renew_retry_at: Option<tokio::time::Instant>,
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -230,6 +232,7 @@ impl Agent {
             unreadable: 0,
             datapath,
             notified: false,
+            renew_retry_at: None,
         };
         agent.note_own_lease();
         let list = retry("listing leases", &agent.metrics, || {
@@ -283,6 +286,9 @@ impl Agent {
     /// When to renew: the margin before expiry, or half the TTL when the margin is longer
     /// than that (short TTLs in labs).
     fn renew_at(&self) -> tokio::time::Instant {
+        if let Some(at) = self.renew_retry_at {
+            return at;
+        }
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         let Some(exp) = self.own.expiration else {
             return far;
@@ -431,17 +437,23 @@ impl Agent {
                 self.leases.insert(self.own.subnet, self.own.clone());
                 self.note_own_lease();
                 self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(subnet = %self.own.subnet, "lease renewed");
+                if self.renew_retry_at.take().is_some() {
+                    tracing::info!(subnet = %self.own.subnet, "lease renewed again after failures");
+                } else {
+                    tracing::debug!(subnet = %self.own.subnet, "lease renewed");
+                }
             }
             Err(StoreError::LeaseGone { .. }) => {
+                self.renew_retry_at = None;
                 tracing::warn!(subnet = %self.own.subnet, "lease expired or was revoked; acquiring it again");
                 self.reacquire().await?;
             }
             Err(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
-                // Retry soon without spinning: push the renewal a little into the future.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // The retry is a timer of the main loop, so lease events and datapath reports
+                // keep flowing meanwhile.
+                self.renew_retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
         }
         Ok(())
