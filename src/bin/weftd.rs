@@ -14,7 +14,9 @@ use weft::store::EtcdOptions;
 #[command(
     name = "weftd",
     version,
-    about = "weft host agent: leases this host's subnet from etcd and keeps the overlay's routes, neighbours and FDB entries in the kernel equal to every host's lease"
+    about = "weft host agent: leases this host's subnet from etcd and keeps the overlay's routes, neighbours and FDB entries in the kernel equal to every host's lease",
+    after_help = "Every flag can also be set through the environment variable shown with it, e.g. in /etc/default/weftd. \
+Stopping weftd leaves the datapath in place; the next start adopts it, and so does a first start on a host flanneld set up."
 )]
 struct Args {
     #[command(flatten)]
@@ -25,12 +27,13 @@ struct Args {
     #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
     iface: Vec<String>,
 
-    /// Regular expression matched against interface names and addresses; repeatable; used
-    /// when --iface is not given.
+    /// Regular expression matched against interface names and addresses; repeat to give
+    /// fallbacks. Used when --iface is not given. Default: none.
     #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
     iface_regex: Vec<String>,
 
-    /// Use the interface the kernel would route this address through.
+    /// Use the interface the kernel would route this address through. Used when neither
+    /// --iface nor --iface-regex is given. Default: none.
     #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
     iface_can_reach: Option<Ipv4Addr>,
 
@@ -38,7 +41,8 @@ struct Args {
     #[arg(long, env = "WEFTD_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
 
-    /// Where to write the subnet file the CNI plugin reads.
+    /// Where to write subnet.env (network, this host's subnet, MTU), which the CNI plugin
+    /// reads.
     #[arg(
         long,
         env = "WEFTD_SUBNET_FILE",
@@ -54,7 +58,8 @@ struct Args {
     #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     subnet_lease_ttl: Duration,
 
-    /// Masquerade traffic from the overlay to destinations outside it.
+    /// Masquerade traffic from the overlay to destinations outside it (nftables table
+    /// `ip weft`). `--ip-masq` alone means true.
     #[arg(long, env = "WEFTD_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
     ip_masq: bool,
 
@@ -71,7 +76,8 @@ struct Args {
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
 
-    /// Name of the VXLAN device. Default: flannel.<VNI>, as flannel names it.
+    /// Name of the VXLAN device (vxlan backend only). Default: flannel.<VNI>, as flannel
+    /// names it, so a host moved from flanneld keeps its device.
     #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
     vxlan_device: Option<String>,
 
