@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use weft::check::Finding;
 use weft::config::NetworkConfig;
@@ -56,6 +56,12 @@ enum Command {
     /// Compare this host's kernel (device, routes, neighbours, FDB) and subnet.env with the
     /// leases; print what is wrong and exit 1, or print nothing and exit 0.
     Check(CheckArgs),
+    /// Print a completion script for SHELL, e.g.
+    /// `weftctl completions bash > /etc/bash_completion.d/weftctl`; needs no etcd.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How to find this host's facts: the same flags (and WEFTD_* variables) as weftd's, so one
@@ -121,6 +127,11 @@ enum ReservationsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        let mut out = std::io::stdout();
+        clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -184,6 +195,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Check(args) => check(&store, out, args).await,
+        // Printed by main before any etcd connection.
+        Command::Completions { .. } => Ok(()),
     }
 }
 
