@@ -14,7 +14,7 @@ SRC=/weft
 ETCD_URL=http://$ETCD_IP:2379
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(etcd-client iproute2 nftables iputils-ping containernetworking-plugins
+packages=(etcd-client iproute2 nftables iputils-ping curl containernetworking-plugins
           podman runc busybox-static)
 [ "$NODE" = 1 ] && packages+=(etcd-server)
 apt-get update -qq
@@ -23,8 +23,6 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}"
 # --- etcd on node 1, listening on the private network --------------------------------------
 if [ "$NODE" = 1 ]; then
   cat >/etc/default/etcd <<EOF
-ETCD_NAME=node1
-ETCD_DATA_DIR=/var/lib/etcd/default
 ETCD_LISTEN_CLIENT_URLS=http://$ETCD_IP:2379,http://127.0.0.1:2379
 ETCD_ADVERTISE_CLIENT_URLS=$ETCD_URL
 EOF
@@ -99,8 +97,9 @@ if ! podman image exists localhost/weft-busybox; then
   mkdir -p "$root/bin"
   cp /bin/busybox "$root/bin/"
   for a in sh ip ping sleep cat hostname; do ln -s busybox "$root/bin/$a"; done
-  tar -C "$root" -cf - . | podman import -q - localhost/weft-busybox >/dev/null
-  rm -rf "$root"
+  tar -C "$root" -cf "$root.tar" .
+  podman import -q "$root.tar" localhost/weft-busybox >/dev/null
+  rm -rf "$root" "$root.tar"
 fi
 
 echo "node$NODE: weftd $(systemctl is-active weftd), $(grep FLANNEL_SUBNET /run/flannel/subnet.env)"
