@@ -62,8 +62,10 @@ pub fn check(
     }
 
     let mut device_index = None;
+    let mut device = String::new();
     if let BackendConfig::Vxlan(vx) = &cfg.backend {
         let spec = DeviceSpec::new(vx, device_name, ext.iface_addr.into(), ext.index, ext.mtu);
+        device = spec.name.clone();
         match nl.link_by_name(&spec.name)? {
             None => out.push(Finding(format!("device {} is missing", spec.name))),
             Some(link) => {
@@ -117,8 +119,17 @@ pub fn check(
         None => (Vec::new(), Vec::new()),
     };
     let actual = reconcile::owned(cfg, &host, own.subnet, routes, neigh, fdb);
+    let dev_name = |i: u32| {
+        if Some(i) == device_index {
+            device.clone()
+        } else if i == ext.index {
+            ext.name.clone()
+        } else {
+            format!("#{i}")
+        }
+    };
     for op in reconcile::diff(&desired, &actual) {
-        let what = reconcile::describe(&op);
+        let what = reconcile::describe(&op, &dev_name);
         let line = match op {
             Op::ReplaceRoute(_) | Op::ReplaceNeighbour(_) | Op::ReplaceFdb(_) => {
                 format!("missing or wrong: {what}")

@@ -260,6 +260,19 @@ impl Worker {
             return Ok(());
         }
         let results = self.nl.apply(ops);
+        let (ext, device) = match &self.state {
+            Some(s) => (
+                (s.ext.index, s.ext.name.clone()),
+                s.device.as_ref().map(|d| d.name.clone()),
+            ),
+            None => ((0, String::new()), None),
+        };
+        let device_index = self.watched.device.load(Ordering::Relaxed);
+        let dev = |i: u32| match &device {
+            Some(name) if i == device_index => name.clone(),
+            _ if i == ext.0 => ext.1.clone(),
+            _ => format!("#{i}"),
+        };
         let mut failed = false;
         let mut repairs = 0;
         for (op, result) in ops.iter().zip(results) {
@@ -267,15 +280,15 @@ impl Worker {
                 Ok(()) => {
                     if previous.is_some_and(|p| reconcile::is_repair(op, p)) {
                         repairs += 1;
-                        tracing::info!(object = %reconcile::describe(op), "drift repaired");
+                        tracing::info!(object = %reconcile::describe(op, &dev), "drift repaired");
                     } else {
-                        tracing::debug!(object = %reconcile::describe(op), "programmed");
+                        tracing::debug!(object = %reconcile::describe(op, &dev), "programmed");
                     }
                 }
                 Err(e) => {
                     failed = true;
                     self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(object = %reconcile::describe(op), error = %e, "netlink request failed; will retry");
+                    tracing::warn!(object = %reconcile::describe(op, &dev), error = %e, "netlink request failed; will retry");
                 }
             }
         }

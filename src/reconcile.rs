@@ -351,15 +351,16 @@ pub fn is_repair(op: &Op, previous: &Desired) -> bool {
     }
 }
 
-/// A short name of an op's object, for logs.
-pub fn describe(op: &Op) -> String {
+/// A short name of an op's object, for logs and `weftctl check`; `dev` names a device by its
+/// index.
+pub fn describe(op: &Op, dev: &dyn Fn(u32) -> String) -> String {
     let route = |r: &Route| {
         let mut s = r.dst.to_string();
         if let Some(g) = r.gateway {
             s.push_str(&format!(" via {g}"));
         }
         if let Some(o) = r.oif {
-            s.push_str(&format!(" dev #{o}"));
+            s.push_str(&format!(" dev {}", dev(o)));
         }
         if r.onlink {
             s.push_str(" onlink");
@@ -381,8 +382,8 @@ pub fn describe(op: &Op) -> String {
             f.dst.map(|d| d.to_string()).unwrap_or_default()
         ),
         Op::DelFdb(f) => format!("remove fdb {}", crate::netlink::format_mac(&f.mac)),
-        Op::AddAddress(i, a) => format!("address {a} on #{i}"),
-        Op::DelAddress(i, a) => format!("remove address {a} from #{i}"),
+        Op::AddAddress(i, a) => format!("address {a} on {}", dev(*i)),
+        Op::DelAddress(i, a) => format!("remove address {a} from {}", dev(*i)),
     }
 }
 
@@ -559,7 +560,10 @@ mod tests {
         );
         assert_eq!(actual.routes, vec![stale.clone()]);
         let ops = diff(&d, &actual);
-        let names: Vec<String> = ops.iter().map(describe).collect();
+        let names: Vec<String> = ops
+            .iter()
+            .map(|op| describe(op, &|i| format!("#{i}")))
+            .collect();
         assert_eq!(ops.len(), 4, "{names:?}");
         assert!(
             matches!(&ops[0], Op::ReplaceRoute(r) if r.dst == "198.19.2.0/24".parse::<IpNet>().unwrap())
