@@ -435,7 +435,17 @@ impl Lab {
     /// An underlay with etcd holding `config`, and `n` hosts (weftd not started yet).
     pub fn new(n: usize, config: &str) -> Lab {
         let underlay = Netns::new("ul");
-        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so a host joining
+        // later would change it and strand every ARP entry for etcd's address for ~30 s.
+        underlay.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:c6:12:00:fe",
+            "type",
+            "bridge",
+        ]);
         underlay.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
         underlay.ip(&["link", "set", "br0", "up"]);
         let etcd = Etcd::start_in_netns(underlay.name(), ETCD_IP);
@@ -480,7 +490,15 @@ impl Lab {
     pub fn add_router(&mut self) {
         assert!(self.router.is_none(), "the lab already has a router");
         let router = Netns::new("rt");
-        self.underlay.ip(&["link", "add", "br1", "type", "bridge"]);
+        self.underlay.ip(&[
+            "link",
+            "add",
+            "br1",
+            "address",
+            "02:00:c6:12:01:fe",
+            "type",
+            "bridge",
+        ]);
         self.underlay.ip(&["link", "set", "br1", "up"]);
         for (dev, port, bridge, addr) in [
             ("r0", "rp0", "br0", ROUTER_NEAR_IP),
