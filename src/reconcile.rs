@@ -182,15 +182,14 @@ pub fn peer_objects(
 pub fn desired(cfg: &NetworkConfig, host: &Host, own: &Lease, leases: &[Lease]) -> Desired {
     let mut out = Desired::default();
     let mut sorted: Vec<&Lease> = leases.iter().filter(|l| l.subnet != own.subnet).collect();
-    sorted.sort_by_key(|l| (l.mod_revision, l.key_name()));
-    let mut accepted: Vec<Ipv4Net> = Vec::new();
+    // The key is built once per lease, not once per comparison: this runs on every lease
+    // event, with thousands of leases.
+    sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));
+    let mut accepted: BTreeMap<Ipv4Addr, Ipv4Net> = BTreeMap::new();
     let mut macs: BTreeSet<Mac> = BTreeSet::new();
     for lease in sorted {
         let key = lease.key_name();
-        if let Some(other) = accepted
-            .iter()
-            .find(|a| a.contains(&lease.subnet) || lease.subnet.contains(*a))
-        {
+        if let Some(other) = overlapping(&accepted, lease.subnet) {
             out.skipped.push(Skip {
                 key,
                 reason: format!("subnet {} overlaps the older lease {other}", lease.subnet),
@@ -209,7 +208,7 @@ pub fn desired(cfg: &NetworkConfig, host: &Host, own: &Lease, leases: &[Lease]) 
                         continue;
                     }
                 }
-                accepted.push(lease.subnet);
+                accepted.insert(lease.subnet.network(), lease.subnet);
                 out.peers += 1;
                 if let Some(r) = objects.route {
                     out.routes.insert(r.dst, r);
@@ -225,6 +224,21 @@ pub fn desired(cfg: &NetworkConfig, host: &Host, own: &Lease, leases: &[Lease]) 
         }
     }
     out
+}
+
+/// The accepted subnet `s` overlaps, if any, in O(log n). Accepted subnets never overlap
+/// each other, so only two can: the one starting at or before `s` (it may contain `s`) and
+/// the first one starting inside `s` (`s` contains it).
+fn overlapping(accepted: &BTreeMap<Ipv4Addr, Ipv4Net>, s: Ipv4Net) -> Option<Ipv4Net> {
+    if let Some((_, a)) = accepted.range(..=s.network()).next_back() {
+        if a.contains(&s.network()) {
+            return Some(*a);
+        }
+    }
+    accepted
+        .range(s.network()..=s.broadcast())
+        .next()
+        .map(|(_, a)| *a)
 }
 
 /// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
@@ -335,6 +349,190 @@ pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
 
     ops.extend(dels);
     ops
+}
+
+/// The operations that turn the state last applied into `desired`, without reading the
+/// kernel: what the fast path runs on a lease event. The same operations, in the same order,
+/// as [`diff`] against a kernel that holds exactly `applied`, but no object is copied.
+pub fn diff_applied(desired: &Desired, applied: &Desired) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut dels = Vec::new();
+    for (dst, want) in &desired.routes {
+        match applied.routes.get(dst) {
+            Some(have) if same_route(have, want) => {}
+            Some(have) => {
+                ops.push(Op::ReplaceRoute(want.clone()));
+                if have.metric != want.metric {
+                    dels.push(Op::DelRoute(have.clone()));
+                }
+            }
+            None => ops.push(Op::ReplaceRoute(want.clone())),
+        }
+    }
+    for (dst, have) in &applied.routes {
+        if !desired.routes.contains_key(dst) {
+            dels.push(Op::DelRoute(have.clone()));
+        }
+    }
+    for (ip, want) in &desired.neighbours {
+        if applied.neighbours.get(ip).map(|h| h.mac) != Some(want.mac) {
+            ops.push(Op::ReplaceNeighbour(want.clone()));
+        }
+    }
+    for (ip, have) in &applied.neighbours {
+        if !desired.neighbours.contains_key(ip) {
+            dels.push(Op::DelNeighbour(have.clone()));
+        }
+    }
+    for (mac, want) in &desired.fdb {
+        if !applied.fdb.get(mac).is_some_and(|h| h.dst == want.dst) {
+            ops.push(Op::ReplaceFdb(want.clone()));
+        }
+    }
+    for (mac, have) in &applied.fdb {
+        if !desired.fdb.get(mac).is_some_and(|w| w.dst == have.dst) {
+            dels.push(Op::DelFdb(have.clone()));
+        }
+    }
+    ops.extend(dels);
+    ops
+}
+
+/// Brings `applied` (the desired state last programmed) up to date with a few changed leases
+/// in place and returns the operations, in O(k log n) for k changed leases among n: the lease
+/// event path, whose cost must not grow with the size of the network. `gone` are leases no
+/// longer known (or known before a change), `added` the new or changed ones.
+///
+/// The result is what [`desired`] over all leases and [`diff_applied`] would give. `None`
+/// when the change meets a rule that relates leases to each other (a lease that was or would
+/// be skipped, an overlap, a VTEP MAC or gateway already in use): the caller then computes
+/// the whole desired state.
+pub fn update(
+    cfg: &NetworkConfig,
+    host: &Host,
+    own: &Lease,
+    applied: &mut Desired,
+    gone: &[Lease],
+    added: &[Lease],
+) -> Option<Vec<Op>> {
+    if !applied.skipped.is_empty() {
+        return None;
+    }
+    let old = desired(cfg, host, own, gone);
+    let new = desired(cfg, host, own, added);
+    if !old.skipped.is_empty() || !new.skipped.is_empty() {
+        return None;
+    }
+    // Every gone lease must be one the applied state holds, object for object.
+    let held = old
+        .routes
+        .iter()
+        .all(|(k, v)| applied.routes.get(k) == Some(v))
+        && old
+            .neighbours
+            .iter()
+            .all(|(k, v)| applied.neighbours.get(k) == Some(v))
+        && old.fdb.iter().all(|(k, v)| applied.fdb.get(k) == Some(v));
+    if !held || old.peers > applied.peers {
+        return None;
+    }
+    // A new object may only take a key that is free or that a gone lease frees.
+    for dst in new.routes.keys() {
+        let IpNet::V4(s) = dst else { return None };
+        if let Some(IpNet::V4(other)) = route_overlapping(&applied.routes, *s) {
+            if !old.routes.contains_key(&IpNet::V4(other)) || other != *s {
+                return None;
+            }
+        }
+    }
+    let taken_elsewhere = |in_applied: bool, in_old: bool| in_applied && !in_old;
+    if new.neighbours.keys().any(|k| {
+        taken_elsewhere(
+            applied.neighbours.contains_key(k),
+            old.neighbours.contains_key(k),
+        )
+    }) || new
+        .fdb
+        .keys()
+        .any(|k| taken_elsewhere(applied.fdb.contains_key(k), old.fdb.contains_key(k)))
+    {
+        return None;
+    }
+
+    let mut ops = Vec::new();
+    let mut dels = Vec::new();
+    for (dst, want) in &new.routes {
+        match applied.routes.get(dst) {
+            Some(have) if same_route(have, want) => {}
+            Some(have) => {
+                ops.push(Op::ReplaceRoute(want.clone()));
+                if have.metric != want.metric {
+                    dels.push(Op::DelRoute(have.clone()));
+                }
+            }
+            None => ops.push(Op::ReplaceRoute(want.clone())),
+        }
+    }
+    for (dst, have) in &old.routes {
+        if !new.routes.contains_key(dst) {
+            dels.push(Op::DelRoute(have.clone()));
+        }
+    }
+    for (ip, want) in &new.neighbours {
+        if applied.neighbours.get(ip).map(|h| h.mac) != Some(want.mac) {
+            ops.push(Op::ReplaceNeighbour(want.clone()));
+        }
+    }
+    for (ip, have) in &old.neighbours {
+        if !new.neighbours.contains_key(ip) {
+            dels.push(Op::DelNeighbour(have.clone()));
+        }
+    }
+    for (mac, want) in &new.fdb {
+        if !applied.fdb.get(mac).is_some_and(|h| h.dst == want.dst) {
+            ops.push(Op::ReplaceFdb(want.clone()));
+        }
+    }
+    for (mac, have) in &old.fdb {
+        if !new.fdb.get(mac).is_some_and(|w| w.dst == have.dst) {
+            dels.push(Op::DelFdb(have.clone()));
+        }
+    }
+    ops.extend(dels);
+
+    for k in old.routes.keys() {
+        applied.routes.remove(k);
+    }
+    for k in old.neighbours.keys() {
+        applied.neighbours.remove(k);
+    }
+    for k in old.fdb.keys() {
+        applied.fdb.remove(k);
+    }
+    applied.routes.extend(new.routes);
+    applied.neighbours.extend(new.neighbours);
+    applied.fdb.extend(new.fdb);
+    applied.peers = applied.peers - old.peers + new.peers;
+    Some(ops)
+}
+
+/// The route whose destination overlaps `s`, found as [`overlapping`] finds a subnet: the
+/// destinations of weft's routes are the accepted subnets, which never overlap.
+fn route_overlapping(routes: &BTreeMap<IpNet, Route>, s: Ipv4Net) -> Option<IpNet> {
+    let last = Ipv4Net::new(s.network(), 32).ok()?;
+    if let Some((dst, _)) = routes.range(..=IpNet::V4(last)).next_back() {
+        if let IpNet::V4(d) = dst {
+            if d.contains(&s.network()) {
+                return Some(*dst);
+            }
+        }
+    }
+    let first = Ipv4Net::new(s.network(), 0).ok()?;
+    let end = Ipv4Net::new(s.broadcast(), 32).ok()?;
+    routes
+        .range(IpNet::V4(first)..=IpNet::V4(end))
+        .next()
+        .map(|(dst, _)| *dst)
 }
 
 /// Ops that put back objects the previous desired state already had: the kernel lost them
@@ -491,6 +689,112 @@ mod tests {
             .routes
             .contains_key(&"198.19.2.0/24".parse::<IpNet>().unwrap()));
         assert!(d.skipped[0].reason.contains("overlaps the older lease"));
+    }
+
+    #[test]
+    fn overlap_is_found_on_either_side() {
+        let mut acc = BTreeMap::new();
+        for s in ["198.19.0.0/24", "198.19.4.0/22", "198.19.9.0/24"] {
+            let n: Ipv4Net = s.parse().unwrap();
+            acc.insert(n.network(), n);
+        }
+        let o = |s: &str| overlapping(&acc, s.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(o("198.19.0.128/25").as_deref(), Some("198.19.0.0/24"));
+        assert_eq!(o("198.19.6.0/24").as_deref(), Some("198.19.4.0/22"));
+        assert_eq!(o("198.19.8.0/22").as_deref(), Some("198.19.9.0/24"));
+        assert_eq!(o("198.19.0.0/16").as_deref(), Some("198.19.0.0/24"));
+        assert_eq!(o("198.19.1.0/24"), None);
+        assert_eq!(o("198.19.8.0/24"), None);
+        assert_eq!(o("198.19.10.0/23"), None);
+    }
+
+    #[test]
+    fn diff_applied_matches_a_diff_against_a_kernel_holding_the_applied_state() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let a = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let b = lease("198.19.3.0/24", "198.18.0.3", Some("0e:00:00:00:00:03"), 3);
+        let b_moved = lease("198.19.3.0/24", "198.18.0.9", Some("0e:00:00:00:00:09"), 4);
+        let d = lease("198.19.4.0/24", "198.18.0.4", Some("0e:00:00:00:00:04"), 5);
+        let states = [
+            vec![],
+            vec![a.clone()],
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b_moved.clone(), d.clone()],
+            vec![d],
+        ];
+        for old in &states {
+            for new in &states {
+                let applied = desired(&c, &host(), &own, old);
+                let want = desired(&c, &host(), &own, new);
+                let kernel = Actual {
+                    routes: applied.routes.values().cloned().collect(),
+                    neighbours: applied.neighbours.values().cloned().collect(),
+                    fdb: applied.fdb.values().cloned().collect(),
+                };
+                assert_eq!(diff_applied(&want, &applied), diff(&want, &kernel));
+            }
+        }
+    }
+
+    #[test]
+    fn update_gives_what_a_full_computation_gives_or_declines() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let a = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let b = lease("198.19.3.0/24", "198.18.0.3", Some("0e:00:00:00:00:03"), 3);
+        let b_moved = lease("198.19.3.0/24", "198.18.0.9", Some("0e:00:00:00:00:09"), 4);
+        let b_new_mac = lease("198.19.3.0/24", "198.18.0.3", Some("0e:00:00:00:00:0b"), 5);
+        let d = lease("198.19.4.0/24", "198.18.0.4", Some("0e:00:00:00:00:04"), 6);
+        // A newer lease reusing a's MAC: the full computation skips it.
+        let dup_mac = lease("198.19.5.0/24", "198.18.0.5", Some("0e:00:00:00:00:02"), 7);
+        let overlap = lease(
+            "198.19.2.128/25",
+            "198.18.0.6",
+            Some("0e:00:00:00:00:06"),
+            8,
+        );
+        let states = [
+            vec![],
+            vec![a.clone()],
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b_moved.clone(), d.clone()],
+            vec![a.clone(), b_new_mac.clone()],
+            vec![d.clone()],
+            vec![a.clone(), dup_mac.clone()],
+            vec![a.clone(), overlap.clone()],
+        ];
+        let key = |l: &Lease| (l.subnet, l.mod_revision);
+        let mut fast = 0;
+        for old in &states {
+            for new in &states {
+                let gone: Vec<Lease> = old
+                    .iter()
+                    .filter(|l| !new.iter().any(|n| key(n) == key(l)))
+                    .cloned()
+                    .collect();
+                let added: Vec<Lease> = new
+                    .iter()
+                    .filter(|l| !old.iter().any(|o| key(o) == key(l)))
+                    .cloned()
+                    .collect();
+                let before = desired(&c, &host(), &own, old);
+                let want = desired(&c, &host(), &own, new);
+                let mut applied = before.clone();
+                match update(&c, &host(), &own, &mut applied, &gone, &added) {
+                    Some(ops) => {
+                        fast += 1;
+                        assert_eq!(ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
+                        assert_eq!(applied, want, "{old:?} -> {new:?}");
+                    }
+                    None => assert!(
+                        !before.skipped.is_empty() || !want.skipped.is_empty(),
+                        "declined a plain change {old:?} -> {new:?}"
+                    ),
+                }
+            }
+        }
+        assert!(fast >= 30, "only {fast} changes took the incremental path");
     }
 
     #[test]
