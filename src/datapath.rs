@@ -19,7 +19,7 @@ use crate::iface::ExtIface;
 use crate::lease::Lease;
 use crate::masq::{Masq, MasqSpec};
 use crate::netlink::{parse_mac, Change, Family, Mac, Monitor, Netlink, Op};
-use crate::reconcile::{self, Actual, Desired, Host};
+use crate::reconcile::{self, Desired, Host};
 
 /// Everything the desired state is computed from.
 #[derive(Debug, Clone)]
@@ -95,6 +95,7 @@ impl Datapath {
             masq: Masq::new(),
             state: None,
             applied: None,
+            applied_from: None,
             warned: HashSet::new(),
             watched: watched.clone(),
             failures: 0,
@@ -128,6 +129,56 @@ struct Watched {
     device: AtomicU32,
     ext: AtomicU32,
     network: std::sync::Mutex<Option<Ipv4Net>>,
+    /// Deletions the worker is about to make: their notifications are its own echo, not
+    /// drift, and must not cost a full reconciliation (a dump of every object).
+    echo: std::sync::Mutex<Echo>,
+}
+
+/// How long an expected deletion notification is waited for. A delete of something already
+/// gone sends none; the expectation then lapses so it cannot hide real drift for long (the
+/// resync timer still covers that window).
+const ECHO_WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Echo {
+    until: Option<Instant>,
+    routes: HashSet<IpNet>,
+    /// Neighbour and FDB deletions on the device: the notification names only the device.
+    neighbours: u32,
+}
+
+impl Echo {
+    fn expect(&mut self, ops: &[Op]) {
+        let now = Instant::now();
+        if self.until.is_some_and(|u| u < now) {
+            *self = Echo::default();
+        }
+        for op in ops {
+            match op {
+                Op::DelRoute(r) => {
+                    self.routes.insert(r.dst);
+                }
+                Op::DelNeighbour(_) | Op::DelFdb(_) => self.neighbours += 1,
+                _ => continue,
+            }
+            self.until = Some(now + ECHO_WINDOW);
+        }
+    }
+
+    /// Whether a deletion notification is one the worker announced (and uses it up).
+    fn is_echo(&mut self, c: &Change) -> bool {
+        if !self.until.is_some_and(|u| u >= Instant::now()) {
+            return false;
+        }
+        match c {
+            Change::Route { dst, deleted: true } => self.routes.remove(dst),
+            Change::Neighbour { deleted: true, .. } if self.neighbours > 0 => {
+                self.neighbours -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cmd>) {
@@ -143,19 +194,24 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
         let device = watched.device.load(Ordering::Relaxed);
         let ext = watched.ext.load(Ordering::Relaxed);
         let network = *watched.network.lock().unwrap_or_else(|e| e.into_inner());
+        let mut echo = watched.echo.lock().unwrap_or_else(|e| e.into_inner());
         let relevant = changes.iter().any(|c| match c {
             Change::Overflow => true,
             Change::Link { index, .. } => *index == device || *index == ext,
-            Change::Neighbour { index, deleted } => *deleted && *index == device,
+            Change::Neighbour { index, deleted } => {
+                *deleted && *index == device && !echo.is_echo(c)
+            }
             Change::Route { dst, deleted } => {
                 *deleted
                     && match (dst, network) {
                         (IpNet::V4(d), Some(n)) => n.contains(d),
                         _ => false,
                     }
+                    && !echo.is_echo(c)
             }
             Change::Address { index, deleted } => *deleted && *index == device,
         });
+        drop(echo);
         if relevant && tx.send(Cmd::Kick("kernel change")).is_err() {
             return;
         }
@@ -171,6 +227,9 @@ struct Worker {
     state: Option<Arc<Snapshot>>,
     /// The desired state last applied without error; None forces the full path.
     applied: Option<Desired>,
+    /// The snapshot and host facts `applied` was computed from: a lease event then only
+    /// needs the leases that changed since.
+    applied_from: Option<(Arc<Snapshot>, Host)>,
     warned: HashSet<(String, String)>,
     watched: Arc<Watched>,
     failures: u32,
@@ -188,9 +247,23 @@ impl Worker {
                 Ok(cmd) => {
                     let mut cmds = vec![cmd];
                     // Kernel changes come in bursts (a device going down takes all its
-                    // routes with it): settle briefly, then handle them all at once.
+                    // routes with it): settle briefly, then handle them all at once. A lease
+                    // change does not wait for the settling: it goes out on the fast path
+                    // first.
                     if matches!(cmds[0], Cmd::Kick(_)) {
-                        std::thread::sleep(Duration::from_millis(20));
+                        let settled = Instant::now() + Duration::from_millis(20);
+                        while let Some(left) = settled.checked_duration_since(Instant::now()) {
+                            match rx.recv_timeout(left) {
+                                Ok(Cmd::State(s)) => {
+                                    self.state = Some(s);
+                                    if self.applied.is_some() {
+                                        let _ = self.fast();
+                                    }
+                                }
+                                Ok(other) => cmds.push(other),
+                                Err(_) => break,
+                            }
+                        }
                     }
                     cmds.extend(rx.try_iter());
                     for cmd in cmds {
@@ -259,6 +332,11 @@ impl Worker {
         if ops.is_empty() {
             return Ok(());
         }
+        self.watched
+            .echo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect(ops);
         let results = self.nl.apply(ops);
         let (ext, device) = match &self.state {
             Some(s) => (
@@ -302,7 +380,9 @@ impl Worker {
         }
     }
 
-    /// The fast path: the new desired state against the last applied one.
+    /// The fast path: the new desired state against the last applied one, without reading
+    /// the kernel. When only leases changed, only those are looked at, so the cost of an
+    /// event does not grow with the number of leases.
     fn fast(&mut self) -> Result<(), ()> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
@@ -310,33 +390,58 @@ impl Worker {
         };
         let device = self.watched.device.load(Ordering::Relaxed);
         let device = (s.device.is_some() && device != 0).then_some(device);
-        let desired = self.desired(&s, device);
-        let Some(previous) = self.applied.take() else {
-            return Err(());
+        let host = self.host(&s, device);
+        let (ops, peers) = match self.incremental(&s, &host) {
+            Some(ops) => {
+                self.metrics
+                    .leases_known
+                    .store(s.leases.len() as u64, Ordering::Relaxed);
+                (ops, self.applied.as_ref().map_or(0, |a| a.peers))
+            }
+            None => {
+                let desired = self.desired(&s, device);
+                let Some(previous) = self.applied.take() else {
+                    return Err(());
+                };
+                let ops = reconcile::diff_applied(&desired, &previous);
+                let peers = desired.peers;
+                self.applied = Some(desired);
+                (ops, peers)
+            }
         };
-        let as_applied = Actual {
-            routes: previous.routes.values().cloned().collect(),
-            neighbours: previous.neighbours.values().cloned().collect(),
-            fdb: previous.fdb.values().cloned().collect(),
-        };
-        let ops = reconcile::diff(&desired, &as_applied);
         let result = self.apply(&ops, None);
         self.metrics
             .peers_programmed
-            .store(desired.peers as u64, Ordering::Relaxed);
+            .store(peers as u64, Ordering::Relaxed);
         if result.is_ok() {
             if !ops.is_empty() {
                 tracing::info!(
                     changes = ops.len(),
-                    peers = desired.peers,
+                    peers,
                     took_us = started.elapsed().as_micros() as u64,
                     "peers updated"
                 );
             }
-            self.applied = Some(desired);
+            self.applied_from = Some((s, host));
+        } else {
+            self.applied = None;
+            self.applied_from = None;
         }
         self.metrics.record_reconcile(started.elapsed());
         result
+    }
+
+    /// The operations for the leases that changed since the applied snapshot, updating the
+    /// applied state; `None` when anything else changed or the change needs the whole
+    /// picture (see [`reconcile::update`]).
+    fn incremental(&mut self, s: &Snapshot, host: &Host) -> Option<Vec<Op>> {
+        let (prev, prev_host) = self.applied_from.as_ref()?;
+        if prev_host != host || prev.cfg != s.cfg || prev.own.subnet != s.own.subnet {
+            return None;
+        }
+        let (gone, added) = lease_delta(&prev.leases, &s.leases)?;
+        let applied = self.applied.as_mut()?;
+        reconcile::update(&s.cfg, host, &s.own, applied, &gone, &added)
     }
 
     /// The full path: device, address, dumps, diff, apply, masquerade rules.
@@ -412,6 +517,9 @@ impl Worker {
                     .store(desired.peers as u64, Ordering::Relaxed);
                 if ok {
                     self.applied = Some(desired);
+                    self.applied_from = Some((s.clone(), host));
+                } else {
+                    self.applied_from = None;
                 }
             }
             Err(e) => {
@@ -443,5 +551,99 @@ impl Worker {
         } else {
             Err(())
         }
+    }
+}
+
+/// The leases that differ between two lists sorted by subnet: (gone or changed as they were,
+/// new or changed as they are). A lease whose etcd revision is unchanged is unchanged.
+/// `None` when a list is not sorted (then the caller looks at everything).
+fn lease_delta(old: &[Lease], new: &[Lease]) -> Option<(Vec<Lease>, Vec<Lease>)> {
+    let sorted = |v: &[Lease]| v.windows(2).all(|w| w[0].subnet < w[1].subnet);
+    if !sorted(old) || !sorted(new) {
+        return None;
+    }
+    let same = |a: &Lease, b: &Lease| {
+        a.mod_revision == b.mod_revision && (a.mod_revision > 0 || a.attrs == b.attrs)
+    };
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.subnet == b.subnet => {
+                if !same(a, b) {
+                    gone.push(a.clone());
+                    added.push(b.clone());
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.subnet < b.subnet => {
+                gone.push(a.clone());
+                i += 1;
+            }
+            (_, Some(b)) => {
+                added.push(b.clone());
+                j += 1;
+            }
+            (Some(a), None) => {
+                gone.push(a.clone());
+                i += 1;
+            }
+            (None, None) => return Some((gone, added)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn lease(subnet: &str, rev: i64) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().unwrap()),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn lease_delta_names_only_what_changed() {
+        let old = [
+            lease("198.19.1.0/24", 1),
+            lease("198.19.2.0/24", 2),
+            lease("198.19.3.0/24", 3),
+        ];
+        let new = [
+            lease("198.19.2.0/24", 2),
+            lease("198.19.3.0/24", 7),
+            lease("198.19.4.0/24", 8),
+        ];
+        let (gone, added) = lease_delta(&old, &new).unwrap();
+        let names = |v: &[Lease]| {
+            v.iter()
+                .map(|l| (l.subnet.to_string(), l.mod_revision))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&gone),
+            [
+                ("198.19.1.0/24".to_string(), 1),
+                ("198.19.3.0/24".to_string(), 3)
+            ]
+        );
+        assert_eq!(
+            names(&added),
+            [
+                ("198.19.3.0/24".to_string(), 7),
+                ("198.19.4.0/24".to_string(), 8)
+            ]
+        );
+        assert_eq!(lease_delta(&new, &new).unwrap(), (vec![], vec![]));
+        let unsorted = [lease("198.19.2.0/24", 2), lease("198.19.1.0/24", 1)];
+        assert!(lease_delta(&unsorted, &new).is_none());
     }
 }
