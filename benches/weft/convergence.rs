@@ -1,0 +1,202 @@
+//! Convergence: a lab of hosts running weftd; a new host's lease is written to etcd and the
+//! bench times, on every other host, how long until its route, neighbour and FDB entry are
+//! in the kernel. Baseline: how long etcd takes to deliver the same write to a bare watcher
+//! in the same run, the floor any etcd-driven agent sits on.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{EventType, PutOptions, WatchOptions};
+
+use crate::common::lab::{Lab, VXLAN_CONFIG};
+use crate::probe::{wait_absent, wait_present, Check, Probe};
+use crate::report::{max, median, percentile, Table, Target};
+use crate::rig::{
+    etcd_client, free_subnets, leased_subnets, ms, start_lab, FakeLease, NsRuntime, PREFIX,
+};
+
+pub struct Sizes {
+    pub hosts: usize,
+    pub joins: usize,
+    pub runs: usize,
+}
+
+struct RunStats {
+    one: [f64; 3],
+    all: [f64; 3],
+    etcd: [f64; 3],
+}
+
+fn stats(v: &[f64]) -> [f64; 3] {
+    [percentile(v, 50.0), percentile(v, 99.0), max(v)]
+}
+
+pub fn run(z: &Sizes) -> Vec<Table> {
+    eprintln!("convergence: starting {} hosts", z.hosts);
+    let lab = Lab::new(z.hosts, VXLAN_CONFIG);
+    let _weftds = start_lab(&lab, &[]);
+    let rt = NsRuntime::new(Some(&lab.underlay.path()), 2);
+    let url = lab.etcd.client_url();
+    let client = rt.run(async move { etcd_client(&url).await });
+
+    // The baseline: a plain watcher timestamps each PUT it is told about.
+    let (wtx, wrx) = mpsc::channel::<(String, Instant)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut wc = client.clone();
+    rt.spawn(async move {
+        let mut stream = wc
+            .watch(
+                format!("{PREFIX}/subnets/"),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await
+            .expect("watching leases");
+        let _ = ready_tx.send(());
+        while let Ok(Some(resp)) = stream.message().await {
+            let now = Instant::now();
+            for ev in resp.events() {
+                if ev.event_type() == EventType::Put {
+                    if let Some(kv) = ev.kv() {
+                        let _ = wtx.send((String::from_utf8_lossy(kv.key()).into_owned(), now));
+                    }
+                }
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the baseline watch did not start");
+
+    let mut probes: Vec<Probe> = lab
+        .hosts
+        .iter()
+        .map(|h| Probe::new(&h.ns.path(), "flannel.1"))
+        .collect();
+    let c = client.clone();
+    let taken = rt.run(async move { leased_subnets(&c).await });
+    let free = free_subnets(24, &taken, z.joins);
+    assert_eq!(free.len(), z.joins, "not enough free subnets");
+
+    let mut runs = Vec::new();
+    for run in 0..z.runs {
+        let (mut one, mut all, mut etcd) = (Vec::new(), Vec::new(), Vec::new());
+        for (j, subnet) in free.iter().enumerate() {
+            let l = FakeLease::nth(*subnet, j as u32, 0x70 + run as u8);
+            let (key, value) = (l.key(), l.value());
+            // The joining host has its etcd lease before it writes the key, as weftd does.
+            let mut c = client.clone();
+            let id = rt.run(async move {
+                c.lease_grant(86_400, None)
+                    .await
+                    .expect("granting an etcd lease")
+                    .id()
+            });
+            for p in probes.iter_mut() {
+                p.reset();
+            }
+            while wrx.try_recv().is_ok() {}
+            let mut c = client.clone();
+            let k = key.clone();
+            let put = rt.spawn(async move {
+                let t0 = Instant::now();
+                c.put(k, value, Some(PutOptions::new().with_lease(id)))
+                    .await
+                    .expect("writing the new lease");
+                t0
+            });
+            let seen = wait_present(&mut probes, &l, Check::Dump, Duration::from_secs(10));
+            let t0 = rt.wait(put);
+            let delivered = loop {
+                match wrx.recv_timeout(Duration::from_secs(5)) {
+                    Ok((k, t)) if k == key => break t,
+                    Ok(_) => continue,
+                    Err(_) => panic!("the baseline watcher never saw {key}"),
+                }
+            };
+            etcd.push(ms(delivered - t0));
+            let mut worst: f64 = 0.0;
+            for (i, s) in seen.iter().enumerate() {
+                let Some(t) = s else {
+                    panic!(
+                        "host {} did not program {} within 10 s:\n{}",
+                        i + 1,
+                        l.subnet,
+                        lab.hosts[i].logs()
+                    );
+                };
+                let d = ms(*t - t0);
+                one.push(d);
+                worst = worst.max(d);
+            }
+            all.push(worst);
+            // The host leaves again, so every join meets the same lab.
+            let mut c = client.clone();
+            rt.run(async move {
+                c.lease_revoke(id).await.expect("revoking the etcd lease");
+            });
+            assert!(
+                wait_absent(&mut probes, &l, Duration::from_secs(10)),
+                "{} was not removed within 10 s",
+                l.subnet
+            );
+        }
+        eprintln!(
+            "convergence run {}: one host p50 {:.2} p99 {:.2} max {:.2} ms; all hosts p99 {:.2} ms; etcd p99 {:.2} ms",
+            run + 1,
+            percentile(&one, 50.0),
+            percentile(&one, 99.0),
+            max(&one),
+            percentile(&all, 99.0),
+            percentile(&etcd, 99.0)
+        );
+        runs.push(RunStats {
+            one: stats(&one),
+            all: stats(&all),
+            etcd: stats(&etcd),
+        });
+    }
+    drop(probes);
+
+    let med = |f: &dyn Fn(&RunStats) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let mut t = Table::comparison(&format!(
+        "1. Convergence: {} hosts, a new lease appears {} times (× {} runs)",
+        z.hosts, z.joins, z.runs
+    ));
+    let names = ["p50", "p99", "max"];
+    for (i, name) in names.iter().enumerate() {
+        let target = if i == 1 {
+            Target::AtMost(50.0)
+        } else {
+            Target::None
+        };
+        t.compare(
+            &format!("{name}, etcd write → objects on one other host"),
+            med(&|r| r.one[i]),
+            Some(med(&|r| r.etcd[i])),
+            " ms",
+            target,
+            false,
+        );
+    }
+    for (i, name) in names.iter().enumerate() {
+        t.compare(
+            &format!("{name}, etcd write → objects on all {} hosts", z.hosts),
+            med(&|r| r.all[i]),
+            Some(med(&|r| r.etcd[i])),
+            " ms",
+            Target::None,
+            false,
+        );
+    }
+    t.note(format!(
+        "Start: an `Instant` taken right before the etcd put of the lease key (the joining host's etcd lease is granted before). End: the moment the bench, woken by the host's own netlink notifications, finds the route, the neighbour and the FDB entry for the new subnet all present in a dump of that host's kernel. One-host figures pool every host of every join ({} samples per run); all-host figures take the slowest host per join ({} per run).",
+        z.hosts * z.joins,
+        z.joins
+    ));
+    t.note("Baseline: a bare etcd watch (etcd-client, same etcd, same run) timestamping the same PUT: the time etcd itself needs to deliver the write, which weftd cannot beat.");
+    t.note(format!(
+        "Each figure is the median over {} runs of that run's percentile. Percentiles are nearest-rank.",
+        z.runs
+    ));
+    vec![t]
+}

@@ -1,0 +1,149 @@
+//! weft's whole-system benchmarks. Each section builds what it measures out of real parts
+//! (etcd, weftd release builds, network namespaces, the kernel), measures weft next to a
+//! baseline in the same run, and prints a markdown table. Run it through `scripts/bench`:
+//!
+//! ```text
+//! scripts/bench                      # every section (about 15 minutes on 2 cores)
+//! scripts/bench convergence cni      # some sections
+//! scripts/bench --quick              # tiny sizes: a smoke run of the bench itself
+//! ```
+//!
+//! Sections: convergence, scale (also prints memory), acquire, cni, datapath.
+//! Needs root, /usr/bin/etcd, iproute2, iperf3 and Debian's containernetworking-plugins.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod acquire;
+mod cni;
+mod convergence;
+mod datapath;
+mod probe;
+mod report;
+mod rig;
+mod scale;
+
+use std::time::{Duration, Instant};
+
+const SECTIONS: [&str; 5] = ["convergence", "scale", "acquire", "cni", "datapath"];
+
+fn main() {
+    let mut quick = false;
+    let mut wanted: Vec<String> = Vec::new();
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => quick = true,
+            // cargo bench passes --bench to harness-less targets.
+            "--bench" => {}
+            "memory" => wanted.push("scale".into()),
+            "all" => wanted.extend(SECTIONS.iter().map(|s| s.to_string())),
+            s if SECTIONS.contains(&s) => wanted.push(s.into()),
+            other => {
+                eprintln!(
+                    "unknown argument {other:?}; sections: {} (memory = scale), all, --quick",
+                    SECTIONS.join(", ")
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    if wanted.is_empty() {
+        wanted = SECTIONS.iter().map(|s| s.to_string()).collect();
+    }
+    wanted.dedup();
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmarks build network namespaces: run them as root"
+    );
+
+    let started = Instant::now();
+    let load_before = report::load();
+    let mut out = Vec::new();
+    for s in SECTIONS.iter().filter(|s| wanted.iter().any(|w| w == *s)) {
+        let t0 = Instant::now();
+        let tables = match *s {
+            "convergence" => convergence::run(&if quick {
+                convergence::Sizes {
+                    hosts: 3,
+                    joins: 10,
+                    runs: 1,
+                }
+            } else {
+                convergence::Sizes {
+                    hosts: 10,
+                    joins: 100,
+                    runs: 3,
+                }
+            }),
+            "scale" => scale::run(&if quick {
+                scale::Sizes {
+                    leases: 300,
+                    singles: 5,
+                    cold_runs: 1,
+                    idle: Duration::from_secs(5),
+                }
+            } else {
+                scale::Sizes {
+                    leases: 5000,
+                    singles: 20,
+                    cold_runs: 3,
+                    // WEFT_BENCH_IDLE_SECS shortens the idle window while iterating.
+                    idle: Duration::from_secs(
+                        std::env::var("WEFT_BENCH_IDLE_SECS")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(60),
+                    ),
+                }
+            }),
+            "acquire" => acquire::run(&if quick {
+                acquire::Sizes {
+                    agents: 20,
+                    runs: 1,
+                }
+            } else {
+                acquire::Sizes {
+                    agents: 200,
+                    runs: 3,
+                }
+            }),
+            "cni" => cni::run(&if quick {
+                cni::Sizes {
+                    containers: 10,
+                    rounds: 1,
+                }
+            } else {
+                cni::Sizes {
+                    containers: 200,
+                    rounds: 3,
+                }
+            }),
+            "datapath" => datapath::run(&if quick {
+                datapath::Sizes {
+                    secs: 1,
+                    reps: 1,
+                    pings: 10,
+                }
+            } else {
+                datapath::Sizes {
+                    secs: 5,
+                    reps: 3,
+                    pings: 100,
+                }
+            }),
+            _ => unreachable!("filtered above"),
+        };
+        eprintln!("{s}: {:.0} s", t0.elapsed().as_secs_f64());
+        for t in &tables {
+            t.print();
+        }
+        out.extend(tables);
+    }
+    println!(
+        "Machine: {}. Load average before: {load_before}; after: {}. Took {:.0} s{}.",
+        report::machine(),
+        report::load(),
+        started.elapsed().as_secs_f64(),
+        if quick { " (--quick sizes)" } else { "" }
+    );
+}
