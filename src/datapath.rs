@@ -509,8 +509,18 @@ impl Worker {
                 let actual = reconcile::owned(&s.cfg, &host, s.own_subnet(), routes, neigh, fdb);
                 let ops = reconcile::diff(&desired, &actual);
                 let previous = self.applied.take();
+                let applying = Instant::now();
                 if self.apply(&ops, previous.as_ref()).is_err() {
                     ok = false;
+                }
+                if !ops.is_empty() {
+                    tracing::info!(
+                        changes = ops.len(),
+                        peers = desired.peers,
+                        before_apply_us = (applying - started).as_micros() as u64,
+                        apply_us = applying.elapsed().as_micros() as u64,
+                        "kernel state reconciled"
+                    );
                 }
                 self.metrics
                     .peers_programmed
