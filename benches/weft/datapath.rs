@@ -169,6 +169,11 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         &vx.hosts[1].ns,
         &vx.hosts[1].ip,
     );
+    // Both devices' settings, so a reader can check that nothing but the names differs.
+    for dev in ["flannel.1", "hvx"] {
+        let d = vx.hosts[0].ns.ip(&["-d", "-o", "link", "show", dev]);
+        eprintln!("datapath: {}", d.trim());
+    }
     let _s1 = iperf_server(&vx.hosts[1].ns);
     let _s2 = iperf_server(&gw.hosts[1].ns);
 

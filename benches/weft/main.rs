@@ -127,7 +127,7 @@ fn main() {
             } else {
                 datapath::Sizes {
                     secs: 5,
-                    reps: 3,
+                    reps: 5,
                     pings: 100,
                 }
             }),
@@ -140,8 +140,9 @@ fn main() {
         out.extend(tables);
     }
     println!(
-        "Machine: {}. Load average before: {load_before}; after: {}. Took {:.0} s{}.",
+        "Machine: {}. Date: {}. Load average before: {load_before}; after: {}. Took {:.0} s{}.",
         report::machine(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         report::load(),
         started.elapsed().as_secs_f64(),
         if quick { " (--quick sizes)" } else { "" }

@@ -157,6 +157,27 @@ impl Weftd {
         }
     }
 
+    /// A numeric field of the first log line holding `message` (colour codes stripped).
+    pub fn log_field(&self, message: &str, field: &str) -> Option<f64> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text.lines().find(|l| l.contains(message))?;
+        let mut plain = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        let at = plain.find(&format!(" {field}="))? + field.len() + 2;
+        plain[at..].split_whitespace().next()?.parse().ok()
+    }
+
     pub fn logs(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
