@@ -413,21 +413,24 @@ impl Worker {
         self.metrics
             .peers_programmed
             .store(peers as u64, Ordering::Relaxed);
-        if result.is_ok() {
-            if !ops.is_empty() {
-                tracing::info!(
-                    changes = ops.len(),
-                    peers,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "peers updated"
-                );
-            }
-            self.applied_from = Some((s, host));
+        if result.is_ok() && !ops.is_empty() {
+            tracing::info!(
+                changes = ops.len(),
+                peers,
+                took_us = started.elapsed().as_micros() as u64,
+                "peers updated"
+            );
+        }
+        // The snapshot this one replaces is freed after the clock stops: thousands of leases
+        // take a while to free, and by then the kernel is already programmed.
+        let replaced = if result.is_ok() {
+            self.applied_from.replace((s, host))
         } else {
             self.applied = None;
-            self.applied_from = None;
-        }
+            self.applied_from.take()
+        };
         self.metrics.record_reconcile(started.elapsed());
+        drop(replaced);
         result
     }
 
