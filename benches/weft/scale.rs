@@ -57,8 +57,8 @@ fn singles(
         e2e: Vec::new(),
         internal: Vec::new(),
     };
-    // The first add is a warm-up, not a sample: right after start-up weftd's lease watch is
-    // still seeding itself (see BENCHMARKS.md), and the steady state is what is measured here.
+    // The first add is a warm-up, not a sample: it pays one-time costs (the watch's first
+    // event, the first fast path after a full reconciliation); the steady state is measured.
     for (j, s) in free.iter().enumerate() {
         let l = FakeLease::nth(*s, 10_000 + j as u32, tag);
         let mut c = client.clone();
