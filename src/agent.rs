@@ -95,7 +95,7 @@ struct Agent {
     device_mac: Option<Mac>,
     mtu: u32,
     own: Lease,
-    leases: BTreeMap<Ipv4Net, Lease>,
+    leases: BTreeMap<Ipv4Net, Arc<Lease>>,
     /// Keys in etcd that hold no usable lease (malformed, outside the network); the store
     /// drops them before they become events, but they count as skipped leases.
     unreadable: usize,
@@ -235,15 +235,17 @@ impl Agent {
             renew_retry_at: None,
         };
         agent.note_own_lease();
-        let list = retry("listing leases", &agent.metrics, || {
-            agent.store.list_leases(Some(&agent.cfg))
-        })
-        .await;
+        // The listing made before the acquisition is the starting state: the watch begins at
+        // its revision, so the acquisition itself (and anything else since) arrives as events.
+        // Listing 5,000 leases again would cost a cold start a second.
+        let list = known;
         agent.unreadable = list.skipped.len();
         for l in &list.leases {
-            agent.leases.insert(l.subnet, l.clone());
+            agent.leases.insert(l.subnet, Arc::new(l.clone()));
         }
-        agent.leases.insert(agent.own.subnet, agent.own.clone());
+        agent
+            .leases
+            .insert(agent.own.subnet, Arc::new(agent.own.clone()));
         agent.publish();
 
         // subnet.env is written once the datapath has been programmed, so a plugin that
@@ -377,7 +379,7 @@ impl Agent {
                     } else if !self.leases.contains_key(&l.subnet) {
                         tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer joined");
                     }
-                    self.leases.insert(l.subnet, l);
+                    self.leases.insert(l.subnet, Arc::new(l));
                 }
                 LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => {
                     if l.subnet == self.own.subnet {
@@ -420,7 +422,8 @@ impl Agent {
         }
         self.leases.remove(&self.own.subnet);
         self.own = lease;
-        self.leases.insert(self.own.subnet, self.own.clone());
+        self.leases
+            .insert(self.own.subnet, Arc::new(self.own.clone()));
         self.note_own_lease();
         if moved {
             self.write_subnet_env()?;
@@ -434,7 +437,8 @@ impl Agent {
         match self.store.renew_lease(&self.own, self.opts.lease_ttl).await {
             Ok(l) => {
                 self.own = l;
-                self.leases.insert(self.own.subnet, self.own.clone());
+                self.leases
+                    .insert(self.own.subnet, Arc::new(self.own.clone()));
                 self.note_own_lease();
                 self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
                 if self.renew_retry_at.take().is_some() {
@@ -471,7 +475,8 @@ impl Agent {
         match self.store.update_lease_attrs(&self.own, &attrs).await {
             Ok(l) => {
                 self.own = l;
-                self.leases.insert(self.own.subnet, self.own.clone());
+                self.leases
+                    .insert(self.own.subnet, Arc::new(self.own.clone()));
                 self.publish();
             }
             Err(e) => {

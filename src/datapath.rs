@@ -29,7 +29,8 @@ pub struct Snapshot {
     pub device: Option<DeviceSpec>,
     pub own: Lease,
     /// Every valid lease known, this host's included.
-    pub leases: Vec<Lease>,
+    /// Shared with the agent: a snapshot costs a reference count per lease, not a copy.
+    pub leases: Vec<Arc<Lease>>,
     /// Keys in etcd that are no usable lease at all; counted with the refused leases.
     pub unreadable: usize,
     pub masq: MasqSpec,
@@ -555,6 +556,9 @@ impl Worker {
         self.metrics
             .datapath_programmed
             .store(ok, Ordering::Relaxed);
+        // A full pass parses whole kernel dumps (megabytes with thousands of peers), and lease
+        // snapshots come and go between passes: hand the freed pages back to the kernel.
+        release_free_memory();
         let _ = self.reports.send(Report {
             device_mac,
             programmed: ok,
@@ -570,13 +574,14 @@ impl Worker {
 /// The leases that differ between two lists sorted by subnet: (gone or changed as they were,
 /// new or changed as they are). A lease whose etcd revision is unchanged is unchanged.
 /// `None` when a list is not sorted (then the caller looks at everything).
-fn lease_delta(old: &[Lease], new: &[Lease]) -> Option<(Vec<Lease>, Vec<Lease>)> {
-    let sorted = |v: &[Lease]| v.windows(2).all(|w| w[0].subnet < w[1].subnet);
+fn lease_delta(old: &[Arc<Lease>], new: &[Arc<Lease>]) -> Option<(Vec<Lease>, Vec<Lease>)> {
+    let sorted = |v: &[Arc<Lease>]| v.windows(2).all(|w| w[0].subnet < w[1].subnet);
     if !sorted(old) || !sorted(new) {
         return None;
     }
-    let same = |a: &Lease, b: &Lease| {
-        a.mod_revision == b.mod_revision && (a.mod_revision > 0 || a.attrs == b.attrs)
+    let same = |a: &Arc<Lease>, b: &Arc<Lease>| {
+        Arc::ptr_eq(a, b)
+            || (a.mod_revision == b.mod_revision && (a.mod_revision > 0 || a.attrs == b.attrs))
     };
     let (mut gone, mut added) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
@@ -584,26 +589,36 @@ fn lease_delta(old: &[Lease], new: &[Lease]) -> Option<(Vec<Lease>, Vec<Lease>)>
         match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) if a.subnet == b.subnet => {
                 if !same(a, b) {
-                    gone.push(a.clone());
-                    added.push(b.clone());
+                    gone.push(a.as_ref().clone());
+                    added.push(b.as_ref().clone());
                 }
                 i += 1;
                 j += 1;
             }
             (Some(a), Some(b)) if a.subnet < b.subnet => {
-                gone.push(a.clone());
+                gone.push(a.as_ref().clone());
                 i += 1;
             }
             (_, Some(b)) => {
-                added.push(b.clone());
+                added.push(b.as_ref().clone());
                 j += 1;
             }
             (Some(a), None) => {
-                gone.push(a.clone());
+                gone.push(a.as_ref().clone());
                 i += 1;
             }
             (None, None) => return Some((gone, added)),
         }
+    }
+}
+
+/// Returns freed heap pages to the kernel (glibc keeps them otherwise), so weftd's resident
+/// size follows what it holds, not the peak of its largest reconciliation.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -635,6 +650,7 @@ mod tests {
             lease("198.19.3.0/24", 7),
             lease("198.19.4.0/24", 8),
         ];
+        let (old, new) = (old.map(Arc::new), new.map(Arc::new));
         let (gone, added) = lease_delta(&old, &new).unwrap();
         let names = |v: &[Lease]| {
             v.iter()
@@ -656,7 +672,7 @@ mod tests {
             ]
         );
         assert_eq!(lease_delta(&new, &new).unwrap(), (vec![], vec![]));
-        let unsorted = [lease("198.19.2.0/24", 2), lease("198.19.1.0/24", 1)];
+        let unsorted = [lease("198.19.2.0/24", 2), lease("198.19.1.0/24", 1)].map(Arc::new);
         assert!(lease_delta(&unsorted, &new).is_none());
     }
 }

@@ -179,9 +179,18 @@ pub fn peer_objects(
 
 /// The desired state for all known leases. Leases that overlap each other are settled by
 /// age: the older (lower revision, then lower key) is kept, the newer skipped.
-pub fn desired(cfg: &NetworkConfig, host: &Host, own: &Lease, leases: &[Lease]) -> Desired {
+pub fn desired<L: std::borrow::Borrow<Lease>>(
+    cfg: &NetworkConfig,
+    host: &Host,
+    own: &Lease,
+    leases: &[L],
+) -> Desired {
     let mut out = Desired::default();
-    let mut sorted: Vec<&Lease> = leases.iter().filter(|l| l.subnet != own.subnet).collect();
+    let mut sorted: Vec<&Lease> = leases
+        .iter()
+        .map(|l| l.borrow())
+        .filter(|l| l.subnet != own.subnet)
+        .collect();
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
     sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));

@@ -25,7 +25,7 @@ const MAX_ATTEMPTS: u32 = 20;
 /// A random subnet is drawn from this many free ones (flannel's number).
 const RANDOM_POOL: usize = 100;
 /// TTL lookups in flight at once when listing.
-const TTL_CONCURRENCY: usize = 64;
+const TTL_CONCURRENCY: usize = 128;
 
 /// The leases under `<prefix>/subnets/` at one revision.
 #[derive(Debug, Clone, Default)]
@@ -356,35 +356,40 @@ impl EtcdStore {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        for chunk in unique.chunks(TTL_CONCURRENCY) {
-            let mut set = tokio::task::JoinSet::new();
-            for &id in chunk {
+        // A sliding window: a new lookup starts as soon as one finishes, so a slow answer
+        // never holds up the rest of a batch.
+        let mut pending = unique.into_iter();
+        let mut set = tokio::task::JoinSet::new();
+        loop {
+            while set.len() < TTL_CONCURRENCY {
+                let Some(id) = pending.next() else { break };
                 let mut lc = self.client.lease_client();
                 let t = self.op_timeout;
                 set.spawn(
                     async move { (id, tokio::time::timeout(t, lc.time_to_live(id, None)).await) },
                 );
             }
-            while let Some(joined) = set.join_next().await {
-                let Ok((id, res)) = joined else { continue };
-                match res {
-                    Ok(Ok(r)) => {
-                        out.insert(id, r.ttl());
-                    }
-                    Ok(Err(source)) => {
-                        return Err(StoreError::Etcd {
-                            endpoints: self.endpoints.clone(),
-                            op: format!("time-to-live of etcd lease {id:x}"),
-                            source,
-                        })
-                    }
-                    Err(_) => {
-                        return Err(StoreError::Timeout {
-                            endpoints: self.endpoints.clone(),
-                            op: format!("time-to-live of etcd lease {id:x}"),
-                            secs: self.op_timeout.as_secs(),
-                        })
-                    }
+            let Some(joined) = set.join_next().await else {
+                break;
+            };
+            let Ok((id, res)) = joined else { continue };
+            match res {
+                Ok(Ok(r)) => {
+                    out.insert(id, r.ttl());
+                }
+                Ok(Err(source)) => {
+                    return Err(StoreError::Etcd {
+                        endpoints: self.endpoints.clone(),
+                        op: format!("time-to-live of etcd lease {id:x}"),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        endpoints: self.endpoints.clone(),
+                        op: format!("time-to-live of etcd lease {id:x}"),
+                        secs: self.op_timeout.as_secs(),
+                    })
                 }
             }
         }
