@@ -177,7 +177,10 @@ impl Agent {
 
         // The lease already advertising this host keeps its VTEP MAC for a device that has to
         // be created, so peers never need to learn a new one.
-        let known = retry("listing leases", &metrics, || store.list_leases(Some(&cfg))).await;
+        let known = retry("listing leases", &metrics, || {
+            store.list_leases_untimed(Some(&cfg))
+        })
+        .await;
         let advertised: Option<Mac> = known
             .leases
             .iter()

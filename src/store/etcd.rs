@@ -467,6 +467,27 @@ impl EtcdStore {
         self.list_at(cfg, 0).await
     }
 
+    /// Like [`list_leases`](Self::list_leases) but in one round trip: no TTL look-ups, so
+    /// leases on an etcd lease carry no `expiration`. weftd starts from this listing: the
+    /// datapath never reads a peer's expiry, and with thousands of leases one look-up per
+    /// lease would dominate a cold start.
+    pub async fn list_leases_untimed(
+        &self,
+        cfg: Option<&NetworkConfig>,
+    ) -> Result<LeaseList, StoreError> {
+        let (entries, revision) = self.entries(0).await?;
+        let raw = entries
+            .into_iter()
+            .map(|e| (e.key, e.lease, e.kv.mod_revision()))
+            .collect();
+        let (leases, skipped) = Self::sort_entries(raw, cfg);
+        Ok(LeaseList {
+            leases,
+            skipped,
+            revision,
+        })
+    }
+
     /// The lease of one subnet, if any (a key that does not parse is an error naming it).
     pub async fn get_lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>, StoreError> {
         let Some(e) = self.find_entry(subnet).await? else {
