@@ -8,11 +8,41 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::netlink::{Address, Link, Route};
 
-#[derive(Debug, Clone, Default)]
+/// How to pick the external interface and public IP: weftd's flags, which `weftctl check`
+/// shares (with the same WEFTD_* variables) so one environment file serves both.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct IfaceSelect {
+    /// External interface, by name or by address; repeat to give fallbacks (the first that
+    /// exists wins). Default: the interface holding the default route.
+    #[arg(
+        long = "iface",
+        value_name = "IFACE",
+        env = "WEFTD_IFACE",
+        value_delimiter = ','
+    )]
     pub ifaces: Vec<String>,
+
+    /// Regular expression matched against interface names and addresses; repeat to give
+    /// fallbacks. Used when --iface is not given. Default: none.
+    #[arg(
+        long = "iface-regex",
+        value_name = "IFACE_REGEX",
+        env = "WEFTD_IFACE_REGEX",
+        value_delimiter = ','
+    )]
     pub regexes: Vec<String>,
+
+    /// Use the interface the kernel would route this address through. Used when neither
+    /// --iface nor --iface-regex is given. Default: none.
+    #[arg(
+        long = "iface-can-reach",
+        value_name = "IFACE_CAN_REACH",
+        env = "WEFTD_IFACE_CAN_REACH"
+    )]
     pub can_reach: Option<Ipv4Addr>,
+
+    /// The address other hosts reach this one at. Default: the external interface's address.
+    #[arg(long = "public-ip", env = "WEFTD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 }
 

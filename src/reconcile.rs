@@ -364,43 +364,49 @@ pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
 /// kernel: what the fast path runs on a lease event. The same operations, in the same order,
 /// as [`diff`] against a kernel that holds exactly `applied`, but no object is copied.
 pub fn diff_applied(desired: &Desired, applied: &Desired) -> Vec<Op> {
+    ops_between(desired, applied, applied)
+}
+
+/// Replacements for every object of `want` that `have` lacks or holds otherwise, then
+/// removals of every object of `stale` that `want` no longer has.
+fn ops_between(want: &Desired, have: &Desired, stale: &Desired) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut dels = Vec::new();
-    for (dst, want) in &desired.routes {
-        match applied.routes.get(dst) {
-            Some(have) if same_route(have, want) => {}
-            Some(have) => {
-                ops.push(Op::ReplaceRoute(want.clone()));
-                if have.metric != want.metric {
-                    dels.push(Op::DelRoute(have.clone()));
+    for (dst, w) in &want.routes {
+        match have.routes.get(dst) {
+            Some(h) if same_route(h, w) => {}
+            Some(h) => {
+                ops.push(Op::ReplaceRoute(w.clone()));
+                if h.metric != w.metric {
+                    dels.push(Op::DelRoute(h.clone()));
                 }
             }
-            None => ops.push(Op::ReplaceRoute(want.clone())),
+            None => ops.push(Op::ReplaceRoute(w.clone())),
         }
     }
-    for (dst, have) in &applied.routes {
-        if !desired.routes.contains_key(dst) {
-            dels.push(Op::DelRoute(have.clone()));
+    for (dst, s) in &stale.routes {
+        if !want.routes.contains_key(dst) {
+            dels.push(Op::DelRoute(s.clone()));
         }
     }
-    for (ip, want) in &desired.neighbours {
-        if applied.neighbours.get(ip).map(|h| h.mac) != Some(want.mac) {
-            ops.push(Op::ReplaceNeighbour(want.clone()));
+    for (ip, w) in &want.neighbours {
+        if have.neighbours.get(ip).map(|h| h.mac) != Some(w.mac) {
+            ops.push(Op::ReplaceNeighbour(w.clone()));
         }
     }
-    for (ip, have) in &applied.neighbours {
-        if !desired.neighbours.contains_key(ip) {
-            dels.push(Op::DelNeighbour(have.clone()));
+    for (ip, s) in &stale.neighbours {
+        if !want.neighbours.contains_key(ip) {
+            dels.push(Op::DelNeighbour(s.clone()));
         }
     }
-    for (mac, want) in &desired.fdb {
-        if !applied.fdb.get(mac).is_some_and(|h| h.dst == want.dst) {
-            ops.push(Op::ReplaceFdb(want.clone()));
+    for (mac, w) in &want.fdb {
+        if !have.fdb.get(mac).is_some_and(|h| h.dst == w.dst) {
+            ops.push(Op::ReplaceFdb(w.clone()));
         }
     }
-    for (mac, have) in &applied.fdb {
-        if !desired.fdb.get(mac).is_some_and(|w| w.dst == have.dst) {
-            dels.push(Op::DelFdb(have.clone()));
+    for (mac, s) in &stale.fdb {
+        if !want.fdb.get(mac).is_some_and(|w| w.dst == s.dst) {
+            dels.push(Op::DelFdb(s.clone()));
         }
     }
     ops.extend(dels);
@@ -468,46 +474,7 @@ pub fn update(
         return None;
     }
 
-    let mut ops = Vec::new();
-    let mut dels = Vec::new();
-    for (dst, want) in &new.routes {
-        match applied.routes.get(dst) {
-            Some(have) if same_route(have, want) => {}
-            Some(have) => {
-                ops.push(Op::ReplaceRoute(want.clone()));
-                if have.metric != want.metric {
-                    dels.push(Op::DelRoute(have.clone()));
-                }
-            }
-            None => ops.push(Op::ReplaceRoute(want.clone())),
-        }
-    }
-    for (dst, have) in &old.routes {
-        if !new.routes.contains_key(dst) {
-            dels.push(Op::DelRoute(have.clone()));
-        }
-    }
-    for (ip, want) in &new.neighbours {
-        if applied.neighbours.get(ip).map(|h| h.mac) != Some(want.mac) {
-            ops.push(Op::ReplaceNeighbour(want.clone()));
-        }
-    }
-    for (ip, have) in &old.neighbours {
-        if !new.neighbours.contains_key(ip) {
-            dels.push(Op::DelNeighbour(have.clone()));
-        }
-    }
-    for (mac, want) in &new.fdb {
-        if !applied.fdb.get(mac).is_some_and(|h| h.dst == want.dst) {
-            ops.push(Op::ReplaceFdb(want.clone()));
-        }
-    }
-    for (mac, have) in &old.fdb {
-        if !new.fdb.get(mac).is_some_and(|w| w.dst == have.dst) {
-            dels.push(Op::DelFdb(have.clone()));
-        }
-    }
-    ops.extend(dels);
+    let ops = ops_between(&new, applied, &old);
 
     for k in old.routes.keys() {
         applied.routes.remove(k);

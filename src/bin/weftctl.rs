@@ -68,18 +68,8 @@ enum Command {
 /// environment file serves both.
 #[derive(clap::Args, Debug)]
 struct CheckArgs {
-    /// External interface, by name or by address; repeatable.
-    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
-    iface: Vec<String>,
-    /// Regular expression matched against interface names and addresses; repeatable.
-    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
-    iface_regex: Vec<String>,
-    /// Use the interface the kernel would route this address through.
-    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
-    iface_can_reach: Option<Ipv4Addr>,
-    /// The address other hosts reach this one at.
-    #[arg(long, env = "WEFTD_PUBLIC_IP")]
-    public_ip: Option<Ipv4Addr>,
+    #[command(flatten)]
+    select: IfaceSelect,
     /// The subnet file weftd writes.
     #[arg(
         long,
@@ -209,12 +199,7 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("no network config in etcd at {}", store.config_key()))?;
     let list = store.list_leases(Some(&cfg)).await?;
     let env = SubnetEnv::read(&args.subnet_file).ok();
-    let select = IfaceSelect {
-        ifaces: args.iface,
-        regexes: args.iface_regex,
-        can_reach: args.iface_can_reach,
-        public_ip: args.public_ip,
-    };
+    let select = args.select;
     let mut nl = Netlink::new().context("cannot open a netlink socket")?;
     let ext = iface::choose(
         &select,

@@ -1,7 +1,7 @@
 //! weftd: the weft host agent. Flags mirror flanneld's where flannel has the same knob; each
 //! can also be set as WEFTD_<FLAG> (e.g. WEFTD_IFACE, WEFTD_IP_MASQ).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,24 +22,8 @@ struct Args {
     #[command(flatten)]
     etcd: EtcdOptions,
 
-    /// External interface, by name or by address; repeat to give fallbacks (the first that
-    /// exists wins). Default: the interface holding the default route.
-    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
-    iface: Vec<String>,
-
-    /// Regular expression matched against interface names and addresses; repeat to give
-    /// fallbacks. Used when --iface is not given. Default: none.
-    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
-    iface_regex: Vec<String>,
-
-    /// Use the interface the kernel would route this address through. Used when neither
-    /// --iface nor --iface-regex is given. Default: none.
-    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
-    iface_can_reach: Option<Ipv4Addr>,
-
-    /// The address other hosts reach this one at. Default: the external interface's address.
-    #[arg(long, env = "WEFTD_PUBLIC_IP")]
-    public_ip: Option<Ipv4Addr>,
+    #[command(flatten)]
+    select: IfaceSelect,
 
     /// Where to write subnet.env (network, this host's subnet, MTU), which the CNI plugin
     /// reads.
@@ -122,12 +106,7 @@ fn main() -> std::process::ExitCode {
     }
     let cfg = AgentConfig {
         etcd: args.etcd,
-        select: IfaceSelect {
-            ifaces: args.iface,
-            regexes: args.iface_regex,
-            can_reach: args.iface_can_reach,
-            public_ip: args.public_ip,
-        },
+        select: args.select,
         subnet_file: args.subnet_file,
         lease_ttl: args.subnet_lease_ttl,
         renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
