@@ -7,7 +7,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::lab::{udp_source_seen, wait_for, Host, Lab, VXLAN_CONFIG};
+use common::lab::{make_flannel_device, udp_source_seen, wait_for, Host, Lab, VXLAN_CONFIG};
 use ipnet::Ipv4Net;
 
 const HOST_GW_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"host-gw"}}"#;
@@ -266,36 +266,11 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
     let fl = &lab.hosts[2];
     let fl_subnet: Ipv4Net = "198.19.200.0/24".parse().unwrap();
     let fl_container = Ipv4Addr::from(u32::from(fl_subnet.network()) + 1);
-    fl.ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &fl.ip,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    fl.ns.ip(&["link", "set", "flannel.1", "mtu", "1450"]);
-    fl.ns.ip(&[
-        "addr",
-        "add",
-        &format!("{}/32", fl_subnet.network()),
-        "dev",
-        "flannel.1",
-    ]);
-    fl.ns.ip(&["link", "set", "flannel.1", "up"]);
+    let fl_mac = make_flannel_device(&fl.ns, &fl.ip, fl_subnet);
     fl.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
     fl.ns
         .ip(&["addr", "add", &format!("{fl_container}/24"), "dev", "cni0"]);
     fl.ns.ip(&["link", "set", "cni0", "up"]);
-    let fl_mac = fl.ns.mac_of("flannel.1");
     let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "3600"]);
     let lease_id = grant
         .split_whitespace()

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 
-use common::lab::{Lab, VXLAN_CONFIG};
+use common::lab::{make_flannel_device, Lab, VXLAN_CONFIG};
 
 /// `ping -i 0.01 -c COUNT` from `src` to `dst` inside `ns`, in the background.
 fn start_ping(ns: &str, src: &str, dst: &str, count: u32) -> Child {
@@ -61,27 +61,7 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
 
     // Host 1 as flanneld leaves it: device, address, lease with an etcd lease, subnet.env.
     let h1 = &lab.hosts[0];
-    h1.ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "198.18.0.1",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    h1.ns.ip(&["link", "set", "flannel.1", "mtu", "1450"]);
-    h1.ns
-        .ip(&["addr", "add", "198.19.50.0/32", "dev", "flannel.1"]);
-    h1.ns.ip(&["link", "set", "flannel.1", "up"]);
-    let h1_mac = h1.ns.mac_of("flannel.1");
+    let h1_mac = make_flannel_device(&h1.ns, "198.18.0.1", flannel_subnet.parse().unwrap());
     let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "86400"]);
     let lease_id = grant
         .split_whitespace()

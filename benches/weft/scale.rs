@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
 
-use crate::common::lab::{Host, Lab};
+use crate::common::lab::{make_flannel_device, Host, Lab};
 use crate::common::netns::Netns;
 use crate::probe::{wait_absent, wait_present, Check, Probe};
 use crate::report::{median, percentile, Table, Target};
@@ -131,24 +131,7 @@ fn baseline(ip_batch: &std::path::Path, bridge_batch: &std::path::Path) -> f64 {
     ns.ip(&["link", "set", "eth0p", "up"]);
     ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "eth0"]);
     ns.ip(&["link", "set", "eth0", "up"]);
-    ns.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "198.18.0.1",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    ns.ip(&["addr", "add", "198.19.0.0/32", "dev", "flannel.1"]);
-    ns.ip(&["link", "set", "flannel.1", "up"]);
+    make_flannel_device(&ns, "198.18.0.1", "198.19.0.0/24".parse().unwrap());
     let t0 = Instant::now();
     for (tool, file) in [("ip", ip_batch), ("bridge", bridge_batch)] {
         let out = Command::new(tool)

@@ -27,6 +27,33 @@ pub const VXLAN_DEVICE: &str = "flannel.1";
 /// Where flannel (and weft) keep the leases.
 pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
 
+/// Makes `flannel.1` inside `ns` exactly as flanneld does, with iproute2 rather than weft's
+/// netlink layer: VNI 1, `local` on `eth0`, port 8472, no learning, MTU 1450, the address
+/// `<subnet ip>/32`, up. Returns the device's MAC.
+pub fn make_flannel_device(ns: &Netns, local: &str, subnet: Ipv4Net) -> String {
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        local,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "mtu", "1450"]);
+    let addr = format!("{}/32", subnet.network());
+    ns.ip(&["addr", "add", &addr, "dev", "flannel.1"]);
+    ns.ip(&["link", "set", "flannel.1", "up"]);
+    ns.mac_of("flannel.1")
+}
+
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
