@@ -19,27 +19,33 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// A name unique to this process and call: image tags never collide across parallel tests.
-fn unique(kind: &str) -> String {
+/// A short name unique to this process and call, `w<pid base36><kind><n>`, for interfaces
+/// (at most 15 bytes), networks, containers and image tags.
+pub fn unique(kind: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "w{}{kind}{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    let mut pid = std::process::id();
+    let mut tag = String::new();
+    while pid > 0 {
+        tag.insert(0, char::from_digit(pid % 36, 36).unwrap_or('0'));
+        pid /= 36;
+    }
+    format!("w{tag}{kind}{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn run(program: &str, args: &[&str]) {
+/// Runs a tool and panics with its output when it fails; returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
     assert!(
         out.status.success(),
-        "{program} {args:?} failed: {}",
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub struct Podman {

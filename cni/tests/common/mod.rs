@@ -11,43 +11,17 @@ pub mod netns;
 pub mod podman;
 
 pub use netns::Netns;
+// Shared with the podman harness; not every test binary uses both.
+#[allow(unused_imports)]
+pub use podman::{run, unique};
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-
-/// A short name unique to this process and call, `w<pid base36><kind><n>`, for interfaces
-/// (at most 15 bytes), networks and containers.
-pub fn unique(kind: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let mut pid = std::process::id();
-    let mut tag = String::new();
-    while pid > 0 {
-        tag.insert(0, char::from_digit(pid % 36, 36).unwrap());
-        pid /= 36;
-    }
-    format!("w{tag}{kind}{}", N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Runs a tool and panics with its output when it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// What the plugin's tests read from a namespace beyond the shared guard: addresses and
 /// link details as iproute2's JSON shows them.
