@@ -307,6 +307,12 @@ fn an_etcd_outage_loses_no_packet_and_hosts_join_afterwards() {
             "weftd on {} does not warn that it is retrying:\n{logs}",
             h.ns.name(),
         );
+        // The log goes to a file here, as under systemd: colour escapes would be noise in it.
+        assert!(
+            !logs.contains('\x1b'),
+            "weftd's log file on {} holds terminal escapes:\n{logs:?}",
+            h.ns.name(),
+        );
     }
     lab.etcd.start();
     // An operator reading the logs learns the outage is over without waiting for a lease

@@ -1,7 +1,7 @@
 //! weftctl: look into and manage the network config and the subnet leases in etcd.
 //! Tables for people, `-o json` for scripts; etcd flags and environment are weftd's.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -123,6 +123,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

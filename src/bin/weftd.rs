@@ -1,6 +1,7 @@
 //! weftd: the weft host agent. Flags mirror flanneld's where flannel has the same knob; each
 //! can also be set as WEFTD_<FLAG> (e.g. WEFTD_IFACE, WEFTD_IP_MASQ).
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,8 +97,10 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or journald would keep the escapes as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if args.log_format == "json" {
         builder.json().init();
