@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Provisions one machine of the Vagrant lab, the way an operator installs weft on a real
-# host: etcd (node 1 only), weftd as a systemd service from dist/weftd.service with
-# /etc/default/weftd from dist/weftd.default, the weft CNI plugin in /opt/cni/bin with
-# dist/10-weft.conflist, and podman using them. Safe to run again (`vagrant provision`).
+# host: etcd (node 1 only), weft's Debian package (weftd as a systemd service configured in
+# /etc/default/weftd, the weft CNI plugin in /usr/lib/cni) with the example conflist, and
+# podman using them. Safe to run again (`vagrant provision`).
 #
 # usage: provision.sh NODE_NUMBER NODE_IP ETCD_IP
 set -euo pipefail
@@ -35,35 +35,20 @@ done
 etcdctl --endpoints "$ETCD_URL" endpoint health >/dev/null ||
   { echo "etcd at $ETCD_URL does not answer; provision node1 first" >&2; exit 1; }
 
-# --- binaries --------------------------------------------------------------------------------
-# Built on the host (cargo build --release --workspace --bins) and synced with the repository.
-# When they are missing or do not run here (another OS, or a newer glibc than Debian 12's),
-# they are built inside the machine instead, which takes a while.
-BIN=$SRC/target/release
-if ! "$BIN/weftd" --version >/dev/null 2>&1 || ! "$BIN/weftctl" --version >/dev/null 2>&1 ||
-   [ ! -x "$BIN/weft" ]; then
-  echo "provision: no usable binaries in $BIN; building weft inside node$NODE"
-  apt-get install -y -qq --no-install-recommends build-essential pkg-config protobuf-compiler \
-    curl ca-certificates
-  if [ ! -x /root/.cargo/bin/cargo ]; then
-    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-  fi
-  CARGO_TARGET_DIR=/var/cache/weft-build /root/.cargo/bin/cargo build --release \
-    --manifest-path "$SRC/Cargo.toml" --workspace --bins
-  BIN=/var/cache/weft-build/release
-fi
-install -m 0755 "$BIN/weftd" "$BIN/weftctl" /usr/local/bin/
-install -d /opt/cni/bin /etc/cni/net.d
-install -m 0755 "$BIN/weft" /opt/cni/bin/weft
+# --- the package -----------------------------------------------------------------------------
+# Built on the host with scripts/package and synced with the repository; installed with apt as
+# an operator installs it (weftd and weftctl in /usr/bin, the plugin in /usr/lib/cni, the unit,
+# /etc/default/weftd as a conffile).
+deb=$(ls -t "$SRC"/target/debian/weft_*.deb 2>/dev/null | head -n1 || true)
+[ -n "$deb" ] || { echo "provision: no package in $SRC/target/debian: run scripts/package on the host first" >&2; exit 1; }
+apt-get install -y -qq "$deb"
 
 # --- the network config, stored once ---------------------------------------------------------
 if [ "$NODE" = 1 ]; then
-  weftctl --etcd-endpoints "$ETCD_URL" config set "$SRC/dist/network.json"
+  weftctl --etcd-endpoints "$ETCD_URL" config set /usr/share/doc/weft/examples/network.json
 fi
 
-# --- weftd as a systemd service ---------------------------------------------------------------
-install -m 0644 "$SRC/dist/weftd.service" /etc/systemd/system/weftd.service
-install -m 0644 "$SRC/dist/weftd.default" /etc/default/weftd
+# --- weftd as a systemd service, configured in /etc/default/weftd -------------------------------
 # Sets KEY=VALUE in /etc/default/weftd, uncommenting the example line when there is one.
 set_var() {
   if grep -q "^#\?$1=" /etc/default/weftd; then
@@ -83,12 +68,13 @@ systemctl enable weftd
 systemctl restart weftd
 
 # --- the conflist, and podman using it ------------------------------------------------------
-install -m 0644 "$SRC/dist/10-weft.conflist" /etc/cni/net.d/10-weft.conflist
+install -d /etc/cni/net.d
+install -m 0644 /usr/share/doc/weft/examples/10-weft.conflist /etc/cni/net.d/10-weft.conflist
 mkdir -p /etc/containers
 cat >/etc/containers/containers.conf <<'EOF'
 [network]
 network_backend = "cni"
-cni_plugin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+cni_plugin_dirs = ["/usr/lib/cni"]
 network_config_dir = "/etc/cni/net.d"
 EOF
 # A tiny local image (busybox: sh, ip, ping, sleep), so no registry is needed.
