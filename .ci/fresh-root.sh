@@ -13,18 +13,18 @@ HOST_RUSTUP=${RUSTUP_HOME:-$HOME/.rustup}
 # The base: Debian 12's "important" packages plus what a new server with Rust has (a C compiler
 # for build scripts, git, curl, python3). Made when missing; a half-made one is never used.
 ensure_base() {
-  [ -e "$BASE/.weft-base-complete" ] && return 0
+  [ -e "$BASE.complete" ] && [ -d "$BASE" ] && return 0
   command -v mmdebstrap >/dev/null || {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap
   }
-  rm -rf "$BASE.tmp"
+  rm -rf "$BASE.tmp" "$BASE.complete"
   mkdir -p "$CI_HOME"
   mmdebstrap --quiet --variant=important \
     --include=ca-certificates,gcc,libc6-dev,git,curl,python3 bookworm "$BASE.tmp"
-  touch "$BASE.tmp/.weft-base-complete"
   rm -rf "$BASE"
   mv "$BASE.tmp" "$BASE"
+  touch "$BASE.complete"
 }
 
 root_dir() { echo "$RUNS/$1/root"; }
