@@ -86,6 +86,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Whether stderr is the journal stream systemd connected (JOURNAL_STREAM names its device and
+/// inode; a child that inherited the variable but writes elsewhere does not match).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
 fn main() -> std::process::ExitCode {
     // One malloc arena per thread would let each of weftd's threads keep its own high-water
     // mark of freed memory; two arenas keep the resident size close to what is in use.
@@ -104,6 +117,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr);
     if args.log_format == "json" {
         builder.json().init();
+    } else if stderr_is_journal() {
+        // journald stamps every line itself.
+        builder.without_time().init();
     } else {
         builder.init();
     }
