@@ -4,5 +4,6 @@
 
 pub mod etcd;
 pub mod lab;
+pub mod machines;
 pub mod netns;
 pub mod podman;
