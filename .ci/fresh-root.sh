@@ -49,6 +49,12 @@ root_up() {
   rm -f "$root/root/.cargo/bin/cargo-deb"
   mount --bind "$src" "$root/src" && mount -o remount,bind,ro "$root/src"
   cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # The machine's network may inspect TLS with authorities of its own; the root trusts what the
+  # machine trusts (also after a package runs update-ca-certificates), so cargo reaches crates.io.
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  fi
   # Packages installed in a chroot must not start services on the CI machine.
   printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
   chmod +x "$root/usr/sbin/policy-rc.d"
