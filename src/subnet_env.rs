@@ -11,11 +11,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a `source`: a report that prints the chain
+    // would otherwise say it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: line {line}: {key}={value:?} is not valid: {why}")]
     BadValue {
@@ -160,47 +161,53 @@ impl SubnetEnv {
 
     /// Reads and parses a subnet.env. A missing file is an `Io` error of kind `NotFound`.
     pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| SubnetEnvError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         SubnetEnv::parse(&text, path)
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, fsync, rename.
+    /// Writes the file atomically (see [`write_atomically`]).
     pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
-        let io = |source| SubnetEnvError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| io(std::io::Error::other("path names no file")))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp.{}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.render().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(io)
+        write_atomically(path, &self.render())
     }
 
     /// The host's subnet without host bits (`10.5.72.0/24`).
     pub fn subnet_network(&self) -> Option<Ipv4Net> {
         self.subnet.map(|s| s.trunc())
     }
+}
+
+/// Writes a file so that a reader sees the old or the new text, never half of it: a temporary
+/// file in the same directory, fsync, rename. Shared by subnet.env and the files derived from it.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), SubnetEnvError> {
+    let io = |error| SubnetEnvError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("path names no file")))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
 }
 
 #[cfg(test)]
