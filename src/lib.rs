@@ -2,15 +2,18 @@
 //!
 //! The pure core (no I/O, unit-tested without root): [`config`] parses the network config,
 //! [`subnet`] does subnet arithmetic and lease-key names, [`lease`] holds a lease and its
-//! flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`.
+//! flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`, [`docker`] turns it
+//! into dockerd's settings.
 //!
 //! The edges, each tested against the real thing: [`netlink`] is a synchronous, pipelined
 //! netlink client shared by `weftd` and the CNI plugin; with the `daemon` feature, [`store`]
 //! keeps leases in etcd, [`backend`] and [`reconcile`] turn leases into kernel state,
-//! [`masq`] owns the nftables rules, [`agent`] runs the host's life cycle and [`http`] serves
+//! [`masq`] owns the nftables rules and [`forward`] the accepts in iptables' FORWARD chain
+//! (where Docker's drop would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves
 //! health and metrics.
 
 pub mod config;
+pub mod docker;
 pub mod lease;
 pub mod subnet;
 pub mod subnet_env;
@@ -29,6 +32,8 @@ pub mod backend;
 pub mod check;
 #[cfg(feature = "daemon")]
 pub mod datapath;
+#[cfg(feature = "daemon")]
+pub mod forward;
 #[cfg(feature = "daemon")]
 pub mod http;
 #[cfg(feature = "daemon")]

@@ -11,12 +11,13 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use weft::check::Finding;
 use weft::config::NetworkConfig;
+use weft::docker::{self, DockerOptsFormat};
 use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
 use weft::netlink::{Family, Netlink};
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
 use weft::subnet::parse_subnet;
-use weft::subnet_env::SubnetEnv;
+use weft::subnet_env::{write_atomically, SubnetEnv};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +57,9 @@ enum Command {
     /// Compare this host's kernel (device, routes, neighbours, FDB) and subnet.env with the
     /// leases; print what is wrong and exit 1, or print nothing and exit 0.
     Check(CheckArgs),
+    /// Print dockerd's settings for this host's subnet from subnet.env (--bip, --ip-masq,
+    /// --mtu), as flannel's mk-docker-opts.sh does, with its flags; needs no etcd.
+    DockerOpts(DockerOptsArgs),
     /// Print a completion script for SHELL, e.g.
     /// `weftctl completions bash > /etc/bash_completion.d/weftctl`; needs no etcd.
     Completions {
@@ -80,6 +84,35 @@ struct CheckArgs {
     /// Name of the VXLAN device (default flannel.<VNI>).
     #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
     vxlan_device: Option<String>,
+}
+
+/// flannel's mk-docker-opts.sh flags, under the same letters.
+#[derive(clap::Args, Debug)]
+struct DockerOptsArgs {
+    /// The subnet file weftd writes.
+    #[arg(
+        short = 'f',
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: std::path::PathBuf,
+    /// Write the variables to this file (atomically) instead of printing them, e.g.
+    /// /run/docker_opts.env.
+    #[arg(short = 'd', long)]
+    dest: Option<std::path::PathBuf>,
+    /// One variable per option: DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU.
+    #[arg(short = 'i', long)]
+    individual: bool,
+    /// All options in one variable (see --key). Without -i or -c, both are written.
+    #[arg(short = 'c', long)]
+    combined: bool,
+    /// Name of the combined variable.
+    #[arg(short = 'k', long, default_value = "DOCKER_OPTS")]
+    key: String,
+    /// Leave --ip-masq out (for dockerd versions without it).
+    #[arg(short = 'm', long)]
+    without_ip_masq: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,10 +150,22 @@ enum ReservationsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Completions { shell } = cli.command {
-        let mut out = std::io::stdout();
-        clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+            return ExitCode::SUCCESS;
+        }
+        Command::DockerOpts(args) => {
+            return match docker_opts(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weftctl: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
@@ -147,6 +192,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn docker_opts(args: &DockerOptsArgs) -> Result<()> {
+    let env = SubnetEnv::read(&args.subnet_file)?;
+    let format = DockerOptsFormat {
+        individual: args.individual,
+        combined: args.combined,
+        key: args.key.clone(),
+        without_ip_masq: args.without_ip_masq,
+    };
+    let text = docker::render(&env, &args.subnet_file.to_string_lossy(), &format)?;
+    match &args.dest {
+        Some(dest) => write_atomically(dest, &text)?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -187,7 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Check(args) => check(&store, out, args).await,
         // Printed by main before any etcd connection.
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::DockerOpts(_) => Ok(()),
     }
 }
 
@@ -230,6 +291,9 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
         &list.leases,
         env.as_ref(),
     )?;
+    if let Some(f) = weft::check::docker_bridge(&mut nl, env.as_ref())? {
+        report.findings.push(f);
+    }
     for s in &list.skipped {
         report.notes.push(Finding(format!(
             "key {} is not a usable lease: {}",
