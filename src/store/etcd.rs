@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseTimeToLiveOptions,
+    PutOptions, Txn, TxnOp,
 };
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
@@ -828,35 +829,56 @@ impl EtcdStore {
 
     // ---- operator actions ----
 
-    /// Revokes a subnet's lease and its etcd lease. `Ok(false)` when there is none;
-    /// reservations are refused (they are removed with `remove_reservation`).
+    /// Revokes a subnet's lease: deletes exactly its key, and only if it has not changed since
+    /// it was read, so a host that re-acquired the subnet meanwhile keeps it. Other keys on the
+    /// same etcd lease stay; the etcd lease itself is revoked only once nothing hangs on it.
+    /// `Ok(false)` when there is no lease; reservations are refused (they are removed with
+    /// `remove_reservation`).
     pub async fn revoke_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
         let Some(e) = self.find_entry(subnet).await? else {
             return Ok(false);
         };
         let id = e.kv.lease();
-        if id == 0 {
-            let public_ip = e
-                .lease
+        let public_ip = || {
+            e.lease
                 .as_ref()
                 .map(|l| l.attrs.public_ip.to_string())
-                .unwrap_or_else(|_| "?".into());
+                .unwrap_or_else(|_| "?".into())
+        };
+        if id == 0 {
             return Err(StoreError::IsReservation {
                 subnet: subnet.to_string(),
-                public_ip,
+                public_ip: public_ip(),
             });
         }
-        let mut c = self.client();
-        // Revoking deletes every key on the etcd lease; the delete below covers a lease that
-        // vanished in between.
-        let _ = self
-            .timed(format!("revoke etcd lease {id:x}"), c.lease_revoke(id))
-            .await;
         let txn = Txn::new()
-            .when(vec![Compare::lease(e.key.as_str(), CompareOp::Equal, id)])
+            .when(vec![Compare::mod_revision(
+                e.key.as_str(),
+                CompareOp::Equal,
+                e.kv.mod_revision(),
+            )])
             .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
-        self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
-        info!(%subnet, "lease revoked");
+        let mut c = self.client();
+        let resp = self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::LeaseChanged {
+                subnet: subnet.to_string(),
+                key: e.key.clone(),
+            });
+        }
+        info!(%subnet, public_ip = %public_ip(), "lease revoked");
+        // An etcd lease with no key left would only linger until its TTL runs out.
+        let keys = self
+            .timed(
+                format!("keys of etcd lease {id:x}"),
+                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
+            )
+            .await;
+        match keys {
+            Ok(r) if r.ttl() > 0 && r.keys().is_empty() => self.revoke_quietly(id).await,
+            Ok(_) => {}
+            Err(e) => debug!("{e}"),
+        }
         Ok(true)
     }
 

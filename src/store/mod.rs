@@ -130,6 +130,8 @@ pub enum StoreError {
     NotAReservation { subnet: String, public_ip: String },
     #[error("{subnet} is a reservation for {public_ip}; remove it with `reservations remove`")]
     IsReservation { subnet: String, public_ip: String },
+    #[error("lease {subnet} ({key}) changed while revoking it (renewed with new attributes or taken by another host); nothing was deleted, look again")]
+    LeaseChanged { subnet: String, key: String },
     #[error("etcd at {endpoints}: watch refused: {why}")]
     WatchRefused { endpoints: String, why: String },
 }
