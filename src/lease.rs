@@ -310,7 +310,9 @@ mod tests {
                 (any::<u32>(), mac())
                     .prop_map(|(vni, vtep_mac)| Some(VxlanLeaseData { vni, vtep_mac }.to_value())),
                 // A stored `null` reads as no BackendData, as flannel reads it.
-                json_value().prop_filter("not null", |v| !v.is_null()).prop_map(Some),
+                json_value()
+                    .prop_filter("not null", |v| !v.is_null())
+                    .prop_map(Some),
             ]
         }
 
