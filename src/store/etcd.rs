@@ -52,7 +52,47 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// Who etcd sees us as, for messages: `user "weft"`, or the client certificate's CN.
+    user: String,
     op_timeout: Duration,
+}
+
+fn classify(
+    endpoints: &str,
+    user: &str,
+    prefix: &str,
+    op: String,
+    source: etcd_client::Error,
+) -> StoreError {
+    use tonic::Code;
+    if let etcd_client::Error::GRpcStatus(s) = &source {
+        match s.code() {
+            Code::PermissionDenied => {
+                return StoreError::PermissionDenied {
+                    endpoints: endpoints.to_string(),
+                    user: user.to_string(),
+                    op,
+                    prefix: prefix.to_string(),
+                }
+            }
+            // Wrong name or password (etcd answers InvalidArgument to Authenticate), a token
+            // etcd no longer knows, or auth required and no user given.
+            Code::Unauthenticated => {
+                return StoreError::AuthFailed {
+                    endpoints: endpoints.to_string(),
+                    user: user.to_string(),
+                    op,
+                    why: s.message().to_string(),
+                }
+            }
+            _ => {}
+        }
+    }
+    StoreError::Etcd {
+        endpoints: endpoints.to_string(),
+        op,
+        source,
+    }
 }
 
 pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
@@ -114,7 +154,65 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<etcd_client::TlsOptions>, St
     Ok(Some(tls))
 }
 
+/// The password from --etcd-password (or WEFTD_ETCD_PASSWORD) or --etcd-password-file; the
+/// file's first line, without its line end. Errors name the file, never its content.
+fn password(opts: &EtcdOptions) -> Result<Option<String>, StoreError> {
+    match (&opts.password, &opts.password_file) {
+        (Some(_), Some(file)) => Err(StoreError::Options(format!(
+            "--etcd-password (or WEFTD_ETCD_PASSWORD) and --etcd-password-file {} are both set: give one",
+            file.display()
+        ))),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, None) => Ok(None),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                StoreError::Options(format!("--etcd-password-file {}: {e}", file.display()))
+            })?;
+            let first = text.lines().next().unwrap_or_default();
+            if first.is_empty() {
+                return Err(StoreError::Options(format!(
+                    "--etcd-password-file {}: the first line is empty",
+                    file.display()
+                )));
+            }
+            Ok(Some(first.to_string()))
+        }
+    }
+}
+
+/// The subject CN of the first certificate in a PEM file, which etcd with --client-cert-auth
+/// takes as the user name.
+fn certificate_cn(pem: &[u8]) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// Who etcd will take us for, as messages name it.
+fn user_label(opts: &EtcdOptions) -> String {
+    if let Some(u) = &opts.username {
+        return format!("user {u:?}");
+    }
+    if let Some(cert) = &opts.certfile {
+        let cn = std::fs::read(cert)
+            .ok()
+            .and_then(|pem| certificate_cn(&pem));
+        return match cn {
+            Some(cn) => format!("user {cn:?} (CN of {})", cert.display()),
+            None => format!("the user named by {}", cert.display()),
+        };
+    }
+    "an anonymous client (no --etcd-username, no client certificate)".into()
+}
+
 impl EtcdStore {
+    /// Turns an etcd failure into an error naming the endpoints, the user and `op` (which
+    /// names the key). Refusals are told apart by their gRPC status code alone.
+    pub(super) fn etcd_error(&self, op: String, source: etcd_client::Error) -> StoreError {
+        classify(&self.endpoints, &self.user, &self.prefix, op, source)
+    }
+
     /// Connects and checks that etcd answers, within a few seconds.
     pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
         let endpoints = opts.endpoints.join(",");
@@ -129,19 +227,53 @@ impl EtcdStore {
         if let Some(tls) = tls_options(opts)? {
             copts = copts.with_tls(tls);
         }
-        match (&opts.username, &opts.password) {
+        let password = password(opts)?;
+        match (&opts.username, password) {
             (Some(u), Some(p)) => copts = copts.with_user(u, p),
             (Some(u), None) => copts = copts.with_user(u, ""),
             (None, Some(_)) => {
                 return Err(StoreError::Options(
-                    "--etcd-password is set but --etcd-username is not".into(),
+                    "an etcd password is set but --etcd-username is not".into(),
                 ))
             }
             (None, None) => {}
         }
+        // etcd's tokens expire (simple tokens after 5 minutes idle); weftd runs for months.
+        copts = copts.with_auto_token_refresh(true);
+        let prefix = opts.prefix.trim_end_matches('/').to_string();
+        let user = user_label(opts);
+        let config_key = format!("{prefix}/config");
         let unreachable = |why: String| StoreError::Unreachable {
             endpoints: endpoints.clone(),
             why,
+        };
+        // Connecting logs in when a user is given: etcd answers a wrong name or password with
+        // InvalidArgument, and a server without auth with FailedPrecondition. Without a user,
+        // the first read is refused with InvalidArgument when etcd wants one.
+        let login_failed = |op: String, e: etcd_client::Error| {
+            use tonic::Code;
+            match &e {
+                etcd_client::Error::GRpcStatus(s)
+                    if matches!(
+                        s.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated
+                    ) =>
+                {
+                    StoreError::AuthFailed {
+                        endpoints: endpoints.clone(),
+                        user: user.clone(),
+                        op,
+                        why: s.message().to_string(),
+                    }
+                }
+                _ => match classify(&endpoints, &user, &prefix, op, e) {
+                    e @ (StoreError::AuthFailed { .. } | StoreError::PermissionDenied { .. }) => e,
+                    other => unreachable(match other {
+                        StoreError::Etcd { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    }),
+                },
+            }
         };
         let client = match tokio::time::timeout(
             OP_TIMEOUT,
@@ -155,21 +287,24 @@ impl EtcdStore {
                     OP_TIMEOUT.as_secs()
                 )))
             }
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(c)) => c,
         };
         let store = EtcdStore {
             client,
-            prefix: opts.prefix.trim_end_matches('/').to_string(),
+            prefix: prefix.clone(),
             endpoints: endpoints.clone(),
+            user: user.clone(),
             op_timeout: OP_TIMEOUT,
         };
-        // The channel connects lazily; one cheap read proves etcd is there.
+        // The channel connects lazily; one cheap read proves etcd is there and lets us in.
         let mut c = store.client.clone();
-        let key = store.config_key();
         match tokio::time::timeout(
             OP_TIMEOUT,
-            c.get(key, Some(GetOptions::new().with_count_only())),
+            c.get(
+                config_key.clone(),
+                Some(GetOptions::new().with_count_only()),
+            ),
         )
         .await
         {
@@ -177,7 +312,7 @@ impl EtcdStore {
                 "no answer within {}s",
                 OP_TIMEOUT.as_secs()
             ))),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Err(e)) => Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(_)) => Ok(store),
         }
     }
@@ -221,11 +356,7 @@ impl EtcdStore {
                 op: op.into(),
                 secs: self.op_timeout.as_secs(),
             }),
-            Ok(Err(source)) => Err(StoreError::Etcd {
-                endpoints: self.endpoints.clone(),
-                op: op.into(),
-                source,
-            }),
+            Ok(Err(source)) => Err(self.etcd_error(op.into(), source)),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -379,11 +510,9 @@ impl EtcdStore {
                     out.insert(id, r.ttl());
                 }
                 Ok(Err(source)) => {
-                    return Err(StoreError::Etcd {
-                        endpoints: self.endpoints.clone(),
-                        op: format!("time-to-live of etcd lease {id:x}"),
-                        source,
-                    })
+                    return Err(
+                        self.etcd_error(format!("time-to-live of etcd lease {id:x}"), source)
+                    )
                 }
                 Err(_) => {
                     return Err(StoreError::Timeout {
