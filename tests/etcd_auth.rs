@@ -111,6 +111,19 @@ fn weftctl_works_with_user_and_password_from_a_file_or_the_environment() {
         ("WEFTD_ETCD_PASSWORD", PASSWORD),
     ];
     ok(&etcd, &by_env, &["reservations", "remove", "198.19.7.0/24"]);
+
+    // A host's lease on an etcd lease, revoked as the weft user.
+    let granted = etcd.etcdctl_ok(&["lease", "grant", "600"]);
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    let key = "/coreos.com/network/subnets/198.19.8.0-24";
+    etcd.etcdctl_ok(&[
+        "put",
+        &format!("--lease={id}"),
+        key,
+        r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan"}"#,
+    ]);
+    assert!(ok(&etcd, &by_env, &["leases", "revoke", "198.19.8.0/24"]).contains("revoked"));
+    assert_eq!(etcd.get(key), None);
     let by_flag = [
         "--etcd-username",
         "weft",
