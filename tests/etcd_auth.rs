@@ -370,3 +370,37 @@ fn weftd_runs_a_host_as_an_etcd_user() {
     let logs = h.logs();
     assert!(!logs.contains(PASSWORD), "the password is in weftd's log");
 }
+
+/// etcd forgets an idle token after --auth-token-ttl (5 minutes by default); weftd renews
+/// its lease once a day, so every call must survive a token etcd no longer knows.
+#[tokio::test]
+async fn an_expired_token_is_renewed_without_the_caller_noticing() {
+    let mut etcd = Etcd::with_args(&["--auth-token-ttl=1"]);
+    auth_etcd(&mut etcd);
+    etcd.put(CONFIG_KEY, CFG);
+    let mut opts = etcd.options();
+    opts.username = Some("weft".into());
+    opts.password = Some(PASSWORD.into());
+    let store = weft::store::EtcdStore::connect(&opts).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let attrs =
+        weft::lease::LeaseAttrs::new_vxlan("198.18.0.3".parse().unwrap(), 1, "0e:2a:00:00:00:03");
+    let lease = store
+        .acquire_lease(&cfg, &attrs, None, Duration::from_secs(600))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let renewed = store.renew_lease(&lease, Duration::from_secs(600)).await;
+        assert!(
+            renewed.is_ok(),
+            "renewal {round} after the token expired: {renewed:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let list = store.list_leases(Some(&cfg)).await;
+        assert!(
+            list.is_ok(),
+            "listing {round} after the token expired: {list:?}"
+        );
+    }
+}

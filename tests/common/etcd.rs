@@ -20,6 +20,7 @@ pub struct Etcd {
     netns: Option<String>,
     /// `root:PASSWORD` once authentication is on; every etcdctl call then uses it.
     root: Option<String>,
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -39,6 +40,11 @@ fn require(tool: &str) {
 impl Etcd {
     /// Starts etcd on free loopback ports and waits until it is healthy.
     pub fn new() -> Etcd {
+        Etcd::with_args(&[])
+    }
+
+    /// Like [`new`](Self::new), with extra etcd flags (kept for restarts).
+    pub fn with_args(args: &[&str]) -> Etcd {
         require(ETCD);
         require(ETCDCTL);
         let mut last = String::new();
@@ -54,6 +60,7 @@ impl Etcd {
                 peer_port: free_port(),
                 netns: None,
                 root: None,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
             if e.client_port == e.peer_port {
                 continue;
@@ -82,6 +89,7 @@ impl Etcd {
             peer_port: 2380,
             netns: Some(ns.to_string()),
             root: None,
+            extra_args: Vec::new(),
         };
         if let Err(why) = e.spawn_and_wait() {
             panic!("etcd in netns {ns} at {ip} did not start: {why}");
@@ -143,6 +151,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-cluster=weft-test={}", self.peer_url()))
+            .args(&self.extra_args)
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .stdin(Stdio::null())
