@@ -101,7 +101,8 @@ enum LeasesCmd {
     Show { target: String },
     /// Print one line per lease change as it happens.
     Watch,
-    /// Revoke a lease (its host will acquire a new one).
+    /// Revoke a lease: delete exactly that subnet's key, unless it changed since it was read
+    /// (its host will acquire a new lease). Other keys on the same etcd lease stay.
     Revoke { subnet: String },
 }
 
