@@ -967,35 +967,74 @@ impl EtcdStore {
         let Some(e) = self.find_entry(subnet).await? else {
             return Ok(false);
         };
-        let id = e.kv.lease();
-        let public_ip = || {
-            e.lease
-                .as_ref()
-                .map(|l| l.attrs.public_ip.to_string())
-                .unwrap_or_else(|_| "?".into())
-        };
-        if id == 0 {
+        let public_ip = e
+            .lease
+            .as_ref()
+            .map(|l| l.attrs.public_ip.to_string())
+            .unwrap_or_else(|_| "?".into());
+        if e.kv.lease() == 0 {
             return Err(StoreError::IsReservation {
                 subnet: subnet.to_string(),
-                public_ip: public_ip(),
+                public_ip,
             });
         }
+        self.delete_unchanged(
+            subnet,
+            &e.key,
+            e.kv.mod_revision(),
+            e.kv.lease(),
+            &public_ip,
+        )
+        .await
+    }
+
+    /// Revokes `lease` exactly as the caller saw it (its `mod_revision`): `LeaseChanged` and
+    /// nothing deleted when the key was rewritten since, `Ok(false)` when it is gone.
+    pub async fn revoke_seen_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let public_ip = lease.attrs.public_ip.to_string();
+        let Some(id) = lease.etcd_lease_id else {
+            return Err(StoreError::IsReservation {
+                subnet: lease.subnet.to_string(),
+                public_ip,
+            });
+        };
+        let key = self.lease_key(lease);
+        self.delete_unchanged(lease.subnet, &key, lease.mod_revision, id, &public_ip)
+            .await
+    }
+
+    async fn delete_unchanged(
+        &self,
+        subnet: Ipv4Net,
+        key: &str,
+        mod_revision: i64,
+        id: i64,
+        public_ip: &str,
+    ) -> Result<bool, StoreError> {
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
-                e.key.as_str(),
+                key,
                 CompareOp::Equal,
-                e.kv.mod_revision(),
+                mod_revision,
             )])
-            .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
+            .and_then(vec![TxnOp::delete(key, None)])
+            .or_else(vec![TxnOp::get(key, None)]);
         let mut c = self.client();
-        let resp = self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
+        let resp = self.timed(format!("delete {key}"), c.txn(txn)).await?;
         if !resp.succeeded() {
+            let still_there = resp
+                .op_responses()
+                .iter()
+                .any(|r| matches!(r, etcd_client::TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+            if !still_there {
+                return Ok(false);
+            }
             return Err(StoreError::LeaseChanged {
                 subnet: subnet.to_string(),
-                key: e.key.clone(),
+                key: key.to_string(),
             });
         }
-        info!(%subnet, public_ip = %public_ip(), "lease revoked");
+        info!(%subnet, %public_ip, "lease revoked");
         // An etcd lease with no key left would only linger until its TTL runs out.
         let keys = self
             .timed(
