@@ -251,11 +251,11 @@ struct Weftd {
 }
 
 impl Weftd {
-    fn start(etcd: &Etcd, password_file: &Path) -> Weftd {
+    fn start(etcd: &Etcd, user: &str, password_file: &Path) -> Weftd {
         let mut child = Command::new(WEFTD)
             .env_clear()
             .args(["--etcd-endpoints", &etcd.client_url()])
-            .args(["--etcd-username", "weft", "--etcd-password-file"])
+            .args(["--etcd-username", user, "--etcd-password-file"])
             .arg(password_file)
             .args(["--log-level", "debug"])
             .stdin(Stdio::null())
@@ -316,7 +316,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
     let url = etcd.client_url();
 
     let right = password_file(dir.path(), "pw", PASSWORD);
-    let mut d = Weftd::start(&etcd, &right);
+    let mut d = Weftd::start(&etcd, "weft", &right);
     let waiting = d.wait_line(LIMIT, &["no network config", CONFIG_KEY]);
     assert!(
         waiting.is_some(),
@@ -329,7 +329,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
     drop(d);
 
     let wrong = password_file(dir.path(), "wrong", "not-the-password");
-    let mut d = Weftd::start(&etcd, &wrong);
+    let mut d = Weftd::start(&etcd, "weft", &wrong);
     let found = d.wait_line(LIMIT, &["user \"weft\"", CONFIG_KEY, &url, "cannot log in"]);
     let Some((line, took)) = found else {
         panic!(
@@ -346,6 +346,22 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
             "{l}"
         );
     }
+    drop(d);
+
+    // A user whose role covers another prefix only.
+    let stranger = password_file(dir.path(), "stranger", "stranger-pw");
+    let mut d = Weftd::start(&etcd, "stranger", &stranger);
+    let found = d.wait_line(
+        LIMIT,
+        &["user \"stranger\"", CONFIG_KEY, &url, "permission denied"],
+    );
+    let Some((line, took)) = found else {
+        panic!(
+            "no message naming user, key and endpoint within 10 s: {:#?}",
+            d.log
+        );
+    };
+    eprintln!("weftd reported in {} ms: {line}", took.as_millis());
 }
 
 #[test]
