@@ -274,4 +274,70 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
+
+    /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn env() -> impl Strategy<Value = SubnetEnv> {
+            let v4 = (any::<u32>(), 0u8..=32).prop_map(|(a, l)| Ipv4Net::new(a.into(), l).unwrap());
+            let v6 =
+                (any::<u128>(), 0u8..=128).prop_map(|(a, l)| Ipv6Net::new(a.into(), l).unwrap());
+            (
+                proptest::option::of(v4.clone()),
+                proptest::option::of(v4),
+                proptest::option::of(v6.clone()),
+                proptest::option::of(v6),
+                68u32..=65535,
+                any::<bool>(),
+            )
+                .prop_filter("a subnet of some family", |e| {
+                    e.1.is_some() || e.3.is_some()
+                })
+                .prop_map(
+                    |(network, subnet, ipv6_network, ipv6_subnet, mtu, ipmasq)| SubnetEnv {
+                        network,
+                        subnet,
+                        ipv6_network,
+                        ipv6_subnet,
+                        mtu,
+                        ipmasq,
+                    },
+                )
+        }
+
+        /// Text that is sometimes a subnet.env, sometimes a damaged one, sometimes noise.
+        fn textish() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                ".{0,40}",
+                "(FLANNEL_(NETWORK|SUBNET|IPV6_NETWORK|IPV6_SUBNET|MTU|IPMASQ)|#|X)? ?= ?\"?[0-9a-f.:/\"-]{0,24}",
+            ];
+            prop_oneof![
+                any::<String>(),
+                prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n")),
+                (env(), any::<prop::sample::Index>(), ".").prop_map(|(e, i, c)| {
+                    let mut t = e.render();
+                    let at = i.index(t.len());
+                    let at = (0..=at).rev().find(|j| t.is_char_boundary(*j)).unwrap_or(0);
+                    t.insert_str(at, &c);
+                    t
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_never_panics(text in textish()) {
+                if let Ok(e) = SubnetEnv::parse(&text, Path::new("/run/flannel/subnet.env")) {
+                    prop_assert_eq!(SubnetEnv::parse(&e.render(), Path::new("x")).unwrap(), e);
+                }
+            }
+
+            #[test]
+            fn rendered_files_read_back(e in env()) {
+                prop_assert_eq!(SubnetEnv::parse(&e.render(), Path::new("x")).unwrap(), e);
+            }
+        }
+    }
 }

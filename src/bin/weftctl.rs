@@ -16,7 +16,7 @@ use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
 use weft::netlink::{Family, Netlink};
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
-use weft::subnet::parse_subnet;
+use weft::subnet::{parse_lease_target, parse_subnet, LeaseTarget};
 use weft::subnet_env::{write_atomically, SubnetEnv};
 
 #[derive(Parser, Debug)]
@@ -134,7 +134,8 @@ enum LeasesCmd {
     Show { target: String },
     /// Print one line per lease change as it happens.
     Watch,
-    /// Revoke a lease (its host will acquire a new one).
+    /// Revoke a lease: delete exactly that subnet's key, unless it changed since it was read
+    /// (its host will acquire a new lease). Other keys on the same etcd lease stay.
     Revoke { subnet: String },
 }
 
@@ -477,18 +478,15 @@ fn print_table(leases: &[&Lease]) {
 }
 
 async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()> {
-    let lease = if target.contains('/') || target.contains('-') {
-        let sn = parse_subnet(target)?;
-        store.get_lease(sn).await?
-    } else {
-        let ip: Ipv4Addr = target
-            .parse()
-            .map_err(|_| anyhow!("{target:?} is neither a subnet nor an IPv4 address"))?;
-        let cfg = config_for_listing(store).await?;
-        let list = store.list_leases(cfg.as_ref()).await?;
-        let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
-        let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
-        by_subnet.or(by_public).cloned()
+    let lease = match parse_lease_target(target)? {
+        LeaseTarget::Subnet(sn) => store.get_lease(sn).await?,
+        LeaseTarget::Address(ip) => {
+            let cfg = config_for_listing(store).await?;
+            let list = store.list_leases(cfg.as_ref()).await?;
+            let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
+            let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
+            by_subnet.or(by_public).cloned()
+        }
     };
     let l = lease.ok_or_else(|| anyhow!("no lease for {target}"))?;
     match out {

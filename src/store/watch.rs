@@ -153,11 +153,10 @@ impl LeaseWatcher {
                 }
                 Err(source) => {
                     self.stream = None;
-                    self.trouble(StoreError::Etcd {
-                        endpoints: self.store.endpoints().to_string(),
-                        op: format!("watch {}", self.store.subnets_prefix()),
-                        source,
-                    })
+                    self.trouble(
+                        self.store
+                            .etcd_error(format!("watch {}", self.store.subnets_prefix()), source),
+                    )
                     .await?;
                     continue;
                 }
@@ -510,7 +509,9 @@ impl LeaseWatcher {
 
 fn is_refusal(e: &StoreError) -> bool {
     match e {
-        StoreError::WatchRefused { .. } => true,
+        StoreError::WatchRefused { .. }
+        | StoreError::AuthFailed { .. }
+        | StoreError::PermissionDenied { .. } => true,
         // InvalidArgument 3, PermissionDenied 7, Unauthenticated 16.
         StoreError::Etcd {
             source: etcd_client::Error::GRpcStatus(s),
