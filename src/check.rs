@@ -1,13 +1,13 @@
 //! `weftctl check`: compares this host's kernel with what the leases say it should hold,
-//! using the reconciler's own desired state and diff (without applying anything), plus the
-//! device's MAC against the lease and its MTU against subnet.env.
+//! through the datapath's own path (backend, desired state, kernel read, diff) without
+//! applying anything, plus the backend's device against the lease and subnet.env.
 
-use crate::backend::vxlan::DeviceSpec;
-use crate::config::{BackendConfig, NetworkConfig};
+use crate::backend::{self, Host};
+use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
-use crate::netlink::{format_mac, parse_mac, Family, Netlink, NetlinkError, Op};
-use crate::reconcile::{self, Host};
+use crate::netlink::{Family, Netlink, NetlinkError, Op};
+use crate::reconcile;
 use crate::subnet_env::SubnetEnv;
 
 /// One thing that is not as it should be.
@@ -61,30 +61,16 @@ pub fn check(
         }
     }
 
+    let backend = backend::of(&cfg.backend);
     let mut device_index = None;
     let mut device = String::new();
-    if let BackendConfig::Vxlan(vx) = &cfg.backend {
-        let spec = DeviceSpec::new(vx, device_name, ext.iface_addr.into(), ext.index, ext.mtu);
+    if let Some(spec) = backend.device(ext, device_name, Family::V4) {
         device = spec.name.clone();
         match nl.link_by_name(&spec.name)? {
             None => out.push(Finding(format!("device {} is missing", spec.name))),
             Some(link) => {
                 device_index = Some(link.index);
-                let advertised = own
-                    .attrs
-                    .vxlan_data()
-                    .and_then(|d| parse_mac(&d.vtep_mac).ok());
-                if link.mac.is_some() && link.mac != advertised {
-                    out.push(Finding(format!(
-                        "device {} has MAC {} but the lease advertises {}",
-                        spec.name,
-                        link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                        own.attrs
-                            .vxlan_data()
-                            .map(|d| d.vtep_mac)
-                            .unwrap_or_else(|| "none".into())
-                    )));
-                }
+                out.extend(backend.check_device(&link, own).into_iter().map(Finding));
                 if let Some(env) = env {
                     if env.mtu != link.mtu {
                         out.push(Finding(format!(
@@ -100,12 +86,7 @@ pub fn check(
         }
     }
 
-    let host = Host {
-        public_ip: ext.public_ip,
-        ext_index: ext.index,
-        ext_networks: ext.networks.clone(),
-        vxlan_index: device_index,
-    };
+    let host = Host::new(ext, device_index);
     let desired = reconcile::desired(cfg, &host, own, leases);
     for skip in &desired.skipped {
         report.notes.push(Finding(format!(
@@ -113,12 +94,7 @@ pub fn check(
             skip.key, skip.reason
         )));
     }
-    let routes = nl.routes(Family::V4)?;
-    let (neigh, fdb) = match device_index {
-        Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
-        None => (Vec::new(), Vec::new()),
-    };
-    let actual = reconcile::owned(cfg, &host, own.subnet, routes, neigh, fdb);
+    let actual = reconcile::read_actual(nl, cfg, &host, own.subnet)?;
     let dev_name = |i: u32| {
         if Some(i) == device_index {
             device.clone()

@@ -9,36 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{BackendConfig, NetworkConfig};
+pub use crate::backend::{Host, PeerObjects};
+use crate::config::NetworkConfig;
 use crate::lease::Lease;
-use crate::netlink::{parse_mac, FdbEntry, Mac, Neighbour, Op, Route};
-
-/// NUD_PERMANENT: weft's neighbours never age out.
-pub const NUD_PERMANENT: u16 = 0x80;
-/// RTPROT_KERNEL: routes the kernel made for an address; never ours.
-const RTPROT_KERNEL: u8 = 2;
-const MAIN_TABLE: u32 = 254;
-
-/// Facts about this host the desired state depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    pub public_ip: Ipv4Addr,
-    /// The external (underlay) interface.
-    pub ext_index: u32,
-    /// The external interface's IPv4 networks: a peer inside one is reachable without a
-    /// gateway (DirectRouting, host-gw).
-    pub ext_networks: Vec<Ipv4Net>,
-    /// weft's VXLAN device, for the vxlan backend.
-    pub vxlan_index: Option<u32>,
-}
-
-/// The kernel objects one remote lease calls for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PeerObjects {
-    pub route: Option<Route>,
-    pub neighbour: Option<Neighbour>,
-    pub fdb: Option<FdbEntry>,
-}
+use crate::netlink::{
+    Family, FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, NUD_PERMANENT,
+    RTPROT_KERNEL, RT_TABLE_MAIN,
+};
 
 /// A lease that is not programmed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +57,7 @@ fn usable_ip(ip: Ipv4Addr) -> Result<(), &'static str> {
 }
 
 /// Checks one remote lease on its own and returns the objects it calls for. `Err` says why it
-/// must not be programmed.
+/// must not be programmed. The rules here hold for every backend; the backend adds its own.
 pub fn peer_objects(
     cfg: &NetworkConfig,
     host: &Host,
@@ -101,80 +78,15 @@ pub fn peer_objects(
     if public_ip == host.public_ip {
         return Err(format!("PublicIP {public_ip} is this host's own address"));
     }
-    let own_type = cfg.backend.type_name();
+    let backend = crate::backend::of(&cfg.backend);
+    let own_type = backend.type_name();
     if lease.attrs.backend_type != own_type {
         return Err(format!(
             "BackendType {:?} differs from this network's {own_type:?}",
             lease.attrs.backend_type
         ));
     }
-    let direct = host.ext_networks.iter().any(|n| n.contains(&public_ip));
-    let direct_route = || {
-        let mut r = Route::new(IpNet::V4(subnet));
-        r.gateway = Some(IpAddr::V4(public_ip));
-        r.oif = Some(host.ext_index);
-        r
-    };
-    match &cfg.backend {
-        // The kernel refuses a gateway that is not on a connected network, so such a route
-        // would fail on every reconciliation and keep this host from ever being programmed.
-        BackendConfig::HostGw if !direct => Err(format!(
-            "PublicIP {public_ip} is not on a network of the external interface; host-gw needs every host on one L2"
-        )),
-        BackendConfig::HostGw => Ok(PeerObjects {
-            route: Some(direct_route()),
-            ..PeerObjects::default()
-        }),
-        BackendConfig::Vxlan(vx) => {
-            if vx.direct_routing && direct {
-                return Ok(PeerObjects {
-                    route: Some(direct_route()),
-                    ..PeerObjects::default()
-                });
-            }
-            let data = lease
-                .attrs
-                .vxlan_data()
-                .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
-            if data.vni != vx.vni {
-                return Err(format!(
-                    "VNI {} differs from this network's {}",
-                    data.vni, vx.vni
-                ));
-            }
-            let mac = parse_mac(&data.vtep_mac)
-                .map_err(|_| format!("VtepMAC {:?} is not a MAC address", data.vtep_mac))?;
-            if mac == [0; 6] || mac[0] & 1 == 1 {
-                return Err(format!(
-                    "VtepMAC {} is not a unicast address",
-                    data.vtep_mac
-                ));
-            }
-            let Some(dev) = host.vxlan_index else {
-                return Err("the VXLAN device does not exist yet".to_string());
-            };
-            let gw = IpAddr::V4(subnet.network());
-            let mut route = Route::new(IpNet::V4(subnet));
-            route.gateway = Some(gw);
-            route.oif = Some(dev);
-            route.onlink = true;
-            Ok(PeerObjects {
-                route: Some(route),
-                neighbour: Some(Neighbour {
-                    index: dev,
-                    ip: gw,
-                    mac: Some(mac),
-                    state: NUD_PERMANENT,
-                }),
-                fdb: Some(FdbEntry {
-                    index: dev,
-                    mac,
-                    dst: Some(IpAddr::V4(public_ip)),
-                    permanent: true,
-                }),
-            })
-        }
-    }
+    backend.peer(host, lease)
 }
 
 /// The desired state for all known leases. Leases that overlap each other are settled by
@@ -252,7 +164,7 @@ fn overlapping(accepted: &BTreeMap<Ipv4Addr, Ipv4Net>, s: Ipv4Net) -> Option<Ipv
 
 /// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
 /// this host's own subnet, not the kernel's) on weft's device or the external interface;
-/// permanent neighbours and FDB entries on weft's VXLAN device.
+/// permanent neighbours and FDB entries on the backend's device.
 pub fn owned(
     cfg: &NetworkConfig,
     host: &Host,
@@ -268,24 +180,22 @@ pub fn owned(
         .into_iter()
         .filter(|r| {
             let IpNet::V4(dst) = r.dst else { return false };
-            r.table == MAIN_TABLE
+            r.table == RT_TABLE_MAIN
                 && r.protocol != RTPROT_KERNEL
                 && network.contains(&dst)
                 && !own_subnet.contains(&dst)
                 && r.oif.is_some()
-                && (r.oif == host.vxlan_index || r.oif == Some(host.ext_index))
+                && (r.oif == host.device || r.oif == Some(host.ext_index))
         })
         .collect();
     let neighbours = neighbours
         .into_iter()
-        .filter(|n| {
-            Some(n.index) == host.vxlan_index && n.state & NUD_PERMANENT != 0 && n.ip.is_ipv4()
-        })
+        .filter(|n| Some(n.index) == host.device && n.state & NUD_PERMANENT != 0 && n.ip.is_ipv4())
         .collect();
     let fdb = fdb
         .into_iter()
         .filter(|f| {
-            Some(f.index) == host.vxlan_index && f.permanent && f.dst.is_some() && f.mac != [0; 6]
+            Some(f.index) == host.device && f.permanent && f.dst.is_some() && f.mac != [0; 6]
         })
         .collect();
     Actual {
@@ -299,65 +209,27 @@ fn same_route(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }
 
+/// Reads weft's objects from the kernel (the routes of the main table, the neighbours and FDB
+/// of the backend's device) and keeps those [`owned`] says are weft's.
+pub fn read_actual(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    host: &Host,
+    own_subnet: Ipv4Net,
+) -> Result<Actual, NetlinkError> {
+    let routes = nl.routes(Family::V4)?;
+    let (neigh, fdb) = match host.device {
+        Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(owned(cfg, host, own_subnet, routes, neigh, fdb))
+}
+
 /// The operations that turn `actual` into `desired`: replacements first (a changed object is
 /// replaced in place, never deleted and re-added, so traffic never sees a gap), then removals.
 pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let mut dels = Vec::new();
-
-    let mut have_routes: BTreeMap<IpNet, Vec<&Route>> = BTreeMap::new();
-    for r in &actual.routes {
-        have_routes.entry(r.dst).or_default().push(r);
-    }
-    for (dst, want) in &desired.routes {
-        let have = have_routes.get(dst).map(Vec::as_slice).unwrap_or(&[]);
-        if !have.iter().any(|h| same_route(h, want)) {
-            ops.push(Op::ReplaceRoute(want.clone()));
-        }
-        // Any other route of ours to the same destination (another metric, say) goes.
-        for h in have.iter().filter(|h| !same_route(h, want)) {
-            if h.metric != want.metric {
-                dels.push(Op::DelRoute((*h).clone()));
-            }
-        }
-    }
-    for r in &actual.routes {
-        if !desired.routes.contains_key(&r.dst) {
-            dels.push(Op::DelRoute(r.clone()));
-        }
-    }
-
-    let have_neigh: BTreeMap<IpAddr, &Neighbour> =
-        actual.neighbours.iter().map(|n| (n.ip, n)).collect();
-    for (ip, want) in &desired.neighbours {
-        if have_neigh.get(ip).map(|h| h.mac) != Some(want.mac) {
-            ops.push(Op::ReplaceNeighbour(want.clone()));
-        }
-    }
-    for n in &actual.neighbours {
-        if !desired.neighbours.contains_key(&n.ip) {
-            dels.push(Op::DelNeighbour(n.clone()));
-        }
-    }
-
-    for (mac, want) in &desired.fdb {
-        let matching = actual
-            .fdb
-            .iter()
-            .any(|h| h.mac == *mac && h.dst == want.dst);
-        if !matching {
-            ops.push(Op::ReplaceFdb(want.clone()));
-        }
-    }
-    for f in &actual.fdb {
-        let wanted = desired.fdb.get(&f.mac).is_some_and(|w| w.dst == f.dst);
-        if !wanted {
-            dels.push(Op::DelFdb(f.clone()));
-        }
-    }
-
-    ops.extend(dels);
-    ops
+    let actual = Indexed::new(actual);
+    ops_between(desired, &actual, &actual)
 }
 
 /// The operations that turn the state last applied into `desired`, without reading the
@@ -367,45 +239,144 @@ pub fn diff_applied(desired: &Desired, applied: &Desired) -> Vec<Op> {
     ops_between(desired, applied, applied)
 }
 
-/// Replacements for every object of `want` that `have` lacks or holds otherwise, then
-/// removals of every object of `stale` that `want` no longer has.
-fn ops_between(want: &Desired, have: &Desired, stale: &Desired) -> Vec<Op> {
+/// Objects of one kind, looked up by the key the kernel identifies them by. The kernel may
+/// hold several under one key (routes with other metrics, FDB entries to several hosts);
+/// a desired state holds one.
+trait Held<K, V> {
+    fn at(&self, key: &K) -> &[V];
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a;
+}
+
+impl<K: Ord, V> Held<K, V> for BTreeMap<K, V> {
+    fn at(&self, key: &K) -> &[V] {
+        self.get(key).map(std::slice::from_ref).unwrap_or(&[])
+    }
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a,
+    {
+        self.values()
+    }
+}
+
+/// A kernel dump indexed by key.
+struct Many<K, V>(BTreeMap<K, Vec<V>>);
+
+impl<K: Ord, V: Clone> Many<K, V> {
+    fn new(items: &[V], key: impl Fn(&V) -> K) -> Many<K, V> {
+        let mut m: BTreeMap<K, Vec<V>> = BTreeMap::new();
+        for v in items {
+            m.entry(key(v)).or_default().push(v.clone());
+        }
+        Many(m)
+    }
+}
+
+impl<K: Ord, V> Held<K, V> for Many<K, V> {
+    fn at(&self, key: &K) -> &[V] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a,
+    {
+        self.0.values().flatten()
+    }
+}
+
+/// A set of weft's objects the diff can compare against: the kernel's or a desired state.
+trait Objects {
+    fn routes(&self) -> &impl Held<IpNet, Route>;
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour>;
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry>;
+}
+
+impl Objects for Desired {
+    fn routes(&self) -> &impl Held<IpNet, Route> {
+        &self.routes
+    }
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour> {
+        &self.neighbours
+    }
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry> {
+        &self.fdb
+    }
+}
+
+/// What the kernel holds, indexed like a desired state.
+struct Indexed {
+    routes: Many<IpNet, Route>,
+    neighbours: Many<IpAddr, Neighbour>,
+    fdb: Many<Mac, FdbEntry>,
+}
+
+impl Indexed {
+    fn new(a: &Actual) -> Indexed {
+        Indexed {
+            routes: Many::new(&a.routes, |r| r.dst),
+            neighbours: Many::new(&a.neighbours, |n| n.ip),
+            fdb: Many::new(&a.fdb, |f| f.mac),
+        }
+    }
+}
+
+impl Objects for Indexed {
+    fn routes(&self) -> &impl Held<IpNet, Route> {
+        &self.routes
+    }
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour> {
+        &self.neighbours
+    }
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry> {
+        &self.fdb
+    }
+}
+
+/// The one diff: replacements for every object of `want` that `have` lacks or holds
+/// otherwise, then removals of every object of `stale` that `want` no longer has. The full
+/// path passes the kernel as both; the fast path the applied state; an incremental update
+/// the applied state and the objects of the leases that went.
+fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut dels = Vec::new();
     for (dst, w) in &want.routes {
-        match have.routes.get(dst) {
-            Some(h) if same_route(h, w) => {}
-            Some(h) => {
-                ops.push(Op::ReplaceRoute(w.clone()));
-                if h.metric != w.metric {
-                    dels.push(Op::DelRoute(h.clone()));
-                }
-            }
-            None => ops.push(Op::ReplaceRoute(w.clone())),
+        let held = have.routes().at(dst);
+        if !held.iter().any(|h| same_route(h, w)) {
+            ops.push(Op::ReplaceRoute(w.clone()));
+        }
+        // A route of ours to the same destination with another metric is another route: the
+        // replacement leaves it, so it goes.
+        for h in held
+            .iter()
+            .filter(|h| !same_route(h, w) && h.metric != w.metric)
+        {
+            dels.push(Op::DelRoute(h.clone()));
         }
     }
-    for (dst, s) in &stale.routes {
-        if !want.routes.contains_key(dst) {
+    for s in stale.routes().each() {
+        if !want.routes.contains_key(&s.dst) {
             dels.push(Op::DelRoute(s.clone()));
         }
     }
     for (ip, w) in &want.neighbours {
-        if have.neighbours.get(ip).map(|h| h.mac) != Some(w.mac) {
+        if have.neighbours().at(ip).last().map(|h| h.mac) != Some(w.mac) {
             ops.push(Op::ReplaceNeighbour(w.clone()));
         }
     }
-    for (ip, s) in &stale.neighbours {
-        if !want.neighbours.contains_key(ip) {
+    for s in stale.neighbours().each() {
+        if !want.neighbours.contains_key(&s.ip) {
             dels.push(Op::DelNeighbour(s.clone()));
         }
     }
     for (mac, w) in &want.fdb {
-        if !have.fdb.get(mac).is_some_and(|h| h.dst == w.dst) {
+        if !have.fdb().at(mac).iter().any(|h| h.dst == w.dst) {
             ops.push(Op::ReplaceFdb(w.clone()));
         }
     }
-    for (mac, s) in &stale.fdb {
-        if !want.fdb.get(mac).is_some_and(|w| w.dst == s.dst) {
+    for s in stale.fdb().each() {
+        if !want.fdb.get(&s.mac).is_some_and(|w| w.dst == s.dst) {
             dels.push(Op::DelFdb(s.clone()));
         }
     }
@@ -595,7 +566,7 @@ mod tests {
             public_ip: "198.18.0.1".parse().unwrap(),
             ext_index: 2,
             ext_networks: vec!["198.18.0.0/24".parse().unwrap()],
-            vxlan_index: Some(7),
+            device: Some(7),
         }
     }
 

@@ -1,64 +1,151 @@
-//! The VXLAN device: created or adopted, kept at the right MTU and learning mode, and its MAC
-//! kept stable across recreation so the MAC this host advertises in its lease stays true.
+//! The vxlan backend, flannel's wire format: one `flannel.<VNI>` device, created or adopted,
+//! kept at the right MTU and learning mode, and its MAC kept stable across recreation so the
+//! MAC this host advertises stays true; per peer a route, a neighbour and an FDB entry.
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
-
+use super::{Backend, Device, DeviceError, DeviceSpec, Host, LinkSpec, PeerObjects};
 use crate::config::VxlanConfig;
-use crate::netlink::{Link, Mac, Netlink, NetlinkError, VxlanSpec};
+use crate::iface::ExtIface;
+use crate::lease::{Lease, LeaseAttrs};
+use crate::netlink::{
+    format_mac, parse_mac, Family, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
+    NUD_PERMANENT, VXLAN_DEFAULT_PORT,
+};
 
-/// The kernel's default VXLAN port on Linux, which flannel's `Port: 0` means.
-pub const DEFAULT_PORT: u16 = 8472;
+impl Backend for VxlanConfig {
+    fn type_name(&self) -> &'static str {
+        "vxlan"
+    }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error("device {0} vanished while it was being set up")]
-    Vanished(String),
-}
+    /// The outer Ethernet, IP, UDP and VXLAN headers.
+    fn mtu_overhead(&self, family: Family) -> u32 {
+        match family {
+            Family::V6 => 70,
+            _ => 50,
+        }
+    }
 
-/// What the device must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceSpec {
-    pub name: String,
-    pub vni: u32,
-    pub port: u16,
-    pub local: IpAddr,
-    pub lower: u32,
-    pub learning: bool,
-    pub gbp: bool,
-    pub mtu: u32,
-}
-
-impl DeviceSpec {
-    /// MTU: the config's, else the external interface's less the encapsulation overhead
-    /// (50 bytes over IPv4, 70 over IPv6).
-    pub fn new(
-        cfg: &VxlanConfig,
-        name: Option<&str>,
-        local: IpAddr,
-        lower: u32,
-        ext_mtu: u32,
-    ) -> DeviceSpec {
-        let overhead = if local.is_ipv6() { 70 } else { 50 };
-        DeviceSpec {
-            name: name
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("flannel.{}", cfg.vni)),
-            vni: cfg.vni,
-            port: if cfg.port == 0 {
-                DEFAULT_PORT
+    /// `flannel.<VNI>` with the config's MTU, else the external interface's less the overhead.
+    fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
+        if family != Family::V4 {
+            return None;
+        }
+        let local = IpAddr::V4(ext.iface_addr);
+        let mtu = self
+            .mtu
+            .unwrap_or(ext.mtu.saturating_sub(self.mtu_overhead(family)));
+        let name = name.map_or_else(|| format!("flannel.{}", self.vni), str::to_string);
+        let link = VxlanSpec {
+            name: name.clone(),
+            vni: self.vni,
+            port: if self.port == 0 {
+                VXLAN_DEFAULT_PORT
             } else {
-                cfg.port
+                self.port
             },
             local,
-            lower,
-            learning: cfg.learning,
-            gbp: cfg.gbp,
-            mtu: cfg.mtu.unwrap_or(ext_mtu.saturating_sub(overhead)),
+            lower: Some(ext.index),
+            learning: self.learning,
+            gbp: self.gbp,
+            mtu: Some(mtu),
+            mac: None,
+        };
+        Some(DeviceSpec {
+            name,
+            mtu,
+            link: LinkSpec::Vxlan(link),
+        })
+    }
+
+    fn ensure_device(
+        &self,
+        nl: &mut Netlink,
+        spec: &DeviceSpec,
+        mac: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        let LinkSpec::Vxlan(link) = &spec.link;
+        ensure(nl, link, mac)
+    }
+
+    fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
+        let public_ip = lease.attrs.public_ip;
+        if self.direct_routing && host.reaches_directly(public_ip) {
+            return Ok(PeerObjects {
+                route: Some(host.direct_route(lease.subnet, public_ip)),
+                ..PeerObjects::default()
+            });
         }
+        let data = lease
+            .attrs
+            .vxlan_data()
+            .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
+        if data.vni != self.vni {
+            return Err(format!(
+                "VNI {} differs from this network's {}",
+                data.vni, self.vni
+            ));
+        }
+        let mac = parse_mac(&data.vtep_mac)
+            .map_err(|_| format!("VtepMAC {:?} is not a MAC address", data.vtep_mac))?;
+        if !assignable(&mac) {
+            return Err(format!(
+                "VtepMAC {} is not a unicast address",
+                data.vtep_mac
+            ));
+        }
+        let Some(dev) = host.device else {
+            return Err("the VXLAN device does not exist yet".to_string());
+        };
+        // flannel's three objects: the peer's subnet via its VTEP address on the device,
+        // that address's MAC, and where to send frames for that MAC.
+        let gw = IpAddr::V4(lease.subnet.network());
+        let mut route = Route::new(lease.subnet.into());
+        route.gateway = Some(gw);
+        route.oif = Some(dev);
+        route.onlink = true;
+        Ok(PeerObjects {
+            route: Some(route),
+            neighbour: Some(Neighbour {
+                index: dev,
+                ip: gw,
+                mac: Some(mac),
+                state: NUD_PERMANENT,
+            }),
+            fdb: Some(FdbEntry {
+                index: dev,
+                mac,
+                dst: Some(IpAddr::V4(public_ip)),
+                permanent: true,
+            }),
+        })
+    }
+
+    fn lease_data(&self, device_mac: Option<Mac>) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "VNI": self.vni,
+            "VtepMAC": device_mac.map(|m| format_mac(&m)).unwrap_or_default(),
+        }))
+    }
+
+    fn advertised_mac(&self, attrs: &LeaseAttrs) -> Option<Mac> {
+        attrs.vxlan_data().and_then(|d| parse_mac(&d.vtep_mac).ok())
+    }
+
+    /// Peers send to the MAC the lease advertises, so the device must have it.
+    fn check_device(&self, link: &Link, own: &Lease) -> Vec<String> {
+        if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs) {
+            return Vec::new();
+        }
+        vec![format!(
+            "device {} has MAC {} but the lease advertises {}",
+            link.name,
+            link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
+            own.attrs
+                .vxlan_data()
+                .map(|d| d.vtep_mac)
+                .unwrap_or_else(|| "none".into())
+        )]
     }
 }
 
@@ -68,40 +155,20 @@ pub fn assignable(mac: &Mac) -> bool {
     *mac != [0; 6] && mac[0] & 1 == 0
 }
 
-/// What `ensure` found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub index: u32,
-    pub mac: Mac,
-    pub mtu: u32,
-    /// True when the device was (re)created rather than adopted.
-    pub created: bool,
-}
-
-/// The identity that cannot change in place: anything else is corrected on the live device.
-fn same_identity(link: &Link, spec: &DeviceSpec) -> bool {
-    let Some(v) = &link.vxlan else { return false };
-    v.vni == spec.vni
-        && v.port == spec.port
-        && v.local == Some(spec.local)
-        && v.lower == Some(spec.lower)
-        && v.gbp == spec.gbp
-}
-
 /// Creates the device or adopts the one that is there. `mac` is the MAC to give a device that
 /// must be created (the one this host's lease advertises), so peers keep reaching it.
-pub fn ensure(
-    nl: &mut Netlink,
-    spec: &DeviceSpec,
-    mac: Option<Mac>,
-) -> Result<Device, DeviceError> {
+fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device, DeviceError> {
     let existing = nl.link_by_name(&spec.name)?;
     if let Some(bad) = mac.filter(|m| !assignable(m)) {
-        tracing::warn!(device = %spec.name, mac = %crate::netlink::format_mac(&bad), "the lease advertises a MAC no device can have; the kernel picks one");
+        tracing::warn!(device = %spec.name, mac = %format_mac(&bad), "the lease advertises a MAC no device can have; the kernel picks one");
     }
     let mac = mac.filter(assignable);
     let (link, created) = match existing {
-        Some(link) if link.kind.as_deref() == Some("vxlan") && same_identity(&link, spec) => {
+        // Only VNI, port, addresses and GBP need a new device; the rest is fixed in place.
+        Some(link)
+            if link.kind.as_deref() == Some("vxlan")
+                && link.vxlan.as_ref().is_some_and(|v| spec.matches(v)) =>
+        {
             (link, false)
         }
         other => {
@@ -112,21 +179,14 @@ pub fn ensure(
                 nl.delete_link(old.index)?;
             }
             let link = nl.create_vxlan(&VxlanSpec {
-                name: spec.name.clone(),
-                vni: spec.vni,
-                port: spec.port,
-                local: spec.local,
-                lower: Some(spec.lower),
-                learning: spec.learning,
-                gbp: spec.gbp,
-                mtu: Some(spec.mtu),
                 mac,
+                ..spec.clone()
             })?;
             (link, true)
         }
     };
-    if link.mtu != spec.mtu {
-        nl.set_mtu(link.index, spec.mtu)?;
+    if let Some(mtu) = spec.mtu.filter(|m| *m != link.mtu) {
+        nl.set_mtu(link.index, mtu)?;
     }
     if link
         .vxlan
@@ -150,27 +210,6 @@ pub fn ensure(
         mtu: link.mtu,
         created,
     })
-}
-
-/// Gives the device exactly one address inside the network: `<subnet ip>/32`. An address left
-/// from an earlier lease (another subnet) is removed.
-pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
-    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
-    let mut changed = false;
-    let mut present = false;
-    for a in nl.addresses(Some(index))? {
-        if a.addr == want {
-            present = true;
-        } else if a.addr.addr().is_ipv4() {
-            nl.del_address(index, a.addr)?;
-            changed = true;
-        }
-    }
-    if !present {
-        nl.add_address(index, want)?;
-        changed = true;
-    }
-    Ok(changed)
 }
 
 #[cfg(test)]

@@ -261,6 +261,11 @@ impl EtcdStore {
     /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
     /// invalid, etcd unreachable) is logged once.
     pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {
+        Ok(self.wait_for_config_counting(|| {}).await)
+    }
+
+    /// [`wait_for_config`](Self::wait_for_config), calling `on_error` for each failed read.
+    pub async fn wait_for_config_counting(&self, on_error: impl Fn()) -> NetworkConfig {
         let mut last_reason = String::new();
         loop {
             let reason = match self.get_config().await {
@@ -268,10 +273,16 @@ impl EtcdStore {
                     if !last_reason.is_empty() {
                         info!(key = %self.config_key(), "network config found");
                     }
-                    return Ok(cfg);
+                    return cfg;
                 }
-                Ok(None) => format!("waiting for the network config at {}", self.config_key()),
-                Err(e) => format!("waiting for a usable network config: {e}"),
+                Ok(None) => format!(
+                    "no network config at {} yet; waiting for it (weftctl config set FILE)",
+                    self.config_key()
+                ),
+                Err(e) => {
+                    on_error();
+                    format!("cannot use the network config: {e}")
+                }
             };
             if reason != last_reason {
                 warn!("{reason}");

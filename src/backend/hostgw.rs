@@ -1,0 +1,63 @@
+//! The host-gw backend: no device and no encapsulation; every peer's subnet is routed via the
+//! peer's public IP on the external interface, so all hosts must share one L2 network.
+
+use super::{Backend, Device, DeviceError, DeviceSpec, Host, PeerObjects};
+use crate::iface::ExtIface;
+use crate::lease::Lease;
+use crate::netlink::{Family, Mac, Netlink};
+
+#[derive(Debug, Clone, Copy)]
+pub struct HostGw;
+
+impl Backend for HostGw {
+    fn type_name(&self) -> &'static str {
+        "host-gw"
+    }
+
+    fn mtu_overhead(&self, _family: Family) -> u32 {
+        0
+    }
+
+    /// Peers route to the public IP, so it must be an address of this host's interface.
+    fn usable(&self, ext: &ExtIface) -> Result<(), String> {
+        if ext.addresses.contains(&ext.public_ip) {
+            return Ok(());
+        }
+        Err(format!(
+            "host-gw needs the public IP on the external interface, but {} is not an address of {}; drop --public-ip or pick the interface that holds it",
+            ext.public_ip, ext.name
+        ))
+    }
+
+    fn device(&self, _: &ExtIface, _: Option<&str>, _: Family) -> Option<DeviceSpec> {
+        None
+    }
+
+    fn ensure_device(
+        &self,
+        _: &mut Netlink,
+        spec: &DeviceSpec,
+        _: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        Err(DeviceError::Foreign(spec.name.clone()))
+    }
+
+    fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
+        let public_ip = lease.attrs.public_ip;
+        // The kernel refuses a gateway that is not on a connected network, so such a route
+        // would fail on every reconciliation and keep this host from ever being programmed.
+        if !host.reaches_directly(public_ip) {
+            return Err(format!(
+                "PublicIP {public_ip} is not on a network of the external interface; host-gw needs every host on one L2"
+            ));
+        }
+        Ok(PeerObjects {
+            route: Some(host.direct_route(lease.subnet, public_ip)),
+            ..PeerObjects::default()
+        })
+    }
+
+    fn lease_data(&self, _device_mac: Option<Mac>) -> Option<serde_json::Value> {
+        None
+    }
+}
