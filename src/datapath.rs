@@ -1,4 +1,5 @@
-//! The datapath thread: the only writer of kernel state in weftd. It owns a netlink socket,
+//! The datapath thread: once start-up has made the backend's device, the only writer of
+//! kernel state in weftd (routes, neighbours, FDB, nftables). It owns a netlink socket,
 //! takes the latest snapshot of leases from the agent, and reconciles. A lease event takes
 //! the fast path (the new desired state against the last applied one: a handful of netlink
 //! requests, no dumps). A kernel change on weft's objects, a failed request or the resync

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::route::RouteHeader;
 
 use super::NetlinkError;
 
@@ -12,28 +14,18 @@ use super::NetlinkError;
 pub type Mac = [u8; 6];
 
 /// The main routing table.
-pub const RT_TABLE_MAIN: u32 = 254;
+pub const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+// The route fields below are the kernel's numbers (`Route` is hashed and compared, which
+// netlink-packet-route's enums do not all allow); these are the values weft needs by name.
 /// Route protocol "boot": what `ip route add` and flannel write, and what weft writes.
 pub const RTPROT_BOOT: u8 = 3;
-/// Route protocol "static".
-pub const RTPROT_STATIC: u8 = 4;
 /// Route protocol "kernel": routes the kernel derives from addresses.
 pub const RTPROT_KERNEL: u8 = 2;
 /// Route scope "global".
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 /// Route scope "link": a directly attached destination, no gateway.
 pub const RT_SCOPE_LINK: u8 = 253;
-/// Route scope "host".
-pub const RT_SCOPE_HOST: u8 = 254;
-
-/// Neighbour states (`NUD_*`), a bit set.
-pub const NUD_INCOMPLETE: u16 = 0x01;
-pub const NUD_REACHABLE: u16 = 0x02;
-pub const NUD_STALE: u16 = 0x04;
-pub const NUD_DELAY: u16 = 0x08;
-pub const NUD_PROBE: u16 = 0x10;
-pub const NUD_FAILED: u16 = 0x20;
-pub const NUD_NOARP: u16 = 0x40;
+/// Neighbour state `NUD_PERMANENT`: never ages out.
 pub const NUD_PERMANENT: u16 = 0x80;
 
 /// The VXLAN UDP port the Linux kernel uses by default (flannel's "Port": 0).
@@ -274,17 +266,12 @@ impl fmt::Display for Neighbour {
     }
 }
 
+/// iproute2's name of a neighbour state (netlink-packet-route spells them the same); a state
+/// it has no name for as a number.
 fn nud_name(state: u16) -> String {
-    match state {
-        NUD_PERMANENT => "permanent".into(),
-        NUD_REACHABLE => "reachable".into(),
-        NUD_STALE => "stale".into(),
-        NUD_NOARP => "noarp".into(),
-        NUD_FAILED => "failed".into(),
-        NUD_INCOMPLETE => "incomplete".into(),
-        NUD_DELAY => "delay".into(),
-        NUD_PROBE => "probe".into(),
-        other => format!("{other:#x}"),
+    match NeighbourState::from(state) {
+        NeighbourState::None | NeighbourState::Other(_) => format!("{state:#x}"),
+        known => known.to_string(),
     }
 }
 
