@@ -56,12 +56,31 @@ pub struct EtcdStore {
 
 pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
+    use tonic::Code;
     match e {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
-        // gRPC codes: Cancelled 1, Unknown 2, DeadlineExceeded 4, ResourceExhausted 8,
-        // Aborted 10, Internal 13, Unavailable 14.
-        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 2 | 4 | 8 | 10 | 13 | 14),
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Cancelled
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Internal
+                | Code::Unavailable
+        ),
         _ => false,
+    }
+}
+
+/// The gRPC status code of an etcd call's failure, if etcd answered with one.
+pub(super) fn status_code(e: &StoreError) -> Option<tonic::Code> {
+    match e {
+        StoreError::Etcd {
+            source: etcd_client::Error::GRpcStatus(s),
+            ..
+        } => Some(s.code()),
+        _ => None,
     }
 }
 
@@ -202,6 +221,27 @@ impl EtcdStore {
     /// The full etcd key of a lease.
     pub fn lease_key(&self, lease: &Lease) -> String {
         format!("{}{}", self.subnets_prefix(), lease.key_name())
+    }
+
+    /// True when etcd refuses this client a read of the leases (permission or
+    /// authentication), as opposed to answering or being unreachable.
+    pub(super) async fn may_not_read_subnets(&self) -> bool {
+        let prefix = self.subnets_prefix();
+        let mut c = self.client.clone();
+        let read = self.timed(
+            format!("count {prefix}"),
+            c.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        );
+        match read.await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                status_code(&e),
+                Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+            ),
+        }
     }
 
     pub(super) fn client(&self) -> Client {
