@@ -170,28 +170,56 @@ fn run_nft(script: &str, family: &str) -> Result<(), MasqError> {
 }
 
 /// The kernel's listing of weft's table of one family, or None when it does not exist.
+/// Whether it exists is read from nft's JSON list of tables, not from an error message.
 pub fn list_table(family: &str) -> Result<Option<String>, MasqError> {
+    let tables = nft_output(&["-j", "list", "tables", family], family)?;
+    if !has_table(&tables, family) {
+        return Ok(None);
+    }
+    nft_output(&["list", "table", family, TABLE], family).map(Some)
+}
+
+/// What nft printed, or its complaint when it exits with a failure.
+fn nft_output(args: &[&str], family: &str) -> Result<String, MasqError> {
     let out = Command::new("nft")
-        .args(["list", "table", family, TABLE])
+        .args(args)
         .output()
         .map_err(MasqError::Spawn)?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No such file or directory") {
-        Ok(None)
-    } else {
-        Err(MasqError::List {
+    if !out.status.success() {
+        return Err(MasqError::List {
             table: format!("{family} {TABLE}"),
-            stderr: stderr.trim().to_string(),
-        })
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `nft -j list tables` output names weft's table of `family`.
+fn has_table(json: &str, family: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    let items = v.get("nftables").and_then(|n| n.as_array());
+    items.into_iter().flatten().any(|item| {
+        let t = &item["table"];
+        t["family"] == family && t["name"] == TABLE
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_found_in_nfts_json_listing() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip", "name": "filter", "handle": 1}},
+            {"table": {"family": "ip", "name": "weft", "handle": 2}}]}"#;
+        assert!(has_table(json, "ip"));
+        assert!(!has_table(json, "ip6"));
+        assert!(!has_table(r#"{"nftables": [{"metainfo": {}}]}"#, "ip"));
+        assert!(!has_table("not json", "ip"));
+    }
 
     #[test]
     fn masquerade_rules_follow_flannel_semantics() {
