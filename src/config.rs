@@ -3,11 +3,13 @@
 //! then given flannel's defaults and validated. Every refusal names the field and its value.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+
+use crate::subnet::{is_subnet_of, Family};
 
 /// A config that weft refuses, with the field and the value that made it refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,217 +237,34 @@ impl NetworkConfig {
             raw: Value::Null,
         };
         if enable_ipv4 {
-            cfg.parse_ipv4(&obj)?;
+            let d = parse_division(&obj, &IPV4)?;
+            let (IpNet::V4(n), IpAddr::V4(min), IpAddr::V4(max)) = (d.network, d.min, d.max) else {
+                unreachable!("the IPv4 rules parse IPv4 networks only");
+            };
+            cfg.network = Some(n);
+            cfg.subnet_len = d.subnet_len;
+            cfg.subnet_min = min;
+            cfg.subnet_max = max;
         }
         if enable_ipv6 {
-            cfg.parse_ipv6(&obj)?;
+            let d = parse_division(&obj, &IPV6)?;
+            let (IpNet::V6(n), IpAddr::V6(min), IpAddr::V6(max)) = (d.network, d.min, d.max) else {
+                unreachable!("the IPv6 rules parse IPv6 networks only");
+            };
+            cfg.ipv6_network = Some(n);
+            cfg.ipv6_subnet_len = d.subnet_len;
+            cfg.ipv6_subnet_min = Some(min);
+            cfg.ipv6_subnet_max = Some(max);
         }
         cfg.raw = raw;
         Ok(cfg)
     }
 
-    fn parse_ipv4(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
-        let text = get_str(obj, "Network")?.ok_or_else(|| ConfigError::Missing {
-            field: "Network",
-            why: "the overlay network (e.g. \"10.5.0.0/16\") must be set when EnableIPv4 is true"
-                .into(),
-        })?;
-        let network: Ipv4Net = text
-            .parse()
-            .map_err(|_| invalid("Network", text, "not an IPv4 network in CIDR form"))?;
-        // Go's ParseCIDR drops host bits; so do we.
-        let network = network.trunc();
-        let plen = network.prefix_len();
-
-        let subnet_len = match get_uint(obj, "SubnetLen")? {
-            Some(len) if len > 0 => {
-                if len > 30 {
-                    return Err(invalid("SubnetLen", len, "must be at most 30"));
-                }
-                if len < u64::from(plen) + 2 {
-                    return Err(invalid(
-                        "SubnetLen",
-                        len,
-                        format!(
-                            "must be at least {} so that Network {network} holds four subnets",
-                            plen + 2
-                        ),
-                    ));
-                }
-                len as u8
-            }
-            _ => {
-                if plen > 28 {
-                    return Err(invalid(
-                        "Network",
-                        network,
-                        "is too small: the smallest useful network is a /28",
-                    ));
-                }
-                if plen <= 22 {
-                    24
-                } else {
-                    plen + 2
-                }
-            }
-        };
-        let size = 1u32 << (32 - subnet_len);
-        let first = u32::from(network.network());
-        let last_subnet = u32::from(network.broadcast()) - (size - 1);
-
-        let subnet_min = match get_str(obj, "SubnetMin")? {
-            None => Ipv4Addr::from(first + size),
-            Some(t) => {
-                let a: Ipv4Addr = t
-                    .parse()
-                    .map_err(|_| invalid("SubnetMin", t, "not an IPv4 address"))?;
-                if !network.contains(&a) {
-                    return Err(invalid(
-                        "SubnetMin",
-                        a,
-                        format!("is not inside Network {network}"),
-                    ));
-                }
-                a
-            }
-        };
-        let subnet_max = match get_str(obj, "SubnetMax")? {
-            None => Ipv4Addr::from(last_subnet),
-            Some(t) => {
-                let a: Ipv4Addr = t
-                    .parse()
-                    .map_err(|_| invalid("SubnetMax", t, "not an IPv4 address"))?;
-                if !network.contains(&a) {
-                    return Err(invalid(
-                        "SubnetMax",
-                        a,
-                        format!("is not inside Network {network}"),
-                    ));
-                }
-                a
-            }
-        };
-        let mask = u32::MAX << (32 - subnet_len);
-        for (field, a) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
-            if u32::from(a) & mask != u32::from(a) {
-                return Err(invalid(
-                    field,
-                    a,
-                    format!("is not on a /{subnet_len} subnet boundary (SubnetLen)"),
-                ));
-            }
-        }
-        if subnet_min > subnet_max {
-            return Err(invalid(
-                "SubnetMin",
-                subnet_min,
-                format!("is after SubnetMax {subnet_max}"),
-            ));
-        }
-        self.network = Some(network);
-        self.subnet_len = subnet_len;
-        self.subnet_min = subnet_min;
-        self.subnet_max = subnet_max;
-        Ok(())
-    }
-
-    fn parse_ipv6(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
-        let text = get_str(obj, "IPv6Network")?.ok_or_else(|| ConfigError::Missing {
-            field: "IPv6Network",
-            why: "the IPv6 overlay network must be set when EnableIPv6 is true".into(),
-        })?;
-        let network: Ipv6Net = text
-            .parse()
-            .map_err(|_| invalid("IPv6Network", text, "not an IPv6 network in CIDR form"))?;
-        let network = network.trunc();
-        let plen = network.prefix_len();
-
-        let subnet_len = match get_uint(obj, "IPv6SubnetLen")? {
-            Some(len) if len > 0 => {
-                if len > 126 {
-                    return Err(invalid("IPv6SubnetLen", len, "must be at most 126"));
-                }
-                if len < u64::from(plen) + 2 {
-                    return Err(invalid(
-                        "IPv6SubnetLen",
-                        len,
-                        format!(
-                            "must be at least {} so that IPv6Network {network} holds four subnets",
-                            plen + 2
-                        ),
-                    ));
-                }
-                len as u8
-            }
-            _ => {
-                if plen > 124 {
-                    return Err(invalid(
-                        "IPv6Network",
-                        network,
-                        "is too small: the smallest useful network is a /124",
-                    ));
-                }
-                if plen <= 62 {
-                    64
-                } else {
-                    plen + 2
-                }
-            }
-        };
-        let size = 1u128 << (128 - subnet_len);
-        let first = u128::from(network.network());
-        let last_subnet = u128::from(network.broadcast()) - (size - 1);
-        let bound = |field: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
-            match get_str(obj, field)? {
-                None => Ok(Ipv6Addr::from(default)),
-                Some(t) => {
-                    let a: Ipv6Addr = t
-                        .parse()
-                        .map_err(|_| invalid(field, t, "not an IPv6 address"))?;
-                    if !network.contains(&a) {
-                        return Err(invalid(
-                            field,
-                            a,
-                            format!("is not inside IPv6Network {network}"),
-                        ));
-                    }
-                    Ok(a)
-                }
-            }
-        };
-        let min = bound("IPv6SubnetMin", first + size)?;
-        let max = bound("IPv6SubnetMax", last_subnet)?;
-        let mask = u128::MAX << (128 - subnet_len);
-        for (field, a) in [("IPv6SubnetMin", min), ("IPv6SubnetMax", max)] {
-            if u128::from(a) & mask != u128::from(a) {
-                return Err(invalid(
-                    field,
-                    a,
-                    format!("is not on a /{subnet_len} subnet boundary (IPv6SubnetLen)"),
-                ));
-            }
-        }
-        if min > max {
-            return Err(invalid(
-                "IPv6SubnetMin",
-                min,
-                format!("is after IPv6SubnetMax {max}"),
-            ));
-        }
-        self.ipv6_network = Some(network);
-        self.ipv6_subnet_len = subnet_len;
-        self.ipv6_subnet_min = Some(min);
-        self.ipv6_subnet_max = Some(max);
-        Ok(())
-    }
-
     /// Whether `s` is one of this network's subnets: inside `Network`, `SubnetLen` long and
     /// on a subnet boundary. Leases of other hosts are judged by this.
     pub fn contains_subnet(&self, s: Ipv4Net) -> bool {
-        match self.network {
-            Some(n) => s.prefix_len() == self.subnet_len && s.trunc() == s && n.contains(&s),
-            None => false,
-        }
+        self.network
+            .is_some_and(|n| is_subnet_of(n.into(), self.subnet_len, s.into()))
     }
 
     /// Whether `s` may be handed out now: a subnet of the network within SubnetMin..SubnetMax.
@@ -454,11 +273,10 @@ impl NetworkConfig {
         self.contains_subnet(s) && s.network() >= self.subnet_min && s.network() <= self.subnet_max
     }
 
+    /// [`contains_subnet`](Self::contains_subnet) for the IPv6 network.
     pub fn contains_subnet6(&self, s: Ipv6Net) -> bool {
-        match self.ipv6_network {
-            Some(n) => s.prefix_len() == self.ipv6_subnet_len && s.trunc() == s && n.contains(&s),
-            None => false,
-        }
+        self.ipv6_network
+            .is_some_and(|n| is_subnet_of(n.into(), self.ipv6_subnet_len, s.into()))
     }
 
     pub fn subnet6_in_range(&self, s: Ipv6Net) -> bool {
@@ -516,6 +334,163 @@ impl NetworkConfig {
         m.insert("Backend".into(), backend);
         Value::Object(m)
     }
+}
+
+/// What differs between a config's IPv4 and IPv6 network: the field names and flannel's
+/// limits. Everything else is [`parse_division`], one parser called once per family.
+struct FamilyRules {
+    family: Family,
+    network: &'static str,
+    subnet_len: &'static str,
+    subnet_min: &'static str,
+    subnet_max: &'static str,
+    /// Why the network must be given.
+    missing: &'static str,
+    /// The longest subnet; the smallest network holds four of them.
+    max_subnet_len: u8,
+    /// The subnet length when the network is large enough for it.
+    default_subnet_len: u8,
+}
+
+const IPV4: FamilyRules = FamilyRules {
+    family: Family::V4,
+    network: "Network",
+    subnet_len: "SubnetLen",
+    subnet_min: "SubnetMin",
+    subnet_max: "SubnetMax",
+    missing: "the overlay network (e.g. \"10.5.0.0/16\") must be set when EnableIPv4 is true",
+    max_subnet_len: 30,
+    default_subnet_len: 24,
+};
+
+const IPV6: FamilyRules = FamilyRules {
+    family: Family::V6,
+    network: "IPv6Network",
+    subnet_len: "IPv6SubnetLen",
+    subnet_min: "IPv6SubnetMin",
+    subnet_max: "IPv6SubnetMax",
+    missing: "the IPv6 overlay network must be set when EnableIPv6 is true",
+    max_subnet_len: 126,
+    default_subnet_len: 64,
+};
+
+/// One family's network, cut into subnets: which are handed out.
+struct Division {
+    network: IpNet,
+    subnet_len: u8,
+    /// First and last subnet that may be handed out (network addresses of subnets).
+    min: IpAddr,
+    max: IpAddr,
+}
+
+fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, ConfigError> {
+    let text = get_str(obj, r.network)?.ok_or_else(|| ConfigError::Missing {
+        field: r.network,
+        why: r.missing.into(),
+    })?;
+    let network = r.family.parse_net(text).ok_or_else(|| {
+        invalid(
+            r.network,
+            text,
+            format!("not an {} network in CIDR form", r.family),
+        )
+    })?;
+    // Go's ParseCIDR drops host bits; so do we.
+    let network = network.trunc();
+    let subnet_len = parse_subnet_len(obj, r, network)?;
+    let host_bits = u32::from(r.family.bits() - subnet_len);
+    let size = 1u128 << host_bits;
+    let first = Family::number(network.network());
+    let last_subnet = Family::number(network.broadcast()) - (size - 1);
+    let bound = |field: &'static str, default: u128| -> Result<IpAddr, ConfigError> {
+        let Some(t) = get_str(obj, field)? else {
+            return Ok(r.family.addr(default));
+        };
+        let a = r
+            .family
+            .parse_addr(t)
+            .ok_or_else(|| invalid(field, t, format!("not an {} address", r.family)))?;
+        if !network.contains(&a) {
+            return Err(invalid(
+                field,
+                a,
+                format!("is not inside {} {network}", r.network),
+            ));
+        }
+        Ok(a)
+    };
+    let min = bound(r.subnet_min, first + size)?;
+    let max = bound(r.subnet_max, last_subnet)?;
+    let mask = u128::MAX << host_bits;
+    for (field, a) in [(r.subnet_min, min), (r.subnet_max, max)] {
+        if Family::number(a) & mask != Family::number(a) {
+            return Err(invalid(
+                field,
+                a,
+                format!(
+                    "is not on a /{subnet_len} subnet boundary ({})",
+                    r.subnet_len
+                ),
+            ));
+        }
+    }
+    if Family::number(min) > Family::number(max) {
+        return Err(invalid(
+            r.subnet_min,
+            min,
+            format!("is after {} {max}", r.subnet_max),
+        ));
+    }
+    Ok(Division {
+        network,
+        subnet_len,
+        min,
+        max,
+    })
+}
+
+/// The subnet length: as given (long enough for four subnets, at most the family's
+/// longest), else flannel's default for the network's size.
+fn parse_subnet_len(
+    obj: &OrderedObject,
+    r: &FamilyRules,
+    network: IpNet,
+) -> Result<u8, ConfigError> {
+    let plen = network.prefix_len();
+    if let Some(len) = get_uint(obj, r.subnet_len)?.filter(|l| *l > 0) {
+        if len > u64::from(r.max_subnet_len) {
+            return Err(invalid(
+                r.subnet_len,
+                len,
+                format!("must be at most {}", r.max_subnet_len),
+            ));
+        }
+        if len < u64::from(plen) + 2 {
+            return Err(invalid(
+                r.subnet_len,
+                len,
+                format!(
+                    "must be at least {} so that {} {network} holds four subnets",
+                    plen + 2,
+                    r.network
+                ),
+            ));
+        }
+        return Ok(len as u8);
+    }
+    let smallest = r.max_subnet_len - 2;
+    if plen > smallest {
+        return Err(invalid(
+            r.network,
+            network,
+            format!("is too small: the smallest useful network is a /{smallest}"),
+        ));
+    }
+    Ok(if plen <= r.default_subnet_len - 2 {
+        r.default_subnet_len
+    } else {
+        plen + 2
+    })
 }
 
 fn parse_backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
