@@ -777,6 +777,37 @@ mod tests {
     }
 
     #[test]
+    fn diff_keeps_the_right_one_of_several_kernel_objects_under_one_key() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let d = desired(&c, &host(), &own, &[peer]);
+        let route = d.routes.values().next().unwrap().clone();
+        // Another next hop with another metric: the replacement would leave it in place.
+        let other_metric = Route {
+            gateway: Some("198.18.0.2".parse().unwrap()),
+            oif: Some(2),
+            onlink: false,
+            metric: Some(100),
+            ..route.clone()
+        };
+        let fdb = d.fdb.values().next().unwrap().clone();
+        let old_dst = FdbEntry {
+            dst: Some("198.18.0.9".parse().unwrap()),
+            ..fdb.clone()
+        };
+        let kernel = Actual {
+            routes: vec![other_metric.clone(), route],
+            neighbours: d.neighbours.values().cloned().collect(),
+            fdb: vec![old_dst.clone(), fdb],
+        };
+        assert_eq!(
+            diff(&d, &kernel),
+            [Op::DelRoute(other_metric), Op::DelFdb(old_dst)]
+        );
+    }
+
+    #[test]
     fn diff_replaces_missing_removes_stale_and_leaves_others_alone() {
         let c = cfg(r#"{"Type":"vxlan"}"#);
         let h = host();

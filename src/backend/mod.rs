@@ -166,3 +166,121 @@ pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<b
     }
     Ok(changed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetworkConfig;
+
+    fn ext() -> ExtIface {
+        ExtIface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            iface_addr: "198.18.0.1".parse().unwrap(),
+            public_ip: "198.18.0.1".parse().unwrap(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            networks: vec!["198.18.0.0/24".parse().unwrap()],
+        }
+    }
+
+    fn backend_cfg(json: &str) -> BackendConfig {
+        NetworkConfig::parse(&format!(
+            r#"{{"Network":"198.19.0.0/16","Backend":{json}}}"#
+        ))
+        .unwrap()
+        .backend
+    }
+
+    fn vxlan_link(spec: &DeviceSpec) -> &VxlanSpec {
+        let LinkSpec::Vxlan(v) = &spec.link;
+        v
+    }
+
+    #[test]
+    fn vxlan_needs_flannels_device_and_host_gw_none() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan","VNI":7}"#);
+        let vx = of(&cfg);
+        assert_eq!(vx.type_name(), "vxlan");
+        let spec = vx.device(&ext(), None, Family::V4).unwrap();
+        assert_eq!((spec.name.as_str(), spec.mtu), ("flannel.7", 1450));
+        let link = vxlan_link(&spec);
+        assert_eq!((link.vni, link.port, link.lower), (7, 8472, Some(2)));
+        assert_eq!(link.local, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert!(vx.device(&ext(), None, Family::V6).is_none());
+        assert_eq!(vx.mtu_overhead(Family::V6), 70);
+
+        let cfg = backend_cfg(r#"{"Type":"vxlan","MTU":1400,"Port":4789}"#);
+        let spec = of(&cfg).device(&ext(), Some("weft.1"), Family::V4).unwrap();
+        assert_eq!((spec.name.as_str(), spec.mtu), ("weft.1", 1400));
+        assert_eq!(vxlan_link(&spec).port, 4789);
+
+        let hg = of(&BackendConfig::HostGw);
+        assert_eq!(hg.type_name(), "host-gw");
+        assert!(hg.device(&ext(), None, Family::V4).is_none());
+        assert_eq!(hg.mtu_overhead(Family::V4), 0);
+    }
+
+    #[test]
+    fn lease_data_is_flannels() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
+        let vx = of(&cfg);
+        let data = vx.lease_data(Some([0x0e, 0, 0, 0, 0, 1])).unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
+        );
+        let attrs = LeaseAttrs {
+            backend_data: Some(data),
+            ..LeaseAttrs::new_host_gw("198.18.0.1".parse().unwrap())
+        };
+        assert_eq!(vx.advertised_mac(&attrs), Some([0x0e, 0, 0, 0, 0, 1]));
+        assert_eq!(of(&BackendConfig::HostGw).lease_data(None), None);
+        assert_eq!(of(&BackendConfig::HostGw).advertised_mac(&attrs), None);
+    }
+
+    #[test]
+    fn host_gw_needs_the_public_ip_on_the_interface() {
+        let hg = of(&BackendConfig::HostGw);
+        assert!(hg.usable(&ext()).is_ok());
+        let mut e = ext();
+        e.public_ip = "198.18.9.9".parse().unwrap();
+        let why = hg.usable(&e).unwrap_err();
+        assert!(
+            why.contains("198.18.9.9 is not an address of eth0"),
+            "{why}"
+        );
+        assert!(of(&backend_cfg(r#"{"Type":"vxlan"}"#)).usable(&e).is_ok());
+    }
+
+    #[test]
+    fn check_finds_a_device_mac_the_lease_does_not_advertise() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
+        let vx = of(&cfg);
+        let own = Lease {
+            subnet: "198.19.1.0/24".parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs::new_vxlan("198.18.0.1".parse().unwrap(), 1, "0e:00:00:00:00:01"),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: 1,
+        };
+        let mut link = Link {
+            index: 7,
+            name: "flannel.1".into(),
+            kind: Some("vxlan".into()),
+            mac: Some([0x0e, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+            up: true,
+            master: None,
+            vxlan: None,
+        };
+        assert!(vx.check_device(&link, &own).is_empty());
+        link.mac = Some([0x0e, 0, 0, 0, 0, 2]);
+        let found = vx.check_device(&link, &own);
+        assert_eq!(
+            found,
+            ["device flannel.1 has MAC 0e:00:00:00:00:02 but the lease advertises 0e:00:00:00:00:01"]
+        );
+    }
+}
