@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::subnet::Family;
+
 /// The kube-proxy mark: traffic it already NATs is left alone to avoid double NAT.
 const KUBE_PROXY_MARK: u32 = 0x4000;
 
@@ -38,11 +40,19 @@ pub struct TableScript {
 
 pub const TABLE: &str = "weft";
 
-fn rules(family: &'static str, network: IpNet, subnet: IpNet, masquerade: bool) -> TableScript {
-    let (ip, mcast) = match family {
-        "ip" => ("ip", "224.0.0.0/4"),
-        _ => ("ip6", "ff00::/8"),
-    };
+/// nft's name of an address family (for tables and for address matches alike) and the
+/// family's multicast range, which is never masqueraded.
+fn nft_family(f: Family) -> (&'static str, &'static str) {
+    match f {
+        Family::V4 => ("ip", "224.0.0.0/4"),
+        Family::V6 => ("ip6", "ff00::/8"),
+    }
+}
+
+/// The table for the family of `network`: the same rules for IPv4 and IPv6.
+fn rules(network: IpNet, subnet: IpNet, masquerade: bool) -> TableScript {
+    let (family, mcast) = nft_family(Family::of(network.addr()));
+    let ip = family;
     let n = network.trunc();
     let p = subnet.trunc();
     let mut s = String::new();
@@ -83,10 +93,10 @@ impl MasqSpec {
     pub fn scripts(&self) -> Vec<TableScript> {
         let mut out = Vec::new();
         if let Some((n, p)) = self.v4 {
-            out.push(rules("ip", IpNet::V4(n), IpNet::V4(p), self.masquerade));
+            out.push(rules(IpNet::V4(n), IpNet::V4(p), self.masquerade));
         }
         if let Some((n, p)) = self.v6 {
-            out.push(rules("ip6", IpNet::V6(n), IpNet::V6(p), self.masquerade));
+            out.push(rules(IpNet::V6(n), IpNet::V6(p), self.masquerade));
         }
         out
     }

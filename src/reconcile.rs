@@ -106,11 +106,11 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
     sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));
-    let mut accepted: BTreeMap<Ipv4Addr, Ipv4Net> = BTreeMap::new();
+    let mut accepted: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
     let mut macs: BTreeSet<Mac> = BTreeSet::new();
     for lease in sorted {
         let key = lease.key_name();
-        if let Some(other) = overlapping(&accepted, lease.subnet) {
+        if let Some(other) = overlapping(&accepted, lease.subnet.into()) {
             out.skipped.push(Skip {
                 key,
                 reason: format!("subnet {} overlaps the older lease {other}", lease.subnet),
@@ -129,7 +129,7 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                         continue;
                     }
                 }
-                accepted.insert(lease.subnet.network(), lease.subnet);
+                accepted.insert(lease.subnet.network().into(), lease.subnet.into());
                 out.peers += 1;
                 if let Some(r) = objects.route {
                     out.routes.insert(r.dst, r);
@@ -147,19 +147,32 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     out
 }
 
-/// The accepted subnet `s` overlaps, if any, in O(log n). Accepted subnets never overlap
-/// each other, so only two can: the one starting at or before `s` (it may contain `s`) and
-/// the first one starting inside `s` (`s` contains it).
-fn overlapping(accepted: &BTreeMap<Ipv4Addr, Ipv4Net>, s: Ipv4Net) -> Option<Ipv4Net> {
-    if let Some((_, a)) = accepted.range(..=s.network()).next_back() {
-        if a.contains(&s.network()) {
-            return Some(*a);
+/// The accepted subnet `s` overlaps, if any (see [`overlap`]).
+fn overlapping(accepted: &BTreeMap<IpAddr, IpNet>, s: IpNet) -> Option<IpNet> {
+    overlap(accepted, s, |addr, _| addr, |_, net| *net)
+}
+
+/// Which of `taken`'s subnets `s` overlaps, in O(log n), for either family. `taken` never
+/// holds two that overlap each other, so only two can: the last one starting at or before
+/// `s` (it may contain `s`) and the first one starting inside `s` (`s` contains it). `key`
+/// is the map's key of a subnet address and prefix length, `net` the subnet of an entry.
+fn overlap<K: Ord, V>(
+    taken: &BTreeMap<K, V>,
+    s: IpNet,
+    key: impl Fn(IpAddr, u8) -> K,
+    net: impl Fn(&K, &V) -> IpNet,
+) -> Option<IpNet> {
+    let bits = crate::subnet::Family::of(s.addr()).bits();
+    if let Some((k, v)) = taken.range(..=key(s.network(), bits)).next_back() {
+        let n = net(k, v);
+        if n.contains(&s.network()) {
+            return Some(n);
         }
     }
-    accepted
-        .range(s.network()..=s.broadcast())
+    taken
+        .range(key(s.network(), 0)..=key(s.broadcast(), bits))
         .next()
-        .map(|(_, a)| *a)
+        .map(|(k, v)| net(k, v))
 }
 
 /// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
@@ -424,9 +437,8 @@ pub fn update(
     }
     // A new object may only take a key that is free or that a gone lease frees.
     for dst in new.routes.keys() {
-        let IpNet::V4(s) = dst else { return None };
-        if let Some(IpNet::V4(other)) = route_overlapping(&applied.routes, *s) {
-            if !old.routes.contains_key(&IpNet::V4(other)) || other != *s {
+        if let Some(other) = route_overlapping(&applied.routes, *dst) {
+            if !old.routes.contains_key(&other) || other != *dst {
                 return None;
             }
         }
@@ -463,23 +475,11 @@ pub fn update(
     Some(ops)
 }
 
-/// The route whose destination overlaps `s`, found as [`overlapping`] finds a subnet: the
-/// destinations of weft's routes are the accepted subnets, which never overlap.
-fn route_overlapping(routes: &BTreeMap<IpNet, Route>, s: Ipv4Net) -> Option<IpNet> {
-    let last = Ipv4Net::new(s.network(), 32).ok()?;
-    if let Some((dst, _)) = routes.range(..=IpNet::V4(last)).next_back() {
-        if let IpNet::V4(d) = dst {
-            if d.contains(&s.network()) {
-                return Some(*dst);
-            }
-        }
-    }
-    let first = Ipv4Net::new(s.network(), 0).ok()?;
-    let end = Ipv4Net::new(s.broadcast(), 32).ok()?;
-    routes
-        .range(IpNet::V4(first)..=IpNet::V4(end))
-        .next()
-        .map(|(dst, _)| *dst)
+/// The route whose destination overlaps `s` (see [`overlap`]): the destinations of weft's
+/// routes are the accepted subnets, which never overlap.
+fn route_overlapping(routes: &BTreeMap<IpNet, Route>, s: IpNet) -> Option<IpNet> {
+    let key = |addr, len| IpNet::new(addr, len).expect("a prefix length within the family");
+    overlap(routes, s, key, |dst, _| *dst)
 }
 
 /// Ops that put back objects the previous desired state already had: the kernel lost them
@@ -642,7 +642,7 @@ mod tests {
     fn overlap_is_found_on_either_side() {
         let mut acc = BTreeMap::new();
         for s in ["198.19.0.0/24", "198.19.4.0/22", "198.19.9.0/24"] {
-            let n: Ipv4Net = s.parse().unwrap();
+            let n: IpNet = s.parse().unwrap();
             acc.insert(n.network(), n);
         }
         let o = |s: &str| overlapping(&acc, s.parse().unwrap()).map(|n| n.to_string());

@@ -154,12 +154,22 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net, SubnetError> {
 
 /// The subnets of length `len` from `min` to `max` (both subnet addresses), in order.
 pub fn subnets_between(min: Ipv4Addr, max: Ipv4Addr, len: u8) -> impl Iterator<Item = Ipv4Net> {
-    let step = 1u64 << (32 - u32::from(len.min(32)));
-    let (lo, hi) = (u64::from(u32::from(min)), u64::from(u32::from(max)));
-    (0..)
-        .map(move |i: u64| lo + i * step)
+    subnets_from_to(min.into(), max.into(), len).filter_map(|n| match n {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => None,
+    })
+}
+
+/// The same for either family: `min` and `max` are subnet addresses of one family.
+pub fn subnets_from_to(min: IpAddr, max: IpAddr, len: u8) -> impl Iterator<Item = IpNet> {
+    let family = Family::of(min);
+    let len = len.min(family.bits());
+    // None for a zero-length prefix, whose one subnet is the whole space.
+    let step = 1u128.checked_shl(u32::from(family.bits() - len));
+    let (lo, hi) = (Family::number(min), Family::number(max));
+    std::iter::successors(Some(lo), move |a| step.and_then(|s| a.checked_add(s)))
         .take_while(move |a| *a <= hi)
-        .filter_map(move |a| Ipv4Net::new(Ipv4Addr::from(a as u32), len).ok())
+        .filter_map(move |a| IpNet::new(family.addr(a), len).ok())
 }
 
 #[cfg(test)]
@@ -243,5 +253,30 @@ mod tests {
         )
         .count();
         assert_eq!(last, 64);
+    }
+
+    #[test]
+    fn ranges_of_either_family() {
+        let v6: Vec<_> = subnets_from_to(
+            "2001:db8:0:1::".parse().unwrap(),
+            "2001:db8:0:3::".parse().unwrap(),
+            64,
+        )
+        .map(|n| n.to_string())
+        .collect();
+        assert_eq!(
+            v6,
+            [
+                "2001:db8:0:1::/64",
+                "2001:db8:0:2::/64",
+                "2001:db8:0:3::/64"
+            ]
+        );
+        let top = subnets_from_to(
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0".parse().unwrap(),
+            124,
+        );
+        assert_eq!(top.count(), 1);
     }
 }
