@@ -22,6 +22,7 @@ use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Family, Mac, Netlink};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
+use crate::subnet;
 use crate::subnet_env::SubnetEnv;
 
 /// weftd's settings, from its flags.
@@ -167,7 +168,7 @@ async fn set_up_device(
     advertised: Option<Mac>,
 ) -> anyhow::Result<Ready> {
     let backend = backend::of(&cfg.backend);
-    let Some(spec) = backend.device(ext, opts.vxlan_device.as_deref(), Family::V4) else {
+    let Some(spec) = backend.device(ext, opts.vxlan_device.as_deref(), subnet::Family::V4) else {
         return Ok(Ready {
             device: None,
             device_mac: None,

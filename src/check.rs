@@ -6,8 +6,9 @@ use crate::backend::{self, Host};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
-use crate::netlink::{Family, Netlink, NetlinkError, Op};
+use crate::netlink::{Netlink, NetlinkError, Op};
 use crate::reconcile;
+use crate::subnet::Family;
 use crate::subnet_env::SubnetEnv;
 
 /// One thing that is not as it should be.

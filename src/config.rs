@@ -9,6 +9,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+pub use crate::backend::vxlan::VxlanConfig;
+pub use crate::backend::BackendConfig;
 use crate::subnet::{is_subnet_of, Family};
 
 /// A config that weft refuses, with the field and the value that made it refuse.
@@ -38,7 +40,11 @@ impl ConfigError {
     }
 }
 
-fn invalid(field: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl fmt::Display,
+    why: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         field,
         value: value.to_string(),
@@ -47,7 +53,7 @@ fn invalid(field: &'static str, value: impl fmt::Display, why: impl Into<String>
 }
 
 /// How a JSON value is shown in an error: strings bare, everything else as JSON.
-fn show(v: &Value) -> String {
+pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -76,47 +82,6 @@ pub struct NetworkConfig {
     pub raw: Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    Vxlan(VxlanConfig),
-    HostGw,
-}
-
-impl BackendConfig {
-    /// The name flannel writes into a lease's `BackendType`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw => "host-gw",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanConfig {
-    pub vni: u32,
-    /// UDP port; 0 leaves the kernel's default (8472).
-    pub port: u16,
-    /// `None`: derived from the external interface.
-    pub mtu: Option<u32>,
-    pub gbp: bool,
-    pub learning: bool,
-    pub direct_routing: bool,
-}
-
-impl Default for VxlanConfig {
-    fn default() -> Self {
-        VxlanConfig {
-            vni: 1,
-            port: 0,
-            mtu: None,
-            gbp: false,
-            learning: false,
-            direct_routing: false,
-        }
-    }
-}
-
 /// A JSON object with its keys in document order and duplicates kept, so that lookups can
 /// follow Go's rule (case-insensitive, the last match wins).
 struct OrderedObject(Vec<(String, Value)>);
@@ -143,7 +108,7 @@ impl<'de> Deserialize<'de> for OrderedObject {
 
 /// Case-insensitive lookup in an object; `null` counts as absent, like Go leaves a
 /// non-pointer field alone when it meets `null`.
-trait Lookup {
+pub(crate) trait Lookup {
     fn field(&self, name: &str) -> Option<&Value>;
 }
 
@@ -170,7 +135,11 @@ impl Lookup for serde_json::Map<String, Value> {
     }
 }
 
-fn get_bool(obj: &impl Lookup, field: &'static str, default: bool) -> Result<bool, ConfigError> {
+pub(crate) fn get_bool(
+    obj: &impl Lookup,
+    field: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match obj.field(field) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -178,7 +147,7 @@ fn get_bool(obj: &impl Lookup, field: &'static str, default: bool) -> Result<boo
     }
 }
 
-fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, ConfigError> {
+pub(crate) fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, ConfigError> {
     match obj.field(field) {
         None => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
@@ -191,7 +160,10 @@ fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, Confi
     }
 }
 
-fn get_str<'a>(obj: &'a impl Lookup, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
+pub(crate) fn get_str<'a>(
+    obj: &'a impl Lookup,
+    field: &'static str,
+) -> Result<Option<&'a str>, ConfigError> {
     match obj.field(field) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -233,7 +205,7 @@ impl NetworkConfig {
             ipv6_subnet_min: None,
             ipv6_subnet_max: None,
             enable_nftables,
-            backend: parse_backend(obj.field("Backend"))?,
+            backend: BackendConfig::parse(obj.field("Backend"))?,
             raw: Value::Null,
         };
         if enable_ipv4 {
@@ -319,19 +291,7 @@ impl NetworkConfig {
                 m.insert("IPv6SubnetMax".into(), a.to_string().into());
             }
         }
-        let backend = match &self.backend {
-            BackendConfig::HostGw => serde_json::json!({"Type": "host-gw"}),
-            BackendConfig::Vxlan(v) => serde_json::json!({
-                "Type": "vxlan",
-                "VNI": v.vni,
-                "Port": v.port,
-                "MTU": v.mtu.unwrap_or(0),
-                "GBP": v.gbp,
-                "Learning": v.learning,
-                "DirectRouting": v.direct_routing,
-            }),
-        };
-        m.insert("Backend".into(), backend);
+        m.insert("Backend".into(), self.backend.to_json());
         Value::Object(m)
     }
 }
@@ -493,78 +453,8 @@ fn parse_subnet_len(
     })
 }
 
-fn parse_backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
-    let Some(v) = v else {
-        return Err(invalid(
-            "Backend.Type",
-            "udp",
-            "Backend is absent and flannel's default backend \"udp\" is not supported by weft; \
-             set Backend to {\"Type\": \"vxlan\"} or {\"Type\": \"host-gw\"}",
-        ));
-    };
-    let Value::Object(obj) = v else {
-        return Err(invalid("Backend", show(v), "must be a JSON object"));
-    };
-    let ty = get_str(obj, "Type")?.unwrap_or("");
-    // flannel lower-cases the type before looking the backend up.
-    match ty.to_ascii_lowercase().as_str() {
-        "vxlan" => parse_vxlan(obj).map(BackendConfig::Vxlan),
-        "host-gw" => Ok(BackendConfig::HostGw),
-        "" => Err(invalid(
-            "Backend.Type",
-            "\"\"",
-            "must be set; weft supports \"vxlan\" and \"host-gw\"",
-        )),
-        "udp" => Err(invalid(
-            "Backend.Type",
-            ty,
-            "the udp backend is not supported by weft; use \"vxlan\" or \"host-gw\"",
-        )),
-        _ => Err(invalid(
-            "Backend.Type",
-            ty,
-            "unsupported backend; weft supports \"vxlan\" and \"host-gw\"",
-        )),
-    }
-}
-
-fn parse_vxlan(obj: &serde_json::Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
-    let mut c = VxlanConfig::default();
-    if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
-        if vni > 0xFF_FFFF {
-            return Err(invalid(
-                "Backend.VNI",
-                vni,
-                "must be at most 16777215 (24 bits)",
-            ));
-        }
-        c.vni = vni as u32;
-    }
-    if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
-        c.port = u16::try_from(port)
-            .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
-    }
-    if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
-        if mtu != 0 {
-            if !(68..=65535).contains(&mtu) {
-                return Err(invalid(
-                    "Backend.MTU",
-                    mtu,
-                    "must be between 68 and 65535 (or 0 to derive it)",
-                ));
-            }
-            c.mtu = Some(mtu as u32);
-        }
-    }
-    c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
-    c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
-    c.direct_routing =
-        get_bool(obj, "DirectRouting", false).map_err(|e| rename(e, "Backend.DirectRouting"))?;
-    Ok(c)
-}
-
 /// Backend fields are reported with their path so the operator finds them.
-fn rename(e: ConfigError, field: &'static str) -> ConfigError {
+pub(crate) fn rename(e: ConfigError, field: &'static str) -> ConfigError {
     match e {
         ConfigError::Invalid { value, why, .. } => ConfigError::Invalid { field, value, why },
         other => other,

@@ -10,6 +10,7 @@
 //! [`masq`] owns the nftables rules, [`agent`] runs the host's life cycle and [`http`] serves
 //! health and metrics.
 
+pub mod backend;
 pub mod config;
 pub mod lease;
 pub mod subnet;
@@ -23,8 +24,6 @@ pub mod store;
 
 #[cfg(feature = "daemon")]
 pub mod agent;
-#[cfg(feature = "daemon")]
-pub mod backend;
 #[cfg(feature = "daemon")]
 pub mod check;
 #[cfg(feature = "daemon")]

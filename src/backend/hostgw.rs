@@ -1,10 +1,17 @@
 //! The host-gw backend: no device and no encapsulation; every peer's subnet is routed via the
 //! peer's public IP on the external interface, so all hosts must share one L2 network.
 
-use super::{Backend, Device, DeviceError, DeviceSpec, Host, PeerObjects};
-use crate::iface::ExtIface;
-use crate::lease::Lease;
-use crate::netlink::{Family, Mac, Netlink};
+use serde_json::{Map, Value};
+
+use super::Backend;
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use {
+    super::{Device, DeviceError, DeviceSpec, Host, PeerObjects},
+    crate::iface::ExtIface,
+    crate::lease::Lease,
+    crate::netlink::{Mac, Netlink},
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HostGw;
@@ -14,10 +21,16 @@ impl Backend for HostGw {
         "host-gw"
     }
 
+    /// No settings of its own.
+    fn params(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
     fn mtu_overhead(&self, _family: Family) -> u32 {
         0
     }
 
+    #[cfg(feature = "daemon")]
     /// Peers route to the public IP, so it must be an address of this host's interface.
     fn usable(&self, ext: &ExtIface) -> Result<(), String> {
         if ext.addresses.contains(&ext.public_ip) {
@@ -29,10 +42,12 @@ impl Backend for HostGw {
         ))
     }
 
+    #[cfg(feature = "daemon")]
     fn device(&self, _: &ExtIface, _: Option<&str>, _: Family) -> Option<DeviceSpec> {
         None
     }
 
+    #[cfg(feature = "daemon")]
     fn ensure_device(
         &self,
         _: &mut Netlink,
@@ -42,6 +57,7 @@ impl Backend for HostGw {
         Err(DeviceError::Foreign(spec.name.clone()))
     }
 
+    #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
         let public_ip = lease.attrs.public_ip;
         // The kernel refuses a gateway that is not on a connected network, so such a route
@@ -57,7 +73,8 @@ impl Backend for HostGw {
         })
     }
 
-    fn lease_data(&self, _device_mac: Option<Mac>) -> Option<serde_json::Value> {
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, _device_mac: Option<Mac>) -> Option<Value> {
         None
     }
 }

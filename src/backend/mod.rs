@@ -1,47 +1,155 @@
-//! Backends: what the overlay looks like in this host's kernel. Each backend answers the same
-//! questions through [`Backend`] (its devices, what a remote lease becomes, what goes into this
-//! host's lease, its MTU overhead, what `weftctl check` verifies); [`of`] is the registry.
+//! Backends: what the overlay looks like on a host. Each backend answers the same questions
+//! through [`Backend`] (its config, its devices, what a remote lease becomes, what goes into
+//! this host's lease, its MTU overhead, what `weftctl check` verifies). A backend is one file;
+//! [`REGISTRY`] and [`BackendConfig::backend`] register it.
 
 pub mod hostgw;
+#[cfg(feature = "daemon")]
+mod kernel;
 pub mod vxlan;
 
-use std::net::{IpAddr, Ipv4Addr};
+use serde_json::{Map, Value};
 
-use ipnet::{IpNet, Ipv4Net};
+#[cfg(feature = "daemon")]
+pub use kernel::*;
 
-use crate::config::BackendConfig;
-use crate::iface::ExtIface;
-use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::VxlanSpec;
-use crate::netlink::{Family, FdbEntry, Link, Mac, Neighbour, Netlink, NetlinkError, Route};
+use crate::config::{get_str, invalid, show, ConfigError};
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use crate::{
+    iface::ExtIface,
+    lease::{Lease, LeaseAttrs},
+    netlink::{Link, Mac, Netlink},
+};
 
-/// The registry: the backend a config names. One line per backend.
-pub fn of(cfg: &BackendConfig) -> &dyn Backend {
-    match cfg {
-        BackendConfig::Vxlan(c) => c,
-        BackendConfig::HostGw => &hostgw::HostGw,
+/// The `Backend` part of the network config: one variant per backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Vxlan(vxlan::VxlanConfig),
+    HostGw,
+}
+
+type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigError>;
+
+/// The backends weft has, by their name in `Backend.Type`, and how each reads its config.
+pub const REGISTRY: &[(&str, ParseFn)] = &[
+    ("vxlan", |obj| {
+        vxlan::VxlanConfig::parse(obj).map(BackendConfig::Vxlan)
+    }),
+    ("host-gw", |_| Ok(BackendConfig::HostGw)),
+];
+
+impl BackendConfig {
+    /// The backend a config names.
+    pub fn backend(&self) -> &dyn Backend {
+        match self {
+            BackendConfig::Vxlan(c) => c,
+            BackendConfig::HostGw => &hostgw::HostGw,
+        }
+    }
+
+    /// The name flannel writes into a lease's `BackendType`.
+    pub fn type_name(&self) -> &'static str {
+        self.backend().type_name()
+    }
+
+    /// The `Backend` object with every default filled in.
+    pub fn to_json(&self) -> Value {
+        let mut m = self.backend().params();
+        m.insert("Type".into(), self.type_name().into());
+        Value::Object(m)
+    }
+
+    /// Reads the `Backend` object through the registry.
+    pub(crate) fn parse(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+        let Some(v) = v else {
+            let set = supported(|n| format!("{{\"Type\": \"{n}\"}}"), " or ");
+            return Err(invalid(
+                "Backend.Type",
+                "udp",
+                format!(
+                    "Backend is absent and flannel's default backend \"udp\" is not supported by weft; set Backend to {set}"
+                ),
+            ));
+        };
+        let Value::Object(obj) = v else {
+            return Err(invalid("Backend", show(v), "must be a JSON object"));
+        };
+        let ty = get_str(obj, "Type")?.unwrap_or("");
+        // flannel lower-cases the type before looking the backend up.
+        let lower = ty.to_ascii_lowercase();
+        if let Some((_, parse)) = REGISTRY.iter().find(|(name, _)| *name == lower) {
+            return parse(obj);
+        }
+        let quoted = |n: &str| format!("\"{n}\"");
+        Err(match lower.as_str() {
+            "" => invalid(
+                "Backend.Type",
+                "\"\"",
+                format!("must be set; weft supports {}", supported(quoted, " and ")),
+            ),
+            "udp" => invalid(
+                "Backend.Type",
+                ty,
+                format!(
+                    "the udp backend is not supported by weft; use {}",
+                    supported(quoted, " or ")
+                ),
+            ),
+            _ => invalid(
+                "Backend.Type",
+                ty,
+                format!(
+                    "unsupported backend; weft supports {}",
+                    supported(quoted, " and ")
+                ),
+            ),
+        })
     }
 }
 
-/// The questions every backend answers. Everything but [`Backend::ensure_device`] is pure.
+/// The registered backends' names, each shown by `show`, as a list ending in `last`.
+fn supported(show: impl Fn(&str) -> String, last: &str) -> String {
+    let names: Vec<String> = REGISTRY.iter().map(|(n, _)| show(n)).collect();
+    match names.split_last() {
+        Some((tail, [])) => tail.clone(),
+        Some((tail, init)) => format!("{}{last}{tail}", init.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The backend a config names, for the agent, the datapath and `weftctl check`.
+#[cfg(feature = "daemon")]
+pub fn of(cfg: &BackendConfig) -> &dyn Backend {
+    cfg.backend()
+}
+
+/// The questions every backend answers. The first three are pure and always built; the rest
+/// concern the kernel and come with the daemon.
 pub trait Backend {
-    /// The name leases carry in `BackendType`.
+    /// The name leases carry in `BackendType` and the config in `Backend.Type`.
     fn type_name(&self) -> &'static str;
+
+    /// The backend's settings under flannel's names, every default filled in (no `Type`).
+    fn params(&self) -> Map<String, Value>;
 
     /// Bytes the backend takes from the external interface's MTU over a `family` underlay.
     fn mtu_overhead(&self, family: Family) -> u32;
 
     /// Refuses an external interface the backend cannot work with (at start-up).
+    #[cfg(feature = "daemon")]
     fn usable(&self, _ext: &ExtIface) -> Result<(), String> {
         Ok(())
     }
 
     /// The device the backend needs on this host for `family`, if any; `name` overrides the
     /// backend's default name.
+    #[cfg(feature = "daemon")]
     fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec>;
 
     /// Creates the device or adopts the one that is there. `mac` is the MAC this host's lease
     /// advertises, for a device that has to be created.
+    #[cfg(feature = "daemon")]
     fn ensure_device(
         &self,
         nl: &mut Netlink,
@@ -51,126 +159,32 @@ pub trait Backend {
 
     /// What one remote lease becomes in the kernel; `Err` says why it must not be programmed.
     /// The rules every backend shares (network, overlap, address) are checked before.
+    #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String>;
 
     /// The `BackendData` this host writes into its own lease, given its device's MAC.
-    fn lease_data(&self, device_mac: Option<Mac>) -> Option<serde_json::Value>;
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value>;
 
     /// The device MAC a lease advertises (kept when the device must be recreated).
+    #[cfg(feature = "daemon")]
     fn advertised_mac(&self, _attrs: &LeaseAttrs) -> Option<Mac> {
         None
     }
 
     /// What `weftctl check` finds wrong with the backend's device beyond MTU and state.
+    #[cfg(feature = "daemon")]
     fn check_device(&self, _link: &Link, _own: &Lease) -> Vec<String> {
         Vec::new()
     }
 }
 
-/// Facts about this host the desired state depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    pub public_ip: Ipv4Addr,
-    /// The external (underlay) interface.
-    pub ext_index: u32,
-    /// The external interface's IPv4 networks: a peer inside one is reachable without a
-    /// gateway (DirectRouting, host-gw).
-    pub ext_networks: Vec<Ipv4Net>,
-    /// The backend's device, when it has one and it exists.
-    pub device: Option<u32>,
-}
-
-impl Host {
-    pub fn new(ext: &ExtIface, device: Option<u32>) -> Host {
-        Host {
-            public_ip: ext.public_ip,
-            ext_index: ext.index,
-            ext_networks: ext.networks.clone(),
-            device,
-        }
-    }
-
-    /// Whether a peer at `ip` is on a network of the external interface (no gateway between).
-    pub fn reaches_directly(&self, ip: Ipv4Addr) -> bool {
-        self.ext_networks.iter().any(|n| n.contains(&ip))
-    }
-
-    /// A route to `subnet` through a peer on the external interface's network.
-    pub fn direct_route(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Route {
-        let mut r = Route::new(IpNet::V4(subnet));
-        r.gateway = Some(IpAddr::V4(public_ip));
-        r.oif = Some(self.ext_index);
-        r
-    }
-}
-
-/// The kernel objects one remote lease calls for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PeerObjects {
-    pub route: Option<Route>,
-    pub neighbour: Option<Neighbour>,
-    pub fdb: Option<FdbEntry>,
-}
-
-/// A device a backend needs: its name, MTU, and how to create it.
-#[derive(Debug, Clone)]
-pub struct DeviceSpec {
-    pub name: String,
-    pub mtu: u32,
-    pub link: LinkSpec,
-}
-
-/// How a device is created; read back by the backend that asked for it.
-#[derive(Debug, Clone)]
-pub enum LinkSpec {
-    Vxlan(VxlanSpec),
-}
-
-/// What [`Backend::ensure_device`] found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub index: u32,
-    pub mac: Mac,
-    pub mtu: u32,
-    /// True when the device was (re)created rather than adopted.
-    pub created: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error("device {0} vanished while it was being set up")]
-    Vanished(String),
-    #[error("device {0} is not a device this backend creates")]
-    Foreign(String),
-}
-
-/// Gives a device exactly one address inside the network: `<subnet ip>/32`. An address left
-/// from an earlier lease (another subnet) is removed.
-pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
-    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
-    let mut changed = false;
-    let mut present = false;
-    for a in nl.addresses(Some(index))? {
-        if a.addr == want {
-            present = true;
-        } else if a.addr.addr().is_ipv4() {
-            nl.del_address(index, a.addr)?;
-            changed = true;
-        }
-    }
-    if !present {
-        nl.add_address(index, want)?;
-        changed = true;
-    }
-    Ok(changed)
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
     use crate::config::NetworkConfig;
+    use crate::netlink::VxlanSpec;
+    use std::net::IpAddr;
 
     fn ext() -> ExtIface {
         ExtIface {

@@ -2,30 +2,117 @@
 //! kept at the right MTU and learning mode, and its MAC kept stable across recreation so the
 //! MAC this host advertises stays true; per peer a route, a neighbour and an FDB entry.
 
+#[cfg(feature = "daemon")]
 use std::net::IpAddr;
 
-use super::{Backend, Device, DeviceError, DeviceSpec, Host, LinkSpec, PeerObjects};
-use crate::config::VxlanConfig;
-use crate::iface::ExtIface;
-use crate::lease::{Lease, LeaseAttrs};
-use crate::netlink::{
-    format_mac, parse_mac, Family, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
-    NUD_PERMANENT, VXLAN_DEFAULT_PORT,
+use serde_json::{Map, Value};
+
+use super::Backend;
+use crate::config::{get_bool, get_uint, invalid, rename, ConfigError};
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use {
+    super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, PeerObjects},
+    crate::iface::ExtIface,
+    crate::lease::{Lease, LeaseAttrs},
+    crate::netlink::{
+        format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
+        NUD_PERMANENT, VXLAN_DEFAULT_PORT,
+    },
 };
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    /// UDP port; 0 leaves the kernel's default (8472).
+    pub port: u16,
+    /// `None`: derived from the external interface.
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 0,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+impl VxlanConfig {
+    /// Reads `Backend` of a vxlan config; fields are named with their path in errors.
+    pub fn parse(obj: &Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
+        let mut c = VxlanConfig::default();
+        if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
+            if vni > 0xFF_FFFF {
+                return Err(invalid(
+                    "Backend.VNI",
+                    vni,
+                    "must be at most 16777215 (24 bits)",
+                ));
+            }
+            c.vni = vni as u32;
+        }
+        if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
+            c.port = u16::try_from(port)
+                .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
+        }
+        if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
+            if mtu != 0 {
+                if !(68..=65535).contains(&mtu) {
+                    return Err(invalid(
+                        "Backend.MTU",
+                        mtu,
+                        "must be between 68 and 65535 (or 0 to derive it)",
+                    ));
+                }
+                c.mtu = Some(mtu as u32);
+            }
+        }
+        c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
+        c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
+        c.direct_routing = get_bool(obj, "DirectRouting", false)
+            .map_err(|e| rename(e, "Backend.DirectRouting"))?;
+        Ok(c)
+    }
+}
 
 impl Backend for VxlanConfig {
     fn type_name(&self) -> &'static str {
         "vxlan"
     }
 
-    /// The outer Ethernet, IP, UDP and VXLAN headers.
-    fn mtu_overhead(&self, family: Family) -> u32 {
-        match family {
-            Family::V6 => 70,
-            _ => 50,
+    fn params(&self) -> Map<String, Value> {
+        let v = serde_json::json!({
+            "VNI": self.vni,
+            "Port": self.port,
+            "MTU": self.mtu.unwrap_or(0),
+            "GBP": self.gbp,
+            "Learning": self.learning,
+            "DirectRouting": self.direct_routing,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a JSON object literal"),
         }
     }
 
+    /// The outer Ethernet, IP, UDP and VXLAN headers.
+    fn mtu_overhead(&self, family: Family) -> u32 {
+        match family {
+            Family::V4 => 50,
+            Family::V6 => 70,
+        }
+    }
+
+    #[cfg(feature = "daemon")]
     /// `flannel.<VNI>` with the config's MTU, else the external interface's less the overhead.
     fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
         if family != Family::V4 {
@@ -58,6 +145,7 @@ impl Backend for VxlanConfig {
         })
     }
 
+    #[cfg(feature = "daemon")]
     fn ensure_device(
         &self,
         nl: &mut Netlink,
@@ -68,6 +156,7 @@ impl Backend for VxlanConfig {
         ensure(nl, link, mac)
     }
 
+    #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
         let public_ip = lease.attrs.public_ip;
         if self.direct_routing && host.reaches_directly(public_ip) {
@@ -121,17 +210,20 @@ impl Backend for VxlanConfig {
         })
     }
 
-    fn lease_data(&self, device_mac: Option<Mac>) -> Option<serde_json::Value> {
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value> {
         Some(serde_json::json!({
             "VNI": self.vni,
             "VtepMAC": device_mac.map(|m| format_mac(&m)).unwrap_or_default(),
         }))
     }
 
+    #[cfg(feature = "daemon")]
     fn advertised_mac(&self, attrs: &LeaseAttrs) -> Option<Mac> {
         attrs.vxlan_data().and_then(|d| parse_mac(&d.vtep_mac).ok())
     }
 
+    #[cfg(feature = "daemon")]
     /// Peers send to the MAC the lease advertises, so the device must have it.
     fn check_device(&self, link: &Link, own: &Lease) -> Vec<String> {
         if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs) {
@@ -149,6 +241,7 @@ impl Backend for VxlanConfig {
     }
 }
 
+#[cfg(feature = "daemon")]
 /// A MAC a device can be given: unicast and not all zeros. A lease may advertise anything,
 /// and the kernel refuses any other MAC, which would keep the device from being created.
 pub fn assignable(mac: &Mac) -> bool {
@@ -157,6 +250,7 @@ pub fn assignable(mac: &Mac) -> bool {
 
 /// Creates the device or adopts the one that is there. `mac` is the MAC to give a device that
 /// must be created (the one this host's lease advertises), so peers keep reaching it.
+#[cfg(feature = "daemon")]
 fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device, DeviceError> {
     let existing = nl.link_by_name(&spec.name)?;
     if let Some(bad) = mac.filter(|m| !assignable(m)) {
@@ -212,7 +306,7 @@ fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
 

@@ -1,0 +1,109 @@
+//! What a backend deals in on the kernel side: this host's facts, the objects one peer
+//! becomes, the device a backend needs and how it is brought up. Only with the daemon.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::iface::ExtIface;
+use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
+
+/// Facts about this host the desired state depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub public_ip: Ipv4Addr,
+    /// The external (underlay) interface.
+    pub ext_index: u32,
+    /// The external interface's IPv4 networks: a peer inside one is reachable without a
+    /// gateway (DirectRouting, host-gw).
+    pub ext_networks: Vec<Ipv4Net>,
+    /// The backend's device, when it has one and it exists.
+    pub device: Option<u32>,
+}
+
+impl Host {
+    pub fn new(ext: &ExtIface, device: Option<u32>) -> Host {
+        Host {
+            public_ip: ext.public_ip,
+            ext_index: ext.index,
+            ext_networks: ext.networks.clone(),
+            device,
+        }
+    }
+
+    /// Whether a peer at `ip` is on a network of the external interface (no gateway between).
+    pub fn reaches_directly(&self, ip: Ipv4Addr) -> bool {
+        self.ext_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// A route to `subnet` through a peer on the external interface's network.
+    pub fn direct_route(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Route {
+        let mut r = Route::new(IpNet::V4(subnet));
+        r.gateway = Some(IpAddr::V4(public_ip));
+        r.oif = Some(self.ext_index);
+        r
+    }
+}
+
+/// The kernel objects one remote lease calls for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerObjects {
+    pub route: Option<Route>,
+    pub neighbour: Option<Neighbour>,
+    pub fdb: Option<FdbEntry>,
+}
+
+/// A device a backend needs: its name, MTU, and how to create it.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub mtu: u32,
+    pub link: LinkSpec,
+}
+
+/// How a device is created; read back by the backend that asked for it.
+#[derive(Debug, Clone)]
+pub enum LinkSpec {
+    Vxlan(VxlanSpec),
+}
+
+/// What [`Backend::ensure_device`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub index: u32,
+    pub mac: Mac,
+    pub mtu: u32,
+    /// True when the device was (re)created rather than adopted.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("device {0} vanished while it was being set up")]
+    Vanished(String),
+    #[error("device {0} is not a device this backend creates")]
+    Foreign(String),
+}
+
+/// Gives a device exactly one address inside the network: `<subnet ip>/32`. An address left
+/// from an earlier lease (another subnet) is removed.
+pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
+    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
+    let mut changed = false;
+    let mut present = false;
+    for a in nl.addresses(Some(index))? {
+        if a.addr == want {
+            present = true;
+        } else if a.addr.addr().is_ipv4() {
+            nl.del_address(index, a.addr)?;
+            changed = true;
+        }
+    }
+    if !present {
+        nl.add_address(index, want)?;
+        changed = true;
+    }
+    Ok(changed)
+}
