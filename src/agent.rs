@@ -20,7 +20,7 @@ use crate::http::{self, Metrics};
 use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
-use crate::netlink::{format_mac, Family, Mac, Netlink};
+use crate::netlink::{format_mac, Mac, Netlink};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
 use crate::subnet;
 use crate::subnet_env::SubnetEnv;
@@ -140,14 +140,9 @@ async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<Net
 
 /// The external interface, chosen from the kernel's links, addresses and routes.
 async fn choose_iface(select: IfaceSelect) -> anyhow::Result<ExtIface> {
-    netlink(move |nl| {
-        let links = nl.links()?;
-        let addrs = nl.addresses(None)?;
-        let routes = nl.routes(Family::V4)?;
-        Ok(iface::choose(&select, &links, &addrs, &routes)?)
-    })
-    .await
-    .context("cannot choose the external interface")
+    netlink(move |nl| Ok(iface::choose_in(nl, &select)?))
+        .await
+        .context("cannot choose the external interface")
 }
 
 /// The backend's device, made ready before the lease is acquired so the lease can advertise
