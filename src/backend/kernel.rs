@@ -67,7 +67,7 @@ pub enum LinkSpec {
     Vxlan(VxlanSpec),
 }
 
-/// What [`Backend::ensure_device`] found and did.
+/// What [`super::Backend::ensure_device`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub index: u32,
