@@ -239,6 +239,22 @@ impl NetworkConfig {
             .is_some_and(|n| is_subnet_of(n.into(), self.subnet_len, s.into()))
     }
 
+    /// The network of `family`, when that family is enabled.
+    pub fn network_of(&self, family: Family) -> Option<IpNet> {
+        match family {
+            Family::V4 => self.network.map(IpNet::V4),
+            Family::V6 => self.ipv6_network.map(IpNet::V6),
+        }
+    }
+
+    /// Whether `s` is one of the subnets of the network of its family.
+    pub fn contains(&self, s: IpNet) -> bool {
+        match s {
+            IpNet::V4(s) => self.contains_subnet(s),
+            IpNet::V6(s) => self.contains_subnet6(s),
+        }
+    }
+
     /// Whether `s` may be handed out now: a subnet of the network within SubnetMin..SubnetMax.
     /// A host keeps its old lease only when this holds (flannel's rule).
     pub fn subnet_in_range(&self, s: Ipv4Net) -> bool {

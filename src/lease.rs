@@ -2,14 +2,14 @@
 //! field for field (`PublicIP`, `PublicIPv6`, `BackendType`, `BackendData`, `BackendV6Data`),
 //! and `BackendData` is kept exactly as stored so foreign fields survive a rewrite.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::subnet::{lease_key_name, parse_lease_key_name, SubnetError};
+use crate::subnet::{lease_key_name, parse_lease_key_name, Family, SubnetError};
 
 /// Why a stored lease could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +68,8 @@ impl VxlanLeaseData {
         serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
     }
 
-    fn from_value(v: &Value) -> Option<VxlanLeaseData> {
+    /// Reads `BackendData` (or `BackendV6Data`); `None` when it is not a VXLAN one.
+    pub fn from_value(v: &Value) -> Option<VxlanLeaseData> {
         let obj = v.as_object()?;
         let get = |name: &str| {
             obj.iter()
@@ -152,7 +153,32 @@ pub struct Lease {
     pub mod_revision: i64,
 }
 
+/// One family's part of a lease: its subnet, its host's public address and the backend's
+/// data in that family. What the desired state and the backends read, for either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side<'a> {
+    pub subnet: IpNet,
+    pub public_ip: Option<IpAddr>,
+    pub backend_data: Option<&'a Value>,
+}
+
 impl Lease {
+    /// The lease's part in `family`; `None` when it has no subnet of that family.
+    pub fn side(&self, family: Family) -> Option<Side<'_>> {
+        match family {
+            Family::V4 => Some(Side {
+                subnet: self.subnet.into(),
+                public_ip: Some(self.attrs.public_ip.into()),
+                backend_data: self.attrs.backend_data.as_ref(),
+            }),
+            Family::V6 => self.subnet6.map(|s| Side {
+                subnet: s.into(),
+                public_ip: self.attrs.public_ipv6.map(IpAddr::V6),
+                backend_data: self.attrs.backend_v6_data.as_ref(),
+            }),
+        }
+    }
+
     pub fn is_reservation(&self) -> bool {
         self.etcd_lease_id.is_none()
     }

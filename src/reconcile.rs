@@ -5,17 +5,18 @@
 //! the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 pub use crate::backend::{Host, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 use crate::netlink::{
-    Family, FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, NUD_PERMANENT,
-    RTPROT_KERNEL, RT_TABLE_MAIN,
+    FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, NUD_PERMANENT, RTPROT_KERNEL,
+    RT_TABLE_MAIN,
 };
+use crate::subnet::Family as SubnetFamily;
 
 /// A lease that is not programmed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,30 +43,35 @@ pub struct Actual {
     pub fdb: Vec<FdbEntry>,
 }
 
-fn usable_ip(ip: Ipv4Addr) -> Result<(), &'static str> {
+fn usable_ip(ip: IpAddr) -> Result<(), &'static str> {
     if ip.is_unspecified() {
         Err("is unspecified")
     } else if ip.is_loopback() {
         Err("is a loopback address")
     } else if ip.is_multicast() {
         Err("is a multicast address")
-    } else if ip.is_broadcast() {
+    } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
         Err("is the broadcast address")
     } else {
         Ok(())
     }
 }
 
-/// Checks one remote lease on its own and returns the objects it calls for. `Err` says why it
-/// must not be programmed. The rules here hold for every backend; the backend adds its own.
+/// Checks one remote lease's side in `host`'s family on its own and returns the objects it
+/// calls for. `Err` says why it must not be programmed. The rules here hold for every backend
+/// and family; the backend adds its own.
 pub fn peer_objects(
     cfg: &NetworkConfig,
     host: &Host,
-    own_subnet: Ipv4Net,
+    own_subnet: IpNet,
     lease: &Lease,
 ) -> Result<PeerObjects, String> {
-    let subnet = lease.subnet;
-    if !cfg.contains_subnet(subnet) {
+    let family = host.family();
+    let Some(side) = lease.side(family) else {
+        return Err(format!("the lease has no {family} subnet"));
+    };
+    let subnet = side.subnet;
+    if !cfg.contains(subnet) {
         return Err(format!("subnet {subnet} is not a subnet of the network"));
     }
     if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
@@ -73,7 +79,9 @@ pub fn peer_objects(
             "subnet {subnet} overlaps this host's subnet {own_subnet}"
         ));
     }
-    let public_ip = lease.attrs.public_ip;
+    let Some(public_ip) = side.public_ip else {
+        return Err(format!("the lease has no {family} PublicIP"));
+    };
     usable_ip(public_ip).map_err(|why| format!("PublicIP {public_ip} {why}"))?;
     if public_ip == host.public_ip {
         return Err(format!("PublicIP {public_ip} is this host's own address"));
@@ -86,11 +94,11 @@ pub fn peer_objects(
             lease.attrs.backend_type
         ));
     }
-    backend.peer(host, lease)
+    backend.peer(host, &side)
 }
 
-/// The desired state for all known leases. Leases that overlap each other are settled by
-/// age: the older (lower revision, then lower key) is kept, the newer skipped.
+/// The desired state of `host`'s family for all known leases. Leases that overlap each other
+/// are settled by age: the older (lower revision, then lower key) is kept, the newer skipped.
 pub fn desired<L: std::borrow::Borrow<Lease>>(
     cfg: &NetworkConfig,
     host: &Host,
@@ -98,10 +106,15 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     leases: &[L],
 ) -> Desired {
     let mut out = Desired::default();
+    let family = host.family();
+    let Some(own_subnet) = own.side(family).map(|s| s.subnet) else {
+        return out;
+    };
+    let subnet_of = |l: &Lease| l.side(family).map(|s| s.subnet);
     let mut sorted: Vec<&Lease> = leases
         .iter()
         .map(|l| l.borrow())
-        .filter(|l| l.subnet != own.subnet)
+        .filter(|l| subnet_of(l) != Some(own_subnet))
         .collect();
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
@@ -110,14 +123,16 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     let mut macs: BTreeSet<Mac> = BTreeSet::new();
     for lease in sorted {
         let key = lease.key_name();
-        if let Some(other) = overlapping(&accepted, lease.subnet.into()) {
+        let subnet = subnet_of(lease);
+        let overlap = subnet.and_then(|s| Some((s, overlapping(&accepted, s)?)));
+        if let Some((s, other)) = overlap {
             out.skipped.push(Skip {
                 key,
-                reason: format!("subnet {} overlaps the older lease {other}", lease.subnet),
+                reason: format!("subnet {s} overlaps the older lease {other}"),
             });
             continue;
         }
-        match peer_objects(cfg, host, own.subnet, lease) {
+        match peer_objects(cfg, host, own_subnet, lease) {
             Ok(objects) => {
                 if let Some(f) = &objects.fdb {
                     // Two leases claiming one VTEP MAC would fight over one FDB entry.
@@ -129,7 +144,10 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                         continue;
                     }
                 }
-                accepted.insert(lease.subnet.network().into(), lease.subnet.into());
+                // peer_objects refuses a lease without a subnet in the family.
+                if let Some(s) = subnet {
+                    accepted.insert(s.network(), s);
+                }
                 out.peers += 1;
                 if let Some(r) = objects.route {
                     out.routes.insert(r.dst, r);
@@ -162,7 +180,7 @@ fn overlap<K: Ord, V>(
     key: impl Fn(IpAddr, u8) -> K,
     net: impl Fn(&K, &V) -> IpNet,
 ) -> Option<IpNet> {
-    let bits = crate::subnet::Family::of(s.addr()).bits();
+    let bits = SubnetFamily::of(s.addr()).bits();
     if let Some((k, v)) = taken.range(..=key(s.network(), bits)).next_back() {
         let n = net(k, v);
         if n.contains(&s.network()) {
@@ -181,29 +199,34 @@ fn overlap<K: Ord, V>(
 pub fn owned(
     cfg: &NetworkConfig,
     host: &Host,
-    own_subnet: Ipv4Net,
+    own_subnet: impl Into<IpNet>,
     routes: Vec<Route>,
     neighbours: Vec<Neighbour>,
     fdb: Vec<FdbEntry>,
 ) -> Actual {
-    let Some(network) = cfg.network else {
+    let family = host.family();
+    let Some(network) = cfg.network_of(family) else {
         return Actual::default();
     };
+    let own_subnet = own_subnet.into();
     let routes = routes
         .into_iter()
         .filter(|r| {
-            let IpNet::V4(dst) = r.dst else { return false };
             r.table == RT_TABLE_MAIN
                 && r.protocol != RTPROT_KERNEL
-                && network.contains(&dst)
-                && !own_subnet.contains(&dst)
+                && network.contains(&r.dst)
+                && !own_subnet.contains(&r.dst)
                 && r.oif.is_some()
                 && (r.oif == host.device || r.oif == Some(host.ext_index))
         })
         .collect();
     let neighbours = neighbours
         .into_iter()
-        .filter(|n| Some(n.index) == host.device && n.state & NUD_PERMANENT != 0 && n.ip.is_ipv4())
+        .filter(|n| {
+            Some(n.index) == host.device
+                && n.state & NUD_PERMANENT != 0
+                && SubnetFamily::of(n.ip) == family
+        })
         .collect();
     let fdb = fdb
         .into_iter()
@@ -228,9 +251,9 @@ pub fn read_actual(
     nl: &mut Netlink,
     cfg: &NetworkConfig,
     host: &Host,
-    own_subnet: Ipv4Net,
+    own_subnet: impl Into<IpNet>,
 ) -> Result<Actual, NetlinkError> {
-    let routes = nl.routes(Family::V4)?;
+    let routes = nl.routes(host.family().into())?;
     let (neigh, fdb) = match host.device {
         Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
         None => (Vec::new(), Vec::new()),
@@ -774,6 +797,61 @@ mod tests {
         assert!(d.skipped[0]
             .reason
             .contains("198.18.5.3 is not on a network"));
+    }
+
+    #[test]
+    fn the_same_code_gives_the_ipv6_side_for_an_ipv6_host() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        let dual = |v4: &str, v6: &str, ip: &str, ip6: &str, rev| {
+            let mut l = lease(v4, ip, None, rev);
+            l.subnet6 = Some(v6.parse().unwrap());
+            l.attrs.public_ipv6 = Some(ip6.parse().unwrap());
+            l
+        };
+        let own = dual(
+            "198.19.1.0/24",
+            "2001:db8:100:1::/64",
+            "198.18.0.1",
+            "2001:db8::1",
+            1,
+        );
+        let peer = dual(
+            "198.19.2.0/24",
+            "2001:db8:100:2::/64",
+            "198.18.0.2",
+            "2001:db8::2",
+            2,
+        );
+        let v4_only = lease("198.19.3.0/24", "198.18.0.3", None, 3);
+        let h6 = Host {
+            public_ip: "2001:db8::1".parse().unwrap(),
+            ext_index: 2,
+            ext_networks: vec!["2001:db8::/64".parse().unwrap()],
+            device: None,
+        };
+        let d = desired(&c, &h6, &own, &[own.clone(), peer.clone(), v4_only.clone()]);
+        assert_eq!(d.peers, 1);
+        let r = &d.routes[&"2001:db8:100:2::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(
+            (r.gateway, r.oif),
+            (Some("2001:db8::2".parse().unwrap()), Some(2))
+        );
+        assert!(
+            d.skipped[0].reason.contains("no IPv6 subnet"),
+            "{:?}",
+            d.skipped
+        );
+        // The IPv4 side of the same leases, through the same code.
+        let d4 = desired(&c, &host(), &own, &[own.clone(), peer, v4_only]);
+        assert_eq!(d4.peers, 2);
+        let kernel = vec![r.clone(), d4.routes.values().next().unwrap().clone()];
+        assert_eq!(
+            owned(&c, &h6, own.subnet6.unwrap(), kernel, vec![], vec![]).routes,
+            std::slice::from_ref(r)
+        );
     }
 
     #[test]

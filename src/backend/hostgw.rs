@@ -9,7 +9,7 @@ use crate::subnet::Family;
 use {
     super::{Device, DeviceError, DeviceSpec, Host, PeerObjects},
     crate::iface::ExtIface,
-    crate::lease::Lease,
+    crate::lease::Side,
     crate::netlink::{Mac, Netlink},
 };
 
@@ -58,8 +58,10 @@ impl Backend for HostGw {
     }
 
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
-        let public_ip = lease.attrs.public_ip;
+    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String> {
+        let Some(public_ip) = peer.public_ip else {
+            return Err("the lease has no public address in this family".into());
+        };
         // The kernel refuses a gateway that is not on a connected network, so such a route
         // would fail on every reconciliation and keep this host from ever being programmed.
         if !host.reaches_directly(public_ip) {
@@ -68,7 +70,7 @@ impl Backend for HostGw {
             ));
         }
         Ok(PeerObjects {
-            route: Some(host.direct_route(lease.subnet, public_ip)),
+            route: Some(host.direct_route(peer.subnet, public_ip)),
             ..PeerObjects::default()
         })
     }

@@ -1,45 +1,52 @@
 //! What a backend deals in on the kernel side: this host's facts, the objects one peer
 //! becomes, the device a backend needs and how it is brought up. Only with the daemon.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::iface::ExtIface;
 use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
+use crate::subnet::Family;
 
-/// Facts about this host the desired state depends on.
+/// Facts about this host the desired state of one family depends on; the family is that of
+/// `public_ip`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
     /// The external (underlay) interface.
     pub ext_index: u32,
-    /// The external interface's IPv4 networks: a peer inside one is reachable without a
-    /// gateway (DirectRouting, host-gw).
-    pub ext_networks: Vec<Ipv4Net>,
-    /// The backend's device, when it has one and it exists.
+    /// The external interface's networks of the family: a peer inside one is reachable
+    /// without a gateway (DirectRouting, host-gw).
+    pub ext_networks: Vec<IpNet>,
+    /// The backend's device for the family, when it has one and it exists.
     pub device: Option<u32>,
 }
 
 impl Host {
+    /// This host's IPv4 facts.
     pub fn new(ext: &ExtIface, device: Option<u32>) -> Host {
         Host {
-            public_ip: ext.public_ip,
+            public_ip: ext.public_ip.into(),
             ext_index: ext.index,
-            ext_networks: ext.networks.clone(),
+            ext_networks: ext.networks.iter().map(|n| IpNet::V4(*n)).collect(),
             device,
         }
     }
 
+    pub fn family(&self) -> Family {
+        Family::of(self.public_ip)
+    }
+
     /// Whether a peer at `ip` is on a network of the external interface (no gateway between).
-    pub fn reaches_directly(&self, ip: Ipv4Addr) -> bool {
+    pub fn reaches_directly(&self, ip: IpAddr) -> bool {
         self.ext_networks.iter().any(|n| n.contains(&ip))
     }
 
     /// A route to `subnet` through a peer on the external interface's network.
-    pub fn direct_route(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Route {
-        let mut r = Route::new(IpNet::V4(subnet));
-        r.gateway = Some(IpAddr::V4(public_ip));
+    pub fn direct_route(&self, subnet: IpNet, public_ip: IpAddr) -> Route {
+        let mut r = Route::new(subnet);
+        r.gateway = Some(public_ip);
         r.oif = Some(self.ext_index);
         r
     }

@@ -18,7 +18,7 @@ use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use crate::{
     iface::ExtIface,
-    lease::{Lease, LeaseAttrs},
+    lease::{Lease, LeaseAttrs, Side},
     netlink::{Link, Mac, Netlink},
 };
 
@@ -157,10 +157,11 @@ pub trait Backend {
         mac: Option<Mac>,
     ) -> Result<Device, DeviceError>;
 
-    /// What one remote lease becomes in the kernel; `Err` says why it must not be programmed.
-    /// The rules every backend shares (network, overlap, address) are checked before.
+    /// What one remote lease's side in `host`'s family becomes in the kernel; `Err` says why
+    /// it must not be programmed. The rules every backend shares (network, overlap, address)
+    /// are checked before, so `peer.public_ip` is there.
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String>;
+    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String>;
 
     /// The `BackendData` this host writes into its own lease, given its device's MAC.
     #[cfg(feature = "daemon")]

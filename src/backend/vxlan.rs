@@ -14,7 +14,7 @@ use crate::subnet::Family;
 use {
     super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, PeerObjects},
     crate::iface::ExtIface,
-    crate::lease::{Lease, LeaseAttrs},
+    crate::lease::{Lease, LeaseAttrs, Side, VxlanLeaseData},
     crate::netlink::{
         format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
         NUD_PERMANENT, VXLAN_DEFAULT_PORT,
@@ -157,17 +157,19 @@ impl Backend for VxlanConfig {
     }
 
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, lease: &Lease) -> Result<PeerObjects, String> {
-        let public_ip = lease.attrs.public_ip;
+    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String> {
+        let Some(public_ip) = peer.public_ip else {
+            return Err("the lease has no public address in this family".into());
+        };
         if self.direct_routing && host.reaches_directly(public_ip) {
             return Ok(PeerObjects {
-                route: Some(host.direct_route(lease.subnet, public_ip)),
+                route: Some(host.direct_route(peer.subnet, public_ip)),
                 ..PeerObjects::default()
             });
         }
-        let data = lease
-            .attrs
-            .vxlan_data()
+        let data = peer
+            .backend_data
+            .and_then(VxlanLeaseData::from_value)
             .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
         if data.vni != self.vni {
             return Err(format!(
@@ -188,8 +190,8 @@ impl Backend for VxlanConfig {
         };
         // flannel's three objects: the peer's subnet via its VTEP address on the device,
         // that address's MAC, and where to send frames for that MAC.
-        let gw = IpAddr::V4(lease.subnet.network());
-        let mut route = Route::new(lease.subnet.into());
+        let gw = peer.subnet.network();
+        let mut route = Route::new(peer.subnet);
         route.gateway = Some(gw);
         route.oif = Some(dev);
         route.onlink = true;
@@ -204,7 +206,7 @@ impl Backend for VxlanConfig {
             fdb: Some(FdbEntry {
                 index: dev,
                 mac,
-                dst: Some(IpAddr::V4(public_ip)),
+                dst: Some(public_ip),
                 permanent: true,
             }),
         })

@@ -65,6 +65,15 @@ pub enum Family {
     All,
 }
 
+impl From<crate::subnet::Family> for Family {
+    fn from(f: crate::subnet::Family) -> Family {
+        match f {
+            crate::subnet::Family::V4 => Family::V4,
+            crate::subnet::Family::V6 => Family::V6,
+        }
+    }
+}
+
 /// A network device as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Link {
