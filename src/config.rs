@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub use crate::backend::vxlan::VxlanConfig;
 pub use crate::backend::BackendConfig;
-use crate::subnet::{is_subnet_of, Family};
+use crate::subnet::{is_subnet_of, subnets_from_to, Family};
 
 /// A config that weft refuses, with the field and the value that made it refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,7 +258,7 @@ impl NetworkConfig {
     /// Whether `s` may be handed out now: a subnet of the network within SubnetMin..SubnetMax.
     /// A host keeps its old lease only when this holds (flannel's rule).
     pub fn subnet_in_range(&self, s: Ipv4Net) -> bool {
-        self.contains_subnet(s) && s.network() >= self.subnet_min && s.network() <= self.subnet_max
+        self.in_range(s.into())
     }
 
     /// [`contains_subnet`](Self::contains_subnet) for the IPv6 network.
@@ -268,12 +268,57 @@ impl NetworkConfig {
     }
 
     pub fn subnet6_in_range(&self, s: Ipv6Net) -> bool {
-        match (self.ipv6_subnet_min, self.ipv6_subnet_max) {
-            (Some(min), Some(max)) => {
-                self.contains_subnet6(s) && s.network() >= min && s.network() <= max
+        self.in_range(s.into())
+    }
+
+    /// The subnets handed out in `family`: the first and last (network addresses) and their
+    /// length; `None` when the family is off.
+    pub fn range_of(&self, family: Family) -> Option<(IpAddr, IpAddr, u8)> {
+        match family {
+            Family::V4 => self.network.map(|_| {
+                let (min, max) = (self.subnet_min.into(), self.subnet_max.into());
+                (min, max, self.subnet_len)
+            }),
+            Family::V6 => {
+                let (min, max) = (self.ipv6_subnet_min?, self.ipv6_subnet_max?);
+                Some((min.into(), max.into(), self.ipv6_subnet_len))
             }
-            _ => false,
         }
+    }
+
+    /// [`subnet_in_range`](Self::subnet_in_range) for either family.
+    pub fn in_range(&self, s: IpNet) -> bool {
+        let Some((min, max, _)) = self.range_of(Family::of(s.addr())) else {
+            return false;
+        };
+        let at = Family::number(s.network());
+        self.contains(s) && at >= Family::number(min) && at <= Family::number(max)
+    }
+
+    /// flannel's choice of a new subnet in `family`: `prev` (this host's earlier subnet) when
+    /// it may still be handed out and `free` says it is, else one of the first `pool` free
+    /// subnets of the range, the one `pick` chooses (an index below the count it is given).
+    /// `None` when no subnet is free.
+    pub fn choose_subnet(
+        &self,
+        family: Family,
+        prev: Option<IpNet>,
+        free: impl Fn(&IpNet) -> bool,
+        pool: usize,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<IpNet> {
+        if let Some(p) = prev.filter(|p| self.in_range(*p) && free(p)) {
+            return Some(p);
+        }
+        let (min, max, len) = self.range_of(family)?;
+        let candidates: Vec<IpNet> = subnets_from_to(min, max, len)
+            .filter(|s| free(s))
+            .take(pool)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.get(pick(candidates.len())).copied()
     }
 
     /// Number of subnets in SubnetMin..SubnetMax.
@@ -585,6 +630,34 @@ mod tests {
         assert!(e.starts_with("Network fd00::/64:"), "{e}");
         assert!(err("[1]").contains("JSON object"));
         assert!(err("{").contains("not valid JSON"));
+    }
+
+    #[test]
+    fn subnet_choice_is_flannels_in_either_family() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/48", {VX}}}"#
+        ));
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let all_free = |_: &IpNet| true;
+        // The earlier subnet when it is free and in range; the first one is never handed out.
+        let prev = Some(net("198.19.7.0/24"));
+        let got = c.choose_subnet(Family::V4, prev, all_free, 100, |_| 0);
+        assert_eq!(got, prev);
+        let got = c.choose_subnet(Family::V4, Some(net("198.19.0.0/24")), all_free, 100, |_| 0);
+        assert_eq!(got, Some(net("198.19.1.0/24")));
+        // Else one of the first `pool` free ones, as `pick` says.
+        let two_free = |s: &IpNet| *s == net("198.19.2.0/24") || *s == net("198.19.5.0/24");
+        let got = c.choose_subnet(Family::V4, prev, two_free, 100, |n| n - 1);
+        assert_eq!(got, Some(net("198.19.5.0/24")));
+        assert_eq!(
+            c.choose_subnet(Family::V4, None, |_| false, 100, |_| 0),
+            None
+        );
+        // The same code for IPv6.
+        let got = c.choose_subnet(Family::V6, None, all_free, 100, |n| n - 1);
+        assert_eq!(got, Some(net("2001:db8:100:64::/64")));
+        assert!(c.in_range(net("2001:db8:100:ffff::/64")));
+        assert!(!c.in_range(net("2001:db8:100::/64")));
     }
 
     #[test]

@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
 use super::{EtcdOptions, LeaseWatcher, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, LeaseError};
-use crate::subnet::{lease_key_name, parse_lease_key_name, subnets_between};
+use crate::subnet::{lease_key_name, parse_lease_key_name, Family};
 
 /// How long one etcd request may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -714,28 +714,24 @@ impl EtcdStore {
                 continue;
             }
 
-            let choice = match prev_subnet.filter(|p| cfg.subnet_in_range(*p) && !taken.contains(p))
-            {
-                Some(p) => p,
-                None => {
-                    let free: Vec<Ipv4Net> =
-                        subnets_between(cfg.subnet_min, cfg.subnet_max, cfg.subnet_len)
-                            .filter(|s| !taken.contains(s))
-                            .take(RANDOM_POOL)
-                            .collect();
-                    if free.is_empty() {
-                        let in_range =
-                            taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
-                        return Err(StoreError::NoFreeSubnet {
-                            min: cfg.subnet_min.to_string(),
-                            max: cfg.subnet_max.to_string(),
-                            len: cfg.subnet_len,
-                            taken: in_range,
-                            total: cfg.subnet_count(),
-                        });
-                    }
-                    free[rand::random_range(0..free.len())]
-                }
+            let free = |s: &IpNet| !matches!(s, IpNet::V4(s) if taken.contains(s));
+            let pick = |n| rand::random_range(0..n);
+            let chosen = cfg.choose_subnet(
+                Family::V4,
+                prev_subnet.map(IpNet::V4),
+                free,
+                RANDOM_POOL,
+                pick,
+            );
+            let Some(IpNet::V4(choice)) = chosen else {
+                let in_range = taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
+                return Err(StoreError::NoFreeSubnet {
+                    min: cfg.subnet_min.to_string(),
+                    max: cfg.subnet_max.to_string(),
+                    len: cfg.subnet_len,
+                    taken: in_range,
+                    total: cfg.subnet_count(),
+                });
             };
             let id = match *granted {
                 Some(id) => id,
