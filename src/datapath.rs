@@ -78,6 +78,15 @@ enum Cmd {
     Kick(&'static str),
 }
 
+/// What the commands taken in one turn ask for.
+#[derive(Default)]
+struct Wanted {
+    /// A kick or the resync timer: dump, diff and apply.
+    full: bool,
+    /// A new snapshot: the fast path may do.
+    new_state: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("cannot open a netlink socket: {0}")]
@@ -255,49 +264,14 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut full_due = Instant::now() + self.resync;
         loop {
-            let now = Instant::now();
-            let wait = full_due.saturating_duration_since(now);
-            let mut full = false;
-            let mut new_state = false;
-            match rx.recv_timeout(wait) {
-                Ok(cmd) => {
-                    let mut cmds = vec![cmd];
-                    // Kernel changes come in bursts (a device going down takes all its
-                    // routes with it): settle briefly, then handle them all at once. A lease
-                    // change does not wait for the settling: it goes out on the fast path
-                    // first.
-                    if matches!(cmds[0], Cmd::Kick(_)) {
-                        let settled = Instant::now() + Duration::from_millis(20);
-                        while let Some(left) = settled.checked_duration_since(Instant::now()) {
-                            match rx.recv_timeout(left) {
-                                Ok(Cmd::State(s)) => {
-                                    self.state = Some(s);
-                                    if self.applied.is_some() {
-                                        let _ = self.fast();
-                                    }
-                                }
-                                Ok(other) => cmds.push(other),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    cmds.extend(rx.try_iter());
-                    for cmd in cmds {
-                        match cmd {
-                            Cmd::State(s) => {
-                                self.state = Some(s);
-                                new_state = true;
-                            }
-                            Cmd::Kick(why) => {
-                                tracing::debug!(why, "full reconciliation requested");
-                                full = true;
-                            }
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => full = true,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            let wait = full_due.saturating_duration_since(Instant::now());
+            let Some(Wanted {
+                mut full,
+                new_state,
+            }) = self.next(&rx, wait)
+            else {
+                return;
+            };
             if self.state.is_none() {
                 continue;
             }
@@ -313,6 +287,57 @@ impl Worker {
                 // A failure comes back soon, backing off to the resync interval.
                 let retry = Duration::from_millis(200 << self.failures.min(6)).min(self.resync);
                 full_due = Instant::now() + if ok { self.resync } else { retry };
+            }
+        }
+    }
+
+    /// Waits up to `wait` for commands and takes every one that is queued; `None` when the
+    /// agent is gone. The timer running out asks for a full pass.
+    fn next(&mut self, rx: &mpsc::Receiver<Cmd>, wait: Duration) -> Option<Wanted> {
+        let mut wanted = Wanted::default();
+        let first = match rx.recv_timeout(wait) {
+            Ok(cmd) => cmd,
+            Err(RecvTimeoutError::Timeout) => {
+                wanted.full = true;
+                return Some(wanted);
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        };
+        let mut cmds = vec![first];
+        if matches!(cmds[0], Cmd::Kick(_)) {
+            self.settle(rx, &mut cmds);
+        }
+        cmds.extend(rx.try_iter());
+        for cmd in cmds {
+            match cmd {
+                Cmd::State(s) => {
+                    self.state = Some(s);
+                    wanted.new_state = true;
+                }
+                Cmd::Kick(why) => {
+                    tracing::debug!(why, "full reconciliation requested");
+                    wanted.full = true;
+                }
+            }
+        }
+        Some(wanted)
+    }
+
+    /// Kernel changes come in bursts (a device going down takes all its routes with it):
+    /// settle briefly, collecting them, so they are handled at once. A lease change does not
+    /// wait for the settling: it goes out on the fast path first.
+    fn settle(&mut self, rx: &mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) {
+        let settled = Instant::now() + Duration::from_millis(20);
+        while let Some(left) = settled.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(Cmd::State(s)) => {
+                    self.state = Some(s);
+                    if self.applied.is_some() {
+                        let _ = self.fast();
+                    }
+                }
+                Ok(other) => cmds.push(other),
+                Err(_) => break,
             }
         }
     }
