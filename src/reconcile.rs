@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::backend::Peer;
 pub use crate::backend::{Host, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
@@ -94,7 +95,12 @@ pub fn peer_objects(
             lease.attrs.backend_type
         ));
     }
-    backend.peer(host, &side)
+    let peer = Peer {
+        subnet,
+        public_ip,
+        data: side.backend_data,
+    };
+    backend.peer(host, &peer)
 }
 
 /// The desired state of `host`'s family for all known leases. Leases that overlap each other

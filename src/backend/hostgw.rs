@@ -7,9 +7,8 @@ use super::Backend;
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, PeerObjects},
+    super::{Device, DeviceError, DeviceSpec, Host, Peer, PeerObjects},
     crate::iface::ExtIface,
-    crate::lease::Side,
     crate::netlink::{Mac, Netlink},
 };
 
@@ -30,8 +29,8 @@ impl Backend for HostGw {
         0
     }
 
-    #[cfg(feature = "daemon")]
     /// Peers route to the public IP, so it must be an address of this host's interface.
+    #[cfg(feature = "daemon")]
     fn usable(&self, ext: &ExtIface) -> Result<(), String> {
         if ext.addresses.contains(&ext.public_ip) {
             return Ok(());
@@ -58,10 +57,8 @@ impl Backend for HostGw {
     }
 
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String> {
-        let Some(public_ip) = peer.public_ip else {
-            return Err("the lease has no public address in this family".into());
-        };
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
+        let public_ip = peer.public_ip;
         // The kernel refuses a gateway that is not on a connected network, so such a route
         // would fail on every reconciliation and keep this host from ever being programmed.
         if !host.reaches_directly(public_ip) {

@@ -52,6 +52,16 @@ impl Host {
     }
 }
 
+/// A remote lease as a backend sees it, in one family, once the rules every backend shares
+/// have accepted it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    /// `BackendData` (`BackendV6Data` for IPv6).
+    pub data: Option<&'a serde_json::Value>,
+}
+
 /// The kernel objects one remote lease calls for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerObjects {

@@ -18,7 +18,7 @@ use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use crate::{
     iface::ExtIface,
-    lease::{Lease, LeaseAttrs, Side},
+    lease::{Lease, LeaseAttrs},
     netlink::{Link, Mac, Netlink},
 };
 
@@ -157,11 +157,11 @@ pub trait Backend {
         mac: Option<Mac>,
     ) -> Result<Device, DeviceError>;
 
-    /// What one remote lease's side in `host`'s family becomes in the kernel; `Err` says why
-    /// it must not be programmed. The rules every backend shares (network, overlap, address)
-    /// are checked before, so `peer.public_ip` is there.
+    /// What one remote lease becomes in the kernel, in `host`'s family; `Err` says why it must
+    /// not be programmed. The rules every backend shares (network, overlap, address) have
+    /// been checked.
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String>;
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String>;
 
     /// The `BackendData` this host writes into its own lease, given its device's MAC.
     #[cfg(feature = "daemon")]

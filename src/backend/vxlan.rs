@@ -12,9 +12,9 @@ use crate::config::{get_bool, get_uint, invalid, rename, ConfigError};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, PeerObjects},
+    super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, Peer, PeerObjects},
     crate::iface::ExtIface,
-    crate::lease::{Lease, LeaseAttrs, Side, VxlanLeaseData},
+    crate::lease::{Lease, LeaseAttrs, VxlanLeaseData},
     crate::netlink::{
         format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
         NUD_PERMANENT, VXLAN_DEFAULT_PORT,
@@ -112,8 +112,8 @@ impl Backend for VxlanConfig {
         }
     }
 
-    #[cfg(feature = "daemon")]
     /// `flannel.<VNI>` with the config's MTU, else the external interface's less the overhead.
+    #[cfg(feature = "daemon")]
     fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
         if family != Family::V4 {
             return None;
@@ -157,10 +157,8 @@ impl Backend for VxlanConfig {
     }
 
     #[cfg(feature = "daemon")]
-    fn peer(&self, host: &Host, peer: &Side) -> Result<PeerObjects, String> {
-        let Some(public_ip) = peer.public_ip else {
-            return Err("the lease has no public address in this family".into());
-        };
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
+        let public_ip = peer.public_ip;
         if self.direct_routing && host.reaches_directly(public_ip) {
             return Ok(PeerObjects {
                 route: Some(host.direct_route(peer.subnet, public_ip)),
@@ -168,7 +166,7 @@ impl Backend for VxlanConfig {
             });
         }
         let data = peer
-            .backend_data
+            .data
             .and_then(VxlanLeaseData::from_value)
             .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
         if data.vni != self.vni {
@@ -214,10 +212,14 @@ impl Backend for VxlanConfig {
 
     #[cfg(feature = "daemon")]
     fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value> {
-        Some(serde_json::json!({
-            "VNI": self.vni,
-            "VtepMAC": device_mac.map(|m| format_mac(&m)).unwrap_or_default(),
-        }))
+        let vtep_mac = device_mac.map(|m| format_mac(&m)).unwrap_or_default();
+        Some(
+            VxlanLeaseData {
+                vni: self.vni,
+                vtep_mac,
+            }
+            .to_value(),
+        )
     }
 
     #[cfg(feature = "daemon")]
@@ -225,8 +227,8 @@ impl Backend for VxlanConfig {
         attrs.vxlan_data().and_then(|d| parse_mac(&d.vtep_mac).ok())
     }
 
-    #[cfg(feature = "daemon")]
     /// Peers send to the MAC the lease advertises, so the device must have it.
+    #[cfg(feature = "daemon")]
     fn check_device(&self, link: &Link, own: &Lease) -> Vec<String> {
         if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs) {
             return Vec::new();
@@ -243,9 +245,9 @@ impl Backend for VxlanConfig {
     }
 }
 
-#[cfg(feature = "daemon")]
 /// A MAC a device can be given: unicast and not all zeros. A lease may advertise anything,
 /// and the kernel refuses any other MAC, which would keep the device from being created.
+#[cfg(feature = "daemon")]
 pub fn assignable(mac: &Mac) -> bool {
     *mac != [0; 6] && mac[0] & 1 == 0
 }
