@@ -14,7 +14,7 @@ pub use crate::backend::{Host, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 use crate::netlink::{
-    FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, NUD_PERMANENT, RTPROT_KERNEL,
+    is_permanent, FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, RTPROT_KERNEL,
     RT_TABLE_MAIN,
 };
 use crate::subnet::Family as SubnetFamily;
@@ -230,7 +230,7 @@ pub fn owned(
         .into_iter()
         .filter(|n| {
             Some(n.index) == host.device
-                && n.state & NUD_PERMANENT != 0
+                && is_permanent(n.state)
                 && SubnetFamily::of(n.ip) == family
         })
         .collect();
@@ -565,6 +565,7 @@ pub fn describe(op: &Op, dev: &dyn Fn(u32) -> String) -> String {
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+    use crate::netlink::NUD_PERMANENT;
 
     fn cfg(backend: &str) -> NetworkConfig {
         NetworkConfig::parse(&format!(

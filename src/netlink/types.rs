@@ -5,8 +5,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::neighbour::NeighbourState;
+pub use netlink_packet_route::neighbour::NeighbourState;
 use netlink_packet_route::route::RouteHeader;
+pub use netlink_packet_route::route::{RouteProtocol, RouteScope};
 
 use super::NetlinkError;
 
@@ -15,18 +16,12 @@ pub type Mac = [u8; 6];
 
 /// The main routing table.
 pub const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
-// The route fields below are the kernel's numbers (`Route` is hashed and compared, which
-// netlink-packet-route's enums do not all allow); these are the values weft needs by name.
 /// Route protocol "boot": what `ip route add` and flannel write, and what weft writes.
-pub const RTPROT_BOOT: u8 = 3;
+pub const RTPROT_BOOT: RouteProtocol = RouteProtocol::Boot;
 /// Route protocol "kernel": routes the kernel derives from addresses.
-pub const RTPROT_KERNEL: u8 = 2;
-/// Route scope "global".
-pub const RT_SCOPE_UNIVERSE: u8 = 0;
-/// Route scope "link": a directly attached destination, no gateway.
-pub const RT_SCOPE_LINK: u8 = 253;
+pub const RTPROT_KERNEL: RouteProtocol = RouteProtocol::Kernel;
 /// Neighbour state `NUD_PERMANENT`: never ages out.
-pub const NUD_PERMANENT: u16 = 0x80;
+pub const NUD_PERMANENT: NeighbourState = NeighbourState::Permanent;
 
 /// The VXLAN UDP port the Linux kernel uses by default (flannel's "Port": 0).
 pub const VXLAN_DEFAULT_PORT: u16 = 8472;
@@ -152,7 +147,7 @@ pub struct Address {
 /// weft writes its routes with protocol "boot" (3), the same as `ip route add` and flannel, so a
 /// node moving from flanneld to weftd keeps its routes byte for byte; what is weft's is decided
 /// by destination (inside the overlay network) and device, never by protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: IpNet,
     pub gateway: Option<IpAddr>,
@@ -161,10 +156,10 @@ pub struct Route {
     pub onlink: bool,
     /// 254 is the main table.
     pub table: u32,
-    /// RTPROT_*; see [`RTPROT_BOOT`].
-    pub protocol: u8,
-    /// RT_SCOPE_*; universe (0) for routes via a gateway, link (253) for device routes.
-    pub scope: u8,
+    /// Who made the route; see [`RTPROT_BOOT`].
+    pub protocol: RouteProtocol,
+    /// Universe for routes via a gateway, link for device routes.
+    pub scope: RouteScope,
     /// RTA_PRIORITY. None is metric 0 for IPv4; the kernel picks 1024 for IPv6.
     pub metric: Option<u32>,
 }
@@ -179,7 +174,7 @@ impl Route {
             onlink: false,
             table: RT_TABLE_MAIN,
             protocol: RTPROT_BOOT,
-            scope: RT_SCOPE_UNIVERSE,
+            scope: RouteScope::Universe,
             metric: None,
         }
     }
@@ -214,8 +209,8 @@ impl Route {
         self
     }
 
-    /// Sets the scope (e.g. [`RT_SCOPE_LINK`] for a device route without gateway).
-    pub fn scope(mut self, scope: u8) -> Self {
+    /// Sets the scope (e.g. link for a device route without gateway).
+    pub fn scope(mut self, scope: RouteScope) -> Self {
         self.scope = scope;
         self
     }
@@ -244,13 +239,13 @@ impl fmt::Display for Route {
 }
 
 /// An ARP (IPv4) or NDP (IPv6) neighbour entry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neighbour {
     pub index: u32,
     pub ip: IpAddr,
     pub mac: Option<Mac>,
     /// NUD_* bits, e.g. [`NUD_PERMANENT`].
-    pub state: u16,
+    pub state: NeighbourState,
 }
 
 impl Neighbour {
@@ -275,11 +270,16 @@ impl fmt::Display for Neighbour {
     }
 }
 
+/// Whether a neighbour or FDB state has the permanent bit (the kernel's states are bits).
+pub fn is_permanent(state: NeighbourState) -> bool {
+    u16::from(state) & u16::from(NeighbourState::Permanent) != 0
+}
+
 /// iproute2's name of a neighbour state (netlink-packet-route spells them the same); a state
 /// it has no name for as a number.
-fn nud_name(state: u16) -> String {
-    match NeighbourState::from(state) {
-        NeighbourState::None | NeighbourState::Other(_) => format!("{state:#x}"),
+fn nud_name(state: NeighbourState) -> String {
+    match state {
+        NeighbourState::None | NeighbourState::Other(_) => format!("{:#x}", u16::from(state)),
         known => known.to_string(),
     }
 }
@@ -310,7 +310,7 @@ impl fmt::Display for FdbEntry {
 }
 
 /// One change for [`Netlink::apply`](super::Netlink::apply).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     ReplaceRoute(Route),
     /// Not-found counts as success.
