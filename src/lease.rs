@@ -54,33 +54,7 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<Value>,
 }
 
-/// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VxlanLeaseData {
-    pub vni: u32,
-    /// As stored (flannel writes lower-case colon-separated hex).
-    pub vtep_mac: String,
-}
-
-impl VxlanLeaseData {
-    /// flannel's `BackendData` object for a VXLAN lease.
-    pub fn to_value(&self) -> Value {
-        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
-    }
-
-    /// Reads `BackendData` (or `BackendV6Data`); `None` when it is not a VXLAN one.
-    pub fn from_value(v: &Value) -> Option<VxlanLeaseData> {
-        let obj = v.as_object()?;
-        let get = |name: &str| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        };
-        let vni = u32::try_from(get("VNI")?.as_u64()?).ok()?;
-        let vtep_mac = get("VtepMAC")?.as_str()?.to_string();
-        Some(VxlanLeaseData { vni, vtep_mac })
-    }
-}
+pub use crate::backend::vxlan::VxlanLeaseData;
 
 impl LeaseAttrs {
     /// Attributes of a VXLAN host, as flannel writes them.
@@ -88,7 +62,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: "vxlan".into(),
+            backend_type: crate::backend::vxlan::TYPE.into(),
             backend_data: Some(
                 VxlanLeaseData {
                     vni,
@@ -105,7 +79,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: "host-gw".into(),
+            backend_type: crate::backend::hostgw::TYPE.into(),
             backend_data: None,
             backend_v6_data: None,
         }

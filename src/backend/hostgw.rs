@@ -12,12 +12,15 @@ use {
     crate::netlink::{Mac, Netlink},
 };
 
+/// The backend's name in `Backend.Type` and a lease's `BackendType`.
+pub const TYPE: &str = "host-gw";
+
 #[derive(Debug, Clone, Copy)]
 pub struct HostGw;
 
 impl Backend for HostGw {
     fn type_name(&self) -> &'static str {
-        "host-gw"
+        TYPE
     }
 
     /// No settings of its own.

@@ -14,12 +14,15 @@ use crate::subnet::Family;
 use {
     super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, Peer, PeerObjects},
     crate::iface::ExtIface,
-    crate::lease::{Lease, LeaseAttrs, VxlanLeaseData},
+    crate::lease::{Lease, LeaseAttrs},
     crate::netlink::{
         format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
         NUD_PERMANENT, VXLAN_DEFAULT_PORT,
     },
 };
+
+/// The backend's name in `Backend.Type` and a lease's `BackendType`.
+pub const TYPE: &str = "vxlan";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanConfig {
@@ -84,9 +87,37 @@ impl VxlanConfig {
     }
 }
 
+/// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLeaseData {
+    pub vni: u32,
+    /// As stored (flannel writes lower-case colon-separated hex).
+    pub vtep_mac: String,
+}
+
+impl VxlanLeaseData {
+    /// flannel's `BackendData` object for a VXLAN lease.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
+    }
+
+    /// Reads `BackendData` (or `BackendV6Data`); `None` when it is not a VXLAN one.
+    pub fn from_value(v: &Value) -> Option<VxlanLeaseData> {
+        let obj = v.as_object()?;
+        let get = |name: &str| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let vni = u32::try_from(get("VNI")?.as_u64()?).ok()?;
+        let vtep_mac = get("VtepMAC")?.as_str()?.to_string();
+        Some(VxlanLeaseData { vni, vtep_mac })
+    }
+}
+
 impl Backend for VxlanConfig {
     fn type_name(&self) -> &'static str {
-        "vxlan"
+        TYPE
     }
 
     fn params(&self) -> Map<String, Value> {
