@@ -41,52 +41,18 @@ pub fn check(
     env: Option<&SubnetEnv>,
 ) -> Result<Report, NetlinkError> {
     let mut report = Report::default();
-    let out = &mut report.findings;
     let Some(own) = own else {
-        out.push(Finding(format!(
+        report.findings.push(Finding(format!(
             "no lease in etcd holds this host's public IP {}",
             ext.public_ip
         )));
         return Ok(report);
     };
-    match env {
-        None => out.push(Finding("subnet.env is missing or unreadable".into())),
-        Some(env) => {
-            if env.subnet_network() != Some(own.subnet) {
-                out.push(Finding(format!(
-                    "subnet.env says FLANNEL_SUBNET={} but this host's lease is {}",
-                    env.subnet.map(|s| s.to_string()).unwrap_or_default(),
-                    own.subnet
-                )));
-            }
-        }
-    }
+    check_env(own, env, &mut report.findings);
+    let device = check_device(nl, cfg, ext, device_name, own, env, &mut report.findings)?;
+    let device_index = device.as_ref().map(|(i, _)| *i);
 
-    let backend = backend::of(&cfg.backend);
-    let mut device_index = None;
-    let mut device = String::new();
-    if let Some(spec) = backend.device(ext, device_name, Family::V4) {
-        device = spec.name.clone();
-        match nl.link_by_name(&spec.name)? {
-            None => out.push(Finding(format!("device {} is missing", spec.name))),
-            Some(link) => {
-                device_index = Some(link.index);
-                out.extend(backend.check_device(&link, own).into_iter().map(Finding));
-                if let Some(env) = env {
-                    if env.mtu != link.mtu {
-                        out.push(Finding(format!(
-                            "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
-                            spec.name, link.mtu, env.mtu
-                        )));
-                    }
-                }
-                if !link.up {
-                    out.push(Finding(format!("device {} is down", spec.name)));
-                }
-            }
-        }
-    }
-
+    // The datapath's own path, without the apply: desired state, kernel read, diff.
     let host = Host::new(ext, device_index);
     let desired = reconcile::desired(cfg, &host, own, leases);
     for skip in &desired.skipped {
@@ -96,14 +62,10 @@ pub fn check(
         )));
     }
     let actual = reconcile::read_actual(nl, cfg, &host, own.subnet)?;
-    let dev_name = |i: u32| {
-        if Some(i) == device_index {
-            device.clone()
-        } else if i == ext.index {
-            ext.name.clone()
-        } else {
-            format!("#{i}")
-        }
+    let dev_name = |i: u32| match &device {
+        Some((index, name)) if *index == i => name.clone(),
+        _ if i == ext.index => ext.name.clone(),
+        _ => format!("#{i}"),
     };
     for op in reconcile::diff(&desired, &actual) {
         let what = reconcile::describe(&op, &dev_name);
@@ -116,4 +78,51 @@ pub fn check(
         report.findings.push(Finding(line));
     }
     Ok(report)
+}
+
+/// subnet.env must name this host's subnet.
+fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
+    let Some(env) = env else {
+        out.push(Finding("subnet.env is missing or unreadable".into()));
+        return;
+    };
+    if env.subnet_network() != Some(own.subnet) {
+        out.push(Finding(format!(
+            "subnet.env says FLANNEL_SUBNET={} but this host's lease is {}",
+            env.subnet.map(|s| s.to_string()).unwrap_or_default(),
+            own.subnet
+        )));
+    }
+}
+
+/// The backend's device, if it needs one: there, up, at subnet.env's MTU, and whatever the
+/// backend itself checks. Returns its index and name when it exists.
+fn check_device(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    ext: &ExtIface,
+    device_name: Option<&str>,
+    own: &Lease,
+    env: Option<&SubnetEnv>,
+    out: &mut Vec<Finding>,
+) -> Result<Option<(u32, String)>, NetlinkError> {
+    let backend = backend::of(&cfg.backend);
+    let Some(spec) = backend.device(ext, device_name, Family::V4) else {
+        return Ok(None);
+    };
+    let Some(link) = nl.link_by_name(&spec.name)? else {
+        out.push(Finding(format!("device {} is missing", spec.name)));
+        return Ok(None);
+    };
+    out.extend(backend.check_device(&link, own).into_iter().map(Finding));
+    if let Some(env) = env.filter(|e| e.mtu != link.mtu) {
+        out.push(Finding(format!(
+            "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
+            spec.name, link.mtu, env.mtu
+        )));
+    }
+    if !link.up {
+        out.push(Finding(format!("device {} is down", spec.name)));
+    }
+    Ok(Some((link.index, spec.name)))
 }

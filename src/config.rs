@@ -419,6 +419,23 @@ fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, Conf
     // Go's ParseCIDR drops host bits; so do we.
     let network = network.trunc();
     let subnet_len = parse_subnet_len(obj, r, network)?;
+    let (min, max) = parse_bounds(obj, r, network, subnet_len)?;
+    Ok(Division {
+        network,
+        subnet_len,
+        min,
+        max,
+    })
+}
+
+/// SubnetMin and SubnetMax: as given (inside the network, on subnet boundaries, in order),
+/// else the second subnet (the first is never handed out) and the last.
+fn parse_bounds(
+    obj: &OrderedObject,
+    r: &FamilyRules,
+    network: IpNet,
+    subnet_len: u8,
+) -> Result<(IpAddr, IpAddr), ConfigError> {
     let host_bits = u32::from(r.family.bits() - subnet_len);
     let size = 1u128 << host_bits;
     let first = Family::number(network.network());
@@ -462,12 +479,7 @@ fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, Conf
             format!("is after {} {max}", r.subnet_max),
         ));
     }
-    Ok(Division {
-        network,
-        subnet_len,
-        min,
-        max,
-    })
+    Ok((min, max))
 }
 
 /// The subnet length: as given (long enough for four subnets, at most the family's
