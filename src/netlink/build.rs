@@ -460,7 +460,7 @@ mod tests {
             .dev(5)
             .onlink();
         let m = route(&r, false);
-        assert_eq!(m.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert_eq!(m.header.table, 254);
         assert_eq!(m.header.kind, RouteType::Unicast);
         assert!(m.header.flags.contains(RouteFlags::Onlink));
         assert_eq!(parse_route(&round_trip_route(&m)), Some(r));
