@@ -18,6 +18,9 @@ pub const TYPE: &str = "host-gw";
 #[derive(Debug, Clone, Copy)]
 pub struct HostGw;
 
+/// host-gw has no settings: this is all of it.
+pub const BACKEND: HostGw = HostGw;
+
 impl Backend for HostGw {
     fn type_name(&self) -> &'static str {
         TYPE

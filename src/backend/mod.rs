@@ -1,7 +1,7 @@
 //! Backends: what the overlay looks like on a host. Each backend answers the same questions
 //! through [`Backend`] (its config, its devices, what a remote lease becomes, what goes into
-//! this host's lease, its MTU overhead, what `weftctl check` verifies). A backend is one file;
-//! [`REGISTRY`] and [`BackendConfig::backend`] register it.
+//! this host's lease, its MTU overhead, what `weftctl check` verifies). A backend is one file
+//! and one line in the `backends!` list below.
 
 pub mod hostgw;
 #[cfg(feature = "daemon")]
@@ -22,32 +22,63 @@ use crate::{
     netlink::{Link, Mac, Netlink},
 };
 
-/// The `Backend` part of the network config: one variant per backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    Vxlan(vxlan::VxlanConfig),
-    HostGw,
-}
-
 type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigError>;
 
-/// The backends weft has, by their name in `Backend.Type`, and how each reads its config.
-pub const REGISTRY: &[(&str, ParseFn)] = &[
-    ("vxlan", |obj| {
-        vxlan::VxlanConfig::parse(obj).map(BackendConfig::Vxlan)
-    }),
-    ("host-gw", |_| Ok(BackendConfig::HostGw)),
-];
+/// Writes the config enum, the registry of parsers and the dispatch to the [`Backend`] from
+/// one list. Each entry is a backend's module, its variant of [`BackendConfig`] and, when it
+/// has settings, their type (which has `parse`); the module has `TYPE`, and `BACKEND` when
+/// there are no settings.
+macro_rules! backends {
+    ($( $module:ident => $variant:ident $( ($config:ty) )? ),+ $(,)?) => {
+        /// The `Backend` part of the network config: one variant per backend.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum BackendConfig {
+            $( $variant $( ($config) )? ),+
+        }
+
+        /// The backends weft has, by their name in `Backend.Type`, and how each reads its
+        /// config.
+        pub const REGISTRY: &[(&str, ParseFn)] = &[
+            $( ($module::TYPE, |obj| Ok(backends!(@make $variant obj $( $config )?))) ),+
+        ];
+
+        impl BackendConfig {
+            /// The backend a config names.
+            pub fn backend(&self) -> &dyn Backend {
+                match self {
+                    $(
+                        BackendConfig::$variant $( (backends!(@bind c $config)) )? =>
+                            backends!(@get c $module $( $config )?),
+                    )+
+                }
+            }
+        }
+    };
+    (@make $variant:ident $obj:ident $config:ty) => {
+        BackendConfig::$variant(<$config>::parse($obj)?)
+    };
+    (@make $variant:ident $obj:ident) => {{
+        let _ = $obj;
+        BackendConfig::$variant
+    }};
+    (@bind $c:ident $config:ty) => {
+        $c
+    };
+    (@get $c:ident $module:ident $config:ty) => {
+        $c
+    };
+    (@get $c:ident $module:ident) => {
+        &$module::BACKEND
+    };
+}
+
+// The registry: one line per backend.
+backends! {
+    vxlan => Vxlan(vxlan::VxlanConfig),
+    hostgw => HostGw,
+}
 
 impl BackendConfig {
-    /// The backend a config names.
-    pub fn backend(&self) -> &dyn Backend {
-        match self {
-            BackendConfig::Vxlan(c) => c,
-            BackendConfig::HostGw => &hostgw::HostGw,
-        }
-    }
-
     /// The name flannel writes into a lease's `BackendType`.
     pub fn type_name(&self) -> &'static str {
         self.backend().type_name()
