@@ -126,3 +126,37 @@ fn check_device(
     }
     Ok(Some((link.index, spec.name)))
 }
+
+/// The bridge dockerd makes for its containers.
+pub const DOCKER_BRIDGE: &str = "docker0";
+
+/// On a host that hands its subnet to Docker, dockerd's bridge must hold the subnet's gateway
+/// address (FLANNEL_SUBNET, which `weftctl docker-opts` passes as `--bip`); anything else means
+/// dockerd was started without weft's options, or before the subnet changed. No bridge, or no
+/// subnet.env to compare with, is nothing to report.
+pub fn docker_bridge(
+    nl: &mut Netlink,
+    env: Option<&SubnetEnv>,
+) -> Result<Option<Finding>, NetlinkError> {
+    let Some(gateway) = env.and_then(|e| e.subnet) else {
+        return Ok(None);
+    };
+    let Some(bridge) = nl.links()?.into_iter().find(|l| l.name == DOCKER_BRIDGE) else {
+        return Ok(None);
+    };
+    let held: Vec<String> = (nl.addresses(Some(bridge.index))?.into_iter())
+        .filter(|a| a.index == bridge.index && a.addr.addr().is_ipv4())
+        .map(|a| a.addr.to_string())
+        .collect();
+    if held.contains(&gateway.to_string()) {
+        return Ok(None);
+    }
+    let has = if held.is_empty() {
+        "no IPv4 address".to_string()
+    } else {
+        held.join(", ")
+    };
+    Ok(Some(Finding(format!(
+        "{DOCKER_BRIDGE} has {has}, not this host's subnet gateway {gateway}: restart dockerd with the options `weftctl docker-opts` prints"
+    ))))
+}

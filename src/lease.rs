@@ -270,4 +270,108 @@ mod tests {
         .unwrap();
         assert_eq!(a.vxlan_data(), None);
     }
+
+    /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, a few levels deep, as a foreign BackendData may be.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1e15f64..1e15).prop_map(Value::from),
+                ".{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map("[A-Za-z]{1,8}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn mac() -> impl Strategy<Value = String> {
+            any::<[u8; 6]>().prop_map(|m| {
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
+        }
+
+        fn backend_data() -> impl Strategy<Value = Option<Value>> {
+            prop_oneof![
+                Just(None),
+                (any::<u32>(), mac())
+                    .prop_map(|(vni, vtep_mac)| Some(VxlanLeaseData { vni, vtep_mac }.to_value())),
+                // A stored `null` reads as no BackendData, as flannel reads it.
+                json_value()
+                    .prop_filter("not null", |v| !v.is_null())
+                    .prop_map(Some),
+            ]
+        }
+
+        fn attrs() -> impl Strategy<Value = LeaseAttrs> {
+            (
+                any::<u32>(),
+                proptest::option::of(any::<u128>()),
+                prop_oneof![Just(String::new()), ".{1,12}"],
+                backend_data(),
+                backend_data(),
+            )
+                .prop_map(|(ip, ip6, backend_type, bd, bd6)| LeaseAttrs {
+                    public_ip: Ipv4Addr::from(ip),
+                    public_ipv6: ip6.map(Ipv6Addr::from),
+                    backend_type,
+                    backend_data: bd,
+                    backend_v6_data: bd6,
+                })
+        }
+
+        /// Bytes that are sometimes a lease value, sometimes almost one, sometimes noise.
+        fn valueish() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                any::<Vec<u8>>(),
+                attrs().prop_map(|a| a.to_json().into_bytes()),
+                (attrs(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(a, i, b)| {
+                    let mut v = a.to_json().into_bytes();
+                    let at = i.index(v.len());
+                    v[at] = b;
+                    v
+                }),
+                json_value().prop_map(|v| v.to_string().into_bytes()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn values_never_panic(key in ".{0,32}", value in valueish()) {
+                if let Ok(l) = Lease::parse(&key, &value) {
+                    // Whatever parses can be written back and read again unchanged.
+                    let again = LeaseAttrs::from_json(&key, l.attrs.to_json().as_bytes());
+                    prop_assert_eq!(again.as_ref(), Ok(&l.attrs));
+                    let _ = l.attrs.vxlan_data();
+                    let _ = l.attrs.vxlan_v6_data();
+                }
+            }
+
+            #[test]
+            fn values_round_trip(a in attrs()) {
+                let back = LeaseAttrs::from_json("k", a.to_json().as_bytes());
+                prop_assert_eq!(back.as_ref(), Ok(&a));
+            }
+
+            #[test]
+            fn vxlan_data_round_trips(ip in any::<u32>(), vni in any::<u32>(), m in mac()) {
+                let a = LeaseAttrs::new_vxlan(Ipv4Addr::from(ip), vni, &m);
+                let back = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
+                prop_assert_eq!(back.vxlan_data(), Some(VxlanLeaseData { vni, vtep_mac: m }));
+            }
+        }
+    }
 }

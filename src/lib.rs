@@ -3,18 +3,21 @@
 //! The pure core (no I/O, unit-tested without root): [`config`] parses the network config,
 //! [`subnet`] does subnet arithmetic for either family and lease-key names, [`lease`] holds a
 //! lease and its flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`,
-//! and [`backend`] registers the backends and reads their config.
+//! [`docker`] turns it into dockerd's settings, and [`backend`] registers the backends and
+//! reads their config.
 //!
 //! The edges, each tested against the real thing: [`netlink`] is a synchronous, pipelined
 //! netlink client shared by `weftd` and the CNI plugin; with the `daemon` feature, [`store`]
 //! keeps leases in etcd, each [`backend`] says what a lease becomes in the kernel, and
 //! [`reconcile`] turns leases into that desired state, diffs it against the kernel and the
 //! last applied state (one path for weftd's datapath and `weftctl check`); [`masq`] owns the
-//! nftables rules, [`agent`] runs the host's life cycle and [`http`] serves health and
+//! nftables rules and [`forward`] the accepts in iptables' FORWARD chain (where Docker's drop
+//! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
 //! metrics.
 
 pub mod backend;
 pub mod config;
+pub mod docker;
 pub mod lease;
 pub mod subnet;
 pub mod subnet_env;
@@ -31,6 +34,8 @@ pub mod agent;
 pub mod check;
 #[cfg(feature = "daemon")]
 pub mod datapath;
+#[cfg(feature = "daemon")]
+pub mod forward;
 #[cfg(feature = "daemon")]
 pub mod http;
 #[cfg(feature = "daemon")]

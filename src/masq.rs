@@ -20,6 +20,8 @@ pub enum MasqError {
     Apply { table: String, stderr: String },
     #[error("nft list table {table} failed: {stderr}")]
     List { table: String, stderr: String },
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
 }
 
 /// What the rules are computed from: the overlay network N and this host's subnet P.
@@ -143,6 +145,11 @@ impl Masq {
             }
         }
         self.applied = applied;
+        // Another table's drop (Docker's FORWARD policy) is not overruled by weft's accepts.
+        let networks: Vec<IpNet> = (spec.v4.map(|(n, _)| IpNet::V4(n)).into_iter())
+            .chain(spec.v6.map(|(n, _)| IpNet::V6(n)))
+            .collect();
+        wrote |= crate::forward::ensure(&networks)?;
         Ok(wrote)
     }
 }

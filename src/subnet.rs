@@ -84,6 +84,8 @@ pub enum SubnetError {
     BadKey { key: String, why: String },
     #[error("{value:?} is not a subnet (expected e.g. 10.5.52.0/24 or 10.5.52.0-24)")]
     BadSubnet { value: String },
+    #[error("{value:?} is neither a subnet nor an IPv4 address")]
+    BadTarget { value: String },
 }
 
 /// The key name of a lease: `<ip>-<len>`, plus `&<ip6>-<len6>` for dual stack.
@@ -150,6 +152,26 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net, SubnetError> {
         return Err(bad());
     }
     Ok(net)
+}
+
+/// What `weftctl leases show` was asked for: a subnet (CIDR or key form) or an address, which
+/// may lie inside a subnet or be a host's PublicIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseTarget {
+    Subnet(Ipv4Net),
+    Address(Ipv4Addr),
+}
+
+/// Parses an operator's `leases show` argument; the error names the value.
+pub fn parse_lease_target(s: &str) -> Result<LeaseTarget, SubnetError> {
+    if s.contains('/') || s.contains('-') {
+        return parse_subnet(s).map(LeaseTarget::Subnet);
+    }
+    s.parse()
+        .map(LeaseTarget::Address)
+        .map_err(|_| SubnetError::BadTarget {
+            value: s.to_string(),
+        })
 }
 
 /// The subnets of length `len` from `min` to `max` (both subnet addresses), in order.
@@ -278,5 +300,71 @@ mod tests {
             124,
         );
         assert_eq!(top.count(), 1);
+    }
+
+    /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn v4net() -> impl Strategy<Value = Ipv4Net> {
+            (any::<u32>(), 0u8..=32)
+                .prop_map(|(a, len)| Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc())
+        }
+
+        fn v6net() -> impl Strategy<Value = Ipv6Net> {
+            (any::<u128>(), 0u8..=128)
+                .prop_map(|(a, len)| Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc())
+        }
+
+        /// Strings close to a key, so the parser's later branches are reached too.
+        fn keyish() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[0-9a-f.:&/-]{0,48}",
+                (v4net(), proptest::option::of(v6net()), "[0-9a-z:&/.-]{0,6}")
+                    .prop_map(|(a, b, junk)| format!("{}{junk}", lease_key_name(a, b))),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn key_names_never_panic(s in keyish()) {
+                if let Err(e) = parse_lease_key_name(&s) {
+                    prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e);
+                }
+            }
+
+            #[test]
+            fn key_names_round_trip(sn in v4net(), sn6 in proptest::option::of(v6net())) {
+                let name = lease_key_name(sn, sn6);
+                prop_assert_eq!(parse_lease_key_name(&name).unwrap(), (sn, sn6));
+            }
+
+            #[test]
+            fn operator_arguments_never_panic(s in keyish()) {
+                if let Err(e) = parse_subnet(&s) {
+                    prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e);
+                }
+                if let Err(e) = parse_lease_target(&s) {
+                    prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e);
+                }
+            }
+
+            #[test]
+            fn operator_arguments_round_trip(sn in v4net(), a in any::<u32>()) {
+                prop_assert_eq!(parse_subnet(&sn.to_string()).unwrap(), sn);
+                prop_assert_eq!(parse_subnet(&lease_key_name(sn, None)).unwrap(), sn);
+                prop_assert_eq!(
+                    parse_lease_target(&sn.to_string()).unwrap(),
+                    LeaseTarget::Subnet(sn)
+                );
+                let ip = Ipv4Addr::from(a);
+                prop_assert_eq!(
+                    parse_lease_target(&ip.to_string()).unwrap(),
+                    LeaseTarget::Address(ip)
+                );
+            }
+        }
     }
 }

@@ -11,11 +11,12 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
-    #[error("{path}: {source}")]
+    // The I/O error is part of the message, not a `source`: a report that prints the chain
+    // would otherwise say it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: line {line}: {key}={value:?} is not valid: {why}")]
     BadValue {
@@ -160,47 +161,53 @@ impl SubnetEnv {
 
     /// Reads and parses a subnet.env. A missing file is an `Io` error of kind `NotFound`.
     pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| SubnetEnvError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         SubnetEnv::parse(&text, path)
     }
 
-    /// Writes the file atomically: a temporary file in the same directory, fsync, rename.
+    /// Writes the file atomically (see [`write_atomically`]).
     pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
-        let io = |source| SubnetEnvError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| io(std::io::Error::other("path names no file")))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp.{}",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.render().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(io)
+        write_atomically(path, &self.render())
     }
 
     /// The host's subnet without host bits (`10.5.72.0/24`).
     pub fn subnet_network(&self) -> Option<Ipv4Net> {
         self.subnet.map(|s| s.trunc())
     }
+}
+
+/// Writes a file so that a reader sees the old or the new text, never half of it: a temporary
+/// file in the same directory, fsync, rename. Shared by subnet.env and the files derived from it.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), SubnetEnvError> {
+    let io = |error| SubnetEnvError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("path names no file")))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
 }
 
 #[cfg(test)]
@@ -266,5 +273,71 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn env() -> impl Strategy<Value = SubnetEnv> {
+            let v4 = (any::<u32>(), 0u8..=32).prop_map(|(a, l)| Ipv4Net::new(a.into(), l).unwrap());
+            let v6 =
+                (any::<u128>(), 0u8..=128).prop_map(|(a, l)| Ipv6Net::new(a.into(), l).unwrap());
+            (
+                proptest::option::of(v4.clone()),
+                proptest::option::of(v4),
+                proptest::option::of(v6.clone()),
+                proptest::option::of(v6),
+                68u32..=65535,
+                any::<bool>(),
+            )
+                .prop_filter("a subnet of some family", |e| {
+                    e.1.is_some() || e.3.is_some()
+                })
+                .prop_map(
+                    |(network, subnet, ipv6_network, ipv6_subnet, mtu, ipmasq)| SubnetEnv {
+                        network,
+                        subnet,
+                        ipv6_network,
+                        ipv6_subnet,
+                        mtu,
+                        ipmasq,
+                    },
+                )
+        }
+
+        /// Text that is sometimes a subnet.env, sometimes a damaged one, sometimes noise.
+        fn textish() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                ".{0,40}",
+                "(FLANNEL_(NETWORK|SUBNET|IPV6_NETWORK|IPV6_SUBNET|MTU|IPMASQ)|#|X)? ?= ?\"?[0-9a-f.:/\"-]{0,24}",
+            ];
+            prop_oneof![
+                any::<String>(),
+                prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n")),
+                (env(), any::<prop::sample::Index>(), ".").prop_map(|(e, i, c)| {
+                    let mut t = e.render();
+                    let at = i.index(t.len());
+                    let at = (0..=at).rev().find(|j| t.is_char_boundary(*j)).unwrap_or(0);
+                    t.insert_str(at, &c);
+                    t
+                }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_never_panics(text in textish()) {
+                if let Ok(e) = SubnetEnv::parse(&text, Path::new("/run/flannel/subnet.env")) {
+                    prop_assert_eq!(SubnetEnv::parse(&e.render(), Path::new("x")).unwrap(), e);
+                }
+            }
+
+            #[test]
+            fn rendered_files_read_back(e in env()) {
+                prop_assert_eq!(SubnetEnv::parse(&e.render(), Path::new("x")).unwrap(), e);
+            }
+        }
     }
 }

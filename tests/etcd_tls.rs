@@ -1,6 +1,7 @@
 //! weftctl (and so weftd, which shares the connection code and flags) against an etcd that
 //! requires TLS with client certificates: the right files connect, missing ones fail fast
-//! with a message naming the endpoint.
+//! with a message naming the endpoint; with authentication on, the certificate's CN is the
+//! etcd user.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +32,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+/// A CA, a server certificate for 127.0.0.1 and two client certificates (CN weft-client and
+/// weft-stranger), all signed by the CA.
 fn make_certs(dir: &Path) {
     openssl(
         dir,
@@ -56,7 +58,7 @@ fn make_certs(dir: &Path) {
         "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
-    for name in ["server", "client"] {
+    for name in ["server", "client", "stranger"] {
         openssl(
             dir,
             &[
@@ -254,4 +256,105 @@ fn weftctl_speaks_tls_with_client_certificates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// etcdctl over TLS with the client certificate, as the operator who sets up the roles.
+fn etcdctl_tls(url: &str, dir: &Path, args: &[&str]) {
+    let out = Command::new("/usr/bin/etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            url,
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client-key.pem",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_client_certificates_cn_is_the_etcd_user() {
+    let (_etcd, url, dir) = start_tls_etcd();
+    // The README's commands, with the user named like the certificate's CN and no password
+    // ever used by weft.
+    for args in [
+        &["user", "add", "root:root-secret"][..],
+        &["role", "add", "weft"],
+        &[
+            "role",
+            "grant-permission",
+            "weft",
+            "readwrite",
+            "--prefix=true",
+            "/coreos.com/network/",
+        ],
+        &["user", "add", "weft-client:unused-password"],
+        &["user", "grant-role", "weft-client", "weft"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_tls(&url, &dir, args);
+    }
+    let f = |n: &str| dir.join(n).display().to_string();
+    let config = dir.join("net.json");
+    std::fs::write(
+        &config,
+        r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let as_cert = |name: &str, extra: &[&str]| {
+        let mut a = vec![
+            "--etcd-endpoints".to_string(),
+            url.clone(),
+            "--etcd-cafile".into(),
+            f("ca.pem"),
+            "--etcd-certfile".into(),
+            f(&format!("{name}.pem")),
+            "--etcd-keyfile".into(),
+            f(&format!("{name}-key.pem")),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .env_clear()
+            .args(&a)
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (out, _) = as_cert("client", &["config", "set", &config.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "config set as weft-client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, _) = as_cert("client", &["config", "get"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("198.19.0.0/16"));
+
+    // A certificate the CA signed, but for a user etcd does not know.
+    let (out, took) = as_cert("stranger", &["leases"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    for needle in [
+        "user \"weft-stranger\"",
+        "/coreos.com/network/config",
+        url.as_str(),
+    ] {
+        assert!(
+            err.contains(needle),
+            "the message should name {needle}: {err}"
+        );
+    }
+    eprintln!("refused in {} ms: {}", took.as_millis(), err.trim_end());
 }

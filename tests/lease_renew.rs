@@ -135,3 +135,38 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
         "the old etcd lease is released"
     );
 }
+
+/// An operator's revoke decided on what they saw; a host that rewrote its lease in between
+/// keeps it (nothing is deleted), and a lease already gone is reported as gone.
+#[tokio::test]
+async fn a_revoke_never_clobbers_a_lease_rewritten_since_it_was_read() {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store.put_config(CFG).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let hour = Duration::from_secs(3600);
+    let a = store
+        .acquire_lease(&cfg, &host(1), None, hour)
+        .await
+        .unwrap();
+    let seen = store.get_lease(a.subnet).await.unwrap().unwrap();
+    let key = format!("{PREFIX}{}", a.key_name());
+
+    // The host re-advertises (a new VTEP MAC) after the operator looked.
+    let attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:09:0a");
+    store.update_lease_attrs(&a, &attrs).await.unwrap();
+    let err = store.revoke_seen_lease(&seen).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseChanged { .. }), "{err}");
+    assert!(err.to_string().contains(&key), "{err}");
+    assert_eq!(
+        etcd.get(&key).unwrap(),
+        attrs.to_json(),
+        "the new value stays"
+    );
+
+    // What is current can be revoked; after that it is gone.
+    let current = store.get_lease(a.subnet).await.unwrap().unwrap();
+    assert!(store.revoke_seen_lease(&current).await.unwrap());
+    assert_eq!(etcd.get(&key), None);
+    assert!(!store.revoke_seen_lease(&current).await.unwrap());
+}

@@ -300,6 +300,48 @@ async fn revoke_and_reservations() {
     assert!(e.contains("no reservation"), "{e}");
 }
 
+/// Two keys on one etcd lease (as a host's lease and its status record are): revoking the
+/// subnet deletes exactly its key; the other key and the etcd lease stay until nothing is left.
+#[tokio::test]
+async fn revoke_deletes_only_that_subnet_not_the_etcd_lease_it_shares() {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store.put_config(CFG).await.unwrap();
+    let granted = etcd.etcdctl_ok(&["lease", "grant", "3600"]);
+    // "lease 694d77aa9e0c3d0a granted with TTL(3600s)"
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no lease id in {granted:?}"));
+    let value = host(1).to_json();
+    let one = "/coreos.com/network/subnets/198.19.1.0-24";
+    let two = "/coreos.com/network/subnets/198.19.2.0-24";
+    for key in [one, two] {
+        etcd.etcdctl_ok(&["put", &format!("--lease={id}"), key, &value]);
+    }
+    let shared = etcd.key_lease(one).unwrap();
+    assert_ne!(shared, 0);
+    assert_eq!(etcd.key_lease(two), Some(shared));
+
+    let out = ok(&etcd, &["leases", "revoke", "198.19.1.0/24"]);
+    assert!(out.contains("198.19.1.0/24"), "{out}");
+    assert_eq!(etcd.get(one), None, "the revoked key is gone");
+    assert_eq!(
+        etcd.get(two).as_deref(),
+        Some(value.as_str()),
+        "the other key stays"
+    );
+    assert_eq!(etcd.key_lease(two), Some(shared), "still on its etcd lease");
+    let listed = ok(&etcd, &["leases", "list"]);
+    assert!(listed.contains("198.19.2.0/24"), "{listed}");
+    assert!(!listed.contains("198.19.1.0/24"), "{listed}");
+
+    // The last key goes, and with it the etcd lease, which would only linger.
+    ok(&etcd, &["leases", "revoke", "198.19.2.0-24"]);
+    assert_eq!(etcd.get(two), None);
+    assert_eq!(etcd.lease_count().await, 0);
+}
+
 #[tokio::test]
 async fn watch_prints_one_line_per_event() {
     let etcd = Etcd::new();

@@ -195,19 +195,19 @@ impl Store {
         ifname: &str,
     ) -> Result<Option<Ipv4Addr>> {
         let taken: HashSet<IpAddr> = self.reservations()?.into_iter().map(|r| r.ip).collect();
-        let candidates = usable(subnet, gateway);
-        if candidates.is_empty() {
+        let Some((first, last)) = pool(subnet) else {
             return Ok(None);
-        }
-        let start = match self.last_reserved() {
-            Some(IpAddr::V4(last)) if subnet.contains(&last) => {
-                candidates.iter().position(|&c| c > last).unwrap_or(0)
-            }
-            _ => 0,
         };
-        for i in 0..candidates.len() {
-            let ip = candidates[(start + i) % candidates.len()];
-            if taken.contains(&IpAddr::V4(ip)) {
+        // Start after the last reserved address, wrapping around.
+        let start = match self.last_reserved() {
+            Some(IpAddr::V4(prev)) if subnet.trunc().contains(&prev) && u32::from(prev) < last => {
+                (u32::from(prev) + 1).max(first)
+            }
+            _ => first,
+        };
+        for a in (start..=last).chain(first..start) {
+            let ip = Ipv4Addr::from(a);
+            if ip == gateway || taken.contains(&IpAddr::V4(ip)) {
                 continue;
             }
             if self.reserve(IpAddr::V4(ip), container_id, ifname)? {
@@ -220,26 +220,29 @@ impl Store {
     /// How many addresses of `subnet` are free.
     pub fn free_count(&self, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<usize> {
         let taken: HashSet<IpAddr> = self.reservations()?.into_iter().map(|r| r.ip).collect();
-        Ok(usable(subnet, gateway)
-            .into_iter()
-            .filter(|ip| !taken.contains(&IpAddr::V4(*ip)))
-            .count())
+        let Some((first, last)) = pool(subnet) else {
+            return Ok(0);
+        };
+        let in_range = |ip: Ipv4Addr| (first..=last).contains(&u32::from(ip));
+        let in_pool = |ip: Ipv4Addr| in_range(ip) && ip != gateway;
+        let size = u64::from(last - first) + 1 - u64::from(in_range(gateway));
+        let held = taken
+            .iter()
+            .filter(|ip| matches!(ip, IpAddr::V4(v4) if in_pool(*v4)))
+            .count() as u64;
+        Ok(usize::try_from(size - held).unwrap_or(usize::MAX))
     }
 }
 
-/// The addresses a container may get, in order. Subnets are at most a /16 in practice
-/// (flannel's SubnetLen), so the list stays small.
-fn usable(subnet: Ipv4Net, gateway: Ipv4Addr) -> Vec<Ipv4Addr> {
+/// The range of addresses a container may get (without the gateway, which the callers skip):
+/// everything but the network and broadcast address. Counted, never listed, so a subnet.env
+/// naming a huge subnet cannot make the plugin allocate gigabytes.
+fn pool(subnet: Ipv4Net) -> Option<(u32, u32)> {
     let net = subnet.trunc();
     if net.prefix_len() >= 31 {
-        return Vec::new();
+        return None;
     }
-    let first = u32::from(net.network()) + 1;
-    let last = u32::from(net.broadcast()) - 1;
-    (first..=last)
-        .map(Ipv4Addr::from)
-        .filter(|ip| *ip != gateway)
-        .collect()
+    Some((u32::from(net.network()) + 1, u32::from(net.broadcast()) - 1))
 }
 
 /// Whether `ip` may be handed to a container in `subnet`.
@@ -324,6 +327,106 @@ mod tests {
         assert!(assignable(net(), gw(), "198.19.7.2".parse().unwrap()));
         for bad in ["198.19.7.0", "198.19.7.1", "198.19.7.7", "198.19.8.2"] {
             assert!(!assignable(net(), gw(), bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_huge_subnet_is_counted_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::lock(dir.path()).unwrap();
+        let huge: Ipv4Net = "10.0.0.0/1".parse().unwrap();
+        let gw = Ipv4Addr::new(10, 0, 0, 1);
+        assert_eq!(store.free_count(huge, gw).unwrap(), (1usize << 31) - 3);
+        assert_eq!(
+            store.allocate(huge, gw, "c", "eth0").unwrap(),
+            Some(Ipv4Addr::new(0, 0, 0, 1))
+        );
+        assert_eq!(store.free_count(huge, gw).unwrap(), (1usize << 31) - 4);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// host-local's order, spelled out with the whole list, as the reference.
+        fn reference(
+            subnet: Ipv4Net,
+            gateway: Ipv4Addr,
+            taken: &HashSet<IpAddr>,
+            last: Option<IpAddr>,
+        ) -> (Option<Ipv4Addr>, usize) {
+            let net = subnet.trunc();
+            let all: Vec<Ipv4Addr> = if net.prefix_len() >= 31 {
+                Vec::new()
+            } else {
+                (u32::from(net.network()) + 1..u32::from(net.broadcast()))
+                    .map(Ipv4Addr::from)
+                    .filter(|ip| *ip != gateway)
+                    .collect()
+            };
+            let free: Vec<Ipv4Addr> = all
+                .iter()
+                .copied()
+                .filter(|ip| !taken.contains(&IpAddr::V4(*ip)))
+                .collect();
+            let start = match last {
+                Some(IpAddr::V4(l)) if net.contains(&l) => {
+                    all.iter().position(|&c| c > l).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            let next = (0..all.len())
+                .map(|i| all[(start + i) % all.len()])
+                .find(|ip| !taken.contains(&IpAddr::V4(*ip)));
+            (next, free.len())
+        }
+
+        proptest! {
+            /// Whatever host-local (or anyone) left in the directory, the plugin reads it
+            /// without panicking and allocates in host-local's order.
+            #[test]
+            fn allocation_follows_host_local_whatever_the_files_say(
+                base in any::<u32>(),
+                len in 22u8..=32,
+                gw_offset in any::<u32>(),
+                files in prop::collection::vec((any::<u32>(), any::<Vec<u8>>()), 0..6),
+                last in proptest::option::of(any::<u32>()),
+                last_junk in proptest::option::of(any::<Vec<u8>>()),
+            ) {
+                let subnet = Ipv4Net::new(Ipv4Addr::from(base), len).unwrap().trunc();
+                let size = 1u64 << (32 - u32::from(len));
+                let gateway = Ipv4Addr::from(
+                    u32::from(subnet.network()).wrapping_add((u64::from(gw_offset) % size) as u32),
+                );
+                let dir = tempfile::tempdir().unwrap();
+                for (offset, content) in &files {
+                    let ip = Ipv4Addr::from(
+                        u32::from(subnet.network()).wrapping_add((u64::from(*offset) % size) as u32),
+                    );
+                    std::fs::write(dir.path().join(ip.to_string()), content).unwrap();
+                }
+                match (last, &last_junk) {
+                    (Some(l), _) => {
+                        let l = Ipv4Addr::from(
+                            u32::from(subnet.network()).wrapping_add((u64::from(l) % (size + 4)) as u32),
+                        );
+                        std::fs::write(dir.path().join(LAST_RESERVED), l.to_string()).unwrap();
+                    }
+                    (None, Some(junk)) => {
+                        std::fs::write(dir.path().join(LAST_RESERVED), junk).unwrap();
+                    }
+                    (None, None) => {}
+                }
+                let store = Store::lock(dir.path()).unwrap();
+                let Ok(held) = store.reservations() else {
+                    // A file that is not UTF-8 is reported as an error, not a panic.
+                    return Ok(());
+                };
+                let taken: HashSet<IpAddr> = held.iter().map(|r| r.ip).collect();
+                let (want, free) = reference(subnet, gateway, &taken, store.last_reserved());
+                prop_assert_eq!(store.free_count(subnet, gateway).unwrap(), free);
+                prop_assert_eq!(store.allocate(subnet, gateway, "c", "eth0").unwrap(), want);
+            }
         }
     }
 }

@@ -8,6 +8,8 @@ mod env;
 mod error;
 mod ipam;
 mod link;
+#[cfg(test)]
+mod props;
 mod result;
 mod state;
 mod version;

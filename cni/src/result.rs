@@ -114,7 +114,14 @@ impl CniResult {
                     .map_err(|e| bad(format!("interfaces[{i}]: {e}")))?
                     .unwrap_or_default(),
                 mac: string(o, "mac").map_err(|e| bad(format!("interfaces[{i}]: {e}")))?,
-                mtu: o.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
+                // A number too big for an MTU is refused, not cut down to a wrong one.
+                mtu: match o.get("mtu").and_then(Value::as_u64) {
+                    None => None,
+                    Some(m) => Some(
+                        u32::try_from(m)
+                            .map_err(|_| bad(format!("interfaces[{i}].mtu {m} is not an MTU")))?,
+                    ),
+                },
                 sandbox: string(o, "sandbox")
                     .map_err(|e| bad(format!("interfaces[{i}]: {e}")))?
                     .filter(|s| !s.is_empty()),
@@ -291,6 +298,8 @@ mod tests {
             }
             assert_eq!(back, r, "{v:?}");
         }
+        let err = CniResult::parse(&json!({"interfaces": [{"mtu": 4294968746u64}]})).unwrap_err();
+        assert!(err.msg.contains("4294968746"), "{err}");
         let err = CniResult::parse(&json!({"ips": [{"address": "nope"}]})).unwrap_err();
         assert_eq!(err.code, 7);
         assert!(err.msg.contains("\"nope\""), "{err}");

@@ -1,7 +1,7 @@
 //! weftctl: look into and manage the network config and the subnet leases in etcd.
 //! Tables for people, `-o json` for scripts; etcd flags and environment are weftd's.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -11,12 +11,13 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use weft::check::Finding;
 use weft::config::NetworkConfig;
+use weft::docker::{self, DockerOptsFormat};
 use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
 use weft::netlink::Netlink;
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
-use weft::subnet::parse_subnet;
-use weft::subnet_env::SubnetEnv;
+use weft::subnet::{parse_lease_target, parse_subnet, LeaseTarget};
+use weft::subnet_env::{write_atomically, SubnetEnv};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +57,9 @@ enum Command {
     /// Compare this host's kernel (device, routes, neighbours, FDB) and subnet.env with the
     /// leases; print what is wrong and exit 1, or print nothing and exit 0.
     Check(CheckArgs),
+    /// Print dockerd's settings for this host's subnet from subnet.env (--bip, --ip-masq,
+    /// --mtu), as flannel's mk-docker-opts.sh does, with its flags; needs no etcd.
+    DockerOpts(DockerOptsArgs),
     /// Print a completion script for SHELL, e.g.
     /// `weftctl completions bash > /etc/bash_completion.d/weftctl`; needs no etcd.
     Completions {
@@ -82,6 +86,35 @@ struct CheckArgs {
     vxlan_device: Option<String>,
 }
 
+/// flannel's mk-docker-opts.sh flags, under the same letters.
+#[derive(clap::Args, Debug)]
+struct DockerOptsArgs {
+    /// The subnet file weftd writes.
+    #[arg(
+        short = 'f',
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: std::path::PathBuf,
+    /// Write the variables to this file (atomically) instead of printing them, e.g.
+    /// /run/docker_opts.env.
+    #[arg(short = 'd', long)]
+    dest: Option<std::path::PathBuf>,
+    /// One variable per option: DOCKER_OPT_BIP, DOCKER_OPT_IPMASQ, DOCKER_OPT_MTU.
+    #[arg(short = 'i', long)]
+    individual: bool,
+    /// All options in one variable (see --key). Without -i or -c, both are written.
+    #[arg(short = 'c', long)]
+    combined: bool,
+    /// Name of the combined variable.
+    #[arg(short = 'k', long, default_value = "DOCKER_OPTS")]
+    key: String,
+    /// Leave --ip-masq out (for dockerd versions without it).
+    #[arg(short = 'm', long)]
+    without_ip_masq: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
     /// Print the config as stored (`-o json`: with every default filled in).
@@ -101,7 +134,8 @@ enum LeasesCmd {
     Show { target: String },
     /// Print one line per lease change as it happens.
     Watch,
-    /// Revoke a lease (its host will acquire a new one).
+    /// Revoke a lease: delete exactly that subnet's key, unless it changed since it was read
+    /// (its host will acquire a new lease). Other keys on the same etcd lease stay.
     Revoke { subnet: String },
 }
 
@@ -117,12 +151,25 @@ enum ReservationsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Completions { shell } = cli.command {
-        let mut out = std::io::stdout();
-        clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+            return ExitCode::SUCCESS;
+        }
+        Command::DockerOpts(args) => {
+            return match docker_opts(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weftctl: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -146,6 +193,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn docker_opts(args: &DockerOptsArgs) -> Result<()> {
+    let env = SubnetEnv::read(&args.subnet_file)?;
+    let format = DockerOptsFormat {
+        individual: args.individual,
+        combined: args.combined,
+        key: args.key.clone(),
+        without_ip_masq: args.without_ip_masq,
+    };
+    let text = docker::render(&env, &args.subnet_file.to_string_lossy(), &format)?;
+    match &args.dest {
+        Some(dest) => write_atomically(dest, &text)?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -186,7 +249,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Check(args) => check(&store, out, args).await,
         // Printed by main before any etcd connection.
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::DockerOpts(_) => Ok(()),
     }
 }
 
@@ -223,6 +286,9 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
         &list.leases,
         env.as_ref(),
     )?;
+    if let Some(f) = weft::check::docker_bridge(&mut nl, env.as_ref())? {
+        report.findings.push(f);
+    }
     for s in &list.skipped {
         report.notes.push(Finding(format!(
             "key {} is not a usable lease: {}",
@@ -406,18 +472,15 @@ fn print_table(leases: &[&Lease]) {
 }
 
 async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()> {
-    let lease = if target.contains('/') || target.contains('-') {
-        let sn = parse_subnet(target)?;
-        store.get_lease(sn).await?
-    } else {
-        let ip: Ipv4Addr = target
-            .parse()
-            .map_err(|_| anyhow!("{target:?} is neither a subnet nor an IPv4 address"))?;
-        let cfg = config_for_listing(store).await?;
-        let list = store.list_leases(cfg.as_ref()).await?;
-        let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
-        let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
-        by_subnet.or(by_public).cloned()
+    let lease = match parse_lease_target(target)? {
+        LeaseTarget::Subnet(sn) => store.get_lease(sn).await?,
+        LeaseTarget::Address(ip) => {
+            let cfg = config_for_listing(store).await?;
+            let list = store.list_leases(cfg.as_ref()).await?;
+            let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
+            let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
+            by_subnet.or(by_public).cloned()
+        }
     };
     let l = lease.ok_or_else(|| anyhow!("no lease for {target}"))?;
     match out {

@@ -1,6 +1,7 @@
 //! weftd: the weft host agent. Flags mirror flanneld's where flannel has the same knob; each
 //! can also be set as WEFTD_<FLAG> (e.g. WEFTD_IFACE, WEFTD_IP_MASQ).
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,6 +86,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Whether stderr is the journal stream systemd connected (JOURNAL_STREAM names its device and
+/// inode; a child that inherited the variable but writes elsewhere does not match).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
 fn main() -> std::process::ExitCode {
     // One malloc arena per thread would let each of weftd's threads keep its own high-water
     // mark of freed memory; two arenas keep the resident size close to what is in use.
@@ -96,11 +110,16 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: a log file or journald would keep the escapes as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if args.log_format == "json" {
         builder.json().init();
+    } else if stderr_is_journal() {
+        // journald stamps every line itself.
+        builder.without_time().init();
     } else {
         builder.init();
     }

@@ -11,6 +11,8 @@ mod build;
 mod error;
 mod monitor;
 mod netns;
+#[cfg(test)]
+mod props;
 mod socket;
 mod types;
 

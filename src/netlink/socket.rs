@@ -535,7 +535,7 @@ pub(crate) fn parse_error(flags: u16, payload: &[u8]) -> (i32, Option<String>) {
     (code, payload.get(4 + echoed..).and_then(ext_msg))
 }
 
-fn parse_done(flags: u16, payload: &[u8]) -> (i32, Option<String>) {
+pub(crate) fn parse_done(flags: u16, payload: &[u8]) -> (i32, Option<String>) {
     let Some(code) = payload.get(0..4) else {
         return (0, None);
     };

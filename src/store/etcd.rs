@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseTimeToLiveOptions,
+    PutOptions, Txn, TxnOp,
 };
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
@@ -51,7 +52,47 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// Who etcd sees us as, for messages: `user "weft"`, or the client certificate's CN.
+    user: String,
     op_timeout: Duration,
+}
+
+fn classify(
+    endpoints: &str,
+    user: &str,
+    prefix: &str,
+    op: String,
+    source: etcd_client::Error,
+) -> StoreError {
+    use tonic::Code;
+    if let etcd_client::Error::GRpcStatus(s) = &source {
+        match s.code() {
+            Code::PermissionDenied => {
+                return StoreError::PermissionDenied {
+                    endpoints: endpoints.to_string(),
+                    user: user.to_string(),
+                    op,
+                    prefix: prefix.to_string(),
+                }
+            }
+            // Wrong name or password (etcd answers InvalidArgument to Authenticate), a token
+            // etcd no longer knows, or auth required and no user given.
+            Code::Unauthenticated => {
+                return StoreError::AuthFailed {
+                    endpoints: endpoints.to_string(),
+                    user: user.to_string(),
+                    op,
+                    why: s.message().to_string(),
+                }
+            }
+            _ => {}
+        }
+    }
+    StoreError::Etcd {
+        endpoints: endpoints.to_string(),
+        op,
+        source,
+    }
 }
 
 pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
@@ -132,7 +173,65 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<etcd_client::TlsOptions>, St
     Ok(Some(tls))
 }
 
+/// The password from --etcd-password (or WEFTD_ETCD_PASSWORD) or --etcd-password-file; the
+/// file's first line, without its line end. Errors name the file, never its content.
+fn password(opts: &EtcdOptions) -> Result<Option<String>, StoreError> {
+    match (&opts.password, &opts.password_file) {
+        (Some(_), Some(file)) => Err(StoreError::Options(format!(
+            "--etcd-password (or WEFTD_ETCD_PASSWORD) and --etcd-password-file {} are both set: give one",
+            file.display()
+        ))),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, None) => Ok(None),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                StoreError::Options(format!("--etcd-password-file {}: {e}", file.display()))
+            })?;
+            let first = text.lines().next().unwrap_or_default();
+            if first.is_empty() {
+                return Err(StoreError::Options(format!(
+                    "--etcd-password-file {}: the first line is empty",
+                    file.display()
+                )));
+            }
+            Ok(Some(first.to_string()))
+        }
+    }
+}
+
+/// The subject CN of the first certificate in a PEM file, which etcd with --client-cert-auth
+/// takes as the user name.
+fn certificate_cn(pem: &[u8]) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// Who etcd will take us for, as messages name it.
+fn user_label(opts: &EtcdOptions) -> String {
+    if let Some(u) = &opts.username {
+        return format!("user {u:?}");
+    }
+    if let Some(cert) = &opts.certfile {
+        let cn = std::fs::read(cert)
+            .ok()
+            .and_then(|pem| certificate_cn(&pem));
+        return match cn {
+            Some(cn) => format!("user {cn:?} (CN of {})", cert.display()),
+            None => format!("the user named by {}", cert.display()),
+        };
+    }
+    "an anonymous client (no --etcd-username, no client certificate)".into()
+}
+
 impl EtcdStore {
+    /// Turns an etcd failure into an error naming the endpoints, the user and `op` (which
+    /// names the key). Refusals are told apart by their gRPC status code alone.
+    pub(super) fn etcd_error(&self, op: String, source: etcd_client::Error) -> StoreError {
+        classify(&self.endpoints, &self.user, &self.prefix, op, source)
+    }
+
     /// Connects and checks that etcd answers, within a few seconds.
     pub async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
         let endpoints = opts.endpoints.join(",");
@@ -147,19 +246,53 @@ impl EtcdStore {
         if let Some(tls) = tls_options(opts)? {
             copts = copts.with_tls(tls);
         }
-        match (&opts.username, &opts.password) {
+        let password = password(opts)?;
+        match (&opts.username, password) {
             (Some(u), Some(p)) => copts = copts.with_user(u, p),
             (Some(u), None) => copts = copts.with_user(u, ""),
             (None, Some(_)) => {
                 return Err(StoreError::Options(
-                    "--etcd-password is set but --etcd-username is not".into(),
+                    "an etcd password is set but --etcd-username is not".into(),
                 ))
             }
             (None, None) => {}
         }
+        // etcd's tokens expire (simple tokens after 5 minutes idle); weftd runs for months.
+        copts = copts.with_auto_token_refresh(true);
+        let prefix = opts.prefix.trim_end_matches('/').to_string();
+        let user = user_label(opts);
+        let config_key = format!("{prefix}/config");
         let unreachable = |why: String| StoreError::Unreachable {
             endpoints: endpoints.clone(),
             why,
+        };
+        // Connecting logs in when a user is given: etcd answers a wrong name or password with
+        // InvalidArgument, and a server without auth with FailedPrecondition. Without a user,
+        // the first read is refused with InvalidArgument when etcd wants one.
+        let login_failed = |op: String, e: etcd_client::Error| {
+            use tonic::Code;
+            match &e {
+                etcd_client::Error::GRpcStatus(s)
+                    if matches!(
+                        s.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated
+                    ) =>
+                {
+                    StoreError::AuthFailed {
+                        endpoints: endpoints.clone(),
+                        user: user.clone(),
+                        op,
+                        why: s.message().to_string(),
+                    }
+                }
+                _ => match classify(&endpoints, &user, &prefix, op, e) {
+                    e @ (StoreError::AuthFailed { .. } | StoreError::PermissionDenied { .. }) => e,
+                    other => unreachable(match other {
+                        StoreError::Etcd { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    }),
+                },
+            }
         };
         let client = match tokio::time::timeout(
             OP_TIMEOUT,
@@ -173,21 +306,24 @@ impl EtcdStore {
                     OP_TIMEOUT.as_secs()
                 )))
             }
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(c)) => c,
         };
         let store = EtcdStore {
             client,
-            prefix: opts.prefix.trim_end_matches('/').to_string(),
+            prefix: prefix.clone(),
             endpoints: endpoints.clone(),
+            user: user.clone(),
             op_timeout: OP_TIMEOUT,
         };
-        // The channel connects lazily; one cheap read proves etcd is there.
+        // The channel connects lazily; one cheap read proves etcd is there and lets us in.
         let mut c = store.client.clone();
-        let key = store.config_key();
         match tokio::time::timeout(
             OP_TIMEOUT,
-            c.get(key, Some(GetOptions::new().with_count_only())),
+            c.get(
+                config_key.clone(),
+                Some(GetOptions::new().with_count_only()),
+            ),
         )
         .await
         {
@@ -195,7 +331,7 @@ impl EtcdStore {
                 "no answer within {}s",
                 OP_TIMEOUT.as_secs()
             ))),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Err(e)) => Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(_)) => Ok(store),
         }
     }
@@ -235,13 +371,11 @@ impl EtcdStore {
                 Some(GetOptions::new().with_prefix().with_count_only()),
             ),
         );
-        match read.await {
-            Ok(_) => false,
-            Err(e) => matches!(
-                status_code(&e),
-                Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
-            ),
-        }
+        // The store's errors tell refusals apart by their gRPC status code.
+        matches!(
+            read.await,
+            Err(StoreError::PermissionDenied { .. } | StoreError::AuthFailed { .. })
+        )
     }
 
     pub(super) fn client(&self) -> Client {
@@ -260,11 +394,7 @@ impl EtcdStore {
                 op: op.into(),
                 secs: self.op_timeout.as_secs(),
             }),
-            Ok(Err(source)) => Err(StoreError::Etcd {
-                endpoints: self.endpoints.clone(),
-                op: op.into(),
-                source,
-            }),
+            Ok(Err(source)) => Err(self.etcd_error(op.into(), source)),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -429,11 +559,9 @@ impl EtcdStore {
                     out.insert(id, r.ttl());
                 }
                 Ok(Err(source)) => {
-                    return Err(StoreError::Etcd {
-                        endpoints: self.endpoints.clone(),
-                        op: format!("time-to-live of etcd lease {id:x}"),
-                        source,
-                    })
+                    return Err(
+                        self.etcd_error(format!("time-to-live of etcd lease {id:x}"), source)
+                    )
                 }
                 Err(_) => {
                     return Err(StoreError::Timeout {
@@ -875,35 +1003,95 @@ impl EtcdStore {
 
     // ---- operator actions ----
 
-    /// Revokes a subnet's lease and its etcd lease. `Ok(false)` when there is none;
-    /// reservations are refused (they are removed with `remove_reservation`).
+    /// Revokes a subnet's lease: deletes exactly its key, and only if it has not changed since
+    /// it was read, so a host that re-acquired the subnet meanwhile keeps it. Other keys on the
+    /// same etcd lease stay; the etcd lease itself is revoked only once nothing hangs on it.
+    /// `Ok(false)` when there is no lease; reservations are refused (they are removed with
+    /// `remove_reservation`).
     pub async fn revoke_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
         let Some(e) = self.find_entry(subnet).await? else {
             return Ok(false);
         };
-        let id = e.kv.lease();
-        if id == 0 {
-            let public_ip = e
-                .lease
-                .as_ref()
-                .map(|l| l.attrs.public_ip.to_string())
-                .unwrap_or_else(|_| "?".into());
+        let public_ip = e
+            .lease
+            .as_ref()
+            .map(|l| l.attrs.public_ip.to_string())
+            .unwrap_or_else(|_| "?".into());
+        if e.kv.lease() == 0 {
             return Err(StoreError::IsReservation {
                 subnet: subnet.to_string(),
                 public_ip,
             });
         }
-        let mut c = self.client();
-        // Revoking deletes every key on the etcd lease; the delete below covers a lease that
-        // vanished in between.
-        let _ = self
-            .timed(format!("revoke etcd lease {id:x}"), c.lease_revoke(id))
-            .await;
+        self.delete_unchanged(
+            subnet,
+            &e.key,
+            e.kv.mod_revision(),
+            e.kv.lease(),
+            &public_ip,
+        )
+        .await
+    }
+
+    /// Revokes `lease` exactly as the caller saw it (its `mod_revision`): `LeaseChanged` and
+    /// nothing deleted when the key was rewritten since, `Ok(false)` when it is gone.
+    pub async fn revoke_seen_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let public_ip = lease.attrs.public_ip.to_string();
+        let Some(id) = lease.etcd_lease_id else {
+            return Err(StoreError::IsReservation {
+                subnet: lease.subnet.to_string(),
+                public_ip,
+            });
+        };
+        let key = self.lease_key(lease);
+        self.delete_unchanged(lease.subnet, &key, lease.mod_revision, id, &public_ip)
+            .await
+    }
+
+    async fn delete_unchanged(
+        &self,
+        subnet: Ipv4Net,
+        key: &str,
+        mod_revision: i64,
+        id: i64,
+        public_ip: &str,
+    ) -> Result<bool, StoreError> {
         let txn = Txn::new()
-            .when(vec![Compare::lease(e.key.as_str(), CompareOp::Equal, id)])
-            .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
-        self.timed(format!("delete {}", e.key), c.txn(txn)).await?;
-        info!(%subnet, "lease revoked");
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![TxnOp::delete(key, None)])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let mut c = self.client();
+        let resp = self.timed(format!("delete {key}"), c.txn(txn)).await?;
+        if !resp.succeeded() {
+            let still_there = resp
+                .op_responses()
+                .iter()
+                .any(|r| matches!(r, etcd_client::TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+            if !still_there {
+                return Ok(false);
+            }
+            return Err(StoreError::LeaseChanged {
+                subnet: subnet.to_string(),
+                key: key.to_string(),
+            });
+        }
+        info!(%subnet, %public_ip, "lease revoked");
+        // An etcd lease with no key left would only linger until its TTL runs out.
+        let keys = self
+            .timed(
+                format!("keys of etcd lease {id:x}"),
+                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
+            )
+            .await;
+        match keys {
+            Ok(r) if r.ttl() > 0 && r.keys().is_empty() => self.revoke_quietly(id).await,
+            Ok(_) => {}
+            Err(e) => debug!("{e}"),
+        }
         Ok(true)
     }
 

@@ -15,7 +15,7 @@ use crate::lease::LeaseError;
 
 /// How to reach etcd. weftd and weftctl both flatten this, so one environment file
 /// (`WEFTD_ETCD_*`) serves both.
-#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+#[derive(clap::Args, Clone, PartialEq, Eq)]
 pub struct EtcdOptions {
     /// etcd endpoints, comma-separated.
     #[arg(
@@ -35,7 +35,8 @@ pub struct EtcdOptions {
     /// CA certificate to verify etcd's server certificate.
     #[arg(long = "etcd-cafile", env = "WEFTD_ETCD_CAFILE")]
     pub cafile: Option<PathBuf>,
-    /// Client certificate for etcd.
+    /// Client certificate for etcd. With etcd's --client-cert-auth and no --etcd-username,
+    /// etcd takes the certificate's CN as the user.
     #[arg(long = "etcd-certfile", env = "WEFTD_ETCD_CERTFILE")]
     pub certfile: Option<PathBuf>,
     /// Key of the client certificate.
@@ -44,13 +45,34 @@ pub struct EtcdOptions {
     /// User name for etcd authentication.
     #[arg(long = "etcd-username", env = "WEFTD_ETCD_USERNAME")]
     pub username: Option<String>,
-    /// Password for etcd authentication.
+    /// Password for etcd authentication. A password given as this flag is visible to every
+    /// local user in the process list (ps, /proc/PID/cmdline): use --etcd-password-file or
+    /// the environment variable instead.
     #[arg(
         long = "etcd-password",
         env = "WEFTD_ETCD_PASSWORD",
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// File whose first line is the password for etcd authentication (keep it mode 0600).
+    #[arg(long = "etcd-password-file", env = "WEFTD_ETCD_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The password never reaches a log line or a panic message through `{:?}`.
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 impl EtcdOptions {
@@ -64,6 +86,7 @@ impl EtcdOptions {
             keyfile: None,
             username: None,
             password: None,
+            password_file: None,
         }
     }
 }
@@ -130,6 +153,23 @@ pub enum StoreError {
     NotAReservation { subnet: String, public_ip: String },
     #[error("{subnet} is a reservation for {public_ip}; remove it with `reservations remove`")]
     IsReservation { subnet: String, public_ip: String },
+    #[error("lease {subnet} ({key}) changed while revoking it (renewed with new attributes or taken by another host); nothing was deleted, look again")]
+    LeaseChanged { subnet: String, key: String },
+    #[error("etcd at {endpoints}: {user} cannot log in (to {op}): {why}")]
+    AuthFailed {
+        endpoints: String,
+        /// Who weft tried to be, e.g. `user "weft"`.
+        user: String,
+        op: String,
+        why: String,
+    },
+    #[error("etcd at {endpoints}: {user} may not {op}: permission denied (the user's role needs readwrite on {prefix}/)")]
+    PermissionDenied {
+        endpoints: String,
+        user: String,
+        op: String,
+        prefix: String,
+    },
     #[error("etcd at {endpoints}: watch refused: {why}")]
     WatchRefused { endpoints: String, why: String },
 }

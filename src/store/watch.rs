@@ -155,11 +155,10 @@ impl LeaseWatcher {
                 }
                 Err(source) => {
                     self.stream = None;
-                    self.trouble(StoreError::Etcd {
-                        endpoints: self.store.endpoints().to_string(),
-                        op: format!("watch {}", self.store.subnets_prefix()),
-                        source,
-                    })
+                    self.trouble(
+                        self.store
+                            .etcd_error(format!("watch {}", self.store.subnets_prefix()), source),
+                    )
                     .await?;
                     continue;
                 }
@@ -510,11 +509,15 @@ impl LeaseWatcher {
 }
 
 fn is_refusal(e: &StoreError) -> bool {
-    matches!(e, StoreError::WatchRefused { .. })
-        || matches!(
-            status_code(e),
-            Some(Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated)
-        )
+    matches!(
+        e,
+        StoreError::WatchRefused { .. }
+            | StoreError::AuthFailed { .. }
+            | StoreError::PermissionDenied { .. }
+    ) || matches!(
+        status_code(e),
+        Some(Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated)
+    )
 }
 
 /// Whether a lease changed in a way its watchers care about.

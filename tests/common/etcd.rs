@@ -18,6 +18,9 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     netns: Option<String>,
+    /// `root:PASSWORD` once authentication is on; every etcdctl call then uses it.
+    root: Option<String>,
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -37,6 +40,11 @@ fn require(tool: &str) {
 impl Etcd {
     /// Starts etcd on free loopback ports and waits until it is healthy.
     pub fn new() -> Etcd {
+        Etcd::with_args(&[])
+    }
+
+    /// Like [`new`](Self::new), with extra etcd flags (kept for restarts).
+    pub fn with_args(args: &[&str]) -> Etcd {
         require(ETCD);
         require(ETCDCTL);
         let mut last = String::new();
@@ -51,6 +59,8 @@ impl Etcd {
                 client_port: free_port(),
                 peer_port: free_port(),
                 netns: None,
+                root: None,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
             if e.client_port == e.peer_port {
                 continue;
@@ -78,6 +88,8 @@ impl Etcd {
             client_port: 2379,
             peer_port: 2380,
             netns: Some(ns.to_string()),
+            root: None,
+            extra_args: Vec::new(),
         };
         if let Err(why) = e.spawn_and_wait() {
             panic!("etcd in netns {ns} at {ip} did not start: {why}");
@@ -139,6 +151,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-cluster=weft-test={}", self.peer_url()))
+            .args(&self.extra_args)
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .stdin(Stdio::null())
@@ -194,12 +207,16 @@ impl Etcd {
         }
     }
 
-    /// Runs etcdctl against this etcd (in its namespace, if any).
+    /// Runs etcdctl against this etcd (in its namespace, if any), as root once
+    /// authentication is on.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        self.command(ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.client_url()))
-            .args(args)
+        let mut c = self.command(ETCDCTL);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url()));
+        if let Some(root) = &self.root {
+            c.arg(format!("--user={root}"));
+        }
+        c.args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running {ETCDCTL}: {e}"))
@@ -215,6 +232,30 @@ impl Etcd {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Turns authentication on, as the README tells an operator to: a root user, then
+    /// `roles` (name, permission, key prefix) and `users` (name, password, role).
+    pub fn enable_auth(&mut self, roles: &[(&str, &str, &str)], users: &[(&str, &str, &str)]) {
+        let root_password = "root-secret";
+        self.etcdctl_ok(&["user", "add", &format!("root:{root_password}")]);
+        for (role, perm, prefix) in roles {
+            self.etcdctl_ok(&["role", "add", role]);
+            self.etcdctl_ok(&[
+                "role",
+                "grant-permission",
+                role,
+                perm,
+                "--prefix=true",
+                prefix,
+            ]);
+        }
+        for (user, password, role) in users {
+            self.etcdctl_ok(&["user", "add", &format!("{user}:{password}")]);
+            self.etcdctl_ok(&["user", "grant-role", user, role]);
+        }
+        self.etcdctl_ok(&["auth", "enable"]);
+        self.root = Some(format!("root:{root_password}"));
     }
 
     /// The store's current revision.

@@ -352,6 +352,24 @@ impl PingTotals {
     pub fn lost(&self) -> u64 {
         self.transmitted - self.received
     }
+
+    /// Fails the test unless at least `at_least` pings went out (so they covered the event)
+    /// and none was lost.
+    pub fn assert_no_loss(&self, what: &str, at_least: u64) {
+        assert!(
+            self.transmitted >= at_least,
+            "{what}: only {} pings sent; the pinger did not cover the event",
+            self.transmitted
+        );
+        assert_eq!(
+            self.lost(),
+            0,
+            "{what}: {} of {} pings lost: {:?}",
+            self.lost(),
+            self.transmitted,
+            self.lossy_runs
+        );
+    }
 }
 
 /// Pings every 10 ms (ping makes that ~17 ms here) in back-to-back runs of 100 packets, each run waiting
@@ -364,14 +382,22 @@ pub struct Pinger {
 
 impl Pinger {
     fn start(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Pinger {
+        let prefix = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+        Pinger::start_with(prefix, src, dst)
+    }
+
+    /// Pings with `prefix` before `ping`: the command that puts ping where `src` is (a
+    /// namespace, a container inside a machine).
+    pub fn start_with(prefix: Vec<String>, src: Ipv4Addr, dst: Ipv4Addr) -> Pinger {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let (ns, src, dst) = (ns.to_string(), src.to_string(), dst.to_string());
+        let (src, dst) = (src.to_string(), dst.to_string());
         let thread = std::thread::spawn(move || {
             let mut totals = PingTotals::default();
             while !flag.load(Ordering::SeqCst) {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &ns, "ping", "-q", "-n", "-i", "0.01"])
+                let out = Command::new(&prefix[0])
+                    .args(&prefix[1..])
+                    .args(["ping", "-q", "-n", "-i", "0.01"])
                     .args(["-c", "100", "-W", "1", "-I", &src, &dst])
                     .stdin(Stdio::null())
                     .output()

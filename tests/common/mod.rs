@@ -2,7 +2,9 @@
 //! each removed when its guard drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod etcd;
 pub mod lab;
+pub mod machines;
 pub mod netns;
 pub mod podman;

@@ -39,7 +39,7 @@ impl HostSubnet {
     pub fn read(path: &Path) -> Result<HostSubnet> {
         let env = match SubnetEnv::read(path) {
             Ok(env) => env,
-            Err(SubnetEnvError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            Err(SubnetEnvError::Io { error, .. }) if error.kind() == ErrorKind::NotFound => {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
                     format!(

@@ -1,0 +1,422 @@
+//! weftctl and weftd against an etcd with authentication on, set up with the README's
+//! etcdctl commands: a role that reads and writes only the network's prefix. The right user
+//! and password work (from a file or the environment); wrong credentials and a missing
+//! permission fail within 10 s naming the user, the key and the endpoint; the password shows
+//! up neither in the process list nor in the logs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::lab::{Lab, VXLAN_CONFIG};
+
+const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+const CONFIG_KEY: &str = "/coreos.com/network/config";
+const PASSWORD: &str = "pw-7f3a9c1e";
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// The README's role for weft, one read-only role, and a role for another prefix.
+fn auth_etcd(etcd: &mut Etcd) {
+    etcd.enable_auth(
+        &[
+            ("weft", "readwrite", "/coreos.com/network/"),
+            ("weft-ro", "read", "/coreos.com/network/"),
+            ("elsewhere", "readwrite", "/other/"),
+        ],
+        &[
+            ("weft", PASSWORD, "weft"),
+            ("reader", "reader-pw", "weft-ro"),
+            ("stranger", "stranger-pw", "elsewhere"),
+        ],
+    );
+}
+
+fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{password}\n")).unwrap();
+    p
+}
+
+/// Runs weftctl with a clean environment plus `env`, and how long it took.
+fn weftctl(etcd: &Etcd, env: &[(&str, &str)], args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = Command::new(WEFTCTL)
+        .env_clear()
+        .envs(env.iter().copied())
+        .arg("--etcd-endpoints")
+        .arg(etcd.client_url())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running weftctl");
+    (out, started.elapsed())
+}
+
+fn ok(etcd: &Etcd, env: &[(&str, &str)], args: &[&str]) -> String {
+    let (out, _) = weftctl(etcd, env, args);
+    assert!(
+        out.status.success(),
+        "weftctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that weftctl fails within 10 s naming every needle; returns the message.
+fn refused(etcd: &Etcd, env: &[(&str, &str)], args: &[&str], needles: &[&str]) -> String {
+    let (out, took) = weftctl(etcd, env, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "weftctl {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < LIMIT, "weftctl {args:?} took {took:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "the message should name {n}: {err}");
+    }
+    assert!(!err.contains(PASSWORD), "the password leaked: {err}");
+    eprintln!("refused in {} ms: {}", took.as_millis(), err.trim_end());
+    err
+}
+
+#[test]
+fn weftctl_works_with_user_and_password_from_a_file_or_the_environment() {
+    let mut etcd = Etcd::new();
+    auth_etcd(&mut etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), "pw", PASSWORD);
+    let file = file.to_str().unwrap();
+    let by_file = [
+        ("WEFTD_ETCD_USERNAME", "weft"),
+        ("WEFTD_ETCD_PASSWORD_FILE", file),
+    ];
+    let cfg = dir.path().join("net.json");
+    std::fs::write(&cfg, CFG).unwrap();
+    ok(&etcd, &by_file, &["config", "set", cfg.to_str().unwrap()]);
+    assert!(ok(&etcd, &by_file, &["config", "get"]).contains("198.19.0.0/16"));
+    ok(
+        &etcd,
+        &by_file,
+        &["reservations", "add", "198.19.7.0/24", "198.18.0.7"],
+    );
+    assert!(ok(&etcd, &by_file, &["leases"]).contains("198.19.7.0/24"));
+
+    let by_env = [
+        ("WEFTD_ETCD_USERNAME", "weft"),
+        ("WEFTD_ETCD_PASSWORD", PASSWORD),
+    ];
+    ok(&etcd, &by_env, &["reservations", "remove", "198.19.7.0/24"]);
+
+    // A host's lease on an etcd lease, revoked as the weft user.
+    let granted = etcd.etcdctl_ok(&["lease", "grant", "600"]);
+    let id = granted.split_whitespace().nth(1).unwrap().to_string();
+    let key = "/coreos.com/network/subnets/198.19.8.0-24";
+    etcd.etcdctl_ok(&[
+        "put",
+        &format!("--lease={id}"),
+        key,
+        r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan"}"#,
+    ]);
+    assert!(ok(&etcd, &by_env, &["leases", "revoke", "198.19.8.0/24"]).contains("revoked"));
+    assert_eq!(etcd.get(key), None);
+    let by_flag = [
+        "--etcd-username",
+        "weft",
+        "--etcd-password-file",
+        file,
+        "leases",
+    ];
+    assert!(!ok(&etcd, &[], &by_flag).contains("198.19.7.0/24"));
+
+    // Both a password and a password file: refused before connecting, naming the file.
+    let (out, _) = weftctl(
+        &etcd,
+        &[
+            ("WEFTD_ETCD_USERNAME", "weft"),
+            ("WEFTD_ETCD_PASSWORD", PASSWORD),
+            ("WEFTD_ETCD_PASSWORD_FILE", file),
+        ],
+        &["leases"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--etcd-password-file") && err.contains(file),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+    // A password file that cannot be read is named.
+    refused(
+        &etcd,
+        &[
+            ("WEFTD_ETCD_USERNAME", "weft"),
+            ("WEFTD_ETCD_PASSWORD_FILE", "/nonexistent/weft-pw"),
+        ],
+        &["leases"],
+        &["/nonexistent/weft-pw"],
+    );
+}
+
+#[test]
+fn wrong_credentials_fail_within_10s_naming_user_key_and_endpoint() {
+    let mut etcd = Etcd::new();
+    auth_etcd(&mut etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.client_url();
+    let wrong = password_file(dir.path(), "wrong", "not-the-password");
+    let wrong = wrong.to_str().unwrap();
+    for (user, file) in [("weft", wrong), ("nobody", wrong)] {
+        refused(
+            &etcd,
+            &[
+                ("WEFTD_ETCD_USERNAME", user),
+                ("WEFTD_ETCD_PASSWORD_FILE", file),
+            ],
+            &["leases"],
+            &[
+                &format!("user \"{user}\""),
+                CONFIG_KEY,
+                &url,
+                "cannot log in",
+            ],
+        );
+    }
+    // No credentials at all against an etcd that wants them.
+    refused(
+        &etcd,
+        &[],
+        &["config", "get"],
+        &["anonymous", CONFIG_KEY, &url],
+    );
+}
+
+#[test]
+fn a_missing_permission_fails_within_10s_naming_user_key_and_endpoint() {
+    let mut etcd = Etcd::new();
+    auth_etcd(&mut etcd);
+    etcd.put(CONFIG_KEY, CFG);
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.client_url();
+    let cfg = dir.path().join("net.json");
+    std::fs::write(&cfg, CFG).unwrap();
+
+    // Read-only: listing works, writing the config does not.
+    let reader = password_file(dir.path(), "reader", "reader-pw");
+    let reader = [
+        ("WEFTD_ETCD_USERNAME", "reader"),
+        ("WEFTD_ETCD_PASSWORD_FILE", reader.to_str().unwrap()),
+    ];
+    ok(&etcd, &reader, &["leases"]);
+    refused(
+        &etcd,
+        &reader,
+        &["config", "set", cfg.to_str().unwrap()],
+        &["user \"reader\"", CONFIG_KEY, &url, "permission denied"],
+    );
+    refused(
+        &etcd,
+        &reader,
+        &["reservations", "add", "198.19.9.0/24", "198.18.0.9"],
+        &[
+            "user \"reader\"",
+            "/coreos.com/network/subnets/198.19.9.0-24",
+            &url,
+        ],
+    );
+
+    // A role for another prefix: refused at the first read of the network's config.
+    let stranger = password_file(dir.path(), "stranger", "stranger-pw");
+    refused(
+        &etcd,
+        &[
+            ("WEFTD_ETCD_USERNAME", "stranger"),
+            ("WEFTD_ETCD_PASSWORD_FILE", stranger.to_str().unwrap()),
+        ],
+        &["leases"],
+        &["user \"stranger\"", CONFIG_KEY, &url, "permission denied"],
+    );
+}
+
+/// weftd outside any namespace of its own: safe only while etcd holds no network config, so
+/// it never gets past waiting for one. Killed on drop.
+struct Weftd {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Weftd {
+    fn start(etcd: &Etcd, user: &str, password_file: &Path) -> Weftd {
+        let mut child = Command::new(WEFTD)
+            .env_clear()
+            .args(["--etcd-endpoints", &etcd.client_url()])
+            .args(["--etcd-username", user, "--etcd-password-file"])
+            .arg(password_file)
+            .args(["--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weftd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Weftd {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a log line containing every needle; returns it and when.
+    fn wait_line(&mut self, limit: Duration, needles: &[&str]) -> Option<(String, Duration)> {
+        let started = Instant::now();
+        while let Some(left) = limit.checked_sub(started.elapsed()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            self.log.push(line.clone());
+            if needles.iter().all(|n| line.contains(n)) {
+                return Some((line, started.elapsed()));
+            }
+        }
+        None
+    }
+
+    fn cmdline(&self) -> String {
+        std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Weftd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
+    let mut etcd = Etcd::new();
+    auth_etcd(&mut etcd);
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.client_url();
+
+    let right = password_file(dir.path(), "pw", PASSWORD);
+    let mut d = Weftd::start(&etcd, "weft", &right);
+    let waiting = d.wait_line(LIMIT, &["no network config", CONFIG_KEY]);
+    assert!(
+        waiting.is_some(),
+        "weftd logged in and waits for the config: {:#?}",
+        d.log
+    );
+    let cmdline = d.cmdline();
+    assert!(cmdline.contains("--etcd-password-file"), "{cmdline}");
+    assert!(!cmdline.contains(PASSWORD), "{cmdline}");
+    drop(d);
+
+    let wrong = password_file(dir.path(), "wrong", "not-the-password");
+    let mut d = Weftd::start(&etcd, "weft", &wrong);
+    let found = d.wait_line(LIMIT, &["user \"weft\"", CONFIG_KEY, &url, "cannot log in"]);
+    let Some((line, took)) = found else {
+        panic!(
+            "no message naming user, key and endpoint within 10 s: {:#?}",
+            d.log
+        );
+    };
+    eprintln!("weftd reported in {} ms: {line}", took.as_millis());
+    // Let it retry a little, then look at everything it said.
+    let _ = d.wait_line(Duration::from_secs(1), &["never printed"]);
+    for l in &d.log {
+        assert!(
+            !l.contains(PASSWORD) && !l.contains("not-the-password"),
+            "{l}"
+        );
+    }
+    drop(d);
+
+    // A user whose role covers another prefix only.
+    let stranger = password_file(dir.path(), "stranger", "stranger-pw");
+    let mut d = Weftd::start(&etcd, "stranger", &stranger);
+    let found = d.wait_line(
+        LIMIT,
+        &["user \"stranger\"", CONFIG_KEY, &url, "permission denied"],
+    );
+    let Some((line, took)) = found else {
+        panic!(
+            "no message naming user, key and endpoint within 10 s: {:#?}",
+            d.log
+        );
+    };
+    eprintln!("weftd reported in {} ms: {line}", took.as_millis());
+}
+
+#[test]
+fn weftd_runs_a_host_as_an_etcd_user() {
+    let mut lab = Lab::new(1, VXLAN_CONFIG);
+    auth_etcd(&mut lab.etcd);
+    let pw = password_file(lab.dir.path(), "pw", PASSWORD);
+    let pw = pw.to_str().unwrap().to_string();
+    let h = &mut lab.hosts[0];
+    h.start(&["--etcd-username", "weft", "--etcd-password-file", &pw]);
+    let env = h.wait_ready();
+    assert!(env.subnet.is_some(), "a subnet was leased as user weft");
+    assert!(
+        lab.etcd
+            .get(&format!(
+                "/coreos.com/network/subnets/{}-24",
+                h.subnet().network()
+            ))
+            .is_some(),
+        "the lease is in etcd"
+    );
+    let logs = h.logs();
+    assert!(!logs.contains(PASSWORD), "the password is in weftd's log");
+}
+
+/// etcd forgets an idle token after --auth-token-ttl (5 minutes by default); weftd renews
+/// its lease once a day, so every call must survive a token etcd no longer knows.
+#[tokio::test]
+async fn an_expired_token_is_renewed_without_the_caller_noticing() {
+    let mut etcd = Etcd::with_args(&["--auth-token-ttl=1"]);
+    auth_etcd(&mut etcd);
+    etcd.put(CONFIG_KEY, CFG);
+    let mut opts = etcd.options();
+    opts.username = Some("weft".into());
+    opts.password = Some(PASSWORD.into());
+    let store = weft::store::EtcdStore::connect(&opts).await.unwrap();
+    let cfg = store.get_config().await.unwrap().unwrap();
+    let attrs =
+        weft::lease::LeaseAttrs::new_vxlan("198.18.0.3".parse().unwrap(), 1, "0e:2a:00:00:00:03");
+    let lease = store
+        .acquire_lease(&cfg, &attrs, None, Duration::from_secs(600))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let renewed = store.renew_lease(&lease, Duration::from_secs(600)).await;
+        assert!(
+            renewed.is_ok(),
+            "renewal {round} after the token expired: {renewed:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let list = store.list_leases(Some(&cfg)).await;
+        assert!(
+            list.is_ok(),
+            "listing {round} after the token expired: {list:?}"
+        );
+    }
+}

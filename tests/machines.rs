@@ -1,0 +1,325 @@
+//! weft on real systemd machines: three Debian 12 systems booted with systemd (scripts/machines),
+//! weft installed from its package and run by its unit as shipped, through the life an
+//! operator gives it: start, restart, a killed daemon, a reboot, an upgrade, a purge, a wrong
+//! etcd endpoint. One lab, one test: booting it is the expensive part.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::wait_for;
+use common::machines::{package, Machines};
+
+/// weftd's capabilities as the unit grants them: CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
+const UNIT_CAPS: &str = "0000000000003000";
+
+#[test]
+fn weft_from_its_package_on_systemd_machines() {
+    let deb = package("WEFT_TEST_DEB");
+    let newer = package("WEFT_TEST_DEB_NEWER");
+    let started = Instant::now();
+    let lab = Machines::up(3, &deb);
+    eprintln!(
+        "machines: booted and provisioned in {:?}",
+        started.elapsed()
+    );
+
+    runs_ready_under_the_hardened_unit(&lab);
+    let ctr: Vec<_> = (1..=3).map(|n| lab.add_container(n, "c1")).collect();
+    containers_reach_each_other(&lab, &ctr);
+    journal_and_weftctl(&lab);
+    restart_and_kill_lose_nothing(&lab, &ctr);
+    reboot_keeps_subnet_and_mac(&lab, &ctr);
+    upgrade_loses_nothing(&lab, &ctr, &newer);
+    purge_leaves_the_datapath(&lab, &ctr);
+    wrong_endpoint_stays_activating(&lab);
+
+    let prefix = lab.prefix().to_string();
+    let out = lab.down();
+    assert!(
+        out.status.success(),
+        "scripts/machines down failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nothing_left(&prefix);
+}
+
+fn runs_ready_under_the_hardened_unit(lab: &Machines) {
+    for n in 1..=3 {
+        lab.wait_weftd_running(n, Duration::from_secs(10));
+        assert_eq!(lab.weftd_property(n, "Type"), "notify", "machine {n}");
+        assert_eq!(
+            lab.weftd_property(n, "FragmentPath"),
+            "/lib/systemd/system/weftd.service"
+        );
+        let pid = lab.weftd_property(n, "MainPID");
+        let status = lab.sh(n, &format!("cat /proc/{pid}/status"));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        let uid = field("Uid:");
+        assert!(
+            !uid.starts_with("0\t") && !uid.starts_with("0 "),
+            "machine {n}: weftd runs as root (Uid: {uid}); the unit gives it a user of its own"
+        );
+        assert_eq!(
+            field("CapEff:"),
+            UNIT_CAPS,
+            "machine {n}: weftd's capabilities"
+        );
+        let env = lab.sh(n, "cat /run/flannel/subnet.env");
+        assert!(
+            env.contains("FLANNEL_SUBNET="),
+            "machine {n}: subnet.env: {env}"
+        );
+    }
+}
+
+fn containers_reach_each_other(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
+    for from in 1..=3 {
+        for (to, dst) in ctr.iter().enumerate() {
+            if to + 1 != from {
+                assert!(
+                    lab.ping_once(from, "c1", *dst),
+                    "container in machine {from} cannot reach {dst} in machine {}:\n{}",
+                    to + 1,
+                    lab.journal(from)
+                );
+            }
+        }
+    }
+}
+
+fn journal_and_weftctl(lab: &Machines) {
+    for n in 1..=3 {
+        let journal = lab.journal(n);
+        assert!(
+            journal.contains("lease"),
+            "machine {n}: weftd logged nothing about its lease:\n{journal}"
+        );
+        assert!(
+            !journal.contains('\x1b'),
+            "machine {n}: terminal escapes in the journal:\n{journal:?}"
+        );
+        let leases = lab.sh(n, "set -a; . /etc/default/weftd; weftctl leases");
+        assert_eq!(
+            leases.lines().skip(1).count(),
+            3,
+            "machine {n}: weftctl leases against the etcd service:\n{leases}"
+        );
+    }
+}
+
+/// `systemctl restart weftd`, then `systemctl kill -s KILL weftd` (systemd starts it again):
+/// containers on two machines ping each other throughout and lose nothing.
+fn restart_and_kill_lose_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
+    let there = lab.start_pinging(2, "c1", ctr[1], ctr[0]);
+    let back = lab.start_pinging(1, "c1", ctr[0], ctr[1]);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.sh(1, "systemctl restart weftd");
+    lab.wait_weftd_running(1, Duration::from_secs(10));
+    let restarts = lab.weftd_property(1, "NRestarts");
+    let old_pid = lab.weftd_property(1, "MainPID");
+    lab.sh(1, "systemctl kill -s KILL weftd");
+    let back_up = wait_for(Duration::from_secs(15), || {
+        let pid = lab.weftd_property(1, "MainPID");
+        let state = lab.weftd_property(1, "SubState");
+        (pid != "0" && pid != old_pid && state == "running").then_some(())
+    });
+    assert!(
+        back_up.is_some(),
+        "systemd did not start weftd again after SIGKILL:\n{}",
+        lab.journal(1)
+    );
+    assert_ne!(
+        lab.weftd_property(1, "NRestarts"),
+        restarts,
+        "systemd counted no restart"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    there
+        .finish()
+        .assert_no_loss("machine 2 -> 1 across restart and SIGKILL", 200);
+    back.finish()
+        .assert_no_loss("machine 1 -> 2 across restart and SIGKILL", 200);
+}
+
+/// Machine 2 reboots: it comes back with the same subnet and VTEP MAC, weftd starts by
+/// itself, the other machines learn nothing new, and traffic to it resumes by itself.
+fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
+    let subnet_env = lab.sh(2, "cat /run/flannel/subnet.env");
+    let mac = lab.sh(2, "cat /sys/class/net/flannel.1/address");
+    let peer_lines = |n: usize| {
+        lab.journal(n)
+            .lines()
+            .filter(|l| l.contains("peer"))
+            .count()
+    };
+    let before = [peer_lines(1), peer_lines(3)];
+    let vtep = lab
+        .sh(2, "ip -4 -o addr show dev flannel.1")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .expect("flannel.1's address in machine 2");
+
+    let rebooted = Instant::now();
+    lab.reboot(2);
+    lab.wait_weftd_running(2, Duration::from_secs(20));
+    eprintln!(
+        "machines: machine 2 rebooted and ready in {:?}",
+        rebooted.elapsed()
+    );
+    assert_eq!(
+        lab.sh(2, "cat /run/flannel/subnet.env"),
+        subnet_env,
+        "subnet after reboot"
+    );
+    assert_eq!(
+        lab.sh(2, "cat /sys/class/net/flannel.1/address"),
+        mac,
+        "VTEP MAC after reboot"
+    );
+    let resumed = wait_for(Duration::from_secs(10), || {
+        lab.ping_once(1, "c1", vtep).then_some(())
+    });
+    assert!(
+        resumed.is_some(),
+        "machine 1 cannot reach rebooted machine 2 at {vtep}"
+    );
+    assert_eq!(
+        [peer_lines(1), peer_lines(3)],
+        before,
+        "the other machines re-learnt machine 2 after its reboot:\n{}",
+        lab.journal(1)
+    );
+    let _ = ctr;
+}
+
+/// The package upgraded to a newer build on machine 1 while containers ping across: nothing
+/// lost, and the newer weftd runs.
+fn upgrade_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], newer: &std::path::Path) {
+    let inside = lab.copy_in(1, newer);
+    let there = lab.start_pinging(3, "c1", ctr[2], ctr[0]);
+    let back = lab.start_pinging(1, "c1", ctr[0], ctr[2]);
+    std::thread::sleep(Duration::from_secs(1));
+    let old_pid = lab.weftd_property(1, "MainPID");
+    lab.sh(
+        1,
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {inside}"),
+    );
+    lab.wait_weftd_running(1, Duration::from_secs(10));
+    let version = lab.sh(1, "dpkg-query -W -f='${Version}' weft");
+    assert!(
+        newer.to_string_lossy().contains(&format!("_{version}_")),
+        "installed version {version} is not the newer package's"
+    );
+    assert_ne!(
+        lab.weftd_property(1, "MainPID"),
+        old_pid,
+        "the upgrade did not restart weftd"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    there
+        .finish()
+        .assert_no_loss("machine 3 -> 1 across the upgrade", 100);
+    back.finish()
+        .assert_no_loss("machine 1 -> 3 across the upgrade", 100);
+}
+
+/// `apt-get purge weft` on machine 3: weftd stopped, every file of the package gone, the
+/// kernel datapath left as it was (containers there keep their connectivity).
+fn purge_leaves_the_datapath(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
+    let files = lab.sh(3, "dpkg-query -L weft");
+    lab.sh(
+        3,
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq weft",
+    );
+    let running = lab.exec(3, &["pgrep", "-x", "weftd"]);
+    assert!(
+        !running.status.success(),
+        "weftd still runs after the purge"
+    );
+    let left = lab.sh(
+        3,
+        &format!(
+            "for f in {}; do [ -f \"$f\" ] && echo \"$f\"; done; true",
+            files.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
+    );
+    assert!(
+        left.trim().is_empty(),
+        "files of the package left after purge:\n{left}"
+    );
+    assert!(
+        !lab.exec(3, &["test", "-e", "/etc/default/weftd"])
+            .status
+            .success(),
+        "/etc/default/weftd is still there after purge"
+    );
+    assert!(
+        lab.exec(3, &["ip", "link", "show", "flannel.1"])
+            .status
+            .success(),
+        "the purge took flannel.1"
+    );
+    assert!(
+        lab.ping_once(3, "c1", ctr[0]),
+        "after the purge the container in machine 3 cannot reach machine 1"
+    );
+}
+
+/// A wrong etcd endpoint: the unit stays activating (never ready) and the journal names the
+/// endpoint it cannot reach.
+fn wrong_endpoint_stays_activating(lab: &Machines) {
+    let bad = "http://198.18.0.99:2379";
+    lab.sh(
+        2,
+        &format!("sed -i 's|^WEFTD_ETCD_ENDPOINTS=.*|WEFTD_ETCD_ENDPOINTS={bad}|' /etc/default/weftd && systemctl restart --no-block weftd"),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(lab.weftd_property(2, "ActiveState"), "activating");
+    let journal = lab.journal(2);
+    assert!(
+        journal
+            .lines()
+            .rev()
+            .take(20)
+            .any(|l| l.contains("198.18.0.99:2379")),
+        "the journal does not name the unreachable endpoint:\n{journal}"
+    );
+}
+
+/// Nothing of the lab is left on this machine: namespaces, mounts, cgroups, processes.
+fn nothing_left(prefix: &str) {
+    let netns = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(netns.is_empty(), "namespaces left: {netns:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+    let state = format!("/run/weft-machines/{prefix}");
+    assert!(!mounts.contains(&state), "mounts left under {state}");
+    for h in ["systemd", "unified"] {
+        let d = format!("/sys/fs/cgroup/{h}/{prefix}-1");
+        assert!(!std::path::Path::new(&d).exists(), "cgroup {d} left");
+    }
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("-M {prefix}-")])
+        .output()
+        .expect("pgrep");
+    assert!(
+        !procs.status.success(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+}
