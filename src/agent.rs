@@ -13,15 +13,16 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use ipnet::Ipv4Net;
 
-use crate::backend::vxlan::{self, DeviceSpec};
-use crate::config::{BackendConfig, NetworkConfig};
+use crate::backend::{self, DeviceSpec};
+use crate::config::NetworkConfig;
 use crate::datapath::{Datapath, Report, Snapshot};
 use crate::http::{self, Metrics};
 use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
-use crate::netlink::{format_mac, parse_mac, Family, Mac, Netlink};
-use crate::store::{EtcdOptions, EtcdStore, StoreError};
+use crate::netlink::{format_mac, Mac, Netlink};
+use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
+use crate::subnet;
 use crate::subnet_env::SubnetEnv;
 
 /// weftd's settings, from its flags.
@@ -118,26 +119,71 @@ async fn netlink<T: Send + 'static>(
     .context("netlink task failed")?
 }
 
-async fn wait_for_config(store: &EtcdStore, metrics: &Metrics, prefix: &str) -> NetworkConfig {
-    let mut last = String::new();
-    loop {
-        let msg = match store.get_config().await {
-            Ok(Some(cfg)) => return cfg,
-            Ok(None) => format!("no network config at {prefix}/config yet; waiting for it (weftctl config set FILE)"),
-            Err(e) => {
-                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                format!("cannot use the network config: {e}")
-            }
-        };
-        if msg != last {
-            tracing::warn!("{msg}");
-            last = msg;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+/// The network config, once one is stored; refused when it has no IPv4 network.
+async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<NetworkConfig> {
+    let cfg = store
+        .wait_for_config_counting(|| {
+            metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
+    if !cfg.enable_ipv4 || cfg.network.is_none() {
+        bail!("the network config enables no IPv4 network; weft's datapath needs EnableIPv4 with a Network");
     }
+    if cfg.enable_ipv6 {
+        tracing::warn!(
+            "the network config enables IPv6; this weftd programs the IPv4 overlay only"
+        );
+    }
+    tracing::info!(network = ?cfg.network, backend = cfg.backend.type_name(), "network config read");
+    Ok(cfg)
+}
+
+/// The external interface, chosen from the kernel's links, addresses and routes.
+async fn choose_iface(select: IfaceSelect) -> anyhow::Result<ExtIface> {
+    netlink(move |nl| Ok(iface::choose_in(nl, &select)?))
+        .await
+        .context("cannot choose the external interface")
+}
+
+/// The backend's device, made ready before the lease is acquired so the lease can advertise
+/// its MAC; and the MTU containers get.
+struct Ready {
+    device: Option<DeviceSpec>,
+    device_mac: Option<Mac>,
+    mtu: u32,
+}
+
+/// Creates or adopts the backend's device. `advertised` is the MAC a lease of this host
+/// already advertises: a device that has to be created gets it, so peers need not learn a
+/// new one.
+async fn set_up_device(
+    cfg: &NetworkConfig,
+    opts: &AgentConfig,
+    ext: &ExtIface,
+    advertised: Option<Mac>,
+) -> anyhow::Result<Ready> {
+    let backend = backend::of(&cfg.backend);
+    let Some(spec) = backend.device(ext, opts.vxlan_device.as_deref(), subnet::Family::V4) else {
+        return Ok(Ready {
+            device: None,
+            device_mac: None,
+            mtu: ext.mtu,
+        });
+    };
+    let (s, b) = (spec.clone(), cfg.backend.clone());
+    let dev = netlink(move |nl| Ok(backend::of(&b).ensure_device(nl, &s, advertised)?))
+        .await
+        .with_context(|| format!("cannot set up the device {}", spec.name))?;
+    tracing::info!(device = %spec.name, backend = backend.type_name(), mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "device ready");
+    Ok(Ready {
+        device: Some(spec),
+        device_mac: Some(dev.mac),
+        mtu: dev.mtu,
+    })
 }
 
 impl Agent {
+    /// Start-up in order, then the main loop.
     async fn start(opts: AgentConfig, metrics: Arc<Metrics>) -> anyhow::Result<()> {
         let endpoints = opts.etcd.endpoints.join(",");
         let store = retry(
@@ -146,68 +192,25 @@ impl Agent {
             || EtcdStore::connect(&opts.etcd),
         )
         .await;
-        let cfg = wait_for_config(&store, &metrics, &opts.etcd.prefix).await;
-        if !cfg.enable_ipv4 || cfg.network.is_none() {
-            bail!("the network config enables no IPv4 network; weft's datapath needs EnableIPv4 with a Network");
-        }
-        if cfg.enable_ipv6 {
-            tracing::warn!(
-                "the network config enables IPv6; this weftd programs the IPv4 overlay only"
-            );
-        }
-        tracing::info!(network = ?cfg.network, backend = cfg.backend.type_name(), "network config read");
-
-        let select = opts.select.clone();
-        let ext = netlink(move |nl| {
-            let links = nl.links()?;
-            let addrs = nl.addresses(None)?;
-            let routes = nl.routes(Family::V4)?;
-            Ok(iface::choose(&select, &links, &addrs, &routes)?)
-        })
-        .await
-        .context("cannot choose the external interface")?;
-        if matches!(cfg.backend, BackendConfig::HostGw) && !ext.addresses.contains(&ext.public_ip) {
-            bail!(
-                "host-gw needs the public IP on the external interface, but {} is not an address of {}; drop --public-ip or pick the interface that holds it",
-                ext.public_ip,
-                ext.name
-            );
-        }
+        let cfg = read_config(&store, &metrics).await?;
+        let ext = choose_iface(opts.select.clone()).await?;
+        backend::of(&cfg.backend)
+            .usable(&ext)
+            .map_err(anyhow::Error::msg)?;
         tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface chosen");
 
-        // The lease already advertising this host keeps its VTEP MAC for a device that has to
-        // be created, so peers never need to learn a new one.
         let known = retry("listing leases", &metrics, || {
             store.list_leases_untimed(Some(&cfg))
         })
         .await;
-        let advertised: Option<Mac> = known
+        let advertised = known
             .leases
             .iter()
             .find(|l| l.attrs.public_ip == ext.public_ip)
-            .and_then(|l| l.attrs.vxlan_data())
-            .and_then(|d| parse_mac(&d.vtep_mac).ok());
+            .and_then(|l| backend::of(&cfg.backend).advertised_mac(&l.attrs));
+        let ready = set_up_device(&cfg, &opts, &ext, advertised).await?;
 
-        let (device, device_mac, mtu) = match &cfg.backend {
-            BackendConfig::Vxlan(vx) => {
-                let spec = DeviceSpec::new(
-                    vx,
-                    opts.vxlan_device.as_deref(),
-                    ext.iface_addr.into(),
-                    ext.index,
-                    ext.mtu,
-                );
-                let s = spec.clone();
-                let dev = netlink(move |nl| Ok(vxlan::ensure(nl, &s, advertised)?))
-                    .await
-                    .with_context(|| format!("cannot set up the VXLAN device {}", spec.name))?;
-                tracing::info!(device = %spec.name, vni = spec.vni, mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "VXLAN device ready");
-                (Some(spec), Some(dev.mac), dev.mtu)
-            }
-            BackendConfig::HostGw => (None, None, ext.mtu),
-        };
-
-        let attrs = lease_attrs(&cfg, ext.public_ip, device_mac);
+        let attrs = lease_attrs(&cfg, ext.public_ip, ready.device_mac);
         let prev = SubnetEnv::read(&opts.subnet_file)
             .ok()
             .and_then(|e| e.subnet_network());
@@ -218,7 +221,7 @@ impl Agent {
         metrics.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
-        let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
         let datapath = Datapath::start(metrics.clone(), opts.resync, reports_tx)
             .context("cannot start the datapath")?;
         let mut agent = Agent {
@@ -227,9 +230,9 @@ impl Agent {
             store,
             cfg,
             ext,
-            device,
-            device_mac,
-            mtu,
+            device: ready.device,
+            device_mac: ready.device_mac,
+            mtu: ready.mtu,
             own,
             leases: BTreeMap::new(),
             unreadable: 0,
@@ -238,51 +241,62 @@ impl Agent {
             renew_retry_at: None,
         };
         agent.note_own_lease();
-        // The listing made before the acquisition is the starting state: the watch begins at
-        // its revision, so the acquisition itself (and anything else since) arrives as events.
-        // Listing 5,000 leases again would cost a cold start a second.
-        let list = known;
-        agent.unreadable = list.skipped.len();
-        for l in &list.leases {
-            agent.leases.insert(l.subnet, Arc::new(l.clone()));
-        }
-        agent
-            .leases
-            .insert(agent.own.subnet, Arc::new(agent.own.clone()));
-        agent.publish();
+        agent.adopt_listing(&known);
+        agent.run(known, reports).await
+    }
 
-        // subnet.env is written once the datapath has been programmed, so a plugin that
-        // finds it can use the subnet at once.
-        if let Some(r) = reports.recv().await {
-            agent.on_report(r).await;
+    /// The listing made before the acquisition is the starting state: the watch begins at its
+    /// revision, so the acquisition itself (and anything else since) arrives as events.
+    /// Listing 5,000 leases again would cost a cold start a second.
+    fn adopt_listing(&mut self, list: &LeaseList) {
+        self.unreadable = list.skipped.len();
+        for l in &list.leases {
+            self.leases.insert(l.subnet, Arc::new(l.clone()));
         }
-        agent.write_subnet_env()?;
-        agent.notify_ready_if_ready();
+        self.leases
+            .insert(self.own.subnet, Arc::new(self.own.clone()));
+        self.publish();
+    }
+
+    /// The main loop: lease events, renewals and datapath reports, until an error ends it.
+    async fn run(
+        mut self,
+        list: LeaseList,
+        mut reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
+    ) -> anyhow::Result<()> {
+        // subnet.env is written once the datapath has reported its first full pass (whether
+        // or not that pass programmed everything), so a plugin that finds it can use the
+        // subnet at once; readiness waits for a pass that did.
+        if let Some(r) = reports.recv().await {
+            self.on_report(r).await;
+        }
+        self.write_subnet_env()?;
+        self.notify_ready_if_ready();
 
         // The watch starts from the list's revision and knows its leases, so a compaction
         // before the first event still yields exactly the difference.
-        let watcher = agent.store.watch_from_list(Some(agent.cfg.clone()), &list);
+        let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
         loop {
-            let renew_at = agent.renew_at();
+            let renew_at = self.renew_at();
             tokio::select! {
                 batch = lease_events.recv() => match batch {
-                    Some(Ok(events)) => agent.on_events(events).await?,
+                    Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
-                        agent.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
                     }
                     None => bail!("the lease watch task ended"),
                 },
                 Ok(()) = unreadable.changed() => {
-                    agent.unreadable = unreadable.borrow_and_update().len();
-                    agent.publish();
+                    self.unreadable = unreadable.borrow_and_update().len();
+                    self.publish();
                 }
-                _ = tokio::time::sleep_until(renew_at) => agent.renew().await?,
+                _ = tokio::time::sleep_until(renew_at) => self.renew().await?,
                 Some(r) = reports.recv() => {
-                    agent.on_report(r).await;
-                    agent.notify_ready_if_ready();
+                    self.on_report(r).await;
+                    self.notify_ready_if_ready();
                 }
             }
         }
@@ -472,7 +486,7 @@ impl Agent {
         if Some(mac) == self.device_mac {
             return;
         }
-        tracing::warn!(mac = %format_mac(&mac), "VXLAN device MAC changed; re-advertising it");
+        tracing::warn!(mac = %format_mac(&mac), "device MAC changed; re-advertising it");
         self.device_mac = Some(mac);
         let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
         match self.store.update_lease_attrs(&self.own, &attrs).await {
@@ -484,7 +498,7 @@ impl Agent {
             }
             Err(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cannot re-advertise the VTEP MAC; will retry");
+                tracing::warn!(error = %e, "cannot re-advertise the device MAC; will retry");
                 self.device_mac = None;
             }
         }
@@ -516,18 +530,12 @@ fn spawn_watch(
 
 /// This host's lease attributes, with flannel's field names and types.
 fn lease_attrs(cfg: &NetworkConfig, public_ip: Ipv4Addr, mac: Option<Mac>) -> LeaseAttrs {
-    let backend_data = match &cfg.backend {
-        BackendConfig::Vxlan(vx) => Some(serde_json::json!({
-            "VNI": vx.vni,
-            "VtepMAC": mac.map(|m| format_mac(&m)).unwrap_or_default(),
-        })),
-        BackendConfig::HostGw => None,
-    };
+    let backend = backend::of(&cfg.backend);
     LeaseAttrs {
         public_ip,
         public_ipv6: None,
-        backend_type: cfg.backend.type_name().to_string(),
-        backend_data,
+        backend_type: backend.type_name().to_string(),
+        backend_data: backend.lease_data(mac),
         backend_v6_data: None,
     }
 }

@@ -1,13 +1,14 @@
 //! `weftctl check`: compares this host's kernel with what the leases say it should hold,
-//! using the reconciler's own desired state and diff (without applying anything), plus the
-//! device's MAC against the lease and its MTU against subnet.env.
+//! through the datapath's own path (backend, desired state, kernel read, diff) without
+//! applying anything, plus the backend's device against the lease and subnet.env.
 
-use crate::backend::vxlan::DeviceSpec;
-use crate::config::{BackendConfig, NetworkConfig};
+use crate::backend::{self, Host};
+use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
-use crate::netlink::{format_mac, parse_mac, Family, Netlink, NetlinkError, Op};
-use crate::reconcile::{self, Host};
+use crate::netlink::{Netlink, NetlinkError, Op};
+use crate::reconcile;
+use crate::subnet::Family;
 use crate::subnet_env::SubnetEnv;
 
 /// One thing that is not as it should be.
@@ -40,72 +41,19 @@ pub fn check(
     env: Option<&SubnetEnv>,
 ) -> Result<Report, NetlinkError> {
     let mut report = Report::default();
-    let out = &mut report.findings;
     let Some(own) = own else {
-        out.push(Finding(format!(
+        report.findings.push(Finding(format!(
             "no lease in etcd holds this host's public IP {}",
             ext.public_ip
         )));
         return Ok(report);
     };
-    match env {
-        None => out.push(Finding("subnet.env is missing or unreadable".into())),
-        Some(env) => {
-            if env.subnet_network() != Some(own.subnet) {
-                out.push(Finding(format!(
-                    "subnet.env says FLANNEL_SUBNET={} but this host's lease is {}",
-                    env.subnet.map(|s| s.to_string()).unwrap_or_default(),
-                    own.subnet
-                )));
-            }
-        }
-    }
+    check_env(own, env, &mut report.findings);
+    let device = check_device(nl, cfg, ext, device_name, own, env, &mut report.findings)?;
+    let device_index = device.as_ref().map(|(i, _)| *i);
 
-    let mut device_index = None;
-    let mut device = String::new();
-    if let BackendConfig::Vxlan(vx) = &cfg.backend {
-        let spec = DeviceSpec::new(vx, device_name, ext.iface_addr.into(), ext.index, ext.mtu);
-        device = spec.name.clone();
-        match nl.link_by_name(&spec.name)? {
-            None => out.push(Finding(format!("device {} is missing", spec.name))),
-            Some(link) => {
-                device_index = Some(link.index);
-                let advertised = own
-                    .attrs
-                    .vxlan_data()
-                    .and_then(|d| parse_mac(&d.vtep_mac).ok());
-                if link.mac.is_some() && link.mac != advertised {
-                    out.push(Finding(format!(
-                        "device {} has MAC {} but the lease advertises {}",
-                        spec.name,
-                        link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                        own.attrs
-                            .vxlan_data()
-                            .map(|d| d.vtep_mac)
-                            .unwrap_or_else(|| "none".into())
-                    )));
-                }
-                if let Some(env) = env {
-                    if env.mtu != link.mtu {
-                        out.push(Finding(format!(
-                            "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
-                            spec.name, link.mtu, env.mtu
-                        )));
-                    }
-                }
-                if !link.up {
-                    out.push(Finding(format!("device {} is down", spec.name)));
-                }
-            }
-        }
-    }
-
-    let host = Host {
-        public_ip: ext.public_ip,
-        ext_index: ext.index,
-        ext_networks: ext.networks.clone(),
-        vxlan_index: device_index,
-    };
+    // The datapath's own path, without the apply: desired state, kernel read, diff.
+    let host = Host::new(ext, device_index);
     let desired = reconcile::desired(cfg, &host, own, leases);
     for skip in &desired.skipped {
         report.notes.push(Finding(format!(
@@ -113,20 +61,11 @@ pub fn check(
             skip.key, skip.reason
         )));
     }
-    let routes = nl.routes(Family::V4)?;
-    let (neigh, fdb) = match device_index {
-        Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
-        None => (Vec::new(), Vec::new()),
-    };
-    let actual = reconcile::owned(cfg, &host, own.subnet, routes, neigh, fdb);
-    let dev_name = |i: u32| {
-        if Some(i) == device_index {
-            device.clone()
-        } else if i == ext.index {
-            ext.name.clone()
-        } else {
-            format!("#{i}")
-        }
+    let actual = reconcile::read_actual(nl, cfg, &host, own.subnet)?;
+    let dev_name = |i: u32| match &device {
+        Some((index, name)) if *index == i => name.clone(),
+        _ if i == ext.index => ext.name.clone(),
+        _ => format!("#{i}"),
     };
     for op in reconcile::diff(&desired, &actual) {
         let what = reconcile::describe(&op, &dev_name);
@@ -139,6 +78,53 @@ pub fn check(
         report.findings.push(Finding(line));
     }
     Ok(report)
+}
+
+/// subnet.env must name this host's subnet.
+fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
+    let Some(env) = env else {
+        out.push(Finding("subnet.env is missing or unreadable".into()));
+        return;
+    };
+    if env.subnet_network() != Some(own.subnet) {
+        out.push(Finding(format!(
+            "subnet.env says FLANNEL_SUBNET={} but this host's lease is {}",
+            env.subnet.map(|s| s.to_string()).unwrap_or_default(),
+            own.subnet
+        )));
+    }
+}
+
+/// The backend's device, if it needs one: there, up, at subnet.env's MTU, and whatever the
+/// backend itself checks. Returns its index and name when it exists.
+fn check_device(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    ext: &ExtIface,
+    device_name: Option<&str>,
+    own: &Lease,
+    env: Option<&SubnetEnv>,
+    out: &mut Vec<Finding>,
+) -> Result<Option<(u32, String)>, NetlinkError> {
+    let backend = backend::of(&cfg.backend);
+    let Some(spec) = backend.device(ext, device_name, Family::V4) else {
+        return Ok(None);
+    };
+    let Some(link) = nl.link_by_name(&spec.name)? else {
+        out.push(Finding(format!("device {} is missing", spec.name)));
+        return Ok(None);
+    };
+    out.extend(backend.check_device(&link, own).into_iter().map(Finding));
+    if let Some(env) = env.filter(|e| e.mtu != link.mtu) {
+        out.push(Finding(format!(
+            "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
+            spec.name, link.mtu, env.mtu
+        )));
+    }
+    if !link.up {
+        out.push(Finding(format!("device {} is down", spec.name)));
+    }
+    Ok(Some((link.index, spec.name)))
 }
 
 /// The bridge dockerd makes for its containers.

@@ -3,11 +3,15 @@
 //! then given flannel's defaults and validated. Every refusal names the field and its value.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+
+pub use crate::backend::vxlan::VxlanConfig;
+pub use crate::backend::BackendConfig;
+use crate::subnet::{is_subnet_of, subnets_from_to, Family};
 
 /// A config that weft refuses, with the field and the value that made it refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +40,11 @@ impl ConfigError {
     }
 }
 
-fn invalid(field: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(
+    field: &'static str,
+    value: impl fmt::Display,
+    why: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         field,
         value: value.to_string(),
@@ -45,7 +53,7 @@ fn invalid(field: &'static str, value: impl fmt::Display, why: impl Into<String>
 }
 
 /// How a JSON value is shown in an error: strings bare, everything else as JSON.
-fn show(v: &Value) -> String {
+pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -74,47 +82,6 @@ pub struct NetworkConfig {
     pub raw: Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    Vxlan(VxlanConfig),
-    HostGw,
-}
-
-impl BackendConfig {
-    /// The name flannel writes into a lease's `BackendType`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw => "host-gw",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanConfig {
-    pub vni: u32,
-    /// UDP port; 0 leaves the kernel's default (8472).
-    pub port: u16,
-    /// `None`: derived from the external interface.
-    pub mtu: Option<u32>,
-    pub gbp: bool,
-    pub learning: bool,
-    pub direct_routing: bool,
-}
-
-impl Default for VxlanConfig {
-    fn default() -> Self {
-        VxlanConfig {
-            vni: 1,
-            port: 0,
-            mtu: None,
-            gbp: false,
-            learning: false,
-            direct_routing: false,
-        }
-    }
-}
-
 /// A JSON object with its keys in document order and duplicates kept, so that lookups can
 /// follow Go's rule (case-insensitive, the last match wins).
 struct OrderedObject(Vec<(String, Value)>);
@@ -141,7 +108,7 @@ impl<'de> Deserialize<'de> for OrderedObject {
 
 /// Case-insensitive lookup in an object; `null` counts as absent, like Go leaves a
 /// non-pointer field alone when it meets `null`.
-trait Lookup {
+pub(crate) trait Lookup {
     fn field(&self, name: &str) -> Option<&Value>;
 }
 
@@ -168,7 +135,11 @@ impl Lookup for serde_json::Map<String, Value> {
     }
 }
 
-fn get_bool(obj: &impl Lookup, field: &'static str, default: bool) -> Result<bool, ConfigError> {
+pub(crate) fn get_bool(
+    obj: &impl Lookup,
+    field: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match obj.field(field) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -176,7 +147,7 @@ fn get_bool(obj: &impl Lookup, field: &'static str, default: bool) -> Result<boo
     }
 }
 
-fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, ConfigError> {
+pub(crate) fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, ConfigError> {
     match obj.field(field) {
         None => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
@@ -189,7 +160,10 @@ fn get_uint(obj: &impl Lookup, field: &'static str) -> Result<Option<u64>, Confi
     }
 }
 
-fn get_str<'a>(obj: &'a impl Lookup, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
+pub(crate) fn get_str<'a>(
+    obj: &'a impl Lookup,
+    field: &'static str,
+) -> Result<Option<&'a str>, ConfigError> {
     match obj.field(field) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -231,243 +205,120 @@ impl NetworkConfig {
             ipv6_subnet_min: None,
             ipv6_subnet_max: None,
             enable_nftables,
-            backend: parse_backend(obj.field("Backend"))?,
+            backend: BackendConfig::parse(obj.field("Backend"))?,
             raw: Value::Null,
         };
         if enable_ipv4 {
-            cfg.parse_ipv4(&obj)?;
+            let d = parse_division(&obj, &IPV4)?;
+            let (IpNet::V4(n), IpAddr::V4(min), IpAddr::V4(max)) = (d.network, d.min, d.max) else {
+                unreachable!("the IPv4 rules parse IPv4 networks only");
+            };
+            cfg.network = Some(n);
+            cfg.subnet_len = d.subnet_len;
+            cfg.subnet_min = min;
+            cfg.subnet_max = max;
         }
         if enable_ipv6 {
-            cfg.parse_ipv6(&obj)?;
+            let d = parse_division(&obj, &IPV6)?;
+            let (IpNet::V6(n), IpAddr::V6(min), IpAddr::V6(max)) = (d.network, d.min, d.max) else {
+                unreachable!("the IPv6 rules parse IPv6 networks only");
+            };
+            cfg.ipv6_network = Some(n);
+            cfg.ipv6_subnet_len = d.subnet_len;
+            cfg.ipv6_subnet_min = Some(min);
+            cfg.ipv6_subnet_max = Some(max);
         }
         cfg.raw = raw;
         Ok(cfg)
     }
 
-    fn parse_ipv4(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
-        let text = get_str(obj, "Network")?.ok_or_else(|| ConfigError::Missing {
-            field: "Network",
-            why: "the overlay network (e.g. \"10.5.0.0/16\") must be set when EnableIPv4 is true"
-                .into(),
-        })?;
-        let network: Ipv4Net = text
-            .parse()
-            .map_err(|_| invalid("Network", text, "not an IPv4 network in CIDR form"))?;
-        // Go's ParseCIDR drops host bits; so do we.
-        let network = network.trunc();
-        let plen = network.prefix_len();
-
-        let subnet_len = match get_uint(obj, "SubnetLen")? {
-            Some(len) if len > 0 => {
-                if len > 30 {
-                    return Err(invalid("SubnetLen", len, "must be at most 30"));
-                }
-                if len < u64::from(plen) + 2 {
-                    return Err(invalid(
-                        "SubnetLen",
-                        len,
-                        format!(
-                            "must be at least {} so that Network {network} holds four subnets",
-                            plen + 2
-                        ),
-                    ));
-                }
-                len as u8
-            }
-            _ => {
-                if plen > 28 {
-                    return Err(invalid(
-                        "Network",
-                        network,
-                        "is too small: the smallest useful network is a /28",
-                    ));
-                }
-                if plen <= 22 {
-                    24
-                } else {
-                    plen + 2
-                }
-            }
-        };
-        let size = 1u32 << (32 - subnet_len);
-        let first = u32::from(network.network());
-        let last_subnet = u32::from(network.broadcast()) - (size - 1);
-
-        let subnet_min = match get_str(obj, "SubnetMin")? {
-            None => Ipv4Addr::from(first + size),
-            Some(t) => {
-                let a: Ipv4Addr = t
-                    .parse()
-                    .map_err(|_| invalid("SubnetMin", t, "not an IPv4 address"))?;
-                if !network.contains(&a) {
-                    return Err(invalid(
-                        "SubnetMin",
-                        a,
-                        format!("is not inside Network {network}"),
-                    ));
-                }
-                a
-            }
-        };
-        let subnet_max = match get_str(obj, "SubnetMax")? {
-            None => Ipv4Addr::from(last_subnet),
-            Some(t) => {
-                let a: Ipv4Addr = t
-                    .parse()
-                    .map_err(|_| invalid("SubnetMax", t, "not an IPv4 address"))?;
-                if !network.contains(&a) {
-                    return Err(invalid(
-                        "SubnetMax",
-                        a,
-                        format!("is not inside Network {network}"),
-                    ));
-                }
-                a
-            }
-        };
-        let mask = u32::MAX << (32 - subnet_len);
-        for (field, a) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
-            if u32::from(a) & mask != u32::from(a) {
-                return Err(invalid(
-                    field,
-                    a,
-                    format!("is not on a /{subnet_len} subnet boundary (SubnetLen)"),
-                ));
-            }
-        }
-        if subnet_min > subnet_max {
-            return Err(invalid(
-                "SubnetMin",
-                subnet_min,
-                format!("is after SubnetMax {subnet_max}"),
-            ));
-        }
-        self.network = Some(network);
-        self.subnet_len = subnet_len;
-        self.subnet_min = subnet_min;
-        self.subnet_max = subnet_max;
-        Ok(())
-    }
-
-    fn parse_ipv6(&mut self, obj: &OrderedObject) -> Result<(), ConfigError> {
-        let text = get_str(obj, "IPv6Network")?.ok_or_else(|| ConfigError::Missing {
-            field: "IPv6Network",
-            why: "the IPv6 overlay network must be set when EnableIPv6 is true".into(),
-        })?;
-        let network: Ipv6Net = text
-            .parse()
-            .map_err(|_| invalid("IPv6Network", text, "not an IPv6 network in CIDR form"))?;
-        let network = network.trunc();
-        let plen = network.prefix_len();
-
-        let subnet_len = match get_uint(obj, "IPv6SubnetLen")? {
-            Some(len) if len > 0 => {
-                if len > 126 {
-                    return Err(invalid("IPv6SubnetLen", len, "must be at most 126"));
-                }
-                if len < u64::from(plen) + 2 {
-                    return Err(invalid(
-                        "IPv6SubnetLen",
-                        len,
-                        format!(
-                            "must be at least {} so that IPv6Network {network} holds four subnets",
-                            plen + 2
-                        ),
-                    ));
-                }
-                len as u8
-            }
-            _ => {
-                if plen > 124 {
-                    return Err(invalid(
-                        "IPv6Network",
-                        network,
-                        "is too small: the smallest useful network is a /124",
-                    ));
-                }
-                if plen <= 62 {
-                    64
-                } else {
-                    plen + 2
-                }
-            }
-        };
-        let size = 1u128 << (128 - subnet_len);
-        let first = u128::from(network.network());
-        let last_subnet = u128::from(network.broadcast()) - (size - 1);
-        let bound = |field: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
-            match get_str(obj, field)? {
-                None => Ok(Ipv6Addr::from(default)),
-                Some(t) => {
-                    let a: Ipv6Addr = t
-                        .parse()
-                        .map_err(|_| invalid(field, t, "not an IPv6 address"))?;
-                    if !network.contains(&a) {
-                        return Err(invalid(
-                            field,
-                            a,
-                            format!("is not inside IPv6Network {network}"),
-                        ));
-                    }
-                    Ok(a)
-                }
-            }
-        };
-        let min = bound("IPv6SubnetMin", first + size)?;
-        let max = bound("IPv6SubnetMax", last_subnet)?;
-        let mask = u128::MAX << (128 - subnet_len);
-        for (field, a) in [("IPv6SubnetMin", min), ("IPv6SubnetMax", max)] {
-            if u128::from(a) & mask != u128::from(a) {
-                return Err(invalid(
-                    field,
-                    a,
-                    format!("is not on a /{subnet_len} subnet boundary (IPv6SubnetLen)"),
-                ));
-            }
-        }
-        if min > max {
-            return Err(invalid(
-                "IPv6SubnetMin",
-                min,
-                format!("is after IPv6SubnetMax {max}"),
-            ));
-        }
-        self.ipv6_network = Some(network);
-        self.ipv6_subnet_len = subnet_len;
-        self.ipv6_subnet_min = Some(min);
-        self.ipv6_subnet_max = Some(max);
-        Ok(())
-    }
-
     /// Whether `s` is one of this network's subnets: inside `Network`, `SubnetLen` long and
     /// on a subnet boundary. Leases of other hosts are judged by this.
     pub fn contains_subnet(&self, s: Ipv4Net) -> bool {
-        match self.network {
-            Some(n) => s.prefix_len() == self.subnet_len && s.trunc() == s && n.contains(&s),
-            None => false,
+        self.network
+            .is_some_and(|n| is_subnet_of(n.into(), self.subnet_len, s.into()))
+    }
+
+    /// The network of `family`, when that family is enabled.
+    pub fn network_of(&self, family: Family) -> Option<IpNet> {
+        match family {
+            Family::V4 => self.network.map(IpNet::V4),
+            Family::V6 => self.ipv6_network.map(IpNet::V6),
+        }
+    }
+
+    /// Whether `s` is one of the subnets of the network of its family.
+    pub fn contains(&self, s: IpNet) -> bool {
+        match s {
+            IpNet::V4(s) => self.contains_subnet(s),
+            IpNet::V6(s) => self.contains_subnet6(s),
         }
     }
 
     /// Whether `s` may be handed out now: a subnet of the network within SubnetMin..SubnetMax.
     /// A host keeps its old lease only when this holds (flannel's rule).
     pub fn subnet_in_range(&self, s: Ipv4Net) -> bool {
-        self.contains_subnet(s) && s.network() >= self.subnet_min && s.network() <= self.subnet_max
+        self.in_range(s.into())
     }
 
+    /// [`contains_subnet`](Self::contains_subnet) for the IPv6 network.
     pub fn contains_subnet6(&self, s: Ipv6Net) -> bool {
-        match self.ipv6_network {
-            Some(n) => s.prefix_len() == self.ipv6_subnet_len && s.trunc() == s && n.contains(&s),
-            None => false,
-        }
+        self.ipv6_network
+            .is_some_and(|n| is_subnet_of(n.into(), self.ipv6_subnet_len, s.into()))
     }
 
     pub fn subnet6_in_range(&self, s: Ipv6Net) -> bool {
-        match (self.ipv6_subnet_min, self.ipv6_subnet_max) {
-            (Some(min), Some(max)) => {
-                self.contains_subnet6(s) && s.network() >= min && s.network() <= max
+        self.in_range(s.into())
+    }
+
+    /// The subnets handed out in `family`: the first and last (network addresses) and their
+    /// length; `None` when the family is off.
+    pub fn range_of(&self, family: Family) -> Option<(IpAddr, IpAddr, u8)> {
+        match family {
+            Family::V4 => self.network.map(|_| {
+                let (min, max) = (self.subnet_min.into(), self.subnet_max.into());
+                (min, max, self.subnet_len)
+            }),
+            Family::V6 => {
+                let (min, max) = (self.ipv6_subnet_min?, self.ipv6_subnet_max?);
+                Some((min.into(), max.into(), self.ipv6_subnet_len))
             }
-            _ => false,
         }
+    }
+
+    /// [`subnet_in_range`](Self::subnet_in_range) for either family.
+    pub fn in_range(&self, s: IpNet) -> bool {
+        let Some((min, max, _)) = self.range_of(Family::of(s.addr())) else {
+            return false;
+        };
+        let at = Family::number(s.network());
+        self.contains(s) && at >= Family::number(min) && at <= Family::number(max)
+    }
+
+    /// flannel's choice of a new subnet in `family`: `prev` (this host's earlier subnet) when
+    /// it may still be handed out and `free` says it is, else one of the first `pool` free
+    /// subnets of the range, the one `pick` chooses (an index below the count it is given).
+    /// `None` when no subnet is free.
+    pub fn choose_subnet(
+        &self,
+        family: Family,
+        prev: Option<IpNet>,
+        free: impl Fn(&IpNet) -> bool,
+        pool: usize,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<IpNet> {
+        if let Some(p) = prev.filter(|p| self.in_range(*p) && free(p)) {
+            return Some(p);
+        }
+        let (min, max, len) = self.range_of(family)?;
+        let candidates: Vec<IpNet> = subnets_from_to(min, max, len)
+            .filter(|s| free(s))
+            .take(pool)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        candidates.get(pick(candidates.len())).copied()
     }
 
     /// Number of subnets in SubnetMin..SubnetMax.
@@ -501,95 +352,182 @@ impl NetworkConfig {
                 m.insert("IPv6SubnetMax".into(), a.to_string().into());
             }
         }
-        let backend = match &self.backend {
-            BackendConfig::HostGw => serde_json::json!({"Type": "host-gw"}),
-            BackendConfig::Vxlan(v) => serde_json::json!({
-                "Type": "vxlan",
-                "VNI": v.vni,
-                "Port": v.port,
-                "MTU": v.mtu.unwrap_or(0),
-                "GBP": v.gbp,
-                "Learning": v.learning,
-                "DirectRouting": v.direct_routing,
-            }),
-        };
-        m.insert("Backend".into(), backend);
+        m.insert("Backend".into(), self.backend.to_json());
         Value::Object(m)
     }
 }
 
-fn parse_backend(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
-    let Some(v) = v else {
-        return Err(invalid(
-            "Backend.Type",
-            "udp",
-            "Backend is absent and flannel's default backend \"udp\" is not supported by weft; \
-             set Backend to {\"Type\": \"vxlan\"} or {\"Type\": \"host-gw\"}",
-        ));
-    };
-    let Value::Object(obj) = v else {
-        return Err(invalid("Backend", show(v), "must be a JSON object"));
-    };
-    let ty = get_str(obj, "Type")?.unwrap_or("");
-    // flannel lower-cases the type before looking the backend up.
-    match ty.to_ascii_lowercase().as_str() {
-        "vxlan" => parse_vxlan(obj).map(BackendConfig::Vxlan),
-        "host-gw" => Ok(BackendConfig::HostGw),
-        "" => Err(invalid(
-            "Backend.Type",
-            "\"\"",
-            "must be set; weft supports \"vxlan\" and \"host-gw\"",
-        )),
-        "udp" => Err(invalid(
-            "Backend.Type",
-            ty,
-            "the udp backend is not supported by weft; use \"vxlan\" or \"host-gw\"",
-        )),
-        _ => Err(invalid(
-            "Backend.Type",
-            ty,
-            "unsupported backend; weft supports \"vxlan\" and \"host-gw\"",
-        )),
-    }
+/// What differs between a config's IPv4 and IPv6 network: the field names and flannel's
+/// limits. Everything else is [`parse_division`], one parser called once per family.
+struct FamilyRules {
+    family: Family,
+    network: &'static str,
+    subnet_len: &'static str,
+    subnet_min: &'static str,
+    subnet_max: &'static str,
+    /// Why the network must be given.
+    missing: &'static str,
+    /// The longest subnet; the smallest network holds four of them.
+    max_subnet_len: u8,
+    /// The subnet length when the network is large enough for it.
+    default_subnet_len: u8,
 }
 
-fn parse_vxlan(obj: &serde_json::Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
-    let mut c = VxlanConfig::default();
-    if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
-        if vni > 0xFF_FFFF {
+const IPV4: FamilyRules = FamilyRules {
+    family: Family::V4,
+    network: "Network",
+    subnet_len: "SubnetLen",
+    subnet_min: "SubnetMin",
+    subnet_max: "SubnetMax",
+    missing: "the overlay network (e.g. \"10.5.0.0/16\") must be set when EnableIPv4 is true",
+    max_subnet_len: 30,
+    default_subnet_len: 24,
+};
+
+const IPV6: FamilyRules = FamilyRules {
+    family: Family::V6,
+    network: "IPv6Network",
+    subnet_len: "IPv6SubnetLen",
+    subnet_min: "IPv6SubnetMin",
+    subnet_max: "IPv6SubnetMax",
+    missing: "the IPv6 overlay network must be set when EnableIPv6 is true",
+    max_subnet_len: 126,
+    default_subnet_len: 64,
+};
+
+/// One family's network, cut into subnets: which are handed out.
+struct Division {
+    network: IpNet,
+    subnet_len: u8,
+    /// First and last subnet that may be handed out (network addresses of subnets).
+    min: IpAddr,
+    max: IpAddr,
+}
+
+fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, ConfigError> {
+    let text = get_str(obj, r.network)?.ok_or_else(|| ConfigError::Missing {
+        field: r.network,
+        why: r.missing.into(),
+    })?;
+    let network = r.family.parse_net(text).ok_or_else(|| {
+        invalid(
+            r.network,
+            text,
+            format!("not an {} network in CIDR form", r.family),
+        )
+    })?;
+    // Go's ParseCIDR drops host bits; so do we.
+    let network = network.trunc();
+    let subnet_len = parse_subnet_len(obj, r, network)?;
+    let (min, max) = parse_bounds(obj, r, network, subnet_len)?;
+    Ok(Division {
+        network,
+        subnet_len,
+        min,
+        max,
+    })
+}
+
+/// SubnetMin and SubnetMax: as given (inside the network, on subnet boundaries, in order),
+/// else the second subnet (the first is never handed out) and the last.
+fn parse_bounds(
+    obj: &OrderedObject,
+    r: &FamilyRules,
+    network: IpNet,
+    subnet_len: u8,
+) -> Result<(IpAddr, IpAddr), ConfigError> {
+    let host_bits = u32::from(r.family.bits() - subnet_len);
+    let size = 1u128 << host_bits;
+    let first = Family::number(network.network());
+    let last_subnet = Family::number(network.broadcast()) - (size - 1);
+    let bound = |field: &'static str, default: u128| -> Result<IpAddr, ConfigError> {
+        let Some(t) = get_str(obj, field)? else {
+            return Ok(r.family.addr(default));
+        };
+        let a = r
+            .family
+            .parse_addr(t)
+            .ok_or_else(|| invalid(field, t, format!("not an {} address", r.family)))?;
+        if !network.contains(&a) {
             return Err(invalid(
-                "Backend.VNI",
-                vni,
-                "must be at most 16777215 (24 bits)",
+                field,
+                a,
+                format!("is not inside {} {network}", r.network),
             ));
         }
-        c.vni = vni as u32;
-    }
-    if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
-        c.port = u16::try_from(port)
-            .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
-    }
-    if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
-        if mtu != 0 {
-            if !(68..=65535).contains(&mtu) {
-                return Err(invalid(
-                    "Backend.MTU",
-                    mtu,
-                    "must be between 68 and 65535 (or 0 to derive it)",
-                ));
-            }
-            c.mtu = Some(mtu as u32);
+        Ok(a)
+    };
+    let min = bound(r.subnet_min, first + size)?;
+    let max = bound(r.subnet_max, last_subnet)?;
+    let mask = u128::MAX << host_bits;
+    for (field, a) in [(r.subnet_min, min), (r.subnet_max, max)] {
+        if Family::number(a) & mask != Family::number(a) {
+            return Err(invalid(
+                field,
+                a,
+                format!(
+                    "is not on a /{subnet_len} subnet boundary ({})",
+                    r.subnet_len
+                ),
+            ));
         }
     }
-    c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
-    c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
-    c.direct_routing =
-        get_bool(obj, "DirectRouting", false).map_err(|e| rename(e, "Backend.DirectRouting"))?;
-    Ok(c)
+    if Family::number(min) > Family::number(max) {
+        return Err(invalid(
+            r.subnet_min,
+            min,
+            format!("is after {} {max}", r.subnet_max),
+        ));
+    }
+    Ok((min, max))
+}
+
+/// The subnet length: as given (long enough for four subnets, at most the family's
+/// longest), else flannel's default for the network's size.
+fn parse_subnet_len(
+    obj: &OrderedObject,
+    r: &FamilyRules,
+    network: IpNet,
+) -> Result<u8, ConfigError> {
+    let plen = network.prefix_len();
+    if let Some(len) = get_uint(obj, r.subnet_len)?.filter(|l| *l > 0) {
+        if len > u64::from(r.max_subnet_len) {
+            return Err(invalid(
+                r.subnet_len,
+                len,
+                format!("must be at most {}", r.max_subnet_len),
+            ));
+        }
+        if len < u64::from(plen) + 2 {
+            return Err(invalid(
+                r.subnet_len,
+                len,
+                format!(
+                    "must be at least {} so that {} {network} holds four subnets",
+                    plen + 2,
+                    r.network
+                ),
+            ));
+        }
+        return Ok(len as u8);
+    }
+    let smallest = r.max_subnet_len - 2;
+    if plen > smallest {
+        return Err(invalid(
+            r.network,
+            network,
+            format!("is too small: the smallest useful network is a /{smallest}"),
+        ));
+    }
+    Ok(if plen <= r.default_subnet_len - 2 {
+        r.default_subnet_len
+    } else {
+        plen + 2
+    })
 }
 
 /// Backend fields are reported with their path so the operator finds them.
-fn rename(e: ConfigError, field: &'static str) -> ConfigError {
+pub(crate) fn rename(e: ConfigError, field: &'static str) -> ConfigError {
     match e {
         ConfigError::Invalid { value, why, .. } => ConfigError::Invalid { field, value, why },
         other => other,
@@ -704,6 +642,34 @@ mod tests {
         assert!(e.starts_with("Network fd00::/64:"), "{e}");
         assert!(err("[1]").contains("JSON object"));
         assert!(err("{").contains("not valid JSON"));
+    }
+
+    #[test]
+    fn subnet_choice_is_flannels_in_either_family() {
+        let c = parse(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/48", {VX}}}"#
+        ));
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let all_free = |_: &IpNet| true;
+        // The earlier subnet when it is free and in range; the first one is never handed out.
+        let prev = Some(net("198.19.7.0/24"));
+        let got = c.choose_subnet(Family::V4, prev, all_free, 100, |_| 0);
+        assert_eq!(got, prev);
+        let got = c.choose_subnet(Family::V4, Some(net("198.19.0.0/24")), all_free, 100, |_| 0);
+        assert_eq!(got, Some(net("198.19.1.0/24")));
+        // Else one of the first `pool` free ones, as `pick` says.
+        let two_free = |s: &IpNet| *s == net("198.19.2.0/24") || *s == net("198.19.5.0/24");
+        let got = c.choose_subnet(Family::V4, prev, two_free, 100, |n| n - 1);
+        assert_eq!(got, Some(net("198.19.5.0/24")));
+        assert_eq!(
+            c.choose_subnet(Family::V4, None, |_| false, 100, |_| 0),
+            None
+        );
+        // The same code for IPv6.
+        let got = c.choose_subnet(Family::V6, None, all_free, 100, |n| n - 1);
+        assert_eq!(got, Some(net("2001:db8:100:64::/64")));
+        assert!(c.in_range(net("2001:db8:100:ffff::/64")));
+        assert!(!c.in_range(net("2001:db8:100::/64")));
     }
 
     #[test]

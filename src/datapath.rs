@@ -1,4 +1,5 @@
-//! The datapath thread: the only writer of kernel state in weftd. It owns a netlink socket,
+//! The datapath thread: once start-up has made the backend's device, the only writer of
+//! kernel state in weftd (routes, neighbours, FDB, nftables). It owns a netlink socket,
 //! takes the latest snapshot of leases from the agent, and reconciles. A lease event takes
 //! the fast path (the new desired state against the last applied one: a handful of netlink
 //! requests, no dumps). A kernel change on weft's objects, a failed request or the resync
@@ -12,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::backend::vxlan::{self, DeviceSpec};
+use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
 use crate::masq::{Masq, MasqSpec};
-use crate::netlink::{parse_mac, Change, Family, Mac, Monitor, Netlink, Op};
-use crate::reconcile::{self, Desired, Host};
+use crate::netlink::{format_mac, Change, Mac, Monitor, Netlink, Op};
+use crate::reconcile::{self, Desired};
 
 /// Everything the desired state is computed from.
 #[derive(Debug, Clone)]
@@ -41,26 +42,49 @@ impl Snapshot {
         self.own.subnet
     }
 
-    /// The MAC this host's lease advertises: a recreated device gets it back.
-    fn advertised_mac(&self) -> Option<Mac> {
-        self.own
-            .attrs
-            .vxlan_data()
-            .and_then(|d| parse_mac(&d.vtep_mac).ok())
+    fn backend(&self) -> &dyn Backend {
+        backend::of(&self.cfg.backend)
     }
 }
 
 /// What the datapath tells the agent after each full reconciliation.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The device's real MAC (vxlan only); the agent re-advertises it if it differs.
+    /// The device's real MAC (backends with a device); the agent re-advertises it if it
+    /// differs from the lease's.
     pub device_mac: Option<Mac>,
-    pub programmed: bool,
+}
+
+/// Why a reconciliation did not leave the kernel as desired; each is logged where it happens,
+/// and the full path runs again soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The backend's device could not be created or adopted.
+    Device,
+    /// The device's address could not be set.
+    Address,
+    /// The kernel's routes, neighbours or FDB could not be read.
+    Dump,
+    /// At least one netlink request was refused.
+    Apply,
+    /// The nftables rules could not be written.
+    Masquerade,
+    /// The fast path has no applied state to start from.
+    NothingApplied,
 }
 
 enum Cmd {
     State(Arc<Snapshot>),
     Kick(&'static str),
+}
+
+/// What the commands taken in one turn ask for.
+#[derive(Default)]
+struct Wanted {
+    /// A kick or the resync timer: dump, diff and apply.
+    full: bool,
+    /// A new snapshot: the fast path may do.
+    new_state: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,49 +264,14 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut full_due = Instant::now() + self.resync;
         loop {
-            let now = Instant::now();
-            let wait = full_due.saturating_duration_since(now);
-            let mut full = false;
-            let mut new_state = false;
-            match rx.recv_timeout(wait) {
-                Ok(cmd) => {
-                    let mut cmds = vec![cmd];
-                    // Kernel changes come in bursts (a device going down takes all its
-                    // routes with it): settle briefly, then handle them all at once. A lease
-                    // change does not wait for the settling: it goes out on the fast path
-                    // first.
-                    if matches!(cmds[0], Cmd::Kick(_)) {
-                        let settled = Instant::now() + Duration::from_millis(20);
-                        while let Some(left) = settled.checked_duration_since(Instant::now()) {
-                            match rx.recv_timeout(left) {
-                                Ok(Cmd::State(s)) => {
-                                    self.state = Some(s);
-                                    if self.applied.is_some() {
-                                        let _ = self.fast();
-                                    }
-                                }
-                                Ok(other) => cmds.push(other),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    cmds.extend(rx.try_iter());
-                    for cmd in cmds {
-                        match cmd {
-                            Cmd::State(s) => {
-                                self.state = Some(s);
-                                new_state = true;
-                            }
-                            Cmd::Kick(why) => {
-                                tracing::debug!(why, "full reconciliation requested");
-                                full = true;
-                            }
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => full = true,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            let wait = full_due.saturating_duration_since(Instant::now());
+            let Some(Wanted {
+                mut full,
+                new_state,
+            }) = self.next(&rx, wait)
+            else {
+                return;
+            };
             if self.state.is_none() {
                 continue;
             }
@@ -302,18 +291,59 @@ impl Worker {
         }
     }
 
-    fn host(&self, s: &Snapshot, device: Option<u32>) -> Host {
-        Host {
-            public_ip: s.ext.public_ip,
-            ext_index: s.ext.index,
-            ext_networks: s.ext.networks.clone(),
-            vxlan_index: device,
+    /// Waits up to `wait` for commands and takes every one that is queued; `None` when the
+    /// agent is gone. The timer running out asks for a full pass.
+    fn next(&mut self, rx: &mpsc::Receiver<Cmd>, wait: Duration) -> Option<Wanted> {
+        let mut wanted = Wanted::default();
+        let first = match rx.recv_timeout(wait) {
+            Ok(cmd) => cmd,
+            Err(RecvTimeoutError::Timeout) => {
+                wanted.full = true;
+                return Some(wanted);
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        };
+        let mut cmds = vec![first];
+        if matches!(cmds[0], Cmd::Kick(_)) {
+            self.settle(rx, &mut cmds);
+        }
+        cmds.extend(rx.try_iter());
+        for cmd in cmds {
+            match cmd {
+                Cmd::State(s) => {
+                    self.state = Some(s);
+                    wanted.new_state = true;
+                }
+                Cmd::Kick(why) => {
+                    tracing::debug!(why, "full reconciliation requested");
+                    wanted.full = true;
+                }
+            }
+        }
+        Some(wanted)
+    }
+
+    /// Kernel changes come in bursts (a device going down takes all its routes with it):
+    /// settle briefly, collecting them, so they are handled at once. A lease change does not
+    /// wait for the settling: it goes out on the fast path first.
+    fn settle(&mut self, rx: &mpsc::Receiver<Cmd>, cmds: &mut Vec<Cmd>) {
+        let settled = Instant::now() + Duration::from_millis(20);
+        while let Some(left) = settled.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(Cmd::State(s)) => {
+                    self.state = Some(s);
+                    if self.applied.is_some() {
+                        let _ = self.fast();
+                    }
+                }
+                Ok(other) => cmds.push(other),
+                Err(_) => break,
+            }
         }
     }
 
-    fn desired(&mut self, s: &Snapshot, device: Option<u32>) -> Desired {
-        let host = self.host(s, device);
-        let d = reconcile::desired(&s.cfg, &host, &s.own, &s.leases);
+    fn desired(&mut self, s: &Snapshot, host: &Host) -> Desired {
+        let d = reconcile::desired(&s.cfg, host, &s.own, &s.leases);
         for skip in &d.skipped {
             if self.warned.insert((skip.key.clone(), skip.reason.clone())) {
                 tracing::warn!(key = %skip.key, reason = %skip.reason, "lease not programmed");
@@ -329,7 +359,7 @@ impl Worker {
     }
 
     /// Applies ops, logging and counting failures. Err if any failed.
-    fn apply(&mut self, ops: &[Op], previous: Option<&Desired>) -> Result<(), ()> {
+    fn apply(&mut self, ops: &[Op], previous: Option<&Desired>) -> Result<(), Failure> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -375,7 +405,7 @@ impl Worker {
             .drift_repairs
             .fetch_add(repairs, Ordering::Relaxed);
         if failed {
-            Err(())
+            Err(Failure::Apply)
         } else {
             Ok(())
         }
@@ -384,14 +414,14 @@ impl Worker {
     /// The fast path: the new desired state against the last applied one, without reading
     /// the kernel. When only leases changed, only those are looked at, so the cost of an
     /// event does not grow with the number of leases.
-    fn fast(&mut self) -> Result<(), ()> {
+    fn fast(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
             return Ok(());
         };
         let device = self.watched.device.load(Ordering::Relaxed);
         let device = (s.device.is_some() && device != 0).then_some(device);
-        let host = self.host(&s, device);
+        let host = Host::new(&s.ext, device);
         let (ops, peers) = match self.incremental(&s, &host) {
             Some(ops) => {
                 self.metrics
@@ -400,9 +430,9 @@ impl Worker {
                 (ops, self.applied.as_ref().map_or(0, |a| a.peers))
             }
             None => {
-                let desired = self.desired(&s, device);
+                let desired = self.desired(&s, &host);
                 let Some(previous) = self.applied.take() else {
-                    return Err(());
+                    return Err(Failure::NothingApplied);
                 };
                 let ops = reconcile::diff_applied(&desired, &previous);
                 let peers = desired.peers;
@@ -448,125 +478,149 @@ impl Worker {
         reconcile::update(&s.cfg, host, &s.own, applied, &gone, &added)
     }
 
-    /// The full path: device, address, dumps, diff, apply, masquerade rules.
-    fn full(&mut self) -> Result<(), ()> {
+    /// The full path: device, address, dumps, diff, apply, masquerade rules. A failure in
+    /// one step does not keep the others from running.
+    fn full(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
             return Ok(());
         };
+        self.watch(&s);
+        let device = match self.ensure_device(&s) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.reports.send(Report { device_mac: None });
+                return Err(e);
+            }
+        };
+        let mut result = match &device {
+            Some((spec, dev)) => self.ensure_address(&s, spec, dev),
+            None => Ok(()),
+        };
+        let kernel = self.reconcile_kernel(&s, device.as_ref().map(|(_, d)| d.index), started);
+        let masq = self.ensure_masquerade(&s);
+        result = result.and(kernel).and(masq);
+
+        self.metrics.record_reconcile(started.elapsed());
+        self.metrics
+            .datapath_programmed
+            .store(result.is_ok(), Ordering::Relaxed);
+        // A full pass parses whole kernel dumps (megabytes with thousands of peers), and lease
+        // snapshots come and go between passes: hand the freed pages back to the kernel.
+        release_free_memory();
+        let _ = self.reports.send(Report {
+            device_mac: device.map(|(_, d)| d.mac),
+        });
+        result
+    }
+
+    /// Tells the monitor thread which kernel changes concern weft.
+    fn watch(&self, s: &Snapshot) {
         *self
             .watched
             .network
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = s.cfg.network;
         self.watched.ext.store(s.ext.index, Ordering::Relaxed);
-        let mut ok = true;
+    }
 
-        let mut device_mac = None;
-        let mut device = None;
-        if let Some(spec) = &s.device {
-            match vxlan::ensure(&mut self.nl, spec, s.advertised_mac()) {
-                Ok(dev) => {
-                    if dev.created {
-                        tracing::warn!(device = %spec.name, mac = %crate::netlink::format_mac(&dev.mac), "VXLAN device was missing; recreated it");
-                        self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.watched.device.store(dev.index, Ordering::Relaxed);
-                    device_mac = Some(dev.mac);
-                    device = Some(dev.index);
-                    match vxlan::ensure_address(&mut self.nl, dev.index, s.own_subnet()) {
-                        Ok(true) => {
-                            tracing::info!(device = %spec.name, subnet = %s.own_subnet(), "device address set")
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            ok = false;
-                            self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(device = %spec.name, error = %e, "cannot set the device address");
-                        }
-                    }
+    /// Creates or adopts the backend's device, if it needs one.
+    fn ensure_device(&mut self, s: &Snapshot) -> Result<Option<(DeviceSpec, Device)>, Failure> {
+        let Some(spec) = &s.device else {
+            return Ok(None);
+        };
+        let backend = s.backend();
+        match backend.ensure_device(&mut self.nl, spec, backend.advertised_mac(&s.own.attrs)) {
+            Ok(dev) => {
+                if dev.created {
+                    tracing::warn!(device = %spec.name, mac = %format_mac(&dev.mac), "device was missing; recreated it");
+                    self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(device = %spec.name, error = %e, "cannot set up the VXLAN device; will retry");
-                    let _ = self.reports.send(Report {
-                        device_mac: None,
-                        programmed: false,
-                    });
-                    return Err(());
-                }
-            }
-        }
-
-        let desired = self.desired(&s, device);
-        let host = self.host(&s, device);
-        let dumps = (|| {
-            let routes = self.nl.routes(Family::V4)?;
-            let (neigh, fdb) = match device {
-                Some(d) => (self.nl.neighbours(Some(d))?, self.nl.fdb(Some(d))?),
-                None => (Vec::new(), Vec::new()),
-            };
-            Ok::<_, crate::netlink::NetlinkError>((routes, neigh, fdb))
-        })();
-        match dumps {
-            Ok((routes, neigh, fdb)) => {
-                let actual = reconcile::owned(&s.cfg, &host, s.own_subnet(), routes, neigh, fdb);
-                let ops = reconcile::diff(&desired, &actual);
-                let previous = self.applied.take();
-                let applying = Instant::now();
-                if self.apply(&ops, previous.as_ref()).is_err() {
-                    ok = false;
-                }
-                if !ops.is_empty() {
-                    tracing::info!(
-                        changes = ops.len(),
-                        peers = desired.peers,
-                        before_apply_us = (applying - started).as_micros() as u64,
-                        apply_us = applying.elapsed().as_micros() as u64,
-                        "kernel state reconciled"
-                    );
-                }
-                self.metrics
-                    .peers_programmed
-                    .store(desired.peers as u64, Ordering::Relaxed);
-                if ok {
-                    self.applied = Some(desired);
-                    self.applied_from = Some((s.clone(), host));
-                } else {
-                    self.applied_from = None;
-                }
+                self.watched.device.store(dev.index, Ordering::Relaxed);
+                Ok(Some((spec.clone(), dev)))
             }
             Err(e) => {
-                ok = false;
+                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device = %spec.name, error = %e, "cannot set up the device; will retry");
+                Err(Failure::Device)
+            }
+        }
+    }
+
+    fn ensure_address(
+        &mut self,
+        s: &Snapshot,
+        spec: &DeviceSpec,
+        dev: &Device,
+    ) -> Result<(), Failure> {
+        match backend::ensure_address(&mut self.nl, dev.index, s.own_subnet()) {
+            Ok(true) => {
+                tracing::info!(device = %spec.name, subnet = %s.own_subnet(), "device address set");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device = %spec.name, error = %e, "cannot set the device address");
+                Err(Failure::Address)
+            }
+        }
+    }
+
+    /// Routes, neighbours and FDB: the kernel's against the desired state, and the difference
+    /// applied. The applied state is kept only when everything went in.
+    fn reconcile_kernel(
+        &mut self,
+        s: &Arc<Snapshot>,
+        device: Option<u32>,
+        started: Instant,
+    ) -> Result<(), Failure> {
+        let host = Host::new(&s.ext, device);
+        let desired = self.desired(s, &host);
+        let actual = match reconcile::read_actual(&mut self.nl, &s.cfg, &host, s.own_subnet()) {
+            Ok(a) => a,
+            Err(e) => {
                 self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot read the kernel's routes, neighbours or FDB");
+                return Err(Failure::Dump);
             }
+        };
+        let ops = reconcile::diff(&desired, &actual);
+        let previous = self.applied.take();
+        let applying = Instant::now();
+        let result = self.apply(&ops, previous.as_ref());
+        if !ops.is_empty() {
+            tracing::info!(
+                changes = ops.len(),
+                peers = desired.peers,
+                before_apply_us = (applying - started).as_micros() as u64,
+                apply_us = applying.elapsed().as_micros() as u64,
+                "kernel state reconciled"
+            );
         }
-
-        match self.masq.ensure(&s.masq) {
-            Ok(true) => tracing::info!(masquerade = s.masq.masquerade, "nftables rules written"),
-            Ok(false) => {}
-            Err(e) => {
-                ok = false;
-                tracing::warn!(error = %e, "cannot write the nftables rules");
-            }
-        }
-
-        self.metrics.record_reconcile(started.elapsed());
         self.metrics
-            .datapath_programmed
-            .store(ok, Ordering::Relaxed);
-        // A full pass parses whole kernel dumps (megabytes with thousands of peers), and lease
-        // snapshots come and go between passes: hand the freed pages back to the kernel.
-        release_free_memory();
-        let _ = self.reports.send(Report {
-            device_mac,
-            programmed: ok,
-        });
-        if ok {
-            Ok(())
+            .peers_programmed
+            .store(desired.peers as u64, Ordering::Relaxed);
+        if result.is_ok() {
+            self.applied = Some(desired);
+            self.applied_from = Some((s.clone(), host));
         } else {
-            Err(())
+            self.applied_from = None;
+        }
+        result
+    }
+
+    fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {
+        match self.masq.ensure(&s.masq) {
+            Ok(true) => {
+                tracing::info!(masquerade = s.masq.masquerade, "nftables rules written");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the nftables rules");
+                Err(Failure::Masquerade)
+            }
         }
     }
 }

@@ -161,12 +161,13 @@ impl Metrics {
     }
 }
 
-/// Serves the three endpoints until the task is dropped. Binding errors are returned so the
-/// caller can stop at start with a message that names the address.
+/// Binds the listener before anything else starts, so a bad address stops weftd at once with
+/// a message that names it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves `/healthz`, `/readyz` and `/metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::netlink::{Address, Link, Route};
+use crate::netlink::{Address, Family, Link, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
 
 /// How to pick the external interface and public IP: weftd's flags, which `weftctl check`
 /// shares (with the same WEFTD_* variables) so one environment file serves both.
@@ -133,9 +133,27 @@ fn build(
 fn route_to(routes: &[Route], dst: Ipv4Addr) -> Option<&Route> {
     routes
         .iter()
-        .filter(|r| r.table == 254)
+        .filter(|r| r.table == RT_TABLE_MAIN)
         .filter(|r| matches!(r.dst, IpNet::V4(n) if n.contains(&dst)))
         .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric.unwrap_or(0))))
+}
+
+/// Why no external interface could be chosen from the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+}
+
+/// Reads the links, addresses and IPv4 routes through `nl` and chooses: what weftd does at
+/// start-up and `weftctl check` does to find the same interface.
+pub fn choose_in(nl: &mut Netlink, sel: &IfaceSelect) -> Result<ExtIface, ChooseError> {
+    let links = nl.links()?;
+    let addrs = nl.addresses(None)?;
+    let routes = nl.routes(Family::V4)?;
+    Ok(choose(sel, &links, &addrs, &routes)?)
 }
 
 pub fn choose(
@@ -193,7 +211,7 @@ pub fn choose(
         None => (
             routes
                 .iter()
-                .filter(|r| r.table == 254 && r.dst == IpNet::V4(Ipv4Net::default()))
+                .filter(|r| r.table == RT_TABLE_MAIN && r.dst == IpNet::V4(Ipv4Net::default()))
                 .min_by_key(|r| r.metric.unwrap_or(0)),
             IfaceError::NoDefaultRoute,
         ),

@@ -2,14 +2,14 @@
 //! field for field (`PublicIP`, `PublicIPv6`, `BackendType`, `BackendData`, `BackendV6Data`),
 //! and `BackendData` is kept exactly as stored so foreign fields survive a rewrite.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::subnet::{lease_key_name, parse_lease_key_name, SubnetError};
+use crate::subnet::{lease_key_name, parse_lease_key_name, Family, SubnetError};
 
 /// Why a stored lease could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,32 +54,7 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<Value>,
 }
 
-/// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VxlanLeaseData {
-    pub vni: u32,
-    /// As stored (flannel writes lower-case colon-separated hex).
-    pub vtep_mac: String,
-}
-
-impl VxlanLeaseData {
-    /// flannel's `BackendData` object for a VXLAN lease.
-    pub fn to_value(&self) -> Value {
-        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
-    }
-
-    fn from_value(v: &Value) -> Option<VxlanLeaseData> {
-        let obj = v.as_object()?;
-        let get = |name: &str| {
-            obj.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-        };
-        let vni = u32::try_from(get("VNI")?.as_u64()?).ok()?;
-        let vtep_mac = get("VtepMAC")?.as_str()?.to_string();
-        Some(VxlanLeaseData { vni, vtep_mac })
-    }
-}
+pub use crate::backend::vxlan::VxlanLeaseData;
 
 impl LeaseAttrs {
     /// Attributes of a VXLAN host, as flannel writes them.
@@ -87,7 +62,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: "vxlan".into(),
+            backend_type: crate::backend::vxlan::TYPE.into(),
             backend_data: Some(
                 VxlanLeaseData {
                     vni,
@@ -104,7 +79,7 @@ impl LeaseAttrs {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
-            backend_type: "host-gw".into(),
+            backend_type: crate::backend::hostgw::TYPE.into(),
             backend_data: None,
             backend_v6_data: None,
         }
@@ -152,7 +127,32 @@ pub struct Lease {
     pub mod_revision: i64,
 }
 
+/// One family's part of a lease: its subnet, its host's public address and the backend's
+/// data in that family. What the desired state and the backends read, for either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side<'a> {
+    pub subnet: IpNet,
+    pub public_ip: Option<IpAddr>,
+    pub backend_data: Option<&'a Value>,
+}
+
 impl Lease {
+    /// The lease's part in `family`; `None` when it has no subnet of that family.
+    pub fn side(&self, family: Family) -> Option<Side<'_>> {
+        match family {
+            Family::V4 => Some(Side {
+                subnet: self.subnet.into(),
+                public_ip: Some(self.attrs.public_ip.into()),
+                backend_data: self.attrs.backend_data.as_ref(),
+            }),
+            Family::V6 => self.subnet6.map(|s| Side {
+                subnet: s.into(),
+                public_ip: self.attrs.public_ipv6.map(IpAddr::V6),
+                backend_data: self.attrs.backend_v6_data.as_ref(),
+            }),
+        }
+    }
+
     pub fn is_reservation(&self) -> bool {
         self.etcd_lease_id.is_none()
     }

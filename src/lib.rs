@@ -1,17 +1,21 @@
 //! weft: an overlay network for containers, compatible with flannel's etcd mode.
 //!
 //! The pure core (no I/O, unit-tested without root): [`config`] parses the network config,
-//! [`subnet`] does subnet arithmetic and lease-key names, [`lease`] holds a lease and its
-//! flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`, [`docker`] turns it
-//! into dockerd's settings.
+//! [`subnet`] does subnet arithmetic for either family and lease-key names, [`lease`] holds a
+//! lease and its flannel-format attributes, [`subnet_env`] reads and writes `subnet.env`,
+//! [`docker`] turns it into dockerd's settings, and [`backend`] registers the backends and
+//! reads their config.
 //!
 //! The edges, each tested against the real thing: [`netlink`] is a synchronous, pipelined
 //! netlink client shared by `weftd` and the CNI plugin; with the `daemon` feature, [`store`]
-//! keeps leases in etcd, [`backend`] and [`reconcile`] turn leases into kernel state,
-//! [`masq`] owns the nftables rules and [`forward`] the accepts in iptables' FORWARD chain
-//! (where Docker's drop would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves
-//! health and metrics.
+//! keeps leases in etcd, each [`backend`] says what a lease becomes in the kernel, and
+//! [`reconcile`] turns leases into that desired state, diffs it against the kernel and the
+//! last applied state (one path for weftd's datapath and `weftctl check`); [`masq`] owns the
+//! nftables rules and [`forward`] the accepts in iptables' FORWARD chain (where Docker's drop
+//! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
+//! metrics.
 
+pub mod backend;
 pub mod config;
 pub mod docker;
 pub mod lease;
@@ -26,8 +30,6 @@ pub mod store;
 
 #[cfg(feature = "daemon")]
 pub mod agent;
-#[cfg(feature = "daemon")]
-pub mod backend;
 #[cfg(feature = "daemon")]
 pub mod check;
 #[cfg(feature = "daemon")]

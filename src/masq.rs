@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::subnet::Family;
+
 /// The kube-proxy mark: traffic it already NATs is left alone to avoid double NAT.
 const KUBE_PROXY_MARK: u32 = 0x4000;
 
@@ -40,11 +42,19 @@ pub struct TableScript {
 
 pub const TABLE: &str = "weft";
 
-fn rules(family: &'static str, network: IpNet, subnet: IpNet, masquerade: bool) -> TableScript {
-    let (ip, mcast) = match family {
-        "ip" => ("ip", "224.0.0.0/4"),
-        _ => ("ip6", "ff00::/8"),
-    };
+/// nft's name of an address family (for tables and for address matches alike) and the
+/// family's multicast range, which is never masqueraded.
+fn nft_family(f: Family) -> (&'static str, &'static str) {
+    match f {
+        Family::V4 => ("ip", "224.0.0.0/4"),
+        Family::V6 => ("ip6", "ff00::/8"),
+    }
+}
+
+/// The table for the family of `network`: the same rules for IPv4 and IPv6.
+fn rules(network: IpNet, subnet: IpNet, masquerade: bool) -> TableScript {
+    let (family, mcast) = nft_family(Family::of(network.addr()));
+    let ip = family;
     let n = network.trunc();
     let p = subnet.trunc();
     let mut s = String::new();
@@ -85,10 +95,10 @@ impl MasqSpec {
     pub fn scripts(&self) -> Vec<TableScript> {
         let mut out = Vec::new();
         if let Some((n, p)) = self.v4 {
-            out.push(rules("ip", IpNet::V4(n), IpNet::V4(p), self.masquerade));
+            out.push(rules(IpNet::V4(n), IpNet::V4(p), self.masquerade));
         }
         if let Some((n, p)) = self.v6 {
-            out.push(rules("ip6", IpNet::V6(n), IpNet::V6(p), self.masquerade));
+            out.push(rules(IpNet::V6(n), IpNet::V6(p), self.masquerade));
         }
         out
     }
@@ -177,28 +187,56 @@ fn run_nft(script: &str, family: &str) -> Result<(), MasqError> {
 }
 
 /// The kernel's listing of weft's table of one family, or None when it does not exist.
+/// Whether it exists is read from nft's JSON list of tables, not from an error message.
 pub fn list_table(family: &str) -> Result<Option<String>, MasqError> {
+    let tables = nft_output(&["-j", "list", "tables", family], family)?;
+    if !has_table(&tables, family) {
+        return Ok(None);
+    }
+    nft_output(&["list", "table", family, TABLE], family).map(Some)
+}
+
+/// What nft printed, or its complaint when it exits with a failure.
+fn nft_output(args: &[&str], family: &str) -> Result<String, MasqError> {
     let out = Command::new("nft")
-        .args(["list", "table", family, TABLE])
+        .args(args)
         .output()
         .map_err(MasqError::Spawn)?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No such file or directory") {
-        Ok(None)
-    } else {
-        Err(MasqError::List {
+    if !out.status.success() {
+        return Err(MasqError::List {
             table: format!("{family} {TABLE}"),
-            stderr: stderr.trim().to_string(),
-        })
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `nft -j list tables` output names weft's table of `family`.
+fn has_table(json: &str, family: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    let items = v.get("nftables").and_then(|n| n.as_array());
+    items.into_iter().flatten().any(|item| {
+        let t = &item["table"];
+        t["family"] == family && t["name"] == TABLE
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_found_in_nfts_json_listing() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "ip", "name": "filter", "handle": 1}},
+            {"table": {"family": "ip", "name": "weft", "handle": 2}}]}"#;
+        assert!(has_table(json, "ip"));
+        assert!(!has_table(json, "ip6"));
+        assert!(!has_table(r#"{"nftables": [{"metainfo": {}}]}"#, "ip"));
+        assert!(!has_table("not json", "ip"));
+    }
 
     #[test]
     fn masquerade_rules_follow_flannel_semantics() {

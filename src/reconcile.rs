@@ -5,40 +5,19 @@
 //! the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-use crate::config::{BackendConfig, NetworkConfig};
+use crate::backend::Peer;
+pub use crate::backend::{Host, PeerObjects};
+use crate::config::NetworkConfig;
 use crate::lease::Lease;
-use crate::netlink::{parse_mac, FdbEntry, Mac, Neighbour, Op, Route};
-
-/// NUD_PERMANENT: weft's neighbours never age out.
-pub const NUD_PERMANENT: u16 = 0x80;
-/// RTPROT_KERNEL: routes the kernel made for an address; never ours.
-const RTPROT_KERNEL: u8 = 2;
-const MAIN_TABLE: u32 = 254;
-
-/// Facts about this host the desired state depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    pub public_ip: Ipv4Addr,
-    /// The external (underlay) interface.
-    pub ext_index: u32,
-    /// The external interface's IPv4 networks: a peer inside one is reachable without a
-    /// gateway (DirectRouting, host-gw).
-    pub ext_networks: Vec<Ipv4Net>,
-    /// weft's VXLAN device, for the vxlan backend.
-    pub vxlan_index: Option<u32>,
-}
-
-/// The kernel objects one remote lease calls for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PeerObjects {
-    pub route: Option<Route>,
-    pub neighbour: Option<Neighbour>,
-    pub fdb: Option<FdbEntry>,
-}
+use crate::netlink::{
+    is_permanent, FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Op, Route, RTPROT_KERNEL,
+    RT_TABLE_MAIN,
+};
+use crate::subnet::Family as SubnetFamily;
 
 /// A lease that is not programmed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,30 +44,35 @@ pub struct Actual {
     pub fdb: Vec<FdbEntry>,
 }
 
-fn usable_ip(ip: Ipv4Addr) -> Result<(), &'static str> {
+fn usable_ip(ip: IpAddr) -> Result<(), &'static str> {
     if ip.is_unspecified() {
         Err("is unspecified")
     } else if ip.is_loopback() {
         Err("is a loopback address")
     } else if ip.is_multicast() {
         Err("is a multicast address")
-    } else if ip.is_broadcast() {
+    } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
         Err("is the broadcast address")
     } else {
         Ok(())
     }
 }
 
-/// Checks one remote lease on its own and returns the objects it calls for. `Err` says why it
-/// must not be programmed.
+/// Checks one remote lease's side in `host`'s family on its own and returns the objects it
+/// calls for. `Err` says why it must not be programmed. The rules here hold for every backend
+/// and family; the backend adds its own.
 pub fn peer_objects(
     cfg: &NetworkConfig,
     host: &Host,
-    own_subnet: Ipv4Net,
+    own_subnet: IpNet,
     lease: &Lease,
 ) -> Result<PeerObjects, String> {
-    let subnet = lease.subnet;
-    if !cfg.contains_subnet(subnet) {
+    let family = host.family();
+    let Some(side) = lease.side(family) else {
+        return Err(format!("the lease has no {family} subnet"));
+    };
+    let subnet = side.subnet;
+    if !cfg.contains(subnet) {
         return Err(format!("subnet {subnet} is not a subnet of the network"));
     }
     if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
@@ -96,89 +80,31 @@ pub fn peer_objects(
             "subnet {subnet} overlaps this host's subnet {own_subnet}"
         ));
     }
-    let public_ip = lease.attrs.public_ip;
+    let Some(public_ip) = side.public_ip else {
+        return Err(format!("the lease has no {family} PublicIP"));
+    };
     usable_ip(public_ip).map_err(|why| format!("PublicIP {public_ip} {why}"))?;
     if public_ip == host.public_ip {
         return Err(format!("PublicIP {public_ip} is this host's own address"));
     }
-    let own_type = cfg.backend.type_name();
+    let backend = crate::backend::of(&cfg.backend);
+    let own_type = backend.type_name();
     if lease.attrs.backend_type != own_type {
         return Err(format!(
             "BackendType {:?} differs from this network's {own_type:?}",
             lease.attrs.backend_type
         ));
     }
-    let direct = host.ext_networks.iter().any(|n| n.contains(&public_ip));
-    let direct_route = || {
-        let mut r = Route::new(IpNet::V4(subnet));
-        r.gateway = Some(IpAddr::V4(public_ip));
-        r.oif = Some(host.ext_index);
-        r
+    let peer = Peer {
+        subnet,
+        public_ip,
+        data: side.backend_data,
     };
-    match &cfg.backend {
-        // The kernel refuses a gateway that is not on a connected network, so such a route
-        // would fail on every reconciliation and keep this host from ever being programmed.
-        BackendConfig::HostGw if !direct => Err(format!(
-            "PublicIP {public_ip} is not on a network of the external interface; host-gw needs every host on one L2"
-        )),
-        BackendConfig::HostGw => Ok(PeerObjects {
-            route: Some(direct_route()),
-            ..PeerObjects::default()
-        }),
-        BackendConfig::Vxlan(vx) => {
-            if vx.direct_routing && direct {
-                return Ok(PeerObjects {
-                    route: Some(direct_route()),
-                    ..PeerObjects::default()
-                });
-            }
-            let data = lease
-                .attrs
-                .vxlan_data()
-                .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
-            if data.vni != vx.vni {
-                return Err(format!(
-                    "VNI {} differs from this network's {}",
-                    data.vni, vx.vni
-                ));
-            }
-            let mac = parse_mac(&data.vtep_mac)
-                .map_err(|_| format!("VtepMAC {:?} is not a MAC address", data.vtep_mac))?;
-            if mac == [0; 6] || mac[0] & 1 == 1 {
-                return Err(format!(
-                    "VtepMAC {} is not a unicast address",
-                    data.vtep_mac
-                ));
-            }
-            let Some(dev) = host.vxlan_index else {
-                return Err("the VXLAN device does not exist yet".to_string());
-            };
-            let gw = IpAddr::V4(subnet.network());
-            let mut route = Route::new(IpNet::V4(subnet));
-            route.gateway = Some(gw);
-            route.oif = Some(dev);
-            route.onlink = true;
-            Ok(PeerObjects {
-                route: Some(route),
-                neighbour: Some(Neighbour {
-                    index: dev,
-                    ip: gw,
-                    mac: Some(mac),
-                    state: NUD_PERMANENT,
-                }),
-                fdb: Some(FdbEntry {
-                    index: dev,
-                    mac,
-                    dst: Some(IpAddr::V4(public_ip)),
-                    permanent: true,
-                }),
-            })
-        }
-    }
+    backend.peer(host, &peer)
 }
 
-/// The desired state for all known leases. Leases that overlap each other are settled by
-/// age: the older (lower revision, then lower key) is kept, the newer skipped.
+/// The desired state of `host`'s family for all known leases. Leases that overlap each other
+/// are settled by age: the older (lower revision, then lower key) is kept, the newer skipped.
 pub fn desired<L: std::borrow::Borrow<Lease>>(
     cfg: &NetworkConfig,
     host: &Host,
@@ -186,26 +112,33 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     leases: &[L],
 ) -> Desired {
     let mut out = Desired::default();
+    let family = host.family();
+    let Some(own_subnet) = own.side(family).map(|s| s.subnet) else {
+        return out;
+    };
+    let subnet_of = |l: &Lease| l.side(family).map(|s| s.subnet);
     let mut sorted: Vec<&Lease> = leases
         .iter()
         .map(|l| l.borrow())
-        .filter(|l| l.subnet != own.subnet)
+        .filter(|l| subnet_of(l) != Some(own_subnet))
         .collect();
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
     sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));
-    let mut accepted: BTreeMap<Ipv4Addr, Ipv4Net> = BTreeMap::new();
+    let mut accepted: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
     let mut macs: BTreeSet<Mac> = BTreeSet::new();
     for lease in sorted {
         let key = lease.key_name();
-        if let Some(other) = overlapping(&accepted, lease.subnet) {
+        let subnet = subnet_of(lease);
+        let overlap = subnet.and_then(|s| Some((s, overlapping(&accepted, s)?)));
+        if let Some((s, other)) = overlap {
             out.skipped.push(Skip {
                 key,
-                reason: format!("subnet {} overlaps the older lease {other}", lease.subnet),
+                reason: format!("subnet {s} overlaps the older lease {other}"),
             });
             continue;
         }
-        match peer_objects(cfg, host, own.subnet, lease) {
+        match peer_objects(cfg, host, own_subnet, lease) {
             Ok(objects) => {
                 if let Some(f) = &objects.fdb {
                     // Two leases claiming one VTEP MAC would fight over one FDB entry.
@@ -217,7 +150,10 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                         continue;
                     }
                 }
-                accepted.insert(lease.subnet.network(), lease.subnet);
+                // peer_objects refuses a lease without a subnet in the family.
+                if let Some(s) = subnet {
+                    accepted.insert(s.network(), s);
+                }
                 out.peers += 1;
                 if let Some(r) = objects.route {
                     out.routes.insert(r.dst, r);
@@ -235,57 +171,73 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     out
 }
 
-/// The accepted subnet `s` overlaps, if any, in O(log n). Accepted subnets never overlap
-/// each other, so only two can: the one starting at or before `s` (it may contain `s`) and
-/// the first one starting inside `s` (`s` contains it).
-fn overlapping(accepted: &BTreeMap<Ipv4Addr, Ipv4Net>, s: Ipv4Net) -> Option<Ipv4Net> {
-    if let Some((_, a)) = accepted.range(..=s.network()).next_back() {
-        if a.contains(&s.network()) {
-            return Some(*a);
+/// The accepted subnet `s` overlaps, if any (see [`overlap`]).
+fn overlapping(accepted: &BTreeMap<IpAddr, IpNet>, s: IpNet) -> Option<IpNet> {
+    overlap(accepted, s, |addr, _| addr, |_, net| *net)
+}
+
+/// Which of `taken`'s subnets `s` overlaps, in O(log n), for either family. `taken` never
+/// holds two that overlap each other, so only two can: the last one starting at or before
+/// `s` (it may contain `s`) and the first one starting inside `s` (`s` contains it). `key`
+/// is the map's key of a subnet address and prefix length, `net` the subnet of an entry.
+fn overlap<K: Ord, V>(
+    taken: &BTreeMap<K, V>,
+    s: IpNet,
+    key: impl Fn(IpAddr, u8) -> K,
+    net: impl Fn(&K, &V) -> IpNet,
+) -> Option<IpNet> {
+    let bits = SubnetFamily::of(s.addr()).bits();
+    if let Some((k, v)) = taken.range(..=key(s.network(), bits)).next_back() {
+        let n = net(k, v);
+        if n.contains(&s.network()) {
+            return Some(n);
         }
     }
-    accepted
-        .range(s.network()..=s.broadcast())
+    taken
+        .range(key(s.network(), 0)..=key(s.broadcast(), bits))
         .next()
-        .map(|(_, a)| *a)
+        .map(|(k, v)| net(k, v))
 }
 
 /// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
 /// this host's own subnet, not the kernel's) on weft's device or the external interface;
-/// permanent neighbours and FDB entries on weft's VXLAN device.
+/// permanent neighbours and FDB entries on the backend's device.
 pub fn owned(
     cfg: &NetworkConfig,
     host: &Host,
-    own_subnet: Ipv4Net,
+    own_subnet: impl Into<IpNet>,
     routes: Vec<Route>,
     neighbours: Vec<Neighbour>,
     fdb: Vec<FdbEntry>,
 ) -> Actual {
-    let Some(network) = cfg.network else {
+    let family = host.family();
+    let Some(network) = cfg.network_of(family) else {
         return Actual::default();
     };
+    let own_subnet = own_subnet.into();
     let routes = routes
         .into_iter()
         .filter(|r| {
-            let IpNet::V4(dst) = r.dst else { return false };
-            r.table == MAIN_TABLE
+            r.table == RT_TABLE_MAIN
                 && r.protocol != RTPROT_KERNEL
-                && network.contains(&dst)
-                && !own_subnet.contains(&dst)
+                && network.contains(&r.dst)
+                && !own_subnet.contains(&r.dst)
                 && r.oif.is_some()
-                && (r.oif == host.vxlan_index || r.oif == Some(host.ext_index))
+                && (r.oif == host.device || r.oif == Some(host.ext_index))
         })
         .collect();
     let neighbours = neighbours
         .into_iter()
         .filter(|n| {
-            Some(n.index) == host.vxlan_index && n.state & NUD_PERMANENT != 0 && n.ip.is_ipv4()
+            Some(n.index) == host.device
+                && is_permanent(n.state)
+                && SubnetFamily::of(n.ip) == family
         })
         .collect();
     let fdb = fdb
         .into_iter()
         .filter(|f| {
-            Some(f.index) == host.vxlan_index && f.permanent && f.dst.is_some() && f.mac != [0; 6]
+            Some(f.index) == host.device && f.permanent && f.dst.is_some() && f.mac != [0; 6]
         })
         .collect();
     Actual {
@@ -299,65 +251,27 @@ fn same_route(a: &Route, b: &Route) -> bool {
     a.dst == b.dst && a.gateway == b.gateway && a.oif == b.oif && a.onlink == b.onlink
 }
 
+/// Reads weft's objects from the kernel (the routes of the main table, the neighbours and FDB
+/// of the backend's device) and keeps those [`owned`] says are weft's.
+pub fn read_actual(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    host: &Host,
+    own_subnet: impl Into<IpNet>,
+) -> Result<Actual, NetlinkError> {
+    let routes = nl.routes(host.family().into())?;
+    let (neigh, fdb) = match host.device {
+        Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(owned(cfg, host, own_subnet, routes, neigh, fdb))
+}
+
 /// The operations that turn `actual` into `desired`: replacements first (a changed object is
 /// replaced in place, never deleted and re-added, so traffic never sees a gap), then removals.
 pub fn diff(desired: &Desired, actual: &Actual) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let mut dels = Vec::new();
-
-    let mut have_routes: BTreeMap<IpNet, Vec<&Route>> = BTreeMap::new();
-    for r in &actual.routes {
-        have_routes.entry(r.dst).or_default().push(r);
-    }
-    for (dst, want) in &desired.routes {
-        let have = have_routes.get(dst).map(Vec::as_slice).unwrap_or(&[]);
-        if !have.iter().any(|h| same_route(h, want)) {
-            ops.push(Op::ReplaceRoute(want.clone()));
-        }
-        // Any other route of ours to the same destination (another metric, say) goes.
-        for h in have.iter().filter(|h| !same_route(h, want)) {
-            if h.metric != want.metric {
-                dels.push(Op::DelRoute((*h).clone()));
-            }
-        }
-    }
-    for r in &actual.routes {
-        if !desired.routes.contains_key(&r.dst) {
-            dels.push(Op::DelRoute(r.clone()));
-        }
-    }
-
-    let have_neigh: BTreeMap<IpAddr, &Neighbour> =
-        actual.neighbours.iter().map(|n| (n.ip, n)).collect();
-    for (ip, want) in &desired.neighbours {
-        if have_neigh.get(ip).map(|h| h.mac) != Some(want.mac) {
-            ops.push(Op::ReplaceNeighbour(want.clone()));
-        }
-    }
-    for n in &actual.neighbours {
-        if !desired.neighbours.contains_key(&n.ip) {
-            dels.push(Op::DelNeighbour(n.clone()));
-        }
-    }
-
-    for (mac, want) in &desired.fdb {
-        let matching = actual
-            .fdb
-            .iter()
-            .any(|h| h.mac == *mac && h.dst == want.dst);
-        if !matching {
-            ops.push(Op::ReplaceFdb(want.clone()));
-        }
-    }
-    for f in &actual.fdb {
-        let wanted = desired.fdb.get(&f.mac).is_some_and(|w| w.dst == f.dst);
-        if !wanted {
-            dels.push(Op::DelFdb(f.clone()));
-        }
-    }
-
-    ops.extend(dels);
-    ops
+    let actual = Indexed::new(actual);
+    ops_between(desired, &actual, &actual)
 }
 
 /// The operations that turn the state last applied into `desired`, without reading the
@@ -367,45 +281,144 @@ pub fn diff_applied(desired: &Desired, applied: &Desired) -> Vec<Op> {
     ops_between(desired, applied, applied)
 }
 
-/// Replacements for every object of `want` that `have` lacks or holds otherwise, then
-/// removals of every object of `stale` that `want` no longer has.
-fn ops_between(want: &Desired, have: &Desired, stale: &Desired) -> Vec<Op> {
+/// Objects of one kind, looked up by the key the kernel identifies them by. The kernel may
+/// hold several under one key (routes with other metrics, FDB entries to several hosts);
+/// a desired state holds one.
+trait Held<K, V> {
+    fn at(&self, key: &K) -> &[V];
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a;
+}
+
+impl<K: Ord, V> Held<K, V> for BTreeMap<K, V> {
+    fn at(&self, key: &K) -> &[V] {
+        self.get(key).map(std::slice::from_ref).unwrap_or(&[])
+    }
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a,
+    {
+        self.values()
+    }
+}
+
+/// A kernel dump indexed by key.
+struct Many<K, V>(BTreeMap<K, Vec<V>>);
+
+impl<K: Ord, V: Clone> Many<K, V> {
+    fn new(items: &[V], key: impl Fn(&V) -> K) -> Many<K, V> {
+        let mut m: BTreeMap<K, Vec<V>> = BTreeMap::new();
+        for v in items {
+            m.entry(key(v)).or_default().push(v.clone());
+        }
+        Many(m)
+    }
+}
+
+impl<K: Ord, V> Held<K, V> for Many<K, V> {
+    fn at(&self, key: &K) -> &[V] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+    fn each<'a>(&'a self) -> impl Iterator<Item = &'a V>
+    where
+        V: 'a,
+    {
+        self.0.values().flatten()
+    }
+}
+
+/// A set of weft's objects the diff can compare against: the kernel's or a desired state.
+trait Objects {
+    fn routes(&self) -> &impl Held<IpNet, Route>;
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour>;
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry>;
+}
+
+impl Objects for Desired {
+    fn routes(&self) -> &impl Held<IpNet, Route> {
+        &self.routes
+    }
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour> {
+        &self.neighbours
+    }
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry> {
+        &self.fdb
+    }
+}
+
+/// What the kernel holds, indexed like a desired state.
+struct Indexed {
+    routes: Many<IpNet, Route>,
+    neighbours: Many<IpAddr, Neighbour>,
+    fdb: Many<Mac, FdbEntry>,
+}
+
+impl Indexed {
+    fn new(a: &Actual) -> Indexed {
+        Indexed {
+            routes: Many::new(&a.routes, |r| r.dst),
+            neighbours: Many::new(&a.neighbours, |n| n.ip),
+            fdb: Many::new(&a.fdb, |f| f.mac),
+        }
+    }
+}
+
+impl Objects for Indexed {
+    fn routes(&self) -> &impl Held<IpNet, Route> {
+        &self.routes
+    }
+    fn neighbours(&self) -> &impl Held<IpAddr, Neighbour> {
+        &self.neighbours
+    }
+    fn fdb(&self) -> &impl Held<Mac, FdbEntry> {
+        &self.fdb
+    }
+}
+
+/// The one diff: replacements for every object of `want` that `have` lacks or holds
+/// otherwise, then removals of every object of `stale` that `want` no longer has. The full
+/// path passes the kernel as both; the fast path the applied state; an incremental update
+/// the applied state and the objects of the leases that went.
+fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut dels = Vec::new();
     for (dst, w) in &want.routes {
-        match have.routes.get(dst) {
-            Some(h) if same_route(h, w) => {}
-            Some(h) => {
-                ops.push(Op::ReplaceRoute(w.clone()));
-                if h.metric != w.metric {
-                    dels.push(Op::DelRoute(h.clone()));
-                }
-            }
-            None => ops.push(Op::ReplaceRoute(w.clone())),
+        let held = have.routes().at(dst);
+        if !held.iter().any(|h| same_route(h, w)) {
+            ops.push(Op::ReplaceRoute(w.clone()));
+        }
+        // A route of ours to the same destination with another metric is another route: the
+        // replacement leaves it, so it goes.
+        for h in held
+            .iter()
+            .filter(|h| !same_route(h, w) && h.metric != w.metric)
+        {
+            dels.push(Op::DelRoute(h.clone()));
         }
     }
-    for (dst, s) in &stale.routes {
-        if !want.routes.contains_key(dst) {
+    for s in stale.routes().each() {
+        if !want.routes.contains_key(&s.dst) {
             dels.push(Op::DelRoute(s.clone()));
         }
     }
     for (ip, w) in &want.neighbours {
-        if have.neighbours.get(ip).map(|h| h.mac) != Some(w.mac) {
+        if have.neighbours().at(ip).last().map(|h| h.mac) != Some(w.mac) {
             ops.push(Op::ReplaceNeighbour(w.clone()));
         }
     }
-    for (ip, s) in &stale.neighbours {
-        if !want.neighbours.contains_key(ip) {
+    for s in stale.neighbours().each() {
+        if !want.neighbours.contains_key(&s.ip) {
             dels.push(Op::DelNeighbour(s.clone()));
         }
     }
     for (mac, w) in &want.fdb {
-        if !have.fdb.get(mac).is_some_and(|h| h.dst == w.dst) {
+        if !have.fdb().at(mac).iter().any(|h| h.dst == w.dst) {
             ops.push(Op::ReplaceFdb(w.clone()));
         }
     }
-    for (mac, s) in &stale.fdb {
-        if !want.fdb.get(mac).is_some_and(|w| w.dst == s.dst) {
+    for s in stale.fdb().each() {
+        if !want.fdb.get(&s.mac).is_some_and(|w| w.dst == s.dst) {
             dels.push(Op::DelFdb(s.clone()));
         }
     }
@@ -453,9 +466,8 @@ pub fn update(
     }
     // A new object may only take a key that is free or that a gone lease frees.
     for dst in new.routes.keys() {
-        let IpNet::V4(s) = dst else { return None };
-        if let Some(IpNet::V4(other)) = route_overlapping(&applied.routes, *s) {
-            if !old.routes.contains_key(&IpNet::V4(other)) || other != *s {
+        if let Some(other) = route_overlapping(&applied.routes, *dst) {
+            if !old.routes.contains_key(&other) || other != *dst {
                 return None;
             }
         }
@@ -492,23 +504,11 @@ pub fn update(
     Some(ops)
 }
 
-/// The route whose destination overlaps `s`, found as [`overlapping`] finds a subnet: the
-/// destinations of weft's routes are the accepted subnets, which never overlap.
-fn route_overlapping(routes: &BTreeMap<IpNet, Route>, s: Ipv4Net) -> Option<IpNet> {
-    let last = Ipv4Net::new(s.network(), 32).ok()?;
-    if let Some((dst, _)) = routes.range(..=IpNet::V4(last)).next_back() {
-        if let IpNet::V4(d) = dst {
-            if d.contains(&s.network()) {
-                return Some(*dst);
-            }
-        }
-    }
-    let first = Ipv4Net::new(s.network(), 0).ok()?;
-    let end = Ipv4Net::new(s.broadcast(), 32).ok()?;
-    routes
-        .range(IpNet::V4(first)..=IpNet::V4(end))
-        .next()
-        .map(|(dst, _)| *dst)
+/// The route whose destination overlaps `s` (see [`overlap`]): the destinations of weft's
+/// routes are the accepted subnets, which never overlap.
+fn route_overlapping(routes: &BTreeMap<IpNet, Route>, s: IpNet) -> Option<IpNet> {
+    let key = |addr, len| IpNet::new(addr, len).expect("a prefix length within the family");
+    overlap(routes, s, key, |dst, _| *dst)
 }
 
 /// Ops that put back objects the previous desired state already had: the kernel lost them
@@ -565,6 +565,7 @@ pub fn describe(op: &Op, dev: &dyn Fn(u32) -> String) -> String {
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+    use crate::netlink::NUD_PERMANENT;
 
     fn cfg(backend: &str) -> NetworkConfig {
         NetworkConfig::parse(&format!(
@@ -595,7 +596,7 @@ mod tests {
             public_ip: "198.18.0.1".parse().unwrap(),
             ext_index: 2,
             ext_networks: vec!["198.18.0.0/24".parse().unwrap()],
-            vxlan_index: Some(7),
+            device: Some(7),
         }
     }
 
@@ -671,7 +672,7 @@ mod tests {
     fn overlap_is_found_on_either_side() {
         let mut acc = BTreeMap::new();
         for s in ["198.19.0.0/24", "198.19.4.0/22", "198.19.9.0/24"] {
-            let n: Ipv4Net = s.parse().unwrap();
+            let n: IpNet = s.parse().unwrap();
             acc.insert(n.network(), n);
         }
         let o = |s: &str| overlapping(&acc, s.parse().unwrap()).map(|n| n.to_string());
@@ -803,6 +804,92 @@ mod tests {
         assert!(d.skipped[0]
             .reason
             .contains("198.18.5.3 is not on a network"));
+    }
+
+    #[test]
+    fn the_same_code_gives_the_ipv6_side_for_an_ipv6_host() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        let dual = |v4: &str, v6: &str, ip: &str, ip6: &str, rev| {
+            let mut l = lease(v4, ip, None, rev);
+            l.subnet6 = Some(v6.parse().unwrap());
+            l.attrs.public_ipv6 = Some(ip6.parse().unwrap());
+            l
+        };
+        let own = dual(
+            "198.19.1.0/24",
+            "2001:db8:100:1::/64",
+            "198.18.0.1",
+            "2001:db8::1",
+            1,
+        );
+        let peer = dual(
+            "198.19.2.0/24",
+            "2001:db8:100:2::/64",
+            "198.18.0.2",
+            "2001:db8::2",
+            2,
+        );
+        let v4_only = lease("198.19.3.0/24", "198.18.0.3", None, 3);
+        let h6 = Host {
+            public_ip: "2001:db8::1".parse().unwrap(),
+            ext_index: 2,
+            ext_networks: vec!["2001:db8::/64".parse().unwrap()],
+            device: None,
+        };
+        let d = desired(&c, &h6, &own, &[own.clone(), peer.clone(), v4_only.clone()]);
+        assert_eq!(d.peers, 1);
+        let r = &d.routes[&"2001:db8:100:2::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(
+            (r.gateway, r.oif),
+            (Some("2001:db8::2".parse().unwrap()), Some(2))
+        );
+        assert!(
+            d.skipped[0].reason.contains("no IPv6 subnet"),
+            "{:?}",
+            d.skipped
+        );
+        // The IPv4 side of the same leases, through the same code.
+        let d4 = desired(&c, &host(), &own, &[own.clone(), peer, v4_only]);
+        assert_eq!(d4.peers, 2);
+        let kernel = vec![r.clone(), d4.routes.values().next().unwrap().clone()];
+        assert_eq!(
+            owned(&c, &h6, own.subnet6.unwrap(), kernel, vec![], vec![]).routes,
+            std::slice::from_ref(r)
+        );
+    }
+
+    #[test]
+    fn diff_keeps_the_right_one_of_several_kernel_objects_under_one_key() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
+        let d = desired(&c, &host(), &own, &[peer]);
+        let route = d.routes.values().next().unwrap().clone();
+        // Another next hop with another metric: the replacement would leave it in place.
+        let other_metric = Route {
+            gateway: Some("198.18.0.2".parse().unwrap()),
+            oif: Some(2),
+            onlink: false,
+            metric: Some(100),
+            ..route.clone()
+        };
+        let fdb = d.fdb.values().next().unwrap().clone();
+        let old_dst = FdbEntry {
+            dst: Some("198.18.0.9".parse().unwrap()),
+            ..fdb.clone()
+        };
+        let kernel = Actual {
+            routes: vec![other_metric.clone(), route],
+            neighbours: d.neighbours.values().cloned().collect(),
+            fdb: vec![old_dst.clone(), fdb],
+        };
+        assert_eq!(
+            diff(&d, &kernel),
+            [Op::DelRoute(other_metric), Op::DelFdb(old_dst)]
+        );
     }
 
     #[test]

@@ -2,9 +2,81 @@
 //! way flannel does (`10.5.52.0-24`, dual stack `10.5.52.0-24&fd00::-64`), so weft and flannel
 //! hosts find each other's leases.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// An address family: the parameter that lets IPv4 and IPv6 go through the same code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Bits in an address.
+    pub fn bits(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// An address as a number, for arithmetic on either family (IPv4 in the low 32 bits).
+    pub fn number(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    /// The address of this family with number `n` (IPv4 keeps the low 32 bits).
+    pub fn addr(self, n: u128) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
+        }
+    }
+
+    /// A network in CIDR form of this family, or None.
+    pub fn parse_net(self, s: &str) -> Option<IpNet> {
+        match self {
+            Family::V4 => s.parse::<Ipv4Net>().ok().map(IpNet::V4),
+            Family::V6 => s.parse::<Ipv6Net>().ok().map(IpNet::V6),
+        }
+    }
+
+    /// An address of this family, or None.
+    pub fn parse_addr(self, s: &str) -> Option<IpAddr> {
+        match self {
+            Family::V4 => s.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+            Family::V6 => s.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Whether `s` is one of the `len`-long subnets of `network`: inside it, that long and on a
+/// subnet boundary. The same rule for either family.
+pub fn is_subnet_of(network: IpNet, len: u8, s: IpNet) -> bool {
+    s.prefix_len() == len && s.trunc() == s && network.contains(&s)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetError {
@@ -104,17 +176,49 @@ pub fn parse_lease_target(s: &str) -> Result<LeaseTarget, SubnetError> {
 
 /// The subnets of length `len` from `min` to `max` (both subnet addresses), in order.
 pub fn subnets_between(min: Ipv4Addr, max: Ipv4Addr, len: u8) -> impl Iterator<Item = Ipv4Net> {
-    let step = 1u64 << (32 - u32::from(len.min(32)));
-    let (lo, hi) = (u64::from(u32::from(min)), u64::from(u32::from(max)));
-    (0..)
-        .map(move |i: u64| lo + i * step)
+    subnets_from_to(min.into(), max.into(), len).filter_map(|n| match n {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => None,
+    })
+}
+
+/// The same for either family: `min` and `max` are subnet addresses of one family.
+pub fn subnets_from_to(min: IpAddr, max: IpAddr, len: u8) -> impl Iterator<Item = IpNet> {
+    let family = Family::of(min);
+    let len = len.min(family.bits());
+    // None for a zero-length prefix, whose one subnet is the whole space.
+    let step = 1u128.checked_shl(u32::from(family.bits() - len));
+    let (lo, hi) = (Family::number(min), Family::number(max));
+    std::iter::successors(Some(lo), move |a| step.and_then(|s| a.checked_add(s)))
         .take_while(move |a| *a <= hi)
-        .filter_map(move |a| Ipv4Net::new(Ipv4Addr::from(a as u32), len).ok())
+        .filter_map(move |a| IpNet::new(family.addr(a), len).ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn family_arithmetic_is_one_code_for_both() {
+        for (net, first) in [
+            ("198.19.0.0/16", "198.19.0.0"),
+            ("2001:db8::/32", "2001:db8::"),
+        ] {
+            let f = Family::of(first.parse().unwrap());
+            let n = f.parse_net(net).unwrap();
+            assert_eq!(f.addr(Family::number(n.network())), n.network());
+            assert_eq!(f.parse_addr(first), Some(n.network()));
+            let sub = f
+                .parse_net(&format!("{first}/{}", n.prefix_len() + 8))
+                .unwrap();
+            assert!(is_subnet_of(n, n.prefix_len() + 8, sub));
+            assert!(!is_subnet_of(n, n.prefix_len() + 4, sub));
+        }
+        assert_eq!(Family::V4.parse_net("2001:db8::/32"), None);
+        assert_eq!(Family::V6.parse_addr("198.19.0.1"), None);
+        assert_eq!(Family::V4.bits() + Family::V6.bits(), 160);
+        assert_eq!(Family::V6.to_string(), "IPv6");
+    }
 
     #[test]
     fn key_names_round_trip() {
@@ -171,6 +275,31 @@ mod tests {
         )
         .count();
         assert_eq!(last, 64);
+    }
+
+    #[test]
+    fn ranges_of_either_family() {
+        let v6: Vec<_> = subnets_from_to(
+            "2001:db8:0:1::".parse().unwrap(),
+            "2001:db8:0:3::".parse().unwrap(),
+            64,
+        )
+        .map(|n| n.to_string())
+        .collect();
+        assert_eq!(
+            v6,
+            [
+                "2001:db8:0:1::/64",
+                "2001:db8:0:2::/64",
+                "2001:db8:0:3::/64"
+            ]
+        );
+        let top = subnets_from_to(
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0".parse().unwrap(),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0".parse().unwrap(),
+            124,
+        );
+        assert_eq!(top.count(), 1);
     }
 
     /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
-use weft::netlink::{Change, Family, Monitor, Netlink};
+use weft::netlink::{is_permanent, Change, Family, Monitor, Netlink};
 
 use crate::rig::FakeLease;
 
@@ -145,7 +145,7 @@ impl Probe {
             .neighbours(Some(dev))
             .expect("neighbour dump")
             .iter()
-            .filter(|n| n.state & 0x80 != 0)
+            .filter(|n| is_permanent(n.state))
             .count();
         let f = self
             .nl

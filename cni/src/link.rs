@@ -8,11 +8,9 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 pub use weft::netlink::{format_mac, parse_mac, Link, Mac};
-use weft::netlink::{Family, Netlink, NetlinkError, Route};
+use weft::netlink::{Family, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
 
 use crate::error::{CniError, Result};
-
-const MAIN_TABLE: u32 = 254;
 
 fn kernel(what: impl std::fmt::Display, e: NetlinkError) -> CniError {
     CniError::kernel(format!("{what}: {e}"))
@@ -212,7 +210,7 @@ pub fn main_routes(nl: &mut Netlink, whereabouts: &str) -> Result<Vec<(IpNet, Op
     nl.routes(Family::All)
         .map(|list| {
             list.into_iter()
-                .filter(|r| r.table == MAIN_TABLE)
+                .filter(|r| r.table == RT_TABLE_MAIN)
                 .map(|r| (r.dst, r.gateway))
                 .collect()
         })

@@ -1,5 +1,332 @@
-//! Backends: how this host's end of the overlay looks in the kernel. The VXLAN backend owns a
-//! device (`flannel.<VNI>`) that it creates or adopts; host-gw needs no device. What each
-//! remote lease calls for is computed in [`crate::reconcile`].
+//! Backends: what the overlay looks like on a host. Each backend answers the same questions
+//! through [`Backend`] (its config, its devices, what a remote lease becomes, what goes into
+//! this host's lease, its MTU overhead, what `weftctl check` verifies). A backend is one file
+//! and one line in the `backends!` list below.
 
+pub mod hostgw;
+#[cfg(feature = "daemon")]
+mod kernel;
 pub mod vxlan;
+
+use serde_json::{Map, Value};
+
+#[cfg(feature = "daemon")]
+pub use kernel::*;
+
+use crate::config::{get_str, invalid, show, ConfigError};
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use crate::{
+    iface::ExtIface,
+    lease::{Lease, LeaseAttrs},
+    netlink::{Link, Mac, Netlink},
+};
+
+type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigError>;
+
+/// Writes the config enum, the registry of parsers and the dispatch to the [`Backend`] from
+/// one list. Each entry is a backend's module, its variant of [`BackendConfig`] and, when it
+/// has settings, their type (which has `parse`); the module has `TYPE`, and `BACKEND` when
+/// there are no settings.
+macro_rules! backends {
+    ($( $module:ident => $variant:ident $( ($config:ty) )? ),+ $(,)?) => {
+        /// The `Backend` part of the network config: one variant per backend.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum BackendConfig {
+            $( $variant $( ($config) )? ),+
+        }
+
+        /// The backends weft has, by their name in `Backend.Type`, and how each reads its
+        /// config.
+        pub const REGISTRY: &[(&str, ParseFn)] = &[
+            $( ($module::TYPE, |obj| Ok(backends!(@make $variant obj $( $config )?))) ),+
+        ];
+
+        impl BackendConfig {
+            /// The backend a config names.
+            pub fn backend(&self) -> &dyn Backend {
+                match self {
+                    $(
+                        BackendConfig::$variant $( (backends!(@bind c $config)) )? =>
+                            backends!(@get c $module $( $config )?),
+                    )+
+                }
+            }
+        }
+    };
+    (@make $variant:ident $obj:ident $config:ty) => {
+        BackendConfig::$variant(<$config>::parse($obj)?)
+    };
+    (@make $variant:ident $obj:ident) => {{
+        let _ = $obj;
+        BackendConfig::$variant
+    }};
+    (@bind $c:ident $config:ty) => {
+        $c
+    };
+    (@get $c:ident $module:ident $config:ty) => {
+        $c
+    };
+    (@get $c:ident $module:ident) => {
+        &$module::BACKEND
+    };
+}
+
+// The registry: one line per backend.
+backends! {
+    vxlan => Vxlan(vxlan::VxlanConfig),
+    hostgw => HostGw,
+}
+
+impl BackendConfig {
+    /// The name flannel writes into a lease's `BackendType`.
+    pub fn type_name(&self) -> &'static str {
+        self.backend().type_name()
+    }
+
+    /// The `Backend` object with every default filled in.
+    pub fn to_json(&self) -> Value {
+        let mut m = self.backend().params();
+        m.insert("Type".into(), self.type_name().into());
+        Value::Object(m)
+    }
+
+    /// Reads the `Backend` object through the registry.
+    pub(crate) fn parse(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+        let Some(v) = v else {
+            let set = supported(|n| format!("{{\"Type\": \"{n}\"}}"), " or ");
+            return Err(invalid(
+                "Backend.Type",
+                "udp",
+                format!(
+                    "Backend is absent and flannel's default backend \"udp\" is not supported by weft; set Backend to {set}"
+                ),
+            ));
+        };
+        let Value::Object(obj) = v else {
+            return Err(invalid("Backend", show(v), "must be a JSON object"));
+        };
+        let ty = get_str(obj, "Type")?.unwrap_or("");
+        // flannel lower-cases the type before looking the backend up.
+        let lower = ty.to_ascii_lowercase();
+        if let Some((_, parse)) = REGISTRY.iter().find(|(name, _)| *name == lower) {
+            return parse(obj);
+        }
+        let quoted = |n: &str| format!("\"{n}\"");
+        Err(match lower.as_str() {
+            "" => invalid(
+                "Backend.Type",
+                "\"\"",
+                format!("must be set; weft supports {}", supported(quoted, " and ")),
+            ),
+            "udp" => invalid(
+                "Backend.Type",
+                ty,
+                format!(
+                    "the udp backend is not supported by weft; use {}",
+                    supported(quoted, " or ")
+                ),
+            ),
+            _ => invalid(
+                "Backend.Type",
+                ty,
+                format!(
+                    "unsupported backend; weft supports {}",
+                    supported(quoted, " and ")
+                ),
+            ),
+        })
+    }
+}
+
+/// The registered backends' names, each shown by `show`, as a list ending in `last`.
+fn supported(show: impl Fn(&str) -> String, last: &str) -> String {
+    let names: Vec<String> = REGISTRY.iter().map(|(n, _)| show(n)).collect();
+    match names.split_last() {
+        Some((tail, [])) => tail.clone(),
+        Some((tail, init)) => format!("{}{last}{tail}", init.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The backend a config names, for the agent, the datapath and `weftctl check`.
+#[cfg(feature = "daemon")]
+pub fn of(cfg: &BackendConfig) -> &dyn Backend {
+    cfg.backend()
+}
+
+/// The questions every backend answers. The first three are pure and always built; the rest
+/// concern the kernel and come with the daemon.
+pub trait Backend {
+    /// The name leases carry in `BackendType` and the config in `Backend.Type`.
+    fn type_name(&self) -> &'static str;
+
+    /// The backend's settings under flannel's names, every default filled in (no `Type`).
+    fn params(&self) -> Map<String, Value>;
+
+    /// Bytes the backend takes from the external interface's MTU over a `family` underlay.
+    fn mtu_overhead(&self, family: Family) -> u32;
+
+    /// Refuses an external interface the backend cannot work with (at start-up).
+    #[cfg(feature = "daemon")]
+    fn usable(&self, _ext: &ExtIface) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The device the backend needs on this host for `family`, if any; `name` overrides the
+    /// backend's default name.
+    #[cfg(feature = "daemon")]
+    fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec>;
+
+    /// Creates the device or adopts the one that is there. `mac` is the MAC this host's lease
+    /// advertises, for a device that has to be created.
+    #[cfg(feature = "daemon")]
+    fn ensure_device(
+        &self,
+        nl: &mut Netlink,
+        spec: &DeviceSpec,
+        mac: Option<Mac>,
+    ) -> Result<Device, DeviceError>;
+
+    /// What one remote lease becomes in the kernel, in `host`'s family; `Err` says why it must
+    /// not be programmed. The rules every backend shares (network, overlap, address) have
+    /// been checked.
+    #[cfg(feature = "daemon")]
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String>;
+
+    /// The `BackendData` this host writes into its own lease, given its device's MAC.
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value>;
+
+    /// The device MAC a lease advertises (kept when the device must be recreated).
+    #[cfg(feature = "daemon")]
+    fn advertised_mac(&self, _attrs: &LeaseAttrs) -> Option<Mac> {
+        None
+    }
+
+    /// What `weftctl check` finds wrong with the backend's device beyond MTU and state.
+    #[cfg(feature = "daemon")]
+    fn check_device(&self, _link: &Link, _own: &Lease) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[cfg(all(test, feature = "daemon"))]
+mod tests {
+    use super::*;
+    use crate::config::NetworkConfig;
+    use crate::netlink::VxlanSpec;
+    use std::net::IpAddr;
+
+    fn ext() -> ExtIface {
+        ExtIface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            iface_addr: "198.18.0.1".parse().unwrap(),
+            public_ip: "198.18.0.1".parse().unwrap(),
+            addresses: vec!["198.18.0.1".parse().unwrap()],
+            networks: vec!["198.18.0.0/24".parse().unwrap()],
+        }
+    }
+
+    fn backend_cfg(json: &str) -> BackendConfig {
+        NetworkConfig::parse(&format!(
+            r#"{{"Network":"198.19.0.0/16","Backend":{json}}}"#
+        ))
+        .unwrap()
+        .backend
+    }
+
+    fn vxlan_link(spec: &DeviceSpec) -> &VxlanSpec {
+        let LinkSpec::Vxlan(v) = &spec.link;
+        v
+    }
+
+    #[test]
+    fn vxlan_needs_flannels_device_and_host_gw_none() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan","VNI":7}"#);
+        let vx = of(&cfg);
+        assert_eq!(vx.type_name(), "vxlan");
+        let spec = vx.device(&ext(), None, Family::V4).unwrap();
+        assert_eq!((spec.name.as_str(), spec.mtu), ("flannel.7", 1450));
+        let link = vxlan_link(&spec);
+        assert_eq!((link.vni, link.port, link.lower), (7, 8472, Some(2)));
+        assert_eq!(link.local, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert!(vx.device(&ext(), None, Family::V6).is_none());
+        assert_eq!(vx.mtu_overhead(Family::V6), 70);
+
+        let cfg = backend_cfg(r#"{"Type":"vxlan","MTU":1400,"Port":4789}"#);
+        let spec = of(&cfg).device(&ext(), Some("weft.1"), Family::V4).unwrap();
+        assert_eq!((spec.name.as_str(), spec.mtu), ("weft.1", 1400));
+        assert_eq!(vxlan_link(&spec).port, 4789);
+
+        let hg = of(&BackendConfig::HostGw);
+        assert_eq!(hg.type_name(), "host-gw");
+        assert!(hg.device(&ext(), None, Family::V4).is_none());
+        assert_eq!(hg.mtu_overhead(Family::V4), 0);
+    }
+
+    #[test]
+    fn lease_data_is_flannels() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
+        let vx = of(&cfg);
+        let data = vx.lease_data(Some([0x0e, 0, 0, 0, 0, 1])).unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
+        );
+        let attrs = LeaseAttrs {
+            backend_data: Some(data),
+            ..LeaseAttrs::new_host_gw("198.18.0.1".parse().unwrap())
+        };
+        assert_eq!(vx.advertised_mac(&attrs), Some([0x0e, 0, 0, 0, 0, 1]));
+        assert_eq!(of(&BackendConfig::HostGw).lease_data(None), None);
+        assert_eq!(of(&BackendConfig::HostGw).advertised_mac(&attrs), None);
+    }
+
+    #[test]
+    fn host_gw_needs_the_public_ip_on_the_interface() {
+        let hg = of(&BackendConfig::HostGw);
+        assert!(hg.usable(&ext()).is_ok());
+        let mut e = ext();
+        e.public_ip = "198.18.9.9".parse().unwrap();
+        let why = hg.usable(&e).unwrap_err();
+        assert!(
+            why.contains("198.18.9.9 is not an address of eth0"),
+            "{why}"
+        );
+        assert!(of(&backend_cfg(r#"{"Type":"vxlan"}"#)).usable(&e).is_ok());
+    }
+
+    #[test]
+    fn check_finds_a_device_mac_the_lease_does_not_advertise() {
+        let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
+        let vx = of(&cfg);
+        let own = Lease {
+            subnet: "198.19.1.0/24".parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs::new_vxlan("198.18.0.1".parse().unwrap(), 1, "0e:00:00:00:00:01"),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: 1,
+        };
+        let mut link = Link {
+            index: 7,
+            name: "flannel.1".into(),
+            kind: Some("vxlan".into()),
+            mac: Some([0x0e, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+            up: true,
+            master: None,
+            vxlan: None,
+        };
+        assert!(vx.check_device(&link, &own).is_empty());
+        link.mac = Some([0x0e, 0, 0, 0, 0, 2]);
+        let found = vx.check_device(&link, &own);
+        assert_eq!(
+            found,
+            ["device flannel.1 has MAC 0e:00:00:00:00:02 but the lease advertises 0e:00:00:00:00:01"]
+        );
+    }
+}

@@ -1,107 +1,303 @@
-//! The VXLAN device: created or adopted, kept at the right MTU and learning mode, and its MAC
-//! kept stable across recreation so the MAC this host advertises in its lease stays true.
+//! The vxlan backend, flannel's wire format: one `flannel.<VNI>` device, created or adopted,
+//! kept at the right MTU and learning mode, and its MAC kept stable across recreation so the
+//! MAC this host advertises stays true; per peer a route, a neighbour and an FDB entry.
 
+#[cfg(feature = "daemon")]
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use serde_json::{Map, Value};
 
-use crate::config::VxlanConfig;
-use crate::netlink::{Link, Mac, Netlink, NetlinkError, VxlanSpec};
+use super::Backend;
+use crate::config::{get_bool, get_uint, invalid, rename, ConfigError};
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use {
+    super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, Peer, PeerObjects},
+    crate::iface::ExtIface,
+    crate::lease::{Lease, LeaseAttrs},
+    crate::netlink::{
+        format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
+        NUD_PERMANENT, VXLAN_DEFAULT_PORT,
+    },
+};
 
-/// The kernel's default VXLAN port on Linux, which flannel's `Port: 0` means.
-pub const DEFAULT_PORT: u16 = 8472;
+/// The backend's name in `Backend.Type` and a lease's `BackendType`.
+pub const TYPE: &str = "vxlan";
 
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error("device {0} vanished while it was being set up")]
-    Vanished(String),
-}
-
-/// What the device must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceSpec {
-    pub name: String,
+pub struct VxlanConfig {
     pub vni: u32,
+    /// UDP port; 0 leaves the kernel's default (8472).
     pub port: u16,
-    pub local: IpAddr,
-    pub lower: u32,
-    pub learning: bool,
+    /// `None`: derived from the external interface.
+    pub mtu: Option<u32>,
     pub gbp: bool,
-    pub mtu: u32,
+    pub learning: bool,
+    pub direct_routing: bool,
 }
 
-impl DeviceSpec {
-    /// MTU: the config's, else the external interface's less the encapsulation overhead
-    /// (50 bytes over IPv4, 70 over IPv6).
-    pub fn new(
-        cfg: &VxlanConfig,
-        name: Option<&str>,
-        local: IpAddr,
-        lower: u32,
-        ext_mtu: u32,
-    ) -> DeviceSpec {
-        let overhead = if local.is_ipv6() { 70 } else { 50 };
-        DeviceSpec {
-            name: name
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("flannel.{}", cfg.vni)),
-            vni: cfg.vni,
-            port: if cfg.port == 0 {
-                DEFAULT_PORT
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 0,
+            mtu: None,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+        }
+    }
+}
+
+impl VxlanConfig {
+    /// Reads `Backend` of a vxlan config; fields are named with their path in errors.
+    pub fn parse(obj: &Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
+        let mut c = VxlanConfig::default();
+        if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
+            if vni > 0xFF_FFFF {
+                return Err(invalid(
+                    "Backend.VNI",
+                    vni,
+                    "must be at most 16777215 (24 bits)",
+                ));
+            }
+            c.vni = vni as u32;
+        }
+        if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
+            c.port = u16::try_from(port)
+                .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
+        }
+        if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
+            if mtu != 0 {
+                if !(68..=65535).contains(&mtu) {
+                    return Err(invalid(
+                        "Backend.MTU",
+                        mtu,
+                        "must be between 68 and 65535 (or 0 to derive it)",
+                    ));
+                }
+                c.mtu = Some(mtu as u32);
+            }
+        }
+        c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
+        c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
+        c.direct_routing = get_bool(obj, "DirectRouting", false)
+            .map_err(|e| rename(e, "Backend.DirectRouting"))?;
+        Ok(c)
+    }
+}
+
+/// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLeaseData {
+    pub vni: u32,
+    /// As stored (flannel writes lower-case colon-separated hex).
+    pub vtep_mac: String,
+}
+
+impl VxlanLeaseData {
+    /// flannel's `BackendData` object for a VXLAN lease.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac})
+    }
+
+    /// Reads `BackendData` (or `BackendV6Data`); `None` when it is not a VXLAN one.
+    pub fn from_value(v: &Value) -> Option<VxlanLeaseData> {
+        let obj = v.as_object()?;
+        let get = |name: &str| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let vni = u32::try_from(get("VNI")?.as_u64()?).ok()?;
+        let vtep_mac = get("VtepMAC")?.as_str()?.to_string();
+        Some(VxlanLeaseData { vni, vtep_mac })
+    }
+}
+
+impl Backend for VxlanConfig {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    fn params(&self) -> Map<String, Value> {
+        let v = serde_json::json!({
+            "VNI": self.vni,
+            "Port": self.port,
+            "MTU": self.mtu.unwrap_or(0),
+            "GBP": self.gbp,
+            "Learning": self.learning,
+            "DirectRouting": self.direct_routing,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a JSON object literal"),
+        }
+    }
+
+    /// The outer Ethernet, IP, UDP and VXLAN headers.
+    fn mtu_overhead(&self, family: Family) -> u32 {
+        match family {
+            Family::V4 => 50,
+            Family::V6 => 70,
+        }
+    }
+
+    /// `flannel.<VNI>` with the config's MTU, else the external interface's less the overhead.
+    #[cfg(feature = "daemon")]
+    fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
+        if family != Family::V4 {
+            return None;
+        }
+        let local = IpAddr::V4(ext.iface_addr);
+        let mtu = self
+            .mtu
+            .unwrap_or(ext.mtu.saturating_sub(self.mtu_overhead(family)));
+        let name = name.map_or_else(|| format!("flannel.{}", self.vni), str::to_string);
+        let link = VxlanSpec {
+            name: name.clone(),
+            vni: self.vni,
+            port: if self.port == 0 {
+                VXLAN_DEFAULT_PORT
             } else {
-                cfg.port
+                self.port
             },
             local,
-            lower,
-            learning: cfg.learning,
-            gbp: cfg.gbp,
-            mtu: cfg.mtu.unwrap_or(ext_mtu.saturating_sub(overhead)),
+            lower: Some(ext.index),
+            learning: self.learning,
+            gbp: self.gbp,
+            mtu: Some(mtu),
+            mac: None,
+        };
+        Some(DeviceSpec {
+            name,
+            mtu,
+            link: LinkSpec::Vxlan(link),
+        })
+    }
+
+    #[cfg(feature = "daemon")]
+    fn ensure_device(
+        &self,
+        nl: &mut Netlink,
+        spec: &DeviceSpec,
+        mac: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        let LinkSpec::Vxlan(link) = &spec.link;
+        ensure(nl, link, mac)
+    }
+
+    #[cfg(feature = "daemon")]
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
+        let public_ip = peer.public_ip;
+        if self.direct_routing && host.reaches_directly(public_ip) {
+            return Ok(PeerObjects {
+                route: Some(host.direct_route(peer.subnet, public_ip)),
+                ..PeerObjects::default()
+            });
         }
+        let data = peer
+            .data
+            .and_then(VxlanLeaseData::from_value)
+            .ok_or_else(|| "BackendData has no usable VNI and VtepMAC".to_string())?;
+        if data.vni != self.vni {
+            return Err(format!(
+                "VNI {} differs from this network's {}",
+                data.vni, self.vni
+            ));
+        }
+        let mac = parse_mac(&data.vtep_mac)
+            .map_err(|_| format!("VtepMAC {:?} is not a MAC address", data.vtep_mac))?;
+        if !assignable(&mac) {
+            return Err(format!(
+                "VtepMAC {} is not a unicast address",
+                data.vtep_mac
+            ));
+        }
+        let Some(dev) = host.device else {
+            return Err("the VXLAN device does not exist yet".to_string());
+        };
+        // flannel's three objects: the peer's subnet via its VTEP address on the device,
+        // that address's MAC, and where to send frames for that MAC.
+        let gw = peer.subnet.network();
+        let mut route = Route::new(peer.subnet);
+        route.gateway = Some(gw);
+        route.oif = Some(dev);
+        route.onlink = true;
+        Ok(PeerObjects {
+            route: Some(route),
+            neighbour: Some(Neighbour {
+                index: dev,
+                ip: gw,
+                mac: Some(mac),
+                state: NUD_PERMANENT,
+            }),
+            fdb: Some(FdbEntry {
+                index: dev,
+                mac,
+                dst: Some(public_ip),
+                permanent: true,
+            }),
+        })
+    }
+
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value> {
+        let vtep_mac = device_mac.map(|m| format_mac(&m)).unwrap_or_default();
+        Some(
+            VxlanLeaseData {
+                vni: self.vni,
+                vtep_mac,
+            }
+            .to_value(),
+        )
+    }
+
+    #[cfg(feature = "daemon")]
+    fn advertised_mac(&self, attrs: &LeaseAttrs) -> Option<Mac> {
+        attrs.vxlan_data().and_then(|d| parse_mac(&d.vtep_mac).ok())
+    }
+
+    /// Peers send to the MAC the lease advertises, so the device must have it.
+    #[cfg(feature = "daemon")]
+    fn check_device(&self, link: &Link, own: &Lease) -> Vec<String> {
+        if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs) {
+            return Vec::new();
+        }
+        vec![format!(
+            "device {} has MAC {} but the lease advertises {}",
+            link.name,
+            link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
+            own.attrs
+                .vxlan_data()
+                .map(|d| d.vtep_mac)
+                .unwrap_or_else(|| "none".into())
+        )]
     }
 }
 
 /// A MAC a device can be given: unicast and not all zeros. A lease may advertise anything,
 /// and the kernel refuses any other MAC, which would keep the device from being created.
+#[cfg(feature = "daemon")]
 pub fn assignable(mac: &Mac) -> bool {
     *mac != [0; 6] && mac[0] & 1 == 0
 }
 
-/// What `ensure` found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub index: u32,
-    pub mac: Mac,
-    pub mtu: u32,
-    /// True when the device was (re)created rather than adopted.
-    pub created: bool,
-}
-
-/// The identity that cannot change in place: anything else is corrected on the live device.
-fn same_identity(link: &Link, spec: &DeviceSpec) -> bool {
-    let Some(v) = &link.vxlan else { return false };
-    v.vni == spec.vni
-        && v.port == spec.port
-        && v.local == Some(spec.local)
-        && v.lower == Some(spec.lower)
-        && v.gbp == spec.gbp
-}
-
 /// Creates the device or adopts the one that is there. `mac` is the MAC to give a device that
 /// must be created (the one this host's lease advertises), so peers keep reaching it.
-pub fn ensure(
-    nl: &mut Netlink,
-    spec: &DeviceSpec,
-    mac: Option<Mac>,
-) -> Result<Device, DeviceError> {
+#[cfg(feature = "daemon")]
+fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device, DeviceError> {
     let existing = nl.link_by_name(&spec.name)?;
     if let Some(bad) = mac.filter(|m| !assignable(m)) {
-        tracing::warn!(device = %spec.name, mac = %crate::netlink::format_mac(&bad), "the lease advertises a MAC no device can have; the kernel picks one");
+        tracing::warn!(device = %spec.name, mac = %format_mac(&bad), "the lease advertises a MAC no device can have; the kernel picks one");
     }
     let mac = mac.filter(assignable);
     let (link, created) = match existing {
-        Some(link) if link.kind.as_deref() == Some("vxlan") && same_identity(&link, spec) => {
+        // Only VNI, port, addresses and GBP need a new device; the rest is fixed in place.
+        Some(link)
+            if link.kind.as_deref() == Some("vxlan")
+                && link.vxlan.as_ref().is_some_and(|v| spec.matches(v)) =>
+        {
             (link, false)
         }
         other => {
@@ -112,21 +308,14 @@ pub fn ensure(
                 nl.delete_link(old.index)?;
             }
             let link = nl.create_vxlan(&VxlanSpec {
-                name: spec.name.clone(),
-                vni: spec.vni,
-                port: spec.port,
-                local: spec.local,
-                lower: Some(spec.lower),
-                learning: spec.learning,
-                gbp: spec.gbp,
-                mtu: Some(spec.mtu),
                 mac,
+                ..spec.clone()
             })?;
             (link, true)
         }
     };
-    if link.mtu != spec.mtu {
-        nl.set_mtu(link.index, spec.mtu)?;
+    if let Some(mtu) = spec.mtu.filter(|m| *m != link.mtu) {
+        nl.set_mtu(link.index, mtu)?;
     }
     if link
         .vxlan
@@ -152,28 +341,7 @@ pub fn ensure(
     })
 }
 
-/// Gives the device exactly one address inside the network: `<subnet ip>/32`. An address left
-/// from an earlier lease (another subnet) is removed.
-pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
-    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
-    let mut changed = false;
-    let mut present = false;
-    for a in nl.addresses(Some(index))? {
-        if a.addr == want {
-            present = true;
-        } else if a.addr.addr().is_ipv4() {
-            nl.del_address(index, a.addr)?;
-            changed = true;
-        }
-    }
-    if !present {
-        nl.add_address(index, want)?;
-        changed = true;
-    }
-    Ok(changed)
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
 

@@ -14,7 +14,7 @@ use weft::config::NetworkConfig;
 use weft::docker::{self, DockerOptsFormat};
 use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
-use weft::netlink::{Family, Netlink};
+use weft::netlink::Netlink;
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
 use weft::subnet::{parse_lease_target, parse_subnet, LeaseTarget};
 use weft::subnet_env::{write_atomically, SubnetEnv};
@@ -264,13 +264,7 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
     let env = SubnetEnv::read(&args.subnet_file).ok();
     let select = args.select;
     let mut nl = Netlink::new().context("cannot open a netlink socket")?;
-    let ext = iface::choose(
-        &select,
-        &nl.links()?,
-        &nl.addresses(None)?,
-        &nl.routes(Family::V4)?,
-    )
-    .context("cannot choose the external interface")?;
+    let ext = iface::choose_in(&mut nl, &select).context("cannot choose the external interface")?;
     // This host's lease holds its PublicIP; the one subnet.env names wins if several do.
     let mine: Vec<&Lease> = list
         .leases

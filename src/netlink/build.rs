@@ -267,8 +267,8 @@ pub(crate) fn route(r: &Route, delete: bool) -> RouteMessage {
         h.scope = RouteScope::NoWhere;
         h.kind = RouteType::Unspec;
     } else {
-        h.protocol = RouteProtocol::from(r.protocol);
-        h.scope = RouteScope::from(r.scope);
+        h.protocol = r.protocol;
+        h.scope = r.scope;
         h.kind = RouteType::Unicast;
     }
     if r.onlink {
@@ -311,8 +311,8 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<Route> {
     let mut dst = unspecified;
     let mut r = Route::new(IpNet::new(dst, 0).ok()?);
     r.table = h.table as u32;
-    r.protocol = u8::from(h.protocol);
-    r.scope = u8::from(h.scope);
+    r.protocol = h.protocol;
+    r.scope = h.scope;
     r.onlink = h.flags.contains(RouteFlags::Onlink);
     for a in &m.attributes {
         match a {
@@ -348,7 +348,7 @@ pub(crate) fn neighbour(n: &Neighbour) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = family_of(&n.ip);
     m.header.ifindex = n.index;
-    m.header.state = NeighbourState::from(n.state);
+    m.header.state = n.state;
     m.attributes
         .push(NeighbourAttribute::Destination(neighbour_addr(n.ip)));
     if let Some(mac) = n.mac {
@@ -384,7 +384,7 @@ pub(crate) fn parse_neighbour(m: &NeighbourMessage) -> Option<Neighbour> {
         index: m.header.ifindex,
         ip: ip?,
         mac,
-        state: u16::from(m.header.state),
+        state: m.header.state,
     })
 }
 
@@ -438,7 +438,7 @@ pub(crate) fn parse_fdb(m: &NeighbourMessage) -> Option<FdbEntry> {
         index: m.header.ifindex,
         mac: mac?,
         dst,
-        permanent: u16::from(m.header.state) & NUD_PERMANENT != 0,
+        permanent: is_permanent(m.header.state),
     })
 }
 

@@ -16,8 +16,7 @@ mod props;
 mod socket;
 mod types;
 
-use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -50,11 +49,6 @@ impl Netlink {
     pub fn in_netns(path: &Path) -> Result<Self, NetlinkError> {
         let conn = run_in_netns(path, Conn::new)??;
         Ok(Netlink { conn })
-    }
-
-    /// The socket's file descriptor (for diagnostics; requests must go through `self`).
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.conn.as_raw_fd()
     }
 
     // ------------------------------------------------------------------ links
@@ -502,14 +496,6 @@ fn on_off(on: bool) -> &'static str {
         "on"
     } else {
         "off"
-    }
-}
-
-/// The address family of an IP, for callers that build dumps per family.
-pub fn family_of(ip: &IpAddr) -> Family {
-    match ip {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
     }
 }
 

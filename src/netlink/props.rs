@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use super::build;
 use super::monitor::parse_changes;
 use super::socket::{align4, encode, parse_done, parse_error, split};
-use super::{FdbEntry, Neighbour, Route};
+use super::{FdbEntry, Neighbour, Route, RouteProtocol, RouteScope};
 
 /// The message types a NETLINK_ROUTE socket hands weft.
 const TYPES: &[u16] = &[
@@ -150,8 +150,8 @@ fn route() -> impl Strategy<Value = Route> {
                     oif,
                     onlink,
                     table,
-                    protocol,
-                    scope,
+                    protocol: RouteProtocol::from(protocol),
+                    scope: RouteScope::from(scope),
                     metric,
                 }
             },

@@ -3,7 +3,7 @@
 //! flight without ever letting the kernel drop an acknowledgement.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
@@ -77,10 +77,6 @@ impl Conn {
             buf: vec![0; RECV_BUF],
             window,
         })
-    }
-
-    pub(crate) fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
     }
 
     fn next_seq(&mut self) -> u32 {

@@ -5,6 +5,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+pub use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::route::RouteHeader;
+pub use netlink_packet_route::route::{RouteProtocol, RouteScope};
 
 use super::NetlinkError;
 
@@ -12,29 +15,13 @@ use super::NetlinkError;
 pub type Mac = [u8; 6];
 
 /// The main routing table.
-pub const RT_TABLE_MAIN: u32 = 254;
+pub const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 /// Route protocol "boot": what `ip route add` and flannel write, and what weft writes.
-pub const RTPROT_BOOT: u8 = 3;
-/// Route protocol "static".
-pub const RTPROT_STATIC: u8 = 4;
+pub const RTPROT_BOOT: RouteProtocol = RouteProtocol::Boot;
 /// Route protocol "kernel": routes the kernel derives from addresses.
-pub const RTPROT_KERNEL: u8 = 2;
-/// Route scope "global".
-pub const RT_SCOPE_UNIVERSE: u8 = 0;
-/// Route scope "link": a directly attached destination, no gateway.
-pub const RT_SCOPE_LINK: u8 = 253;
-/// Route scope "host".
-pub const RT_SCOPE_HOST: u8 = 254;
-
-/// Neighbour states (`NUD_*`), a bit set.
-pub const NUD_INCOMPLETE: u16 = 0x01;
-pub const NUD_REACHABLE: u16 = 0x02;
-pub const NUD_STALE: u16 = 0x04;
-pub const NUD_DELAY: u16 = 0x08;
-pub const NUD_PROBE: u16 = 0x10;
-pub const NUD_FAILED: u16 = 0x20;
-pub const NUD_NOARP: u16 = 0x40;
-pub const NUD_PERMANENT: u16 = 0x80;
+pub const RTPROT_KERNEL: RouteProtocol = RouteProtocol::Kernel;
+/// Neighbour state `NUD_PERMANENT`: never ages out.
+pub const NUD_PERMANENT: NeighbourState = NeighbourState::Permanent;
 
 /// The VXLAN UDP port the Linux kernel uses by default (flannel's "Port": 0).
 pub const VXLAN_DEFAULT_PORT: u16 = 8472;
@@ -71,6 +58,15 @@ pub enum Family {
     V4,
     V6,
     All,
+}
+
+impl From<crate::subnet::Family> for Family {
+    fn from(f: crate::subnet::Family) -> Family {
+        match f {
+            crate::subnet::Family::V4 => Family::V4,
+            crate::subnet::Family::V6 => Family::V6,
+        }
+    }
 }
 
 /// A network device as the kernel reports it.
@@ -151,7 +147,7 @@ pub struct Address {
 /// weft writes its routes with protocol "boot" (3), the same as `ip route add` and flannel, so a
 /// node moving from flanneld to weftd keeps its routes byte for byte; what is weft's is decided
 /// by destination (inside the overlay network) and device, never by protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: IpNet,
     pub gateway: Option<IpAddr>,
@@ -160,10 +156,10 @@ pub struct Route {
     pub onlink: bool,
     /// 254 is the main table.
     pub table: u32,
-    /// RTPROT_*; see [`RTPROT_BOOT`].
-    pub protocol: u8,
-    /// RT_SCOPE_*; universe (0) for routes via a gateway, link (253) for device routes.
-    pub scope: u8,
+    /// Who made the route; see [`RTPROT_BOOT`].
+    pub protocol: RouteProtocol,
+    /// Universe for routes via a gateway, link for device routes.
+    pub scope: RouteScope,
     /// RTA_PRIORITY. None is metric 0 for IPv4; the kernel picks 1024 for IPv6.
     pub metric: Option<u32>,
 }
@@ -178,7 +174,7 @@ impl Route {
             onlink: false,
             table: RT_TABLE_MAIN,
             protocol: RTPROT_BOOT,
-            scope: RT_SCOPE_UNIVERSE,
+            scope: RouteScope::Universe,
             metric: None,
         }
     }
@@ -213,8 +209,8 @@ impl Route {
         self
     }
 
-    /// Sets the scope (e.g. [`RT_SCOPE_LINK`] for a device route without gateway).
-    pub fn scope(mut self, scope: u8) -> Self {
+    /// Sets the scope (e.g. link for a device route without gateway).
+    pub fn scope(mut self, scope: RouteScope) -> Self {
         self.scope = scope;
         self
     }
@@ -243,13 +239,13 @@ impl fmt::Display for Route {
 }
 
 /// An ARP (IPv4) or NDP (IPv6) neighbour entry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neighbour {
     pub index: u32,
     pub ip: IpAddr,
     pub mac: Option<Mac>,
     /// NUD_* bits, e.g. [`NUD_PERMANENT`].
-    pub state: u16,
+    pub state: NeighbourState,
 }
 
 impl Neighbour {
@@ -274,17 +270,17 @@ impl fmt::Display for Neighbour {
     }
 }
 
-fn nud_name(state: u16) -> String {
+/// Whether a neighbour or FDB state has the permanent bit (the kernel's states are bits).
+pub fn is_permanent(state: NeighbourState) -> bool {
+    u16::from(state) & u16::from(NeighbourState::Permanent) != 0
+}
+
+/// iproute2's name of a neighbour state (netlink-packet-route spells them the same); a state
+/// it has no name for as a number.
+fn nud_name(state: NeighbourState) -> String {
     match state {
-        NUD_PERMANENT => "permanent".into(),
-        NUD_REACHABLE => "reachable".into(),
-        NUD_STALE => "stale".into(),
-        NUD_NOARP => "noarp".into(),
-        NUD_FAILED => "failed".into(),
-        NUD_INCOMPLETE => "incomplete".into(),
-        NUD_DELAY => "delay".into(),
-        NUD_PROBE => "probe".into(),
-        other => format!("{other:#x}"),
+        NeighbourState::None | NeighbourState::Other(_) => format!("{:#x}", u16::from(state)),
+        known => known.to_string(),
     }
 }
 
@@ -314,7 +310,7 @@ impl fmt::Display for FdbEntry {
 }
 
 /// One change for [`Netlink::apply`](super::Netlink::apply).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     ReplaceRoute(Route),
     /// Not-found counts as success.

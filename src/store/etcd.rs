@@ -11,13 +11,13 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseTimeToLiveOptions,
     PutOptions, Txn, TxnOp,
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
 use super::{EtcdOptions, LeaseWatcher, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, LeaseError};
-use crate::subnet::{lease_key_name, parse_lease_key_name, subnets_between};
+use crate::subnet::{lease_key_name, parse_lease_key_name, Family};
 
 /// How long one etcd request may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,12 +97,31 @@ fn classify(
 
 pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
+    use tonic::Code;
     match e {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
-        // gRPC codes: Cancelled 1, Unknown 2, DeadlineExceeded 4, ResourceExhausted 8,
-        // Aborted 10, Internal 13, Unavailable 14.
-        E::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 2 | 4 | 8 | 10 | 13 | 14),
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Cancelled
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Internal
+                | Code::Unavailable
+        ),
         _ => false,
+    }
+}
+
+/// The gRPC status code of an etcd call's failure, if etcd answered with one.
+pub(super) fn status_code(e: &StoreError) -> Option<tonic::Code> {
+    match e {
+        StoreError::Etcd {
+            source: etcd_client::Error::GRpcStatus(s),
+            ..
+        } => Some(s.code()),
+        _ => None,
     }
 }
 
@@ -340,6 +359,25 @@ impl EtcdStore {
         format!("{}{}", self.subnets_prefix(), lease.key_name())
     }
 
+    /// True when etcd refuses this client a read of the leases (permission or
+    /// authentication), as opposed to answering or being unreachable.
+    pub(super) async fn may_not_read_subnets(&self) -> bool {
+        let prefix = self.subnets_prefix();
+        let mut c = self.client.clone();
+        let read = self.timed(
+            format!("count {prefix}"),
+            c.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ),
+        );
+        // The store's errors tell refusals apart by their gRPC status code.
+        matches!(
+            read.await,
+            Err(StoreError::PermissionDenied { .. } | StoreError::AuthFailed { .. })
+        )
+    }
+
     pub(super) fn client(&self) -> Client {
         self.client.clone()
     }
@@ -393,6 +431,11 @@ impl EtcdStore {
     /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
     /// invalid, etcd unreachable) is logged once.
     pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {
+        Ok(self.wait_for_config_counting(|| {}).await)
+    }
+
+    /// [`wait_for_config`](Self::wait_for_config), calling `on_error` for each failed read.
+    pub async fn wait_for_config_counting(&self, on_error: impl Fn()) -> NetworkConfig {
         let mut last_reason = String::new();
         loop {
             let reason = match self.get_config().await {
@@ -400,10 +443,16 @@ impl EtcdStore {
                     if !last_reason.is_empty() {
                         info!(key = %self.config_key(), "network config found");
                     }
-                    return Ok(cfg);
+                    return cfg;
                 }
-                Ok(None) => format!("waiting for the network config at {}", self.config_key()),
-                Err(e) => format!("waiting for a usable network config: {e}"),
+                Ok(None) => format!(
+                    "no network config at {} yet; waiting for it (weftctl config set FILE)",
+                    self.config_key()
+                ),
+                Err(e) => {
+                    on_error();
+                    format!("cannot use the network config: {e}")
+                }
             };
             if reason != last_reason {
                 warn!("{reason}");
@@ -793,28 +842,24 @@ impl EtcdStore {
                 continue;
             }
 
-            let choice = match prev_subnet.filter(|p| cfg.subnet_in_range(*p) && !taken.contains(p))
-            {
-                Some(p) => p,
-                None => {
-                    let free: Vec<Ipv4Net> =
-                        subnets_between(cfg.subnet_min, cfg.subnet_max, cfg.subnet_len)
-                            .filter(|s| !taken.contains(s))
-                            .take(RANDOM_POOL)
-                            .collect();
-                    if free.is_empty() {
-                        let in_range =
-                            taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
-                        return Err(StoreError::NoFreeSubnet {
-                            min: cfg.subnet_min.to_string(),
-                            max: cfg.subnet_max.to_string(),
-                            len: cfg.subnet_len,
-                            taken: in_range,
-                            total: cfg.subnet_count(),
-                        });
-                    }
-                    free[rand::random_range(0..free.len())]
-                }
+            let free = |s: &IpNet| !matches!(s, IpNet::V4(s) if taken.contains(s));
+            let pick = |n| rand::random_range(0..n);
+            let chosen = cfg.choose_subnet(
+                Family::V4,
+                prev_subnet.map(IpNet::V4),
+                free,
+                RANDOM_POOL,
+                pick,
+            );
+            let Some(IpNet::V4(choice)) = chosen else {
+                let in_range = taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
+                return Err(StoreError::NoFreeSubnet {
+                    min: cfg.subnet_min.to_string(),
+                    max: cfg.subnet_max.to_string(),
+                    len: cfg.subnet_len,
+                    taken: in_range,
+                    total: cfg.subnet_count(),
+                });
             };
             let id = match *granted {
                 Some(id) => id,

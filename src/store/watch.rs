@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use etcd_client::{EventType, WatchOptions, WatchStream};
 use tracing::{info, warn};
 
-use super::etcd::{outside_network, EtcdStore, LeaseList, SkippedLease};
+use tonic::Code;
+
+use super::etcd::{outside_network, status_code, EtcdStore, LeaseList, SkippedLease};
 use super::StoreError;
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseEvent};
@@ -182,7 +184,9 @@ impl LeaseWatcher {
             if resp.canceled() {
                 self.stream = None;
                 let why = resp.cancel_reason().to_string();
-                if why.contains("permission") || why.contains("auth") {
+                // etcd gives a cancelled watch's reason only as text; a read of the same keys
+                // answers with a status code, which says whether this client may read them.
+                if self.store.may_not_read_subnets().await {
                     return Err(StoreError::WatchRefused {
                         endpoints: self.store.endpoints().to_string(),
                         why,
@@ -241,10 +245,7 @@ impl LeaseWatcher {
                     self.seeded = true;
                     return Ok(Vec::new());
                 }
-                Err(StoreError::Etcd {
-                    source: etcd_client::Error::GRpcStatus(s),
-                    ..
-                }) if i32::from(s.code()) == 11 => {
+                Err(e) if status_code(&e) == Some(Code::OutOfRange) => {
                     warn!(
                         revision = self.revision,
                         "the starting revision is compacted; reporting every current lease"
@@ -508,17 +509,15 @@ impl LeaseWatcher {
 }
 
 fn is_refusal(e: &StoreError) -> bool {
-    match e {
+    matches!(
+        e,
         StoreError::WatchRefused { .. }
-        | StoreError::AuthFailed { .. }
-        | StoreError::PermissionDenied { .. } => true,
-        // InvalidArgument 3, PermissionDenied 7, Unauthenticated 16.
-        StoreError::Etcd {
-            source: etcd_client::Error::GRpcStatus(s),
-            ..
-        } => matches!(i32::from(s.code()), 3 | 7 | 16),
-        _ => false,
-    }
+            | StoreError::AuthFailed { .. }
+            | StoreError::PermissionDenied { .. }
+    ) || matches!(
+        status_code(e),
+        Some(Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated)
+    )
 }
 
 /// Whether a lease changed in a way its watchers care about.
@@ -532,5 +531,36 @@ fn classify_delete(old: Lease, now: SystemTime) -> LeaseEvent {
     match (old.etcd_lease_id, old.expiration) {
         (Some(_), Some(exp)) if now + EXPIRY_SLACK >= exp => LeaseEvent::Expired(old),
         _ => LeaseEvent::Removed(old),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd_error(code: Code) -> StoreError {
+        StoreError::Etcd {
+            endpoints: "http://198.18.0.1:2379".into(),
+            op: "watch /coreos.com/network/subnets/".into(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(code, "refused")),
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_by_status_code() {
+        for code in [
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            assert!(is_refusal(&etcd_error(code)), "{code:?}");
+        }
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::OutOfRange] {
+            assert!(!is_refusal(&etcd_error(code)), "{code:?}");
+        }
+        assert_eq!(
+            status_code(&etcd_error(Code::OutOfRange)),
+            Some(Code::OutOfRange)
+        );
     }
 }

@@ -1,0 +1,85 @@
+//! The host-gw backend: no device and no encapsulation; every peer's subnet is routed via the
+//! peer's public IP on the external interface, so all hosts must share one L2 network.
+
+use serde_json::{Map, Value};
+
+use super::Backend;
+use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use {
+    super::{Device, DeviceError, DeviceSpec, Host, Peer, PeerObjects},
+    crate::iface::ExtIface,
+    crate::netlink::{Mac, Netlink},
+};
+
+/// The backend's name in `Backend.Type` and a lease's `BackendType`.
+pub const TYPE: &str = "host-gw";
+
+#[derive(Debug, Clone, Copy)]
+pub struct HostGw;
+
+/// host-gw has no settings: this is all of it.
+pub const BACKEND: HostGw = HostGw;
+
+impl Backend for HostGw {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    /// No settings of its own.
+    fn params(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    fn mtu_overhead(&self, _family: Family) -> u32 {
+        0
+    }
+
+    /// Peers route to the public IP, so it must be an address of this host's interface.
+    #[cfg(feature = "daemon")]
+    fn usable(&self, ext: &ExtIface) -> Result<(), String> {
+        if ext.addresses.contains(&ext.public_ip) {
+            return Ok(());
+        }
+        Err(format!(
+            "host-gw needs the public IP on the external interface, but {} is not an address of {}; drop --public-ip or pick the interface that holds it",
+            ext.public_ip, ext.name
+        ))
+    }
+
+    #[cfg(feature = "daemon")]
+    fn device(&self, _: &ExtIface, _: Option<&str>, _: Family) -> Option<DeviceSpec> {
+        None
+    }
+
+    #[cfg(feature = "daemon")]
+    fn ensure_device(
+        &self,
+        _: &mut Netlink,
+        spec: &DeviceSpec,
+        _: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        Err(DeviceError::Foreign(spec.name.clone()))
+    }
+
+    #[cfg(feature = "daemon")]
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
+        let public_ip = peer.public_ip;
+        // The kernel refuses a gateway that is not on a connected network, so such a route
+        // would fail on every reconciliation and keep this host from ever being programmed.
+        if !host.reaches_directly(public_ip) {
+            return Err(format!(
+                "PublicIP {public_ip} is not on a network of the external interface; host-gw needs every host on one L2"
+            ));
+        }
+        Ok(PeerObjects {
+            route: Some(host.direct_route(peer.subnet, public_ip)),
+            ..PeerObjects::default()
+        })
+    }
+
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, _device_mac: Option<Mac>) -> Option<Value> {
+        None
+    }
+}

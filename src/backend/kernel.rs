@@ -1,0 +1,126 @@
+//! What a backend deals in on the kernel side: this host's facts, the objects one peer
+//! becomes, the device a backend needs and how it is brought up. Only with the daemon.
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::iface::ExtIface;
+use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
+use crate::subnet::Family;
+
+/// Facts about this host the desired state of one family depends on; the family is that of
+/// `public_ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub public_ip: IpAddr,
+    /// The external (underlay) interface.
+    pub ext_index: u32,
+    /// The external interface's networks of the family: a peer inside one is reachable
+    /// without a gateway (DirectRouting, host-gw).
+    pub ext_networks: Vec<IpNet>,
+    /// The backend's device for the family, when it has one and it exists.
+    pub device: Option<u32>,
+}
+
+impl Host {
+    /// This host's IPv4 facts.
+    pub fn new(ext: &ExtIface, device: Option<u32>) -> Host {
+        Host {
+            public_ip: ext.public_ip.into(),
+            ext_index: ext.index,
+            ext_networks: ext.networks.iter().map(|n| IpNet::V4(*n)).collect(),
+            device,
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(self.public_ip)
+    }
+
+    /// Whether a peer at `ip` is on a network of the external interface (no gateway between).
+    pub fn reaches_directly(&self, ip: IpAddr) -> bool {
+        self.ext_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// A route to `subnet` through a peer on the external interface's network.
+    pub fn direct_route(&self, subnet: IpNet, public_ip: IpAddr) -> Route {
+        let mut r = Route::new(subnet);
+        r.gateway = Some(public_ip);
+        r.oif = Some(self.ext_index);
+        r
+    }
+}
+
+/// A remote lease as a backend sees it, in one family, once the rules every backend shares
+/// have accepted it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
+    /// `BackendData` (`BackendV6Data` for IPv6).
+    pub data: Option<&'a serde_json::Value>,
+}
+
+/// The kernel objects one remote lease calls for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerObjects {
+    pub route: Option<Route>,
+    pub neighbour: Option<Neighbour>,
+    pub fdb: Option<FdbEntry>,
+}
+
+/// A device a backend needs: its name, MTU, and how to create it.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub mtu: u32,
+    pub link: LinkSpec,
+}
+
+/// How a device is created; read back by the backend that asked for it.
+#[derive(Debug, Clone)]
+pub enum LinkSpec {
+    Vxlan(VxlanSpec),
+}
+
+/// What [`super::Backend::ensure_device`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub index: u32,
+    pub mac: Mac,
+    pub mtu: u32,
+    /// True when the device was (re)created rather than adopted.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("device {0} vanished while it was being set up")]
+    Vanished(String),
+    #[error("device {0} is not a device this backend creates")]
+    Foreign(String),
+}
+
+/// Gives a device exactly one address inside the network: `<subnet ip>/32`. An address left
+/// from an earlier lease (another subnet) is removed.
+pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
+    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
+    let mut changed = false;
+    let mut present = false;
+    for a in nl.addresses(Some(index))? {
+        if a.addr == want {
+            present = true;
+        } else if a.addr.addr().is_ipv4() {
+            nl.del_address(index, a.addr)?;
+            changed = true;
+        }
+    }
+    if !present {
+        nl.add_address(index, want)?;
+        changed = true;
+    }
+    Ok(changed)
+}
