@@ -41,7 +41,7 @@ pub struct AgentConfig {
 
 /// Retries an etcd operation with capped exponential backoff until it succeeds, logging each
 /// failure once with what was being done.
-async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> T
+async fn retry<T, F, Fut>(what: &str, metrics: &Metrics, mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -49,7 +49,13 @@ where
     let mut delay = Duration::from_millis(250);
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
+            // Refused credentials or permissions: weftd stops with the reason, and systemd's
+            // restarts keep saying it in the journal until an operator mends it.
+            Err(e) if e.is_refusal() => {
+                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
             Err(e) => {
                 metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?delay, "{what} failed");
@@ -125,7 +131,7 @@ async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<Net
         .wait_for_config_counting(|| {
             metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
         })
-        .await;
+        .await?;
     if !cfg.enable_ipv4 || cfg.network.is_none() {
         bail!("the network config enables no IPv4 network; weft's datapath needs EnableIPv4 with a Network");
     }
@@ -191,7 +197,7 @@ impl Agent {
             &metrics,
             || EtcdStore::connect(&opts.etcd),
         )
-        .await;
+        .await?;
         let cfg = read_config(&store, &metrics).await?;
         let ext = choose_iface(opts.select.clone()).await?;
         backend::of(&cfg.backend)
@@ -202,7 +208,7 @@ impl Agent {
         let known = retry("listing leases", &metrics, || {
             store.list_leases_untimed(Some(&cfg))
         })
-        .await;
+        .await?;
         let advertised = known
             .leases
             .iter()
@@ -217,7 +223,7 @@ impl Agent {
         let own = retry("acquiring a subnet lease", &metrics, || {
             store.acquire_lease(&cfg, &attrs, prev, opts.lease_ttl)
         })
-        .await;
+        .await?;
         metrics.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
@@ -427,7 +433,7 @@ impl Agent {
         let lease = retry("re-acquiring the subnet lease", &self.metrics, || {
             store.acquire_lease(cfg, &attrs, prev, ttl)
         })
-        .await;
+        .await?;
         self.metrics
             .lease_acquisitions
             .fetch_add(1, Ordering::Relaxed);

@@ -294,6 +294,18 @@ impl Weftd {
         None
     }
 
+    /// Waits up to `limit` for weftd to exit by itself.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     fn cmdline(&self) -> String {
         std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
             .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
@@ -338,7 +350,14 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
         );
     };
     eprintln!("weftd reported in {} ms: {line}", took.as_millis());
-    // Let it retry a little, then look at everything it said.
+    // Refused credentials never mend themselves: weftd stops with the reason (systemd
+    // restarts it and the journal keeps saying why).
+    let status = d.wait_exit(LIMIT);
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "weftd did not exit with a failure after its login was refused ({status:?}): {:#?}",
+        d.log
+    );
     let _ = d.wait_line(Duration::from_secs(1), &["never printed"]);
     for l in &d.log {
         assert!(

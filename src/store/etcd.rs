@@ -431,11 +431,16 @@ impl EtcdStore {
     /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
     /// invalid, etcd unreachable) is logged once.
     pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {
-        Ok(self.wait_for_config_counting(|| {}).await)
+        self.wait_for_config_counting(|| {}).await
     }
 
     /// [`wait_for_config`](Self::wait_for_config), calling `on_error` for each failed read.
-    pub async fn wait_for_config_counting(&self, on_error: impl Fn()) -> NetworkConfig {
+    /// Refused credentials or permissions end the wait with the error: they never fix
+    /// themselves.
+    pub async fn wait_for_config_counting(
+        &self,
+        on_error: impl Fn(),
+    ) -> Result<NetworkConfig, StoreError> {
         let mut last_reason = String::new();
         loop {
             let reason = match self.get_config().await {
@@ -443,8 +448,9 @@ impl EtcdStore {
                     if !last_reason.is_empty() {
                         info!(key = %self.config_key(), "network config found");
                     }
-                    return cfg;
+                    return Ok(cfg);
                 }
+                Err(e) if e.is_refusal() => return Err(e),
                 Ok(None) => format!(
                     "no network config at {} yet; waiting for it (weftctl config set FILE)",
                     self.config_key()

@@ -176,6 +176,15 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether trying again later may help (etcd down, slow or restarting).
+    /// etcd refused this client's credentials or permissions: trying again cannot help until
+    /// an operator changes them.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AuthFailed { .. } | StoreError::PermissionDenied { .. }
+        )
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unreachable { .. } | StoreError::Timeout { .. } => true,
