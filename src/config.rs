@@ -40,6 +40,75 @@ impl ConfigError {
     }
 }
 
+/// Every problem of a refused config: the Enable flags', the IPv4 network's, the IPv6
+/// network's, then the backend's; never empty once returned. Shown one problem per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The problems, each naming its field and value.
+    pub fn problems(&self) -> &[ConfigError] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    /// The value of a check that passed; a failed one is noted and gives `None`, so that
+    /// checks depending on it are skipped.
+    pub(crate) fn check<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.push(e)).ok()
+    }
+
+    /// [`check`](Self::check) for a part that reports several problems itself.
+    pub(crate) fn absorb<T>(&mut self, r: Result<T, ConfigErrors>) -> Option<T> {
+        r.map_err(|e| self.0.extend(e.0)).ok()
+    }
+
+    /// `value` when nothing was noted; the problems otherwise.
+    pub(crate) fn or<T>(self, value: Option<T>) -> Result<T, ConfigErrors> {
+        match value {
+            Some(v) if self.is_empty() => Ok(v),
+            _ => {
+                debug_assert!(
+                    !self.is_empty(),
+                    "a part of the config failed without a problem"
+                );
+                Err(self)
+            }
+        }
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 pub(crate) fn invalid(
     field: &'static str,
     value: impl fmt::Display,
@@ -172,26 +241,51 @@ pub(crate) fn get_str<'a>(
 }
 
 impl NetworkConfig {
-    /// Parses and validates a config document, filling in flannel's defaults.
-    pub fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
+    /// Parses and validates a config document, filling in flannel's defaults. A refused
+    /// document gets every problem found, each naming the field and its value; a check that
+    /// depends on a broken value is skipped rather than reported as well.
+    pub fn parse(json: &str) -> Result<NetworkConfig, ConfigErrors> {
         let raw: Value =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
         if !raw.is_object() {
-            return Err(ConfigError::NotAnObject(raw.to_string()));
+            return Err(ConfigError::NotAnObject(raw.to_string()).into());
         }
         let obj: OrderedObject =
             serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))?;
 
-        let enable_ipv4 = get_bool(&obj, "EnableIPv4", true)?;
-        let enable_ipv6 = get_bool(&obj, "EnableIPv6", false)?;
-        let enable_nftables = get_bool(&obj, "EnableNFTables", false)?;
-        if !enable_ipv4 && !enable_ipv6 {
-            return Err(invalid(
+        let mut problems = ConfigErrors::default();
+        let enable_ipv4 = problems.check(get_bool(&obj, "EnableIPv4", true));
+        let enable_ipv6 = problems.check(get_bool(&obj, "EnableIPv6", false));
+        let enable_nftables = problems.check(get_bool(&obj, "EnableNFTables", false));
+        if enable_ipv4 == Some(false) && enable_ipv6 == Some(false) {
+            problems.push(invalid(
                 "EnableIPv4",
                 false,
                 "EnableIPv4 or EnableIPv6 must be true, or there is no network to share",
             ));
         }
+        // A family whose Enable flag is broken is checked only as far as it is written down:
+        // its network being absent is not a problem of its own.
+        let division =
+            |problems: &mut ConfigErrors, enabled: Option<bool>, r: &FamilyRules| match enabled {
+                Some(false) => Some(None),
+                None if obj.field(r.network).is_none() => None,
+                _ => problems.absorb(parse_division(&obj, r)).map(Some),
+            };
+        let v4 = division(&mut problems, enable_ipv4, &IPV4);
+        let v6 = division(&mut problems, enable_ipv6, &IPV6);
+        let backend = problems.absorb(BackendConfig::parse(obj.field("Backend")));
+        let (
+            Some(enable_ipv4),
+            Some(enable_ipv6),
+            Some(enable_nftables),
+            Some(backend),
+            Some(v4),
+            Some(v6),
+        ) = (enable_ipv4, enable_ipv6, enable_nftables, backend, v4, v6)
+        else {
+            return problems.or(None);
+        };
 
         let mut cfg = NetworkConfig {
             network: None,
@@ -205,11 +299,10 @@ impl NetworkConfig {
             ipv6_subnet_min: None,
             ipv6_subnet_max: None,
             enable_nftables,
-            backend: BackendConfig::parse(obj.field("Backend"))?,
-            raw: Value::Null,
+            backend,
+            raw,
         };
-        if enable_ipv4 {
-            let d = parse_division(&obj, &IPV4)?;
+        if let Some(d) = v4 {
             let (IpNet::V4(n), IpAddr::V4(min), IpAddr::V4(max)) = (d.network, d.min, d.max) else {
                 unreachable!("the IPv4 rules parse IPv4 networks only");
             };
@@ -218,8 +311,7 @@ impl NetworkConfig {
             cfg.subnet_min = min;
             cfg.subnet_max = max;
         }
-        if enable_ipv6 {
-            let d = parse_division(&obj, &IPV6)?;
+        if let Some(d) = v6 {
             let (IpNet::V6(n), IpAddr::V6(min), IpAddr::V6(max)) = (d.network, d.min, d.max) else {
                 unreachable!("the IPv6 rules parse IPv6 networks only");
             };
@@ -228,8 +320,7 @@ impl NetworkConfig {
             cfg.ipv6_subnet_min = Some(min);
             cfg.ipv6_subnet_max = Some(max);
         }
-        cfg.raw = raw;
-        Ok(cfg)
+        problems.or(Some(cfg))
     }
 
     /// Whether `s` is one of this network's subnets: inside `Network`, `SubnetLen` long and
@@ -404,7 +495,24 @@ struct Division {
     max: IpAddr,
 }
 
-fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, ConfigError> {
+fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, ConfigErrors> {
+    let mut problems = ConfigErrors::default();
+    let network = problems.check(parse_network(obj, r));
+    let subnet_len = parse_subnet_len(&mut problems, obj, r, network);
+    let bounds = parse_bounds(&mut problems, obj, r, network, subnet_len);
+    let division = match (network, subnet_len, bounds) {
+        (Some(network), Some(subnet_len), Some((min, max))) => Some(Division {
+            network,
+            subnet_len,
+            min,
+            max,
+        }),
+        _ => None,
+    };
+    problems.or(division)
+}
+
+fn parse_network(obj: &OrderedObject, r: &FamilyRules) -> Result<IpNet, ConfigError> {
     let text = get_str(obj, r.network)?.ok_or_else(|| ConfigError::Missing {
         field: r.network,
         why: r.missing.into(),
@@ -417,52 +525,55 @@ fn parse_division(obj: &OrderedObject, r: &FamilyRules) -> Result<Division, Conf
         )
     })?;
     // Go's ParseCIDR drops host bits; so do we.
-    let network = network.trunc();
-    let subnet_len = parse_subnet_len(obj, r, network)?;
-    let (min, max) = parse_bounds(obj, r, network, subnet_len)?;
-    Ok(Division {
-        network,
-        subnet_len,
-        min,
-        max,
-    })
+    Ok(network.trunc())
 }
 
 /// SubnetMin and SubnetMax: as given (inside the network, on subnet boundaries, in order),
-/// else the second subnet (the first is never handed out) and the last.
+/// else the second subnet (the first is never handed out) and the last. Each check runs
+/// only when what it compares with is known.
 fn parse_bounds(
+    problems: &mut ConfigErrors,
     obj: &OrderedObject,
     r: &FamilyRules,
-    network: IpNet,
-    subnet_len: u8,
-) -> Result<(IpAddr, IpAddr), ConfigError> {
-    let host_bits = u32::from(r.family.bits() - subnet_len);
-    let size = 1u128 << host_bits;
-    let first = Family::number(network.network());
-    let last_subnet = Family::number(network.broadcast()) - (size - 1);
-    let bound = |field: &'static str, default: u128| -> Result<IpAddr, ConfigError> {
-        let Some(t) = get_str(obj, field)? else {
-            return Ok(r.family.addr(default));
-        };
-        let a = r
-            .family
-            .parse_addr(t)
-            .ok_or_else(|| invalid(field, t, format!("not an {} address", r.family)))?;
-        if !network.contains(&a) {
-            return Err(invalid(
+    network: Option<IpNet>,
+    subnet_len: Option<u8>,
+) -> Option<(IpAddr, IpAddr)> {
+    // Each bound as written: `Some(None)` when absent, `None` when broken.
+    let mut written = |field: &'static str| -> Option<Option<IpAddr>> {
+        let t = problems.check(get_str(obj, field))?;
+        let Some(t) = t else { return Some(None) };
+        let a = r.family.parse_addr(t);
+        if a.is_none() {
+            problems.push(invalid(field, t, format!("not an {} address", r.family)));
+        }
+        a.map(Some)
+    };
+    let min = written(r.subnet_min);
+    let max = written(r.subnet_max);
+    let mut inside = |field: &'static str, a: Option<Option<IpAddr>>| match (a, network) {
+        (Some(Some(a)), Some(network)) if !network.contains(&a) => {
+            problems.push(invalid(
                 field,
                 a,
                 format!("is not inside {} {network}", r.network),
             ));
+            None
         }
-        Ok(a)
+        _ => a,
     };
-    let min = bound(r.subnet_min, first + size)?;
-    let max = bound(r.subnet_max, last_subnet)?;
+    let min = inside(r.subnet_min, min);
+    let max = inside(r.subnet_max, max);
+    let (network, subnet_len) = (network?, subnet_len?);
+
+    let host_bits = u32::from(r.family.bits() - subnet_len);
+    let size = 1u128 << host_bits;
+    let first = Family::number(network.network());
+    let last_subnet = Family::number(network.broadcast()) - (size - 1);
     let mask = u128::MAX << host_bits;
-    for (field, a) in [(r.subnet_min, min), (r.subnet_max, max)] {
+    let mut on_boundary = |field: &'static str, a: Option<Option<IpAddr>>, default: u128| {
+        let a = a?.unwrap_or_else(|| r.family.addr(default));
         if Family::number(a) & mask != Family::number(a) {
-            return Err(invalid(
+            problems.push(invalid(
                 field,
                 a,
                 format!(
@@ -470,36 +581,47 @@ fn parse_bounds(
                     r.subnet_len
                 ),
             ));
+            return None;
         }
-    }
+        Some(a)
+    };
+    let min = on_boundary(r.subnet_min, min, first + size);
+    let max = on_boundary(r.subnet_max, max, last_subnet);
+    let (min, max) = (min?, max?);
     if Family::number(min) > Family::number(max) {
-        return Err(invalid(
+        problems.push(invalid(
             r.subnet_min,
             min,
             format!("is after {} {max}", r.subnet_max),
         ));
+        return None;
     }
-    Ok((min, max))
+    Some((min, max))
 }
 
 /// The subnet length: as given (long enough for four subnets, at most the family's
-/// longest), else flannel's default for the network's size.
+/// longest), else flannel's default for the network's size. The checks against the network
+/// run only when the network is known.
 fn parse_subnet_len(
+    problems: &mut ConfigErrors,
     obj: &OrderedObject,
     r: &FamilyRules,
-    network: IpNet,
-) -> Result<u8, ConfigError> {
-    let plen = network.prefix_len();
-    if let Some(len) = get_uint(obj, r.subnet_len)?.filter(|l| *l > 0) {
+    network: Option<IpNet>,
+) -> Option<u8> {
+    let given = problems.check(get_uint(obj, r.subnet_len))?;
+    if let Some(len) = given.filter(|l| *l > 0) {
         if len > u64::from(r.max_subnet_len) {
-            return Err(invalid(
+            problems.push(invalid(
                 r.subnet_len,
                 len,
                 format!("must be at most {}", r.max_subnet_len),
             ));
+            return None;
         }
+        let network = network?;
+        let plen = network.prefix_len();
         if len < u64::from(plen) + 2 {
-            return Err(invalid(
+            problems.push(invalid(
                 r.subnet_len,
                 len,
                 format!(
@@ -508,18 +630,22 @@ fn parse_subnet_len(
                     r.network
                 ),
             ));
+            return None;
         }
-        return Ok(len as u8);
+        return Some(len as u8);
     }
+    let network = network?;
+    let plen = network.prefix_len();
     let smallest = r.max_subnet_len - 2;
     if plen > smallest {
-        return Err(invalid(
+        problems.push(invalid(
             r.network,
             network,
             format!("is too small: the smallest useful network is a /{smallest}"),
         ));
+        return None;
     }
-    Ok(if plen <= r.default_subnet_len - 2 {
+    Some(if plen <= r.default_subnet_len - 2 {
         r.default_subnet_len
     } else {
         plen + 2
@@ -751,6 +877,153 @@ mod tests {
         assert!(!c.contains_subnet("198.19.10.0/25".parse().unwrap()));
         assert!(!c.contains_subnet("198.19.10.1/24".parse().unwrap()));
         assert!(!c.contains_subnet("198.18.10.0/24".parse().unwrap()));
+    }
+
+    /// Every problem of a refused document, as shown.
+    fn problems(s: &str) -> Vec<String> {
+        let e = NetworkConfig::parse(s).unwrap_err();
+        let shown: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(e.to_string(), shown.join("\n"), "one problem per line");
+        shown
+    }
+
+    /// Each problem starts with its field and value, in this order.
+    fn assert_problems(s: &str, expected: &[&str]) {
+        let got = problems(s);
+        assert_eq!(got.len(), expected.len(), "{s}: {got:#?}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                g.starts_with(e),
+                "{s}: {g:?} should start with {e:?}; all: {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_issue_example_reports_subnet_len_and_backend() {
+        let e = NetworkConfig::parse(r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#).unwrap_err();
+        let fields: Vec<_> = e.problems().iter().map(|p| p.field()).collect();
+        assert_eq!(fields, [Some("SubnetLen"), Some("Backend.Type")]);
+        let shown = e.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 2, "{shown}");
+        assert_eq!(lines[0], "SubnetLen 31: must be at most 30");
+        assert!(
+            lines[1].starts_with("Backend.Type udp: Backend is absent"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn every_independent_problem_is_reported_with_field_and_value() {
+        assert_problems(
+            r#"{"Network": "198.19.0.0/16", "SubnetLen": 31, "SubnetMin": "nope",
+                "SubnetMax": "198.18.0.0", "EnableNFTables": "yes",
+                "EnableIPv6": true, "IPv6Network": "fd00::/130",
+                "Backend": {"Type": "vxlan", "VNI": 16777216, "Port": 70000, "MTU": 20,
+                            "GBP": "yes", "DirectRouting": 1}}"#,
+            &[
+                "EnableNFTables yes: must be true or false",
+                "SubnetLen 31: must be at most 30",
+                "SubnetMin nope: not an IPv4 address",
+                "SubnetMax 198.18.0.0: is not inside Network 198.19.0.0/16",
+                "IPv6Network fd00::/130: not an IPv6 network",
+                "Backend.VNI 16777216: must be at most 16777215",
+                "Backend.Port 70000: must be at most 65535",
+                "Backend.MTU 20: must be between 68 and 65535",
+                "Backend.GBP yes: must be true or false",
+                "Backend.DirectRouting 1: must be true or false",
+            ],
+        );
+        // Wrong JSON kinds, each under its own name.
+        assert_problems(
+            r#"{"Network": 7, "SubnetLen": -1, "SubnetMin": [1], "EnableIPv6": "no",
+                "Backend": {"Type": "vxlan", "VNI": "1", "Learning": null, "Port": 1.5}}"#,
+            &[
+                "EnableIPv6 no: must be true or false",
+                "Network 7: must be a string",
+                "SubnetLen -1: must be a whole number",
+                "SubnetMin [1]: must be a string",
+                "Backend.VNI 1: must be a whole number",
+                "Backend.Port 1.5: must be a whole number",
+            ],
+        );
+        // Both families at once.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/16", "SubnetLen": 17, "EnableIPv6": true,
+                "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00::1", "IPv6SubnetLen": 127,
+                "Backend": []}"#,
+            &[
+                "SubnetLen 17: must be at least 18 so that Network 198.19.0.0/16 holds",
+                "IPv6SubnetLen 127: must be at most 126",
+                "Backend []: must be a JSON object",
+            ],
+        );
+        assert_problems(
+            r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6SubnetMin": "x",
+                "Backend": {"Type": 4}}"#,
+            &[
+                "IPv6Network is missing",
+                "IPv6SubnetMin x: not an IPv6 address",
+                "Backend.Type 4: must be a string",
+            ],
+        );
+    }
+
+    #[test]
+    fn checks_on_a_broken_value_are_skipped() {
+        // A broken Network: nothing is measured against it.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/33", "SubnetLen": 17, "SubnetMin": "198.19.10.5",
+                "SubnetMax": "10.0.0.0", "Backend": {"Type": "vxlan"}}"#,
+            &["Network 198.19.0.0/33: not an IPv4 network"],
+        );
+        // A broken SubnetLen: no boundary check, but the network check still runs.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/16", "SubnetLen": 31, "SubnetMin": "198.19.10.5",
+                "SubnetMax": "198.20.0.0", "Backend": {"Type": "vxlan"}}"#,
+            &[
+                "SubnetLen 31: must be at most 30",
+                "SubnetMax 198.20.0.0: is not inside",
+            ],
+        );
+        // Order is compared only between two good bounds.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/16", "SubnetMin": "198.19.30.0",
+                "SubnetMax": "198.19.20.1", "Backend": {"Type": "vxlan"}}"#,
+            &["SubnetMax 198.19.20.1: is not on a /24 subnet boundary"],
+        );
+        // A network too small for any subnet: no bounds follow from it.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/29", "SubnetMin": "198.19.0.3", "Backend": {"Type": "vxlan"}}"#,
+            &["Network 198.19.0.0/29: is too small"],
+        );
+        // A broken Enable flag: an absent network is not a second problem, a bad one is.
+        assert_problems(
+            r#"{"EnableIPv4": "yes", "Backend": {"Type": "host-gw"}}"#,
+            &["EnableIPv4 yes: must be true or false"],
+        );
+        assert_problems(
+            r#"{"EnableIPv4": "yes", "Network": "x", "Backend": {"Type": "host-gw"}}"#,
+            &["EnableIPv4 yes: must be true or false", "Network x:"],
+        );
+        // No settings are read for a backend weft does not have.
+        assert_problems(
+            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "wireguard", "VNI": "x"}}"#,
+            &["Backend.Type wireguard: unsupported backend"],
+        );
+        // Neither family: nothing else about the networks to say, but the backend is read.
+        assert_problems(
+            r#"{"EnableIPv4": false, "Backend": {"Type": "vxlan", "MTU": 1}}"#,
+            &["EnableIPv4 false:", "Backend.MTU 1:"],
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_an_object_is_one_problem() {
+        assert_eq!(problems("{").len(), 1);
+        assert_eq!(problems("[1, 2]").len(), 1);
+        assert_eq!(problems("null").len(), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 #[cfg(feature = "daemon")]
 pub use kernel::*;
 
-use crate::config::{get_str, invalid, show, ConfigError};
+use crate::config::{get_str, invalid, rename, show, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
     netlink::{Link, Mac, Netlink},
 };
 
-type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigError>;
+type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigErrors>;
 
 /// Writes the config enum, the registry of parsers and the dispatch to the [`Backend`] from
 /// one list. Each entry is a backend's module, its variant of [`BackendConfig`] and, when it
@@ -91,29 +91,32 @@ impl BackendConfig {
         Value::Object(m)
     }
 
-    /// Reads the `Backend` object through the registry.
-    pub(crate) fn parse(v: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+    /// Reads the `Backend` object through the registry. The settings are read only when
+    /// `Type` names a backend weft has, as what they mean depends on it.
+    pub(crate) fn parse(v: Option<&Value>) -> Result<BackendConfig, ConfigErrors> {
         let Some(v) = v else {
             let set = supported(|n| format!("{{\"Type\": \"{n}\"}}"), " or ");
-            return Err(invalid(
+            return Err(ConfigErrors::from(invalid(
                 "Backend.Type",
                 "udp",
                 format!(
                     "Backend is absent and flannel's default backend \"udp\" is not supported by weft; set Backend to {set}"
                 ),
-            ));
+            )));
         };
         let Value::Object(obj) = v else {
-            return Err(invalid("Backend", show(v), "must be a JSON object"));
+            return Err(invalid("Backend", show(v), "must be a JSON object").into());
         };
-        let ty = get_str(obj, "Type")?.unwrap_or("");
+        let ty = get_str(obj, "Type")
+            .map_err(|e| rename(e, "Backend.Type"))?
+            .unwrap_or("");
         // flannel lower-cases the type before looking the backend up.
         let lower = ty.to_ascii_lowercase();
         if let Some((_, parse)) = REGISTRY.iter().find(|(name, _)| *name == lower) {
             return parse(obj);
         }
         let quoted = |n: &str| format!("\"{n}\"");
-        Err(match lower.as_str() {
+        Err(ConfigErrors::from(match lower.as_str() {
             "" => invalid(
                 "Backend.Type",
                 "\"\"",
@@ -135,7 +138,7 @@ impl BackendConfig {
                     supported(quoted, " and ")
                 ),
             ),
-        })
+        }))
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::Backend;
-use crate::config::{get_bool, get_uint, invalid, rename, ConfigError};
+use crate::config::{get_bool, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
@@ -50,41 +50,58 @@ impl Default for VxlanConfig {
 }
 
 impl VxlanConfig {
-    /// Reads `Backend` of a vxlan config; fields are named with their path in errors.
-    pub fn parse(obj: &Map<String, Value>) -> Result<VxlanConfig, ConfigError> {
+    /// Reads `Backend` of a vxlan config; fields are named with their path in errors, and
+    /// every broken one is reported.
+    pub fn parse(obj: &Map<String, Value>) -> Result<VxlanConfig, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
         let mut c = VxlanConfig::default();
-        if let Some(vni) = get_uint(obj, "VNI").map_err(|e| rename(e, "Backend.VNI"))? {
-            if vni > 0xFF_FFFF {
-                return Err(invalid(
+        if let Some(vni) = uint(&mut problems, obj, "VNI", "Backend.VNI") {
+            match u32::try_from(vni).ok().filter(|v| *v <= 0xFF_FFFF) {
+                Some(v) => c.vni = v,
+                None => problems.push(invalid(
                     "Backend.VNI",
                     vni,
                     "must be at most 16777215 (24 bits)",
-                ));
-            }
-            c.vni = vni as u32;
-        }
-        if let Some(port) = get_uint(obj, "Port").map_err(|e| rename(e, "Backend.Port"))? {
-            c.port = u16::try_from(port)
-                .map_err(|_| invalid("Backend.Port", port, "must be at most 65535"))?;
-        }
-        if let Some(mtu) = get_uint(obj, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
-            if mtu != 0 {
-                if !(68..=65535).contains(&mtu) {
-                    return Err(invalid(
-                        "Backend.MTU",
-                        mtu,
-                        "must be between 68 and 65535 (or 0 to derive it)",
-                    ));
-                }
-                c.mtu = Some(mtu as u32);
+                )),
             }
         }
-        c.gbp = get_bool(obj, "GBP", false).map_err(|e| rename(e, "Backend.GBP"))?;
-        c.learning = get_bool(obj, "Learning", false).map_err(|e| rename(e, "Backend.Learning"))?;
-        c.direct_routing = get_bool(obj, "DirectRouting", false)
-            .map_err(|e| rename(e, "Backend.DirectRouting"))?;
-        Ok(c)
+        if let Some(port) = uint(&mut problems, obj, "Port", "Backend.Port") {
+            match u16::try_from(port) {
+                Ok(p) => c.port = p,
+                Err(_) => problems.push(invalid("Backend.Port", port, "must be at most 65535")),
+            }
+        }
+        match uint(&mut problems, obj, "MTU", "Backend.MTU") {
+            None | Some(0) => {}
+            Some(mtu @ 68..=65535) => c.mtu = Some(mtu as u32),
+            Some(mtu) => problems.push(invalid(
+                "Backend.MTU",
+                mtu,
+                "must be between 68 and 65535 (or 0 to derive it)",
+            )),
+        }
+        let mut flag = |name: &'static str, field: &'static str| {
+            problems
+                .check(get_bool(obj, name, false).map_err(|e| rename(e, field)))
+                .unwrap_or_default()
+        };
+        c.gbp = flag("GBP", "Backend.GBP");
+        c.learning = flag("Learning", "Backend.Learning");
+        c.direct_routing = flag("DirectRouting", "Backend.DirectRouting");
+        problems.or(Some(c))
     }
+}
+
+/// A number setting, when given and of the right kind; a wrong kind is noted under `field`.
+fn uint(
+    problems: &mut ConfigErrors,
+    obj: &Map<String, Value>,
+    name: &'static str,
+    field: &'static str,
+) -> Option<u64> {
+    problems
+        .check(get_uint(obj, name).map_err(|e| rename(e, field)))
+        .flatten()
 }
 
 /// The VXLAN part of a lease: which VNI and which VTEP MAC to send to.

@@ -334,7 +334,7 @@ async fn config_get(store: &EtcdStore, out: Format) -> Result<()> {
             }
         }
         Format::Json => {
-            let cfg = parsed.map_err(|source| StoreError::Config { key, source })?;
+            let cfg = parsed.map_err(|problems| StoreError::Config { key, problems })?;
             println!("{}", serde_json::to_string_pretty(&cfg.effective_json())?);
         }
     }

@@ -414,7 +414,7 @@ impl EtcdStore {
         let text = String::from_utf8_lossy(kv.value());
         NetworkConfig::parse(&text)
             .map(Some)
-            .map_err(|source| StoreError::Config { key, source })
+            .map_err(|problems| StoreError::Config { key, problems })
     }
 
     /// The config document exactly as stored, valid or not; `Ok(None)` when missing.
@@ -471,9 +471,9 @@ impl EtcdStore {
     /// Validates and stores a config document.
     pub async fn put_config(&self, cfg_json: &str) -> Result<(), StoreError> {
         let key = self.config_key();
-        NetworkConfig::parse(cfg_json).map_err(|source| StoreError::Config {
+        NetworkConfig::parse(cfg_json).map_err(|problems| StoreError::Config {
             key: key.clone(),
-            source,
+            problems,
         })?;
         let mut c = self.client();
         self.timed(format!("put {key}"), c.put(key.clone(), cfg_json, None))

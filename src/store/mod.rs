@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub use etcd::{EtcdStore, LeaseList, SkippedLease};
 pub use watch::LeaseWatcher;
 
-use crate::config::ConfigError;
+use crate::config::ConfigErrors;
 use crate::lease::LeaseError;
 
 /// How to reach etcd. weftd and weftctl both flatten this, so one environment file
@@ -97,6 +97,22 @@ impl Default for EtcdOptions {
     }
 }
 
+/// A refused config's problems after its key: one on the same line, several each on a line
+/// of their own.
+fn config_problems(problems: &ConfigErrors) -> String {
+    match problems.problems() {
+        [one] => format!(": {one}"),
+        all => {
+            let mut s = format!(" has {} problems:", all.len());
+            for p in all {
+                s.push_str("\n  ");
+                s.push_str(&p.to_string());
+            }
+            s
+        }
+    }
+}
+
 /// What went wrong talking to the registry. Each message names the endpoints, key or subnet.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -117,12 +133,10 @@ pub enum StoreError {
     },
     #[error("invalid etcd options: {0}")]
     Options(String),
-    #[error("network config at {key}: {source}")]
-    Config {
-        key: String,
-        #[source]
-        source: ConfigError,
-    },
+    // The problems are part of the message, not a `source`: a report that prints the chain
+    // would otherwise say them twice.
+    #[error("network config at {key}{}", config_problems(.problems))]
+    Config { key: String, problems: ConfigErrors },
     #[error("no network config at {key}")]
     NoConfig { key: String },
     #[error(transparent)]
