@@ -429,7 +429,7 @@ impl EtcdStore {
     }
 
     /// Waits until a valid config is stored. Each distinct reason for waiting (missing,
-    /// invalid, etcd unreachable) is logged once.
+    /// invalid, etcd unreachable) is logged once; an invalid config gets a line per problem.
     pub async fn wait_for_config(&self) -> Result<NetworkConfig, StoreError> {
         self.wait_for_config_counting(|| {}).await
     }
@@ -441,7 +441,7 @@ impl EtcdStore {
         &self,
         on_error: impl Fn(),
     ) -> Result<NetworkConfig, StoreError> {
-        let mut last_reason = String::new();
+        let mut last_reason: Vec<String> = Vec::new();
         loop {
             let reason = match self.get_config().await {
                 Ok(Some(cfg)) => {
@@ -451,17 +451,27 @@ impl EtcdStore {
                     return Ok(cfg);
                 }
                 Err(e) if e.is_refusal() => return Err(e),
-                Ok(None) => format!(
+                Ok(None) => vec![format!(
                     "no network config at {} yet; waiting for it (weftctl config set FILE)",
                     self.config_key()
-                ),
+                )],
+                Err(StoreError::Config { key, problems }) => {
+                    on_error();
+                    problems
+                        .problems()
+                        .iter()
+                        .map(|p| format!("cannot use the network config at {key}: {p}"))
+                        .collect()
+                }
                 Err(e) => {
                     on_error();
-                    format!("cannot use the network config: {e}")
+                    vec![format!("cannot use the network config: {e}")]
                 }
             };
             if reason != last_reason {
-                warn!("{reason}");
+                for line in &reason {
+                    warn!("{line}");
+                }
                 last_reason = reason;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
