@@ -111,6 +111,30 @@ async fn config_set_validates_and_get_shows_it() {
     assert_eq!(v["Backend"]["Type"], "host-gw");
 }
 
+/// Issue 13's example: every problem of a refused config is named once, with its field and
+/// value, and nothing is stored.
+#[tokio::test]
+async fn config_set_names_every_problem_once() {
+    let etcd = Etcd::new();
+    let out = set_config(&etcd, r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#);
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(0));
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(e.contains("SubnetLen 31: must be at most 30"), "{e}");
+    assert!(e.contains("Backend.Type udp: Backend is absent"), "{e}");
+    assert!(e.contains("2 problems"), "{e}");
+    for line in e.lines() {
+        for needle in ["SubnetLen 31", "Backend.Type udp", "Backend is absent"] {
+            assert!(line.matches(needle).count() <= 1, "repeated: {line}");
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for line in e.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(seen.insert(line), "line repeated: {line}\n{e}");
+    }
+    assert_eq!(etcd.get("/coreos.com/network/config"), None);
+}
+
 #[tokio::test]
 async fn leases_table_and_json() {
     let etcd = Etcd::new();
