@@ -329,8 +329,9 @@ async fn config_get(store: &EtcdStore, out: Format) -> Result<()> {
     match out {
         Format::Table => {
             println!("{}", text.trim_end());
-            if let Err(e) = parsed {
-                eprintln!("weftctl: warning: the config at {key} is not valid: {e}");
+            if let Err(problems) = parsed {
+                let e = StoreError::Config { key, problems };
+                eprintln!("weftctl: warning: the config is not valid: {e}");
             }
         }
         Format::Json => {
@@ -361,7 +362,7 @@ async fn config_for_listing(store: &EtcdStore) -> Result<Option<NetworkConfig>> 
     match store.get_config().await {
         Ok(cfg) => Ok(cfg),
         Err(e @ StoreError::Config { .. }) => {
-            eprintln!("weftctl: warning: {e}; leases are not checked against the network");
+            eprintln!("weftctl: warning: leases are not checked against the network: {e}");
             Ok(None)
         }
         Err(e) => Err(e.into()),
