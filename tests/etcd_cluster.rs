@@ -202,6 +202,18 @@ fn assert_same_hosts_same_leases(lab: &mut ClusterLab, before: &Before) {
     }
 }
 
+/// With a quorum left, no renewal may fail: requests go to the members that answer.
+fn assert_no_failed_renewal(lab: &ClusterLab) {
+    for h in &lab.hosts {
+        let logs = h.logs();
+        assert!(
+            !logs.contains("lease renewal failed"),
+            "a renewal on {} failed while a quorum of etcd members answered:\n{logs}",
+            h.ns.name()
+        );
+    }
+}
+
 fn finish(pingers: Vec<Pinger>, what: &str) {
     for p in pingers {
         p.finish().assert_no_loss(what, 300);
@@ -255,6 +267,7 @@ fn the_leader_killed_loses_nothing_and_renewal_and_the_watch_carry_on() {
     let (later, at) = write_lease(&lab, 2);
     programmed_everywhere(&lab, later, at, "member back");
     assert_same_hosts_same_leases(&mut lab, &before);
+    assert_no_failed_renewal(&lab);
     finish(pingers, "the etcd leader killed");
 }
 
@@ -297,6 +310,7 @@ fn a_member_cut_off_loses_nothing_and_sticks_nothing() {
     let (later, at) = write_lease(&lab, 5);
     programmed_everywhere(&lab, later, at, "member reconnected");
     assert_same_hosts_same_leases(&mut lab, &before);
+    assert_no_failed_renewal(&lab);
     finish(pingers, "an etcd member cut off");
 }
 
