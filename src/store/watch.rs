@@ -511,10 +511,15 @@ impl LeaseWatcher {
             self.last_problem = Some(msg);
         }
         tokio::select! {
-            _ = tokio::time::sleep(self.backoff) => {}
-            Some(()) = member_removed(&mut self.member_returns) => {}
+            _ = tokio::time::sleep(self.backoff) => {
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+            Some(()) = member_removed(&mut self.member_returns) => {
+                // A member is back after an outage: it may need a moment to find a leader,
+                // so retry soon and often rather than after the long outage's backoff.
+                self.backoff = Duration::from_millis(100);
+            }
         }
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
 
