@@ -53,7 +53,7 @@ impl EndpointHealth {
                 up: true,
             })
             .collect();
-        probe_round(client, &mut members, &signals).await;
+        probe_round(client, &mut members, &signals, true).await;
         let task = tokio::spawn(probe_loop(client.clone(), members, signals)).abort_handle();
         removals.borrow_and_update();
         returns.borrow_and_update();
@@ -99,12 +99,14 @@ async fn probe_loop(client: Client, mut members: Vec<Member>, signals: Signals) 
     tick.tick().await;
     loop {
         tick.tick().await;
-        probe_round(&client, &mut members, &signals).await;
+        probe_round(&client, &mut members, &signals, false).await;
     }
 }
 
-/// Probes every member once and changes the client's set to the ones that answer.
-async fn probe_round(client: &Client, members: &mut [Member], signals: &Signals) {
+/// Probes every member once and changes the client's set to the ones that answer. The
+/// first round (`initial`) reports an unreachable member at info, not as a warning: weftctl
+/// prints warnings, and a command that works through the other members must not.
+async fn probe_round(client: &Client, members: &mut [Member], signals: &Signals, initial: bool) {
     let up = probe_all(members.iter().map(|m| reachable(&m.address))).await;
     // With every member unreachable, the client keeps all of them: whichever comes back
     // first is used at once.
@@ -127,7 +129,11 @@ async fn probe_round(client: &Client, members: &mut [Member], signals: &Signals)
             match client.remove_endpoint(&m.url).await {
                 Ok(()) => {
                     m.in_client = false;
-                    warn!(endpoint = %m.url, "etcd member unreachable; sending requests to the others");
+                    if initial {
+                        info!(endpoint = %m.url, "etcd member unreachable; sending requests to the others");
+                    } else {
+                        warn!(endpoint = %m.url, "etcd member unreachable; sending requests to the others");
+                    }
                     signals.removed.send_modify(|n| *n += 1);
                 }
                 Err(e) => warn!(endpoint = %m.url, error = %e, "cannot remove an etcd endpoint"),
