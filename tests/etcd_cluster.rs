@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::etcd_cluster::parse_status;
 use common::lab::{wait_for, ClusterLab, Host, Pinger, SUBNETS_PREFIX, VXLAN_CONFIG};
@@ -206,6 +206,28 @@ fn assert_same_hosts_same_leases(lab: &mut ClusterLab, before: &Before) {
     }
 }
 
+/// How long after `since` every host took `url` out of its client's set, from weftd's log.
+fn taken_out_everywhere(lab: &ClusterLab, url: &str, since: SystemTime, what: &str) {
+    let mut slowest = Duration::ZERO;
+    for h in &lab.hosts {
+        let logs = h.logs();
+        let at = logs
+            .lines()
+            .filter(|l| l.contains("etcd member unreachable") && l.contains(url))
+            .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+            .find(|t| *t >= since);
+        let Some(at) = at else {
+            panic!("{what}: {} never took {url} out:\n{logs}", h.ns.name());
+        };
+        slowest = slowest.max(at.duration_since(since).unwrap_or_default());
+    }
+    eprintln!("{what}: every host took {url} out within {slowest:?}");
+    assert!(
+        slowest <= Duration::from_secs(3),
+        "{what}: taking {url} out took {slowest:?}"
+    );
+}
+
 /// With a quorum left, no renewal may fail: requests go to the members that answer.
 fn assert_no_failed_renewal(lab: &ClusterLab) {
     for h in &lab.hosts {
@@ -248,6 +270,7 @@ fn the_leader_killed_loses_nothing_and_renewal_and_the_watch_carry_on() {
     let counts: Vec<f64> = lab.hosts.iter().map(renewals).collect();
 
     let killed = Instant::now();
+    let killed_at = SystemTime::now();
     lab.cluster.kill(leader);
     let (subnet, written) = write_lease(&lab, 1);
     eprintln!(
@@ -255,6 +278,8 @@ fn the_leader_killed_loses_nothing_and_renewal_and_the_watch_carry_on() {
         written.duration_since(killed)
     );
     programmed_everywhere(&lab, (subnet, written), killed, "leader killed");
+    let url = lab.cluster.members[leader].client_url();
+    taken_out_everywhere(&lab, &url, killed_at, "leader killed");
     renewed_everywhere(&lab, &counts, killed, "leader killed");
     let new_leader = lab.cluster.wait_leader(Duration::from_secs(10));
     assert_ne!(new_leader, leader, "the killed member is still leader");
@@ -285,6 +310,7 @@ fn a_member_cut_off_loses_nothing_and_sticks_nothing() {
     let counts: Vec<f64> = lab.hosts.iter().map(renewals).collect();
 
     let at = Instant::now();
+    let cut_at = SystemTime::now();
     lab.cluster.cut(cut);
     let (subnet, written) = write_lease(&lab, 3);
     eprintln!(
@@ -292,6 +318,8 @@ fn a_member_cut_off_loses_nothing_and_sticks_nothing() {
         written.duration_since(at)
     );
     programmed_everywhere(&lab, (subnet, written), at, "member cut off");
+    let url = lab.cluster.members[cut].client_url();
+    taken_out_everywhere(&lab, &url, cut_at, "member cut off");
     renewed_everywhere(&lab, &counts, at, "member cut off");
 
     // Renewal keeps going for the rest of the cut, not just once.
