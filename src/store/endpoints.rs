@@ -1,18 +1,20 @@
 //! Keeps the etcd client's requests on members that answer. The client spreads requests over
 //! every endpoint at random and counts an endpoint whose connection failed as ready, so with
 //! one member down a third of all requests fail at once, and with one member cut off they
-//! hang until their deadline. A probe of every endpoint each second takes unreachable members
-//! out of the client's set and puts them back when they answer again.
+//! hang until their deadline. Every endpoint is asked for its status twice a second over a
+//! connection of its own (with the client's TLS and credentials, so no member logs a refused
+//! handshake); members that do not answer leave the client's set and come back when they do.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
+use etcd_client::{Client, ConnectOptions};
 use tracing::{info, warn};
 
 /// How often every endpoint is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a probe may take before the endpoint counts as unreachable.
+/// How long a probe (connecting if need be, then asking for the member's status) may take
+/// before the endpoint counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The running probe; it stops when the last store holding it is dropped.
@@ -29,14 +31,15 @@ impl Drop for EndpointHealth {
 }
 
 impl EndpointHealth {
-    /// Starts probing `endpoints` (as given to the client) when there is more than one;
-    /// `tls` tells how the client reads an endpoint without a scheme. The first round runs
-    /// before this returns, so even a short-lived client (weftctl) starts on members that
-    /// answer.
+    /// Starts probing `endpoints` (as given to the client, which was made with `opts`) when
+    /// there is more than one; `tls` tells how the client reads an endpoint without a scheme.
+    /// The first round runs before this returns, so even a short-lived client (weftctl)
+    /// starts on members that answer.
     pub(super) async fn start(
         client: &Client,
         endpoints: &[String],
         tls: bool,
+        opts: &ConnectOptions,
     ) -> Option<Arc<Self>> {
         if endpoints.len() < 2 {
             return None;
@@ -48,13 +51,14 @@ impl EndpointHealth {
             .iter()
             .map(|e| Member {
                 url: client_url(e, tls),
-                address: probe_address(e, tls),
+                probe: None,
                 in_client: true,
                 up: true,
             })
             .collect();
-        probe_round(client, &mut members, &signals, true).await;
-        let task = tokio::spawn(probe_loop(client.clone(), members, signals)).abort_handle();
+        let opts = opts.clone().with_connect_timeout(PROBE_TIMEOUT);
+        probe_round(client, &opts, &mut members, &signals, true).await;
+        let task = tokio::spawn(probe_loop(client.clone(), opts, members, signals)).abort_handle();
         removals.borrow_and_update();
         returns.borrow_and_update();
         Some(Arc::new(EndpointHealth {
@@ -85,29 +89,49 @@ struct Signals {
 struct Member {
     /// The endpoint as the client keys it.
     url: String,
-    /// `host:port` to probe.
-    address: String,
+    /// The probe's own connection to this member alone, once made.
+    probe: Option<Client>,
     in_client: bool,
-    /// Whether the last probe reached it.
+    /// Whether the last probe got an answer.
     up: bool,
 }
 
-async fn probe_loop(client: Client, mut members: Vec<Member>, signals: Signals) {
+async fn probe_loop(
+    client: Client,
+    opts: ConnectOptions,
+    mut members: Vec<Member>,
+    signals: Signals,
+) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate, and `start` has just probed.
     tick.tick().await;
     loop {
         tick.tick().await;
-        probe_round(&client, &mut members, &signals, false).await;
+        probe_round(&client, &opts, &mut members, &signals, false).await;
     }
 }
 
 /// Probes every member once and changes the client's set to the ones that answer. The
 /// first round (`initial`) reports an unreachable member at info, not as a warning: weftctl
 /// prints warnings, and a command that works through the other members must not.
-async fn probe_round(client: &Client, members: &mut [Member], signals: &Signals, initial: bool) {
-    let up = probe_all(members.iter().map(|m| reachable(&m.address))).await;
+async fn probe_round(
+    client: &Client,
+    opts: &ConnectOptions,
+    members: &mut [Member],
+    signals: &Signals,
+    initial: bool,
+) {
+    let probes: Vec<_> = members
+        .iter()
+        .map(|m| tokio::spawn(probe(m.url.clone(), m.probe.clone(), opts.clone())))
+        .collect();
+    let mut up = Vec::with_capacity(probes.len());
+    for (m, p) in members.iter_mut().zip(probes) {
+        let (answered, conn) = p.await.unwrap_or((false, None));
+        m.probe = conn;
+        up.push(answered);
+    }
     // With every member unreachable, the client keeps all of them: whichever comes back
     // first is used at once.
     let none_up = !up.iter().any(|u| *u);
@@ -142,27 +166,22 @@ async fn probe_round(client: &Client, members: &mut [Member], signals: &Signals,
     }
 }
 
-/// Runs the probes concurrently and returns their results in order.
-async fn probe_all<F: std::future::Future<Output = bool> + Send + 'static>(
-    probes: impl Iterator<Item = F>,
-) -> Vec<bool> {
-    let handles: Vec<_> = probes.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.unwrap_or(false));
-    }
-    out
-}
-
-/// Whether a TCP connection to `address` opens within the probe timeout.
-fn reachable(address: &str) -> impl std::future::Future<Output = bool> + Send + 'static {
-    let address = address.to_string();
-    async move {
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
-            Ok(Ok(_))
-        )
-    }
+/// Whether the member at `url` reports its status within the probe timeout, connecting
+/// first when there is no connection yet; returns the connection to keep.
+async fn probe(url: String, conn: Option<Client>, opts: ConnectOptions) -> (bool, Option<Client>) {
+    let mut c = match conn {
+        Some(c) => c,
+        None => match tokio::time::timeout(PROBE_TIMEOUT, Client::connect([url], Some(opts))).await
+        {
+            Ok(Ok(c)) => c,
+            _ => return (false, None),
+        },
+    };
+    let answered = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, c.status()).await,
+        Ok(Ok(_))
+    );
+    (answered, Some(c))
 }
 
 /// The endpoint as the client keys it: without a scheme, the client adds one.
@@ -176,52 +195,9 @@ fn client_url(endpoint: &str, tls: bool) -> String {
     }
 }
 
-/// `host:port` of an endpoint URL, with the scheme's port when the URL has none.
-fn probe_address(endpoint: &str, tls: bool) -> String {
-    let url = client_url(endpoint, tls);
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let has_port = match authority.rfind(']') {
-        Some(i) => authority[i..].contains(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        authority.to_string()
-    } else {
-        let port = if scheme == "https" { 443 } else { 80 };
-        format!("{authority}:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probe_addresses() {
-        assert_eq!(
-            probe_address("http://198.18.0.1:2379", false),
-            "198.18.0.1:2379"
-        );
-        assert_eq!(probe_address("198.18.0.1:2379", true), "198.18.0.1:2379");
-        assert_eq!(
-            probe_address("https://etcd.example/", false),
-            "etcd.example:443"
-        );
-        assert_eq!(
-            probe_address("http://etcd.example", false),
-            "etcd.example:80"
-        );
-        assert_eq!(
-            probe_address("http://[2001:db8::1]:2379", false),
-            "[2001:db8::1]:2379"
-        );
-        assert_eq!(
-            probe_address("https://[2001:db8::1]", false),
-            "[2001:db8::1]:443"
-        );
-    }
 
     #[test]
     fn client_urls() {

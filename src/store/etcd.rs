@@ -281,6 +281,7 @@ impl EtcdStore {
                 },
             }
         };
+        let probe_opts = copts.clone();
         let client = match tokio::time::timeout(
             OP_TIMEOUT,
             Client::connect(opts.endpoints.clone(), Some(copts)),
@@ -296,7 +297,7 @@ impl EtcdStore {
             Ok(Err(e)) => return Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(c)) => c,
         };
-        let health = EndpointHealth::start(&client, &opts.endpoints, https).await;
+        let health = EndpointHealth::start(&client, &opts.endpoints, https, &probe_opts).await;
         let store = EtcdStore {
             client,
             prefix: prefix.clone(),
