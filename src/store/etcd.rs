@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
@@ -14,6 +15,7 @@ use etcd_client::{
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
+use super::endpoints::EndpointHealth;
 use super::{EtcdOptions, LeaseWatcher, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, LeaseError};
@@ -55,6 +57,8 @@ pub struct EtcdStore {
     /// Who etcd sees us as, for messages: `user "weft"`, or the client certificate's CN.
     user: String,
     op_timeout: Duration,
+    /// With several endpoints: keeps requests on the members that answer.
+    health: Option<Arc<EndpointHealth>>,
 }
 
 fn classify(
@@ -243,7 +247,9 @@ impl EtcdStore {
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let Some(tls) = tls_options(opts)? {
+        let tls = tls_options(opts)?;
+        let https = tls.is_some();
+        if let Some(tls) = tls {
             copts = copts.with_tls(tls);
         }
         let password = password(opts)?;
@@ -294,6 +300,7 @@ impl EtcdStore {
                 },
             }
         };
+        let probe_opts = copts.clone();
         let client = match tokio::time::timeout(
             OP_TIMEOUT,
             Client::connect(opts.endpoints.clone(), Some(copts)),
@@ -309,12 +316,14 @@ impl EtcdStore {
             Ok(Err(e)) => return Err(login_failed(format!("get {config_key}"), e)),
             Ok(Ok(c)) => c,
         };
+        let health = EndpointHealth::start(&client, &opts.endpoints, https, &probe_opts).await;
         let store = EtcdStore {
             client,
             prefix: prefix.clone(),
             endpoints: endpoints.clone(),
             user: user.clone(),
             op_timeout: OP_TIMEOUT,
+            health,
         };
         // The channel connects lazily; one cheap read proves etcd is there and lets us in.
         let mut c = store.client.clone();
@@ -396,6 +405,73 @@ impl EtcdStore {
             }),
             Ok(Err(source)) => Err(self.etcd_error(op.into(), source)),
             Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Changes each time an unreachable member is taken out of the client's set; None with
+    /// a single endpoint.
+    pub(super) fn member_removals(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.health.as_ref().map(|h| {
+            let mut rx = h.removals();
+            rx.borrow_and_update();
+            rx
+        })
+    }
+
+    /// Changes each time an unreachable member answers again; None with a single endpoint.
+    pub(super) fn member_returns(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.health.as_ref().map(|h| {
+            let mut rx = h.returns();
+            rx.borrow_and_update();
+            rx
+        })
+    }
+
+    /// Like [`timed`](Self::timed), for a request that may safely be sent twice. With several
+    /// endpoints, a request that waits on a member when it is taken out of the client's set
+    /// (cut off: it would hang until the deadline), or that a failing member refuses, is sent
+    /// again to the others, each attempt with the full deadline.
+    pub(super) async fn timed_resent<T, F, Fut>(
+        &self,
+        op: impl Into<String>,
+        mut f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let op = op.into();
+        let Some(mut removals) = self.member_removals() else {
+            return self.timed(op, f()).await;
+        };
+        // Bounds the resends when every member refuses (all down): then the caller retries.
+        let mut resends = 3;
+        loop {
+            let attempt = tokio::time::timeout(self.op_timeout, f());
+            let result = tokio::select! {
+                r = attempt => r,
+                Ok(()) = removals.changed() => {
+                    debug!(op, "an etcd member was taken out while a request waited on it; sending it again");
+                    continue;
+                }
+            };
+            match result {
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        endpoints: self.endpoints.clone(),
+                        op,
+                        secs: self.op_timeout.as_secs(),
+                    })
+                }
+                Ok(Err(source)) if resends > 0 && is_transient(&source) => {
+                    resends -= 1;
+                    debug!(op, error = %source, "an etcd member refused a request; sending it again");
+                    // Give the probe time to take that member out, unless it already did.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), removals.changed()).await;
+                }
+                Ok(Err(source)) => return Err(self.etcd_error(op, source)),
+                Ok(Ok(v)) => return Ok(v),
+            }
         }
     }
 
@@ -930,17 +1006,19 @@ impl EtcdStore {
                 ..lease.clone()
             });
         };
-        let (mut c2, mut c3) = (self.client(), self.client());
         let (alive, current, ttl_info) = tokio::join!(
-            self.timed(
-                format!("keep-alive etcd lease {id:x}"),
-                c.lease_keep_alive(id)
-            ),
-            self.timed(format!("get {key}"), c2.get(key.clone(), None)),
-            self.timed(
-                format!("time-to-live of etcd lease {id:x}"),
-                c3.lease_time_to_live(id, None)
-            ),
+            self.timed_resent(format!("keep-alive etcd lease {id:x}"), || {
+                let mut c = self.client();
+                async move { c.lease_keep_alive(id).await }
+            }),
+            self.timed_resent(format!("get {key}"), || {
+                let (mut c, key) = (self.client(), key.clone());
+                async move { c.get(key, None).await }
+            }),
+            self.timed_resent(format!("time-to-live of etcd lease {id:x}"), || {
+                let mut c = self.client();
+                async move { c.lease_time_to_live(id, None).await }
+            }),
         );
         let current = current?;
         let kv = current.kvs().first();

@@ -2,6 +2,7 @@
 //! layout. [`EtcdStore`] has the operations weftd and weftctl need (acquire, renew, list,
 //! reserve, revoke); [`LeaseWatcher`] turns etcd's watch into typed lease events.
 
+mod endpoints;
 mod etcd;
 mod watch;
 

@@ -43,12 +43,17 @@ pub struct LeaseWatcher {
     checked: HashMap<i64, SystemTime>,
     backoff: Duration,
     last_problem: Option<String>,
+    /// Changes when an unreachable etcd member is taken out of the client's set: the stream
+    /// may sit on it, silent until the connection times out, so it is opened again.
+    member_removals: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Changes when an unreachable member answers again: a retry need not wait out the
+    /// backoff.
+    member_returns: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl LeaseWatcher {
     pub(super) fn new(store: EtcdStore, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
         LeaseWatcher {
-            store,
             cfg,
             revision: after_revision.max(0),
             cache: HashMap::new(),
@@ -59,6 +64,9 @@ impl LeaseWatcher {
             checked: HashMap::new(),
             backoff: Duration::from_millis(100),
             last_problem: None,
+            member_removals: store.member_removals(),
+            member_returns: store.member_returns(),
+            store,
         }
     }
 
@@ -137,6 +145,14 @@ impl LeaseWatcher {
             let msg = tokio::select! {
                 m = stream.message() => Some(m),
                 _ = tokio::time::sleep(deadline) => None,
+                Some(()) = member_removed(&mut self.member_removals) => {
+                    self.stream = None;
+                    info!(
+                        from = self.revision + 1,
+                        "an etcd member was taken out; watching the leases through another"
+                    );
+                    continue;
+                }
             };
             let Some(msg) = msg else {
                 self.refresh_expirations().await;
@@ -495,8 +511,16 @@ impl LeaseWatcher {
             warn!("lease watch interrupted, retrying: {msg}");
             self.last_problem = Some(msg);
         }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+            Some(()) = member_removed(&mut self.member_returns) => {
+                // A member is back after an outage: it may need a moment to find a leader,
+                // so retry soon and often rather than after the long outage's backoff.
+                self.backoff = Duration::from_millis(100);
+            }
+        }
         Ok(())
     }
 
@@ -531,6 +555,15 @@ fn classify_delete(old: Lease, now: SystemTime) -> LeaseEvent {
     match (old.etcd_lease_id, old.expiration) {
         (Some(_), Some(exp)) if now + EXPIRY_SLACK >= exp => LeaseEvent::Expired(old),
         _ => LeaseEvent::Removed(old),
+    }
+}
+
+/// Resolves when `rx` (an etcd member taken out of the client's set, or back in) changes;
+/// never without one.
+async fn member_removed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@ use ipnet::Ipv4Net;
 use weft::subnet_env::SubnetEnv;
 
 use super::etcd::Etcd;
+use super::etcd_cluster::EtcdCluster;
 use super::netns::Netns;
 
 pub const NETWORK: &str = "198.19.0.0/16";
@@ -591,69 +592,166 @@ impl Lab {
     /// A host's namespace with `eth0` at `ip`/24 on `bridge` of the underlay.
     fn add_host_on(&mut self, bridge: &str, ip: &str) -> usize {
         let i = self.hosts.len() + 1;
-        let ns = Netns::new(&format!("h{i}"));
-        let port = format!("p{i}");
-        ns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            self.underlay.name(),
-        ]);
-        self.underlay
-            .ip(&["link", "set", &port, "master", bridge, "up"]);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
+        let host = new_host(
+            &self.underlay,
+            self.dir.path(),
+            i,
+            bridge,
+            ip,
+            &format!("http://{ETCD_IP}:2379"),
+        );
         if self.router.is_some() && bridge == "br0" {
-            ns.ip(&["route", "add", FAR_SEGMENT, "via", ROUTER_NEAR_IP]);
+            host.ns
+                .ip(&["route", "add", FAR_SEGMENT, "via", ROUTER_NEAR_IP]);
         }
-        self.hosts.push(Host {
-            ns,
-            ip: ip.to_string(),
-            subnet_file: self.dir.path().join(format!("h{i}/subnet.env")),
-            log: self.dir.path().join(format!("h{i}.log")),
-            weftd: None,
-            etcd_url: format!("http://{ETCD_IP}:2379"),
-        });
+        self.hosts.push(host);
         i - 1
     }
 
     /// Starts weftd on every host and waits until all are ready and every host has a route
     /// to every other host's subnet.
     pub fn start_all(&mut self, extra: &[&str]) {
-        for h in &mut self.hosts {
-            h.start(extra);
-        }
-        for h in &mut self.hosts {
-            h.wait_ready();
-        }
-        self.wait_converged();
+        start_hosts(&mut self.hosts, extra);
     }
 
     /// Waits (5 s) until every host routes to every other host's subnet.
     pub fn wait_converged(&self) {
-        let subnets: Vec<Ipv4Net> = self.hosts.iter().map(|h| h.subnet()).collect();
-        for (i, h) in self.hosts.iter().enumerate() {
-            for (j, s) in subnets.iter().enumerate() {
-                if i == j {
-                    continue;
-                }
-                let ok = wait_for(Duration::from_secs(5), || {
-                    (!h.route_to(*s).is_empty()).then_some(())
-                });
-                assert!(
-                    ok.is_some(),
-                    "host {} has no route to {s} after 5 s:\n{}",
-                    i + 1,
-                    h.logs()
-                );
+        wait_hosts_converged(&self.hosts);
+    }
+}
+
+/// Host number `i`: a namespace with `eth0` at `ip`/24 on `bridge` of `underlay`, its files
+/// under `dir`, and weftd (not started yet) pointed at `etcd_urls` (comma-separated).
+fn new_host(
+    underlay: &Netns,
+    dir: &std::path::Path,
+    i: usize,
+    bridge: &str,
+    ip: &str,
+    etcd_urls: &str,
+) -> Host {
+    let ns = Netns::new(&format!("h{i}"));
+    let port = format!("p{i}");
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        underlay.name(),
+    ]);
+    underlay.ip(&["link", "set", &port, "master", bridge, "up"]);
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    Host {
+        ns,
+        ip: ip.to_string(),
+        subnet_file: dir.join(format!("h{i}/subnet.env")),
+        log: dir.join(format!("h{i}.log")),
+        weftd: None,
+        etcd_url: etcd_urls.to_string(),
+    }
+}
+
+fn start_hosts(hosts: &mut [Host], extra: &[&str]) {
+    for h in hosts.iter_mut() {
+        h.start(extra);
+    }
+    for h in hosts.iter_mut() {
+        h.wait_ready();
+    }
+    wait_hosts_converged(hosts);
+}
+
+fn wait_hosts_converged(hosts: &[Host]) {
+    let subnets: Vec<Ipv4Net> = hosts.iter().map(|h| h.subnet()).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        for (j, s) in subnets.iter().enumerate() {
+            if i == j {
+                continue;
             }
+            let ok = wait_for(Duration::from_secs(5), || {
+                (!h.route_to(*s).is_empty()).then_some(())
+            });
+            assert!(
+                ok.is_some(),
+                "host {} has no route to {s} after 5 s:\n{}",
+                i + 1,
+                h.logs()
+            );
         }
+    }
+}
+
+/// A lab whose store is a three-member etcd cluster on the underlay (members at
+/// [`CLUSTER_IPS`], each in its own namespace), and whose hosts' weftd and weftctl are given
+/// all three endpoints. Hosts drop first, then the cluster, then the underlay.
+pub struct ClusterLab {
+    pub hosts: Vec<Host>,
+    pub cluster: EtcdCluster,
+    pub underlay: Netns,
+    pub dir: tempfile::TempDir,
+}
+
+/// The etcd members' underlay addresses in a [`ClusterLab`].
+pub const CLUSTER_IPS: [&str; 3] = ["198.18.0.251", "198.18.0.252", "198.18.0.253"];
+
+impl ClusterLab {
+    /// An underlay, the etcd cluster holding `config`, and `n` hosts (weftd not started).
+    pub fn new(n: usize, config: &str) -> ClusterLab {
+        let underlay = Netns::new("ul");
+        // A fixed MAC, as in [`Lab::new`]: hosts joining later must not change it.
+        underlay.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:c6:12:00:fe",
+            "type",
+            "bridge",
+        ]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let cluster = EtcdCluster::start(&underlay, "br0", &CLUSTER_IPS);
+        cluster.put("/coreos.com/network/config", config);
+        let dir = tempfile::Builder::new()
+            .prefix("weft-lab-")
+            .tempdir()
+            .expect("creating the lab dir");
+        let mut lab = ClusterLab {
+            hosts: Vec::new(),
+            cluster,
+            underlay,
+            dir,
+        };
+        for _ in 0..n {
+            lab.add_host();
+        }
+        lab
+    }
+
+    /// Adds host number len+1 at 198.18.0.<len+1> on the underlay bridge.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len() + 1;
+        let host = new_host(
+            &self.underlay,
+            self.dir.path(),
+            i,
+            "br0",
+            &format!("198.18.0.{i}"),
+            &self.cluster.endpoints(),
+        );
+        self.hosts.push(host);
+        i - 1
+    }
+
+    /// Starts weftd on every host and waits until all are ready and every host has a route
+    /// to every other host's subnet.
+    pub fn start_all(&mut self, extra: &[&str]) {
+        start_hosts(&mut self.hosts, extra);
     }
 }
 

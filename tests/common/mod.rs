@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod lab;
 pub mod machines;
 pub mod netns;
