@@ -228,8 +228,13 @@ impl Agent {
         tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
-        let datapath = Datapath::start(metrics.clone(), opts.resync, reports_tx)
-            .context("cannot start the datapath")?;
+        let datapath = Datapath::start(
+            metrics.clone(),
+            opts.resync,
+            reports_tx,
+            opts.select.clone(),
+        )
+        .context("cannot start the datapath")?;
         let mut agent = Agent {
             opts,
             metrics,
@@ -274,7 +279,7 @@ impl Agent {
         // or not that pass programmed everything), so a plugin that finds it can use the
         // subnet at once; readiness waits for a pass that did.
         if let Some(r) = reports.recv().await {
-            self.on_report(r).await;
+            self.on_report(r).await?;
         }
         self.write_subnet_env()?;
         self.notify_ready_if_ready();
@@ -301,7 +306,7 @@ impl Agent {
                 }
                 _ = tokio::time::sleep_until(renew_at) => self.renew().await?,
                 Some(r) = reports.recv() => {
-                    self.on_report(r).await;
+                    self.on_report(r).await?;
                     self.notify_ready_if_ready();
                 }
             }
@@ -392,6 +397,11 @@ impl Agent {
         for ev in events {
             match ev {
                 LeaseEvent::Added(l) => {
+                    if l.subnet == self.own.subnet && l.mod_revision < self.own.mod_revision {
+                        // Written before this host's last update of it (e.g. with the public
+                        // IP it had before a renumbering): already superseded.
+                        continue;
+                    }
                     if l.subnet == self.own.subnet {
                         if l.attrs.public_ip != self.ext.public_ip {
                             tracing::error!(subnet = %l.subnet, holder = %l.attrs.public_ip, "this host's subnet now belongs to another host");
@@ -486,12 +496,18 @@ impl Agent {
         Ok(())
     }
 
-    /// The device's MAC changed (recreated without the old one, or by hand): advertise it.
-    async fn on_report(&mut self, r: Report) {
-        let Some(mac) = r.device_mac else { return };
-        if Some(mac) == self.device_mac {
-            return;
+    /// A datapath report: the external interface changed, or the device's MAC did.
+    async fn on_report(&mut self, r: Report) -> anyhow::Result<()> {
+        if let Some(ext) = r.ext {
+            self.on_external_change(ext).await?;
         }
+        let Some(mac) = r.device_mac else {
+            return Ok(());
+        };
+        if Some(mac) == self.device_mac {
+            return Ok(());
+        }
+        // The device was recreated without the old MAC, or changed by hand: advertise it.
         tracing::warn!(mac = %format_mac(&mac), "device MAC changed; re-advertising it");
         self.device_mac = Some(mac);
         let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
@@ -506,6 +522,86 @@ impl Agent {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot re-advertise the device MAC; will retry");
                 self.device_mac = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The external interface is another one now, or the same with another index, address or
+    /// MTU. The new snapshot goes to the datapath first (it rebuilds or adjusts the device and
+    /// takes no etcd round trip to do so), then subnet.env follows the MTU and the lease the
+    /// public IP.
+    async fn on_external_change(&mut self, ext: ExtIface) -> anyhow::Result<()> {
+        if ext == self.ext {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.ext, ext);
+        let new = &self.ext;
+        tracing::warn!(
+            iface = %new.name, index = new.index, public_ip = %new.public_ip, address = %new.iface_addr, mtu = new.mtu,
+            old_iface = %old.name, old_index = old.index, old_public_ip = %old.public_ip, old_address = %old.iface_addr, old_mtu = old.mtu,
+            "external interface changed; following it"
+        );
+        let backend = backend::of(&self.cfg.backend);
+        if let Err(why) = backend.usable(new) {
+            tracing::warn!(iface = %new.name, "{why}");
+        }
+        if self.device.is_some() {
+            self.device =
+                backend.device(new, self.opts.vxlan_device.as_deref(), subnet::Family::V4);
+        }
+        let mtu = self.device.as_ref().map_or(new.mtu, |d| d.mtu);
+        self.publish();
+        self.datapath.kick("external interface changed");
+        if mtu != self.mtu {
+            tracing::warn!(old = self.mtu, new = mtu, "the MTU for containers changed; running containers keep theirs until they are restarted");
+            self.mtu = mtu;
+            self.write_subnet_env()?;
+        }
+        if old.public_ip != self.ext.public_ip {
+            if old.iface_addr != self.ext.iface_addr {
+                self.reconnect().await;
+            }
+            self.advertise_public_ip().await?;
+        }
+        Ok(())
+    }
+
+    /// A new etcd connection after this host's own address changed: the old one is bound to
+    /// an address that is gone and would only be given up after its keep-alive times out.
+    async fn reconnect(&mut self) {
+        match EtcdStore::connect(&self.opts.etcd).await {
+            Ok(store) => self.store = store,
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot open a new etcd connection; keeping the old one");
+            }
+        }
+    }
+
+    /// Writes the new public IP into this host's lease, keeping its subnet and etcd lease, so
+    /// peers send to the new address.
+    async fn advertise_public_ip(&mut self) -> anyhow::Result<()> {
+        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.store.update_lease_attrs(&self.own, &attrs).await {
+                Ok(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %self.ext.public_ip, "lease now advertises the new public IP");
+                    self.own = l;
+                    self.leases
+                        .insert(self.own.subnet, Arc::new(self.own.clone()));
+                    self.publish();
+                    return Ok(());
+                }
+                Err(StoreError::LeaseGone { .. }) => return self.reacquire().await,
+                Err(e) if e.is_refusal() => return Err(e.into()),
+                Err(e) => {
+                    self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot advertise the new public IP");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
