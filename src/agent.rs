@@ -111,6 +111,8 @@ struct Agent {
     notified: bool,
     /// Set while renewals fail: when to try again.
     renew_retry_at: Option<tokio::time::Instant>,
+    /// The store was connected anew: the lease watch must move to the new connection.
+    rewatch: bool,
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -250,6 +252,7 @@ impl Agent {
             datapath,
             notified: false,
             renew_retry_at: None,
+            rewatch: false,
         };
         agent.note_own_lease();
         agent.adopt_listing(&known);
@@ -287,6 +290,7 @@ impl Agent {
         // The watch starts from the list's revision and knows its leases, so a compaction
         // before the first event still yields exactly the difference.
         let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
+        self.rewatch = false;
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
         loop {
@@ -307,6 +311,12 @@ impl Agent {
                 _ = tokio::time::sleep_until(renew_at) => self.renew().await?,
                 Some(r) = reports.recv() => {
                     self.on_report(r).await?;
+                    if std::mem::take(&mut self.rewatch) {
+                        // The old watch task ends when it next tries to hand a batch over.
+                        let watcher = self.watch_again().await?;
+                        unreadable = watcher.skipped_keys();
+                        lease_events = spawn_watch(watcher);
+                    }
                     self.notify_ready_if_ready();
                 }
             }
@@ -568,15 +578,51 @@ impl Agent {
     }
 
     /// A new etcd connection after this host's own address changed: the old one is bound to
-    /// an address that is gone and would only be given up after its keep-alive times out.
+    /// an address that is gone and would only be given up after its keep-alive times out
+    /// (the lease watch on it would hear nothing until then).
     async fn reconnect(&mut self) {
         match EtcdStore::connect(&self.opts.etcd).await {
-            Ok(store) => self.store = store,
+            Ok(store) => {
+                tracing::info!("new etcd connection from the new address");
+                self.store = store;
+                self.rewatch = true;
+            }
             Err(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot open a new etcd connection; keeping the old one");
             }
         }
+    }
+
+    /// Lists the leases on the current connection and watches from there; what changed since
+    /// the leases this agent knows is handled as the events it would have been.
+    async fn watch_again(&mut self) -> anyhow::Result<crate::store::LeaseWatcher> {
+        let (store, cfg) = (&self.store, &self.cfg);
+        let list = retry("listing leases", &self.metrics, || {
+            store.list_leases_untimed(Some(cfg))
+        })
+        .await?;
+        let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
+        let listed: BTreeMap<Ipv4Net, &Lease> = list.leases.iter().map(|l| (l.subnet, l)).collect();
+        let mut events: Vec<LeaseEvent> = self
+            .leases
+            .iter()
+            .filter(|(s, _)| !listed.contains_key(s))
+            .map(|(_, l)| LeaseEvent::Removed(l.as_ref().clone()))
+            .collect();
+        events.extend(
+            listed
+                .values()
+                .filter(|l| {
+                    self.leases
+                        .get(&l.subnet)
+                        .map_or(true, |known| known.mod_revision != l.mod_revision)
+                })
+                .map(|l| LeaseEvent::Added((*l).clone())),
+        );
+        self.unreadable = list.skipped.len();
+        self.on_events(events).await?;
+        Ok(watcher)
     }
 
     /// Writes the new public IP into this host's lease, keeping its subnet and etcd lease, so
