@@ -7,7 +7,9 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG, VXLAN_DEVICE};
+use common::lab::{
+    wait_for, Host, Lab, FAR_SEGMENT, ROUTER_FAR_IP, ROUTER_NEAR_IP, VXLAN_CONFIG, VXLAN_DEVICE,
+};
 use weft::netlink::{Link, Netlink};
 
 /// How long a host and its peers may take to follow a change, loosely: the issue asks for
@@ -210,4 +212,103 @@ fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
         .assert_no_loss("while the external MTU changed", 20);
     assert_eq!(lease_of(&lab, a), lease_before);
     assert!(pings_both_ways(a, &lab.hosts[1]));
+}
+
+/// Gives host `i` a second NIC, `eth1` at `ip`/24 on the router's far segment (instead of the
+/// route there through the router).
+fn second_nic(lab: &Lab, i: usize, ip: &str) {
+    let h = &lab.hosts[i];
+    let port = format!("q{}", i + 1);
+    h.ns.ip(&["route", "del", FAR_SEGMENT]);
+    h.ns.ip(&[
+        "link",
+        "add",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        lab.underlay.name(),
+    ]);
+    lab.underlay
+        .ip(&["link", "set", &port, "master", "br1", "up"]);
+    h.ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth1"]);
+    h.ns.ip(&["link", "set", "eth1", "up"]);
+}
+
+#[test]
+fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
+    let mut lab = Lab::new(3, VXLAN_CONFIG);
+    lab.add_router();
+    for h in &lab.hosts {
+        h.ns.ip(&["route", "add", "default", "via", ROUTER_NEAR_IP]);
+    }
+    // Host 1 chooses by the default route; host 3 is pinned to eth0. Both have two NICs.
+    let (moving_ip, pinned_eth1) = ("198.18.1.101", "198.18.1.103");
+    second_nic(&lab, 0, moving_ip);
+    second_nic(&lab, 2, pinned_eth1);
+    lab.hosts[0].iface = None;
+    lab.start_all(&[]);
+    with_containers(&lab);
+    assert_eq!(lease_of(&lab, &lab.hosts[0]).0, lab.hosts[0].ip);
+    let pinned_before = lease_of(&lab, &lab.hosts[2]);
+    let pinned_lower = link(&lab.hosts[2], "eth0").expect("eth0").index;
+    let pinger = lab.hosts[1].start_pinging(lab.hosts[0].container_ip());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let moved = Instant::now();
+    for i in [0, 2] {
+        lab.hosts[i].ns.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            ROUTER_FAR_IP,
+            "dev",
+            "eth1",
+        ]);
+    }
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let eth1 = link(a, "eth1").expect("eth1").index;
+    let new: IpAddr = moving_ip.parse().unwrap();
+    recovered(
+        moved,
+        "the device moves to the default route's NIC",
+        a,
+        || device_local_and_lower(a) == Some((Some(new), Some(eth1))),
+    );
+    recovered(moved, "the lease advertises that NIC's address", a, || {
+        lease_of(&lab, a).0 == moving_ip
+    });
+    let mac = a.vtep_mac();
+    recovered(moved, "the peer sends to the new address", b, || {
+        b.fdb_for(&mac).contains(&format!("dst {moving_ip}"))
+    });
+    let took = recovered(moved, "containers reach each other again", a, || {
+        pings_both_ways(a, b)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let totals = pinger.finish();
+    eprintln!(
+        "default route moved: traffic back after {took:?}; {} of {} pings lost",
+        totals.lost(),
+        totals.transmitted
+    );
+    assert!(totals.received > 0, "no ping came back: {totals:?}");
+
+    // The pinned host stays where it was told to be.
+    let c = &lab.hosts[2];
+    assert_eq!(lease_of(&lab, c), pinned_before);
+    let pinned_ip: IpAddr = c.ip.parse().unwrap();
+    assert_eq!(
+        device_local_and_lower(c),
+        Some((Some(pinned_ip), Some(pinned_lower)))
+    );
+    assert!(
+        !c.logs().contains("external interface changed"),
+        "{}",
+        c.logs()
+    );
 }
