@@ -568,10 +568,10 @@ impl Agent {
             self.mtu = mtu;
             self.write_subnet_env()?;
         }
+        if old.iface_addr != self.ext.iface_addr {
+            self.reconnect().await;
+        }
         if old.public_ip != self.ext.public_ip {
-            if old.iface_addr != self.ext.iface_addr {
-                self.reconnect().await;
-            }
             self.advertise_public_ip().await?;
         }
         Ok(())
