@@ -603,23 +603,7 @@ impl Agent {
         })
         .await?;
         let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
-        let listed: BTreeMap<Ipv4Net, &Lease> = list.leases.iter().map(|l| (l.subnet, l)).collect();
-        let mut events: Vec<LeaseEvent> = self
-            .leases
-            .iter()
-            .filter(|(s, _)| !listed.contains_key(s))
-            .map(|(_, l)| LeaseEvent::Removed(l.as_ref().clone()))
-            .collect();
-        events.extend(
-            listed
-                .values()
-                .filter(|l| {
-                    self.leases
-                        .get(&l.subnet)
-                        .map_or(true, |known| known.mod_revision != l.mod_revision)
-                })
-                .map(|l| LeaseEvent::Added((*l).clone())),
-        );
+        let events = changes_since(&self.leases, &list.leases);
         self.unreadable = list.skipped.len();
         self.on_events(events).await?;
         Ok(watcher)
@@ -651,6 +635,28 @@ impl Agent {
             }
         }
     }
+}
+
+/// What a fresh listing says happened since the leases `known` were seen, as the watch
+/// events it would have delivered: a lease not listed any more was removed; a new one, or one
+/// with another revision, was added.
+fn changes_since(known: &BTreeMap<Ipv4Net, Arc<Lease>>, listed: &[Lease]) -> Vec<LeaseEvent> {
+    let now: BTreeMap<Ipv4Net, &Lease> = listed.iter().map(|l| (l.subnet, l)).collect();
+    let mut events: Vec<LeaseEvent> = known
+        .iter()
+        .filter(|(s, _)| !now.contains_key(s))
+        .map(|(_, l)| LeaseEvent::Removed(l.as_ref().clone()))
+        .collect();
+    events.extend(
+        now.values()
+            .filter(|l| {
+                known
+                    .get(&l.subnet)
+                    .map_or(true, |k| k.mod_revision != l.mod_revision)
+            })
+            .map(|l| LeaseEvent::Added((*l).clone())),
+    );
+    events
 }
 
 /// Runs the lease watch in a task of its own and hands its batches over a channel. The watch's
@@ -707,5 +713,62 @@ fn sd_notify_ready() {
     match sent {
         Ok(_) => tracing::debug!("told systemd READY=1"),
         Err(e) => tracing::warn!(socket = %path, error = %e, "cannot notify systemd"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(subnet: &str, rev: i64) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().unwrap()),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn a_fresh_listing_becomes_the_events_that_were_missed() {
+        let known: BTreeMap<Ipv4Net, Arc<Lease>> = [
+            lease("198.19.1.0/24", 1),
+            lease("198.19.2.0/24", 2),
+            lease("198.19.3.0/24", 3),
+        ]
+        .into_iter()
+        .map(|l| (l.subnet, Arc::new(l)))
+        .collect();
+        let listed = [
+            lease("198.19.1.0/24", 1),
+            lease("198.19.3.0/24", 9),
+            lease("198.19.4.0/24", 10),
+        ];
+        let events: Vec<(&str, String, i64)> = changes_since(&known, &listed)
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Added(l) => ("added", l.subnet.to_string(), l.mod_revision),
+                LeaseEvent::Removed(l) => ("removed", l.subnet.to_string(), l.mod_revision),
+                LeaseEvent::Expired(l) => ("expired", l.subnet.to_string(), l.mod_revision),
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("removed", "198.19.2.0/24".to_string(), 2),
+                ("added", "198.19.3.0/24".to_string(), 9),
+                ("added", "198.19.4.0/24".to_string(), 10),
+            ]
+        );
+        assert!(changes_since(
+            &known,
+            &known
+                .values()
+                .map(|l| l.as_ref().clone())
+                .collect::<Vec<_>>()
+        )
+        .is_empty());
     }
 }
