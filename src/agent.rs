@@ -111,6 +111,8 @@ struct Agent {
     notified: bool,
     /// Set while renewals fail: when to try again.
     renew_retry_at: Option<tokio::time::Instant>,
+    /// The store was connected anew: the lease watch must move to the new connection.
+    rewatch: bool,
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -228,8 +230,13 @@ impl Agent {
         tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
-        let datapath = Datapath::start(metrics.clone(), opts.resync, reports_tx)
-            .context("cannot start the datapath")?;
+        let datapath = Datapath::start(
+            metrics.clone(),
+            opts.resync,
+            reports_tx,
+            opts.select.clone(),
+        )
+        .context("cannot start the datapath")?;
         let mut agent = Agent {
             opts,
             metrics,
@@ -245,6 +252,7 @@ impl Agent {
             datapath,
             notified: false,
             renew_retry_at: None,
+            rewatch: false,
         };
         agent.note_own_lease();
         agent.adopt_listing(&known);
@@ -274,7 +282,7 @@ impl Agent {
         // or not that pass programmed everything), so a plugin that finds it can use the
         // subnet at once; readiness waits for a pass that did.
         if let Some(r) = reports.recv().await {
-            self.on_report(r).await;
+            self.on_report(r).await?;
         }
         self.write_subnet_env()?;
         self.notify_ready_if_ready();
@@ -282,6 +290,7 @@ impl Agent {
         // The watch starts from the list's revision and knows its leases, so a compaction
         // before the first event still yields exactly the difference.
         let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
+        self.rewatch = false;
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
         loop {
@@ -301,7 +310,13 @@ impl Agent {
                 }
                 _ = tokio::time::sleep_until(renew_at) => self.renew().await?,
                 Some(r) = reports.recv() => {
-                    self.on_report(r).await;
+                    self.on_report(r).await?;
+                    if std::mem::take(&mut self.rewatch) {
+                        // The old watch task ends when it next tries to hand a batch over.
+                        let watcher = self.watch_again().await?;
+                        unreadable = watcher.skipped_keys();
+                        lease_events = spawn_watch(watcher);
+                    }
                     self.notify_ready_if_ready();
                 }
             }
@@ -392,6 +407,11 @@ impl Agent {
         for ev in events {
             match ev {
                 LeaseEvent::Added(l) => {
+                    if l.subnet == self.own.subnet && l.mod_revision < self.own.mod_revision {
+                        // Written before this host's last update of it (e.g. with the public
+                        // IP it had before a renumbering): already superseded.
+                        continue;
+                    }
                     if l.subnet == self.own.subnet {
                         if l.attrs.public_ip != self.ext.public_ip {
                             tracing::error!(subnet = %l.subnet, holder = %l.attrs.public_ip, "this host's subnet now belongs to another host");
@@ -486,12 +506,18 @@ impl Agent {
         Ok(())
     }
 
-    /// The device's MAC changed (recreated without the old one, or by hand): advertise it.
-    async fn on_report(&mut self, r: Report) {
-        let Some(mac) = r.device_mac else { return };
-        if Some(mac) == self.device_mac {
-            return;
+    /// A datapath report: the external interface changed, or the device's MAC did.
+    async fn on_report(&mut self, r: Report) -> anyhow::Result<()> {
+        if let Some(ext) = r.ext {
+            self.on_external_change(ext).await?;
         }
+        let Some(mac) = r.device_mac else {
+            return Ok(());
+        };
+        if Some(mac) == self.device_mac {
+            return Ok(());
+        }
+        // The device was recreated without the old MAC, or changed by hand: advertise it.
         tracing::warn!(mac = %format_mac(&mac), "device MAC changed; re-advertising it");
         self.device_mac = Some(mac);
         let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
@@ -508,7 +534,129 @@ impl Agent {
                 self.device_mac = None;
             }
         }
+        Ok(())
     }
+
+    /// The external interface is another one now, or the same with another index, address or
+    /// MTU. The new snapshot goes to the datapath first (it rebuilds or adjusts the device and
+    /// takes no etcd round trip to do so), then subnet.env follows the MTU and the lease the
+    /// public IP.
+    async fn on_external_change(&mut self, ext: ExtIface) -> anyhow::Result<()> {
+        if ext == self.ext {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.ext, ext);
+        let new = &self.ext;
+        tracing::warn!(
+            iface = %new.name, index = new.index, public_ip = %new.public_ip, address = %new.iface_addr, mtu = new.mtu,
+            old_iface = %old.name, old_index = old.index, old_public_ip = %old.public_ip, old_address = %old.iface_addr, old_mtu = old.mtu,
+            "external interface changed; following it"
+        );
+        let backend = backend::of(&self.cfg.backend);
+        if let Err(why) = backend.usable(new) {
+            tracing::warn!(iface = %new.name, "{why}");
+        }
+        if self.device.is_some() {
+            self.device =
+                backend.device(new, self.opts.vxlan_device.as_deref(), subnet::Family::V4);
+        }
+        let mtu = self.device.as_ref().map_or(new.mtu, |d| d.mtu);
+        self.publish();
+        self.datapath.kick("external interface changed");
+        if mtu != self.mtu {
+            tracing::warn!(old = self.mtu, new = mtu, "the MTU for containers changed; running containers keep theirs until they are restarted");
+            self.mtu = mtu;
+            self.write_subnet_env()?;
+        }
+        if old.iface_addr != self.ext.iface_addr {
+            self.reconnect().await;
+        }
+        if old.public_ip != self.ext.public_ip {
+            self.advertise_public_ip().await?;
+        }
+        Ok(())
+    }
+
+    /// A new etcd connection after this host's own address changed: the old one is bound to
+    /// an address that is gone and would only be given up after its keep-alive times out
+    /// (the lease watch on it would hear nothing until then).
+    async fn reconnect(&mut self) {
+        match EtcdStore::connect(&self.opts.etcd).await {
+            Ok(store) => {
+                tracing::info!("new etcd connection from the new address");
+                self.store = store;
+                self.rewatch = true;
+            }
+            Err(e) => {
+                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot open a new etcd connection; keeping the old one");
+            }
+        }
+    }
+
+    /// Lists the leases on the current connection and watches from there; what changed since
+    /// the leases this agent knows is handled as the events it would have been.
+    async fn watch_again(&mut self) -> anyhow::Result<crate::store::LeaseWatcher> {
+        let (store, cfg) = (&self.store, &self.cfg);
+        let list = retry("listing leases", &self.metrics, || {
+            store.list_leases_untimed(Some(cfg))
+        })
+        .await?;
+        let watcher = self.store.watch_from_list(Some(self.cfg.clone()), &list);
+        let events = changes_since(&self.leases, &list.leases);
+        self.unreadable = list.skipped.len();
+        self.on_events(events).await?;
+        Ok(watcher)
+    }
+
+    /// Writes the new public IP into this host's lease, keeping its subnet and etcd lease, so
+    /// peers send to the new address.
+    async fn advertise_public_ip(&mut self) -> anyhow::Result<()> {
+        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.store.update_lease_attrs(&self.own, &attrs).await {
+                Ok(l) => {
+                    tracing::info!(subnet = %l.subnet, public_ip = %self.ext.public_ip, "lease now advertises the new public IP");
+                    self.own = l;
+                    self.leases
+                        .insert(self.own.subnet, Arc::new(self.own.clone()));
+                    self.publish();
+                    return Ok(());
+                }
+                Err(StoreError::LeaseGone { .. }) => return self.reacquire().await,
+                Err(e) if e.is_refusal() => return Err(e.into()),
+                Err(e) => {
+                    self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot advertise the new public IP");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// What a fresh listing says happened since the leases `known` were seen, as the watch
+/// events it would have delivered: a lease not listed any more was removed; a new one, or one
+/// with another revision, was added.
+fn changes_since(known: &BTreeMap<Ipv4Net, Arc<Lease>>, listed: &[Lease]) -> Vec<LeaseEvent> {
+    let now: BTreeMap<Ipv4Net, &Lease> = listed.iter().map(|l| (l.subnet, l)).collect();
+    let mut events: Vec<LeaseEvent> = known
+        .iter()
+        .filter(|(s, _)| !now.contains_key(s))
+        .map(|(_, l)| LeaseEvent::Removed(l.as_ref().clone()))
+        .collect();
+    events.extend(
+        now.values()
+            .filter(|l| {
+                known
+                    .get(&l.subnet)
+                    .map_or(true, |k| k.mod_revision != l.mod_revision)
+            })
+            .map(|l| LeaseEvent::Added((*l).clone())),
+    );
+    events
 }
 
 /// Runs the lease watch in a task of its own and hands its batches over a channel. The watch's
@@ -565,5 +713,62 @@ fn sd_notify_ready() {
     match sent {
         Ok(_) => tracing::debug!("told systemd READY=1"),
         Err(e) => tracing::warn!(socket = %path, error = %e, "cannot notify systemd"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(subnet: &str, rev: i64) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            subnet6: None,
+            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().unwrap()),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn a_fresh_listing_becomes_the_events_that_were_missed() {
+        let known: BTreeMap<Ipv4Net, Arc<Lease>> = [
+            lease("198.19.1.0/24", 1),
+            lease("198.19.2.0/24", 2),
+            lease("198.19.3.0/24", 3),
+        ]
+        .into_iter()
+        .map(|l| (l.subnet, Arc::new(l)))
+        .collect();
+        let listed = [
+            lease("198.19.1.0/24", 1),
+            lease("198.19.3.0/24", 9),
+            lease("198.19.4.0/24", 10),
+        ];
+        let events: Vec<(&str, String, i64)> = changes_since(&known, &listed)
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Added(l) => ("added", l.subnet.to_string(), l.mod_revision),
+                LeaseEvent::Removed(l) => ("removed", l.subnet.to_string(), l.mod_revision),
+                LeaseEvent::Expired(l) => ("expired", l.subnet.to_string(), l.mod_revision),
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("removed", "198.19.2.0/24".to_string(), 2),
+                ("added", "198.19.3.0/24".to_string(), 9),
+                ("added", "198.19.4.0/24".to_string(), 10),
+            ]
+        );
+        assert!(changes_since(
+            &known,
+            &known
+                .values()
+                .map(|l| l.as_ref().clone())
+                .collect::<Vec<_>>()
+        )
+        .is_empty());
     }
 }

@@ -6,7 +6,7 @@
 //! timer takes the full path (dump, diff, apply), which is what repairs drift.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
-use crate::iface::ExtIface;
+use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::Lease;
 use crate::masq::{Masq, MasqSpec};
 use crate::netlink::{format_mac, Change, Mac, Monitor, Netlink, Op};
@@ -48,11 +48,15 @@ impl Snapshot {
 }
 
 /// What the datapath tells the agent after each full reconciliation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Report {
     /// The device's real MAC (backends with a device); the agent re-advertises it if it
     /// differs from the lease's.
     pub device_mac: Option<Mac>,
+    /// The external interface as the kernel has it now, when it differs from the snapshot's
+    /// (renumbered, re-created, another MTU, the default route moved): the agent makes a new
+    /// snapshot from it, and the pass waits for that.
+    pub ext: Option<ExtIface>,
 }
 
 /// Why a reconciliation did not leave the kernel as desired; each is logged where it happens,
@@ -71,6 +75,8 @@ enum Failure {
     Masquerade,
     /// The fast path has no applied state to start from.
     NothingApplied,
+    /// The external interface is gone, or no longer the one the snapshot names.
+    Iface,
 }
 
 enum Cmd {
@@ -103,16 +109,25 @@ pub struct Datapath {
 
 impl Datapath {
     /// Starts the datapath thread and the kernel monitor thread.
+    /// `select` is how the external interface is chosen: every full pass chooses it again
+    /// from the kernel, so a changed one is noticed.
     pub fn start(
         metrics: Arc<Metrics>,
         resync: Duration,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
+        select: IfaceSelect,
     ) -> Result<Datapath, DatapathError> {
         let (tx, rx) = mpsc::channel();
         let nl = Netlink::new()?;
         let monitor = Monitor::new()?;
-        let watched = Arc::new(Watched::default());
+        let watched = Arc::new(Watched {
+            // Chosen by routes: any route outside the overlay may move it.
+            follows_routes: select.ifaces.is_empty() && select.regexes.is_empty(),
+            ..Watched::default()
+        });
         let worker = Worker {
+            select,
+            ext_missing: None,
             nl,
             metrics,
             resync,
@@ -153,6 +168,11 @@ impl Datapath {
 struct Watched {
     device: AtomicU32,
     ext: AtomicU32,
+    /// No external interface could be chosen: any link or address may be the one awaited
+    /// (a NIC re-created under a new index, an address not there yet).
+    ext_missing: AtomicBool,
+    /// The interface is chosen by a route (the default route, `--iface-can-reach`).
+    follows_routes: bool,
     network: std::sync::Mutex<Option<Ipv4Net>>,
     /// Deletions the worker is about to make: their notifications are its own echo, not
     /// drift, and must not cost a full reconciliation (a dump of every object).
@@ -218,23 +238,31 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
         };
         let device = watched.device.load(Ordering::Relaxed);
         let ext = watched.ext.load(Ordering::Relaxed);
+        let missing = watched.ext_missing.load(Ordering::Relaxed);
         let network = *watched.network.lock().unwrap_or_else(|e| e.into_inner());
         let mut echo = watched.echo.lock().unwrap_or_else(|e| e.into_inner());
         let relevant = changes.iter().any(|c| match c {
             Change::Overflow => true,
-            Change::Link { index, .. } => *index == device || *index == ext,
+            Change::Link { index, .. } => *index == device || *index == ext || missing,
             Change::Neighbour { index, deleted } => {
                 *deleted && *index == device && !echo.is_echo(c)
             }
             Change::Route { dst, deleted } => {
-                *deleted
-                    && match (dst, network) {
-                        (IpNet::V4(d), Some(n)) => n.contains(d),
-                        _ => false,
-                    }
-                    && !echo.is_echo(c)
+                let inside = match (dst, network) {
+                    (IpNet::V4(d), Some(n)) => n.contains(d),
+                    _ => false,
+                };
+                if inside {
+                    *deleted && !echo.is_echo(c)
+                } else {
+                    watched.follows_routes && dst.addr().is_ipv4()
+                }
             }
-            Change::Address { index, deleted } => *deleted && *index == device,
+            // The external interface's addresses make its public IP and the device's local
+            // address.
+            Change::Address { index, deleted } => {
+                (*deleted && *index == device) || *index == ext || missing
+            }
         });
         drop(echo);
         if relevant && tx.send(Cmd::Kick("kernel change")).is_err() {
@@ -244,6 +272,9 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
 }
 
 struct Worker {
+    select: IfaceSelect,
+    /// Why no external interface could be chosen, while that lasts (logged once).
+    ext_missing: Option<String>,
     nl: Netlink,
     metrics: Arc<Metrics>,
     resync: Duration,
@@ -486,10 +517,19 @@ impl Worker {
             return Ok(());
         };
         self.watch(&s);
+        if let Some(ext) = self.external_changed(&s) {
+            // The agent answers with a new snapshot and a kick; this one is out of date.
+            let _ = self.reports.send(Report {
+                device_mac: None,
+                ext: Some(ext),
+            });
+            return Err(Failure::Iface);
+        }
+        let missing = self.ext_missing.is_some();
         let device = match self.ensure_device(&s) {
             Ok(d) => d,
             Err(e) => {
-                let _ = self.reports.send(Report { device_mac: None });
+                let _ = self.reports.send(Report::default());
                 return Err(e);
             }
         };
@@ -500,6 +540,9 @@ impl Worker {
         let kernel = self.reconcile_kernel(&s, device.as_ref().map(|(_, d)| d.index), started);
         let masq = self.ensure_masquerade(&s);
         result = result.and(kernel).and(masq);
+        if missing {
+            result = result.and(Err(Failure::Iface));
+        }
 
         self.metrics.record_reconcile(started.elapsed());
         self.metrics
@@ -510,8 +553,38 @@ impl Worker {
         release_free_memory();
         let _ = self.reports.send(Report {
             device_mac: device.map(|(_, d)| d.mac),
+            ext: None,
         });
         result
+    }
+
+    /// Chooses the external interface again, as start-up did; the new one when it differs
+    /// from the snapshot's. While none can be chosen the pass goes on with the snapshot's
+    /// (whatever still exists stays programmed) and every link and address change is looked
+    /// at.
+    fn external_changed(&mut self, s: &Snapshot) -> Option<ExtIface> {
+        match iface::choose_in(&mut self.nl, &self.select) {
+            Ok(ext) => {
+                self.watched.ext_missing.store(false, Ordering::Relaxed);
+                if self.ext_missing.take().is_some() {
+                    tracing::info!(iface = %ext.name, index = ext.index, "external interface is back");
+                }
+                if ext == s.ext {
+                    return None;
+                }
+                self.watched.ext.store(ext.index, Ordering::Relaxed);
+                Some(ext)
+            }
+            Err(e) => {
+                self.watched.ext_missing.store(true, Ordering::Relaxed);
+                let why = e.to_string();
+                if self.ext_missing.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(iface = %s.ext.name, error = %why, "the external interface is not usable; waiting for it");
+                    self.ext_missing = Some(why);
+                }
+                None
+            }
+        }
     }
 
     /// Tells the monitor thread which kernel changes concern weft.

@@ -152,7 +152,14 @@ pub enum ChooseError {
 pub fn choose_in(nl: &mut Netlink, sel: &IfaceSelect) -> Result<ExtIface, ChooseError> {
     let links = nl.links()?;
     let addrs = nl.addresses(None)?;
-    let routes = nl.routes(Family::V4)?;
+    // The datapath chooses again on every full pass: skip the route dump (one route per peer)
+    // when no route decides.
+    let by_route = sel.ifaces.is_empty() && sel.regexes.is_empty();
+    let routes = if by_route {
+        nl.routes(Family::V4)?
+    } else {
+        Vec::new()
+    };
     Ok(choose(sel, &links, &addrs, &routes)?)
 }
 

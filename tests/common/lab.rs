@@ -77,6 +77,8 @@ pub struct Host {
     log: PathBuf,
     weftd: Option<Child>,
     etcd_url: String,
+    /// The `--iface` weftd is started with; None lets it choose by the default route.
+    pub iface: Option<String>,
 }
 
 impl Host {
@@ -99,8 +101,6 @@ impl Host {
             env!("CARGO_BIN_EXE_weftd").into(),
             "--etcd-endpoints".into(),
             self.etcd_url.clone(),
-            "--iface".into(),
-            "eth0".into(),
             "--subnet-file".into(),
             self.subnet_file.display().to_string(),
             "--healthz-port".into(),
@@ -110,6 +110,9 @@ impl Host {
             "--log-level".into(),
             "info,weft=debug".into(),
         ];
+        if let Some(iface) = &self.iface {
+            args.extend(["--iface".to_string(), iface.clone()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new("ip")
             .args(&args)
@@ -654,6 +657,7 @@ fn new_host(
         log: dir.join(format!("h{i}.log")),
         weftd: None,
         etcd_url: etcd_urls.to_string(),
+        iface: Some("eth0".into()),
     }
 }
 
