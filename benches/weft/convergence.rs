@@ -19,6 +19,8 @@ pub struct Sizes {
     pub hosts: usize,
     pub joins: usize,
     pub runs: usize,
+    /// After the joins, count the requests etcd receives from the idle lab for this long.
+    pub idle: Option<Duration>,
 }
 
 struct RunStats {
@@ -156,6 +158,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         });
     }
     drop(probes);
+    let idle = z.idle.map(|d| idle_requests(&lab, d));
 
     let med = |f: &dyn Fn(&RunStats) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let mut t = Table::comparison(&format!(
@@ -198,5 +201,52 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         "Each figure is the median over {} runs of that run's percentile. Percentiles are nearest-rank.",
         z.runs
     ));
-    vec![t]
+    let mut tables = vec![t];
+    if let Some((messages, took)) = idle {
+        let mut t = Table::new(
+            &format!("1b. etcd requests from {} idle hosts", z.hosts),
+            &["figure", "weft", "target"],
+        );
+        let per_hour = messages / z.hosts as f64 * 3600.0 / took.as_secs_f64();
+        t.row(vec![
+            "gRPC messages etcd received, per host per hour".into(),
+            format!("{per_hour:.1}"),
+            "–".into(),
+        ]);
+        t.note(format!(
+            "etcd's own counter `grpc_server_msg_received_total` (every unary request and every message on a stream: lease keep-alives, watch requests) read before and after {} s in which nothing changed, {} weftd hosts running with the default 24 h lease TTL; {messages} messages in all.",
+            took.as_secs(),
+            z.hosts
+        ));
+        tables.push(t);
+    }
+    tables
+}
+
+/// What etcd received while the lab sat idle for `d`: (messages, the window measured).
+fn idle_requests(lab: &Lab, d: Duration) -> (f64, Duration) {
+    let read = || -> f64 {
+        let url = format!("{}/metrics", lab.etcd.client_url());
+        let out = lab.underlay.exec(&["curl", "-sf", &url]);
+        assert!(out.status.success(), "cannot read etcd's metrics at {url}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let counts: Vec<f64> = (text.lines())
+            .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect();
+        // No such counter would read as "no requests": refuse to report that.
+        assert!(
+            !counts.is_empty(),
+            "etcd's metrics at {url} have no grpc_server_msg_received_total"
+        );
+        counts.iter().sum()
+    };
+    eprintln!(
+        "convergence: counting etcd requests for {} s of quiet",
+        d.as_secs()
+    );
+    let (before, t0) = (read(), Instant::now());
+    std::thread::sleep(d);
+    let after = read();
+    (after - before, t0.elapsed())
 }

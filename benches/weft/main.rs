@@ -8,7 +8,8 @@
 //! scripts/bench --quick              # tiny sizes: a smoke run of the bench itself
 //! ```
 //!
-//! Sections: convergence, scale (also prints memory), acquire, cni, datapath.
+//! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
+//! datapath.
 //! Needs root, /usr/bin/etcd, iproute2, iperf3 and Debian's containernetworking-plugins.
 
 #[path = "../../tests/common/mod.rs"]
@@ -25,7 +26,14 @@ mod scale;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 5] = ["convergence", "scale", "acquire", "cni", "datapath"];
+const SECTIONS: [&str; 6] = [
+    "convergence",
+    "fleet",
+    "scale",
+    "acquire",
+    "cni",
+    "datapath",
+];
 
 fn main() {
     let mut quick = false;
@@ -67,12 +75,30 @@ fn main() {
                     hosts: 3,
                     joins: 10,
                     runs: 1,
+                    idle: None,
                 }
             } else {
                 convergence::Sizes {
                     hosts: 10,
                     joins: 100,
                     runs: 3,
+                    idle: None,
+                }
+            }),
+            // The same join measured on a fleet of 100 hosts, and etcd's load from them idle.
+            "fleet" => convergence::run(&if quick {
+                convergence::Sizes {
+                    hosts: 10,
+                    joins: 10,
+                    runs: 1,
+                    idle: Some(Duration::from_secs(10)),
+                }
+            } else {
+                convergence::Sizes {
+                    hosts: 100,
+                    joins: 30,
+                    runs: 1,
+                    idle: Some(Duration::from_secs(120)),
                 }
             }),
             "scale" => scale::run(&if quick {
