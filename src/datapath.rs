@@ -752,17 +752,9 @@ pub fn release_free_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
 
     fn lease(subnet: &str, rev: i64) -> Lease {
-        Lease {
-            subnet: subnet.parse().unwrap(),
-            subnet6: None,
-            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().unwrap()),
-            expiration: None,
-            etcd_lease_id: None,
-            mod_revision: rev,
-        }
+        Lease::for_tests(subnet, rev)
     }
 
     #[test]

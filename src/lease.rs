@@ -207,6 +207,21 @@ impl LeaseEvent {
 }
 
 #[cfg(test)]
+impl Lease {
+    /// A host-gw lease of `subnet` at etcd revision `rev`, for the crate's unit tests.
+    pub(crate) fn for_tests(subnet: &str, rev: i64) -> Lease {
+        Lease {
+            subnet: subnet.parse().expect("a test subnet"),
+            subnet6: None,
+            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().expect("an address")),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: rev,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

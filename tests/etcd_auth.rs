@@ -6,17 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::bare_weftd::BareWeftd;
 use common::etcd::Etcd;
 use common::lab::{Lab, VXLAN_CONFIG};
 
 const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
-const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 const PASSWORD: &str = "pw-7f3a9c1e";
@@ -242,82 +240,21 @@ fn a_missing_permission_fails_within_10s_naming_user_key_and_endpoint() {
     );
 }
 
-/// weftd outside any namespace of its own: safe only while etcd holds no network config, so
-/// it never gets past waiting for one. Killed on drop.
-struct Weftd {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Weftd {
-    fn start(etcd: &Etcd, user: &str, password_file: &Path) -> Weftd {
-        let mut child = Command::new(WEFTD)
-            .env_clear()
-            .args(["--etcd-endpoints", &etcd.client_url()])
-            .args(["--etcd-username", user, "--etcd-password-file"])
-            .arg(password_file)
-            .args(["--log-level", "debug"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting weftd");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Weftd {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Waits up to `limit` for a log line containing every needle; returns it and when.
-    fn wait_line(&mut self, limit: Duration, needles: &[&str]) -> Option<(String, Duration)> {
-        let started = Instant::now();
-        while let Some(left) = limit.checked_sub(started.elapsed()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            self.log.push(line.clone());
-            if needles.iter().all(|n| line.contains(n)) {
-                return Some((line, started.elapsed()));
-            }
-        }
-        None
-    }
-
-    /// Waits up to `limit` for weftd to exit by itself.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn cmdline(&self) -> String {
-        std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Weftd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// weftd for `user` with its password in `password_file`; safe outside a namespace of its own
+/// only while etcd holds no network config, so it never gets past waiting for one.
+fn weftd_as(etcd: &Etcd, user: &str, password_file: &Path) -> BareWeftd {
+    let url = etcd.client_url();
+    let file = password_file.to_string_lossy();
+    BareWeftd::start(&[
+        "--etcd-endpoints",
+        &url,
+        "--etcd-username",
+        user,
+        "--etcd-password-file",
+        &file,
+        "--log-level",
+        "debug",
+    ])
 }
 
 #[test]
@@ -328,7 +265,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
     let url = etcd.client_url();
 
     let right = password_file(dir.path(), "pw", PASSWORD);
-    let mut d = Weftd::start(&etcd, "weft", &right);
+    let mut d = weftd_as(&etcd, "weft", &right);
     let waiting = d.wait_line(LIMIT, &["no network config", CONFIG_KEY]);
     assert!(
         waiting.is_some(),
@@ -341,7 +278,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
     drop(d);
 
     let wrong = password_file(dir.path(), "wrong", "not-the-password");
-    let mut d = Weftd::start(&etcd, "weft", &wrong);
+    let mut d = weftd_as(&etcd, "weft", &wrong);
     let found = d.wait_line(LIMIT, &["user \"weft\"", CONFIG_KEY, &url, "cannot log in"]);
     let Some((line, took)) = found else {
         panic!(
@@ -358,7 +295,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
         "weftd did not exit with a failure after its login was refused ({status:?}): {:#?}",
         d.log
     );
-    let _ = d.wait_line(Duration::from_secs(1), &["never printed"]);
+    d.read_for(Duration::from_secs(1));
     for l in &d.log {
         assert!(
             !l.contains(PASSWORD) && !l.contains("not-the-password"),
@@ -369,7 +306,7 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
 
     // A user whose role covers another prefix only.
     let stranger = password_file(dir.path(), "stranger", "stranger-pw");
-    let mut d = Weftd::start(&etcd, "stranger", &stranger);
+    let mut d = weftd_as(&etcd, "stranger", &stranger);
     let found = d.wait_line(
         LIMIT,
         &["user \"stranger\"", CONFIG_KEY, &url, "permission denied"],

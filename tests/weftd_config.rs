@@ -3,14 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::bare_weftd::BareWeftd;
 use common::etcd::Etcd;
-
-const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 
 #[test]
 fn weftd_logs_every_problem_of_an_invalid_config_once() {
@@ -20,36 +16,11 @@ fn weftd_logs_every_problem_of_an_invalid_config_once() {
         r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#,
     );
     // Safe outside a namespace of its own: with no valid config it never gets past waiting.
-    let mut child = Command::new(WEFTD)
-        .env_clear()
-        .args(["--etcd-endpoints", &etcd.client_url()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weftd");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut d = BareWeftd::start(&["--etcd-endpoints", &etcd.client_url()]);
     // Long enough for weftd to read the config a few times.
-    let until = Instant::now() + Duration::from_secs(4);
-    let mut log = Vec::new();
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) => log.push(line),
-            Err(_) => break,
-        }
-    }
-    let still_waiting = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.join("\n");
+    d.read_for(Duration::from_secs(4));
+    let still_waiting = d.is_running();
+    let log = d.log.join("\n");
     assert!(still_waiting, "weftd exited:\n{log}");
 
     let key = "cannot use the network config at /coreos.com/network/config: ";

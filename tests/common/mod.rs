@@ -2,6 +2,7 @@
 //! each removed when its guard drops, also when a test fails.
 #![allow(dead_code)]
 
+pub mod bare_weftd;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
