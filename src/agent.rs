@@ -4,7 +4,7 @@
 //! here tears the datapath down: stopping weftd leaves the kernel as it is.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
-use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
-use crate::subnet;
+use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
+use crate::subnet::{Family, PerFamily};
 use crate::subnet_env::SubnetEnv;
 
 /// weftd's settings, from its flags.
@@ -97,9 +97,9 @@ struct Agent {
     store: EtcdStore,
     cfg: NetworkConfig,
     ext: ExtIface,
-    device: Option<DeviceSpec>,
-    /// The device's real MAC, which the lease must advertise.
-    device_mac: Option<Mac>,
+    devices: PerFamily<Option<DeviceSpec>>,
+    /// The devices' real MACs, which the lease must advertise.
+    device_mac: PerFamily<Option<Mac>>,
     mtu: u32,
     own: Lease,
     leases: BTreeMap<Ipv4Net, Arc<Lease>>,
@@ -135,14 +135,9 @@ async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<Net
         })
         .await?;
     if !cfg.enable_ipv4 || cfg.network.is_none() {
-        bail!("the network config enables no IPv4 network; weft's datapath needs EnableIPv4 with a Network");
+        bail!("the network config enables no IPv4 network; flannel's etcd layout needs an IPv4 subnet in every lease key, so weft needs EnableIPv4 with a Network");
     }
-    if cfg.enable_ipv6 {
-        tracing::warn!(
-            "the network config enables IPv6; this weftd programs the IPv4 overlay only"
-        );
-    }
-    tracing::info!(network = ?cfg.network, backend = cfg.backend.type_name(), "network config read");
+    tracing::info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = cfg.backend.type_name(), "network config read");
     Ok(cfg)
 }
 
@@ -153,40 +148,83 @@ async fn choose_iface(select: IfaceSelect) -> anyhow::Result<ExtIface> {
         .context("cannot choose the external interface")
 }
 
-/// The backend's device, made ready before the lease is acquired so the lease can advertise
-/// its MAC; and the MTU containers get.
+/// The backend's devices, made ready before the lease is acquired so the lease can advertise
+/// their MACs; and the MTU containers get (the smallest of the families').
 struct Ready {
-    device: Option<DeviceSpec>,
-    device_mac: Option<Mac>,
+    devices: PerFamily<Option<DeviceSpec>>,
+    device_mac: PerFamily<Option<Mac>>,
     mtu: u32,
 }
 
-/// Creates or adopts the backend's device. `advertised` is the MAC a lease of this host
-/// already advertises: a device that has to be created gets it, so peers need not learn a
-/// new one.
-async fn set_up_device(
+/// The families this host runs: IPv4, and IPv6 when the network has it and the external
+/// interface has an IPv6 address (else a warning says why not).
+fn families(cfg: &NetworkConfig, ext: &ExtIface) -> Vec<Family> {
+    let mut out = vec![Family::V4];
+    if cfg.ipv6_network.is_some() {
+        if ext.v6.is_some() {
+            out.push(Family::V6);
+        } else {
+            tracing::warn!(iface = %ext.name, "the network has IPv6 but the external interface has no global IPv6 address (nor is --public-ipv6 given): this host runs the IPv4 overlay only");
+        }
+    }
+    out
+}
+
+/// The device spec of each family in `families`, for backends that have devices; the
+/// `--vxlan-device` name applies to the IPv4 one.
+fn device_specs(
     cfg: &NetworkConfig,
     opts: &AgentConfig,
     ext: &ExtIface,
-    advertised: Option<Mac>,
-) -> anyhow::Result<Ready> {
+    families: &[Family],
+) -> PerFamily<Option<DeviceSpec>> {
     let backend = backend::of(&cfg.backend);
-    let Some(spec) = backend.device(ext, opts.vxlan_device.as_deref(), subnet::Family::V4) else {
-        return Ok(Ready {
-            device: None,
-            device_mac: None,
-            mtu: ext.mtu,
-        });
-    };
-    let (s, b) = (spec.clone(), cfg.backend.clone());
-    let dev = netlink(move |nl| Ok(backend::of(&b).ensure_device(nl, &s, advertised)?))
-        .await
-        .with_context(|| format!("cannot set up the device {}", spec.name))?;
-    tracing::info!(device = %spec.name, backend = backend.type_name(), mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "device ready");
+    let mut specs = PerFamily::default();
+    for &f in families {
+        let name = opts.vxlan_device.as_deref().filter(|_| f == Family::V4);
+        specs[f] = backend.device(ext, name, f);
+    }
+    specs
+}
+
+/// The MTU containers get: the smallest the families' devices allow.
+fn overlay_mtu(ext: &ExtIface, specs: &PerFamily<Option<DeviceSpec>>) -> u32 {
+    Family::ALL
+        .iter()
+        .filter_map(|f| specs[*f].as_ref().map(|d| d.mtu))
+        .min()
+        .unwrap_or(ext.mtu)
+}
+
+/// Creates or adopts the backend's devices. `advertised` holds the MACs a lease of this host
+/// already advertises: a device that has to be created gets its MAC, so peers need not learn
+/// a new one.
+async fn set_up_devices(
+    cfg: &NetworkConfig,
+    ext: &ExtIface,
+    specs: PerFamily<Option<DeviceSpec>>,
+    advertised: PerFamily<Option<Mac>>,
+) -> anyhow::Result<Ready> {
+    let mut device_mac = PerFamily::default();
+    let mut mtu = ext.mtu;
+    let mut any = false;
+    for f in Family::ALL {
+        let Some(spec) = specs[f].clone() else {
+            continue;
+        };
+        let (s, b, mac) = (spec.clone(), cfg.backend.clone(), advertised[f]);
+        let dev = netlink(move |nl| Ok(backend::of(&b).ensure_device(nl, &s, mac)?))
+            .await
+            .with_context(|| format!("cannot set up the device {}", spec.name))?;
+        tracing::info!(device = %spec.name, backend = cfg.backend.type_name(), mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "device ready");
+        device_mac[f] = Some(dev.mac);
+        mtu = if any { mtu.min(dev.mtu) } else { dev.mtu };
+        any = true;
+    }
     Ok(Ready {
-        device: Some(spec),
-        device_mac: Some(dev.mac),
-        mtu: dev.mtu,
+        devices: specs,
+        device_mac,
+        mtu,
     })
 }
 
@@ -202,32 +240,44 @@ impl Agent {
         .await?;
         let cfg = read_config(&store, &metrics).await?;
         let ext = choose_iface(opts.select.clone()).await?;
-        backend::of(&cfg.backend)
-            .usable(&ext)
-            .map_err(anyhow::Error::msg)?;
-        tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface chosen");
+        let families = families(&cfg, &ext);
+        for f in &families {
+            backend::of(&cfg.backend)
+                .usable(&ext, *f)
+                .map_err(anyhow::Error::msg)?;
+        }
+        tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, public_ipv6 = ?ext.v6.as_ref().map(|v| v.public_ip), mtu = ext.mtu, "external interface chosen");
 
         let known = retry("listing leases", &metrics, || {
             store.list_leases_untimed(Some(&cfg))
         })
         .await?;
-        let advertised = known
+        let mut advertised = PerFamily::default();
+        if let Some(l) = known
             .leases
             .iter()
             .find(|l| l.attrs.public_ip == ext.public_ip)
-            .and_then(|l| backend::of(&cfg.backend).advertised_mac(&l.attrs));
-        let ready = set_up_device(&cfg, &opts, &ext, advertised).await?;
+        {
+            for f in Family::ALL {
+                advertised[f] = backend::of(&cfg.backend).advertised_mac(&l.attrs, f);
+            }
+        }
+        let specs = device_specs(&cfg, &opts, &ext, &families);
+        let ready = set_up_devices(&cfg, &ext, specs, advertised).await?;
 
-        let attrs = lease_attrs(&cfg, ext.public_ip, ready.device_mac);
+        let attrs = lease_attrs(&cfg, &ext, &ready.devices, &ready.device_mac);
         let prev = SubnetEnv::read(&opts.subnet_file)
-            .ok()
-            .and_then(|e| e.subnet_network());
+            .map(|e| Previous {
+                subnet: e.subnet_network(),
+                subnet6: e.subnet6_network(),
+            })
+            .unwrap_or_default();
         let own = retry("acquiring a subnet lease", &metrics, || {
             store.acquire_lease(&cfg, &attrs, prev, opts.lease_ttl)
         })
         .await?;
         metrics.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(subnet = %own.subnet, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
+        tracing::info!(subnet = %own.subnet, ipv6_subnet = ?own.subnet6, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
         let datapath = Datapath::start(
@@ -243,7 +293,7 @@ impl Agent {
             store,
             cfg,
             ext,
-            device: ready.device,
+            devices: ready.devices,
             device_mac: ready.device_mac,
             mtu: ready.mtu,
             own,
@@ -359,16 +409,21 @@ impl Agent {
     fn masq_spec(&self) -> MasqSpec {
         MasqSpec {
             v4: self.cfg.network.map(|n| (n, self.own.subnet)),
-            v6: None,
+            v6: self.cfg.ipv6_network.zip(self.own_subnet6()),
             masquerade: self.opts.ip_masq,
         }
+    }
+
+    /// This host's IPv6 subnet, when it runs the IPv6 overlay.
+    fn own_subnet6(&self) -> Option<ipnet::Ipv6Net> {
+        self.own.subnet6.filter(|_| self.ext.v6.is_some())
     }
 
     fn publish(&self) {
         self.datapath.update(Arc::new(Snapshot {
             cfg: self.cfg.clone(),
             ext: self.ext.clone(),
-            device: self.device.clone(),
+            devices: self.devices.clone(),
             own: self.own.clone(),
             leases: self.leases.values().cloned().collect(),
             unreadable: self.unreadable,
@@ -377,11 +432,12 @@ impl Agent {
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {
+        let subnet6 = self.own_subnet6();
         let env = SubnetEnv::for_lease(
             self.cfg.network,
             Some(self.own.subnet),
-            None,
-            None,
+            self.cfg.ipv6_network.filter(|_| subnet6.is_some()),
+            subnet6,
             self.mtu,
             self.opts.ip_masq,
         );
@@ -390,7 +446,7 @@ impl Agent {
         self.metrics
             .subnet_env_written
             .store(true, Ordering::Relaxed);
-        tracing::info!(path = %self.opts.subnet_file.display(), subnet = %self.own.subnet, mtu = self.mtu, "subnet.env written");
+        tracing::info!(path = %self.opts.subnet_file.display(), subnet = %self.own.subnet, ipv6_subnet = ?subnet6, mtu = self.mtu, "subnet.env written");
         Ok(())
     }
 
@@ -425,6 +481,15 @@ impl Agent {
                     self.leases.insert(l.subnet, Arc::new(l));
                 }
                 LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => {
+                    // A key of a subnet that now lives under another key (a lease moved when
+                    // its IPv6 part changed) is history, not a departure.
+                    let held = self
+                        .leases
+                        .get(&l.subnet)
+                        .is_some_and(|h| h.key_name() == l.key_name());
+                    if !held {
+                        continue;
+                    }
                     if l.subnet == self.own.subnet {
                         tracing::warn!(subnet = %l.subnet, "this host's lease vanished from etcd; acquiring it again");
                         lost = true;
@@ -447,8 +512,11 @@ impl Agent {
     /// containers keep running meanwhile.
     async fn reacquire(&mut self) -> anyhow::Result<()> {
         self.metrics.lease_held.store(false, Ordering::Relaxed);
-        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
-        let prev = Some(self.own.subnet);
+        let attrs = self.attrs();
+        let prev = Previous {
+            subnet: Some(self.own.subnet),
+            subnet6: self.own.subnet6,
+        };
         let (store, cfg, ttl) = (&self.store, &self.cfg, self.opts.lease_ttl);
         let lease = retry("re-acquiring the subnet lease", &self.metrics, || {
             store.acquire_lease(cfg, &attrs, prev, ttl)
@@ -457,11 +525,11 @@ impl Agent {
         self.metrics
             .lease_acquisitions
             .fetch_add(1, Ordering::Relaxed);
-        let moved = lease.subnet != self.own.subnet;
+        let moved = lease.subnet != self.own.subnet || lease.subnet6 != self.own.subnet6;
         if moved {
-            tracing::warn!(old = %self.own.subnet, new = %lease.subnet, "re-acquired a different subnet; containers must be restarted to use it");
+            tracing::warn!(old = %self.own.key_name(), new = %lease.key_name(), "re-acquired a different subnet; containers must be restarted to use it");
         } else {
-            tracing::info!(subnet = %lease.subnet, "lease re-acquired");
+            tracing::info!(subnet = %lease.subnet, ipv6_subnet = ?lease.subnet6, "lease re-acquired");
         }
         self.leases.remove(&self.own.subnet);
         self.own = lease;
@@ -506,22 +574,29 @@ impl Agent {
         Ok(())
     }
 
-    /// A datapath report: the external interface changed, or the device's MAC did.
+    /// A datapath report: the external interface changed, or a device's MAC did.
     async fn on_report(&mut self, r: Report) -> anyhow::Result<()> {
         if let Some(ext) = r.ext {
             self.on_external_change(ext).await?;
         }
-        let Some(mac) = r.device_mac else {
-            return Ok(());
-        };
-        if Some(mac) == self.device_mac {
+        let changed: Vec<Family> = Family::ALL
+            .into_iter()
+            .filter(|f| r.device_mac[*f].is_some() && r.device_mac[*f] != self.device_mac[*f])
+            .collect();
+        if changed.is_empty() {
             return Ok(());
         }
-        // The device was recreated without the old MAC, or changed by hand: advertise it.
-        tracing::warn!(mac = %format_mac(&mac), "device MAC changed; re-advertising it");
-        self.device_mac = Some(mac);
-        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
-        match self.store.update_lease_attrs(&self.own, &attrs).await {
+        // A device was recreated without the old MAC, or changed by hand: advertise it.
+        for &f in &changed {
+            let mac = r.device_mac[f].expect("changed MACs are known");
+            tracing::warn!(family = %f, mac = %format_mac(&mac), "device MAC changed; re-advertising it");
+            self.device_mac[f] = Some(mac);
+        }
+        match self
+            .store
+            .update_lease_attrs(&self.own, &self.attrs())
+            .await
+        {
             Ok(l) => {
                 self.own = l;
                 self.leases
@@ -531,10 +606,17 @@ impl Agent {
             Err(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot re-advertise the device MAC; will retry");
-                self.device_mac = None;
+                for f in changed {
+                    self.device_mac[f] = None;
+                }
             }
         }
         Ok(())
+    }
+
+    /// This host's lease attributes as they should be now.
+    fn attrs(&self) -> LeaseAttrs {
+        lease_attrs(&self.cfg, &self.ext, &self.devices, &self.device_mac)
     }
 
     /// The external interface is another one now, or the same with another index, address or
@@ -553,14 +635,14 @@ impl Agent {
             "external interface changed; following it"
         );
         let backend = backend::of(&self.cfg.backend);
-        if let Err(why) = backend.usable(new) {
-            tracing::warn!(iface = %new.name, "{why}");
+        let families = families(&self.cfg, new);
+        for f in &families {
+            if let Err(why) = backend.usable(new, *f) {
+                tracing::warn!(iface = %new.name, "{why}");
+            }
         }
-        if self.device.is_some() {
-            self.device =
-                backend.device(new, self.opts.vxlan_device.as_deref(), subnet::Family::V4);
-        }
-        let mtu = self.device.as_ref().map_or(new.mtu, |d| d.mtu);
+        self.devices = device_specs(&self.cfg, &self.opts, new, &families);
+        let mtu = overlay_mtu(new, &self.devices);
         self.publish();
         self.datapath.kick("external interface changed");
         if mtu != self.mtu {
@@ -571,7 +653,17 @@ impl Agent {
         if old.iface_addr != self.ext.iface_addr {
             self.reconnect().await;
         }
-        if old.public_ip != self.ext.public_ip {
+        let v6_now = self.ext.v6.is_some() && self.cfg.ipv6_network.is_some();
+        if v6_now != self.own.subnet6.is_some() && !self.own.is_reservation() {
+            // IPv6 came or went on the interface: the lease gains or drops its IPv6 part.
+            tracing::warn!(
+                ipv6 = v6_now,
+                "IPv6 on the external interface changed; acquiring the lease again"
+            );
+            return self.reacquire().await;
+        }
+        let public6 = |e: &ExtIface| e.v6.as_ref().map(|v| v.public_ip);
+        if old.public_ip != self.ext.public_ip || public6(&old) != public6(&self.ext) {
             self.advertise_public_ip().await?;
         }
         Ok(())
@@ -612,7 +704,7 @@ impl Agent {
     /// Writes the new public IP into this host's lease, keeping its subnet and etcd lease, so
     /// peers send to the new address.
     async fn advertise_public_ip(&mut self) -> anyhow::Result<()> {
-        let attrs = lease_attrs(&self.cfg, self.ext.public_ip, self.device_mac);
+        let attrs = self.attrs();
         let mut delay = Duration::from_millis(250);
         loop {
             match self.store.update_lease_attrs(&self.own, &attrs).await {
@@ -682,15 +774,29 @@ fn spawn_watch(
     rx
 }
 
-/// This host's lease attributes, with flannel's field names and types.
-fn lease_attrs(cfg: &NetworkConfig, public_ip: Ipv4Addr, mac: Option<Mac>) -> LeaseAttrs {
+/// This host's lease attributes, with flannel's field names and types. The IPv6 fields are
+/// set when the host runs the IPv6 overlay: a device for it (backends with devices), or an
+/// IPv6 address and an IPv6 network (host-gw).
+fn lease_attrs(
+    cfg: &NetworkConfig,
+    ext: &ExtIface,
+    devices: &PerFamily<Option<DeviceSpec>>,
+    macs: &PerFamily<Option<Mac>>,
+) -> LeaseAttrs {
     let backend = backend::of(&cfg.backend);
+    let v6 = cfg.ipv6_network.is_some()
+        && ext.v6.is_some()
+        && (devices.v6.is_some() || devices.v4.is_none());
     LeaseAttrs {
-        public_ip,
-        public_ipv6: None,
+        public_ip: ext.public_ip,
+        public_ipv6: ext.v6.as_ref().map(|v| v.public_ip).filter(|_| v6),
         backend_type: backend.type_name().to_string(),
-        backend_data: backend.lease_data(mac),
-        backend_v6_data: None,
+        backend_data: backend.lease_data(macs.v4),
+        backend_v6_data: if v6 {
+            backend.lease_data(macs.v6)
+        } else {
+            None
+        },
     }
 }
 

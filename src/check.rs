@@ -49,19 +49,49 @@ pub fn check(
         return Ok(report);
     };
     check_env(own, env, &mut report.findings);
-    let device = check_device(nl, cfg, ext, device_name, own, env, &mut report.findings)?;
-    let device_index = device.as_ref().map(|(i, _)| *i);
+    for family in reconcile::families(cfg, ext, own) {
+        let name = device_name.filter(|_| family == Family::V4);
+        check_family(nl, cfg, ext, name, own, leases, env, family, &mut report)?;
+    }
+    Ok(report)
+}
 
-    // The datapath's own path, without the apply: desired state, kernel read, diff.
-    let host = Host::new(ext, device_index);
+/// One family: the device, then the datapath's own path without the apply (desired state,
+/// kernel read, diff).
+#[allow(clippy::too_many_arguments)]
+fn check_family(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    ext: &ExtIface,
+    device_name: Option<&str>,
+    own: &Lease,
+    leases: &[Lease],
+    env: Option<&SubnetEnv>,
+    family: Family,
+    report: &mut Report,
+) -> Result<(), NetlinkError> {
+    let device = check_device(
+        nl,
+        cfg,
+        ext,
+        device_name,
+        own,
+        env,
+        family,
+        &mut report.findings,
+    )?;
+    let device_index = device.as_ref().map(|(i, _)| *i);
+    let (Some(host), Some(side)) = (Host::new(ext, family, device_index), own.side(family)) else {
+        return Ok(());
+    };
     let desired = reconcile::desired(cfg, &host, own, leases);
     for skip in &desired.skipped {
         report.notes.push(Finding(format!(
-            "lease {} is not programmed: {}",
+            "lease {} is not programmed ({family}): {}",
             skip.key, skip.reason
         )));
     }
-    let actual = reconcile::read_actual(nl, cfg, &host, own.subnet)?;
+    let actual = reconcile::read_actual(nl, cfg, &host, side.subnet)?;
     let dev_name = |i: u32| match &device {
         Some((index, name)) if *index == i => name.clone(),
         _ if i == ext.index => ext.name.clone(),
@@ -77,10 +107,10 @@ pub fn check(
         };
         report.findings.push(Finding(line));
     }
-    Ok(report)
+    Ok(())
 }
 
-/// subnet.env must name this host's subnet.
+/// subnet.env must name this host's subnets.
 fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
     let Some(env) = env else {
         out.push(Finding("subnet.env is missing or unreadable".into()));
@@ -93,10 +123,19 @@ fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
             own.subnet
         )));
     }
+    if own.subnet6.is_some() && env.subnet6_network() != own.subnet6 {
+        out.push(Finding(format!(
+            "subnet.env says FLANNEL_IPV6_SUBNET={} but this host's lease has {}",
+            env.ipv6_subnet.map(|s| s.to_string()).unwrap_or_default(),
+            own.subnet6.map(|s| s.to_string()).unwrap_or_default()
+        )));
+    }
 }
 
-/// The backend's device, if it needs one: there, up, at subnet.env's MTU, and whatever the
-/// backend itself checks. Returns its index and name when it exists.
+/// The backend's device of `family`, if it needs one: there, up, within subnet.env's MTU
+/// (the smallest of the families'), and whatever the backend itself checks. Returns its
+/// index and name when it exists.
+#[allow(clippy::too_many_arguments)]
 fn check_device(
     nl: &mut Netlink,
     cfg: &NetworkConfig,
@@ -104,18 +143,30 @@ fn check_device(
     device_name: Option<&str>,
     own: &Lease,
     env: Option<&SubnetEnv>,
+    family: Family,
     out: &mut Vec<Finding>,
 ) -> Result<Option<(u32, String)>, NetlinkError> {
     let backend = backend::of(&cfg.backend);
-    let Some(spec) = backend.device(ext, device_name, Family::V4) else {
+    let Some(spec) = backend.device(ext, device_name, family) else {
         return Ok(None);
     };
     let Some(link) = nl.link_by_name(&spec.name)? else {
         out.push(Finding(format!("device {} is missing", spec.name)));
         return Ok(None);
     };
-    out.extend(backend.check_device(&link, own).into_iter().map(Finding));
-    if let Some(env) = env.filter(|e| e.mtu != link.mtu) {
+    out.extend(
+        backend
+            .check_device(&link, own, family)
+            .into_iter()
+            .map(Finding),
+    );
+    if link.mtu != spec.mtu {
+        out.push(Finding(format!(
+            "device {} has MTU {} but should have {}",
+            spec.name, link.mtu, spec.mtu
+        )));
+    }
+    if let Some(env) = env.filter(|e| e.mtu > link.mtu) {
         out.push(Finding(format!(
             "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
             spec.name, link.mtu, env.mtu

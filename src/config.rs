@@ -263,6 +263,14 @@ impl NetworkConfig {
                 false,
                 "EnableIPv4 or EnableIPv6 must be true, or there is no network to share",
             ));
+        } else if enable_ipv4 == Some(false) {
+            // flannel forces IPv4 on for the leases it reads: an IPv6-only network would
+            // make its hosts misbehave, and weft's would have no key to write.
+            problems.push(invalid(
+                "EnableIPv4",
+                false,
+                "IPv6-only networks are not possible: flannel's etcd layout names every lease by its IPv4 subnet (<ipv4>-<len>&<ipv6>-<len>); keep EnableIPv4 with a Network beside EnableIPv6",
+            ));
         }
         // A family whose Enable flag is broken is checked only as far as it is written down:
         // its network being absent is not a problem of its own.
@@ -414,11 +422,20 @@ impl NetworkConfig {
 
     /// Number of subnets in SubnetMin..SubnetMax.
     pub fn subnet_count(&self) -> u64 {
-        if self.network.is_none() {
+        self.subnet_count_in(Family::V4) as u64
+    }
+
+    /// Number of subnets handed out in `family` (saturating for huge IPv6 ranges); 0 when
+    /// the family is off.
+    pub fn subnet_count_in(&self, family: Family) -> u128 {
+        let Some((min, max, len)) = self.range_of(family) else {
             return 0;
-        }
-        let step = 1u64 << (32 - self.subnet_len);
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+        };
+        let shift = u32::from(family.bits() - len);
+        let span = (Family::number(max) - Family::number(min))
+            .checked_shr(shift)
+            .unwrap_or(0);
+        span.saturating_add(1)
     }
 
     /// The config with every default filled in, under flannel's field names.
@@ -829,12 +846,20 @@ mod tests {
         assert_eq!(c.ipv6_subnet_min, Some("fd00:1:0:1::".parse().unwrap()));
         assert_eq!(c.ipv6_subnet_max, Some("fd00:1:0:ff::".parse().unwrap()));
         let c = parse(&format!(
-            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/120", {VX}}}"#
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/120", {VX}}}"#
         ));
-        assert_eq!(c.network, None);
         assert_eq!(c.ipv6_subnet_len, 122);
         let e = err(&format!(
-            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/125", {VX}}}"#
+            r#"{{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/120", {VX}}}"#
+        ));
+        assert!(
+            e.starts_with(
+                "EnableIPv4 false: IPv6-only networks are not possible: flannel's etcd layout"
+            ),
+            "{e}"
+        );
+        let e = err(&format!(
+            r#"{{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/125", {VX}}}"#
         ));
         assert!(e.starts_with("IPv6Network fd00::/125: is too small"), "{e}");
         let e = err(&format!(
@@ -963,6 +988,7 @@ mod tests {
             r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6SubnetMin": "x",
                 "Backend": {"Type": 4}}"#,
             &[
+                "EnableIPv4 false: IPv6-only networks are not possible",
                 "IPv6Network is missing",
                 "IPv6SubnetMin x: not an IPv6 address",
                 "Backend.Type 4: must be a string",

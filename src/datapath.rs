@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::config::NetworkConfig;
@@ -21,13 +21,15 @@ use crate::lease::Lease;
 use crate::masq::{Masq, MasqSpec};
 use crate::netlink::{format_mac, Change, Mac, Monitor, Netlink, Op};
 use crate::reconcile::{self, Desired};
+use crate::subnet::{Family, PerFamily};
 
 /// Everything the desired state is computed from.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub cfg: NetworkConfig,
     pub ext: ExtIface,
-    pub device: Option<DeviceSpec>,
+    /// The backend's device of each family, for backends that have one.
+    pub devices: PerFamily<Option<DeviceSpec>>,
     pub own: Lease,
     /// Every valid lease known, this host's included.
     /// Shared with the agent: a snapshot costs a reference count per lease, not a copy.
@@ -38,8 +40,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn own_subnet(&self) -> Ipv4Net {
-        self.own.subnet
+    /// The families this host runs an overlay in: IPv4, and IPv6 when its lease has an IPv6
+    /// subnet and the external interface an IPv6 address.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        reconcile::families(&self.cfg, &self.ext, &self.own)
+    }
+
+    fn own_subnet(&self, family: Family) -> Option<IpNet> {
+        self.own.side(family).map(|s| s.subnet)
     }
 
     fn backend(&self) -> &dyn Backend {
@@ -50,9 +58,9 @@ impl Snapshot {
 /// What the datapath tells the agent after each full reconciliation.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// The device's real MAC (backends with a device); the agent re-advertises it if it
+    /// The devices' real MACs (backends with a device); the agent re-advertises one that
     /// differs from the lease's.
-    pub device_mac: Option<Mac>,
+    pub device_mac: PerFamily<Option<Mac>>,
     /// The external interface as the kernel has it now, when it differs from the snapshot's
     /// (renumbered, re-created, another MTU, the default route moved): the agent makes a new
     /// snapshot from it, and the pass waits for that.
@@ -134,8 +142,8 @@ impl Datapath {
             reports,
             masq: Masq::new(),
             state: None,
-            applied: None,
-            applied_from: None,
+            applied: PerFamily::default(),
+            applied_from: PerFamily::default(),
             warned: HashSet::new(),
             watched: watched.clone(),
             failures: 0,
@@ -166,14 +174,14 @@ impl Datapath {
 /// What the monitor thread needs to tell weft's objects from everything else.
 #[derive(Default)]
 struct Watched {
-    device: AtomicU32,
+    devices: PerFamily<AtomicU32>,
     ext: AtomicU32,
     /// No external interface could be chosen: any link or address may be the one awaited
     /// (a NIC re-created under a new index, an address not there yet).
     ext_missing: AtomicBool,
     /// The interface is chosen by a route (the default route, `--iface-can-reach`).
     follows_routes: bool,
-    network: std::sync::Mutex<Option<Ipv4Net>>,
+    networks: std::sync::Mutex<Vec<IpNet>>,
     /// Deletions the worker is about to make: their notifications are its own echo, not
     /// drift, and must not cost a full reconciliation (a dump of every object).
     echo: std::sync::Mutex<Echo>,
@@ -236,23 +244,24 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
                 continue;
             }
         };
-        let device = watched.device.load(Ordering::Relaxed);
+        let devices = Family::ALL.map(|f| watched.devices[f].load(Ordering::Relaxed));
+        let is_device = |i: &u32| *i != 0 && devices.contains(i);
         let ext = watched.ext.load(Ordering::Relaxed);
         let missing = watched.ext_missing.load(Ordering::Relaxed);
-        let network = *watched.network.lock().unwrap_or_else(|e| e.into_inner());
+        let networks = watched
+            .networks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut echo = watched.echo.lock().unwrap_or_else(|e| e.into_inner());
         let relevant = changes.iter().any(|c| match c {
             Change::Overflow => true,
-            Change::Link { index, .. } => *index == device || *index == ext || missing,
+            Change::Link { index, .. } => is_device(index) || *index == ext || missing,
             Change::Neighbour { index, deleted } => {
-                *deleted && *index == device && !echo.is_echo(c)
+                *deleted && is_device(index) && !echo.is_echo(c)
             }
             Change::Route { dst, deleted } => {
-                let inside = match (dst, network) {
-                    (IpNet::V4(d), Some(n)) => n.contains(d),
-                    _ => false,
-                };
-                if inside {
+                if networks.iter().any(|n| n.contains(dst)) {
                     *deleted && !echo.is_echo(c)
                 } else {
                     watched.follows_routes && dst.addr().is_ipv4()
@@ -261,7 +270,7 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
             // The external interface's addresses make its public IP and the device's local
             // address.
             Change::Address { index, deleted } => {
-                (*deleted && *index == device) || *index == ext || missing
+                (*deleted && is_device(index)) || *index == ext || missing
             }
         });
         drop(echo);
@@ -281,11 +290,11 @@ struct Worker {
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
     masq: Masq,
     state: Option<Arc<Snapshot>>,
-    /// The desired state last applied without error; None forces the full path.
-    applied: Option<Desired>,
+    /// Per family, the desired state last applied without error; None forces the full path.
+    applied: PerFamily<Option<Desired>>,
     /// The snapshot and host facts `applied` was computed from: a lease event then only
     /// needs the leases that changed since.
-    applied_from: Option<(Arc<Snapshot>, Host)>,
+    applied_from: PerFamily<Option<(Arc<Snapshot>, Host)>>,
     warned: HashSet<(String, String)>,
     watched: Arc<Watched>,
     failures: u32,
@@ -306,13 +315,13 @@ impl Worker {
             if self.state.is_none() {
                 continue;
             }
-            if !full && new_state && self.applied.is_some() {
+            if !full && new_state && self.has_applied() {
                 if self.fast().is_ok() {
                     continue;
                 }
                 full = true;
             }
-            if full || self.applied.is_none() {
+            if full || !self.has_applied() {
                 let ok = self.full().is_ok();
                 self.failures = if ok { 0 } else { self.failures + 1 };
                 // A failure comes back soon, backing off to the resync interval.
@@ -363,7 +372,7 @@ impl Worker {
             match rx.recv_timeout(left) {
                 Ok(Cmd::State(s)) => {
                     self.state = Some(s);
-                    if self.applied.is_some() {
+                    if self.has_applied() {
                         let _ = self.fast();
                     }
                 }
@@ -373,20 +382,40 @@ impl Worker {
         }
     }
 
+    /// Whether every family of the current snapshot has an applied state the fast path can
+    /// start from.
+    fn has_applied(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.families().all(|f| self.applied[f].is_some()))
+    }
+
+    /// This host's facts in `family`, with the device as the kernel has it now.
+    fn host(&self, s: &Snapshot, family: Family) -> Option<Host> {
+        let device = self.watched.devices[family].load(Ordering::Relaxed);
+        let device = (s.devices[family].is_some() && device != 0).then_some(device);
+        Host::new(&s.ext, family, device)
+    }
+
     fn desired(&mut self, s: &Snapshot, host: &Host) -> Desired {
         let d = reconcile::desired(&s.cfg, host, &s.own, &s.leases);
         for skip in &d.skipped {
             if self.warned.insert((skip.key.clone(), skip.reason.clone())) {
-                tracing::warn!(key = %skip.key, reason = %skip.reason, "lease not programmed");
+                tracing::warn!(key = %skip.key, family = %host.family(), reason = %skip.reason, "lease not programmed");
             }
         }
+        d
+    }
+
+    /// The lease counts for the metrics: skipped is the most any family skipped (a lease
+    /// without an IPv6 subnet is not an IPv6 peer, and is no broken lease either).
+    fn count_leases(&self, s: &Snapshot, skipped: usize) {
         self.metrics
             .leases_known
             .store(s.leases.len() as u64, Ordering::Relaxed);
         self.metrics
             .leases_skipped
-            .store((d.skipped.len() + s.unreadable) as u64, Ordering::Relaxed);
-        d
+            .store((skipped + s.unreadable) as u64, Ordering::Relaxed);
     }
 
     /// Applies ops, logging and counting failures. Err if any failed.
@@ -400,18 +429,24 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .expect(ops);
         let results = self.nl.apply(ops);
-        let (ext, device) = match &self.state {
-            Some(s) => (
-                (s.ext.index, s.ext.name.clone()),
-                s.device.as_ref().map(|d| d.name.clone()),
-            ),
-            None => ((0, String::new()), None),
-        };
-        let device_index = self.watched.device.load(Ordering::Relaxed);
-        let dev = |i: u32| match &device {
-            Some(name) if i == device_index => name.clone(),
-            _ if i == ext.0 => ext.1.clone(),
-            _ => format!("#{i}"),
+        let mut names: Vec<(u32, String)> = Vec::new();
+        if let Some(s) = &self.state {
+            names.push((s.ext.index, s.ext.name.clone()));
+            for f in Family::ALL {
+                if let Some(d) = &s.devices[f] {
+                    names.push((
+                        self.watched.devices[f].load(Ordering::Relaxed),
+                        d.name.clone(),
+                    ));
+                }
+            }
+        }
+        let dev = |i: u32| {
+            names
+                .iter()
+                .rev()
+                .find(|(index, _)| *index == i)
+                .map_or_else(|| format!("#{i}"), |(_, n)| n.clone())
         };
         let mut failed = false;
         let mut repairs = 0;
@@ -443,74 +478,82 @@ impl Worker {
     }
 
     /// The fast path: the new desired state against the last applied one, without reading
-    /// the kernel. When only leases changed, only those are looked at, so the cost of an
-    /// event does not grow with the number of leases.
+    /// the kernel, family by family. When only leases changed, only those are looked at, so
+    /// the cost of an event does not grow with the number of leases.
     fn fast(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
             return Ok(());
         };
-        let device = self.watched.device.load(Ordering::Relaxed);
-        let device = (s.device.is_some() && device != 0).then_some(device);
-        let host = Host::new(&s.ext, device);
-        let (ops, peers) = match self.incremental(&s, &host) {
-            Some(ops) => {
-                self.metrics
-                    .leases_known
-                    .store(s.leases.len() as u64, Ordering::Relaxed);
-                (ops, self.applied.as_ref().map_or(0, |a| a.peers))
+        let mut result = Ok(());
+        let (mut changes, mut peers) = (0, 0);
+        let mut replaced = Vec::new();
+        for family in s.families() {
+            let Some(host) = self.host(&s, family) else {
+                continue;
+            };
+            let (ops, n) = match self.incremental(&s, &host) {
+                Some(ops) => (ops, self.applied[family].as_ref().map_or(0, |a| a.peers)),
+                None => {
+                    let desired = self.desired(&s, &host);
+                    self.count_leases(&s, desired.skipped.len());
+                    let Some(previous) = self.applied[family].take() else {
+                        return Err(Failure::NothingApplied);
+                    };
+                    let ops = reconcile::diff_applied(&desired, &previous);
+                    let n = desired.peers;
+                    self.applied[family] = Some(desired);
+                    (ops, n)
+                }
+            };
+            let applied = self.apply(&ops, None);
+            changes += ops.len();
+            peers += n;
+            // The snapshot this one replaces is freed after the clock stops: thousands of
+            // leases take a while to free, and by then the kernel is already programmed.
+            if applied.is_ok() {
+                replaced.push(self.applied_from[family].replace((s.clone(), host)));
+            } else {
+                self.applied[family] = None;
+                replaced.push(self.applied_from[family].take());
             }
-            None => {
-                let desired = self.desired(&s, &host);
-                let Some(previous) = self.applied.take() else {
-                    return Err(Failure::NothingApplied);
-                };
-                let ops = reconcile::diff_applied(&desired, &previous);
-                let peers = desired.peers;
-                self.applied = Some(desired);
-                (ops, peers)
-            }
-        };
-        let result = self.apply(&ops, None);
+            result = result.and(applied);
+        }
+        self.metrics
+            .leases_known
+            .store(s.leases.len() as u64, Ordering::Relaxed);
         self.metrics
             .peers_programmed
             .store(peers as u64, Ordering::Relaxed);
-        if result.is_ok() && !ops.is_empty() {
+        if result.is_ok() && changes > 0 {
             tracing::info!(
-                changes = ops.len(),
+                changes,
                 peers,
                 took_us = started.elapsed().as_micros() as u64,
                 "peers updated"
             );
         }
-        // The snapshot this one replaces is freed after the clock stops: thousands of leases
-        // take a while to free, and by then the kernel is already programmed.
-        let replaced = if result.is_ok() {
-            self.applied_from.replace((s, host))
-        } else {
-            self.applied = None;
-            self.applied_from.take()
-        };
         self.metrics.record_reconcile(started.elapsed());
         drop(replaced);
         result
     }
 
-    /// The operations for the leases that changed since the applied snapshot, updating the
-    /// applied state; `None` when anything else changed or the change needs the whole
-    /// picture (see [`reconcile::update`]).
+    /// The operations for the leases that changed since the applied snapshot of `host`'s
+    /// family, updating its applied state; `None` when anything else changed or the change
+    /// needs the whole picture (see [`reconcile::update`]).
     fn incremental(&mut self, s: &Snapshot, host: &Host) -> Option<Vec<Op>> {
-        let (prev, prev_host) = self.applied_from.as_ref()?;
-        if prev_host != host || prev.cfg != s.cfg || prev.own.subnet != s.own.subnet {
+        let family = host.family();
+        let (prev, prev_host) = self.applied_from[family].as_ref()?;
+        if prev_host != host || prev.cfg != s.cfg || prev.own.key_name() != s.own.key_name() {
             return None;
         }
         let (gone, added) = lease_delta(&prev.leases, &s.leases)?;
-        let applied = self.applied.as_mut()?;
+        let applied = self.applied[family].as_mut()?;
         reconcile::update(&s.cfg, host, &s.own, applied, &gone, &added)
     }
 
-    /// The full path: device, address, dumps, diff, apply, masquerade rules. A failure in
-    /// one step does not keep the others from running.
+    /// The full path: devices, addresses, dumps, diff and apply for each family, then the
+    /// masquerade rules. A failure in one step does not keep the others from running.
     fn full(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
@@ -520,29 +563,38 @@ impl Worker {
         if let Some(ext) = self.external_changed(&s) {
             // The agent answers with a new snapshot and a kick; this one is out of date.
             let _ = self.reports.send(Report {
-                device_mac: None,
                 ext: Some(ext),
+                ..Report::default()
             });
             return Err(Failure::Iface);
         }
-        let missing = self.ext_missing.is_some();
-        let device = match self.ensure_device(&s) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = self.reports.send(Report::default());
-                return Err(e);
+        let mut result = if self.ext_missing.is_some() {
+            Err(Failure::Iface)
+        } else {
+            Ok(())
+        };
+        let mut report = Report::default();
+        let mut skipped = 0;
+        for family in Family::ALL {
+            if !s.families().any(|f| f == family) {
+                self.applied[family] = None;
+                self.applied_from[family] = None;
+                continue;
             }
-        };
-        let mut result = match &device {
-            Some((spec, dev)) => self.ensure_address(&s, spec, dev),
-            None => Ok(()),
-        };
-        let kernel = self.reconcile_kernel(&s, device.as_ref().map(|(_, d)| d.index), started);
-        let masq = self.ensure_masquerade(&s);
-        result = result.and(kernel).and(masq);
-        if missing {
-            result = result.and(Err(Failure::Iface));
+            let (mac, pass) = self.full_family(&s, family, started);
+            report.device_mac[family] = mac;
+            skipped = skipped.max(pass.as_ref().map_or(0, |n| *n));
+            result = result.and(pass.map(|_| ()));
         }
+        self.count_leases(&s, skipped);
+        let peers: usize = Family::ALL
+            .iter()
+            .filter_map(|f| self.applied[*f].as_ref().map(|a| a.peers))
+            .sum();
+        self.metrics
+            .peers_programmed
+            .store(peers as u64, Ordering::Relaxed);
+        result = result.and(self.ensure_masquerade(&s));
 
         self.metrics.record_reconcile(started.elapsed());
         self.metrics
@@ -551,11 +603,30 @@ impl Worker {
         // A full pass parses whole kernel dumps (megabytes with thousands of peers), and lease
         // snapshots come and go between passes: hand the freed pages back to the kernel.
         release_free_memory();
-        let _ = self.reports.send(Report {
-            device_mac: device.map(|(_, d)| d.mac),
-            ext: None,
-        });
+        let _ = self.reports.send(report);
         result
+    }
+
+    /// One family's part of the full path: its device, the device's address, and the
+    /// kernel's objects. Gives the device's MAC and, when all went in, the number of leases
+    /// the family skipped.
+    fn full_family(
+        &mut self,
+        s: &Arc<Snapshot>,
+        family: Family,
+        started: Instant,
+    ) -> (Option<Mac>, Result<usize, Failure>) {
+        let device = match self.ensure_device(s, family) {
+            Ok(d) => d,
+            Err(e) => return (None, Err(e)),
+        };
+        let mac = device.as_ref().map(|(_, d)| d.mac);
+        let address = match (&device, s.own_subnet(family)) {
+            (Some((spec, dev)), Some(subnet)) => self.ensure_address(spec, dev, subnet),
+            _ => Ok(()),
+        };
+        let kernel = self.reconcile_kernel(s, family, started);
+        (mac, address.and(kernel))
     }
 
     /// Chooses the external interface again, as start-up did; the new one when it differs
@@ -591,25 +662,31 @@ impl Worker {
     fn watch(&self, s: &Snapshot) {
         *self
             .watched
-            .network
+            .networks
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = s.cfg.network;
+            .unwrap_or_else(|e| e.into_inner()) =
+            s.families().filter_map(|f| s.cfg.network_of(f)).collect();
         self.watched.ext.store(s.ext.index, Ordering::Relaxed);
     }
 
-    /// Creates or adopts the backend's device, if it needs one.
-    fn ensure_device(&mut self, s: &Snapshot) -> Result<Option<(DeviceSpec, Device)>, Failure> {
-        let Some(spec) = &s.device else {
+    /// Creates or adopts the backend's device of `family`, if it needs one.
+    fn ensure_device(
+        &mut self,
+        s: &Snapshot,
+        family: Family,
+    ) -> Result<Option<(DeviceSpec, Device)>, Failure> {
+        let Some(spec) = &s.devices[family] else {
             return Ok(None);
         };
         let backend = s.backend();
-        match backend.ensure_device(&mut self.nl, spec, backend.advertised_mac(&s.own.attrs)) {
+        let mac = backend.advertised_mac(&s.own.attrs, family);
+        match backend.ensure_device(&mut self.nl, spec, mac) {
             Ok(dev) => {
                 if dev.created {
                     tracing::warn!(device = %spec.name, mac = %format_mac(&dev.mac), "device was missing; recreated it");
                     self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
                 }
-                self.watched.device.store(dev.index, Ordering::Relaxed);
+                self.watched.devices[family].store(dev.index, Ordering::Relaxed);
                 Ok(Some((spec.clone(), dev)))
             }
             Err(e) => {
@@ -622,13 +699,13 @@ impl Worker {
 
     fn ensure_address(
         &mut self,
-        s: &Snapshot,
         spec: &DeviceSpec,
         dev: &Device,
+        subnet: IpNet,
     ) -> Result<(), Failure> {
-        match backend::ensure_address(&mut self.nl, dev.index, s.own_subnet()) {
+        match backend::ensure_address(&mut self.nl, dev.index, subnet) {
             Ok(true) => {
-                tracing::info!(device = %spec.name, subnet = %s.own_subnet(), "device address set");
+                tracing::info!(device = %spec.name, %subnet, "device address set");
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -640,30 +717,35 @@ impl Worker {
         }
     }
 
-    /// Routes, neighbours and FDB: the kernel's against the desired state, and the difference
-    /// applied. The applied state is kept only when everything went in.
+    /// Routes, neighbours and FDB of `family`: the kernel's against the desired state, and
+    /// the difference applied. The applied state is kept only when everything went in.
+    /// Gives the number of leases the family skipped.
     fn reconcile_kernel(
         &mut self,
         s: &Arc<Snapshot>,
-        device: Option<u32>,
+        family: Family,
         started: Instant,
-    ) -> Result<(), Failure> {
-        let host = Host::new(&s.ext, device);
+    ) -> Result<usize, Failure> {
+        let (Some(host), Some(own_subnet)) = (self.host(s, family), s.own_subnet(family)) else {
+            return Ok(0);
+        };
         let desired = self.desired(s, &host);
-        let actual = match reconcile::read_actual(&mut self.nl, &s.cfg, &host, s.own_subnet()) {
+        let skipped = desired.skipped.len();
+        let actual = match reconcile::read_actual(&mut self.nl, &s.cfg, &host, own_subnet) {
             Ok(a) => a,
             Err(e) => {
                 self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cannot read the kernel's routes, neighbours or FDB");
+                tracing::warn!(%family, error = %e, "cannot read the kernel's routes, neighbours or FDB");
                 return Err(Failure::Dump);
             }
         };
         let ops = reconcile::diff(&desired, &actual);
-        let previous = self.applied.take();
+        let previous = self.applied[family].take();
         let applying = Instant::now();
         let result = self.apply(&ops, previous.as_ref());
         if !ops.is_empty() {
             tracing::info!(
+                %family,
                 changes = ops.len(),
                 peers = desired.peers,
                 before_apply_us = (applying - started).as_micros() as u64,
@@ -671,16 +753,13 @@ impl Worker {
                 "kernel state reconciled"
             );
         }
-        self.metrics
-            .peers_programmed
-            .store(desired.peers as u64, Ordering::Relaxed);
         if result.is_ok() {
-            self.applied = Some(desired);
-            self.applied_from = Some((s.clone(), host));
+            self.applied[family] = Some(desired);
+            self.applied_from[family] = Some((s.clone(), host));
         } else {
-            self.applied_from = None;
+            self.applied_from[family] = None;
         }
-        result
+        result.map(|()| skipped)
     }
 
     fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {

@@ -1,12 +1,15 @@
 //! Choosing the external interface and the public IP, as flanneld does: `--iface` (a name or
 //! an address, first match wins), then `--iface-regex`, then `--iface-can-reach`, then the
-//! interface holding the default route. Pure over the kernel's links, addresses and routes.
+//! interface holding the default route. IPv6 comes from the same interface (`--iface`,
+//! `--iface-regex` and `--iface-can-reach` take IPv6 addresses too, where flannel's take IPv4
+//! only). Pure over the kernel's links, addresses and routes.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::netlink::{Address, Family, Link, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
+use crate::netlink::{Address, Family as Dump, Link, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
+use crate::subnet::Family;
 
 /// How to pick the external interface and public IP: weftd's flags, which `weftctl check`
 /// shares (with the same WEFTD_* variables) so one environment file serves both.
@@ -32,18 +35,23 @@ pub struct IfaceSelect {
     )]
     pub regexes: Vec<String>,
 
-    /// Use the interface the kernel would route this address through. Used when neither
-    /// --iface nor --iface-regex is given. Default: none.
+    /// Use the interface the kernel would route this address (IPv4 or IPv6) through. Used
+    /// when neither --iface nor --iface-regex is given. Default: none.
     #[arg(
         long = "iface-can-reach",
         value_name = "IFACE_CAN_REACH",
         env = "WEFTD_IFACE_CAN_REACH"
     )]
-    pub can_reach: Option<Ipv4Addr>,
+    pub can_reach: Option<IpAddr>,
 
     /// The address other hosts reach this one at. Default: the external interface's address.
     #[arg(long = "public-ip", env = "WEFTD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+
+    /// The IPv6 address other hosts reach this one at (dual stack). Default: the external
+    /// interface's first global IPv6 address.
+    #[arg(long = "public-ipv6", env = "WEFTD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 /// The chosen external interface.
@@ -60,6 +68,64 @@ pub struct ExtIface {
     pub addresses: Vec<Ipv4Addr>,
     /// The interface's IPv4 networks (for DirectRouting and host-gw reachability).
     pub networks: Vec<Ipv4Net>,
+    /// The same facts for IPv6, when the interface has a global IPv6 address (or
+    /// `--public-ipv6` names one).
+    pub v6: Option<ExtV6>,
+}
+
+/// The external interface's IPv6 facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtV6 {
+    /// The interface's own IPv6 address used as the VXLAN source.
+    pub iface_addr: Ipv6Addr,
+    /// `--public-ipv6`, else `iface_addr`.
+    pub public_ip: Ipv6Addr,
+    pub addresses: Vec<Ipv6Addr>,
+    pub networks: Vec<Ipv6Net>,
+}
+
+impl ExtIface {
+    /// The source address for tunnels in `family`.
+    pub fn local(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => Some(self.iface_addr.into()),
+            Family::V6 => self.v6.as_ref().map(|v| v.iface_addr.into()),
+        }
+    }
+
+    /// The address peers reach this host at in `family`.
+    pub fn public(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => Some(self.public_ip.into()),
+            Family::V6 => self.v6.as_ref().map(|v| v.public_ip.into()),
+        }
+    }
+
+    /// The interface's addresses in `family`.
+    pub fn addresses_of(&self, family: Family) -> Vec<IpAddr> {
+        match family {
+            Family::V4 => self.addresses.iter().map(|a| (*a).into()).collect(),
+            Family::V6 => self
+                .v6
+                .iter()
+                .flat_map(|v| &v.addresses)
+                .map(|a| (*a).into())
+                .collect(),
+        }
+    }
+
+    /// The interface's networks in `family`.
+    pub fn networks_of(&self, family: Family) -> Vec<IpNet> {
+        match family {
+            Family::V4 => self.networks.iter().map(|n| (*n).into()).collect(),
+            Family::V6 => self
+                .v6
+                .iter()
+                .flat_map(|v| &v.networks)
+                .map(|n| (*n).into())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -73,11 +139,11 @@ pub enum IfaceError {
     #[error("--iface-regex {0}: no interface name or address matches")]
     NoRegexMatch(String),
     #[error("--iface-can-reach {0}: no route reaches that address")]
-    Unreachable(Ipv4Addr),
+    Unreachable(IpAddr),
     #[error("no default route, so no interface to use: pass --iface, --iface-regex or --iface-can-reach")]
     NoDefaultRoute,
-    #[error("--public-ip {0} is not usable: {1}")]
-    BadPublicIp(Ipv4Addr, &'static str),
+    #[error("--public-ip/--public-ipv6 {0} is not usable: {1}")]
+    BadPublicIp(IpAddr, &'static str),
 }
 
 fn v4_addrs(addrs: &[Address], index: u32) -> Vec<Ipv4Net> {
@@ -91,33 +157,72 @@ fn v4_addrs(addrs: &[Address], index: u32) -> Vec<Ipv4Net> {
         .collect()
 }
 
+/// The interface's global IPv6 addresses: link-local ones cannot carry a tunnel to another
+/// network.
+fn v6_addrs(addrs: &[Address], index: u32) -> Vec<Ipv6Net> {
+    addrs
+        .iter()
+        .filter(|a| a.index == index)
+        .filter_map(|a| match a.addr {
+            IpNet::V6(n) if !n.addr().is_loopback() && !n.addr().is_unicast_link_local() => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why an address cannot be what peers send to.
+fn unusable(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() || ip.is_loopback() {
+        Some("it is unspecified or loopback")
+    } else if ip.is_multicast() || matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
+        Some("it is multicast or broadcast")
+    } else {
+        None
+    }
+}
+
+/// The chosen link's facts. `prefer` is the address `--iface` or `--iface-regex` named, used
+/// as the tunnel source of its family.
 fn build(
     link: &Link,
     addrs: &[Address],
-    prefer: Option<Ipv4Addr>,
+    prefer: Option<IpAddr>,
     sel: &IfaceSelect,
 ) -> Result<ExtIface, IfaceError> {
     let networks = v4_addrs(addrs, link.index);
     let iface_addr = match prefer {
-        Some(p) => p,
-        None => networks
+        Some(IpAddr::V4(p)) => p,
+        _ => networks
             .first()
             .map(|n| n.addr())
             .ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?,
     };
     let public_ip = sel.public_ip.unwrap_or(iface_addr);
-    if public_ip.is_unspecified() || public_ip.is_loopback() {
-        return Err(IfaceError::BadPublicIp(
-            public_ip,
-            "it is unspecified or loopback",
-        ));
+    if let Some(why) = unusable(public_ip.into()) {
+        return Err(IfaceError::BadPublicIp(public_ip.into(), why));
     }
-    if public_ip.is_multicast() || public_ip.is_broadcast() {
-        return Err(IfaceError::BadPublicIp(
-            public_ip,
-            "it is multicast or broadcast",
-        ));
-    }
+    let networks6 = v6_addrs(addrs, link.index);
+    let iface_addr6 = match prefer {
+        Some(IpAddr::V6(p)) => Some(p),
+        _ => networks6.first().map(|n| n.addr()),
+    };
+    let v6 = match (iface_addr6, sel.public_ipv6) {
+        (None, None) => None,
+        (local, public) => {
+            let public_ip = public.or(local).expect("one of the two is set");
+            if let Some(why) = unusable(public_ip.into()) {
+                return Err(IfaceError::BadPublicIp(public_ip.into(), why));
+            }
+            Some(ExtV6 {
+                // Without an IPv6 address of its own the interface cannot source a tunnel;
+                // the public one is all there is.
+                iface_addr: local.unwrap_or(public_ip),
+                public_ip,
+                addresses: networks6.iter().map(|n| n.addr()).collect(),
+                networks: networks6.iter().map(|n| n.trunc()).collect(),
+            })
+        }
+    };
     Ok(ExtIface {
         index: link.index,
         name: link.name.clone(),
@@ -126,15 +231,16 @@ fn build(
         public_ip,
         addresses: networks.iter().map(|n| n.addr()).collect(),
         networks: networks.iter().map(|n| n.trunc()).collect(),
+        v6,
     })
 }
 
-/// Longest-prefix match over the main table's IPv4 routes.
-fn route_to(routes: &[Route], dst: Ipv4Addr) -> Option<&Route> {
+/// Longest-prefix match over the main table's routes.
+fn route_to(routes: &[Route], dst: IpAddr) -> Option<&Route> {
     routes
         .iter()
         .filter(|r| r.table == RT_TABLE_MAIN)
-        .filter(|r| matches!(r.dst, IpNet::V4(n) if n.contains(&dst)))
+        .filter(|r| r.dst.contains(&dst))
         .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric.unwrap_or(0))))
 }
 
@@ -156,7 +262,10 @@ pub fn choose_in(nl: &mut Netlink, sel: &IfaceSelect) -> Result<ExtIface, Choose
     // when no route decides.
     let by_route = sel.ifaces.is_empty() && sel.regexes.is_empty();
     let routes = if by_route {
-        nl.routes(Family::V4)?
+        nl.routes(match sel.can_reach {
+            Some(IpAddr::V6(_)) => Dump::V6,
+            _ => Dump::V4,
+        })?
     } else {
         Vec::new()
     };
@@ -172,11 +281,11 @@ pub fn choose(
     if !sel.ifaces.is_empty() {
         let mut first_err = None;
         for want in &sel.ifaces {
-            let by_addr: Option<Ipv4Addr> = want.parse().ok();
+            let by_addr: Option<IpAddr> = want.parse().ok();
             let found = match by_addr {
                 Some(ip) => addrs
                     .iter()
-                    .find(|a| a.addr.addr() == IpAddr::V4(ip))
+                    .find(|a| a.addr.addr() == ip)
                     .and_then(|a| links.iter().find(|l| l.index == a.index)),
                 None => links.iter().find(|l| &l.name == want),
             };
@@ -204,7 +313,9 @@ pub fn choose(
                         return Ok(e);
                     }
                 }
-                for net in v4_addrs(addrs, link.index) {
+                let own = v4_addrs(addrs, link.index).into_iter().map(IpNet::V4);
+                let own = own.chain(v6_addrs(addrs, link.index).into_iter().map(IpNet::V6));
+                for net in own {
                     if re.is_match(&net.addr().to_string()) {
                         return build(link, addrs, Some(net.addr()), sel);
                     }

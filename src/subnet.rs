@@ -63,6 +63,37 @@ impl Family {
     }
 }
 
+impl Family {
+    /// Both families, IPv4 first (the order flannel writes them in).
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+}
+
+/// One value per family: what the datapath keeps for the IPv4 and the IPv6 overlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerFamily<T> {
+    pub v4: T,
+    pub v6: T,
+}
+
+impl<T> std::ops::Index<Family> for PerFamily<T> {
+    type Output = T;
+    fn index(&self, f: Family) -> &T {
+        match f {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Family> for PerFamily<T> {
+    fn index_mut(&mut self, f: Family) -> &mut T {
+        match f {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
+
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -159,11 +190,21 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net, SubnetError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseTarget {
     Subnet(Ipv4Net),
-    Address(Ipv4Addr),
+    /// A lease's IPv6 subnet.
+    Subnet6(Ipv6Net),
+    Address(IpAddr),
 }
 
 /// Parses an operator's `leases show` argument; the error names the value.
 pub fn parse_lease_target(s: &str) -> Result<LeaseTarget, SubnetError> {
+    if let Ok(n) = s.parse::<Ipv6Net>() {
+        if n.trunc() != n {
+            return Err(SubnetError::BadSubnet {
+                value: s.to_string(),
+            });
+        }
+        return Ok(LeaseTarget::Subnet6(n));
+    }
     if s.contains('/') || s.contains('-') {
         return parse_subnet(s).map(LeaseTarget::Subnet);
     }
@@ -362,7 +403,21 @@ mod tests {
                 let ip = Ipv4Addr::from(a);
                 prop_assert_eq!(
                     parse_lease_target(&ip.to_string()).unwrap(),
-                    LeaseTarget::Address(ip)
+                    LeaseTarget::Address(ip.into())
+                );
+            }
+
+            #[test]
+            fn ipv6_arguments_round_trip(a in any::<u128>(), len in 0u8..=128) {
+                let ip = Ipv6Addr::from(a);
+                prop_assert_eq!(
+                    parse_lease_target(&ip.to_string()).unwrap(),
+                    LeaseTarget::Address(ip.into())
+                );
+                let net = Ipv6Net::new(ip, len).unwrap().trunc();
+                prop_assert_eq!(
+                    parse_lease_target(&net.to_string()).unwrap(),
+                    LeaseTarget::Subnet6(net)
                 );
             }
         }

@@ -177,6 +177,11 @@ impl SubnetEnv {
     pub fn subnet_network(&self) -> Option<Ipv4Net> {
         self.subnet.map(|s| s.trunc())
     }
+
+    /// The IPv6 subnet itself (`FLANNEL_IPV6_SUBNET` holds its first address).
+    pub fn subnet6_network(&self) -> Option<Ipv6Net> {
+        self.ipv6_subnet.map(|s| s.trunc())
+    }
 }
 
 /// Writes a file so that a reader sees the old or the new text, never half of it: a temporary

@@ -187,7 +187,7 @@ async fn reservation_is_honoured_and_never_given_to_another_host() {
         setup(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "vxlan"}}"#).await;
     let reserved: Ipv4Net = "198.19.0.32/28".parse().unwrap();
     store
-        .add_reservation(reserved, host(9).public_ip)
+        .add_reservation(reserved, host(9).public_ip, None)
         .await
         .unwrap();
     let key = format!("{PREFIX}198.19.0.32-28");

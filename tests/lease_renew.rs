@@ -122,7 +122,7 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
 
     // An operator pins the subnet: the next renewal finds a reservation, not a lost lease.
     store
-        .add_reservation(a.subnet, host(1).public_ip)
+        .add_reservation(a.subnet, host(1).public_ip, None)
         .await
         .unwrap();
     let r = store.renew_lease(&a2, hour).await.unwrap();

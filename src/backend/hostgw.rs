@@ -37,13 +37,20 @@ impl Backend for HostGw {
 
     /// Peers route to the public IP, so it must be an address of this host's interface.
     #[cfg(feature = "daemon")]
-    fn usable(&self, ext: &ExtIface) -> Result<(), String> {
-        if ext.addresses.contains(&ext.public_ip) {
+    fn usable(&self, ext: &ExtIface, family: Family) -> Result<(), String> {
+        let Some(public_ip) = ext.public(family) else {
+            return Ok(());
+        };
+        if ext.addresses_of(family).contains(&public_ip) {
             return Ok(());
         }
+        let flag = match family {
+            Family::V4 => "--public-ip",
+            Family::V6 => "--public-ipv6",
+        };
         Err(format!(
-            "host-gw needs the public IP on the external interface, but {} is not an address of {}; drop --public-ip or pick the interface that holds it",
-            ext.public_ip, ext.name
+            "host-gw needs the public IP on the external interface, but {public_ip} is not an address of {}; drop {flag} or pick the interface that holds it",
+            ext.name
         ))
     }
 

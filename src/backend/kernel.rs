@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::iface::ExtIface;
 use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
@@ -24,14 +24,14 @@ pub struct Host {
 }
 
 impl Host {
-    /// This host's IPv4 facts.
-    pub fn new(ext: &ExtIface, device: Option<u32>) -> Host {
-        Host {
-            public_ip: ext.public_ip.into(),
+    /// This host's facts in `family`; `None` when the external interface has none.
+    pub fn new(ext: &ExtIface, family: Family, device: Option<u32>) -> Option<Host> {
+        Some(Host {
+            public_ip: ext.public(family)?,
             ext_index: ext.index,
-            ext_networks: ext.networks.iter().map(|n| IpNet::V4(*n)).collect(),
+            ext_networks: ext.networks_of(family),
             device,
-        }
+        })
     }
 
     pub fn family(&self) -> Family {
@@ -104,16 +104,21 @@ pub enum DeviceError {
     Foreign(String),
 }
 
-/// Gives a device exactly one address inside the network: `<subnet ip>/32`. An address left
-/// from an earlier lease (another subnet) is removed.
-pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: Ipv4Net) -> Result<bool, NetlinkError> {
-    let want = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("32 is a valid prefix"));
+/// Gives a device exactly one address of the subnet's family: `<subnet ip>/32` (`/128`). An
+/// address left from an earlier lease (another subnet) is removed; IPv6 link-local addresses
+/// are the kernel's and stay.
+pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: IpNet) -> Result<bool, NetlinkError> {
+    let family = Family::of(subnet.addr());
+    let want = IpNet::new(subnet.network(), family.bits()).expect("a full-length prefix is valid");
     let mut changed = false;
     let mut present = false;
     for a in nl.addresses(Some(index))? {
+        let ip = a.addr.addr();
         if a.addr == want {
             present = true;
-        } else if a.addr.addr().is_ipv4() {
+        } else if Family::of(ip) == family
+            && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+        {
             nl.del_address(index, a.addr)?;
             changed = true;
         }

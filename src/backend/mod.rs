@@ -170,9 +170,9 @@ pub trait Backend {
     /// Bytes the backend takes from the external interface's MTU over a `family` underlay.
     fn mtu_overhead(&self, family: Family) -> u32;
 
-    /// Refuses an external interface the backend cannot work with (at start-up).
+    /// Refuses an external interface the backend cannot work with in `family` (at start-up).
     #[cfg(feature = "daemon")]
-    fn usable(&self, _ext: &ExtIface) -> Result<(), String> {
+    fn usable(&self, _ext: &ExtIface, _family: Family) -> Result<(), String> {
         Ok(())
     }
 
@@ -197,19 +197,22 @@ pub trait Backend {
     #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String>;
 
-    /// The `BackendData` this host writes into its own lease, given its device's MAC.
+    /// The `BackendData` (`BackendV6Data`) this host writes into its own lease, given the MAC
+    /// of its device of that family.
     #[cfg(feature = "daemon")]
     fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value>;
 
-    /// The device MAC a lease advertises (kept when the device must be recreated).
+    /// The MAC a lease advertises for the device of `family` (kept when the device must be
+    /// recreated).
     #[cfg(feature = "daemon")]
-    fn advertised_mac(&self, _attrs: &LeaseAttrs) -> Option<Mac> {
+    fn advertised_mac(&self, _attrs: &LeaseAttrs, _family: Family) -> Option<Mac> {
         None
     }
 
-    /// What `weftctl check` finds wrong with the backend's device beyond MTU and state.
+    /// What `weftctl check` finds wrong with the backend's device of `family` beyond MTU and
+    /// state.
     #[cfg(feature = "daemon")]
-    fn check_device(&self, _link: &Link, _own: &Lease) -> Vec<String> {
+    fn check_device(&self, _link: &Link, _own: &Lease, _family: Family) -> Vec<String> {
         Vec::new()
     }
 }
@@ -230,6 +233,19 @@ mod tests {
             public_ip: "198.18.0.1".parse().unwrap(),
             addresses: vec!["198.18.0.1".parse().unwrap()],
             networks: vec!["198.18.0.0/24".parse().unwrap()],
+            v6: None,
+        }
+    }
+
+    fn ext6() -> ExtIface {
+        ExtIface {
+            v6: Some(crate::iface::ExtV6 {
+                iface_addr: "2001:db8::1".parse().unwrap(),
+                public_ip: "2001:db8::1".parse().unwrap(),
+                addresses: vec!["2001:db8::1".parse().unwrap()],
+                networks: vec!["2001:db8::/64".parse().unwrap()],
+            }),
+            ..ext()
         }
     }
 
@@ -258,6 +274,11 @@ mod tests {
         assert_eq!(link.local, "198.18.0.1".parse::<IpAddr>().unwrap());
         assert!(vx.device(&ext(), None, Family::V6).is_none());
         assert_eq!(vx.mtu_overhead(Family::V6), 70);
+        let spec = vx.device(&ext6(), None, Family::V6).unwrap();
+        assert_eq!((spec.name.as_str(), spec.mtu), ("flannel-v6.7", 1430));
+        let link = vxlan_link(&spec);
+        assert_eq!((link.vni, link.lower), (7, Some(2)));
+        assert_eq!(link.local, "2001:db8::1".parse::<IpAddr>().unwrap());
 
         let cfg = backend_cfg(r#"{"Type":"vxlan","MTU":1400,"Port":4789}"#);
         let spec = of(&cfg).device(&ext(), Some("weft.1"), Family::V4).unwrap();
@@ -283,23 +304,31 @@ mod tests {
             backend_data: Some(data),
             ..LeaseAttrs::new_host_gw("198.18.0.1".parse().unwrap())
         };
-        assert_eq!(vx.advertised_mac(&attrs), Some([0x0e, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            vx.advertised_mac(&attrs, Family::V4),
+            Some([0x0e, 0, 0, 0, 0, 1])
+        );
         assert_eq!(of(&BackendConfig::HostGw).lease_data(None), None);
-        assert_eq!(of(&BackendConfig::HostGw).advertised_mac(&attrs), None);
+        assert_eq!(
+            of(&BackendConfig::HostGw).advertised_mac(&attrs, Family::V4),
+            None
+        );
     }
 
     #[test]
     fn host_gw_needs_the_public_ip_on_the_interface() {
         let hg = of(&BackendConfig::HostGw);
-        assert!(hg.usable(&ext()).is_ok());
+        assert!(hg.usable(&ext(), Family::V4).is_ok());
         let mut e = ext();
         e.public_ip = "198.18.9.9".parse().unwrap();
-        let why = hg.usable(&e).unwrap_err();
+        let why = hg.usable(&e, Family::V4).unwrap_err();
         assert!(
             why.contains("198.18.9.9 is not an address of eth0"),
             "{why}"
         );
-        assert!(of(&backend_cfg(r#"{"Type":"vxlan"}"#)).usable(&e).is_ok());
+        assert!(of(&backend_cfg(r#"{"Type":"vxlan"}"#))
+            .usable(&e, Family::V4)
+            .is_ok());
     }
 
     #[test]
@@ -324,9 +353,9 @@ mod tests {
             master: None,
             vxlan: None,
         };
-        assert!(vx.check_device(&link, &own).is_empty());
+        assert!(vx.check_device(&link, &own, Family::V4).is_empty());
         link.mac = Some([0x0e, 0, 0, 0, 0, 2]);
-        let found = vx.check_device(&link, &own);
+        let found = vx.check_device(&link, &own, Family::V4);
         assert_eq!(
             found,
             ["device flannel.1 has MAC 0e:00:00:00:00:02 but the lease advertises 0e:00:00:00:00:01"]

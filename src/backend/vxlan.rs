@@ -160,17 +160,21 @@ impl Backend for VxlanConfig {
         }
     }
 
-    /// `flannel.<VNI>` with the config's MTU, else the external interface's less the overhead.
+    /// `flannel.<VNI>` (`flannel-v6.<VNI>` over the IPv6 underlay) with the config's MTU, else
+    /// the external interface's less the family's overhead.
     #[cfg(feature = "daemon")]
     fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
-        if family != Family::V4 {
-            return None;
-        }
-        let local = IpAddr::V4(ext.iface_addr);
+        let local: IpAddr = ext.local(family)?;
         let mtu = self
             .mtu
             .unwrap_or(ext.mtu.saturating_sub(self.mtu_overhead(family)));
-        let name = name.map_or_else(|| format!("flannel.{}", self.vni), str::to_string);
+        let name = name.map_or_else(
+            || match family {
+                Family::V4 => format!("flannel.{}", self.vni),
+                Family::V6 => format!("flannel-v6.{}", self.vni),
+            },
+            str::to_string,
+        );
         let link = VxlanSpec {
             name: name.clone(),
             vni: self.vni,
@@ -271,25 +275,33 @@ impl Backend for VxlanConfig {
     }
 
     #[cfg(feature = "daemon")]
-    fn advertised_mac(&self, attrs: &LeaseAttrs) -> Option<Mac> {
-        attrs.vxlan_data().and_then(|d| parse_mac(&d.vtep_mac).ok())
+    fn advertised_mac(&self, attrs: &LeaseAttrs, family: Family) -> Option<Mac> {
+        advertised(attrs, family).and_then(|d| parse_mac(&d.vtep_mac).ok())
     }
 
     /// Peers send to the MAC the lease advertises, so the device must have it.
     #[cfg(feature = "daemon")]
-    fn check_device(&self, link: &Link, own: &Lease) -> Vec<String> {
-        if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs) {
+    fn check_device(&self, link: &Link, own: &Lease, family: Family) -> Vec<String> {
+        if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs, family) {
             return Vec::new();
         }
         vec![format!(
             "device {} has MAC {} but the lease advertises {}",
             link.name,
             link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-            own.attrs
-                .vxlan_data()
+            advertised(&own.attrs, family)
                 .map(|d| d.vtep_mac)
                 .unwrap_or_else(|| "none".into())
         )]
+    }
+}
+
+/// The VXLAN data a lease advertises for `family`.
+#[cfg(feature = "daemon")]
+fn advertised(attrs: &LeaseAttrs, family: Family) -> Option<VxlanLeaseData> {
+    match family {
+        Family::V4 => attrs.vxlan_data(),
+        Family::V6 => attrs.vxlan_v6_data(),
     }
 }
 

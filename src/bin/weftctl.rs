@@ -2,7 +2,9 @@
 //! Tables for people, `-o json` for scripts; etcd flags and environment are weftd's.
 
 use std::io::{IsTerminal, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::Ipv6Net;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -144,7 +146,16 @@ enum ReservationsCmd {
     /// All reservations, sorted by subnet.
     List,
     /// Reserve SUBNET for the host with PUBLIC_IP.
-    Add { subnet: String, public_ip: Ipv4Addr },
+    Add {
+        subnet: String,
+        public_ip: Ipv4Addr,
+        /// Also reserve this IPv6 subnet (dual stack); needs --public-ipv6.
+        #[arg(long, requires = "public_ipv6")]
+        ipv6_subnet: Option<Ipv6Net>,
+        /// The host's public IPv6 address, with --ipv6-subnet.
+        #[arg(long, requires = "ipv6_subnet")]
+        public_ipv6: Option<Ipv6Addr>,
+    },
     /// Remove a reservation.
     Remove { subnet: String },
 }
@@ -232,10 +243,22 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Reservations(cmd) => match cmd {
             ReservationsCmd::List => leases_list(&store, out, true).await,
-            ReservationsCmd::Add { subnet, public_ip } => {
+            ReservationsCmd::Add {
+                subnet,
+                public_ip,
+                ipv6_subnet,
+                public_ipv6,
+            } => {
                 let sn = parse_subnet(&subnet)?;
-                store.add_reservation(sn, public_ip).await?;
-                println!("reserved {sn} for {public_ip}");
+                let v6 = ipv6_subnet.zip(public_ipv6);
+                if let Some((s6, _)) = v6.filter(|(s6, _)| s6.trunc() != *s6) {
+                    bail!("--ipv6-subnet {s6}: not a subnet address (host bits are set)");
+                }
+                store.add_reservation(sn, public_ip, v6).await?;
+                match v6 {
+                    Some((s6, ip6)) => println!("reserved {sn} and {s6} for {public_ip} and {ip6}"),
+                    None => println!("reserved {sn} for {public_ip}"),
+                }
                 Ok(())
             }
             ReservationsCmd::Remove { subnet } => {
@@ -398,8 +421,11 @@ fn lease_json(l: &Lease) -> Value {
     json!({
         "subnet": l.subnet.to_string(),
         "public_ip": l.attrs.public_ip.to_string(),
+        "ipv6_subnet": l.subnet6.map(|s| s.to_string()),
+        "public_ipv6": l.attrs.public_ipv6.map(|a| a.to_string()),
         "backend_type": l.attrs.backend_type,
         "backend_data": l.attrs.backend_data,
+        "backend_v6_data": l.attrs.backend_v6_data,
         "expires_at": l.expiration.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         "reserved": l.is_reservation(),
     })
@@ -438,24 +464,33 @@ fn short_duration(d: Duration) -> String {
     }
 }
 
+/// The leases as a table; the IPv6 columns appear when any lease has an IPv6 part.
 fn print_table(leases: &[&Lease]) {
-    let rows: Vec<[String; 5]> = leases
+    let v6 = leases
+        .iter()
+        .any(|l| l.subnet6.is_some() || l.attrs.public_ipv6.is_some());
+    let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = leases
         .iter()
         .map(|l| {
-            [
-                l.subnet.to_string(),
-                l.attrs.public_ip.to_string(),
-                or_dash(&l.attrs.backend_type).to_string(),
-                l.attrs
-                    .vxlan_data()
-                    .map(|v| v.vtep_mac)
-                    .unwrap_or_else(|| "-".into()),
-                expires(l),
-            ]
+            let mut row = vec![l.subnet.to_string(), l.attrs.public_ip.to_string()];
+            if v6 {
+                row.push(dash(l.subnet6.map(|s| s.to_string())));
+                row.push(dash(l.attrs.public_ipv6.map(|a| a.to_string())));
+            }
+            row.push(or_dash(&l.attrs.backend_type).to_string());
+            row.push(dash(l.attrs.vxlan_data().map(|v| v.vtep_mac)));
+            row.push(expires(l));
+            row
         })
         .collect();
-    let header = ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
+    let mut header = vec!["SUBNET", "PUBLIC IP"];
+    if v6 {
+        header.extend(["IPV6 SUBNET", "PUBLIC IPV6"]);
+    }
+    header.extend(["BACKEND", "VTEP MAC", "EXPIRES"]);
+    let header: Vec<String> = header.into_iter().map(String::from).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
@@ -465,8 +500,8 @@ fn print_table(leases: &[&Lease]) {
     for r in std::iter::once(&header).chain(rows.iter()) {
         let line: Vec<String> = r
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
             .collect();
         let _ = writeln!(stdout, "{}", line.join("  ").trim_end());
     }
@@ -475,12 +510,20 @@ fn print_table(leases: &[&Lease]) {
 async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()> {
     let lease = match parse_lease_target(target)? {
         LeaseTarget::Subnet(sn) => store.get_lease(sn).await?,
-        LeaseTarget::Address(ip) => {
+        target => {
             let cfg = config_for_listing(store).await?;
             let list = store.list_leases(cfg.as_ref()).await?;
-            let by_subnet = list.leases.iter().find(|l| l.subnet.contains(&ip));
-            let by_public = list.leases.iter().find(|l| l.attrs.public_ip == ip);
-            by_subnet.or(by_public).cloned()
+            let found = |f: &dyn Fn(&Lease) -> bool| list.leases.iter().find(|l| f(l)).cloned();
+            match target {
+                LeaseTarget::Subnet6(s6) => found(&|l| l.subnet6 == Some(s6)),
+                LeaseTarget::Address(IpAddr::V4(ip)) => found(&|l| l.subnet.contains(&ip))
+                    .or_else(|| found(&|l| l.attrs.public_ip == ip)),
+                LeaseTarget::Address(IpAddr::V6(ip)) => {
+                    found(&|l| l.subnet6.is_some_and(|s| s.contains(&ip)))
+                        .or_else(|| found(&|l| l.attrs.public_ipv6 == Some(ip)))
+                }
+                LeaseTarget::Subnet(_) => unreachable!("looked up by key above"),
+            }
         }
     };
     let l = lease.ok_or_else(|| anyhow!("no lease for {target}"))?;
@@ -498,6 +541,12 @@ async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()>
             };
             let rows = [
                 ("Subnet", l.subnet.to_string()),
+                (
+                    "IPv6 subnet",
+                    l.subnet6
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ),
                 ("Public IP", l.attrs.public_ip.to_string()),
                 (
                     "Public IPv6",

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +12,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseTimeToLiveOptions,
     PutOptions, Txn, TxnOp,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 use super::endpoints::EndpointHealth;
@@ -846,24 +846,28 @@ impl EtcdStore {
     /// Acquires this host's lease, in flannel's order: the lease already holding
     /// `attrs.public_ip` if it still fits the config (its attributes are rewritten), else
     /// `prev_subnet` if free, else a random free subnet among the first 100 free ones.
-    /// A lost creation race re-reads the leases and tries again.
+    /// With IPv6 (the network has it and `attrs` carries a `PublicIPv6`) the IPv6 subnet is
+    /// chosen the same way on its own: the reused lease's when it still fits, else
+    /// `prev_subnet6`, else a random free one; a reused lease whose IPv6 part must change is
+    /// moved to its new key in one transaction. A lost race re-reads the leases and retries.
     pub async fn acquire_lease(
         &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        prev_subnet: Option<Ipv4Net>,
+        prev: impl Into<Previous>,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
+        let prev = prev.into();
         if cfg.network.is_none() {
             return Err(StoreError::Options(
-                "the network config has EnableIPv4 false; IPv6-only leases are not supported yet"
+                "the network config has EnableIPv4 false; flannel's etcd layout needs an IPv4 subnet in every lease key"
                     .into(),
             ));
         }
         let value = attrs.to_json();
         let mut granted: Option<i64> = None;
         let result = self
-            .acquire_attempts(cfg, attrs, &value, prev_subnet, ttl, &mut granted)
+            .acquire_attempts(cfg, attrs, &value, prev, ttl, &mut granted)
             .await;
         if result.is_err() {
             if let Some(id) = granted {
@@ -873,18 +877,34 @@ impl EtcdStore {
         result
     }
 
+    /// The etcd lease to hang a new key on: the one granted by an earlier attempt, else a
+    /// new one.
+    async fn granted(&self, granted: &mut Option<i64>, ttl: Duration) -> Result<i64, StoreError> {
+        match *granted {
+            Some(id) => Ok(id),
+            None => Ok(*granted.insert(self.grant(ttl).await?)),
+        }
+    }
+
     async fn acquire_attempts(
         &self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
         value: &str,
-        prev_subnet: Option<Ipv4Net>,
+        prev: Previous,
         ttl: Duration,
         granted: &mut Option<i64>,
     ) -> Result<Lease, StoreError> {
+        let want6 = attrs.public_ipv6.is_some() && cfg.ipv6_network.is_some();
         for attempt in 1..=MAX_ATTEMPTS {
             let (entries, _) = self.entries(0).await?;
-            let taken: HashSet<Ipv4Net> = entries.iter().filter_map(|e| e.subnet).collect();
+            let taken: HashSet<IpNet> = entries
+                .iter()
+                .filter_map(|e| e.lease.as_ref().ok())
+                .flat_map(|l| [Some(IpNet::V4(l.subnet)), l.subnet6.map(IpNet::V6)])
+                .flatten()
+                .chain(entries.iter().filter_map(|e| e.subnet.map(IpNet::V4)))
+                .collect();
             let mut mine: Vec<&Lease> = entries
                 .iter()
                 .filter_map(|e| e.lease.as_ref().ok())
@@ -894,77 +914,72 @@ impl EtcdStore {
             mine.sort_by_key(|l| (l.is_reservation(), l.mod_revision));
 
             if let Some(&old) = mine.last() {
-                let key = self.lease_key(old);
-                let unchanged = vec![Compare::mod_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    old.mod_revision,
-                )];
+                // The IPv6 part: a reservation's is the operator's; an ordinary lease keeps
+                // its own while it fits, else gets one as a new host would.
+                let subnet6 = if old.is_reservation() || !want6 {
+                    old.subnet6.filter(|_| want6 || old.is_reservation())
+                } else {
+                    match old.subnet6.filter(|s| cfg.subnet6_in_range(*s)) {
+                        Some(s) => Some(s),
+                        None => Some(choose6(cfg, prev.subnet6, &taken)?),
+                    }
+                };
                 let lease_id = if old.is_reservation() {
                     None
                 } else {
-                    Some(match *granted {
-                        Some(id) => id,
-                        None => *granted.insert(self.grant(ttl).await?),
-                    })
+                    Some(self.granted(granted, ttl).await?)
                 };
-                if let Some(rev) = self.put_if(&key, value, lease_id, unchanged).await? {
+                let new = Lease {
+                    subnet: old.subnet,
+                    subnet6,
+                    attrs: attrs.clone(),
+                    expiration: lease_id.map(|_| SystemTime::now() + ttl),
+                    etcd_lease_id: lease_id,
+                    mod_revision: 0,
+                };
+                if let Some(rev) = self.rewrite(old, &new, value).await? {
                     *granted = None;
                     // The key now hangs on the new etcd lease; the old one would only linger.
-                    let stale: Vec<i64> = mine[..mine.len() - 1]
+                    let stale: Vec<i64> = mine
                         .iter()
-                        .chain(std::iter::once(&old))
                         .filter_map(|l| l.etcd_lease_id)
                         .filter(|id| Some(*id) != lease_id)
                         .collect();
                     for id in stale {
                         self.revoke_quietly(id).await;
                     }
-                    info!(subnet = %old.subnet, reserved = old.is_reservation(), "reusing the lease held by {}", attrs.public_ip);
+                    info!(subnet = %old.subnet, ipv6_subnet = ?new.subnet6, reserved = old.is_reservation(), "reusing the lease held by {}", attrs.public_ip);
                     return Ok(Lease {
-                        subnet: old.subnet,
-                        subnet6: old.subnet6,
-                        attrs: attrs.clone(),
-                        expiration: lease_id.map(|_| SystemTime::now() + ttl),
-                        etcd_lease_id: lease_id,
                         mod_revision: rev,
+                        ..new
                     });
                 }
                 debug!(attempt, subnet = %old.subnet, "own lease changed while reusing it; retrying");
                 continue;
             }
 
-            let free = |s: &IpNet| !matches!(s, IpNet::V4(s) if taken.contains(s));
-            let pick = |n| rand::random_range(0..n);
-            let chosen = cfg.choose_subnet(
-                Family::V4,
-                prev_subnet.map(IpNet::V4),
-                free,
-                RANDOM_POOL,
-                pick,
+            let choice = choose(cfg, Family::V4, prev.subnet.map(IpNet::V4), &taken)?;
+            let IpNet::V4(choice) = choice else {
+                unreachable!("an IPv4 range gives IPv4 subnets")
+            };
+            let choice6 = if want6 {
+                Some(choose6(cfg, prev.subnet6, &taken)?)
+            } else {
+                None
+            };
+            let id = self.granted(granted, ttl).await?;
+            let key = format!(
+                "{}{}",
+                self.subnets_prefix(),
+                lease_key_name(choice, choice6)
             );
-            let Some(IpNet::V4(choice)) = chosen else {
-                let in_range = taken.iter().filter(|s| cfg.subnet_in_range(**s)).count() as u64;
-                return Err(StoreError::NoFreeSubnet {
-                    min: cfg.subnet_min.to_string(),
-                    max: cfg.subnet_max.to_string(),
-                    len: cfg.subnet_len,
-                    taken: in_range,
-                    total: cfg.subnet_count(),
-                });
-            };
-            let id = match *granted {
-                Some(id) => id,
-                None => *granted.insert(self.grant(ttl).await?),
-            };
-            let key = format!("{}{}", self.subnets_prefix(), lease_key_name(choice, None));
             let absent = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
             if let Some(rev) = self.put_if(&key, value, Some(id), absent).await? {
                 *granted = None;
-                info!(subnet = %choice, public_ip = %attrs.public_ip, "acquired a new lease");
+                info!(subnet = %choice, ipv6_subnet = ?choice6, public_ip = %attrs.public_ip, "acquired a new lease");
                 return Ok(Lease {
                     subnet: choice,
-                    subnet6: None,
+                    subnet6: choice6,
                     attrs: attrs.clone(),
                     expiration: Some(SystemTime::now() + ttl),
                     etcd_lease_id: Some(id),
@@ -976,6 +991,40 @@ impl EtcdStore {
         Err(StoreError::Contention {
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Writes `new` over `old` if `old` is unchanged since it was read: in place when the key
+    /// stays, else (the IPv6 part changed) the old key deleted and the new one created in
+    /// one transaction, so no moment has both or neither. The new revision, or `None` when
+    /// `old` changed or the new key is taken.
+    async fn rewrite(
+        &self,
+        old: &Lease,
+        new: &Lease,
+        value: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (old_key, new_key) = (self.lease_key(old), self.lease_key(new));
+        let opts = new.etcd_lease_id.map(|id| PutOptions::new().with_lease(id));
+        let mut when = vec![Compare::mod_revision(
+            old_key.as_str(),
+            CompareOp::Equal,
+            old.mod_revision,
+        )];
+        let mut ops = Vec::new();
+        if old_key != new_key {
+            when.push(Compare::version(new_key.as_str(), CompareOp::Equal, 0));
+            // The delete goes first so a watcher sees the old key leave before the new one
+            // arrives.
+            ops.push(TxnOp::delete(old_key.as_str(), None));
+            info!(old = %old_key, new = %new_key, "moving this host's lease to a new key (its IPv6 subnet changed)");
+        }
+        ops.push(TxnOp::put(new_key.as_str(), value, opts));
+        let txn = Txn::new().when(when).and_then(ops);
+        let mut c = self.client();
+        let resp = self.timed(format!("put {new_key}"), c.txn(txn)).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
     /// Renews a lease by keeping its one etcd lease alive (no new etcd lease per renewal).
@@ -1190,72 +1239,88 @@ impl EtcdStore {
     }
 
     /// Reserves `subnet` for `public_ip`: a key without an etcd lease, so it never expires.
-    /// A lease already held by the same PublicIP becomes the reservation.
+    /// A lease already held by the same PublicIP becomes the reservation. `v6` adds an IPv6
+    /// subnet and public IPv6 address to it (a dual-stack key).
     pub async fn add_reservation(
         &self,
         subnet: Ipv4Net,
         public_ip: Ipv4Addr,
+        v6: Option<(Ipv6Net, Ipv6Addr)>,
     ) -> Result<(), StoreError> {
         if let Some(cfg) = self.get_config().await? {
-            if !cfg.contains_subnet(subnet) {
-                return Err(StoreError::NotInNetwork {
-                    subnet: subnet.to_string(),
-                    network: cfg.network.map(|n| n.to_string()).unwrap_or_default(),
-                    len: cfg.subnet_len,
-                });
+            not_in_network(&cfg, IpNet::V4(subnet))?;
+            if let Some((s6, _)) = v6 {
+                not_in_network(&cfg, IpNet::V6(s6))?;
             }
         }
         let (entries, _) = self.entries(0).await?;
-        if let Some(other) = entries.iter().find_map(|e| {
-            e.lease.as_ref().ok().filter(|l| {
-                l.is_reservation() && l.attrs.public_ip == public_ip && l.subnet != subnet
-            })
-        }) {
+        let leases = || entries.iter().filter_map(|e| e.lease.as_ref().ok());
+        if let Some(other) = leases()
+            .find(|l| l.is_reservation() && l.attrs.public_ip == public_ip && l.subnet != subnet)
+        {
             return Err(StoreError::AlreadyReserved {
                 public_ip: public_ip.to_string(),
                 subnet: other.subnet.to_string(),
             });
         }
-        let existing = entries.iter().find(|e| e.subnet == Some(subnet));
-        let (key, value, when) = match existing {
-            None => {
-                let key = format!("{}{}", self.subnets_prefix(), lease_key_name(subnet, None));
-                let attrs = LeaseAttrs {
-                    public_ip,
-                    public_ipv6: None,
-                    backend_type: String::new(),
-                    backend_data: None,
-                    backend_v6_data: None,
-                };
-                let when = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
-                (key, attrs.to_json(), when)
+        if let Some((s6, _)) = v6 {
+            if let Some(other) = leases().find(|l| l.subnet6 == Some(s6) && l.subnet != subnet) {
+                return Err(StoreError::SubnetTaken {
+                    subnet: s6.to_string(),
+                    public_ip: other.attrs.public_ip.to_string(),
+                });
             }
-            Some(e) => match &e.lease {
-                Ok(l) if l.attrs.public_ip == public_ip => {
-                    let when = vec![Compare::mod_revision(
-                        e.key.as_str(),
-                        CompareOp::Equal,
-                        e.kv.mod_revision(),
-                    )];
-                    (e.key.clone(), l.attrs.to_json(), when)
-                }
-                Ok(l) => {
-                    return Err(StoreError::SubnetTaken {
-                        subnet: subnet.to_string(),
-                        public_ip: l.attrs.public_ip.to_string(),
-                    })
-                }
-                Err(why) => {
-                    return Err(StoreError::Lease(LeaseError::Value {
-                        key: e.key.clone(),
-                        why: why.clone(),
-                    }))
-                }
-            },
+        }
+        let mut attrs = LeaseAttrs {
+            public_ip,
+            public_ipv6: v6.map(|(_, ip)| ip),
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
         };
-        match self.put_if(&key, &value, None, when).await? {
+        let existing = entries.iter().find(|e| e.subnet == Some(subnet));
+        let old = match existing.map(|e| (e, &e.lease)) {
+            None => None,
+            Some((_, Ok(l))) if l.attrs.public_ip == public_ip => {
+                // The host's own lease: its attributes stay, the IPv6 part is the one asked.
+                let keep = attrs.public_ipv6;
+                attrs = l.attrs.clone();
+                attrs.public_ipv6 = keep.or(attrs.public_ipv6);
+                Some(l)
+            }
+            Some((_, Ok(l))) => {
+                return Err(StoreError::SubnetTaken {
+                    subnet: subnet.to_string(),
+                    public_ip: l.attrs.public_ip.to_string(),
+                })
+            }
+            Some((e, Err(why))) => {
+                return Err(StoreError::Lease(LeaseError::Value {
+                    key: e.key.clone(),
+                    why: why.clone(),
+                }))
+            }
+        };
+        let new = Lease {
+            subnet,
+            subnet6: v6.map(|(s, _)| s).or(old.and_then(|l| l.subnet6)),
+            attrs,
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: 0,
+        };
+        let value = new.attrs.to_json();
+        let done = match old {
+            Some(old) => self.rewrite(old, &new, &value).await?,
+            None => {
+                let key = self.lease_key(&new);
+                let when = vec![Compare::version(key.as_str(), CompareOp::Equal, 0)];
+                self.put_if(&key, &value, None, when).await?
+            }
+        };
+        match done {
             Some(_) => {
-                info!(%subnet, %public_ip, "reservation added");
+                info!(%subnet, %public_ip, ipv6_subnet = ?new.subnet6, "reservation added");
                 Ok(())
             }
             None => Err(StoreError::SubnetTaken {
@@ -1319,4 +1384,78 @@ pub(super) fn outside_network(l: &Lease, cfg: Option<&NetworkConfig>) -> Option<
         }
         .to_string(),
     )
+}
+/// What this host held before, for the acquisition to prefer: the subnets in the previous
+/// subnet.env (or the lease being re-acquired).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Previous {
+    pub subnet: Option<Ipv4Net>,
+    pub subnet6: Option<Ipv6Net>,
+}
+
+/// Refuses a subnet that is not one of the network's (of its family).
+fn not_in_network(cfg: &NetworkConfig, subnet: IpNet) -> Result<(), StoreError> {
+    if cfg.contains(subnet) {
+        return Ok(());
+    }
+    let family = Family::of(subnet.addr());
+    let len = match family {
+        Family::V4 => cfg.subnet_len,
+        Family::V6 => cfg.ipv6_subnet_len,
+    };
+    Err(StoreError::NotInNetwork {
+        subnet: subnet.to_string(),
+        network: cfg
+            .network_of(family)
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        len,
+    })
+}
+
+impl From<Option<Ipv4Net>> for Previous {
+    fn from(subnet: Option<Ipv4Net>) -> Previous {
+        Previous {
+            subnet,
+            subnet6: None,
+        }
+    }
+}
+
+/// flannel's choice of a new subnet in `family` (see [`NetworkConfig::choose_subnet`]), or
+/// the error naming the exhausted range.
+fn choose(
+    cfg: &NetworkConfig,
+    family: Family,
+    prev: Option<IpNet>,
+    taken: &HashSet<IpNet>,
+) -> Result<IpNet, StoreError> {
+    let free = |s: &IpNet| !taken.contains(s);
+    let pick = |n| rand::random_range(0..n);
+    if let Some(s) = cfg.choose_subnet(family, prev, free, RANDOM_POOL, pick) {
+        return Ok(s);
+    }
+    let (min, max, len) = cfg
+        .range_of(family)
+        .unwrap_or((family.addr(0), family.addr(0), 0));
+    let in_range = taken.iter().filter(|s| cfg.in_range(**s)).count() as u64;
+    Err(StoreError::NoFreeSubnet {
+        min: min.to_string(),
+        max: max.to_string(),
+        len,
+        taken: in_range,
+        total: cfg.subnet_count_in(family),
+    })
+}
+
+/// [`choose`] for IPv6.
+fn choose6(
+    cfg: &NetworkConfig,
+    prev: Option<Ipv6Net>,
+    taken: &HashSet<IpNet>,
+) -> Result<Ipv6Net, StoreError> {
+    match choose(cfg, Family::V6, prev.map(IpNet::V6), taken)? {
+        IpNet::V6(s) => Ok(s),
+        IpNet::V4(_) => unreachable!("an IPv6 range gives IPv6 subnets"),
+    }
 }

@@ -8,7 +8,7 @@ mod watch;
 
 use std::path::PathBuf;
 
-pub use etcd::{EtcdStore, LeaseList, SkippedLease};
+pub use etcd::{EtcdStore, LeaseList, Previous, SkippedLease};
 pub use watch::LeaseWatcher;
 
 use crate::config::ConfigErrors;
@@ -150,7 +150,7 @@ pub enum StoreError {
         max: String,
         len: u8,
         taken: u64,
-        total: u64,
+        total: u128,
     },
     #[error("no lease after {attempts} attempts: other hosts took each chosen subnet first")]
     Contention { attempts: u32 },
