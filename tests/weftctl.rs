@@ -204,8 +204,11 @@ async fn leases_table_and_json() {
             [
                 "backend_data",
                 "backend_type",
+                "backend_v6_data",
                 "expires_at",
+                "ipv6_subnet",
                 "public_ip",
+                "public_ipv6",
                 "reserved",
                 "subnet"
             ]

@@ -392,10 +392,14 @@ impl Pinger {
 
     /// Pings with `prefix` before `ping`: the command that puts ping where `src` is (a
     /// namespace, a container inside a machine).
-    pub fn start_with(prefix: Vec<String>, src: Ipv4Addr, dst: Ipv4Addr) -> Pinger {
+    pub fn start_with(
+        prefix: Vec<String>,
+        src: impl Into<std::net::IpAddr>,
+        dst: impl Into<std::net::IpAddr>,
+    ) -> Pinger {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let (src, dst) = (src.to_string(), dst.to_string());
+        let (src, dst) = (src.into().to_string(), dst.into().to_string());
         let thread = std::thread::spawn(move || {
             let mut totals = PingTotals::default();
             while !flag.load(Ordering::SeqCst) {

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod lab;
+pub mod lab6;
 pub mod machines;
 pub mod netns;
 pub mod podman;
