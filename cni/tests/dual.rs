@@ -470,3 +470,31 @@ fn ipv6_forwarding_keeps_router_advertisements_elsewhere() {
     host.plugin("DEL", "ra", Some(&ctr.path()), &host.conf("1.0.0"))
         .ok();
 }
+
+#[test]
+fn changed_ipv6_subnet_moves_the_bridge_address_and_keeps_link_local() {
+    let host = Host::new_dual(Some("198.19.61.0/24"), Some("2001:db8:61::/64"));
+    let conf = host.conf("1.0.0");
+    let (a, b) = (Netns::new("m"), Netns::new("m"));
+    let old = host.plugin("ADD", "old", Some(&a.path()), &conf).ok();
+    let link_local = || {
+        host.ns
+            .ip(&["-6", "addr", "show", "dev", &host.bridge, "scope", "link"])
+    };
+    assert!(link_local().contains("fe80::"), "{}", link_local());
+    host.write_subnet_env_dual(Some("198.19.62.0/24"), Some("2001:db8:62::/64"));
+    let new = host.plugin("ADD", "new", Some(&b.path()), &conf).ok();
+    assert!(v6_of(&new).to_string().starts_with("2001:db8:62::"));
+    assert_usable_v6(&host.ns, &host.bridge, &["2001:db8:62::1/64".to_string()]);
+    assert_eq!(
+        host.ns.addrs(&host.bridge),
+        vec!["198.19.62.1/24".to_string()]
+    );
+    assert!(link_local().contains("fe80::"), "{}", link_local());
+    assert!(b.ping("2001:db8:62::1"));
+    // The old container's addresses stay reserved until its own DEL.
+    assert!(host.reservations().contains(&v6_of(&old)));
+    host.plugin("DEL", "old", Some(&a.path()), &conf).ok();
+    host.plugin("DEL", "new", Some(&b.path()), &conf).ok();
+    assert!(host.reservations().is_empty());
+}
