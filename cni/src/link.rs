@@ -1,5 +1,5 @@
 //! The kernel side of an attachment, through the library's sync netlink layer: the bridge
-//! with the gateway address, the veth pair, the container end's address, MAC and routes, and
+//! with the gateway addresses, the veth pair, the container end's addresses, MAC and routes, and
 //! their removal. Nothing here decides policy; the commands do.
 
 use std::net::IpAddr;

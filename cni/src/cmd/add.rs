@@ -1,17 +1,18 @@
 //! ADD: an address from each of the host's subnets (IPv4, IPv6 or both), the bridge with
-//! their gateways, a veth pair with its container end configured. All or nothing: once the address is reserved, any failure
-//! removes what was made and releases it before the error goes back.
+//! their gateways, a veth pair with its container end configured. All or nothing: once an
+//! address is reserved, any failure removes what was made and releases every address before
+//! the error goes back.
 
 use std::fs::File;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{FamilySubnet, HostSubnet};
+use super::HostSubnet;
 use crate::config::NetConf;
 use crate::env::Attachment;
 use crate::error::{code, CniError, Result};
-use crate::ipam::Store;
+use crate::ipam::{Range, Store};
 use crate::link::{self, ContainerSide, Mac};
 use crate::result::{CniResult, Interface, IpConfig, RouteEntry};
 use crate::state::AttachmentState;
@@ -47,7 +48,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
     // earlier ones are released with it, so a failed ADD holds nothing.
     let mut addresses = Vec::new();
     for (family, wanted) in host.families.iter().zip(&requested) {
-        match reserve(&store, family, *wanted, att) {
+        match reserve(&store, &family.range, *wanted, att) {
             Ok(a) => addresses.push(a),
             Err(e) => {
                 release(&store, att);
@@ -191,11 +192,10 @@ fn refuse_duplicate(store: &Store, att: &Attachment) -> Result<()> {
 
 fn reserve(
     store: &Store,
-    family: &FamilySubnet,
+    range: &Range,
     requested: Option<IpAddr>,
     att: &Attachment,
 ) -> Result<IpNet> {
-    let range = &family.range;
     let (subnet, gateway) = (range.subnet, range.gateway);
     let ip = match requested {
         Some(ip) => {
