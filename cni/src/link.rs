@@ -98,7 +98,7 @@ fn add_address(nl: &mut Netlink, index: u32, addr: IpNet) -> std::result::Result
 /// IPv6 forwarding is switched on for all interfaces at once, and an interface that forwards
 /// ignores router advertisements unless its `accept_ra` is 2: a host that learns its default
 /// route by SLAAC on its uplink would lose it. So before switching it on, every interface that
-/// accepts them now (`accept_ra` 1) is moved to 2, which keeps it accepting them: each
+/// accepts them now (`accept_ra` 1, not forwarding) is moved to 2, which keeps it accepting them: each
 /// interface goes on doing what it did. weft's bridge is left out: advertisements there come
 /// from containers, and the host must never take routes from them. Interfaces made later
 /// start from `default`, as on any router: one that needs advertisements wants `accept_ra` 2.
@@ -127,9 +127,14 @@ fn keep_accepting_router_advertisements(nl: &mut Netlink, bridge: &str) -> Resul
         .iter()
         .filter(|l| l.name != bridge && l.name != "lo" && l.master.is_none())
     {
-        let path = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", l.name);
-        // An interface without IPv6 (disabled, or not a kind that has it) has no such file.
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        let conf = format!("/proc/sys/net/ipv6/conf/{}", l.name);
+        let is = |key: &str, want: &str| {
+            std::fs::read_to_string(format!("{conf}/{key}")).is_ok_and(|v| v.trim() == want)
+        };
+        // An interface without IPv6 (disabled, or not a kind that has it) has no such files;
+        // one that forwards already ignores advertisements and goes on ignoring them.
+        if is("accept_ra", "1") && is("forwarding", "0") {
+            let path = format!("{conf}/accept_ra");
             std::fs::write(&path, "2").map_err(|e| {
                 CniError::kernel(format!(
                     "cannot keep {} accepting router advertisements once IPv6 forwarding is \

@@ -445,14 +445,24 @@ fn requested_addresses_one_per_family() {
 #[test]
 fn ipv6_forwarding_keeps_router_advertisements_elsewhere() {
     let host = Host::new_dual(Some("198.19.60.0/24"), Some("2001:db8:60::/64"));
-    // An uplink that learns its route from router advertisements, and one told not to.
+    // An uplink that learns its route from router advertisements, one told not to, and one
+    // that forwards already (and so ignores them).
     host.ns.ip(&[
         "link", "add", "uplink0", "type", "veth", "peer", "name", "static0",
     ]);
-    let set = host
-        .ns
-        .exec(&["sysctl", "-qw", "net.ipv6.conf.static0.accept_ra=0"]);
-    assert!(set.status.success(), "sysctl (procps) failed: {set:?}");
+    host.ns.ip(&[
+        "link", "add", "router0", "type", "veth", "peer", "name", "router1",
+    ]);
+    for set in [
+        "net.ipv6.conf.static0.accept_ra=0",
+        "net.ipv6.conf.router0.forwarding=1",
+    ] {
+        let out = host.ns.exec(&["sysctl", "-qw", set]);
+        assert!(
+            out.status.success(),
+            "sysctl (procps) {set} failed: {out:?}"
+        );
+    }
     assert_eq!(host.ns.sysctl("net/ipv6/conf/all/forwarding"), "0");
     assert_eq!(host.ns.sysctl("net/ipv6/conf/uplink0/accept_ra"), "1");
     let ctr = Netns::new("r");
@@ -462,6 +472,8 @@ fn ipv6_forwarding_keeps_router_advertisements_elsewhere() {
     assert_eq!(host.ns.sysctl("net/ipv4/ip_forward"), "1");
     assert_eq!(host.ns.sysctl("net/ipv6/conf/uplink0/accept_ra"), "2");
     assert_eq!(host.ns.sysctl("net/ipv6/conf/static0/accept_ra"), "0");
+    assert_eq!(host.ns.sysctl("net/ipv6/conf/router0/accept_ra"), "1");
+    assert_eq!(host.ns.sysctl("net/ipv6/conf/router1/accept_ra"), "2");
     // The bridge does not take advertisements from containers.
     let bridge_ra = host
         .ns
