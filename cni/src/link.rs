@@ -1,12 +1,12 @@
 //! The kernel side of an attachment, through the library's sync netlink layer: the bridge
-//! with the gateway address, the veth pair, the container end's address, MAC and routes, and
+//! with the gateway addresses, the veth pair, the container end's addresses, MAC and routes, and
 //! their removal. Nothing here decides policy; the commands do.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 pub use weft::netlink::{format_mac, parse_mac, Link, Mac};
 use weft::netlink::{Family, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
 
@@ -36,56 +36,124 @@ pub fn in_netns(netns: &Path) -> Result<Netlink> {
         .map_err(|e| kernel(format_args!("cannot enter netns {}", netns.display()), e))
 }
 
-/// Makes the bridge exist, be up and hold `gateway` (address/prefix). Any other IPv4 address
-/// on it is the gateway of a subnet this host held before, so it is moved, not refused.
-pub fn ensure_bridge(nl: &mut Netlink, name: &str, gateway: Ipv4Net, mtu: u32) -> Result<Link> {
+/// Makes the bridge exist, be up and hold each family's gateway (address/prefix). Any other
+/// address of that family on it is the gateway of a subnet this host held before, so it is
+/// moved, not refused; IPv6 link-local addresses are the kernel's and stay.
+pub fn ensure_bridge(nl: &mut Netlink, name: &str, gateways: &[IpNet], mtu: u32) -> Result<Link> {
     let bridge = nl
         .create_bridge(name, Some(mtu))
         .map_err(|e| kernel(format_args!("cannot create bridge {name}"), e))?;
-    let want = IpNet::V4(gateway);
     let addrs = nl
         .addresses(Some(bridge.index))
         .map_err(|e| kernel(format_args!("cannot list addresses of {name}"), e))?;
-    for a in addrs
-        .iter()
-        .filter(|a| a.addr.addr().is_ipv4() && a.addr != want)
-    {
-        nl.del_address(bridge.index, a.addr).map_err(|e| {
-            kernel(
-                format_args!("cannot remove old gateway {} from {name}", a.addr),
-                e,
-            )
-        })?;
-    }
-    if !addrs.iter().any(|a| a.addr == want) {
-        nl.add_address(bridge.index, want)
-            .map_err(|e| kernel(format_args!("cannot add {want} to {name}"), e))?;
+    for want in gateways {
+        let old = addrs.iter().filter(|a| {
+            a.addr.addr().is_ipv4() == want.addr().is_ipv4()
+                && a.addr != *want
+                && !is_link_local(a.addr.addr())
+        });
+        for a in old {
+            nl.del_address(bridge.index, a.addr).map_err(|e| {
+                kernel(
+                    format_args!("cannot remove old gateway {} from {name}", a.addr),
+                    e,
+                )
+            })?;
+        }
+        if !addrs.iter().any(|a| a.addr == *want) {
+            add_address(nl, bridge.index, *want)
+                .map_err(|e| kernel(format_args!("cannot add {want} to {name}"), e))?;
+        }
     }
     if !bridge.up {
         nl.set_up(bridge.index)
             .map_err(|e| kernel(format_args!("cannot set {name} up"), e))?;
     }
-    enable_forwarding()?;
+    for gateway in gateways {
+        enable_forwarding(nl, gateway.addr(), name)?;
+    }
     Ok(bridge)
 }
 
-/// The bridge routes between containers and the overlay, which needs IPv4 forwarding in the
-/// host's namespace (the reference bridge plugin does the same for a gateway bridge).
-fn enable_forwarding() -> Result<()> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(PATH, "1")
-        .map_err(|e| CniError::kernel(format!("cannot enable forwarding in {PATH}: {e}")))
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
-/// What the container end gets.
+/// IPv6 addresses go on without Duplicate Address Detection: they come from weft's IPAM,
+/// whose reservation files already make them unique on the bridge, so DAD could only hold
+/// them "tentative" for 1-2 s, during which the container cannot send (runtimes start the
+/// workload right after ADD). The flag is per address, so the interfaces' own settings, and
+/// the DAD of their link-local addresses, stay as the kernel and the operator made them.
+fn add_address(nl: &mut Netlink, index: u32, addr: IpNet) -> std::result::Result<(), NetlinkError> {
+    match addr {
+        IpNet::V4(_) => nl.add_address(index, addr),
+        IpNet::V6(_) => nl.add_address_nodad(index, addr),
+    }
+}
+
+/// The bridge routes between containers and the overlay, which needs forwarding of the
+/// gateway's family in the host's namespace (the reference bridge plugin does the same for a
+/// gateway bridge).
+///
+/// IPv6 forwarding is switched on for all interfaces at once, and an interface that forwards
+/// ignores router advertisements unless its `accept_ra` is 2: a host that learns its default
+/// route by SLAAC on its uplink would lose it. So before switching it on, every interface that
+/// accepts them now (`accept_ra` 1, not forwarding) is moved to 2, which keeps it accepting them: each
+/// interface goes on doing what it did. weft's bridge is left out: advertisements there come
+/// from containers, and the host must never take routes from them. Interfaces made later
+/// start from `default`, as on any router: one that needs advertisements wants `accept_ra` 2.
+fn enable_forwarding(nl: &mut Netlink, gateway: IpAddr, bridge: &str) -> Result<()> {
+    let path = match gateway {
+        IpAddr::V4(_) => "/proc/sys/net/ipv4/ip_forward",
+        IpAddr::V6(_) => "/proc/sys/net/ipv6/conf/all/forwarding",
+    };
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    if gateway.is_ipv6() {
+        keep_accepting_router_advertisements(nl, bridge)?;
+    }
+    std::fs::write(path, "1")
+        .map_err(|e| CniError::kernel(format!("cannot enable forwarding in {path}: {e}")))
+}
+
+fn keep_accepting_router_advertisements(nl: &mut Netlink, bridge: &str) -> Result<()> {
+    let links = nl
+        .links()
+        .map_err(|e| kernel("cannot list the host's interfaces", e))?;
+    // A bridge's port hands its packets to the bridge and never reads an advertisement
+    // itself; loopback never receives one.
+    for l in links
+        .iter()
+        .filter(|l| l.name != bridge && l.name != "lo" && l.master.is_none())
+    {
+        let conf = format!("/proc/sys/net/ipv6/conf/{}", l.name);
+        let is = |key: &str, want: &str| {
+            std::fs::read_to_string(format!("{conf}/{key}")).is_ok_and(|v| v.trim() == want)
+        };
+        // An interface without IPv6 (disabled, or not a kind that has it) has no such files;
+        // one that forwards already ignores advertisements and goes on ignoring them.
+        if is("accept_ra", "1") && is("forwarding", "0") {
+            let path = format!("{conf}/accept_ra");
+            std::fs::write(&path, "2").map_err(|e| {
+                CniError::kernel(format!(
+                    "cannot keep {} accepting router advertisements once IPv6 forwarding is \
+                     on ({path}): {e}",
+                    l.name
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What the container end gets: one address per family, and routes through that family's
+/// gateway.
 pub struct ContainerSide<'a> {
     pub ifname: &'a str,
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub routes: &'a [IpNet],
+    pub addresses: &'a [IpNet],
+    /// (destination, gateway)
+    pub routes: &'a [(IpNet, IpAddr)],
     pub mac: Option<Mac>,
 }
 
@@ -147,19 +215,18 @@ pub fn configure_pair(
             )
         })?;
     }
-    ctr_nl
-        .add_address(ctr.index, IpNet::V4(side.address))
-        .map_err(|e| kernel(format_args!("cannot add {} to {name}", side.address), e))?;
+    for addr in side.addresses {
+        add_address(ctr_nl, ctr.index, *addr)
+            .map_err(|e| kernel(format_args!("cannot add {addr} to {name}"), e))?;
+    }
     ctr_nl
         .set_up(ctr.index)
         .map_err(|e| kernel(format_args!("cannot set {name} up"), e))?;
-    for dst in side.routes {
-        let route = Route::new(*dst)
-            .via(IpAddr::V4(side.gateway))
-            .dev(ctr.index);
+    for (dst, via) in side.routes {
+        let route = Route::new(*dst).via(*via).dev(ctr.index);
         ctr_nl.add_route(&route).map_err(|e| {
             kernel(
-                format_args!("cannot add route {dst} via {} to {name}", side.gateway),
+                format_args!("cannot add route {dst} via {via} to {name}"),
                 e,
             )
         })?;

@@ -10,9 +10,12 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
+use crate::cmd::add::requested_addresses;
+use crate::cmd::{FamilySubnet, HostSubnet};
 use crate::config::{decode, NetConf};
 use crate::env::{Attachment, CniArgs, Command};
 use crate::error::code;
+use crate::ipam::Range;
 use crate::link::{format_mac, parse_mac};
 use crate::result::{CniResult, Interface, IpConfig, RouteEntry};
 use crate::version::{Version, SUPPORTED};
@@ -337,5 +340,71 @@ proptest! {
         let _ = parse_mac(&s);
         prop_assert_eq!(parse_mac(&format_mac(&m)).unwrap(), m);
         prop_assert_eq!(parse_mac(&format_mac(&m).to_uppercase()).unwrap(), m);
+    }
+
+    /// Whatever the runtime asks for (`runtimeConfig.ips` and `CNI_ARGS` `IP=`), on a host
+    /// with IPv4, IPv6 or both: either one address per family of the host, each the one
+    /// asked for, or code 101 naming an address that was asked for.
+    #[test]
+    fn requested_addresses_are_one_per_family_or_code_101(
+        asked in prop::collection::vec(ip(), 0..4),
+        arg in proptest::option::of(ip()),
+        families in prop::sample::select(&[(true, false), (false, true), (true, true)][..]),
+    ) {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "weft"});
+        conf["runtimeConfig"] = json!({"ips": asked.iter().map(|a| a.to_string()).collect::<Vec<_>>()});
+        let conf = NetConf::parse(conf.as_object().unwrap()).unwrap();
+        let att = Attachment {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: None,
+            args: CniArgs { ip: arg, mac: None },
+        };
+        let subnets = [
+            (families.0, "198.19.0.1/24"),
+            (families.1, "2001:db8::1/64"),
+        ];
+        let host = HostSubnet {
+            families: subnets
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .enumerate()
+                .map(|(index, (_, gw))| {
+                    let gateway: IpNet = gw.parse().unwrap();
+                    FamilySubnet {
+                        network: None,
+                        gateway,
+                        range: Range { subnet: gateway.trunc(), gateway: gateway.addr(), index },
+                    }
+                })
+                .collect(),
+            mtu: 1400,
+        };
+        let all: Vec<IpAddr> = asked.iter().copied().chain(arg).collect();
+        match requested_addresses(&conf, &att, &host) {
+            Ok(slots) => {
+                prop_assert_eq!(slots.len(), host.families.len());
+                for (slot, family) in slots.iter().zip(&host.families) {
+                    let of_family: Vec<IpAddr> = all
+                        .iter()
+                        .copied()
+                        .filter(|a| a.is_ipv4() == family.gateway.addr().is_ipv4())
+                        .collect();
+                    prop_assert_eq!(*slot, of_family.first().copied());
+                    prop_assert!(of_family.iter().all(|a| Some(*a) == *slot));
+                }
+                prop_assert!(all.iter().all(|a| host.family_of(*a).is_some()));
+            }
+            Err(e) => {
+                prop_assert_eq!(e.code, code::ADDRESS_UNAVAILABLE);
+                prop_assert!(all.iter().any(|a| e.msg.contains(&a.to_string())), "{}", e.msg);
+                // Refused only for a reason: a family the host lacks, or two of one family.
+                let homeless = all.iter().any(|a| host.family_of(*a).is_none());
+                let clash = all.iter().any(|a| {
+                    all.iter().any(|b| a != b && a.is_ipv4() == b.is_ipv4())
+                });
+                prop_assert!(homeless || clash, "{}", e.msg);
+            }
+        }
     }
 }

@@ -22,8 +22,12 @@ pub struct AttachmentState {
     pub netns: Option<PathBuf>,
     pub bridge: String,
     pub host_veth: String,
+    /// One address per family, IPv4 first.
     pub addresses: Vec<IpNet>,
-    pub gateway: IpAddr,
+    /// The gateway of each address, in the same order. Records written before dual stack
+    /// hold a single `gateway` instead, which is ignored: nothing reads it back.
+    #[serde(default)]
+    pub gateways: Vec<IpAddr>,
     pub routes: Vec<IpNet>,
     pub mtu: u32,
 }
@@ -119,8 +123,14 @@ mod tests {
             netns: Some("/run/netns/x".into()),
             bridge: "cni0".into(),
             host_veth: "veth0123abcd".into(),
-            addresses: vec!["198.19.3.2/24".parse().unwrap()],
-            gateway: "198.19.3.1".parse().unwrap(),
+            addresses: vec![
+                "198.19.3.2/24".parse().unwrap(),
+                "2001:db8:3::2/64".parse().unwrap(),
+            ],
+            gateways: vec![
+                "198.19.3.1".parse().unwrap(),
+                "2001:db8:3::1".parse().unwrap(),
+            ],
             routes: vec!["198.19.0.0/16".parse().unwrap()],
             mtu: 1450,
         };
@@ -134,5 +144,24 @@ mod tests {
         AttachmentState::remove(&store, "c1", "eth0").unwrap();
         AttachmentState::remove(&store, "c1", "eth0").unwrap();
         assert_eq!(AttachmentState::load(&store, "c1", "eth0").unwrap(), None);
+    }
+
+    #[test]
+    fn records_from_before_dual_stack_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::lock(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join(DIR)).unwrap();
+        std::fs::write(
+            path(&store, "c1", "eth0"),
+            r#"{"containerId":"c1","ifname":"eth0","netns":"/run/netns/x","bridge":"cni0",
+                "hostVeth":"veth0123abcd","addresses":["198.19.3.2/24"],
+                "gateway":"198.19.3.1","routes":["198.19.0.0/16"],"mtu":1450}"#,
+        )
+        .unwrap();
+        let s = AttachmentState::load(&store, "c1", "eth0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.addresses, vec!["198.19.3.2/24".parse::<IpNet>().unwrap()]);
+        assert!(s.gateways.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! weft as the first plugin of a chain at cniVersion 1.0.0 with Debian's reference portmap,
 //! bandwidth, tuning and firewall plugins, run the way a runtime runs a conflist: ADD in
-//! order passing each result on, CHECK with the final result, DEL in reverse order.
+//! order passing each result on, CHECK with the final result, DEL in reverse order; once with
+//! an IPv4-only subnet.env and once dual stack.
 
 mod common;
 
@@ -26,7 +27,23 @@ fn binary(kind: &str) -> PathBuf {
 
 #[test]
 fn chained_with_reference_plugins() {
-    let host = Host::new(Some("198.19.40.0/24"));
+    chain(&Host::new(Some("198.19.40.0/24")), "198.19.40.");
+}
+
+/// With both families every reference plugin sees an IPv6 address too; portmap makes its
+/// IPv6 chain, so its CHECK passes as it is.
+#[test]
+fn chained_with_reference_plugins_dual_stack() {
+    let host = Host::new_dual(Some("198.19.41.0/24"), Some("2001:db8:41::/64"));
+    let result = chain(&host, "198.19.41.");
+    assert!(result["ips"][1]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("2001:db8:41::"));
+}
+
+/// Runs the chain on `host` (whose IPv4 addresses start with `prefix`); returns the result.
+fn chain(host: &Host, prefix: &str) -> Value {
     let ctr = Netns::new("c");
     let id = common::unique("chain");
     let mut weft = host.conf("1.0.0");
@@ -75,7 +92,7 @@ fn chained_with_reference_plugins() {
     let result = result.unwrap();
     assert_eq!(result["interfaces"][2]["name"], "eth0");
     let addr = result["ips"][0]["address"].as_str().unwrap().to_string();
-    assert!(addr.starts_with("198.19.40."), "{result}");
+    assert!(addr.starts_with(prefix), "{result}");
     // What the chained plugins did is there.
     let host_end = result["interfaces"][1]["name"].as_str().unwrap();
     let qdisc = common::run(
@@ -94,7 +111,7 @@ fn chained_with_reference_plugins() {
         ],
     );
     assert_eq!(sysctl.trim(), "1");
-    assert!(ctr.ping("198.19.40.1"));
+    assert!(ctr.ping(&format!("{prefix}1")));
 
     for p in &plugins {
         if p["type"] != "portmap" {
@@ -103,24 +120,30 @@ fn chained_with_reference_plugins() {
         }
         // Debian's portmap (1.1.1) checks an IPv6 chain whenever ip6tables works, and ADD
         // only makes one for IPv6 results, so its CHECK fails for every IPv4-only network
-        // (bridge + host-local too). Its IPv4 rule is checked here instead.
+        // (bridge + host-local too); with an IPv6 result it fails as well, looking for the
+        // IPv4 rules in the IPv6 table. Its rules are checked here instead, one per family.
         let out = try_step("CHECK", p, Some(&result));
         if out.code != 0 {
             assert!(out.stdout.contains("could not check ipv6 dnat"), "{out:?}");
-            let ip = addr.split('/').next().unwrap();
-            let nat = common::run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    host.ns.name(),
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-S",
-                ],
-            );
-            assert!(nat.contains(&format!("--to-destination {ip}:80")), "{nat}");
+            for ip in result["ips"].as_array().unwrap() {
+                let ip: std::net::IpAddr = ip["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let (tool, to) = match ip {
+                    std::net::IpAddr::V4(_) => ("iptables", format!("{ip}:80")),
+                    std::net::IpAddr::V6(_) => ("ip6tables", format!("[{ip}]:80")),
+                };
+                let nat = common::run(
+                    "ip",
+                    &["netns", "exec", host.ns.name(), tool, "-t", "nat", "-S"],
+                );
+                assert!(nat.contains(&format!("--to-destination {to}")), "{nat}");
+            }
         }
     }
     for p in plugins.iter().rev() {
@@ -128,4 +151,5 @@ fn chained_with_reference_plugins() {
     }
     assert!(host.reservations().is_empty());
     assert!(ctr.link("eth0").is_none());
+    result
 }

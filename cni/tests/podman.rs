@@ -1,6 +1,6 @@
 //! podman, a real runtime, using the weft plugin on one simulated host: two containers reach
 //! each other across the bridge, the host reaches both, and `podman rm` leaves nothing
-//! reserved.
+//! reserved; the same with a dual-stack subnet.env, over IPv4 and IPv6.
 
 mod common;
 
@@ -8,9 +8,8 @@ use common::podman::Podman;
 use common::Host;
 use serde_json::json;
 
-#[test]
-fn podman_containers_talk_through_weft() {
-    let host = Host::new(Some("198.19.30.0/24"));
+/// A podman for `host` whose network is weft alone, with two containers started on it.
+fn two_containers(host: &Host) -> (Podman, String, String) {
     let mut weft = host.conf("1.0.0");
     let plugin = weft.as_object_mut().unwrap();
     plugin.remove("cniVersion");
@@ -24,6 +23,25 @@ fn podman_containers_talk_through_weft() {
     let (a, b) = (common::unique("ctr"), common::unique("ctr"));
     podman.start(&a);
     podman.start(&b);
+    (podman, a, b)
+}
+
+/// `podman rm` of both containers leaves nothing reserved or recorded.
+fn remove_both(host: &Host, podman: &Podman, a: &str, b: &str) {
+    podman.rm(a);
+    podman.rm(b);
+    assert!(
+        host.reservations().is_empty(),
+        "addresses left reserved after podman rm: {:?}",
+        host.reservations()
+    );
+    assert_eq!(host.records(), 0);
+}
+
+#[test]
+fn podman_containers_talk_through_weft() {
+    let host = Host::new(Some("198.19.30.0/24"));
+    let (podman, a, b) = two_containers(&host);
     let (addr_a, addr_b) = (podman.address(&a), podman.address(&b));
     assert!(addr_a.starts_with("198.19.30.") && addr_b.starts_with("198.19.30."));
     assert_ne!(addr_a, addr_b);
@@ -33,12 +51,40 @@ fn podman_containers_talk_through_weft() {
     assert!(host.ns.ping(&addr_a), "the host cannot reach {a}");
     assert!(host.ns.ping(&addr_b), "the host cannot reach {b}");
 
-    podman.rm(&a);
-    podman.rm(&b);
+    remove_both(&host, &podman, &a, &b);
+}
+
+/// The container's global IPv6 address on eth0, as the container itself sees it.
+fn address6(podman: &Podman, name: &str) -> String {
+    let out = podman.ok(&[
+        "exec", name, "ip", "-6", "-o", "addr", "show", "dev", "eth0",
+    ]);
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| *w != "inet6");
+            words.nth(1)?.split('/').next().map(str::to_string)
+        })
+        .find(|a| !a.starts_with("fe80"))
+        .unwrap_or_else(|| panic!("no global IPv6 address on eth0 in {name}: {out}"))
+}
+
+#[test]
+fn podman_containers_talk_over_both_families() {
+    let host = Host::new_dual(Some("198.19.31.0/24"), Some("2001:db8:31::/64"));
+    let (podman, a, b) = two_containers(&host);
+    let (v4_a, v4_b) = (podman.address(&a), podman.address(&b));
+    let (v6_a, v6_b) = (address6(&podman, &a), address6(&podman, &b));
+    assert!(v6_a.starts_with("2001:db8:31::") && v6_b.starts_with("2001:db8:31::"));
+    assert_ne!(v6_a, v6_b);
+    assert_eq!(host.reservations().len(), 4);
+    for (from, to) in [(&a, &v6_b), (&b, &v6_a), (&a, &v4_b), (&b, &v4_a)] {
+        assert!(podman.ping(from, to), "{from} cannot reach {to}");
+    }
     assert!(
-        host.reservations().is_empty(),
-        "addresses left reserved after podman rm: {:?}",
-        host.reservations()
+        podman.ping(&a, "2001:db8:31::1"),
+        "{a} cannot reach the gateway"
     );
-    assert_eq!(host.records(), 0);
+    assert!(host.ns.ping(&v6_a), "the host cannot reach {a} over IPv6");
+
+    remove_both(&host, &podman, &a, &b);
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -215,6 +215,13 @@ pub(crate) fn address(index: u32, net: &IpNet) -> AddressMessage {
     // iproute2 sends both: IFA_LOCAL is the address, IFA_ADDRESS the peer (= itself here).
     m.attributes.push(AddressAttribute::Local(net.addr()));
     m.attributes.push(AddressAttribute::Address(net.addr()));
+    m
+}
+
+/// An address without Duplicate Address Detection (see `Netlink::add_address_nodad`).
+pub(crate) fn address_nodad(index: u32, net: &IpNet) -> AddressMessage {
+    let mut m = address(index, net);
+    m.header.flags |= AddressHeaderFlags::Nodad;
     m
 }
 
@@ -561,5 +568,14 @@ mod tests {
                 addr: net
             })
         );
+    }
+
+    #[test]
+    fn nodad_address_carries_the_flag_and_nothing_else_changes() {
+        let net: IpNet = "2001:db8:42::1/64".parse().unwrap();
+        let m = address_nodad(4, &net);
+        assert_eq!(m.header.flags, AddressHeaderFlags::Nodad);
+        assert_eq!(m.attributes, address(4, &net).attributes);
+        assert!(address(4, &net).header.flags.is_empty());
     }
 }

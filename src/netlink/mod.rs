@@ -304,6 +304,28 @@ impl Netlink {
         self.one(Op::AddAddress(index, addr))
     }
 
+    /// Adds an address with IFA_F_NODAD, for a caller that knows the address is unique on
+    /// the link (it hands it out itself): an IPv6 address is then usable at once instead of
+    /// "tentative" for the 1-2 s of Duplicate Address Detection. IPv4 has no DAD; the flag
+    /// changes nothing there. One that is already there is fine.
+    pub fn add_address_nodad(&mut self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        match self.conn.request(
+            RouteNetlinkMessage::NewAddress(build::address_nodad(index, &addr)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Ok(()) => Ok(()),
+            Err(raw) => {
+                let op = Op::AddAddress(index, addr);
+                let e = raw.into_error(format!("{op} nodad"));
+                if op.tolerates(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Removes an address; one that is not there is fine.
     pub fn del_address(&mut self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
         self.one(Op::DelAddress(index, addr))

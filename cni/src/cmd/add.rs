@@ -1,17 +1,18 @@
-//! ADD: an address from the host's subnet, the bridge with the gateway, a veth pair with its
-//! container end configured. All or nothing: once the address is reserved, any failure
-//! removes what was made and releases it before the error goes back.
+//! ADD: an address from each of the host's subnets (IPv4, IPv6 or both), the bridge with
+//! their gateways, a veth pair with its container end configured. All or nothing: once an
+//! address is reserved, any failure removes what was made and releases every address before
+//! the error goes back.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::HostSubnet;
 use crate::config::NetConf;
 use crate::env::Attachment;
 use crate::error::{code, CniError, Result};
-use crate::ipam::{assignable, Store};
+use crate::ipam::{Range, Store};
 use crate::link::{self, ContainerSide, Mac};
 use crate::result::{CniResult, Interface, IpConfig, RouteEntry};
 use crate::state::AttachmentState;
@@ -19,7 +20,7 @@ use crate::state::AttachmentState;
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
     let host = HostSubnet::read(&conf.subnet_file)?;
     let mtu = conf.mtu.unwrap_or(host.mtu);
-    let requested = requested_address(conf, att)?;
+    let requested = requested_addresses(conf, att, &host)?;
     let mac = requested_mac(conf, att)?;
     let netns_path = att
         .netns
@@ -43,11 +44,30 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
 
     let store = Store::lock(&conf.network_dir())?;
     refuse_duplicate(&store, att)?;
-    let address = reserve(&store, &host, requested, att)?;
-    let gateway = host.gateway_addr();
-    let mut routes: Vec<IpNet> = host.network.map(IpNet::V4).into_iter().collect();
-    if conf.is_default_gateway {
-        routes.push(IpNet::V4(Ipv4Net::default()));
+    // One address per family; when a later family fails (its range is exhausted), the
+    // earlier ones are released with it, so a failed ADD holds nothing.
+    let mut addresses = Vec::new();
+    for (family, wanted) in host.families.iter().zip(&requested) {
+        match reserve(&store, &family.range, *wanted, att) {
+            Ok(a) => addresses.push(a),
+            Err(e) => {
+                release(&store, att);
+                return Err(e);
+            }
+        }
+    }
+    let gateways: Vec<IpAddr> = host.families.iter().map(|f| f.gateway.addr()).collect();
+    let mut routes: Vec<(IpNet, IpAddr)> = Vec::new();
+    for f in &host.families {
+        let via = f.gateway.addr();
+        routes.extend(f.network.map(|n| (n, via)));
+        if conf.is_default_gateway {
+            let default = match via {
+                IpAddr::V4(_) => IpNet::V4(Ipv4Net::default()),
+                IpAddr::V6(_) => IpNet::V6(Ipv6Net::default()),
+            };
+            routes.push((default, via));
+        }
     }
     let state = AttachmentState {
         container_id: att.container_id.clone(),
@@ -55,16 +75,17 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         netns: Some(netns_path.to_path_buf()),
         bridge: conf.bridge.clone(),
         host_veth: link::host_veth_name(&att.container_id, &att.ifname),
-        addresses: vec![IpNet::V4(address)],
-        gateway: IpAddr::V4(gateway),
-        routes: routes.clone(),
+        addresses: addresses.clone(),
+        gateways: gateways.clone(),
+        routes: routes.iter().map(|(dst, _)| *dst).collect(),
         mtu,
     };
+    let bridge_gateways: Vec<IpNet> = host.families.iter().map(|f| f.gateway).collect();
     // The bridge is set up under the store's lock: parallel ADDs would race to create it or
     // to move its address.
     let bridge = state
         .save(&store)
-        .and_then(|()| link::ensure_bridge(&mut host_nl, &conf.bridge, host.gateway, mtu));
+        .and_then(|()| link::ensure_bridge(&mut host_nl, &conf.bridge, &bridge_gateways, mtu));
     let bridge = match bridge {
         Ok(b) => b,
         Err(e) => {
@@ -76,8 +97,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
 
     let side = ContainerSide {
         ifname: &att.ifname,
-        address,
-        gateway,
+        addresses: &addresses,
         routes: &routes,
         mac,
     };
@@ -124,17 +144,18 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
                 Some(netns_path.to_string_lossy().into_owned()),
             ),
         ],
-        ips: vec![IpConfig {
-            address: IpNet::V4(address),
-            gateway: Some(IpAddr::V4(gateway)),
-            interface: Some(2),
-        }],
+        ips: addresses
+            .iter()
+            .zip(&gateways)
+            .map(|(address, gateway)| IpConfig {
+                address: *address,
+                gateway: Some(*gateway),
+                interface: Some(2),
+            })
+            .collect(),
         routes: routes
             .into_iter()
-            .map(|dst| RouteEntry {
-                dst,
-                gw: Some(IpAddr::V4(gateway)),
-            })
+            .map(|(dst, gw)| RouteEntry { dst, gw: Some(gw) })
             .collect(),
         dns: conf.dns.clone(),
     })
@@ -171,15 +192,14 @@ fn refuse_duplicate(store: &Store, att: &Attachment) -> Result<()> {
 
 fn reserve(
     store: &Store,
-    host: &HostSubnet,
-    requested: Option<Ipv4Addr>,
+    range: &Range,
+    requested: Option<IpAddr>,
     att: &Attachment,
-) -> Result<Ipv4Net> {
-    let subnet = host.subnet();
-    let gateway = host.gateway_addr();
+) -> Result<IpNet> {
+    let (subnet, gateway) = (range.subnet, range.gateway);
     let ip = match requested {
         Some(ip) => {
-            if !assignable(subnet, gateway, ip) {
+            if !range.assignable(ip) {
                 return Err(CniError::new(
                     code::ADDRESS_UNAVAILABLE,
                     format!(
@@ -188,11 +208,11 @@ fn reserve(
                     ),
                 ));
             }
-            if !store.reserve(IpAddr::V4(ip), &att.container_id, &att.ifname)? {
+            if !store.reserve(range, ip, &att.container_id, &att.ifname)? {
                 let holder = store
                     .reservations()?
                     .into_iter()
-                    .find(|r| r.ip == IpAddr::V4(ip))
+                    .find(|r| r.ip == ip)
                     .map(|r| r.container_id)
                     .unwrap_or_default();
                 return Err(CniError::new(
@@ -203,7 +223,7 @@ fn reserve(
             ip
         }
         None => store
-            .allocate(subnet, gateway, &att.container_id, &att.ifname)?
+            .allocate(range, &att.container_id, &att.ifname)?
             .ok_or_else(|| {
                 CniError::new(
                     code::POOL_EXHAUSTED,
@@ -215,33 +235,42 @@ fn reserve(
                 )
             })?,
     };
-    Ok(Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix of a valid subnet"))
+    Ok(IpNet::new(ip, subnet.prefix_len()).expect("prefix of a valid subnet"))
 }
 
-/// `runtimeConfig.ips` and `CNI_ARGS` `IP=`; weft gives one IPv4 address per attachment.
-fn requested_address(conf: &NetConf, att: &Attachment) -> Result<Option<Ipv4Addr>> {
-    let mut wanted = conf.runtime_ips.clone();
-    wanted.extend(att.args.ip);
-    wanted.dedup();
-    match wanted.as_slice() {
-        [] => Ok(None),
-        [IpAddr::V4(ip)] => Ok(Some(*ip)),
-        [ip @ IpAddr::V6(_)] => Err(CniError::new(
-            code::ADDRESS_UNAVAILABLE,
-            format!("requested address {ip} is IPv6; weft assigns IPv4 addresses only"),
-        )),
-        several => Err(CniError::new(
-            code::ADDRESS_UNAVAILABLE,
-            format!(
-                "several addresses were requested ({}); weft assigns one per attachment",
-                several
-                    .iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
+/// `runtimeConfig.ips` and `CNI_ARGS` `IP=`: at most one address per family, and only of a
+/// family this host has a subnet of. Returns, for each of the host's families in order, the
+/// address asked for, if any.
+pub fn requested_addresses(
+    conf: &NetConf,
+    att: &Attachment,
+    host: &HostSubnet,
+) -> Result<Vec<Option<IpAddr>>> {
+    let unavailable = |msg: String| CniError::new(code::ADDRESS_UNAVAILABLE, msg);
+    let mut out = vec![None; host.families.len()];
+    for ip in conf.runtime_ips.iter().chain(&att.args.ip) {
+        let (name, key) = if ip.is_ipv4() {
+            ("IPv4", "FLANNEL_SUBNET")
+        } else {
+            ("IPv6", "FLANNEL_IPV6_SUBNET")
+        };
+        let slot = host.family_of(*ip).ok_or_else(|| {
+            unavailable(format!(
+                "requested address {ip} is {name}, but {} has no {key}",
+                conf.subnet_file.display()
+            ))
+        })?;
+        match out[slot] {
+            Some(other) if other != *ip => {
+                return Err(unavailable(format!(
+                    "several {name} addresses were requested ({other}, {ip}); weft assigns one \
+                     per family"
+                )))
+            }
+            _ => out[slot] = Some(*ip),
+        }
     }
+    Ok(out)
 }
 
 fn requested_mac(conf: &NetConf, att: &Attachment) -> Result<Option<Mac>> {

@@ -32,6 +32,11 @@ pub trait NetnsExt {
     fn addrs(&self, dev: &str) -> Vec<String>;
     /// `ip -d link show dev <dev>` as JSON, or `None` when there is no such device.
     fn link(&self, dev: &str) -> Option<Value>;
+    /// The global IPv6 addresses of a device as iproute2's `addr_info` objects (`local`,
+    /// `prefixlen`, and flags such as `tentative` or `dadfailed` when set).
+    fn addrs6(&self, dev: &str) -> Vec<Value>;
+    /// A sysctl of this namespace, read from /proc/sys (e.g. "net/ipv6/conf/all/forwarding").
+    fn sysctl(&self, key: &str) -> String;
 }
 
 impl NetnsExt for Netns {
@@ -51,6 +56,28 @@ impl NetnsExt for Netns {
             .collect()
     }
 
+    fn addrs6(&self, dev: &str) -> Vec<Value> {
+        let v = self.ip_json(&["-6", "addr", "show", "dev", dev, "scope", "global"]);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            // iproute2 lists the addresses the filter left out as empty objects.
+            .filter(|a| a.get("local").is_some())
+            .collect()
+    }
+
+    fn sysctl(&self, key: &str) -> String {
+        let path = format!("/proc/sys/{key}");
+        let out = self.exec(&["cat", &path]);
+        assert!(
+            out.status.success(),
+            "cannot read {path} in {}",
+            self.name()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn link(&self, dev: &str) -> Option<Value> {
         let out = self.try_ip(&["-j", "-d", "link", "show", "dev", dev]);
         if !out.status.success() {
@@ -62,6 +89,8 @@ impl NetnsExt for Netns {
 }
 
 pub const NETWORK: &str = "198.19.0.0/16";
+/// The IPv6 overlay network of the dual-stack tests; hosts get /64s (or smaller) inside it.
+pub const NETWORK6: &str = "2001:db8::/32";
 pub const MTU: u32 = 1400;
 
 /// What one plugin run printed and how it ended.
@@ -170,16 +199,39 @@ impl Host {
 
     /// Writes subnet.env as weftd would for a lease of `subnet`.
     pub fn write_subnet_env(&self, subnet: &str) {
-        let net: ipnet::Ipv4Net = subnet.parse().unwrap();
-        let gw = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
-        std::fs::write(
-            self.subnet_file(),
-            format!(
-                "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n",
+        self.write_subnet_env_dual(Some(subnet), None);
+    }
+
+    /// A host with IPv4 and IPv6 subnets (e.g. "198.19.5.0/24", "2001:db8:5::/64"), or one
+    /// family alone when the other is `None`.
+    pub fn new_dual(v4: Option<&str>, v6: Option<&str>) -> Host {
+        let host = Host::new(None);
+        host.write_subnet_env_dual(v4, v6);
+        host
+    }
+
+    /// Writes subnet.env as weftd would for a lease of either family or both, in flannel's
+    /// order: each subnet as its first address with its prefix.
+    pub fn write_subnet_env_dual(&self, v4: Option<&str>, v6: Option<&str>) {
+        let mut text = String::new();
+        if let Some(subnet) = v4 {
+            let net: ipnet::Ipv4Net = subnet.parse().unwrap();
+            let gw = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
+            text += &format!(
+                "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={gw}/{}\n",
                 net.prefix_len()
-            ),
-        )
-        .unwrap();
+            );
+        }
+        if let Some(subnet) = v6 {
+            let net: ipnet::Ipv6Net = subnet.parse().unwrap();
+            let gw = std::net::Ipv6Addr::from(u128::from(net.network()) + 1);
+            text += &format!(
+                "FLANNEL_IPV6_NETWORK={NETWORK6}\nFLANNEL_IPV6_SUBNET={gw}/{}\n",
+                net.prefix_len()
+            );
+        }
+        text += &format!("FLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n");
+        std::fs::write(self.subnet_file(), text).unwrap();
     }
 
     /// The plugin's config for this host at `version`.
