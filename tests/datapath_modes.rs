@@ -208,12 +208,12 @@ fn ip_masq_hides_containers_from_the_outside_but_not_from_the_overlay() {
         &lab.hosts[outside].ns,
         outside_ip,
     );
-    assert_eq!(seen, Some(h1_public), "{}", h1.logs());
+    assert_eq!(seen, Some(h1_public.into()), "{}", h1.logs());
     assert!(h1.ping_from_container(outside_ip));
     let seen = udp_source_seen(&h1.ns, h1.container_ip(), &h2.ns, h2.container_ip());
     assert_eq!(
         seen,
-        Some(h1.container_ip()),
+        Some(h1.container_ip().into()),
         "overlay traffic must keep its source"
     );
 
@@ -238,7 +238,7 @@ fn ip_masq_hides_containers_from_the_outside_but_not_from_the_overlay() {
         &lab.hosts[outside].ns,
         outside_ip,
     );
-    assert_eq!(seen, Some(h1_public));
+    assert_eq!(seen, Some(h1_public.into()));
 }
 
 /// A lease's attributes as stored in etcd.

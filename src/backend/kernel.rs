@@ -124,7 +124,9 @@ pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: IpNet) -> Result<boo
         }
     }
     if !present {
-        nl.add_address(index, want)?;
+        // The address is this host's own in the overlay, unique by its lease: no duplicate
+        // detection, so it is usable at once rather than tentative for a second or two.
+        nl.add_address_nodad(index, want)?;
         changed = true;
     }
     Ok(changed)

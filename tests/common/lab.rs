@@ -766,8 +766,14 @@ impl ClusterLab {
 /// Sends UDP datagrams from address `src` inside namespace `from` to a receiver bound at `dst`
 /// inside namespace `to`, and returns the source address the receiver saw: what a server
 /// would log as its caller. None when nothing arrives within 3 s.
-pub fn udp_source_seen(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-    use std::net::{SocketAddr, UdpSocket};
+pub fn udp_source_seen<A: Into<std::net::IpAddr> + Copy + Send + 'static>(
+    from: &Netns,
+    src: A,
+    to: &Netns,
+    dst: A,
+) -> Option<std::net::IpAddr> {
+    use std::net::UdpSocket;
+    let (src, dst) = (src.into(), dst.into());
     // A socket stays in the namespace it was made in, whichever thread uses it later.
     let rx = weft::netlink::run_in_netns(&to.path(), move || UdpSocket::bind((dst, 0)))
         .expect("entering the receiver's namespace")
@@ -783,8 +789,8 @@ pub fn udp_source_seen(from: &Netns, src: Ipv4Addr, to: &Netns, dst: Ipv4Addr) -
     while Instant::now() < deadline {
         // The first datagram may wait for ARP or a route; keep sending until one arrives.
         let _ = tx.send_to(b"weft probe", to_addr);
-        if let Ok((_, SocketAddr::V4(peer))) = rx.recv_from(&mut buf) {
-            return Some(*peer.ip());
+        if let Ok((_, peer)) = rx.recv_from(&mut buf) {
+            return Some(peer.ip());
         }
     }
     None

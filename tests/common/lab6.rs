@@ -103,7 +103,9 @@ impl Host {
 
     /// Pings `dst` from this host's IPv6 container address every 10 ms until finished.
     pub fn start_pinging6(&self, dst: Ipv6Addr) -> Pinger {
-        let prefix = ["ip", "netns", "exec", self.ns.name()].map(String::from).to_vec();
+        let prefix = ["ip", "netns", "exec", self.ns.name()]
+            .map(String::from)
+            .to_vec();
         Pinger::start_with(prefix, IpAddr::V6(self.container_ip6()), IpAddr::V6(dst))
     }
 
