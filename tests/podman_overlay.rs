@@ -1,12 +1,14 @@
 //! A real runtime on a real overlay: two hosts in namespaces run weftd, podman on each host
 //! starts a container through the weft plugin, and the containers reach each other across
-//! VXLAN. After `podman rm`, no address is left reserved on either host.
+//! VXLAN, over IPv4 and, on a dual-stack network, IPv6. After `podman rm`, no address is
+//! left reserved on either host.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::lab::{Lab, VXLAN_CONFIG};
+use common::lab6::DUAL_CONFIG;
 use common::podman::Podman;
 use serde_json::json;
 
@@ -38,6 +40,20 @@ fn reservations(dir: &Path) -> Vec<String> {
 fn podman_containers_on_two_hosts_reach_each_other_over_the_overlay() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
+    two_hosts(&lab, false);
+}
+
+#[test]
+fn dual_stack_podman_containers_on_two_hosts_reach_each_other_on_both_families() {
+    let mut lab = Lab::dual(2, DUAL_CONFIG);
+    lab.start_all(&[]);
+    lab.wait_converged6(&[0, 1]);
+    two_hosts(&lab, true);
+}
+
+/// A container by podman on each host; they ping each other (on both families with `dual`),
+/// and `podman rm` leaves no address reserved.
+fn two_hosts(lab: &Lab, dual: bool) {
     let network = format!("weftpod{}", std::process::id());
     let mut runtimes = Vec::new();
     for (i, host) in lab.hosts.iter().enumerate() {
@@ -74,6 +90,45 @@ fn podman_containers_on_two_hosts_reach_each_other_over_the_overlay() {
         );
     }
     let (a, b) = (&runtimes[0].0, &runtimes[1].0);
+    if dual {
+        let addrs6: Vec<String> = runtimes
+            .iter()
+            .zip(names)
+            .map(|((p, _), n)| p.address6(n))
+            .collect();
+        for (i, host) in lab.hosts.iter().enumerate() {
+            let addr: std::net::Ipv6Addr = addrs6[i].parse().unwrap();
+            assert!(
+                host.subnet6().contains(&addr),
+                "{addr} outside {}",
+                host.subnet6()
+            );
+        }
+        // The first IPv6 packets on fresh links wait for neighbour discovery on three
+        // links (container, bridge, container); give that a few seconds once.
+        let first = common::lab::wait_for(std::time::Duration::from_secs(5), || {
+            a.ping(names[0], &addrs6[1]).then_some(())
+        });
+        assert!(
+            first.is_some(),
+            "{} cannot reach {} over IPv6",
+            names[0],
+            addrs6[1]
+        );
+        assert!(
+            a.ping(names[0], &addrs6[1]),
+            "{} cannot reach {} over IPv6",
+            names[0],
+            addrs6[1]
+        );
+        assert!(
+            b.ping(names[1], &addrs6[0]),
+            "{} cannot reach {} over IPv6",
+            names[1],
+            addrs6[0]
+        );
+    }
+    let per_container = if dual { 2 } else { 1 };
     assert!(
         a.ping(names[0], &addrs[1]),
         "{} cannot reach {} at {}",
@@ -92,8 +147,8 @@ fn podman_containers_on_two_hosts_reach_each_other_over_the_overlay() {
     for ((podman, store), name) in runtimes.iter().zip(names) {
         assert_eq!(
             reservations(store).len(),
-            1,
-            "one address reserved for {name}"
+            per_container,
+            "one address per family reserved for {name}"
         );
         podman.rm(name);
         assert!(

@@ -193,6 +193,20 @@ impl Podman {
             .to_string()
     }
 
+    /// The container's global IPv6 address on eth0, as the container itself sees it.
+    pub fn address6(&self, name: &str) -> String {
+        let out = self.ok(&[
+            "exec", name, "ip", "-6", "-o", "addr", "show", "dev", "eth0",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().skip_while(|w| *w != "inet6");
+                words.nth(1)?.split('/').next().map(str::to_string)
+            })
+            .find(|a| !a.starts_with("fe80"))
+            .unwrap_or_else(|| panic!("no global IPv6 address on eth0 in {name}: {out}"))
+    }
+
     /// Whether `ping` from inside container `name` reaches `addr`.
     pub fn ping(&self, name: &str, addr: &str) -> bool {
         self.cmd(&["exec", name, "ping", "-c1", "-W2", addr]).code == 0
