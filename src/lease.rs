@@ -257,6 +257,37 @@ mod tests {
         );
     }
 
+    /// A dual-stack vxlan lease as flannel stores it: key with both subnets, IPv6 fields in
+    /// flannel's order.
+    const FLANNEL_DUAL: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
+
+    #[test]
+    fn reads_and_writes_flannels_dual_stack_lease_byte_for_byte() {
+        let key = "198.19.5.0-24&2001:db8:100:5::-64";
+        let l = Lease::parse(key, FLANNEL_DUAL.as_bytes()).unwrap();
+        assert_eq!(l.subnet6, Some("2001:db8:100:5::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            l.attrs.vxlan_v6_data().unwrap().vtep_mac,
+            "0e:00:00:00:00:02"
+        );
+        let v6 = l.side(Family::V6).unwrap();
+        assert_eq!(v6.public_ip, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(l.key_name(), key);
+        assert_eq!(l.attrs.to_json(), FLANNEL_DUAL);
+        let hg = LeaseAttrs {
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+            ..LeaseAttrs::new_host_gw(Ipv4Addr::new(198, 18, 0, 1))
+        };
+        assert_eq!(
+            hg.to_json(),
+            r#"{"PublicIP":"198.18.0.1","PublicIPv6":"2001:db8::1","BackendType":"host-gw"}"#
+        );
+        // An IPv4-only lease has no IPv6 side, whatever its value says.
+        let v4 = Lease::parse("198.19.5.0-24", FLANNEL_DUAL.as_bytes()).unwrap();
+        assert!(v4.side(Family::V6).is_none());
+    }
+
     #[test]
     fn keeps_foreign_backend_data() {
         let v = r#"{"PublicIP":"198.18.0.1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff","Extra":[1,2]},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:fe"}}"#;

@@ -352,3 +352,57 @@ async fn unreachable_etcd_fails_fast_naming_the_endpoint() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(err.to_string().contains(&url), "{err}");
 }
+
+/// A dual-stack host: the same attributes with an IPv6 public address.
+fn dual_host(i: u8) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(format!("2001:db8::{i:x}").parse().unwrap()),
+        backend_v6_data: host(i).backend_data,
+        ..host(i)
+    }
+}
+
+#[tokio::test]
+async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_nothing_behind() {
+    // Three usable /126 IPv6 subnets (the first is never handed out), plenty of IPv4 ones.
+    let (etcd, store, cfg) = setup(
+        r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/124", "IPv6SubnetLen": 126, "Backend": {"Type": "vxlan"}}"#,
+    )
+    .await;
+    let mut seen = HashSet::new();
+    for i in 1..=3 {
+        let l = store
+            .acquire_lease(&cfg, &dual_host(i), None, HOUR)
+            .await
+            .unwrap();
+        let s6 = l.subnet6.expect("a dual-stack host gets an IPv6 subnet");
+        assert!(cfg.subnet6_in_range(s6), "{s6}");
+        assert_ne!(s6, "2001:db8:100::/126".parse().unwrap());
+        assert!(seen.insert(s6), "{s6} handed out twice");
+        let key = format!("{PREFIX}{}", l.key_name());
+        assert!(key.contains('&'), "{key}");
+        assert!(etcd.get(&key).is_some(), "{key}");
+    }
+    let before = etcd.etcdctl_ok(&["lease", "list"]);
+    let err = store
+        .acquire_lease(&cfg, &dual_host(4), None, HOUR)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NoFreeSubnet { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("2001:db8:100::4..2001:db8:100::c") && msg.contains("3 of 3"),
+        "{msg}"
+    );
+    // No IPv4-only key for the refused host, and no etcd lease left granted for it.
+    let listed = store.list_leases(Some(&cfg)).await.unwrap();
+    assert_eq!(listed.leases.len(), 3);
+    assert_eq!(etcd.etcdctl_ok(&["lease", "list"]), before);
+
+    // An IPv4-only host still gets a lease: the IPv6 pool is not its concern.
+    let v4 = store
+        .acquire_lease(&cfg, &host(5), None, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(v4.subnet6, None);
+}

@@ -1438,7 +1438,10 @@ fn choose(
     let (min, max, len) = cfg
         .range_of(family)
         .unwrap_or((family.addr(0), family.addr(0), 0));
-    let in_range = taken.iter().filter(|s| cfg.in_range(**s)).count() as u64;
+    let in_range = taken
+        .iter()
+        .filter(|s| Family::of(s.addr()) == family && cfg.in_range(**s))
+        .count() as u64;
     Err(StoreError::NoFreeSubnet {
         min: min.to_string(),
         max: max.to_string(),
