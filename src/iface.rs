@@ -164,7 +164,9 @@ fn v6_addrs(addrs: &[Address], index: u32) -> Vec<Ipv6Net> {
         .iter()
         .filter(|a| a.index == index)
         .filter_map(|a| match a.addr {
-            IpNet::V6(n) if !n.addr().is_loopback() && !n.addr().is_unicast_link_local() => Some(n),
+            IpNet::V6(n) if !n.addr().is_loopback() && !crate::subnet::is_link_local6(n.addr()) => {
+                Some(n)
+            }
             _ => None,
         })
         .collect()

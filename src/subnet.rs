@@ -63,6 +63,12 @@ impl Family {
     }
 }
 
+/// Whether an IPv6 address is link-local (fe80::/10): the kernel's own on every link, and no
+/// address to tunnel from or to.
+pub fn is_link_local6(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
 impl Family {
     /// Both families, IPv4 first (the order flannel writes them in).
     pub const ALL: [Family; 2] = [Family::V4, Family::V6];

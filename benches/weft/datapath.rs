@@ -19,7 +19,7 @@ pub struct Sizes {
 
 const HOSTGW_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"host-gw"}}"#;
 
-struct Server(Child);
+pub struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -28,7 +28,7 @@ impl Drop for Server {
     }
 }
 
-fn iperf_server(ns: &Netns) -> Server {
+pub fn iperf_server(ns: &Netns) -> Server {
     let child = Command::new("ip")
         .args(["netns", "exec", ns.name(), "iperf3", "-s"])
         .stdout(Stdio::null())
@@ -40,7 +40,7 @@ fn iperf_server(ns: &Netns) -> Server {
 }
 
 /// Gbit/s received, from iperf3's JSON.
-fn iperf(ns: &Netns, src: &str, dst: &str, streams: u32, secs: u32) -> f64 {
+pub fn iperf(ns: &Netns, src: &str, dst: &str, streams: u32, secs: u32) -> f64 {
     let out = ns.exec(&[
         "iperf3",
         "-c",
@@ -67,7 +67,7 @@ fn iperf(ns: &Netns, src: &str, dst: &str, streams: u32, secs: u32) -> f64 {
 }
 
 /// Mean round trip in ms.
-fn ping(ns: &Netns, src: &str, dst: &str, count: u32) -> f64 {
+pub fn ping(ns: &Netns, src: &str, dst: &str, count: u32) -> f64 {
     let out = ns.exec(&[
         "ping",
         "-q",

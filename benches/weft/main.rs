@@ -19,6 +19,7 @@ mod acquire;
 mod cni;
 mod convergence;
 mod datapath;
+mod dual;
 mod probe;
 mod report;
 mod rig;
@@ -26,13 +27,14 @@ mod scale;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "convergence",
     "fleet",
     "scale",
     "acquire",
     "cni",
     "datapath",
+    "dual",
 ];
 
 fn main() {
@@ -155,6 +157,23 @@ fn main() {
                     secs: 5,
                     reps: 5,
                     pings: 100,
+                }
+            }),
+            "dual" => dual::run(&if quick {
+                dual::Sizes {
+                    secs: 1,
+                    reps: 1,
+                    pings: 10,
+                    hosts: 3,
+                    joins: 5,
+                }
+            } else {
+                dual::Sizes {
+                    secs: 5,
+                    reps: 5,
+                    pings: 100,
+                    hosts: 5,
+                    joins: 50,
                 }
             }),
             _ => unreachable!("filtered above"),

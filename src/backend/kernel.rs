@@ -117,7 +117,7 @@ pub fn ensure_address(nl: &mut Netlink, index: u32, subnet: IpNet) -> Result<boo
         if a.addr == want {
             present = true;
         } else if Family::of(ip) == family
-            && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+            && !matches!(ip, IpAddr::V6(v6) if crate::subnet::is_link_local6(v6))
         {
             nl.del_address(index, a.addr)?;
             changed = true;
