@@ -235,6 +235,23 @@ fn ipv6_objects_deleted_by_hand_come_back_and_a_restart_loses_no_ipv6_packet() {
         "no IPv6 traffic after the device came back"
     );
 
+    // weftctl check sees a missing IPv6 route while nothing mends it (weftd stopped).
+    let h = &mut lab.hosts[0];
+    assert!(h.stop().success());
+    h.ns.ip(&["-6", "route", "del", &peer6.to_string()]);
+    let (code, out) = check(h);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("route") && out.contains(&peer6.to_string()),
+        "{out}"
+    );
+    h.start(&[]);
+    h.wait_ready();
+    let back = wait_for(Duration::from_secs(5), || {
+        (!h.route6_to(peer6).is_empty()).then_some(())
+    });
+    assert!(back.is_some(), "{}", h.logs());
+
     // A restart under 10 ms IPv6 pings in both directions loses nothing.
     let there = lab.hosts[0].start_pinging6(lab.hosts[1].container_ip6());
     let back_again = lab.hosts[1].start_pinging6(lab.hosts[0].container_ip6());
