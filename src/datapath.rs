@@ -380,12 +380,10 @@ impl Worker {
                 tracing::warn!(key = %skip.key, reason = %skip.reason, "lease not programmed");
             }
         }
-        self.metrics
-            .leases_known
-            .store(s.leases.len() as u64, Ordering::Relaxed);
+        self.metrics.leases_known.set(s.leases.len() as u64);
         self.metrics
             .leases_skipped
-            .store((d.skipped.len() + s.unreadable) as u64, Ordering::Relaxed);
+            .set((d.skipped.len() + s.unreadable) as u64);
         d
     }
 
@@ -427,14 +425,12 @@ impl Worker {
                 }
                 Err(e) => {
                     failed = true;
-                    self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.netlink_errors.inc();
                     tracing::warn!(object = %reconcile::describe(op, &dev), error = %e, "netlink request failed; will retry");
                 }
             }
         }
-        self.metrics
-            .drift_repairs
-            .fetch_add(repairs, Ordering::Relaxed);
+        self.metrics.drift_repairs.inc_by(repairs);
         if failed {
             Err(Failure::Apply)
         } else {
@@ -455,9 +451,7 @@ impl Worker {
         let host = Host::new(&s.ext, device);
         let (ops, peers) = match self.incremental(&s, &host) {
             Some(ops) => {
-                self.metrics
-                    .leases_known
-                    .store(s.leases.len() as u64, Ordering::Relaxed);
+                self.metrics.leases_known.set(s.leases.len() as u64);
                 (ops, self.applied.as_ref().map_or(0, |a| a.peers))
             }
             None => {
@@ -472,9 +466,7 @@ impl Worker {
             }
         };
         let result = self.apply(&ops, None);
-        self.metrics
-            .peers_programmed
-            .store(peers as u64, Ordering::Relaxed);
+        self.metrics.peers_programmed.set(peers as u64);
         if result.is_ok() && !ops.is_empty() {
             tracing::info!(
                 changes = ops.len(),
@@ -607,13 +599,13 @@ impl Worker {
             Ok(dev) => {
                 if dev.created {
                     tracing::warn!(device = %spec.name, mac = %format_mac(&dev.mac), "device was missing; recreated it");
-                    self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.drift_repairs.inc();
                 }
                 self.watched.device.store(dev.index, Ordering::Relaxed);
                 Ok(Some((spec.clone(), dev)))
             }
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(device = %spec.name, error = %e, "cannot set up the device; will retry");
                 Err(Failure::Device)
             }
@@ -633,7 +625,7 @@ impl Worker {
             }
             Ok(false) => Ok(()),
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(device = %spec.name, error = %e, "cannot set the device address");
                 Err(Failure::Address)
             }
@@ -653,7 +645,7 @@ impl Worker {
         let actual = match reconcile::read_actual(&mut self.nl, &s.cfg, &host, s.own_subnet()) {
             Ok(a) => a,
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(error = %e, "cannot read the kernel's routes, neighbours or FDB");
                 return Err(Failure::Dump);
             }
@@ -671,9 +663,7 @@ impl Worker {
                 "kernel state reconciled"
             );
         }
-        self.metrics
-            .peers_programmed
-            .store(desired.peers as u64, Ordering::Relaxed);
+        self.metrics.peers_programmed.set(desired.peers as u64);
         if result.is_ok() {
             self.applied = Some(desired);
             self.applied_from = Some((s.clone(), host));
