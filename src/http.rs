@@ -171,7 +171,7 @@ impl Default for Metrics {
             ),
             (
                 "weft_lease_expiry",
-                "Time until this host's lease expires (+Inf for a reservation, 0 without a lease)",
+                "Time until this host's lease expires (infinite for a reservation, 0 without a lease)",
                 &m.lease_expiry,
             ),
         ] {
