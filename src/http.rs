@@ -296,6 +296,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// never sees a client that connects and sends nothing, or half a head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// hyper's smallest read buffer. Our requests are a line and a few headers; the default
+/// (~400 KiB) would let each of many clients that send an endless head hold that much for
+/// the header read timeout. A longer head gets 431.
+const MAX_BUF_SIZE: usize = 8192;
+
 /// The endpoints. GET routes answer HEAD too (axum sends the headers without the body).
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
@@ -321,7 +326,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF_SIZE);
             // An error is the client's doing (it left, timed out, or sent something that is
             // not HTTP and got a 400): the connection is closed either way.
             let _ = http.serve_connection(TokioIo::new(conn), service).await;

@@ -256,6 +256,10 @@ fn endpoints_answer_with_their_status_codes_and_content_types() {
     assert_eq!((a.status, a.content_type()), (200, PROMETHEUS_TEXT));
     let samples = parse_exposition(&a.body, false);
     assert_eq!(value_of(&samples, "weft_ready"), 1.0);
+    // The lab's own reader, which the other tests use, finds the same series.
+    assert_eq!(h.metric("weft_ready"), Some(1.0));
+    assert!(h.metric("weft_drift_repairs_total").is_some());
+    assert_eq!(h.metric("weft_lease_acquisitions_total"), Some(1.0));
 
     // OpenMetrics, as Prometheus asks for it; the reconcile histogram counts what weftd does.
     let samples = scrape(h);
@@ -339,6 +343,29 @@ fn slow_and_garbage_clients_do_not_stall_the_endpoints() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
+
+    // A head that never ends is cut at weftd's 8 KiB buffer, not read on into memory.
+    let mut endless = connect(h);
+    endless
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("setting a read timeout");
+    endless
+        .write_all(b"GET /healthz HTTP/1.1\r\nX-Filler: ")
+        .expect("sending a head");
+    let filler = vec![b'a'; 64 * 1024];
+    // weftd may close before all of it is sent; the answer is what counts.
+    let _ = endless.write_all(&filler);
+    // weftd answers 431 and closes; closing with unread bytes resets the connection, and the
+    // reset may overtake the answer. Either way it ends now, not after a timeout.
+    let mut answer = Vec::new();
+    match endless.read_to_end(&mut answer) {
+        Ok(_) => assert!(
+            answer.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
 
     // The silent, the half and the idle connections are closed by the header read timeout
     // (5 s): read returns 0 (end of stream), or an error if weftd reset it.
