@@ -15,9 +15,10 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
@@ -32,17 +33,65 @@ const DURATION_BUCKETS: [f64; 17] = [
 const SKIPPED_HELP: &str = "Leases in etcd that were refused (malformed, outside the network, \
                             overlapping, unusable address)";
 
+/// A histogram over DURATION_BUCKETS kept in atomics, encoded by prometheus-client. Its own
+/// `Histogram` sits behind a mutex that a scrape holds while it encodes, and a scrape runs on
+/// a tokio worker the OS may preempt: the datapath thread would then wait on it in the middle
+/// of a reconciliation. Here an observation is two atomic adds and never waits.
+#[derive(Debug, Clone, Default)]
+pub struct DurationHistogram(Arc<DurationCounts>);
+
+#[derive(Debug, Default)]
+struct DurationCounts {
+    /// Observations per bucket (not cumulative), the last one above every bound.
+    per_bucket: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    /// The sum of the observations, as f64 bits.
+    sum: AtomicU64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&self, secs: f64) {
+        let i = DURATION_BUCKETS.partition_point(|le| *le < secs);
+        self.0.per_bucket[i].fetch_add(1, Ordering::Relaxed);
+        // Only ever fails when the closure returns None, which it never does.
+        let _ = self
+            .0
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + secs).to_bits())
+            });
+    }
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.0.per_bucket.iter().map(|n| n.load(Ordering::Relaxed)))
+            .collect();
+        // The count is the buckets' total, so `_count` always equals the `+Inf` bucket even
+        // while an observation lands during the scrape (`_sum` may then lag it by one).
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = f64::from_bits(self.0.sum.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// What the agent, the datapath thread and (later) the peer probes record as they work.
-/// Counters, gauges and flags are atomics, so the datapath thread, the tokio tasks and a
-/// scrape never wait for each other; a histogram observation takes prometheus-client's
-/// short mutex, once per reconciliation or probe, never per packet.
+/// Everything is an atomic, so the datapath thread, the tokio tasks and a scrape never wait
+/// for each other.
 #[derive(Debug)]
 pub struct Metrics {
     pub leases_known: Gauge<u64, AtomicU64>,
     pub leases_skipped: Gauge<u64, AtomicU64>,
     pub peers_programmed: Gauge<u64, AtomicU64>,
     pub reconcile_runs: Counter,
-    pub reconcile_duration: Histogram,
+    pub reconcile_duration: DurationHistogram,
     pub reconcile_last_duration: Gauge<f64, AtomicU64>,
     pub drift_repairs: Counter,
     pub netlink_errors: Counter,
@@ -55,7 +104,7 @@ pub struct Metrics {
     pub datapath_programmed: AtomicBool,
     pub subnet_env_written: AtomicBool,
     /// For the peer probes; registered now so that they plug in without a new metric name.
-    pub probe_rtt: Histogram,
+    pub probe_rtt: DurationHistogram,
     pub probe_errors: Counter,
     pub peers_reachable: Gauge<u64, AtomicU64>,
     pub peers_unreachable: Gauge<u64, AtomicU64>,
@@ -72,7 +121,7 @@ impl Default for Metrics {
             leases_skipped: Gauge::default(),
             peers_programmed: Gauge::default(),
             reconcile_runs: Counter::default(),
-            reconcile_duration: Histogram::new(DURATION_BUCKETS),
+            reconcile_duration: DurationHistogram::default(),
             reconcile_last_duration: Gauge::default(),
             drift_repairs: Counter::default(),
             netlink_errors: Counter::default(),
@@ -83,7 +132,7 @@ impl Default for Metrics {
             lease_held: AtomicBool::new(false),
             datapath_programmed: AtomicBool::new(false),
             subnet_env_written: AtomicBool::new(false),
-            probe_rtt: Histogram::new(DURATION_BUCKETS),
+            probe_rtt: DurationHistogram::default(),
             probe_errors: Counter::default(),
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
@@ -488,6 +537,38 @@ mod tests {
         let (_, ctype, body) = call(&m, Method::GET, "/metrics", Some("text/plain")).await;
         assert_eq!(ctype, prometheus_text::CONTENT_TYPE);
         assert!(!body.contains("# EOF"), "{body}");
+    }
+
+    #[test]
+    fn duration_histogram_buckets_bounds_and_counts_every_thread() {
+        let m = Arc::new(Metrics::default());
+        m.probe_rtt.observe(0.001); // on a bound: counted in it
+        m.probe_rtt.observe(60.0); // above every bound: only in +Inf
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| m.probe_rtt.observe(0.25)))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .for_each(|t| t.join().expect("no panic"));
+        let text = m.render(SystemTime::UNIX_EPOCH, Format::OpenMetrics);
+        for line in [
+            "weft_probe_rtt_seconds_bucket{le=\"0.0005\"} 0",
+            "weft_probe_rtt_seconds_bucket{le=\"0.001\"} 1",
+            "weft_probe_rtt_seconds_bucket{le=\"0.25\"} 4001",
+            "weft_probe_rtt_seconds_bucket{le=\"10.0\"} 4001",
+            "weft_probe_rtt_seconds_bucket{le=\"+Inf\"} 4002",
+            "weft_probe_rtt_seconds_count 4002",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let sum = text
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_probe_rtt_seconds_sum "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(sum.is_some_and(|s| (s - 1060.001).abs() < 1e-6), "{text}");
     }
 
     #[test]
