@@ -14,8 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use prometheus_client::encoding::{prometheus_text, text};
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{prometheus_text, text, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
@@ -36,7 +35,7 @@ const SKIPPED_HELP: &str = "Leases in etcd that were refused (malformed, outside
 /// A histogram over DURATION_BUCKETS kept in atomics, encoded by prometheus-client. Its own
 /// `Histogram` sits behind a mutex that a scrape holds while it encodes, and a scrape runs on
 /// a tokio worker the OS may preempt: the datapath thread would then wait on it in the middle
-/// of a reconciliation. Here an observation is two atomic adds and never waits.
+/// of a reconciliation. Here an observation is an atomic add and a compare-and-swap.
 #[derive(Debug, Clone, Default)]
 pub struct DurationHistogram(Arc<DurationCounts>);
 
