@@ -53,11 +53,11 @@ where
             // Refused credentials or permissions: weftd stops with the reason, and systemd's
             // restarts keep saying it in the journal until an operator mends it.
             Err(e) if e.is_refusal() => {
-                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.etcd_errors.inc();
                 return Err(e);
             }
             Err(e) => {
-                metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.etcd_errors.inc();
                 tracing::warn!(error = %e, retry_in = ?delay, "{what} failed");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -131,7 +131,7 @@ async fn netlink<T: Send + 'static>(
 async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<NetworkConfig> {
     let cfg = store
         .wait_for_config_counting(|| {
-            metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+            metrics.etcd_errors.inc();
         })
         .await?;
     if !cfg.enable_ipv4 || cfg.network.is_none() {
@@ -276,7 +276,7 @@ impl Agent {
             store.acquire_lease(&cfg, &attrs, prev, opts.lease_ttl)
         })
         .await?;
-        metrics.lease_acquisitions.fetch_add(1, Ordering::Relaxed);
+        metrics.lease_acquisitions.inc();
         tracing::info!(subnet = %own.subnet, ipv6_subnet = ?own.subnet6, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
@@ -349,7 +349,7 @@ impl Agent {
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
-                        self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.etcd_errors.inc();
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
                     }
                     None => bail!("the lease watch task ended"),
@@ -522,9 +522,7 @@ impl Agent {
             store.acquire_lease(cfg, &attrs, prev, ttl)
         })
         .await?;
-        self.metrics
-            .lease_acquisitions
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.lease_acquisitions.inc();
         let moved = lease.subnet != self.own.subnet || lease.subnet6 != self.own.subnet6;
         if moved {
             tracing::warn!(old = %self.own.key_name(), new = %lease.key_name(), "re-acquired a different subnet; containers must be restarted to use it");
@@ -551,7 +549,7 @@ impl Agent {
                 self.leases
                     .insert(self.own.subnet, Arc::new(self.own.clone()));
                 self.note_own_lease();
-                self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.lease_renewals.inc();
                 if self.renew_retry_at.take().is_some() {
                     tracing::info!(subnet = %self.own.subnet, "lease renewed again after failures");
                 } else {
@@ -564,7 +562,7 @@ impl Agent {
                 self.reacquire().await?;
             }
             Err(e) => {
-                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.etcd_errors.inc();
                 tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
                 // The retry is a timer of the main loop, so lease events and datapath reports
                 // keep flowing meanwhile.
@@ -604,7 +602,7 @@ impl Agent {
                 self.publish();
             }
             Err(e) => {
-                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.etcd_errors.inc();
                 tracing::warn!(error = %e, "cannot re-advertise the device MAC; will retry");
                 for f in changed {
                     self.device_mac[f] = None;
@@ -680,7 +678,7 @@ impl Agent {
                 self.rewatch = true;
             }
             Err(e) => {
-                self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.etcd_errors.inc();
                 tracing::warn!(error = %e, "cannot open a new etcd connection; keeping the old one");
             }
         }
@@ -719,7 +717,7 @@ impl Agent {
                 Err(StoreError::LeaseGone { .. }) => return self.reacquire().await,
                 Err(e) if e.is_refusal() => return Err(e.into()),
                 Err(e) => {
-                    self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.etcd_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot advertise the new public IP");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));

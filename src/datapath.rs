@@ -410,12 +410,10 @@ impl Worker {
     /// The lease counts for the metrics: skipped is the most any family skipped (a lease
     /// without an IPv6 subnet is not an IPv6 peer, and is no broken lease either).
     fn count_leases(&self, s: &Snapshot, skipped: usize) {
-        self.metrics
-            .leases_known
-            .store(s.leases.len() as u64, Ordering::Relaxed);
+        self.metrics.leases_known.set(s.leases.len() as u64);
         self.metrics
             .leases_skipped
-            .store((skipped + s.unreadable) as u64, Ordering::Relaxed);
+            .set((skipped + s.unreadable) as u64);
     }
 
     /// Applies ops, logging and counting failures. Err if any failed.
@@ -462,14 +460,12 @@ impl Worker {
                 }
                 Err(e) => {
                     failed = true;
-                    self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.netlink_errors.inc();
                     tracing::warn!(object = %reconcile::describe(op, &dev), error = %e, "netlink request failed; will retry");
                 }
             }
         }
-        self.metrics
-            .drift_repairs
-            .fetch_add(repairs, Ordering::Relaxed);
+        self.metrics.drift_repairs.inc_by(repairs);
         if failed {
             Err(Failure::Apply)
         } else {
@@ -519,12 +515,8 @@ impl Worker {
             }
             result = result.and(applied);
         }
-        self.metrics
-            .leases_known
-            .store(s.leases.len() as u64, Ordering::Relaxed);
-        self.metrics
-            .peers_programmed
-            .store(peers as u64, Ordering::Relaxed);
+        self.metrics.leases_known.set(s.leases.len() as u64);
+        self.metrics.peers_programmed.set(peers as u64);
         if result.is_ok() && changes > 0 {
             tracing::info!(
                 changes,
@@ -591,9 +583,7 @@ impl Worker {
             .iter()
             .filter_map(|f| self.applied[*f].as_ref().map(|a| a.peers))
             .sum();
-        self.metrics
-            .peers_programmed
-            .store(peers as u64, Ordering::Relaxed);
+        self.metrics.peers_programmed.set(peers as u64);
         result = result.and(self.ensure_masquerade(&s));
 
         self.metrics.record_reconcile(started.elapsed());
@@ -684,13 +674,13 @@ impl Worker {
             Ok(dev) => {
                 if dev.created {
                     tracing::warn!(device = %spec.name, mac = %format_mac(&dev.mac), "device was missing; recreated it");
-                    self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.drift_repairs.inc();
                 }
                 self.watched.devices[family].store(dev.index, Ordering::Relaxed);
                 Ok(Some((spec.clone(), dev)))
             }
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(device = %spec.name, error = %e, "cannot set up the device; will retry");
                 Err(Failure::Device)
             }
@@ -710,7 +700,7 @@ impl Worker {
             }
             Ok(false) => Ok(()),
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(device = %spec.name, error = %e, "cannot set the device address");
                 Err(Failure::Address)
             }
@@ -734,7 +724,7 @@ impl Worker {
         let actual = match reconcile::read_actual(&mut self.nl, &s.cfg, &host, own_subnet) {
             Ok(a) => a,
             Err(e) => {
-                self.metrics.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.netlink_errors.inc();
                 tracing::warn!(%family, error = %e, "cannot read the kernel's routes, neighbours or FDB");
                 return Err(Failure::Dump);
             }
