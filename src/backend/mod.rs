@@ -4,9 +4,11 @@
 //! and one line in the `backends!` list below.
 
 pub mod hostgw;
+// Not registered yet: the device control and the datapath's part are still being built.
 #[cfg(feature = "daemon")]
 mod kernel;
 pub mod vxlan;
+pub mod wireguard;
 
 use serde_json::{Map, Value};
 

@@ -1,0 +1,286 @@
+//! The wireguard backend, flannel's format: devices `flannel-wg` (and `flannel-wg-v6` in
+//! `separate` mode), one peer per remote lease (its public key, endpoint, subnet, PSK and
+//! keepalive), one route for the whole network on the device. The config and lease parts are
+//! pure; the device's control lives in [`super::wgdev`].
+
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use super::Backend;
+use crate::config::{get_str, get_uint, invalid, rename, ConfigErrors};
+use crate::subnet::Family;
+
+/// The backend's name in `Backend.Type` and a lease's `BackendType`.
+pub const TYPE: &str = "wireguard";
+
+/// A WireGuard key (private, public or preshared): 32 bytes, base64 in configs and leases.
+pub type Key = [u8; 32];
+
+/// How the families share tunnels (flannel's `Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One device per family: IPv4 over IPv4, IPv6 over IPv6 (flannel's default).
+    Separate,
+    /// One device for both families, over IPv6 when both ends have it, else IPv4.
+    Auto,
+    /// One device for both families, over IPv4.
+    Ipv4,
+    /// One device for both families, over IPv6.
+    Ipv6,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Separate => "separate",
+            Mode::Auto => "auto",
+            Mode::Ipv4 => "ipv4",
+            Mode::Ipv6 => "ipv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardConfig {
+    pub listen_port: u16,
+    pub listen_port_v6: u16,
+    pub psk: Option<Key>,
+    /// Seconds; 0 is off.
+    pub keepalive: u16,
+    pub mode: Mode,
+    /// `None`: the external interface's MTU less the overhead.
+    pub mtu: Option<u32>,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            listen_port: 51820,
+            listen_port_v6: 51821,
+            psk: None,
+            keepalive: 0,
+            mode: Mode::Separate,
+            mtu: None,
+        }
+    }
+}
+
+/// A key from its base64 form; `None` unless it is exactly 32 bytes.
+pub fn parse_key(s: &str) -> Option<Key> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// A key in base64, as `wg` and flannel write it.
+pub fn format_key(k: &Key) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+impl WireguardConfig {
+    /// Reads `Backend` of a wireguard config; every broken field is reported by its path.
+    pub fn parse(obj: &Map<String, Value>) -> Result<WireguardConfig, ConfigErrors> {
+        let mut problems = ConfigErrors::default();
+        let mut c = WireguardConfig::default();
+        let mut uint = |name, field| {
+            problems
+                .check(get_uint(obj, name).map_err(|e| rename(e, field)))
+                .flatten()
+        };
+        let port = uint("ListenPort", "Backend.ListenPort");
+        let port6 = uint("ListenPortV6", "Backend.ListenPortV6");
+        let keepalive = uint(
+            "PersistentKeepaliveInterval",
+            "Backend.PersistentKeepaliveInterval",
+        );
+        let mtu = uint("MTU", "Backend.MTU");
+        for (value, field, into) in [
+            (port, "Backend.ListenPort", &mut c.listen_port),
+            (port6, "Backend.ListenPortV6", &mut c.listen_port_v6),
+        ] {
+            match value.map(u16::try_from) {
+                None | Some(Ok(0)) => {}
+                Some(Ok(p)) => *into = p,
+                Some(Err(_)) => {
+                    problems.push(invalid(field, value.unwrap_or(0), "must be at most 65535"))
+                }
+            }
+        }
+        match keepalive.map(u16::try_from) {
+            None => {}
+            Some(Ok(k)) => c.keepalive = k,
+            Some(Err(_)) => problems.push(invalid(
+                "Backend.PersistentKeepaliveInterval",
+                keepalive.unwrap_or(0),
+                "must be at most 65535 seconds",
+            )),
+        }
+        match mtu {
+            None | Some(0) => {}
+            Some(m @ 1280..=65535) => c.mtu = Some(m as u32),
+            Some(m) => problems.push(invalid(
+                "Backend.MTU",
+                m,
+                "must be between 1280 and 65535 (or 0 to derive it)",
+            )),
+        }
+        let str_field = |name, field| get_str(obj, name).map_err(|e| rename(e, field));
+        if let Some(psk) = problems.check(str_field("PSK", "Backend.PSK")).flatten() {
+            match parse_key(psk) {
+                Some(k) => c.psk = Some(k),
+                None if psk.is_empty() => {}
+                None => problems.push(invalid(
+                    "Backend.PSK",
+                    "(hidden)",
+                    "must be 32 bytes in base64, as `wg genpsk` prints",
+                )),
+            }
+        }
+        if let Some(mode) = problems.check(str_field("Mode", "Backend.Mode")).flatten() {
+            match mode.to_ascii_lowercase().as_str() {
+                "" | "separate" => c.mode = Mode::Separate,
+                "auto" => c.mode = Mode::Auto,
+                "ipv4" => c.mode = Mode::Ipv4,
+                "ipv6" => c.mode = Mode::Ipv6,
+                _ => problems.push(invalid(
+                    "Backend.Mode",
+                    mode,
+                    "must be \"separate\", \"auto\", \"ipv4\" or \"ipv6\"",
+                )),
+            }
+        }
+        problems.or(Some(c))
+    }
+
+    /// The listen port of the device for `family` (in the single-tunnel modes, the one device
+    /// listens on ListenPort).
+    pub fn port_of(&self, family: Family) -> u16 {
+        match (self.mode, family) {
+            (Mode::Separate, Family::V6) => self.listen_port_v6,
+            _ => self.listen_port,
+        }
+    }
+
+    /// The device of `family`: `flannel-wg-v6` for IPv6 in `separate` mode, else `flannel-wg`.
+    pub fn device_name(&self, family: Family) -> &'static str {
+        match (self.mode, family) {
+            (Mode::Separate, Family::V6) => "flannel-wg-v6",
+            _ => "flannel-wg",
+        }
+    }
+}
+
+/// The WireGuard part of a lease: the host's public key and the port it listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgLeaseData {
+    pub public_key: Key,
+    /// 0 (older flannel): the receiver's own listen port.
+    pub port: u16,
+}
+
+impl WgLeaseData {
+    /// flannel's `BackendData` of a wireguard lease.
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"PublicKey": format_key(&self.public_key), "Port": self.port})
+    }
+
+    /// Reads `BackendData` (or `BackendV6Data`); `None` when it is not a usable one.
+    pub fn from_value(v: &Value) -> Option<WgLeaseData> {
+        let obj = v.as_object()?;
+        let get = |name: &str| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let public_key = parse_key(get("PublicKey")?.as_str()?)?;
+        let port = match get("Port") {
+            None | Some(Value::Null) => 0,
+            Some(p) => u16::try_from(p.as_u64()?).ok()?,
+        };
+        Some(WgLeaseData { public_key, port })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<WireguardConfig, ConfigErrors> {
+        let v: Value = serde_json::from_str(json).unwrap();
+        WireguardConfig::parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn flannels_defaults_and_fields() {
+        assert_eq!(
+            parse(r#"{"Type":"wireguard"}"#).unwrap(),
+            WireguardConfig::default()
+        );
+        let psk = format_key(&[7; 32]);
+        let c = parse(&format!(
+            r#"{{"Type":"wireguard","ListenPort":5000,"ListenPortV6":5001,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"Auto","MTU":1400}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            c,
+            WireguardConfig {
+                listen_port: 5000,
+                listen_port_v6: 5001,
+                psk: Some([7; 32]),
+                keepalive: 25,
+                mode: Mode::Auto,
+                mtu: Some(1400),
+            }
+        );
+        assert_eq!(c.device_name(Family::V6), "flannel-wg");
+        assert_eq!(c.port_of(Family::V6), 5000);
+        let d = WireguardConfig::default();
+        assert_eq!(
+            (d.device_name(Family::V6), d.port_of(Family::V6)),
+            ("flannel-wg-v6", 51821)
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named_and_the_psk_is_not_echoed() {
+        let e = parse(
+            r#"{"ListenPort":70000,"PSK":"c2VjcmV0","Mode":"tunnel","MTU":100,"PersistentKeepaliveInterval":-1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "Backend.ListenPort 70000",
+            "Backend.PSK (hidden): must be 32 bytes",
+            "Backend.Mode tunnel",
+            "Backend.MTU 100",
+            "Backend.PersistentKeepaliveInterval -1",
+        ] {
+            assert!(e.contains(part), "{part:?} not in {e}");
+        }
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
+
+    #[test]
+    fn lease_data_is_flannels_and_port_zero_is_kept() {
+        let d = WgLeaseData {
+            public_key: [1; 32],
+            port: 51820,
+        };
+        let v = d.to_value();
+        assert_eq!(
+            v.to_string(),
+            format!(r#"{{"PublicKey":"{}","Port":51820}}"#, format_key(&[1; 32]))
+        );
+        assert_eq!(WgLeaseData::from_value(&v), Some(d));
+        let old = serde_json::json!({"PublicKey": format_key(&[2; 32])});
+        assert_eq!(WgLeaseData::from_value(&old).unwrap().port, 0);
+        assert_eq!(
+            WgLeaseData::from_value(&serde_json::json!({"PublicKey": "short"})),
+            None
+        );
+    }
+}
