@@ -8,6 +8,8 @@ pub mod hostgw;
 #[cfg(feature = "daemon")]
 mod kernel;
 pub mod vxlan;
+#[cfg(feature = "daemon")]
+pub mod wgkey;
 pub mod wireguard;
 
 use serde_json::{Map, Value};
