@@ -7,6 +7,8 @@ pub mod hostgw;
 // Not registered yet: the device control and the datapath's part are still being built.
 #[cfg(feature = "daemon")]
 mod kernel;
+#[cfg(feature = "daemon")]
+pub mod uapi;
 pub mod vxlan;
 #[cfg(feature = "daemon")]
 pub mod wgkey;

@@ -174,6 +174,17 @@ impl WireguardConfig {
     }
 }
 
+/// One WireGuard peer as a device holds it: what one remote lease becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub public_key: Key,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    pub psk: Option<Key>,
+    /// Seconds; 0 is off.
+    pub keepalive: u16,
+}
+
 /// The WireGuard part of a lease: the host's public key and the port it listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WgLeaseData {
