@@ -11,6 +11,8 @@ mod kernel;
 pub mod uapi;
 pub mod vxlan;
 #[cfg(feature = "daemon")]
+pub mod wgdev;
+#[cfg(feature = "daemon")]
 pub mod wgkey;
 pub mod wireguard;
 

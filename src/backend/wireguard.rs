@@ -3,11 +3,8 @@
 //! keepalive), one route for the whole network on the device. The config and lease parts are
 //! pure; the device's control lives in [`super::wgdev`].
 
-use std::net::IpAddr;
-
 use serde_json::{Map, Value};
 
-use super::Backend;
 use crate::config::{get_str, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 
@@ -31,7 +28,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    /// flannel's name of the mode.
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Separate => "separate",
             Mode::Auto => "auto",

@@ -176,6 +176,18 @@ impl Netlink {
         self.created(name, &op)
     }
 
+    /// Creates a kernel WireGuard device. Fails with EOPNOTSUPP when the kernel has no
+    /// WireGuard module (see [`NetlinkError::errno`]).
+    pub fn create_wireguard(&mut self, name: &str) -> Result<Link, NetlinkError> {
+        let op = format!("create wireguard {name}");
+        check_ifname(&op, name)?;
+        self.new_link(
+            build::link_new(name, InfoKind::Wireguard, None, None, None),
+            &op,
+        )?;
+        self.created(name, &op)
+    }
+
     fn new_link(&mut self, msg: LinkMessage, op: &str) -> Result<(), NetlinkError> {
         self.conn
             .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)

@@ -1,0 +1,157 @@
+//! A WireGuard device made ready: the kernel's when it has the module, else a userspace one
+//! (Debian's wireguard-go, as wg-quick falls back to it), started if it is not running and
+//! left running when weftd stops, so no packet waits for weftd. Either way the device gets
+//! this host's key and listen port; its peers are the datapath's job.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::uapi;
+use super::wireguard::Key;
+use crate::netlink::{Link, Netlink, NetlinkError};
+
+/// The userspace implementation weft starts when the kernel has no WireGuard.
+pub const WIREGUARD_GO: &str = "wireguard-go";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WgDeviceError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Uapi(#[from] uapi::UapiError),
+    #[error("the kernel has no WireGuard and {WIREGUARD_GO} cannot be started for {dev}: {why}")]
+    Userspace { dev: String, why: String },
+    #[error("{dev} exists but is a {kind} device, not WireGuard")]
+    Foreign { dev: String, kind: String },
+}
+
+/// Which implementation carries a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Implementation {
+    Kernel,
+    Userspace,
+}
+
+/// A device that exists and has the host's key and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgDevice {
+    pub link: Link,
+    pub implementation: Implementation,
+    pub created: bool,
+}
+
+/// What a link of kind `kind` is: a kernel WireGuard device, a TUN device (wireguard-go's,
+/// when its control socket answers), or something else.
+fn implementation_of(link: &Link) -> Option<Implementation> {
+    match link.kind.as_deref() {
+        Some("wireguard") => Some(Implementation::Kernel),
+        Some("tun") | None if uapi::socket_path(&link.name).exists() => {
+            Some(Implementation::Userspace)
+        }
+        _ => None,
+    }
+}
+
+/// Adopts the device `name` or creates it (kernel first, then wireguard-go), then gives it
+/// `key` and `port` when it has others, `mtu`, and brings it up.
+pub fn ensure(
+    nl: &mut Netlink,
+    name: &str,
+    key: &Key,
+    port: u16,
+    mtu: u32,
+) -> Result<WgDevice, WgDeviceError> {
+    let (link, implementation, created) = match nl.link_by_name(name)? {
+        Some(link) => {
+            let Some(i) = implementation_of(&link) else {
+                return Err(WgDeviceError::Foreign {
+                    dev: name.into(),
+                    kind: link.kind.clone().unwrap_or_else(|| "unknown".into()),
+                });
+            };
+            (link, i, false)
+        }
+        None => match nl.create_wireguard(name) {
+            Ok(link) => (link, Implementation::Kernel, true),
+            Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
+                (start_userspace(nl, name)?, Implementation::Userspace, true)
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if implementation == Implementation::Kernel {
+        // Configuring a kernel device goes through generic netlink, which this build does not
+        // speak yet; wg-quick's fallback (userspace) is what these hosts run.
+        return Err(WgDeviceError::Userspace {
+            dev: name.into(),
+            why: "a kernel WireGuard device is not configured by this weftd yet".into(),
+        });
+    }
+    let state = uapi::get(name)?;
+    if state.private_key != Some(*key) || state.listen_port != port {
+        uapi::set(
+            name,
+            &uapi::Change {
+                private_key: Some(*key),
+                listen_port: Some(port),
+                ..uapi::Change::default()
+            },
+        )?;
+    }
+    if link.mtu != mtu {
+        nl.set_mtu(link.index, mtu)?;
+    }
+    if !link.up {
+        nl.set_up(link.index)?;
+    }
+    let link = nl.link_by_index(link.index)?.unwrap_or(link);
+    Ok(WgDevice {
+        link,
+        implementation,
+        created,
+    })
+}
+
+/// Starts wireguard-go for `name` and waits for its device and control socket. wireguard-go
+/// detaches itself, so it outlives weftd (a restart or crash of weftd loses no packet).
+fn start_userspace(nl: &mut Netlink, name: &str) -> Result<Link, WgDeviceError> {
+    let fail = |why: String| WgDeviceError::Userspace {
+        dev: name.into(),
+        why,
+    };
+    let out = Command::new(WIREGUARD_GO)
+        .arg(name)
+        .env_remove("WG_PROCESS_FOREGROUND")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            fail(format!(
+                "cannot run it: {e} (install Debian's wireguard-go)"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "it exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(link) = nl.link_by_name(name)? {
+            if uapi::socket_path(name).exists() {
+                tracing::info!(
+                    device = name,
+                    "started {WIREGUARD_GO}: the kernel has no WireGuard"
+                );
+                return Ok(link);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                "its device or control socket did not appear within 5 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
