@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
-//! datapath.
-//! Needs root, /usr/bin/etcd, iproute2, iperf3 and Debian's containernetworking-plugins.
+//! datapath, probes (peer probes to 1,000 simulated peers).
+//! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -19,6 +19,7 @@ mod acquire;
 mod cni;
 mod convergence;
 mod datapath;
+mod peer_probe;
 mod probe;
 mod report;
 mod rig;
@@ -26,13 +27,14 @@ mod scale;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "convergence",
     "fleet",
     "scale",
     "acquire",
     "cni",
     "datapath",
+    "probes",
 ];
 
 fn main() {
@@ -155,6 +157,21 @@ fn main() {
                     secs: 5,
                     reps: 5,
                     pings: 100,
+                }
+            }),
+            // One host probing 1,000 simulated peers, at the interval weftd would use in a
+            // small cluster (1 s) and its default (5 s).
+            "probes" => peer_probe::run(&if quick {
+                peer_probe::Sizes {
+                    peers: 100,
+                    secs: 3,
+                    intervals: vec![Duration::from_secs(1)],
+                }
+            } else {
+                peer_probe::Sizes {
+                    peers: 1000,
+                    secs: 20,
+                    intervals: vec![Duration::from_secs(1), Duration::from_secs(5)],
                 }
             }),
             _ => unreachable!("filtered above"),
