@@ -293,6 +293,9 @@ struct Finished {
 
 type InFlight = Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
 
+/// The shortest time between two wake-ups that send probes; see the loop in [`run`].
+const WAKE_GAP: Duration = Duration::from_millis(10);
+
 /// Payload of every echo request: small, so 1,000 peers cost little bandwidth.
 const PAYLOAD: [u8; 8] = *b"weftprob";
 
@@ -302,15 +305,21 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut seq: u16 = 0;
     let mut warned_no_v6 = false;
+    let mut last_wake = Instant::now();
     loop {
-        let due = grid.next_due().map(Instant::from_std);
+        // Slots closer together than WAKE_GAP share one wake-up: the probes still leave
+        // spread out (never more than a WAKE_GAP's worth together), for far fewer wake-ups.
+        let due = grid
+            .next_due()
+            .map(|d| Instant::from_std(d).max(last_wake + WAKE_GAP));
         tokio::select! {
             _ = shared.changed.notified() => {
                 let n = shared.lock().rotation.len();
                 grid.reanchor(Instant::now().into_std(), n);
             }
             _ = sleep_until(due) => {
-                let now = Instant::now().into_std();
+                last_wake = Instant::now();
+                let now = last_wake.into_std();
                 while grid.take(now) {
                     let mut p = shared.lock();
                     let Some(id) = p.rotation.turn() else { break };
