@@ -17,8 +17,8 @@
 //!
 //! Cost at 1,000 peers (BENCHMARKS.md, "Peer probes"): n / interval echo requests and as many
 //! replies per second, 200/s at the default 5 s and 1,000/s at 1 s, each request a 36-byte
-//! IPv4 packet; about 1.2 % of one core at 5 s and 1.8 % at 1 s on the benchmark machine,
-//! the kernel's share of sending and receiving included.
+//! IPv4 packet; 1.2–1.6 % of one core at 5 s and 1.8–2.4 % at 1 s in two runs on the
+//! benchmark machine, the kernel's share of sending and receiving included.
 
 mod args;
 pub mod health;

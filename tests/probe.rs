@@ -221,6 +221,19 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
         other.addr
     );
     assert_eq!(prober.snapshot().len(), 2);
+
+    // A peer that keeps its id but moves to another address is a new path: a fresh record.
+    let moved_at = std::time::SystemTime::now();
+    let moved = Target {
+        id: peer.id.clone(),
+        addr: other.addr,
+    };
+    prober.set_peers(vec![moved]);
+    let s = status(&prober, &peer.id);
+    assert_eq!(s.addr, other.addr);
+    assert!(s.since >= moved_at && s.lost == 0, "{s:?}");
+    wait_state(&prober, &peer.id, PeerState::Reachable, CFG.timeout + SLACK).await;
+    assert_eq!(prober.snapshot().len(), 1);
 }
 
 fn target(id: &str, addr: &str) -> Target {
