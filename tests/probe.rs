@@ -157,6 +157,13 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     assert!(rtt > Duration::ZERO && rtt < CFG.timeout, "{s:?}");
     assert_eq!(s.addr, peer.addr);
 
+    // Nothing is spawned per probe: the prober's task and surge-ping's receiver per family,
+    // however many probes have been sent and timed out by now.
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert!(tasks <= 3, "{tasks} tasks alive after {} probes", g.sent);
+
     // Drop the peer's echo requests: the next down_after probes are lost. The last answer can
     // come just before the drop, so the earliest the peer can be down is (down_after − 1)
     // intervals plus a timeout after it, the latest down_after intervals plus a timeout.
