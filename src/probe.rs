@@ -37,6 +37,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::lease::Side;
+
 pub use args::{ProbeArgs, ProbeConfigError};
 use health::{Grid, Health, Rotation};
 pub use health::{Outcome, PeerState};
@@ -59,6 +61,20 @@ pub struct ProbeConfig {
 pub struct Target {
     pub id: String,
     pub addr: IpAddr,
+}
+
+/// The address that probes a peer along the path its traffic takes, from one family's side of
+/// its lease. With a tunnel device (VXLAN, WireGuard) it is the peer's tunnel address, its
+/// subnet's network address (flannel and weft give the device `<subnet address>/32`, /128 in
+/// IPv6; flannel hosts answer there too). With host-gw it is the peer's public address, the
+/// next hop of the route to its subnet (the subnet's own addresses need not exist on the
+/// peer: its bridge comes with the first container).
+pub fn probe_addr(side: &Side<'_>, tunnel: bool) -> Option<IpAddr> {
+    if tunnel {
+        Some(side.subnet.network())
+    } else {
+        side.public_ip
+    }
 }
 
 /// One peer as `/peers` shows it (serialises to JSON as is).
@@ -461,6 +477,24 @@ fn is_echo_reply(p: &IcmpPacket) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_addr_is_the_tunnel_address_or_the_next_hop() {
+        let v4 = Side {
+            subnet: "198.19.2.0/24".parse().unwrap(),
+            public_ip: Some("198.18.0.2".parse().unwrap()),
+            backend_data: None,
+        };
+        assert_eq!(probe_addr(&v4, true), Some("198.19.2.0".parse().unwrap()));
+        assert_eq!(probe_addr(&v4, false), Some("198.18.0.2".parse().unwrap()));
+        let v6 = Side {
+            subnet: "2001:db8:2::/64".parse().unwrap(),
+            public_ip: None,
+            backend_data: None,
+        };
+        assert_eq!(probe_addr(&v6, true), Some("2001:db8:2::".parse().unwrap()));
+        assert_eq!(probe_addr(&v6, false), None);
+    }
 
     #[test]
     fn probe_status_serialises_for_the_peers_endpoint() {
