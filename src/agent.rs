@@ -21,6 +21,7 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
+use crate::probe::{probe_addr, ProbeConfig, Prober, Target};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
 use crate::subnet::{Family, PerFamily};
 use crate::subnet_env::SubnetEnv;
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     pub healthz: Option<SocketAddr>,
     pub resync: Duration,
     pub vxlan_device: Option<String>,
+    /// How the peers are probed through the overlay.
+    pub probe: ProbeConfig,
 }
 
 /// Retries an etcd operation with capped exponential backoff until it succeeds, logging each
@@ -113,6 +116,26 @@ struct Agent {
     renew_retry_at: Option<tokio::time::Instant>,
     /// The store was connected anew: the lease watch must move to the new connection.
     rewatch: bool,
+    /// Probes every peer through the overlay; None when its sockets could not be opened.
+    prober: Option<Arc<Prober>>,
+}
+
+/// Starts the peer probes, feeding the metrics and `/peers`. Without them (no raw or ping
+/// socket allowed) weftd still runs the overlay, and says why it cannot watch it.
+fn start_probes(cfg: ProbeConfig, metrics: &Arc<Metrics>) -> Option<Arc<Prober>> {
+    let m = metrics.clone();
+    match Prober::start_observed(cfg, Box::new(move |ev| m.record_probe(ev))) {
+        Ok(p) => {
+            let p = Arc::new(p);
+            metrics.peer_probes.set(p.clone());
+            tracing::info!(interval = ?cfg.interval, timeout = ?cfg.timeout, down_after = cfg.down_after, "probing peers through the overlay");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot probe peers; the overlay runs, unobserved");
+            None
+        }
+    }
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -287,7 +310,9 @@ impl Agent {
             opts.select.clone(),
         )
         .context("cannot start the datapath")?;
+        let prober = start_probes(opts.probe, &metrics);
         let mut agent = Agent {
+            prober,
             opts,
             metrics,
             store,
@@ -420,6 +445,7 @@ impl Agent {
     }
 
     fn publish(&self) {
+        self.probe_peers();
         self.datapath.update(Arc::new(Snapshot {
             cfg: self.cfg.clone(),
             ext: self.ext.clone(),
@@ -429,6 +455,31 @@ impl Agent {
             unreadable: self.unreadable,
             masq: self.masq_spec(),
         }));
+    }
+
+    /// Points the prober at every peer in every family this host runs: the peer's tunnel
+    /// address with a device (VXLAN), its public address with host-gw. A peer's id is its
+    /// subnet in that family, so each family of a dual-stack peer is probed on its own.
+    fn probe_peers(&self) {
+        let Some(prober) = &self.prober else {
+            return;
+        };
+        let tunnel = self.devices.v4.is_some() || self.devices.v6.is_some();
+        let families: Vec<Family> =
+            crate::reconcile::families(&self.cfg, &self.ext, &self.own).collect();
+        let targets = self
+            .leases
+            .values()
+            .filter(|l| l.subnet != self.own.subnet)
+            .flat_map(|l| families.iter().filter_map(move |f| l.side(*f)))
+            .filter_map(|side| {
+                Some(Target {
+                    id: side.subnet.to_string(),
+                    addr: probe_addr(&side, tunnel)?,
+                })
+            })
+            .collect();
+        prober.set_peers(targets);
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {

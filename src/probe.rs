@@ -119,6 +119,24 @@ pub struct ProbeError {
 /// The ids of the peers that are unreachable now.
 pub type Unreachable = BTreeSet<String>;
 
+/// What the prober tells its owner as it goes (for metrics): every finished probe, and the
+/// counts of reachable and unreachable peers whenever a peer's state changes.
+#[derive(Debug, Clone, Copy)]
+pub enum ProbeEvent {
+    Finished {
+        outcome: Outcome,
+        /// The probe could not be sent or its socket failed (not a plain timeout).
+        failed: bool,
+    },
+    Counts {
+        reachable: u64,
+        unreachable: u64,
+    },
+}
+
+/// Called on the prober's task: must be quick and must not block.
+pub type Observer = Box<dyn Fn(ProbeEvent) + Send + Sync>;
+
 /// A running prober. Dropping it stops the probes and closes the sockets.
 pub struct Prober {
     shared: Arc<Shared>,
@@ -127,6 +145,7 @@ pub struct Prober {
 
 struct Shared {
     cfg: ProbeConfig,
+    observe: Observer,
     peers: Mutex<Peers>,
     /// Wakes the task when the peer set changed, so the slots are spread anew.
     changed: Notify,
@@ -154,6 +173,11 @@ impl Prober {
     /// without IPv6 (the family not supported) gets no IPv6 socket and logs its IPv6 peers
     /// as not probed.
     pub fn start(cfg: ProbeConfig) -> Result<Prober, ProbeError> {
+        Prober::start_observed(cfg, Box::new(|_| {}))
+    }
+
+    /// [`Prober::start`] with `observe` told of every finished probe and state change.
+    pub fn start_observed(cfg: ProbeConfig, observe: Observer) -> Result<Prober, ProbeError> {
         let v4 = open(ICMP::V4).map_err(|source| ProbeError {
             family: "IPv4",
             source,
@@ -171,6 +195,7 @@ impl Prober {
         let (unreachable, _) = watch::channel(Unreachable::new());
         let shared = Arc::new(Shared {
             cfg,
+            observe,
             peers: Mutex::new(Peers::default()),
             changed: Notify::new(),
             unreachable,
@@ -362,6 +387,7 @@ struct Finished {
     id: String,
     gen: u64,
     outcome: Outcome,
+    failed: bool,
 }
 
 type InFlight = Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
@@ -416,6 +442,7 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
                 }
             }
             Some(f) = in_flight.next(), if !in_flight.is_empty() => {
+                (shared.observe)(ProbeEvent::Finished { outcome: f.outcome, failed: f.failed });
                 let mut p = shared.lock();
                 let Some(peer) = p.by_id.get_mut(&f.id) else { continue };
                 if peer.gen != f.gen {
@@ -428,6 +455,17 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
                         Outcome::Lost => tracing::warn!(peer = %f.id, addr = %peer.addr, ?state, losses = cfg.down_after, "peer probes lost"),
                     }
                     shared.publish_unreachable(&p);
+                    let reachable = p
+                        .by_id
+                        .values()
+                        .filter(|peer| peer.health.state() == PeerState::Reachable)
+                        .count() as u64;
+                    let unreachable = p
+                        .by_id
+                        .values()
+                        .filter(|peer| peer.health.state() == PeerState::Unreachable)
+                        .count() as u64;
+                    (shared.observe)(ProbeEvent::Counts { reachable, unreachable });
                 }
             }
         }
@@ -453,17 +491,22 @@ async fn probe(
 ) -> Finished {
     let mut pinger = client.pinger(addr, ident).await;
     pinger.timeout(timeout);
-    let outcome = match pinger.ping(seq, &PAYLOAD).await {
-        Ok((packet, rtt)) if is_echo_reply(&packet) => Outcome::Answer(rtt),
+    let (outcome, failed) = match pinger.ping(seq, &PAYLOAD).await {
+        Ok((packet, rtt)) if is_echo_reply(&packet) => (Outcome::Answer(rtt), false),
         // An ICMP error about the probe (e.g. host unreachable) is as good as no answer.
-        Ok(_) => Outcome::Lost,
-        Err(SurgeError::Timeout { .. }) => Outcome::Lost,
+        Ok(_) => (Outcome::Lost, false),
+        Err(SurgeError::Timeout { .. }) => (Outcome::Lost, false),
         Err(e) => {
             tracing::debug!(peer = %id, %addr, error = %e, "peer probe failed");
-            Outcome::Lost
+            (Outcome::Lost, true)
         }
     };
-    Finished { id, gen, outcome }
+    Finished {
+        id,
+        gen,
+        outcome,
+        failed,
+    }
 }
 
 fn is_echo_reply(p: &IcmpPacket) -> bool {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft::agent::{self, AgentConfig};
 use weft::iface::IfaceSelect;
+use weft::probe::ProbeArgs;
 use weft::store::EtcdOptions;
 
 #[derive(Parser, Debug)]
@@ -25,6 +26,9 @@ struct Args {
 
     #[command(flatten)]
     select: IfaceSelect,
+
+    #[command(flatten)]
+    probe: ProbeArgs,
 
     /// Where to write subnet.env (network, this host's subnet, MTU), which the CNI plugin
     /// reads.
@@ -123,7 +127,15 @@ fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    let probe = match args.probe.config() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cfg = AgentConfig {
+        probe,
         etcd: args.etcd,
         select: args.select,
         subnet_file: args.subnet_file,
