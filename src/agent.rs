@@ -793,7 +793,7 @@ fn changes_since(known: &BTreeMap<Ipv4Net, Arc<Lease>>, listed: &[Lease]) -> Vec
             .filter(|l| {
                 known
                     .get(&l.subnet)
-                    .map_or(true, |k| k.mod_revision != l.mod_revision)
+                    .is_none_or(|k| k.mod_revision != l.mod_revision)
             })
             .map(|l| LeaseEvent::Added((*l).clone())),
     );
