@@ -21,6 +21,7 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
+use crate::status::{Facts, StatusFeed};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
 use crate::subnet::{Family, PerFamily};
 use crate::subnet_env::SubnetEnv;
@@ -32,6 +33,7 @@ pub struct AgentConfig {
     pub select: IfaceSelect,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
+    pub status_ttl: Duration,
     pub renew_margin: Duration,
     pub ip_masq: bool,
     pub healthz: Option<SocketAddr>,
@@ -113,6 +115,7 @@ struct Agent {
     renew_retry_at: Option<tokio::time::Instant>,
     /// The store was connected anew: the lease watch must move to the new connection.
     rewatch: bool,
+    status: StatusFeed,
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -287,6 +290,7 @@ impl Agent {
             opts.select.clone(),
         )
         .context("cannot start the datapath")?;
+        let status = StatusFeed::start(store.clone(), opts.status_ttl, Facts::default());
         let mut agent = Agent {
             opts,
             metrics,
@@ -303,6 +307,7 @@ impl Agent {
             notified: false,
             renew_retry_at: None,
             rewatch: false,
+            status,
         };
         agent.note_own_lease();
         agent.adopt_listing(&known);
@@ -344,12 +349,14 @@ impl Agent {
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
         loop {
+            self.feed_status();
             let renew_at = self.renew_at();
             tokio::select! {
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
                         self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                        self.status.error(&e);
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
                     }
                     None => bail!("the lease watch task ended"),
@@ -371,6 +378,18 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Hands this host's facts to the status record; it is written only when they changed.
+    fn feed_status(&self) {
+        let m = &self.metrics;
+        self.status.update(|f| {
+            f.lease_key = self.own.key_name();
+            f.public_ip = Some(self.ext.public_ip.into());
+            f.backend = self.cfg.backend.type_name().to_string();
+            f.ready = m.not_ready_reasons().is_empty();
+            f.drift_repairs = m.drift_repairs.load(Ordering::Relaxed);
+        });
     }
 
     /// When to renew: the margin before expiry, or half the TTL when the margin is longer
@@ -565,6 +584,7 @@ impl Agent {
             }
             Err(e) => {
                 self.metrics.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                self.status.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
                 // The retry is a timer of the main loop, so lease events and datapath reports
                 // keep flowing meanwhile.

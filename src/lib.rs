@@ -44,3 +44,5 @@ pub mod iface;
 pub mod masq;
 #[cfg(feature = "daemon")]
 pub mod reconcile;
+#[cfg(feature = "daemon")]
+pub mod status;
