@@ -268,3 +268,49 @@ fn a_flannel_host_has_no_status_the_pool_is_counted_exactly_and_a_quiet_cluster_
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("198.18.0.254:2379"), "{}", text(&out));
 }
+
+#[test]
+fn a_host_cut_off_from_etcd_longer_than_its_ttl_is_shown_gone_and_comes_back_by_itself() {
+    let mut lab = Lab::new(2, SMALL_CONFIG);
+    lab.start_all(&["--status-ttl", "3s"]);
+    let subnets: Vec<Ipv4Net> = lab.hosts.iter().map(|h| h.subnet()).collect();
+    let key = format!("{STATUS_PREFIX}{}", key_name(subnets[1]));
+    let record = |lab: &Lab| -> Option<Value> {
+        let raw = lab.etcd.get(&key)?;
+        Some(serde_json::from_str(&raw).unwrap())
+    };
+    wait_states(&lab.hosts[0], &subnets, "ready");
+    let before = record(&lab).expect("host 2's record");
+
+    // Host 2 loses etcd (a blackhole route to it); its containers' network stays as it is.
+    let etcd_route = format!("{}/32", common::lab::ETCD_IP);
+    lab.hosts[1]
+        .ns
+        .ip(&["route", "add", "blackhole", &etcd_route]);
+    wait_states(&lab.hosts[0], &subnets[1..], "gone");
+    std::thread::sleep(Duration::from_secs(2));
+    lab.hosts[1]
+        .ns
+        .ip(&["route", "del", "blackhole", &etcd_route]);
+
+    // Back: a new liveness lease, the record written anew, the gone mark removed with it.
+    let deadline = Duration::from_secs(45);
+    let back = wait_for(deadline, || {
+        let r = record(&lab)?;
+        (r["alive_since"] != before["alive_since"] && r["ready"] == true).then_some(r)
+    });
+    assert!(
+        back.is_some(),
+        "host 2's record not back within {deadline:?}:\n{}",
+        lab.hosts[1].logs()
+    );
+    assert!(lab
+        .etcd
+        .get(&format!("{GONE_PREFIX}{}", key_name(subnets[1])))
+        .is_none());
+    for h in &mut lab.hosts {
+        assert!(h.is_running(), "weftd exited while cut off:\n{}", h.logs());
+    }
+    let (code, v) = status(&lab.hosts[0], &["--pool-warn-below", "0"]);
+    assert_eq!(code, 0, "{v:#}");
+}

@@ -41,7 +41,10 @@ pub(super) async fn run(store: EtcdStore, ttl: Duration, mut facts: watch::Recei
         keeper: None,
         alive_since: Stamp::now(),
         written: None,
-        last_write: Instant::now(),
+        // The first record goes out at once.
+        last_write: Instant::now()
+            .checked_sub(MIN_GAP)
+            .unwrap_or_else(Instant::now),
         ready: None,
         repairs: DriftRepairs::default(),
         watch: None,

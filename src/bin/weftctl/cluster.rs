@@ -260,7 +260,8 @@ fn print_summary(
         let r = h.record.as_ref().map(|r| &r.drift_repairs);
         let last = r.and_then(|r| r.last).map_or("-".into(), |t| t.to_string());
         let count = r.map_or(0, |r| r.count);
-        writeln!(o, "  {:<18} {count} repairs, last {last}", h.lease.subnet)?;
+        let subnet = h.lease.subnet.to_string();
+        writeln!(o, "  {subnet:<18} {count} repairs, last {last}")?;
     }
     let p = view.pool;
     let low = if p.free_percent() < args.pool_warn_below {
@@ -284,7 +285,8 @@ fn print_summary(
     match problems.len() {
         0 => writeln!(o, "healthy")?,
         n => {
-            writeln!(o, "unhealthy: {n} problems")?;
+            let s = if n == 1 { "" } else { "s" };
+            writeln!(o, "unhealthy: {n} problem{s}")?;
             for p in problems {
                 writeln!(o, "  {p}")?;
             }
@@ -307,7 +309,7 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
     }
     writeln!(o, "matrix:    row cannot reach column: x; no record: ?")?;
     for (i, h) in hosts.iter().enumerate() {
-        writeln!(o, "  {i:>2} {}", h.lease.subnet)?;
+        writeln!(o, "  {i:>2}  {}", h.lease.subnet)?;
     }
     let head: String = (0..hosts.len()).map(|i| format!("{i:>3}")).collect();
     writeln!(o, "     {head}")?;
@@ -344,7 +346,11 @@ pub async fn reclaim(store: &EtcdStore, gone_for: Duration, yes: bool) -> Result
         let HostState::Gone { since } = h.state else {
             continue;
         };
-        let (subnet, ip, age) = (h.lease.subnet, h.lease.attrs.public_ip, since.age(now));
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        let age = since.age(now);
         let why = if h.lease.is_reservation() {
             "kept: a reservation".to_string()
         } else if age < gone_for {
