@@ -228,11 +228,11 @@ fn print_summary(
             HostState::NoStatus => "no status (not weft?)".to_string(),
             _ => alive_text(h, now),
         };
-        writeln!(
-            o,
-            "  {:<18} {:<15} {what}",
-            h.lease.subnet, h.lease.attrs.public_ip
-        )?;
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        writeln!(o, "  {subnet:<18} {ip:<15} {what}")?;
     }
     writeln!(o, "versions:  {}", tally(view, |r| r.version.clone()))?;
     writeln!(o, "backends:  {}", tally(view, |r| r.backend.clone()))?;
