@@ -93,6 +93,28 @@ fn records_show_each_host_and_a_killed_host_is_gone_then_reclaimed_for_a_new_hos
     }
     let (code, v) = status(&lab.hosts[0], &["--pool-warn-below", "0"]);
     assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["recent_drift_repairs"], serde_json::json!([]), "{v:#}");
+
+    // A route deleted by hand is put back, and the record says so.
+    lab.hosts[0]
+        .ns
+        .ip(&["route", "del", &subnets[1].to_string()]);
+    let repaired = wait_for(Duration::from_secs(15), || {
+        let v = status(&lab.hosts[1], &["--pool-warn-below", "0"]).1;
+        let r = v["recent_drift_repairs"].as_array()?.first()?.clone();
+        (r["subnet"] == subnets[0].to_string()).then_some(r)
+    });
+    let r =
+        repaired.unwrap_or_else(|| panic!("no drift repair reported:\n{}", lab.hosts[0].logs()));
+    assert!(
+        r["count"].as_u64() >= Some(1) && r["last"].is_string(),
+        "{r}"
+    );
+    let table = text(&lab.hosts[1].weftctl(&["status", "--pool-warn-below", "0"]));
+    assert!(
+        table.contains("repairs:   1 hosts repaired drift within 1h"),
+        "{table}"
+    );
     let list = lab.hosts[0].weftctl(&["leases"]);
     assert!(text(&list).contains("ALIVE"), "{}", text(&list));
     assert_eq!(text(&list).matches(" yes").count(), 3, "{}", text(&list));

@@ -31,6 +31,9 @@ struct Writer {
     watch: Option<WatchStream>,
     /// The last revision the status watch saw, to resume from after an outage.
     watch_rev: i64,
+    /// A watch that failed is opened again no sooner than this, so a watch etcd keeps
+    /// ending cannot spin the task.
+    watch_retry_at: Instant,
 }
 
 pub(super) async fn run(store: EtcdStore, ttl: Duration, mut facts: watch::Receiver<Facts>) {
@@ -49,6 +52,7 @@ pub(super) async fn run(store: EtcdStore, ttl: Duration, mut facts: watch::Recei
         repairs: DriftRepairs::default(),
         watch: None,
         watch_rev: 0,
+        watch_retry_at: Instant::now(),
     };
     // A third of the TTL: two keep-alives may be lost before the record expires.
     let mut tick = tokio::time::interval(ttl / 3);
@@ -114,7 +118,8 @@ impl Writer {
             debug!(key = %self.store.status_key(name), ready = record.ready, "status record written");
             self.written = Some((name.clone(), record));
         }
-        if self.watch.is_none() {
+        if self.watch.is_none() && Instant::now() >= self.watch_retry_at {
+            self.watch_retry_at = Instant::now() + MIN_GAP;
             self.watch = Some(self.store.watch_status(self.watch_rev).await?);
         }
         Ok(())
