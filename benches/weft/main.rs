@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
-//! datapath.
+//! datapath, dual, status.
 //! Needs root, /usr/bin/etcd, iproute2, iperf3 and Debian's containernetworking-plugins.
 
 #[path = "../../tests/common/mod.rs"]
@@ -24,10 +24,11 @@ mod probe;
 mod report;
 mod rig;
 mod scale;
+mod status;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "convergence",
     "fleet",
     "scale",
@@ -35,6 +36,7 @@ const SECTIONS: [&str; 7] = [
     "cni",
     "datapath",
     "dual",
+    "status",
 ];
 
 fn main() {
@@ -174,6 +176,21 @@ fn main() {
                     pings: 100,
                     hosts: 5,
                     joins: 50,
+                }
+            }),
+            "status" => status::run(&if quick {
+                status::Sizes {
+                    hosts: 3,
+                    idle: Duration::from_secs(20),
+                    records: 100,
+                    runs: 1,
+                }
+            } else {
+                status::Sizes {
+                    hosts: 5,
+                    idle: Duration::from_secs(600),
+                    records: 1000,
+                    runs: 5,
                 }
             }),
             _ => unreachable!("filtered above"),
