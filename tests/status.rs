@@ -336,3 +336,17 @@ fn a_host_cut_off_from_etcd_longer_than_its_ttl_is_shown_gone_and_comes_back_by_
     let (code, v) = status(&lab.hosts[0], &["--pool-warn-below", "0"]);
     assert_eq!(code, 0, "{v:#}");
 }
+
+#[test]
+fn a_status_ttl_under_3s_is_refused_naming_the_value() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weftd"))
+        .args(["--status-ttl", "1s"])
+        .output()
+        .expect("running weftd");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--status-ttl") && err.contains("\"1s\": must be at least 3s"),
+        "{err}"
+    );
+}

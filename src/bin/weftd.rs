@@ -95,7 +95,7 @@ fn parse_status_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(3) {
         return Err(format!(
-            "{s:?}: must be at least 3s (etcd's leases are no shorter)"
+            "{s:?}: must be at least 3s (a keep-alive goes out every third of it)"
         ));
     }
     Ok(d)
