@@ -696,6 +696,7 @@ impl Agent {
         match EtcdStore::connect(&self.opts.etcd).await {
             Ok(store) => {
                 tracing::info!("new etcd connection from the new address");
+                self.status.reconnected(store.clone());
                 self.store = store;
                 self.rewatch = true;
             }

@@ -38,14 +38,25 @@ pub struct Facts {
 /// The agent's handle on the status task. Updating it never blocks and never waits for etcd.
 pub struct StatusFeed {
     tx: tokio::sync::watch::Sender<Facts>,
+    store: tokio::sync::watch::Sender<EtcdStore>,
 }
 
 impl StatusFeed {
     /// Starts the task that writes this host's record, on an etcd lease of `ttl`.
     pub fn start(store: EtcdStore, ttl: Duration, facts: Facts) -> StatusFeed {
         let (tx, rx) = tokio::sync::watch::channel(facts);
-        tokio::spawn(writer::run(store, ttl, rx));
-        StatusFeed { tx }
+        let (store_tx, store_rx) = tokio::sync::watch::channel(store);
+        tokio::spawn(writer::run(store_rx, ttl, rx));
+        StatusFeed {
+            tx,
+            store: store_tx,
+        }
+    }
+
+    /// Moves the task to a new etcd connection (the agent made one after the host's address
+    /// changed); the record's etcd lease is kept.
+    pub fn reconnected(&self, store: EtcdStore) {
+        self.store.send_replace(store);
     }
 
     /// Changes the facts; the task hears of it only when something differs.

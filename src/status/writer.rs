@@ -36,9 +36,13 @@ struct Writer {
     watch_retry_at: Instant,
 }
 
-pub(super) async fn run(store: EtcdStore, ttl: Duration, mut facts: watch::Receiver<Facts>) {
+pub(super) async fn run(
+    mut stores: watch::Receiver<EtcdStore>,
+    ttl: Duration,
+    mut facts: watch::Receiver<Facts>,
+) {
     let mut w = Writer {
-        store,
+        store: stores.borrow_and_update().clone(),
         ttl,
         lease: None,
         keeper: None,
@@ -70,6 +74,12 @@ pub(super) async fn run(store: EtcdStore, ttl: Duration, mut facts: watch::Recei
                 tokio::time::sleep_until(w.last_write + MIN_GAP).await;
             }
             _ = tick.tick() => w.keep_alive().await,
+            Ok(()) = stores.changed() => {
+                // The keep-alive stream and the watch ran on the old connection.
+                w.store = stores.borrow_and_update().clone();
+                w.keeper = None;
+                w.watch = None;
+            }
             msg = next_message(&mut w.watch) => w.on_watch(msg, &f.lease_key).await,
         }
     }
