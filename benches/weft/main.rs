@@ -188,7 +188,7 @@ fn main() {
             } else {
                 status::Sizes {
                     hosts: 5,
-                    idle: Duration::from_secs(600),
+                    idle: Duration::from_secs(300),
                     records: 1000,
                     runs: 5,
                 }

@@ -47,34 +47,44 @@ fn idle_writes(z: &Sizes) -> Table {
         out.lines().filter(|l| !l.is_empty()).count()
     };
     let before = (lab.etcd.revision(), records());
-    std::thread::sleep(z.idle);
+    let (messages, took) = crate::convergence::idle_requests(&lab, z.idle);
     let after = (lab.etcd.revision(), records());
     for d in &mut ds {
         d.assert_running();
     }
     let writes = (after.0 - before.0) as f64;
-    let hours = z.idle.as_secs_f64() / 3600.0;
+    let per_host_hour = |n: f64| n / z.hosts as f64 * 3600.0 / took.as_secs_f64();
     let mut t = Table::comparison("Status records: etcd writes in a quiet cluster");
+    let (none, n) = (Target::None, "");
     t.compare(
         "etcd writes in the window, all hosts",
         writes,
         None,
-        "",
-        Target::None,
+        n,
+        none,
         false,
     );
     t.compare(
         "etcd writes per host per hour",
-        writes / z.hosts as f64 / hours,
+        per_host_hour(writes),
         None,
-        "",
-        Target::None,
+        n,
+        none,
+        false,
+    );
+    let m = per_host_hour(messages);
+    t.compare(
+        "gRPC messages etcd received per host per hour",
+        m,
+        None,
+        n,
+        none,
         false,
     );
     t.note(format!(
-        "{} weftd hosts (release build, default flags: --status-ttl 15s, resync 30s) idle for {} s after start-up; writes = etcd revisions gained in the window; {} status records before, {} after.",
+        "{} weftd hosts (release build, default flags: --status-ttl 15s, resync 30s) idle for {} s after start-up; writes = etcd revisions gained in the window; messages = etcd's `grpc_server_msg_received_total` over the same window ({messages} in all); {} status records before, {} after.",
         z.hosts,
-        z.idle.as_secs(),
+        took.as_secs(),
         before.1,
         after.1
     ));
