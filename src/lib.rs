@@ -13,7 +13,8 @@
 //! last applied state (one path for weftd's datapath and `weftctl check`); [`masq`] owns the
 //! nftables rules and [`forward`] the accepts in iptables' FORWARD chain (where Docker's drop
 //! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
-//! metrics.
+//! metrics; [`status`] keeps the host's status record in etcd and computes the cluster view
+//! `weftctl status` prints.
 
 pub mod backend;
 pub mod config;

@@ -34,6 +34,8 @@ struct Writer {
     /// A watch that failed is opened again no sooner than this, so a watch etcd keeps
     /// ending cannot spin the task.
     watch_retry_at: Instant,
+    /// etcd refused the last attempt (warned once).
+    refused: bool,
 }
 
 pub(super) async fn run(
@@ -57,14 +59,21 @@ pub(super) async fn run(
         watch: None,
         watch_rev: 0,
         watch_retry_at: Instant::now(),
+        refused: false,
     };
     // A third of the TTL: two keep-alives may be lost before the record expires.
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let f = facts.borrow_and_update().clone();
-        if let Err(e) = w.sync(&f).await {
-            debug!(error = %e, "status record not written; trying again");
+        match w.sync(&f).await {
+            // etcd refuses this user weft's keys: say so, once; an operator must grant them.
+            Err(e) if e.is_refusal() && !w.refused => {
+                warn!(error = %e, "status record not written; will retry");
+                w.refused = true;
+            }
+            Err(e) => debug!(error = %e, "status record not written; trying again"),
+            Ok(()) => w.refused = false,
         }
         tokio::select! {
             changed = facts.changed() => {
