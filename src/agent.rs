@@ -22,6 +22,7 @@ use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
 use crate::probe::{probe_addr, ProbeConfig, Prober, Target};
+use crate::status::{Facts, StatusFeed};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
 use crate::subnet::{Family, PerFamily};
 use crate::subnet_env::SubnetEnv;
@@ -33,6 +34,7 @@ pub struct AgentConfig {
     pub select: IfaceSelect,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
+    pub status_ttl: Duration,
     pub renew_margin: Duration,
     pub ip_masq: bool,
     pub healthz: Option<SocketAddr>,
@@ -118,6 +120,7 @@ struct Agent {
     rewatch: bool,
     /// Probes every peer through the overlay; None when its sockets could not be opened.
     prober: Option<Arc<Prober>>,
+    status: StatusFeed,
 }
 
 /// Starts the peer probes, feeding the metrics and `/peers`. Without them (no raw or ping
@@ -311,6 +314,7 @@ impl Agent {
         )
         .context("cannot start the datapath")?;
         let prober = start_probes(opts.probe, &metrics);
+        let status = StatusFeed::start(store.clone(), opts.status_ttl, Facts::default());
         let mut agent = Agent {
             prober,
             opts,
@@ -328,6 +332,7 @@ impl Agent {
             notified: false,
             renew_retry_at: None,
             rewatch: false,
+            status,
         };
         agent.note_own_lease();
         agent.adopt_listing(&known);
@@ -368,13 +373,22 @@ impl Agent {
         self.rewatch = false;
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
+        // A peer becoming unreachable or reachable again wakes the loop, which puts it into
+        // the status record; without probes this never fires.
+        let mut unreachable = match &self.prober {
+            Some(p) => p.unreachable(),
+            None => tokio::sync::watch::channel(Default::default()).1,
+        };
         loop {
+            self.feed_status();
             let renew_at = self.renew_at();
             tokio::select! {
+                Ok(()) = unreachable.changed() => {}
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
                         self.metrics.etcd_errors.inc();
+                        self.status.error(&e);
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
                     }
                     None => bail!("the lease watch task ended"),
@@ -396,6 +410,50 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Hands this host's facts to the status record; it is written only when they changed.
+    fn feed_status(&self) {
+        let m = &self.metrics;
+        self.status.update(|f| {
+            f.lease_key = self.own.key_name();
+            f.public_ip = Some(self.ext.public_ip.into());
+            f.backend = self.cfg.backend.type_name().to_string();
+            f.ready = m.not_ready_reasons().is_empty();
+            f.drift_repairs = m.drift_repairs.get();
+            f.unreachable = self.unreachable_peers();
+        });
+    }
+
+    /// The peers the probes find unreachable, by lease key, with since when (a dual-stack
+    /// peer counts when either family is cut).
+    fn unreachable_peers(&self) -> BTreeMap<String, SystemTime> {
+        let Some(prober) = &self.prober else {
+            return BTreeMap::new();
+        };
+        if prober.unreachable().borrow().is_empty() {
+            return BTreeMap::new();
+        }
+        let by_subnet: BTreeMap<String, String> = self
+            .leases
+            .values()
+            .flat_map(|l| {
+                let key = l.key_name();
+                std::iter::once((l.subnet.to_string(), key.clone()))
+                    .chain(l.subnet6.map(|s| (s.to_string(), key)))
+            })
+            .collect();
+        let mut out: BTreeMap<String, SystemTime> = BTreeMap::new();
+        for p in prober.snapshot() {
+            if p.state != crate::probe::PeerState::Unreachable {
+                continue;
+            }
+            if let Some(key) = by_subnet.get(&p.id) {
+                let since = out.entry(key.clone()).or_insert(p.since);
+                *since = (*since).min(p.since);
+            }
+        }
+        out
     }
 
     /// When to renew: the margin before expiry, or half the TTL when the margin is longer
@@ -467,10 +525,13 @@ impl Agent {
         let tunnel = self.devices.v4.is_some() || self.devices.v6.is_some();
         let families: Vec<Family> =
             crate::reconcile::families(&self.cfg, &self.ext, &self.own).collect();
+        // Only leases of hosts on this network's backend: a reservation nobody holds yet, or a
+        // lease weft refuses, has no tunnel to answer on.
+        let backend = self.cfg.backend.type_name();
         let targets = self
             .leases
             .values()
-            .filter(|l| l.subnet != self.own.subnet)
+            .filter(|l| l.subnet != self.own.subnet && l.attrs.backend_type == backend)
             .flat_map(|l| families.iter().filter_map(move |f| l.side(*f)))
             .filter_map(|side| {
                 Some(Target {
@@ -614,6 +675,7 @@ impl Agent {
             }
             Err(e) => {
                 self.metrics.etcd_errors.inc();
+                self.status.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
                 // The retry is a timer of the main loop, so lease events and datapath reports
                 // keep flowing meanwhile.
@@ -725,6 +787,7 @@ impl Agent {
         match EtcdStore::connect(&self.opts.etcd).await {
             Ok(store) => {
                 tracing::info!("new etcd connection from the new address");
+                self.status.reconnected(store.clone());
                 self.store = store;
                 self.rewatch = true;
             }

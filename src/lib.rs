@@ -15,6 +15,8 @@
 //! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
 //! metrics; [`probe`] sends ICMP echo to every peer's overlay address and keeps each peer's
 //! reachability.
+//! metrics; [`status`] keeps the host's status record in etcd and computes the cluster view
+//! `weftctl status` prints.
 
 pub mod backend;
 pub mod config;
@@ -47,3 +49,5 @@ pub mod masq;
 pub mod probe;
 #[cfg(feature = "daemon")]
 pub mod reconcile;
+#[cfg(feature = "daemon")]
+pub mod status;

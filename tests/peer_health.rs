@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG};
+use weft::subnet::lease_key_name;
 
 const PROBE_FLAGS: [&str; 6] = [
     "--probe-interval",
@@ -110,11 +111,46 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
     );
     assert_eq!(h1.metric("weft_peers_unreachable"), Some(1.0));
     assert_eq!(h1.metric("weft_peers_reachable"), Some(2.0));
-    // Host 2 still reaches everyone.
+    // Host 2 still reaches everyone, and its `weftctl status` names the pair and fails.
+    let h2 = &lab.hosts[1];
+    assert!(all_reachable(h2).is_some(), "{:?}", peer_states(h2));
+    // A pair is named lowest subnet first.
+    let mut subnets = [h1.subnet(), h3.subnet()];
+    subnets.sort();
+    let subnets = subnets.map(|s| s.to_string());
+    let named = wait_for(Duration::from_secs(3), || {
+        let out = h2.weftctl(&["-o", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let pairs = v["unreachable_pairs"].as_array()?;
+        let pair: Vec<String> = pairs.first().map(|p| {
+            [&p["a"], &p["b"]]
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .to_vec()
+        })?;
+        (out.status.code() == Some(1) && pairs.len() == 1 && pair == subnets).then_some(())
+    });
+    assert!(named.is_some(), "{:?}", h2.weftctl(&["status"]));
+    // Both directions: each host's own record names the other.
+    for (a, b) in [(h1, h3), (h3, h1)] {
+        let key = format!(
+            "/coreos.com/network/weft/status/{}",
+            lease_key_name(a.subnet(), None)
+        );
+        let record = lab
+            .etcd
+            .get(&key)
+            .unwrap_or_else(|| panic!("no record at {key}"));
+        assert!(
+            record.contains(&lease_key_name(b.subnet(), None)),
+            "{key} does not name {}: {record}",
+            b.subnet()
+        );
+    }
+    let table = h2.weftctl(&["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        all_reachable(&lab.hosts[1]).is_some(),
-        "{:?}",
-        peer_states(&lab.hosts[1])
+        text.contains(&subnets[0]) && text.contains(&subnets[1]),
+        "{text}"
     );
 
     let out = lab
@@ -130,6 +166,10 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
         );
     }
     assert_eq!(h1.metric("weft_peers_unreachable"), Some(0.0));
+    let clean = wait_for(Duration::from_secs(3), || {
+        (lab.hosts[1].weftctl(&["status"]).status.code() == Some(0)).then_some(())
+    });
+    assert!(clean.is_some(), "{:?}", lab.hosts[1].weftctl(&["status"]));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
-//! datapath, probes (peer probes to 1,000 simulated peers).
+//! datapath, dual, probes (peer probes to 1,000 simulated peers), status.
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins.
 
 #[path = "../../tests/common/mod.rs"]
@@ -25,10 +25,11 @@ mod probe;
 mod report;
 mod rig;
 mod scale;
+mod status;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "convergence",
     "fleet",
     "scale",
@@ -37,6 +38,7 @@ const SECTIONS: [&str; 8] = [
     "datapath",
     "dual",
     "probes",
+    "status",
 ];
 
 fn main() {
@@ -191,6 +193,21 @@ fn main() {
                     peers: 1000,
                     secs: 20,
                     intervals: vec![Duration::from_secs(1), Duration::from_secs(5)],
+                }
+            }),
+            "status" => status::run(&if quick {
+                status::Sizes {
+                    hosts: 3,
+                    idle: Duration::from_secs(20),
+                    records: 100,
+                    runs: 1,
+                }
+            } else {
+                status::Sizes {
+                    hosts: 5,
+                    idle: Duration::from_secs(300),
+                    records: 1000,
+                    runs: 5,
                 }
             }),
             _ => unreachable!("filtered above"),

@@ -47,6 +47,11 @@ struct Args {
     #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     subnet_lease_ttl: Duration,
 
+    /// Time to live of this host's status record (<prefix>/weft/status/...): a host silent
+    /// for longer (dead, or cut off from etcd) is shown gone. At least 3s.
+    #[arg(long, env = "WEFTD_STATUS_TTL", default_value = "15s", value_parser = parse_status_ttl)]
+    status_ttl: Duration,
+
     /// Masquerade traffic from the overlay to destinations outside it (nftables table
     /// `ip weft`). `--ip-masq` alone means true.
     #[arg(long, env = "WEFTD_IP_MASQ", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
@@ -86,6 +91,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d.is_zero() {
         return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_status_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(3) {
+        return Err(format!(
+            "{s:?}: must be at least 3s (a keep-alive goes out every third of it)"
+        ));
     }
     Ok(d)
 }
@@ -140,6 +155,7 @@ fn main() -> std::process::ExitCode {
         select: args.select,
         subnet_file: args.subnet_file,
         lease_ttl: args.subnet_lease_ttl,
+        status_ttl: args.status_ttl,
         renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
         ip_masq: args.ip_masq,
         healthz: (args.healthz_port != 0)

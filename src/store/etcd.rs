@@ -803,7 +803,7 @@ impl EtcdStore {
 
     // ---- this host's lease ----
 
-    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+    pub(super) async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
         let mut c = self.client();
         let resp = self
@@ -1223,7 +1223,14 @@ impl EtcdStore {
             });
         }
         info!(%subnet, %public_ip, "lease revoked");
-        // An etcd lease with no key left would only linger until its TTL runs out.
+        self.revoke_if_unused(id).await;
+        Ok(true)
+    }
+
+    /// Revokes etcd lease `id` when no key hangs on it any more: it would only linger until
+    /// its TTL runs out.
+    pub(super) async fn revoke_if_unused(&self, id: i64) {
+        let mut c = self.client();
         let keys = self
             .timed(
                 format!("keys of etcd lease {id:x}"),
@@ -1235,7 +1242,6 @@ impl EtcdStore {
             Ok(_) => {}
             Err(e) => debug!("{e}"),
         }
-        Ok(true)
     }
 
     /// Reserves `subnet` for `public_ip`: a key without an etcd lease, so it never expires.
