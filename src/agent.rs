@@ -21,6 +21,8 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
+use crate::probe::{probe_addr, ProbeConfig, Prober, Target};
+use crate::status::{Facts, StatusFeed};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
 use crate::subnet::{Family, PerFamily};
 use crate::subnet_env::SubnetEnv;
@@ -32,11 +34,14 @@ pub struct AgentConfig {
     pub select: IfaceSelect,
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
+    pub status_ttl: Duration,
     pub renew_margin: Duration,
     pub ip_masq: bool,
     pub healthz: Option<SocketAddr>,
     pub resync: Duration,
     pub vxlan_device: Option<String>,
+    /// How the peers are probed through the overlay.
+    pub probe: ProbeConfig,
 }
 
 /// Retries an etcd operation with capped exponential backoff until it succeeds, logging each
@@ -113,6 +118,27 @@ struct Agent {
     renew_retry_at: Option<tokio::time::Instant>,
     /// The store was connected anew: the lease watch must move to the new connection.
     rewatch: bool,
+    /// Probes every peer through the overlay; None when its sockets could not be opened.
+    prober: Option<Arc<Prober>>,
+    status: StatusFeed,
+}
+
+/// Starts the peer probes, feeding the metrics and `/peers`. Without them (no raw or ping
+/// socket allowed) weftd still runs the overlay, and says why it cannot watch it.
+fn start_probes(cfg: ProbeConfig, metrics: &Arc<Metrics>) -> Option<Arc<Prober>> {
+    let m = metrics.clone();
+    match Prober::start_observed(cfg, Box::new(move |ev| m.record_probe(ev))) {
+        Ok(p) => {
+            let p = Arc::new(p);
+            metrics.peer_probes.set(p.clone());
+            tracing::info!(interval = ?cfg.interval, timeout = ?cfg.timeout, down_after = cfg.down_after, "probing peers through the overlay");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot probe peers; the overlay runs, unobserved");
+            None
+        }
+    }
 }
 
 /// Runs a netlink job on a blocking thread.
@@ -287,7 +313,10 @@ impl Agent {
             opts.select.clone(),
         )
         .context("cannot start the datapath")?;
+        let prober = start_probes(opts.probe, &metrics);
+        let status = StatusFeed::start(store.clone(), opts.status_ttl, Facts::default());
         let mut agent = Agent {
+            prober,
             opts,
             metrics,
             store,
@@ -303,6 +332,7 @@ impl Agent {
             notified: false,
             renew_retry_at: None,
             rewatch: false,
+            status,
         };
         agent.note_own_lease();
         agent.adopt_listing(&known);
@@ -343,13 +373,22 @@ impl Agent {
         self.rewatch = false;
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
+        // A peer becoming unreachable or reachable again wakes the loop, which puts it into
+        // the status record; without probes this never fires.
+        let mut unreachable = match &self.prober {
+            Some(p) => p.unreachable(),
+            None => tokio::sync::watch::channel(Default::default()).1,
+        };
         loop {
+            self.feed_status();
             let renew_at = self.renew_at();
             tokio::select! {
+                Ok(()) = unreachable.changed() => {}
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
                         self.metrics.etcd_errors.inc();
+                        self.status.error(&e);
                         tracing::warn!(error = %e, "lease watch interrupted; resuming");
                     }
                     None => bail!("the lease watch task ended"),
@@ -371,6 +410,50 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Hands this host's facts to the status record; it is written only when they changed.
+    fn feed_status(&self) {
+        let m = &self.metrics;
+        self.status.update(|f| {
+            f.lease_key = self.own.key_name();
+            f.public_ip = Some(self.ext.public_ip.into());
+            f.backend = self.cfg.backend.type_name().to_string();
+            f.ready = m.not_ready_reasons().is_empty();
+            f.drift_repairs = m.drift_repairs.get();
+            f.unreachable = self.unreachable_peers();
+        });
+    }
+
+    /// The peers the probes find unreachable, by lease key, with since when (a dual-stack
+    /// peer counts when either family is cut).
+    fn unreachable_peers(&self) -> BTreeMap<String, SystemTime> {
+        let Some(prober) = &self.prober else {
+            return BTreeMap::new();
+        };
+        if prober.unreachable().borrow().is_empty() {
+            return BTreeMap::new();
+        }
+        let by_subnet: BTreeMap<String, String> = self
+            .leases
+            .values()
+            .flat_map(|l| {
+                let key = l.key_name();
+                std::iter::once((l.subnet.to_string(), key.clone()))
+                    .chain(l.subnet6.map(|s| (s.to_string(), key)))
+            })
+            .collect();
+        let mut out: BTreeMap<String, SystemTime> = BTreeMap::new();
+        for p in prober.snapshot() {
+            if p.state != crate::probe::PeerState::Unreachable {
+                continue;
+            }
+            if let Some(key) = by_subnet.get(&p.id) {
+                let since = out.entry(key.clone()).or_insert(p.since);
+                *since = (*since).min(p.since);
+            }
+        }
+        out
     }
 
     /// When to renew: the margin before expiry, or half the TTL when the margin is longer
@@ -420,6 +503,7 @@ impl Agent {
     }
 
     fn publish(&self) {
+        self.probe_peers();
         self.datapath.update(Arc::new(Snapshot {
             cfg: self.cfg.clone(),
             ext: self.ext.clone(),
@@ -429,6 +513,34 @@ impl Agent {
             unreadable: self.unreadable,
             masq: self.masq_spec(),
         }));
+    }
+
+    /// Points the prober at every peer in every family this host runs: the peer's tunnel
+    /// address with a device (VXLAN), its public address with host-gw. A peer's id is its
+    /// subnet in that family, so each family of a dual-stack peer is probed on its own.
+    fn probe_peers(&self) {
+        let Some(prober) = &self.prober else {
+            return;
+        };
+        let tunnel = self.devices.v4.is_some() || self.devices.v6.is_some();
+        let families: Vec<Family> =
+            crate::reconcile::families(&self.cfg, &self.ext, &self.own).collect();
+        // Only leases of hosts on this network's backend: a reservation nobody holds yet, or a
+        // lease weft refuses, has no tunnel to answer on.
+        let backend = self.cfg.backend.type_name();
+        let targets = self
+            .leases
+            .values()
+            .filter(|l| l.subnet != self.own.subnet && l.attrs.backend_type == backend)
+            .flat_map(|l| families.iter().filter_map(move |f| l.side(*f)))
+            .filter_map(|side| {
+                Some(Target {
+                    id: side.subnet.to_string(),
+                    addr: probe_addr(&side, tunnel)?,
+                })
+            })
+            .collect();
+        prober.set_peers(targets);
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {
@@ -563,6 +675,7 @@ impl Agent {
             }
             Err(e) => {
                 self.metrics.etcd_errors.inc();
+                self.status.error(&e);
                 tracing::warn!(error = %e, "lease renewal failed; retrying in 5s");
                 // The retry is a timer of the main loop, so lease events and datapath reports
                 // keep flowing meanwhile.
@@ -674,6 +787,7 @@ impl Agent {
         match EtcdStore::connect(&self.opts.etcd).await {
             Ok(store) => {
                 tracing::info!("new etcd connection from the new address");
+                self.status.reconnected(store.clone());
                 self.store = store;
                 self.rewatch = true;
             }
@@ -742,7 +856,7 @@ fn changes_since(known: &BTreeMap<Ipv4Net, Arc<Lease>>, listed: &[Lease]) -> Vec
             .filter(|l| {
                 known
                     .get(&l.subnet)
-                    .map_or(true, |k| k.mod_revision != l.mod_revision)
+                    .is_none_or(|k| k.mod_revision != l.mod_revision)
             })
             .map(|l| LeaseEvent::Added((*l).clone())),
     );

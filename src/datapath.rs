@@ -220,7 +220,7 @@ impl Echo {
 
     /// Whether a deletion notification is one the worker announced (and uses it up).
     fn is_echo(&mut self, c: &Change) -> bool {
-        if !self.until.is_some_and(|u| u >= Instant::now()) {
+        if self.until.is_none_or(|u| u < Instant::now()) {
             return false;
         }
         match c {

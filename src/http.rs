@@ -21,6 +21,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::probe::{Outcome, ProbeEvent, Prober};
+
 /// Upper bounds of the duration histograms, in seconds: a fast-path reconciliation of one
 /// lease takes tens of microseconds, a full pass over thousands of leases seconds, and a
 /// probe's round trip lies between a LAN's and a timeout's.
@@ -102,11 +104,13 @@ pub struct Metrics {
     pub lease_held: AtomicBool,
     pub datapath_programmed: AtomicBool,
     pub subnet_env_written: AtomicBool,
-    /// For the peer probes; registered now so that they plug in without a new metric name.
+    /// The peer probes' round trips, failures and state counts.
     pub probe_rtt: DurationHistogram,
     pub probe_errors: Counter,
     pub peers_reachable: Gauge<u64, AtomicU64>,
     pub peers_unreachable: Gauge<u64, AtomicU64>,
+    /// The running prober, once weftd has started it: `/peers` reads it.
+    pub peer_probes: PeerProbes,
     // Derived from the state above when a scrape encodes them.
     lease_expiry: Gauge<f64, AtomicU64>,
     ready: Gauge<u64, AtomicU64>,
@@ -135,6 +139,7 @@ impl Default for Metrics {
             probe_errors: Counter::default(),
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
+            peer_probes: PeerProbes::default(),
             lease_expiry: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::default(),
@@ -283,7 +288,53 @@ impl Format {
     }
 }
 
+/// The prober `/peers` shows; set once when weftd starts probing.
+#[derive(Default)]
+pub struct PeerProbes(std::sync::OnceLock<Arc<Prober>>);
+
+impl std::fmt::Debug for PeerProbes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "PeerProbes(running)"
+        } else {
+            "PeerProbes(none)"
+        })
+    }
+}
+
+impl PeerProbes {
+    pub fn set(&self, prober: Arc<Prober>) {
+        let _ = self.0.set(prober);
+    }
+
+    pub fn get(&self) -> Option<&Arc<Prober>> {
+        self.0.get()
+    }
+}
+
 impl Metrics {
+    /// What the prober reports, into the probe metrics (no per-peer series: a thousand hosts
+    /// would make a million cluster-wide; `/peers` names them).
+    pub fn record_probe(&self, ev: ProbeEvent) {
+        match ev {
+            ProbeEvent::Finished { outcome, failed } => {
+                if let Outcome::Answer(rtt) = outcome {
+                    self.probe_rtt.observe(rtt.as_secs_f64());
+                }
+                if failed {
+                    self.probe_errors.inc();
+                }
+            }
+            ProbeEvent::Counts {
+                reachable,
+                unreachable,
+            } => {
+                self.peers_reachable.set(reachable);
+                self.peers_unreachable.set(unreachable);
+            }
+        }
+    }
+
     pub fn record_reconcile(&self, took: Duration) {
         let secs = took.as_secs_f64();
         self.reconcile_runs.inc();
@@ -355,6 +406,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .route("/peers", get(peers_page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(metrics)
@@ -418,11 +470,27 @@ async fn metrics_page(
     )
 }
 
+/// Every peer's probe state as JSON, sorted by id; 503 while weftd does not probe (yet).
+async fn peers_page(State(metrics): State<Arc<Metrics>>) -> axum::response::Response {
+    let Some(prober) = metrics.peer_probes.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, TEXT)],
+            "peer probes are not running\n",
+        )
+            .into_response();
+    };
+    let mut peers = prober.snapshot();
+    peers.sort_by(|a, b| a.id.cmp(&b.id));
+    let body = serde_json::to_string_pretty(&peers).unwrap_or_else(|_| "[]".into()) + "\n";
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, TEXT)],
-        "not found; try /healthz, /readyz or /metrics\n",
+        "not found; try /healthz, /readyz, /metrics or /peers\n",
     )
 }
 

@@ -444,4 +444,61 @@ mod tests {
         let no_default = choose(&IfaceSelect::default(), &l, &a, &r[1..]);
         assert_eq!(no_default, Err(IfaceError::NoDefaultRoute));
     }
+
+    #[test]
+    fn ipv6_comes_from_the_chosen_interface_and_every_selector_takes_it() {
+        let (l, mut a, mut r) = world();
+        a.push(addr(2, "fe80::5/64"));
+        a.push(addr(2, "2001:db8::5/64"));
+        a.push(addr(3, "2001:db8:9::5/64"));
+        a.push(addr(3, "2001:db8:9::6/64"));
+        let mut far6 = Route::new("2001:db8:64::/48".parse().unwrap());
+        far6.oif = Some(3);
+        r.push(far6);
+        let sel = |f: fn(&mut IfaceSelect)| {
+            let mut s = IfaceSelect::default();
+            f(&mut s);
+            choose(&s, &l, &a, &r).unwrap()
+        };
+        // The default route's interface, its first global IPv6 address (not the link-local).
+        let e = sel(|_| {});
+        let v6 = e.v6.clone().unwrap();
+        assert_eq!(
+            v6.public_ip,
+            "2001:db8::5".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            v6.networks,
+            vec!["2001:db8::/64".parse::<Ipv6Net>().unwrap()]
+        );
+        assert_eq!(e.public(Family::V6), Some("2001:db8::5".parse().unwrap()));
+        // --iface by an IPv6 address, --iface-regex on one, --iface-can-reach an IPv6 one.
+        let e = sel(|s| s.ifaces = vec!["2001:db8:9::6".into()]);
+        assert_eq!(
+            (e.index, e.v6.unwrap().iface_addr),
+            (3, "2001:db8:9::6".parse().unwrap())
+        );
+        let e = sel(|s| s.regexes = vec!["^2001:db8:9::6$".into()]);
+        assert_eq!(
+            (e.index, e.v6.unwrap().iface_addr),
+            (3, "2001:db8:9::6".parse().unwrap())
+        );
+        let e = sel(|s| s.can_reach = Some("2001:db8:64::1".parse().unwrap()));
+        assert_eq!(e.index, 3);
+        // --public-ipv6 is what peers are told; without any IPv6 there is none.
+        let e = sel(|s| s.public_ipv6 = Some("2001:db8:ff::1".parse().unwrap()));
+        let v6 = e.v6.unwrap();
+        assert_eq!(
+            (v6.iface_addr, v6.public_ip),
+            (
+                "2001:db8::5".parse().unwrap(),
+                "2001:db8:ff::1".parse().unwrap()
+            )
+        );
+        let (l, a, r) = world();
+        assert_eq!(
+            choose(&IfaceSelect::default(), &l, &a, &r).unwrap().v6,
+            None
+        );
+    }
 }

@@ -13,7 +13,10 @@
 //! last applied state (one path for weftd's datapath and `weftctl check`); [`masq`] owns the
 //! nftables rules and [`forward`] the accepts in iptables' FORWARD chain (where Docker's drop
 //! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
-//! metrics.
+//! metrics; [`probe`] sends ICMP echo to every peer's overlay address and keeps each peer's
+//! reachability.
+//! metrics; [`status`] keeps the host's status record in etcd and computes the cluster view
+//! `weftctl status` prints.
 
 pub mod backend;
 pub mod config;
@@ -43,4 +46,8 @@ pub mod iface;
 #[cfg(feature = "daemon")]
 pub mod masq;
 #[cfg(feature = "daemon")]
+pub mod probe;
+#[cfg(feature = "daemon")]
 pub mod reconcile;
+#[cfg(feature = "daemon")]
+pub mod status;

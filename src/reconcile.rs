@@ -433,7 +433,7 @@ fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec
         }
     }
     for s in stale.fdb().each() {
-        if !want.fdb.get(&s.mac).is_some_and(|w| w.dst == s.dst) {
+        if want.fdb.get(&s.mac).is_none_or(|w| w.dst != s.dst) {
             dels.push(Op::DelFdb(s.clone()));
         }
     }

@@ -302,38 +302,7 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
         assert_eq!(public, h.ip);
         assert_eq!(mac, h.ns.mac_of("flannel.1"));
         let gw = s.network().to_string();
-        fl.ns.ip(&[
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
-            mac,
-            "dev",
-            "flannel.1",
-            "nud",
-            "permanent",
-        ]);
-        fl.ns.bridge(&[
-            "fdb",
-            "append",
-            mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            public,
-            "self",
-            "permanent",
-        ]);
-        fl.ns.ip(&[
-            "route",
-            "replace",
-            &s.to_string(),
-            "via",
-            &gw,
-            "dev",
-            "flannel.1",
-            "onlink",
-        ]);
+        fl.flannel_programs("flannel.1", &s.to_string(), &gw, mac, public);
     }
     lab.hosts[..2].iter().for_each(|h| {
         let ok = wait_for(Duration::from_secs(5), || {

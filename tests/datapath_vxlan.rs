@@ -29,29 +29,14 @@ fn three_hosts_reach_each_other_and_the_mtu_is_exact() {
     let link = lab.hosts[0].ns.ip(&["-o", "link", "show", "flannel.1"]);
     assert!(link.contains("mtu 1450"), "{link}");
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
-    let ping = |size: u32| {
-        a.ns.exec(&[
-            "ping",
-            "-c1",
-            "-W1",
-            "-M",
-            "do",
-            "-s",
-            &size.to_string(),
-            "-I",
-            &a.container_ip().to_string(),
-            &b.container_ip().to_string(),
-        ])
-        .status
-        .success()
-    };
+    let dst = b.container_ip().into();
     assert!(
-        ping(env.mtu - 28),
+        a.ping_sized(dst, Some(env.mtu - 28)),
         "a {}-byte ping must cross",
         env.mtu - 28
     );
     assert!(
-        !ping(env.mtu - 27),
+        !a.ping_sized(dst, Some(env.mtu - 27)),
         "a {}-byte ping must not fit",
         env.mtu - 27
     );

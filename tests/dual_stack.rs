@@ -119,25 +119,9 @@ fn three_dual_stack_hosts_reach_each_other_on_both_families_with_exact_mtus() {
 
     // Exactly the devices' MTUs cross unfragmented, per family.
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
-    assert!(a.ping_sized6(b.container_ip6(), Some(1430 - 48)));
-    assert!(!a.ping_sized6(b.container_ip6(), Some(1430 - 47)));
-    let ping4 = |size: u32| {
-        a.ns.exec(&[
-            "ping",
-            "-c1",
-            "-W1",
-            "-M",
-            "do",
-            "-s",
-            &size.to_string(),
-            "-I",
-            &a.container_ip().to_string(),
-            &b.container_ip().to_string(),
-        ])
-        .status
-        .success()
-    };
-    assert!(ping4(1450 - 28) && !ping4(1450 - 27));
+    let (b4, b6) = (b.container_ip().into(), b.container_ip6().into());
+    assert!(a.ping_sized(b6, Some(1430 - 48)) && !a.ping_sized(b6, Some(1430 - 47)));
+    assert!(a.ping_sized(b4, Some(1450 - 28)) && !a.ping_sized(b4, Some(1450 - 27)));
 
     // weftctl shows the IPv6 side: table columns, JSON fields, lookup by an IPv6 address.
     let out = h.weftctl(&["leases", "list"]);
@@ -301,34 +285,6 @@ fn make_flannel_v6_device(ns: &common::netns::Netns, local: Ipv6Addr, subnet: Ip
     ns.mac_of(VXLAN6_DEVICE)
 }
 
-/// What flanneld programs for one remote lease on `dev`: neighbour, FDB entry, onlink route.
-fn flannel_programs(fl: &Host, dev: &str, subnet: &str, gw: &str, mac: &str, public: &str) {
-    fl.ns.ip(&[
-        "neigh",
-        "replace",
-        gw,
-        "lladdr",
-        mac,
-        "dev",
-        dev,
-        "nud",
-        "permanent",
-    ]);
-    fl.ns.bridge(&[
-        "fdb",
-        "append",
-        mac,
-        "dev",
-        dev,
-        "dst",
-        public,
-        "self",
-        "permanent",
-    ]);
-    fl.ns
-        .ip(&["route", "replace", subnet, "via", gw, "dev", dev, "onlink"]);
-}
-
 #[test]
 fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
     let mut lab = Lab::dual(3, DUAL_CONFIG);
@@ -380,16 +336,14 @@ fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
         let p6 = v["PublicIPv6"].as_str().unwrap();
         assert_eq!(p6, h.ip6().to_string());
         let (hs4, hs6) = (h.subnet(), h.subnet6());
-        flannel_programs(
-            fl,
+        fl.flannel_programs(
             "flannel.1",
             &hs4.to_string(),
             &hs4.network().to_string(),
             m4,
             &h.ip,
         );
-        flannel_programs(
-            fl,
+        fl.flannel_programs(
             VXLAN6_DEVICE,
             &hs6.to_string(),
             &hs6.network().to_string(),

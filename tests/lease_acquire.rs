@@ -406,3 +406,44 @@ async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_no
         .unwrap();
     assert_eq!(v4.subnet6, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_concurrent_dual_stack_hosts_get_distinct_ipv6_subnets() {
+    // Thirty hosts each picking at random among the first 100 free IPv6 subnets: without a
+    // check, two of them would almost surely pick the same one under different keys.
+    let (etcd, _store, cfg) = setup(
+        r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "Backend": {"Type": "vxlan"}}"#,
+    )
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=30u8 {
+        let opts = etcd.options();
+        let cfg = cfg.clone();
+        tasks.spawn(async move {
+            let store = weft::store::EtcdStore::connect(&opts).await.unwrap();
+            store
+                .acquire_lease(&cfg, &dual_host(i), None, HOUR)
+                .await
+                .unwrap_or_else(|e| panic!("host {i}: {e}"))
+        });
+    }
+    let mut got = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        got.push(r.unwrap());
+    }
+    let store = etcd.store().await;
+    let listed = store.list_leases(Some(&cfg)).await.unwrap().leases;
+    assert_eq!(
+        listed.len(),
+        30,
+        "one key per host, the moved ones' old keys gone"
+    );
+    let v6: HashSet<_> = listed.iter().map(|l| l.subnet6.unwrap()).collect();
+    assert_eq!(v6.len(), 30, "IPv6 subnets handed out twice: {listed:?}");
+    // What each host was told is what etcd holds.
+    for l in got {
+        assert!(listed
+            .iter()
+            .any(|x| x.subnet == l.subnet && x.subnet6 == l.subnet6));
+    }
+}

@@ -161,10 +161,16 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
         lab.etcd.key_lease(key).is_some(),
         "the lease is still on an etcd lease (it expires if the host dies)"
     );
+    // Per host one etcd lease for its subnet and one for its status record; flannel's old
+    // one released.
     let leases = lab.etcd.etcdctl_ok(&["lease", "list"]);
     assert!(
-        leases.starts_with("found 2 leases"),
-        "one etcd lease per host, flannel's old one released: {leases}"
+        leases.starts_with("found 4 leases"),
+        "two etcd leases per host, flannel's old one released: {leases}"
+    );
+    assert!(
+        !leases.contains(&lease_id),
+        "flannel's etcd lease {lease_id} is still there: {leases}"
     );
     let stored = lab.etcd.get(key).expect("the lease is still in etcd");
     assert!(

@@ -176,7 +176,7 @@ async fn leases_table_and_json() {
         .collect();
     assert_eq!(
         lines[0],
-        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES"]
+        ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES", "ALIVE"]
     );
     assert_eq!(lines.len(), 4, "{table}");
     assert_eq!(
@@ -189,7 +189,7 @@ async fn leases_table_and_json() {
     );
     assert_eq!(
         &lines[2],
-        &["198.19.9.0/24", "198.18.4.9", "-", "-", "reserved"]
+        &["198.19.9.0/24", "198.18.4.9", "-", "-", "reserved", "-"]
     );
     assert_eq!(&lines[3][..2], ["198.19.20.0/24", "198.18.4.2"]);
 
@@ -202,10 +202,12 @@ async fn leases_table_and_json() {
         assert_eq!(
             keys,
             [
+                "alive",
                 "backend_data",
                 "backend_type",
                 "backend_v6_data",
                 "expires_at",
+                "gone_since",
                 "ipv6_subnet",
                 "public_ip",
                 "public_ipv6",
@@ -222,6 +224,8 @@ async fn leases_table_and_json() {
         serde_json::json!({"VNI": 1, "VtepMAC": "0e:2a:00:00:04:01"})
     );
     assert_eq!(arr[0]["reserved"], false);
+    // No status record: not known to be a weft host, so neither alive nor gone.
+    assert!(arr[0]["alive"].is_null() && arr[0]["gone_since"].is_null());
     let at = humantime::parse_rfc3339(arr[0]["expires_at"].as_str().unwrap()).unwrap();
     let left = at.duration_since(std::time::SystemTime::now()).unwrap();
     assert!(left > Duration::from_secs(3500) && left <= HOUR, "{left:?}");

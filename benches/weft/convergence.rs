@@ -224,7 +224,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
 }
 
 /// What etcd received while the lab sat idle for `d`: (messages, the window measured).
-fn idle_requests(lab: &Lab, d: Duration) -> (f64, Duration) {
+pub fn idle_requests(lab: &Lab, d: Duration) -> (f64, Duration) {
     let read = || -> f64 {
         let url = format!("{}/metrics", lab.etcd.client_url());
         let out = lab.underlay.exec(&["curl", "-sf", &url]);
@@ -241,10 +241,7 @@ fn idle_requests(lab: &Lab, d: Duration) -> (f64, Duration) {
         );
         counts.iter().sum()
     };
-    eprintln!(
-        "convergence: counting etcd requests for {} s of quiet",
-        d.as_secs()
-    );
+    eprintln!("counting etcd requests for {} s of quiet", d.as_secs());
     let (before, t0) = (read(), Instant::now());
     std::thread::sleep(d);
     let after = read();

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
-//! datapath.
-//! Needs root, /usr/bin/etcd, iproute2, iperf3 and Debian's containernetworking-plugins.
+//! datapath, dual, probes (peer probes to 1,000 simulated peers), status.
+//! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -20,14 +20,16 @@ mod cni;
 mod convergence;
 mod datapath;
 mod dual;
+mod peer_probe;
 mod probe;
 mod report;
 mod rig;
 mod scale;
+mod status;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "convergence",
     "fleet",
     "scale",
@@ -35,6 +37,8 @@ const SECTIONS: [&str; 7] = [
     "cni",
     "datapath",
     "dual",
+    "probes",
+    "status",
 ];
 
 fn main() {
@@ -174,6 +178,36 @@ fn main() {
                     pings: 100,
                     hosts: 5,
                     joins: 50,
+                }
+            }),
+            // One host probing 1,000 simulated peers, at the interval weftd would use in a
+            // small cluster (1 s) and its default (5 s).
+            "probes" => peer_probe::run(&if quick {
+                peer_probe::Sizes {
+                    peers: 100,
+                    secs: 3,
+                    intervals: vec![Duration::from_secs(1)],
+                }
+            } else {
+                peer_probe::Sizes {
+                    peers: 1000,
+                    secs: 20,
+                    intervals: vec![Duration::from_secs(1), Duration::from_secs(5)],
+                }
+            }),
+            "status" => status::run(&if quick {
+                status::Sizes {
+                    hosts: 3,
+                    idle: Duration::from_secs(20),
+                    records: 100,
+                    runs: 1,
+                }
+            } else {
+                status::Sizes {
+                    hosts: 5,
+                    idle: Duration::from_secs(300),
+                    records: 1000,
+                    runs: 5,
                 }
             }),
             _ => unreachable!("filtered above"),

@@ -8,6 +8,9 @@ use ipnet::Ipv6Net;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+#[path = "weftctl/cluster.rs"]
+mod cluster;
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -53,6 +56,10 @@ enum Command {
         #[command(subcommand)]
         command: Option<LeasesCmd>,
     },
+    /// The cluster in a few lines: hosts ready, not ready, gone or without status, versions,
+    /// backends, unreachable pairs, drift repairs, the subnet pool, etcd. Exit 0 when
+    /// healthy, 1 when not, 3 when etcd cannot be reached.
+    Status(cluster::StatusArgs),
     /// Subnets pinned to a PublicIP; they never expire.
     #[command(subcommand)]
     Reservations(ReservationsCmd),
@@ -139,6 +146,17 @@ enum LeasesCmd {
     /// Revoke a lease: delete exactly that subnet's key, unless it changed since it was read
     /// (its host will acquire a new lease). Other keys on the same etcd lease stay.
     Revoke { subnet: String },
+    /// Remove the leases of hosts gone (status record expired) for at least --gone-for;
+    /// shows what it would remove and removes it only with --yes or a confirmation.
+    /// Reservations are never removed.
+    Reclaim {
+        /// e.g. 1h, 30m.
+        #[arg(long, value_parser = cluster::parse_duration)]
+        gone_for: Duration,
+        /// Remove without asking.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,6 +215,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Status(args) = &cli.command {
+        return rt.block_on(cluster::status(&cli.etcd, cli.output, args));
+    }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -240,6 +261,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("revoked {sn}");
                 Ok(())
             }
+            LeasesCmd::Reclaim { gone_for, yes } => cluster::reclaim(&store, gone_for, yes).await,
         },
         Command::Reservations(cmd) => match cmd {
             ReservationsCmd::List => leases_list(&store, out, true).await,
@@ -271,8 +293,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Check(args) => check(&store, out, args).await,
-        // Printed by main before any etcd connection.
-        Command::Completions { .. } | Command::DockerOpts(_) => Ok(()),
+        // Handled by main before this point.
+        Command::Completions { .. } | Command::DockerOpts(_) | Command::Status(_) => Ok(()),
     }
 }
 
@@ -402,17 +424,44 @@ async fn leases_list(store: &EtcdStore, out: Format, only_reservations: bool) ->
     let cfg = config_for_listing(store).await?;
     let list = store.list_leases(cfg.as_ref()).await?;
     warn_skipped(&list);
-    let leases: Vec<&Lease> = list
-        .leases
+    // The ALIVE column is an addition: a user who may read the leases but not weft's own
+    // keys still gets the leases.
+    let keys = match store.list_weft().await {
+        Ok(keys) => keys,
+        Err(e) if e.is_refusal() => {
+            eprintln!("weftctl: warning: no ALIVE column: {e}");
+            Default::default()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (hosts, unreadable) = weft::status::view::hosts(&list.leases, &keys);
+    for u in &unreadable {
+        eprintln!("weftctl: warning: skipping {u}");
+    }
+    let hosts: Vec<_> = hosts
         .iter()
-        .filter(|l| !only_reservations || l.is_reservation())
+        .filter(|h| !only_reservations || h.lease.is_reservation())
         .collect();
     match out {
         Format::Json => {
-            let v: Vec<Value> = leases.iter().map(|l| lease_json(l)).collect();
+            let v: Vec<Value> = hosts
+                .iter()
+                .map(|h| {
+                    let mut v = lease_json(&h.lease);
+                    let host = cluster::host_json(h);
+                    v["alive"] = host["alive"].clone();
+                    v["gone_since"] = host["gone_since"].clone();
+                    v
+                })
+                .collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Format::Table => print_table(&leases),
+        Format::Table => {
+            let now = SystemTime::now();
+            let alive: Vec<String> = hosts.iter().map(|h| cluster::alive_text(h, now)).collect();
+            let leases: Vec<&Lease> = hosts.iter().map(|h| &h.lease).collect();
+            print_table(&leases, &alive)
+        }
     }
     Ok(())
 }
@@ -465,14 +514,15 @@ fn short_duration(d: Duration) -> String {
 }
 
 /// The leases as a table; the IPv6 columns appear when any lease has an IPv6 part.
-fn print_table(leases: &[&Lease]) {
+fn print_table(leases: &[&Lease], alive: &[String]) {
     let v6 = leases
         .iter()
         .any(|l| l.subnet6.is_some() || l.attrs.public_ipv6.is_some());
     let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = leases
         .iter()
-        .map(|l| {
+        .zip(alive)
+        .map(|(l, alive)| {
             let mut row = vec![l.subnet.to_string(), l.attrs.public_ip.to_string()];
             if v6 {
                 row.push(dash(l.subnet6.map(|s| s.to_string())));
@@ -481,6 +531,7 @@ fn print_table(leases: &[&Lease]) {
             row.push(or_dash(&l.attrs.backend_type).to_string());
             row.push(dash(l.attrs.vxlan_data().map(|v| v.vtep_mac)));
             row.push(expires(l));
+            row.push(alive.clone());
             row
         })
         .collect();
@@ -488,7 +539,7 @@ fn print_table(leases: &[&Lease]) {
     if v6 {
         header.extend(["IPV6 SUBNET", "PUBLIC IPV6"]);
     }
-    header.extend(["BACKEND", "VTEP MAC", "EXPIRES"]);
+    header.extend(["BACKEND", "VTEP MAC", "EXPIRES", "ALIVE"]);
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {

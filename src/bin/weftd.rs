@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft::agent::{self, AgentConfig};
 use weft::iface::IfaceSelect;
+use weft::probe::ProbeArgs;
 use weft::store::EtcdOptions;
 
 #[derive(Parser, Debug)]
@@ -26,6 +27,9 @@ struct Args {
     #[command(flatten)]
     select: IfaceSelect,
 
+    #[command(flatten)]
+    probe: ProbeArgs,
+
     /// Where to write subnet.env (network, this host's subnet, MTU), which the CNI plugin
     /// reads.
     #[arg(
@@ -42,6 +46,11 @@ struct Args {
     /// Lease time to live (e.g. 24h, 90s): how long a dead host keeps its subnet.
     #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
     subnet_lease_ttl: Duration,
+
+    /// Time to live of this host's status record (<prefix>/weft/status/...): a host silent
+    /// for longer (dead, or cut off from etcd) is shown gone. At least 3s.
+    #[arg(long, env = "WEFTD_STATUS_TTL", default_value = "15s", value_parser = parse_status_ttl)]
+    status_ttl: Duration,
 
     /// Masquerade traffic from the overlay to destinations outside it (nftables table
     /// `ip weft`). `--ip-masq` alone means true.
@@ -86,6 +95,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_status_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(3) {
+        return Err(format!(
+            "{s:?}: must be at least 3s (a keep-alive goes out every third of it)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Whether stderr is the journal stream systemd connected (JOURNAL_STREAM names its device and
 /// inode; a child that inherited the variable but writes elsewhere does not match).
 fn stderr_is_journal() -> bool {
@@ -123,11 +142,20 @@ fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    let probe = match args.probe.config() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("weftd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cfg = AgentConfig {
+        probe,
         etcd: args.etcd,
         select: args.select,
         subnet_file: args.subnet_file,
         lease_ttl: args.subnet_lease_ttl,
+        status_ttl: args.status_ttl,
         renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
         ip_masq: args.ip_masq,
         healthz: (args.healthz_port != 0)

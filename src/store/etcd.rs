@@ -803,7 +803,7 @@ impl EtcdStore {
 
     // ---- this host's lease ----
 
-    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+    pub(super) async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
         let mut c = self.client();
         let resp = self
@@ -866,9 +866,12 @@ impl EtcdStore {
         }
         let value = attrs.to_json();
         let mut granted: Option<i64> = None;
-        let result = self
+        let mut result = self
             .acquire_attempts(cfg, attrs, &value, prev, ttl, &mut granted)
             .await;
+        if let Ok(lease) = result {
+            result = self.unique_ipv6(cfg, lease, &value).await;
+        }
         if result.is_err() {
             if let Some(id) = granted {
                 self.revoke_quietly(id).await;
@@ -987,6 +990,55 @@ impl EtcdStore {
                 });
             }
             debug!(attempt, subnet = %choice, "another host took the subnet first; retrying");
+        }
+        Err(StoreError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Makes sure no older lease has this lease's IPv6 subnet. The key names both subnets,
+    /// so the creation transaction guards the IPv4 one only: two hosts starting at once can
+    /// pick one IPv6 subnet under two keys. Each checks after writing; the newer of the two
+    /// moves to another IPv6 subnet (one transaction, see [`Self::rewrite`]), so the older
+    /// keeps its own and peers, which program the older of two overlapping leases, never
+    /// see a conflict for long.
+    async fn unique_ipv6(
+        &self,
+        cfg: &NetworkConfig,
+        mut lease: Lease,
+        value: &str,
+    ) -> Result<Lease, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(s6) = lease.subnet6 else {
+                return Ok(lease);
+            };
+            let (entries, _) = self.entries(0).await?;
+            let others = entries
+                .iter()
+                .filter_map(|e| e.lease.as_ref().ok())
+                .filter(|l| l.subnet != lease.subnet);
+            let older = others.clone().any(|l| {
+                l.subnet6 == Some(s6)
+                    && (l.mod_revision, l.key_name()) < (lease.mod_revision, lease.key_name())
+            });
+            if !older || lease.is_reservation() {
+                return Ok(lease);
+            }
+            let taken: HashSet<IpNet> = others
+                .filter_map(|l| l.subnet6.map(IpNet::V6))
+                .chain(std::iter::once(IpNet::V6(s6)))
+                .collect();
+            let new = Lease {
+                subnet6: Some(choose6(cfg, None, &taken)?),
+                ..lease.clone()
+            };
+            warn!(subnet = %lease.subnet, taken = %s6, new = ?new.subnet6, "another host took the same IPv6 subnet first; moving to another");
+            if let Some(rev) = self.rewrite(&lease, &new, value).await? {
+                lease = Lease {
+                    mod_revision: rev,
+                    ..new
+                };
+            }
         }
         Err(StoreError::Contention {
             attempts: MAX_ATTEMPTS,
@@ -1223,7 +1275,14 @@ impl EtcdStore {
             });
         }
         info!(%subnet, %public_ip, "lease revoked");
-        // An etcd lease with no key left would only linger until its TTL runs out.
+        self.revoke_if_unused(id).await;
+        Ok(true)
+    }
+
+    /// Revokes etcd lease `id` when no key hangs on it any more: it would only linger until
+    /// its TTL runs out.
+    pub(super) async fn revoke_if_unused(&self, id: i64) {
+        let mut c = self.client();
         let keys = self
             .timed(
                 format!("keys of etcd lease {id:x}"),
@@ -1235,7 +1294,6 @@ impl EtcdStore {
             Ok(_) => {}
             Err(e) => debug!("{e}"),
         }
-        Ok(true)
     }
 
     /// Reserves `subnet` for `public_ip`: a key without an etcd lease, so it never expires.

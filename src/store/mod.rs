@@ -4,11 +4,13 @@
 
 mod endpoints;
 mod etcd;
+mod status;
 mod watch;
 
 use std::path::PathBuf;
 
 pub use etcd::{EtcdStore, LeaseList, Previous, SkippedLease};
+pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 
 use crate::config::ConfigErrors;

@@ -311,7 +311,7 @@ impl LeaseWatcher {
         }
         for l in &list.leases {
             let key = self.store.lease_key(l);
-            if self.cache.get(&key).map_or(true, |old| differs(old, l)) {
+            if self.cache.get(&key).is_none_or(|old| differs(old, l)) {
                 events.push(LeaseEvent::Added(l.clone()));
             }
         }
@@ -372,7 +372,7 @@ impl LeaseWatcher {
                                 }
                             }
                             self.unskip(&key);
-                            let changed = self.cache.get(&key).map_or(true, |old| differs(old, &l));
+                            let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
                             self.cache.insert(key, l.clone());
                             if changed {
                                 out.push(LeaseEvent::Added(l));

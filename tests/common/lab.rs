@@ -315,6 +315,35 @@ impl Host {
         ]
     }
 
+    /// What flanneld programs on `dev` for one remote lease: the permanent neighbour of its
+    /// gateway, the FDB entry to its public address, the onlink route to its subnet.
+    pub fn flannel_programs(&self, dev: &str, subnet: &str, gw: &str, mac: &str, public: &str) {
+        self.ns.ip(&[
+            "neigh",
+            "replace",
+            gw,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        self.ns.bridge(&[
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            dev,
+            "dst",
+            public,
+            "self",
+            "permanent",
+        ]);
+        self.ns
+            .ip(&["route", "replace", subnet, "via", gw, "dev", dev, "onlink"]);
+    }
+
     /// This host as its peers see it.
     pub fn as_peer(&self) -> Peer {
         Peer {

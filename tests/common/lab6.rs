@@ -85,14 +85,18 @@ impl Host {
 
     /// One ping from this host's IPv6 container address to `dst`, 1 s timeout.
     pub fn ping6_from_container(&self, dst: Ipv6Addr) -> bool {
-        self.ping_sized6(dst, None)
+        self.ping_sized(dst.into(), None)
     }
 
-    /// A ping of `size` payload bytes that must not be fragmented (or an ordinary one).
-    pub fn ping_sized6(&self, dst: Ipv6Addr, size: Option<u32>) -> bool {
-        let src = self.container_ip6().to_string();
+    /// A ping from this host's container address of `dst`'s family, of `size` payload bytes
+    /// that must not be fragmented (or an ordinary one).
+    pub fn ping_sized(&self, dst: IpAddr, size: Option<u32>) -> bool {
+        let src = match dst {
+            IpAddr::V4(_) => self.container_ip().to_string(),
+            IpAddr::V6(_) => self.container_ip6().to_string(),
+        };
         let size = size.map(|s| s.to_string());
-        let mut args = vec!["ping", "-6", "-c1", "-W1", "-I", &src];
+        let mut args = vec!["ping", "-c1", "-W1", "-I", &src];
         if let Some(s) = &size {
             args.extend(["-M", "do", "-s", s]);
         }

@@ -1,0 +1,401 @@
+//! `weftctl status`, the ALIVE column of `weftctl leases` and `weftctl leases reclaim`: the
+//! cluster seen through the hosts' status records. The view itself is weft::status::view;
+//! this file reads etcd once per kind of key and prints.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use weft::config::NetworkConfig;
+use weft::status::view::{ClusterView, Host, HostState};
+use weft::store::{EtcdOptions, EtcdStore, Reclaimed, StoreError};
+
+use super::{short_duration, Format};
+
+/// Exit codes of `weftctl status`.
+const UNHEALTHY: u8 = 1;
+const ETCD_UNREACHABLE: u8 = 3;
+
+/// The largest cluster `--matrix` draws.
+const MATRIX_MAX: usize = 40;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Unhealthy when fewer than this share of the subnet pool is free, in percent.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_percent)]
+    pool_warn_below: f64,
+    /// Drift repairs within this window are listed (e.g. 1h, 30m).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    repairs_within: Duration,
+    /// Also draw which host reaches which (up to 40 hosts).
+    #[arg(long)]
+    matrix: bool,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = (s.trim_end_matches('%').parse())
+        .map_err(|_| format!("{s:?}: not a percentage (e.g. 10 or 10%)"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("{s:?}: must be between 0 and 100"));
+    }
+    Ok(p)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}")),
+    }
+}
+
+fn stamp_json(t: Option<weft::status::Stamp>) -> Value {
+    t.map_or(Value::Null, |t| json!(t.to_string()))
+}
+
+/// `yes`, `no since …`, or `-` for a host without a status record (not weft).
+pub fn alive_text(h: &Host, now: SystemTime) -> String {
+    match &h.state {
+        HostState::Ready => "yes".into(),
+        HostState::NotReady => "yes (not ready)".into(),
+        HostState::Gone { since } => {
+            format!("no since {since} ({} ago)", short_duration(since.age(now)))
+        }
+        HostState::NoStatus => "-".into(),
+    }
+}
+
+fn state_name(s: &HostState) -> &'static str {
+    match s {
+        HostState::Ready => "ready",
+        HostState::NotReady => "not ready",
+        HostState::Gone { .. } => "gone",
+        HostState::NoStatus => "no status",
+    }
+}
+
+pub fn host_json(h: &Host) -> Value {
+    let r = h.record.as_ref();
+    json!({
+        "subnet": h.lease.subnet.to_string(),
+        "key": h.lease.key_name(),
+        "public_ip": h.lease.attrs.public_ip.to_string(),
+        "reserved": h.lease.is_reservation(),
+        "state": state_name(&h.state),
+        "alive": match h.state {
+            HostState::Ready | HostState::NotReady => json!(true),
+            HostState::Gone { .. } => json!(false),
+            HostState::NoStatus => Value::Null,
+        },
+        "gone_since": match h.state {
+            HostState::Gone { since } => json!(since.to_string()),
+            _ => Value::Null,
+        },
+        "status": r.map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
+    })
+}
+
+/// The config (required here: the pool needs it), the leases and weft's keys.
+async fn read_view(store: &EtcdStore) -> Result<ClusterView> {
+    let cfg: NetworkConfig = store.get_config().await?.ok_or(StoreError::NoConfig {
+        key: store.config_key(),
+    })?;
+    let list = store.list_leases_untimed(Some(&cfg)).await?;
+    let keys = store.list_weft().await?;
+    let view = ClusterView::build(&cfg, &list.leases, &keys);
+    for s in &list.skipped {
+        eprintln!("weftctl: warning: skipping {}: {}", s.key, s.reason);
+    }
+    for u in &view.unreadable {
+        eprintln!("weftctl: warning: skipping {u}");
+    }
+    Ok(view)
+}
+
+/// `weftctl status`: exit 0 healthy, 1 unhealthy, 3 etcd unreachable, 1 on other errors.
+pub async fn status(etcd: &EtcdOptions, out: Format, args: &StatusArgs) -> ExitCode {
+    let view = async {
+        let store = EtcdStore::connect(etcd).await?;
+        read_view(&store).await.map(|v| (store, v))
+    };
+    let (store, view) = match view.await {
+        Ok(v) => v,
+        Err(e) => return failed(etcd, out, e),
+    };
+    let now = SystemTime::now();
+    let problems = view.problems(args.pool_warn_below);
+    let result = match out {
+        Format::Json => print_json(&store, &view, &problems, args, now),
+        Format::Table => print_summary(&store, &view, &problems, args, now),
+    };
+    if let Err(e) = result {
+        eprintln!("weftctl: {e:#}");
+        return ExitCode::from(UNHEALTHY);
+    }
+    match problems.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(UNHEALTHY),
+    }
+}
+
+fn failed(etcd: &EtcdOptions, out: Format, e: anyhow::Error) -> ExitCode {
+    let unreachable = e
+        .downcast_ref::<StoreError>()
+        .is_some_and(|s| s.is_transient());
+    if out == Format::Json {
+        let v = json!({
+            "healthy": false,
+            "etcd": {"endpoints": etcd.endpoints, "reachable": !unreachable, "error": format!("{e:#}")},
+        });
+        println!("{v}");
+    }
+    eprintln!("weftctl: {e:#}");
+    ExitCode::from(if unreachable {
+        ETCD_UNREACHABLE
+    } else {
+        UNHEALTHY
+    })
+}
+
+fn print_json(
+    store: &EtcdStore,
+    view: &ClusterView,
+    problems: &[String],
+    args: &StatusArgs,
+    now: SystemTime,
+) -> Result<()> {
+    let p = view.pool;
+    let v = json!({
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "hosts": view.hosts.iter().map(host_json).collect::<Vec<_>>(),
+        "unreachable_pairs": view.pairs.iter().map(|x| json!({
+            "a": x.a.to_string(), "b": x.b.to_string(), "since": x.since.to_string(),
+        })).collect::<Vec<_>>(),
+        "recent_drift_repairs": view.recent_repairs(args.repairs_within, now).iter().map(|h| json!({
+            "subnet": h.lease.subnet.to_string(),
+            "count": h.record.as_ref().map_or(0, |r| r.drift_repairs.count),
+            "last": stamp_json(h.record.as_ref().and_then(|r| r.drift_repairs.last)),
+        })).collect::<Vec<_>>(),
+        "pool": {"total": p.total, "used": p.used, "reserved": p.reserved, "free": p.free,
+                 "free_percent": p.free_percent(), "warn_below_percent": args.pool_warn_below},
+        "etcd": {"endpoints": store.endpoints(), "reachable": true},
+        "unreadable": view.unreadable,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Counts of a field over the weft hosts, `0.1.0 (3), 0.2.0 (1)`.
+fn tally(view: &ClusterView, f: impl Fn(&weft::status::StatusRecord) -> String) -> String {
+    let mut n = std::collections::BTreeMap::<String, usize>::new();
+    for r in view.hosts.iter().filter_map(|h| h.record.as_ref()) {
+        *n.entry(f(r)).or_default() += 1;
+    }
+    if n.is_empty() {
+        return "-".into();
+    }
+    let parts: Vec<String> = n.into_iter().map(|(k, c)| format!("{k} ({c})")).collect();
+    parts.join(", ")
+}
+
+fn print_summary(
+    store: &EtcdStore,
+    view: &ClusterView,
+    problems: &[String],
+    args: &StatusArgs,
+    now: SystemTime,
+) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    let count = |s: &str| {
+        view.hosts
+            .iter()
+            .filter(|h| state_name(&h.state) == s)
+            .count()
+    };
+    writeln!(
+        o,
+        "hosts:     {} ({} ready, {} not ready, {} gone, {} no status)",
+        view.hosts.len(),
+        count("ready"),
+        count("not ready"),
+        count("gone"),
+        count("no status")
+    )?;
+    for h in view.hosts.iter().filter(|h| h.state != HostState::Ready) {
+        let what = match &h.state {
+            HostState::NoStatus => "no status (not weft?)".to_string(),
+            _ => alive_text(h, now),
+        };
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        writeln!(o, "  {subnet:<18} {ip:<15} {what}")?;
+    }
+    writeln!(o, "versions:  {}", tally(view, |r| r.version.clone()))?;
+    writeln!(o, "backends:  {}", tally(view, |r| r.backend.clone()))?;
+    match view.pairs.as_slice() {
+        [] => writeln!(o, "reach:     every host reaches every other (as reported)")?,
+        pairs => {
+            writeln!(
+                o,
+                "reach:     {} pairs cannot reach each other",
+                pairs.len()
+            )?;
+            for p in pairs {
+                writeln!(o, "  {} <-> {} since {}", p.a, p.b, p.since)?;
+            }
+        }
+    }
+    let repairs = view.recent_repairs(args.repairs_within, now);
+    let within = humantime::format_duration(args.repairs_within);
+    writeln!(
+        o,
+        "repairs:   {} hosts repaired drift within {within}",
+        repairs.len()
+    )?;
+    for h in repairs {
+        let r = h.record.as_ref().map(|r| &r.drift_repairs);
+        let last = r.and_then(|r| r.last).map_or("-".into(), |t| t.to_string());
+        let count = r.map_or(0, |r| r.count);
+        let subnet = h.lease.subnet.to_string();
+        writeln!(o, "  {subnet:<18} {count} repairs, last {last}")?;
+    }
+    let p = view.pool;
+    let low = if p.free_percent() < args.pool_warn_below {
+        format!("  WARNING: below {}%", args.pool_warn_below)
+    } else {
+        String::new()
+    };
+    writeln!(
+        o,
+        "pool:      {} subnets: {} used, {} reserved, {} free ({:.1}% free){low}",
+        p.total,
+        p.used,
+        p.reserved,
+        p.free,
+        p.free_percent()
+    )?;
+    writeln!(o, "etcd:      reachable at {}", store.endpoints())?;
+    if args.matrix {
+        print_matrix(&mut o, view)?;
+    }
+    match problems.len() {
+        0 => writeln!(o, "healthy")?,
+        n => {
+            let s = if n == 1 { "" } else { "s" };
+            writeln!(o, "unhealthy: {n} problem{s}")?;
+            for p in problems {
+                writeln!(o, "  {p}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows are the reporting hosts, columns the peers: `.` reached, `x` unreachable, `?` no
+/// record from the row's host, `-` itself.
+fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
+    let hosts = &view.hosts;
+    if hosts.len() > MATRIX_MAX {
+        writeln!(
+            o,
+            "matrix:    {} hosts is too many to draw (at most {MATRIX_MAX})",
+            hosts.len()
+        )?;
+        return Ok(());
+    }
+    writeln!(o, "matrix:    row cannot reach column: x; no record: ?")?;
+    for (i, h) in hosts.iter().enumerate() {
+        writeln!(o, "  {i:>2}  {}", h.lease.subnet)?;
+    }
+    let head: String = (0..hosts.len()).map(|i| format!("{i:>3}")).collect();
+    writeln!(o, "     {head}")?;
+    for (i, h) in hosts.iter().enumerate() {
+        let cells: String = (hosts.iter().enumerate())
+            .map(|(j, peer)| {
+                let c = match &h.record {
+                    _ if i == j => '-',
+                    None => '?',
+                    Some(r)
+                        if r.unreachable
+                            .iter()
+                            .any(|u| u.peer == peer.lease.key_name()) =>
+                    {
+                        'x'
+                    }
+                    Some(_) => '.',
+                };
+                format!("{c:>3}")
+            })
+            .collect();
+        writeln!(o, "  {i:>2} {cells}")?;
+    }
+    Ok(())
+}
+
+/// `weftctl leases reclaim`: shows each gone host and whether its lease goes; removes them
+/// only with `--yes` or a "y" typed at the terminal.
+pub async fn reclaim(store: &EtcdStore, gone_for: Duration, yes: bool) -> Result<()> {
+    let view = read_view(store).await?;
+    let now = SystemTime::now();
+    let chosen = view.reclaimable(gone_for, now);
+    for h in view.hosts.iter() {
+        let HostState::Gone { since } = h.state else {
+            continue;
+        };
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        let age = since.age(now);
+        let why = if h.lease.is_reservation() {
+            "kept: a reservation".to_string()
+        } else if age < gone_for {
+            format!(
+                "kept: gone for less than {}",
+                humantime::format_duration(gone_for)
+            )
+        } else {
+            "will be removed".to_string()
+        };
+        println!(
+            "{subnet:<18} {ip:<15} gone since {since} ({} ago): {why}",
+            short_duration(age)
+        );
+    }
+    if chosen.is_empty() {
+        println!("nothing to reclaim");
+        return Ok(());
+    }
+    if !yes && !confirmed(chosen.len())? {
+        println!("nothing removed (confirm with --yes)");
+        return Ok(());
+    }
+    for h in chosen {
+        match store.reclaim(&h.lease).await? {
+            Reclaimed::Removed => println!("reclaimed {}", h.lease.subnet),
+            Reclaimed::Changed => println!(
+                "left {}: it changed since it was read, or its host is back",
+                h.lease.subnet
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn confirmed(n: usize) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    print!("remove {n} leases? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| anyhow!("reading the answer: {e}"))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}

@@ -1,0 +1,163 @@
+//! weftd's probe flags and their validation: one clap struct the binary flattens in, turned
+//! into a checked [`ProbeConfig`].
+
+use std::time::Duration;
+
+use super::ProbeConfig;
+
+/// How often and how patiently weftd probes its peers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Time between two probes of the same peer (probes to all peers are spread over it).
+    #[arg(
+        long = "probe-interval",
+        env = "WEFTD_PROBE_INTERVAL",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub interval: Duration,
+
+    /// How long to wait for a probe's answer before counting it lost; below --probe-interval.
+    #[arg(
+        long = "probe-timeout",
+        env = "WEFTD_PROBE_TIMEOUT",
+        default_value = "1s",
+        value_parser = parse_duration
+    )]
+    pub timeout: Duration,
+
+    /// Consecutive lost probes after which a peer is unreachable (one answer makes it
+    /// reachable again).
+    #[arg(
+        long = "probe-down-after",
+        env = "WEFTD_PROBE_DOWN_AFTER",
+        default_value_t = 3
+    )]
+    pub down_after: u32,
+
+    /// How many of a peer's latest probes its loss figure covers.
+    #[arg(
+        long = "probe-loss-window",
+        env = "WEFTD_PROBE_LOSS_WINDOW",
+        default_value_t = 20
+    )]
+    pub window: u32,
+}
+
+/// A probe setting that cannot work, with the value given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeConfigError {
+    #[error("--probe-interval {0}: must be longer than zero")]
+    ZeroInterval(String),
+    #[error("--probe-timeout {timeout}: must be longer than zero and shorter than --probe-interval {interval}")]
+    Timeout { timeout: String, interval: String },
+    #[error("--probe-down-after {0}: must be at least 1")]
+    DownAfter(u32),
+    #[error("--probe-loss-window {0}: must be at least 1")]
+    Window(u32),
+}
+
+impl ProbeArgs {
+    /// The checked settings.
+    pub fn config(&self) -> Result<ProbeConfig, ProbeConfigError> {
+        ProbeConfig {
+            interval: self.interval,
+            timeout: self.timeout,
+            down_after: self.down_after,
+            window: self.window,
+        }
+        .validated()
+    }
+}
+
+impl ProbeConfig {
+    /// Checks the settings: a timeout at or past the interval would let a peer's probes
+    /// overlap, and zero losses could never mean "down".
+    pub fn validated(self) -> Result<ProbeConfig, ProbeConfigError> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.interval.is_zero() {
+            return Err(ProbeConfigError::ZeroInterval(show(self.interval)));
+        }
+        if self.timeout.is_zero() || self.timeout >= self.interval {
+            return Err(ProbeConfigError::Timeout {
+                timeout: show(self.timeout),
+                interval: show(self.interval),
+            });
+        }
+        if self.down_after < 1 {
+            return Err(ProbeConfigError::DownAfter(self.down_after));
+        }
+        if self.window < 1 {
+            return Err(ProbeConfigError::Window(self.window));
+        }
+        Ok(self)
+    }
+}
+
+/// A duration as weftd's other flags take it: bare seconds ("5") or humantime ("500ms").
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        probe: ProbeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ProbeArgs, clap::Error> {
+        let mut full = vec!["weftd"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|c| c.probe)
+    }
+
+    #[test]
+    fn probe_args_defaults() {
+        let c = parse(&[]).unwrap().config().unwrap();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.timeout, Duration::from_secs(1));
+        assert_eq!(c.down_after, 3);
+        assert_eq!(c.window, 20);
+    }
+
+    #[test]
+    fn probe_args_durations_in_humantime_or_seconds() {
+        let a = parse(&["--probe-interval", "2", "--probe-timeout", "250ms"]).unwrap();
+        assert_eq!(a.interval, Duration::from_secs(2));
+        assert_eq!(a.timeout, Duration::from_millis(250));
+        let e = parse(&["--probe-interval", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn probe_args_validation_names_the_value() {
+        let a = parse(&["--probe-interval", "1s", "--probe-timeout", "1s"]).unwrap();
+        let e = a.config().unwrap_err();
+        assert_eq!(
+            e,
+            ProbeConfigError::Timeout {
+                timeout: "1s".into(),
+                interval: "1s".into()
+            }
+        );
+        assert!(e.to_string().contains("--probe-timeout 1s"), "{e}");
+        let a = parse(&["--probe-down-after", "0"]).unwrap();
+        assert_eq!(a.config().unwrap_err(), ProbeConfigError::DownAfter(0));
+        let a = parse(&["--probe-loss-window", "0"]).unwrap();
+        assert_eq!(a.config().unwrap_err(), ProbeConfigError::Window(0));
+        let a = parse(&["--probe-interval", "0s"]).unwrap();
+        assert!(matches!(
+            a.config().unwrap_err(),
+            ProbeConfigError::ZeroInterval(_)
+        ));
+    }
+}

@@ -1,0 +1,273 @@
+//! The status record a weftd keeps at `<prefix>/weft/status/<lease key name>`, and the mark
+//! another host leaves at `<prefix>/weft/gone/<lease key name>` when that record expires.
+//! Both are versioned JSON; fields may be added, so readers ignore what they do not know.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The record format this weft writes; a reader accepts this and newer ones.
+pub const RECORD_VERSION: u32 = 1;
+
+/// A point in time, written as RFC 3339 in whole seconds (`2026-11-28T14:05:00Z`), so a
+/// record reads well in `etcdctl get` and compares equal after a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp::from(SystemTime::now())
+    }
+
+    pub fn from_unix(secs: u64) -> Stamp {
+        Stamp(secs)
+    }
+
+    pub fn unix(self) -> u64 {
+        self.0
+    }
+
+    pub fn time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0)
+    }
+
+    /// How long ago this was (zero for a time in the future, e.g. another host's clock).
+    pub fn age(self, now: SystemTime) -> Duration {
+        now.duration_since(self.time()).unwrap_or_default()
+    }
+}
+
+impl From<SystemTime> for Stamp {
+    fn from(t: SystemTime) -> Stamp {
+        Stamp(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.time()))
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Stamp, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text)
+            .map(Stamp::from)
+            .map_err(|e| serde::de::Error::custom(format!("time {text:?}: {e}")))
+    }
+}
+
+/// A peer this host cannot reach, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    /// The peer's lease key name (e.g. `198.19.5.0-24`).
+    pub peer: String,
+    pub since: Stamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftRepairs {
+    /// Kernel objects put back since this weftd started.
+    pub count: u64,
+    pub last: Option<Stamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub text: String,
+    pub at: Stamp,
+}
+
+/// One host's status record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// The record format.
+    pub v: u32,
+    /// weft's version on the host.
+    pub version: String,
+    pub backend: String,
+    pub ready: bool,
+    /// When `ready` last changed (or weftd started).
+    pub since: Stamp,
+    pub public_ip: Option<IpAddr>,
+    /// When the record's etcd lease was granted: since then the host has been seen alive
+    /// without a gap longer than the liveness TTL.
+    pub alive_since: Stamp,
+    #[serde(default)]
+    pub unreachable: Vec<Unreachable>,
+    #[serde(default)]
+    pub drift_repairs: DriftRepairs,
+    #[serde(default)]
+    pub last_error: Option<LastError>,
+}
+
+/// Left by the first host that sees a status record vanish while its subnet lease stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoneMark {
+    pub v: u32,
+    /// When the record was seen vanishing: within a moment of its etcd lease expiring.
+    pub since: Stamp,
+}
+
+/// Why a stored record could not be read; names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("status key {key}: {why}")]
+pub struct RecordError {
+    pub key: String,
+    pub why: String,
+}
+
+fn parse_versioned<T: serde::de::DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, RecordError> {
+    let err = |why: String| RecordError {
+        key: key.to_string(),
+        why,
+    };
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes)
+        .map_err(|e| err(format!("not a versioned weft record: {e}")))?;
+    if v.v < 1 {
+        return Err(err(format!(
+            "record version {} is not one weft writes",
+            v.v
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))
+}
+
+impl StatusRecord {
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<StatusRecord, RecordError> {
+        parse_versioned(key, bytes)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a status record always serializes")
+    }
+}
+
+impl GoneMark {
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<GoneMark, RecordError> {
+        parse_versioned(key, bytes)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a gone mark always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record() -> StatusRecord {
+        StatusRecord {
+            v: RECORD_VERSION,
+            version: "0.1.0".into(),
+            backend: "vxlan".into(),
+            ready: true,
+            since: Stamp::from_unix(1_800_000_000),
+            public_ip: Some("198.18.0.1".parse().unwrap()),
+            alive_since: Stamp::from_unix(1_800_000_000),
+            unreachable: vec![],
+            drift_repairs: DriftRepairs::default(),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written_and_shows_its_times_as_rfc3339() {
+        let r = record();
+        let json = r.to_json();
+        assert!(json.contains(r#""since":"2027-01-15T08:00:00Z""#), "{json}");
+        assert_eq!(StatusRecord::parse("k", json.as_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn a_newer_record_with_unknown_fields_is_read() {
+        let mut v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+        v["v"] = 2.into();
+        v["future"] = "x".into();
+        let r = StatusRecord::parse("k", v.to_string().as_bytes()).unwrap();
+        assert_eq!(r.v, 2);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_bad_value() {
+        let e = StatusRecord::parse("/p/weft/status/a", b"{\"v\":0}").unwrap_err();
+        assert_eq!(e.key, "/p/weft/status/a");
+        assert!(e.why.contains("version 0"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+        v["since"] = "yesterday".into();
+        let e = StatusRecord::parse("k", v.to_string().as_bytes()).unwrap_err();
+        assert!(e.why.contains("\"yesterday\""), "{e}");
+    }
+
+    fn any_record() -> impl Strategy<Value = StatusRecord> {
+        (
+            any::<bool>(),
+            0u64..4_000_000_000,
+            proptest::option::of(any::<std::net::IpAddr>()),
+            proptest::collection::vec(("[0-9.a-f:&-]{1,30}", 0u64..4_000_000_000), 0..4),
+            any::<u64>(),
+            proptest::option::of((".{0,40}", 0u64..4_000_000_000)),
+        )
+            .prop_map(|(ready, t, ip, peers, repairs, err)| StatusRecord {
+                v: RECORD_VERSION,
+                version: "0.1.0".into(),
+                backend: "host-gw".into(),
+                ready,
+                since: Stamp::from_unix(t),
+                public_ip: ip,
+                alive_since: Stamp::from_unix(t / 2),
+                unreachable: peers
+                    .into_iter()
+                    .map(|(peer, s)| Unreachable {
+                        peer,
+                        since: Stamp::from_unix(s),
+                    })
+                    .collect(),
+                drift_repairs: DriftRepairs {
+                    count: repairs,
+                    last: (repairs > 0).then_some(Stamp::from_unix(t)),
+                },
+                last_error: err.map(|(text, at)| LastError {
+                    text,
+                    at: Stamp::from_unix(at),
+                }),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(r in any_record()) {
+            prop_assert_eq!(StatusRecord::parse("k", r.to_json().as_bytes()), Ok(r));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = StatusRecord::parse("k", &bytes);
+            let _ = GoneMark::parse("k", &bytes);
+        }
+
+        #[test]
+        fn a_mangled_record_is_an_error_or_a_record(r in any_record(), cut in 0usize..400) {
+            let json = r.to_json();
+            let cut = cut.min(json.len());
+            let _ = StatusRecord::parse("k", &json.as_bytes()[..cut]);
+        }
+    }
+}

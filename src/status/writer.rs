@@ -1,0 +1,267 @@
+//! The task behind [`StatusFeed`](super::StatusFeed): writes this host's record when its
+//! facts change (at most once a second), keeps the record's etcd lease alive with keep-alive
+//! messages (not writes), and marks other hosts gone when their records vanish.
+
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{EventType, LeaseKeepAliveStream, LeaseKeeper, WatchResponse, WatchStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::record::{DriftRepairs, GoneMark, LastError, Stamp, StatusRecord, Unreachable};
+use super::{Facts, RECORD_VERSION};
+use crate::store::{EtcdStore, StoreError};
+
+/// Records are written at most this often, so a flapping fact costs one write a second.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+struct Writer {
+    store: EtcdStore,
+    ttl: Duration,
+    /// The record's etcd lease, while etcd has it.
+    lease: Option<i64>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    alive_since: Stamp,
+    /// The record as last written, under its name; None: it must be written.
+    written: Option<(String, StatusRecord)>,
+    last_write: Instant,
+    ready: Option<(bool, Stamp)>,
+    repairs: DriftRepairs,
+    watch: Option<WatchStream>,
+    /// The last revision the status watch saw, to resume from after an outage.
+    watch_rev: i64,
+    /// A watch that failed is opened again no sooner than this, so a watch etcd keeps
+    /// ending cannot spin the task.
+    watch_retry_at: Instant,
+    /// etcd refused the last attempt (warned once).
+    refused: bool,
+}
+
+pub(super) async fn run(
+    mut stores: watch::Receiver<EtcdStore>,
+    ttl: Duration,
+    mut facts: watch::Receiver<Facts>,
+) {
+    let mut w = Writer {
+        store: stores.borrow_and_update().clone(),
+        ttl,
+        lease: None,
+        keeper: None,
+        alive_since: Stamp::now(),
+        written: None,
+        // The first record goes out at once.
+        last_write: Instant::now()
+            .checked_sub(MIN_GAP)
+            .unwrap_or_else(Instant::now),
+        ready: None,
+        repairs: DriftRepairs::default(),
+        watch: None,
+        watch_rev: 0,
+        watch_retry_at: Instant::now(),
+        refused: false,
+    };
+    // A third of the TTL: two keep-alives may be lost before the record expires.
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let f = facts.borrow_and_update().clone();
+        match w.sync(&f).await {
+            // etcd refuses this user weft's keys: say so, once; an operator must grant them.
+            Err(e) if e.is_refusal() && !w.refused => {
+                warn!(error = %e, "status record not written; will retry");
+                w.refused = true;
+            }
+            Err(e) => debug!(error = %e, "status record not written; trying again"),
+            Ok(()) => w.refused = false,
+        }
+        tokio::select! {
+            changed = facts.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tokio::time::sleep_until(w.last_write + MIN_GAP).await;
+            }
+            _ = tick.tick() => w.keep_alive().await,
+            Ok(()) = stores.changed() => {
+                // The keep-alive stream and the watch ran on the old connection.
+                w.store = stores.borrow_and_update().clone();
+                w.keeper = None;
+                w.watch = None;
+            }
+            msg = next_message(&mut w.watch) => w.on_watch(msg, &f.lease_key).await,
+        }
+    }
+}
+
+async fn next_message(
+    watch: &mut Option<WatchStream>,
+) -> Result<Option<WatchResponse>, etcd_client::Error> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Writer {
+    /// Makes etcd hold the record `facts` call for: an etcd lease first, then the record if it
+    /// differs from the one written, then the watch of the others.
+    async fn sync(&mut self, facts: &Facts) -> Result<(), StoreError> {
+        if facts.lease_key.is_empty() {
+            return Ok(());
+        }
+        let lease = match self.lease {
+            Some(id) => id,
+            None => {
+                let id = self.store.grant_liveness(self.ttl).await?;
+                self.lease = Some(id);
+                self.keeper = None;
+                self.written = None;
+                self.alive_since = Stamp::now();
+                id
+            }
+        };
+        let record = self.record(facts);
+        let name = &facts.lease_key;
+        if self.written.as_ref() != Some(&(name.clone(), record.clone())) {
+            let old = self.written.as_ref().map(|(n, _)| n.as_str());
+            let json = record.to_json();
+            if let Err(e) = self.store.put_status(name, &json, lease, old).await {
+                if !e.is_transient() {
+                    // Most likely the etcd lease expired while etcd was away: grant a new one.
+                    self.lease = None;
+                }
+                return Err(e);
+            }
+            self.last_write = Instant::now();
+            debug!(key = %self.store.status_key(name), ready = record.ready, "status record written");
+            self.written = Some((name.clone(), record));
+        }
+        if self.watch.is_none() && Instant::now() >= self.watch_retry_at {
+            self.watch_retry_at = Instant::now() + MIN_GAP;
+            self.watch = Some(self.store.watch_status(self.watch_rev).await?);
+        }
+        Ok(())
+    }
+
+    /// The record for `facts`, with the times at which its parts last changed.
+    fn record(&mut self, facts: &Facts) -> StatusRecord {
+        if self.ready.map(|(r, _)| r) != Some(facts.ready) {
+            self.ready = Some((facts.ready, Stamp::now()));
+        }
+        if facts.drift_repairs != self.repairs.count {
+            let grew = facts.drift_repairs > self.repairs.count;
+            self.repairs = DriftRepairs {
+                count: facts.drift_repairs,
+                last: if grew { Some(Stamp::now()) } else { None },
+            };
+        }
+        StatusRecord {
+            v: RECORD_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: facts.backend.clone(),
+            ready: facts.ready,
+            since: self.ready.map_or_else(Stamp::now, |(_, s)| s),
+            public_ip: facts.public_ip,
+            alive_since: self.alive_since,
+            unreachable: (facts.unreachable.iter())
+                .map(|(peer, since)| Unreachable {
+                    peer: peer.clone(),
+                    since: Stamp::from(*since),
+                })
+                .collect(),
+            drift_repairs: self.repairs.clone(),
+            last_error: (facts.last_error.as_ref()).map(|(text, at)| LastError {
+                text: text.clone(),
+                at: Stamp::from(*at),
+            }),
+        }
+    }
+
+    /// One keep-alive message. An answer with no TTL left means etcd dropped the lease (it
+    /// was away longer than the TTL): the next sync grants a new one and writes the record.
+    async fn keep_alive(&mut self) {
+        let Some(id) = self.lease else { return };
+        if self.keeper.is_none() {
+            match self.store.keep_alive_stream(id).await {
+                Ok(k) => self.keeper = Some(k),
+                Err(e) => return debug!(error = %e, "cannot open the status keep-alive"),
+            }
+        }
+        let Some((keeper, stream)) = self.keeper.as_mut() else {
+            return;
+        };
+        let answer = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(self.ttl / 3, answer).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            Ok(Ok(Some(_))) => {
+                info!("the status record's etcd lease expired; writing the record anew");
+                self.lease = None;
+                self.keeper = None;
+            }
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                debug!("status keep-alive unanswered; opening it again");
+                self.keeper = None;
+            }
+        }
+    }
+
+    /// A record vanished: another host's means it is gone (marked, once, by whoever sees it
+    /// first); this host's own means it must be written again.
+    async fn on_watch(
+        &mut self,
+        msg: Result<Option<WatchResponse>, etcd_client::Error>,
+        own: &str,
+    ) {
+        let resp = match msg {
+            Ok(Some(r)) if !r.canceled() => r,
+            Ok(Some(r)) => {
+                // Compacted past our revision, or refused: start afresh from now.
+                debug!(reason = r.cancel_reason(), "status watch cancelled");
+                self.watch = None;
+                self.watch_rev = 0;
+                return;
+            }
+            Ok(None) | Err(_) => {
+                self.watch = None;
+                return;
+            }
+        };
+        if let Some(h) = resp.header() {
+            self.watch_rev = self.watch_rev.max(h.revision());
+        }
+        let prefix = self.store.status_prefix();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv().filter(|_| ev.event_type() == EventType::Delete) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(name) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if name == own {
+                self.written = None;
+                continue;
+            }
+            self.mark_gone(name).await;
+        }
+    }
+
+    async fn mark_gone(&self, name: &str) {
+        let mark = GoneMark {
+            v: RECORD_VERSION,
+            since: Stamp::from(SystemTime::now()),
+        };
+        match self.store.mark_gone(name, &mark.to_json()).await {
+            Ok(true) => info!(
+                host = name,
+                "a host's status record expired; marked it gone"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(host = name, error = %e, "cannot mark a host gone"),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! weftd watching its overlay: every peer probed through the tunnel, `/peers` and the probe
+//! metrics naming a pair of hosts whose VXLAN traffic the underlay drops, and clean again
+//! once it passes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG};
+use weft::subnet::lease_key_name;
+
+const PROBE_FLAGS: [&str; 6] = [
+    "--probe-interval",
+    "1s",
+    "--probe-timeout",
+    "500ms",
+    "--probe-down-after",
+    "3",
+];
+
+/// `/peers` on `h`: (id, state) for each peer.
+fn peer_states(h: &Host) -> Vec<(String, String)> {
+    let (code, body) = h.http_get("/peers");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn state_of(h: &Host, peer: &Host) -> Option<String> {
+    let id = peer.subnet().to_string();
+    peer_states(h)
+        .into_iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, s)| s)
+}
+
+/// Drops VXLAN between two underlay addresses, both ways, in the underlay's bridge.
+fn drop_vxlan(lab: &Lab, a: &str, b: &str) {
+    let nft = |args: &[&str]| {
+        let out = lab.underlay.exec(&[&["nft"], args].concat());
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft(&["add", "table", "bridge", "cut"]);
+    nft(&[
+        "add", "chain", "bridge", "cut", "f", "{", "type", "filter", "hook", "forward", "priority",
+        "0", ";", "}",
+    ]);
+    for (from, to) in [(a, b), (b, a)] {
+        nft(&[
+            "add", "rule", "bridge", "cut", "f", "ip", "saddr", from, "ip", "daddr", to, "udp",
+            "dport", "8472", "drop",
+        ]);
+    }
+}
+
+#[test]
+fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_restored() {
+    let mut lab = Lab::new(4, VXLAN_CONFIG);
+    lab.start_all(&PROBE_FLAGS);
+    let all_reachable = |h: &Host| {
+        let s = peer_states(h);
+        (s.len() == 3 && s.iter().all(|(_, st)| st == "reachable")).then_some(())
+    };
+    for h in &lab.hosts {
+        assert!(
+            wait_for(Duration::from_secs(5), || all_reachable(h)).is_some(),
+            "{:?}\n{}",
+            peer_states(h),
+            h.logs()
+        );
+    }
+    let (h1, h3) = (&lab.hosts[0], &lab.hosts[2]);
+    assert_eq!(h1.metric("weft_peers_reachable"), Some(3.0));
+    let (code, body) = h1.http_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("weft_probe_rtt_seconds_bucket"), "{body}");
+
+    drop_vxlan(&lab, &h1.ip, &h3.ip);
+    let cut = Instant::now();
+    for (a, b) in [(h1, h3), (h3, h1)] {
+        let seen = wait_for(Duration::from_secs(6), || {
+            (state_of(a, b).as_deref() == Some("unreachable")).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{} does not see {} unreachable: {:?}",
+            a.ip,
+            b.ip,
+            peer_states(a)
+        );
+    }
+    // Three intervals of losses plus the timeout, and a little for the scheduling.
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        cut.elapsed()
+    );
+    assert_eq!(h1.metric("weft_peers_unreachable"), Some(1.0));
+    assert_eq!(h1.metric("weft_peers_reachable"), Some(2.0));
+    // Host 2 still reaches everyone, and its `weftctl status` names the pair and fails.
+    let h2 = &lab.hosts[1];
+    assert!(all_reachable(h2).is_some(), "{:?}", peer_states(h2));
+    // A pair is named lowest subnet first.
+    let mut subnets = [h1.subnet(), h3.subnet()];
+    subnets.sort();
+    let subnets = subnets.map(|s| s.to_string());
+    let named = wait_for(Duration::from_secs(3), || {
+        let out = h2.weftctl(&["-o", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let pairs = v["unreachable_pairs"].as_array()?;
+        let pair: Vec<String> = pairs.first().map(|p| {
+            [&p["a"], &p["b"]]
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .to_vec()
+        })?;
+        (out.status.code() == Some(1) && pairs.len() == 1 && pair == subnets).then_some(())
+    });
+    assert!(named.is_some(), "{:?}", h2.weftctl(&["status"]));
+    // Both directions: each host's own record names the other.
+    for (a, b) in [(h1, h3), (h3, h1)] {
+        let key = format!(
+            "/coreos.com/network/weft/status/{}",
+            lease_key_name(a.subnet(), None)
+        );
+        let record = lab
+            .etcd
+            .get(&key)
+            .unwrap_or_else(|| panic!("no record at {key}"));
+        assert!(
+            record.contains(&lease_key_name(b.subnet(), None)),
+            "{key} does not name {}: {record}",
+            b.subnet()
+        );
+    }
+    let table = h2.weftctl(&["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&subnets[0]) && text.contains(&subnets[1]),
+        "{text}"
+    );
+
+    let out = lab
+        .underlay
+        .exec(&["nft", "delete", "table", "bridge", "cut"]);
+    assert!(out.status.success());
+    for h in [h1, h3] {
+        assert!(
+            wait_for(Duration::from_secs(4), || all_reachable(h)).is_some(),
+            "{} not clean again: {:?}",
+            h.ip,
+            peer_states(h)
+        );
+    }
+    assert_eq!(h1.metric("weft_peers_unreachable"), Some(0.0));
+    let clean = wait_for(Duration::from_secs(3), || {
+        (lab.hosts[1].weftctl(&["status"]).status.code() == Some(0)).then_some(())
+    });
+    assert!(clean.is_some(), "{:?}", lab.hosts[1].weftctl(&["status"]));
+}
+
+#[test]
+fn peers_is_json_with_every_field_and_unknown_paths_still_say_where_to_look() {
+    let mut lab = Lab::new(2, VXLAN_CONFIG);
+    lab.start_all(&PROBE_FLAGS);
+    let h = &lab.hosts[0];
+    let ok = wait_for(Duration::from_secs(5), || {
+        (state_of(h, &lab.hosts[1]).as_deref() == Some("reachable")).then_some(())
+    });
+    assert!(ok.is_some(), "{}", h.logs());
+    let (_, body) = h.http_get("/peers");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = &v[0];
+    assert_eq!(p["id"], lab.hosts[1].subnet().to_string());
+    assert_eq!(p["addr"], lab.hosts[1].subnet().network().to_string());
+    assert!(p["last_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{p}");
+    for field in ["loss", "since", "sent", "lost"] {
+        assert!(!p[field].is_null(), "{field} missing in {p}");
+    }
+    let (code, body) = h.http_get("/nope");
+    assert_eq!(code, 404);
+    assert!(body.contains("/peers"));
+}
