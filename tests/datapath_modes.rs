@@ -271,22 +271,12 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
     fl.ns
         .ip(&["addr", "add", &format!("{fl_container}/24"), "dev", "cni0"]);
     fl.ns.ip(&["link", "set", "cni0", "up"]);
-    let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "3600"]);
-    let lease_id = grant
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("etcdctl lease grant said {grant:?}"))
-        .to_string();
     let value = format!(
         r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fl_mac}"}}}}"#,
         fl.ip
     );
-    lab.etcd.etcdctl_ok(&[
-        "put",
-        &format!("--lease={lease_id}"),
-        &format!("{SUBNETS}/{}", key_name(fl_subnet)),
-        &value,
-    ]);
+    let key = format!("{SUBNETS}/{}", key_name(fl_subnet));
+    lab.etcd.put_on_lease(&key, &value, 3600);
     // flanneld on host 3 programs the weftd hosts from their leases, as flannel reads them.
     for h in &lab.hosts[..2] {
         let s = h.subnet();

@@ -312,20 +312,13 @@ fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
     fl.ns
         .ip(&["addr", "add", &format!("{c6}/64"), "dev", "cni0", "nodad"]);
     fl.ns.ip(&["link", "set", "cni0", "up"]);
-    let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "3600"]);
-    let id = grant
-        .split_whitespace()
-        .nth(1)
-        .expect("a lease id")
-        .to_string();
     let value = format!(
         r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#,
         fl.ip,
         fl.ip6()
     );
     let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(s4, Some(s6)));
-    lab.etcd
-        .etcdctl_ok(&["put", &format!("--lease={id}"), &key, &value]);
+    lab.etcd.put_on_lease(&key, &value, 3600);
 
     // flanneld programs the weft hosts from their leases, both families.
     for h in &lab.hosts[..2] {

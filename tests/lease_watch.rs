@@ -159,8 +159,18 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
     store.revoke_lease(a.subnet).await.unwrap();
     let b2_attrs = LeaseAttrs::new_vxlan(host(2).public_ip, 1, "0e:2a:00:00:0b:0b");
     let b2 = store.update_lease_attrs(&b, &b2_attrs).await.unwrap();
+    // d takes a subnet none of the others ever had: one that a left behind would be the
+    // same key, and its replacement is then one "added" with no "removed".
+    let fresh = (1..=254u8)
+        .map(|i| {
+            format!("198.19.{i}.0/24")
+                .parse::<ipnet::Ipv4Net>()
+                .unwrap()
+        })
+        .find(|s| ![a.subnet, b.subnet, c.subnet].contains(s))
+        .unwrap();
     let d = store
-        .acquire_lease(&cfg, &host(4), None, HOUR)
+        .acquire_lease(&cfg, &host(4), Some(fresh), HOUR)
         .await
         .unwrap();
     let compacted = etcd.compact(None);

@@ -156,7 +156,7 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
     let peer_lines = |n: usize| {
         lab.journal(n)
             .lines()
-            .filter(|l| l.contains("peer"))
+            .filter(|l| l.contains("peer joined") || l.contains("peer left"))
             .count()
     };
     let before = [peer_lines(1), peer_lines(3)];

@@ -62,18 +62,11 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
     // Host 1 as flanneld leaves it: device, address, lease with an etcd lease, subnet.env.
     let h1 = &lab.hosts[0];
     let h1_mac = make_flannel_device(&h1.ns, "198.18.0.1", flannel_subnet.parse().unwrap());
-    let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "86400"]);
-    let lease_id = grant
-        .split_whitespace()
-        .nth(1)
-        .expect("lease id in etcdctl output")
-        .to_string();
     let key = "/coreos.com/network/subnets/198.19.50.0-24";
     let value = format!(
         r#"{{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{h1_mac}"}}}}"#
     );
-    lab.etcd
-        .etcdctl_ok(&["put", &format!("--lease={lease_id}"), key, &value]);
+    let lease_id = lab.etcd.put_on_lease(key, &value, 86400);
     std::fs::create_dir_all(h1.subnet_file.parent().unwrap()).unwrap();
     std::fs::write(&h1.subnet_file, "FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET=198.19.50.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").unwrap();
 

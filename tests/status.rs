@@ -219,15 +219,12 @@ fn a_flannel_host_has_no_status_the_pool_is_counted_exactly_and_a_quiet_cluster_
     let (fl_subnet, reserved) = (free[0], free[1]);
     let fl = &lab.hosts[2];
     let fl_mac = make_flannel_device(&fl.ns, &fl.ip, fl_subnet);
-    let grant = lab.etcd.etcdctl_ok(&["lease", "grant", "3600"]);
-    let lease_id = grant.split_whitespace().nth(1).unwrap().to_string();
     let value = format!(
         r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fl_mac}"}}}}"#,
         fl.ip
     );
     let fl_key = format!("{SUBNETS}{}", key_name(fl_subnet));
-    lab.etcd
-        .etcdctl_ok(&["put", &format!("--lease={lease_id}"), &fl_key, &value]);
+    lab.etcd.put_on_lease(&fl_key, &value, 3600);
     let out = lab.hosts[0].weftctl(&["reservations", "add", &reserved.to_string(), "198.18.0.200"]);
     assert!(out.status.success(), "{}", text(&out));
 

@@ -234,6 +234,19 @@ impl Etcd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Writes `key` as a host (flanneld) writes its lease: on an etcd lease of its own with
+    /// `ttl` seconds. Returns the etcd lease's id as etcdctl prints it (hex).
+    pub fn put_on_lease(&self, key: &str, value: &str, ttl: u32) -> String {
+        let grant = self.etcdctl_ok(&["lease", "grant", &ttl.to_string()]);
+        let id = grant
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("etcdctl lease grant said {grant:?}"))
+            .to_string();
+        self.etcdctl_ok(&["put", &format!("--lease={id}"), key, value]);
+        id
+    }
+
     /// Turns authentication on, as the README tells an operator to: a root user, then
     /// `roles` (name, permission, key prefix) and `users` (name, password, role).
     pub fn enable_auth(&mut self, roles: &[(&str, &str, &str)], users: &[(&str, &str, &str)]) {
