@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use ipnet::Ipv4Net;
 
-use crate::backend::{self, DeviceSpec};
+use crate::backend::{self, DeviceSpec, HostSecrets};
 use crate::config::NetworkConfig;
 use crate::datapath::{Datapath, Report, Snapshot};
 use crate::http::{self, Metrics};
@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub ip_masq: bool,
     pub healthz: Option<SocketAddr>,
     pub resync: Duration,
+    /// How often a tunnel device's peers are read back (WireGuard tells nobody of changes).
+    pub tunnel_poll: Duration,
     pub vxlan_device: Option<String>,
     /// How the peers are probed through the overlay.
     pub probe: ProbeConfig,
@@ -103,6 +105,8 @@ struct Agent {
     cfg: NetworkConfig,
     ext: ExtIface,
     devices: PerFamily<Option<DeviceSpec>>,
+    /// What the backend keeps on this host (WireGuard's key), for the device specs.
+    secrets: HostSecrets,
     /// The devices' real MACs, which the lease must advertise.
     device_mac: PerFamily<Option<Mac>>,
     mtu: u32,
@@ -203,12 +207,13 @@ fn device_specs(
     opts: &AgentConfig,
     ext: &ExtIface,
     families: &[Family],
+    secrets: &HostSecrets,
 ) -> PerFamily<Option<DeviceSpec>> {
     let backend = backend::of(&cfg.backend);
     let mut specs = PerFamily::default();
     for &f in families {
         let name = opts.vxlan_device.as_deref().filter(|_| f == Family::V4);
-        specs[f] = backend.device(ext, name, f);
+        specs[f] = backend.device(ext, name, f, secrets);
     }
     specs
 }
@@ -242,8 +247,8 @@ async fn set_up_devices(
         let dev = netlink(move |nl| Ok(backend::of(&b).ensure_device(nl, &s, mac)?))
             .await
             .with_context(|| format!("cannot set up the device {}", spec.name))?;
-        tracing::info!(device = %spec.name, backend = cfg.backend.type_name(), mac = %format_mac(&dev.mac), mtu = dev.mtu, created = dev.created, "device ready");
-        device_mac[f] = Some(dev.mac);
+        tracing::info!(device = %spec.name, backend = cfg.backend.type_name(), mac = ?dev.mac.map(|m| format_mac(&m)), mtu = dev.mtu, created = dev.created, "device ready");
+        device_mac[f] = dev.mac;
         mtu = if any { mtu.min(dev.mtu) } else { dev.mtu };
         any = true;
     }
@@ -272,6 +277,9 @@ impl Agent {
                 .usable(&ext, *f)
                 .map_err(anyhow::Error::msg)?;
         }
+        let secrets = backend::of(&cfg.backend)
+            .load_secrets()
+            .map_err(anyhow::Error::msg)?;
         tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, public_ipv6 = ?ext.v6.as_ref().map(|v| v.public_ip), mtu = ext.mtu, "external interface chosen");
 
         let known = retry("listing leases", &metrics, || {
@@ -288,7 +296,7 @@ impl Agent {
                 advertised[f] = backend::of(&cfg.backend).advertised_mac(&l.attrs, f);
             }
         }
-        let specs = device_specs(&cfg, &opts, &ext, &families);
+        let specs = device_specs(&cfg, &opts, &ext, &families, &secrets);
         let ready = set_up_devices(&cfg, &ext, specs, advertised).await?;
 
         let attrs = lease_attrs(&cfg, &ext, &ready.devices, &ready.device_mac);
@@ -309,6 +317,7 @@ impl Agent {
         let datapath = Datapath::start(
             metrics.clone(),
             opts.resync,
+            opts.tunnel_poll,
             reports_tx,
             opts.select.clone(),
         )
@@ -323,6 +332,7 @@ impl Agent {
             cfg,
             ext,
             devices: ready.devices,
+            secrets,
             device_mac: ready.device_mac,
             mtu: ready.mtu,
             own,
@@ -752,7 +762,7 @@ impl Agent {
                 tracing::warn!(iface = %new.name, "{why}");
             }
         }
-        self.devices = device_specs(&self.cfg, &self.opts, new, &families);
+        self.devices = device_specs(&self.cfg, &self.opts, new, &families, &self.secrets);
         let mtu = overlay_mtu(new, &self.devices);
         self.publish();
         self.datapath.kick("external interface changed");
@@ -903,9 +913,9 @@ fn lease_attrs(
         public_ip: ext.public_ip,
         public_ipv6: ext.v6.as_ref().map(|v| v.public_ip).filter(|_| v6),
         backend_type: backend.type_name().to_string(),
-        backend_data: backend.lease_data(macs.v4),
+        backend_data: backend.lease_data(devices.v4.as_ref(), macs.v4),
         backend_v6_data: if v6 {
-            backend.lease_data(macs.v6)
+            backend.lease_data(devices.v6.as_ref(), macs.v6)
         } else {
             None
         },

@@ -147,7 +147,8 @@ fn check_device(
     out: &mut Vec<Finding>,
 ) -> Result<Option<(u32, String)>, NetlinkError> {
     let backend = backend::of(&cfg.backend);
-    let Some(spec) = backend.device(ext, device_name, family) else {
+    let Some(spec) = backend.device(ext, device_name, family, &backend::HostSecrets::default())
+    else {
         return Ok(None);
     };
     let Some(link) = nl.link_by_name(&spec.name)? else {

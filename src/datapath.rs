@@ -3,9 +3,11 @@
 //! takes the latest snapshot of leases from the agent, and reconciles. A lease event takes
 //! the fast path (the new desired state against the last applied one: a handful of netlink
 //! requests, no dumps). A kernel change on weft's objects, a failed request or the resync
-//! timer takes the full path (dump, diff, apply), which is what repairs drift.
+//! timer takes the full path (dump, diff, apply), which is what repairs drift. A tunnel
+//! device's peers (WireGuard) send no change notifications: they are read back on a short
+//! poll.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+use crate::backend::wireguard::{Key, WgPeer};
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
@@ -99,6 +102,8 @@ struct Wanted {
     full: bool,
     /// A new snapshot: the fast path may do.
     new_state: bool,
+    /// Nothing came before the timer ran out.
+    timer: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +127,7 @@ impl Datapath {
     pub fn start(
         metrics: Arc<Metrics>,
         resync: Duration,
+        tunnel_poll: Duration,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
         select: IfaceSelect,
     ) -> Result<Datapath, DatapathError> {
@@ -139,6 +145,7 @@ impl Datapath {
             nl,
             metrics,
             resync,
+            tunnel_poll,
             reports,
             masq: Masq::new(),
             state: None,
@@ -287,6 +294,8 @@ struct Worker {
     nl: Netlink,
     metrics: Arc<Metrics>,
     resync: Duration,
+    /// How often a tunnel device's peers are read back.
+    tunnel_poll: Duration,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
     masq: Masq,
     state: Option<Arc<Snapshot>>,
@@ -303,17 +312,32 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut full_due = Instant::now() + self.resync;
+        let mut poll_due = Instant::now() + self.tunnel_poll;
         loop {
-            let wait = full_due.saturating_duration_since(Instant::now());
+            let due = if self.has_tunnel() {
+                full_due.min(poll_due)
+            } else {
+                full_due
+            };
+            let wait = due.saturating_duration_since(Instant::now());
             let Some(Wanted {
                 mut full,
                 new_state,
+                timer,
             }) = self.next(&rx, wait)
             else {
                 return;
             };
             if self.state.is_none() {
                 continue;
+            }
+            let now = Instant::now();
+            if timer && now >= full_due {
+                full = true;
+            } else if timer && now >= poll_due {
+                poll_due = now + self.tunnel_poll;
+                // A device that cannot be read is mended by the full path.
+                full = self.poll_tunnel().is_err();
             }
             if !full && new_state && self.has_applied() {
                 if self.fast().is_ok() {
@@ -332,13 +356,13 @@ impl Worker {
     }
 
     /// Waits up to `wait` for commands and takes every one that is queued; `None` when the
-    /// agent is gone. The timer running out asks for a full pass.
+    /// agent is gone.
     fn next(&mut self, rx: &mpsc::Receiver<Cmd>, wait: Duration) -> Option<Wanted> {
         let mut wanted = Wanted::default();
         let first = match rx.recv_timeout(wait) {
             Ok(cmd) => cmd,
             Err(RecvTimeoutError::Timeout) => {
-                wanted.full = true;
+                wanted.timer = true;
                 return Some(wanted);
             }
             Err(RecvTimeoutError::Disconnected) => return None,
@@ -488,8 +512,12 @@ impl Worker {
             let Some(host) = self.host(&s, family) else {
                 continue;
             };
-            let (ops, n) = match self.incremental(&s, &host) {
-                Some(ops) => (ops, self.applied[family].as_ref().map_or(0, |a| a.peers)),
+            let (ops, n, tunnel) = match self.incremental(&s, &host) {
+                Some(ops) => (
+                    ops,
+                    self.applied[family].as_ref().map_or(0, |a| a.peers),
+                    Ok(()),
+                ),
                 None => {
                     let desired = self.desired(&s, &host);
                     self.count_leases(&s, desired.skipped.len());
@@ -497,12 +525,19 @@ impl Worker {
                         return Err(Failure::NothingApplied);
                     };
                     let ops = reconcile::diff_applied(&desired, &previous);
+                    let tunnel = self.apply_tunnel(
+                        &s,
+                        family,
+                        &desired.tunnel,
+                        previous.tunnel.values(),
+                        None,
+                    );
                     let n = desired.peers;
                     self.applied[family] = Some(desired);
-                    (ops, n)
+                    (ops, n, tunnel)
                 }
             };
-            let applied = self.apply(&ops, None);
+            let applied = self.apply(&ops, None).and(tunnel);
             changes += ops.len();
             peers += n;
             // The snapshot this one replaces is freed after the clock stops: thousands of
@@ -610,7 +645,7 @@ impl Worker {
             Ok(d) => d,
             Err(e) => return (None, Err(e)),
         };
-        let mac = device.as_ref().map(|(_, d)| d.mac);
+        let mac = device.as_ref().and_then(|(_, d)| d.mac);
         let address = match (&device, s.own_subnet(family)) {
             (Some((spec, dev)), Some(subnet)) => self.ensure_address(spec, dev, subnet),
             _ => Ok(()),
@@ -673,7 +708,7 @@ impl Worker {
         match backend.ensure_device(&mut self.nl, spec, mac) {
             Ok(dev) => {
                 if dev.created {
-                    tracing::warn!(device = %spec.name, mac = %format_mac(&dev.mac), "device was missing; recreated it");
+                    tracing::warn!(device = %spec.name, mac = ?dev.mac.map(|m| format_mac(&m)), "device was missing; recreated it");
                     self.metrics.drift_repairs.inc();
                 }
                 self.watched.devices[family].store(dev.index, Ordering::Relaxed);
@@ -733,6 +768,18 @@ impl Worker {
         let previous = self.applied[family].take();
         let applying = Instant::now();
         let result = self.apply(&ops, previous.as_ref());
+        let tunnel = match self.read_tunnel(s, family) {
+            Ok(Some(have)) => self.apply_tunnel(
+                s,
+                family,
+                &desired.tunnel,
+                &have,
+                previous.as_ref().map(|p| &p.tunnel),
+            ),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let result = result.and(tunnel);
         if !ops.is_empty() {
             tracing::info!(
                 %family,
@@ -750,6 +797,102 @@ impl Worker {
             self.applied_from[family] = None;
         }
         result.map(|()| skipped)
+    }
+
+    /// Whether a device of the current snapshot holds tunnel peers, which must be polled.
+    fn has_tunnel(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| {
+            Family::ALL
+                .iter()
+                .any(|f| s.devices[*f].as_ref().is_some_and(DeviceSpec::has_peers))
+        })
+    }
+
+    /// Reads the tunnel devices' peers back and mends any that differ from the state last
+    /// applied (a peer removed, changed or added by hand). Err when a device cannot be read
+    /// or changed: the full path then mends the device itself.
+    fn poll_tunnel(&mut self) -> Result<(), Failure> {
+        let Some(s) = self.state.clone() else {
+            return Ok(());
+        };
+        for family in s.families() {
+            let Some(applied) = self.applied[family].take() else {
+                continue;
+            };
+            let result = match self.read_tunnel(&s, family) {
+                Ok(Some(have)) => {
+                    let want = &applied.tunnel;
+                    self.apply_tunnel(&s, family, want, &have, Some(want))
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            self.applied[family] = Some(applied);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The peers `family`'s tunnel device holds; None when the family has no such device.
+    fn read_tunnel(
+        &mut self,
+        s: &Snapshot,
+        family: Family,
+    ) -> Result<Option<Vec<WgPeer>>, Failure> {
+        let Some(spec) = &s.devices[family] else {
+            return Ok(None);
+        };
+        s.backend().tunnel_peers(&mut self.nl, spec).map_err(|e| {
+            self.metrics.netlink_errors.inc();
+            tracing::warn!(device = %spec.name, error = %e, "cannot read the device's peers");
+            Failure::Dump
+        })
+    }
+
+    /// Makes the peers of `family`'s tunnel device, `have`, into `want`. A change that puts
+    /// back what `previous` (the state last applied) had, or removes a peer it did not have,
+    /// is a drift repair.
+    fn apply_tunnel<'a>(
+        &mut self,
+        s: &Snapshot,
+        family: Family,
+        want: &BTreeMap<Key, WgPeer>,
+        have: impl IntoIterator<Item = &'a WgPeer>,
+        previous: Option<&BTreeMap<Key, WgPeer>>,
+    ) -> Result<(), Failure> {
+        let Some(spec) = &s.devices[family] else {
+            return Ok(());
+        };
+        let change = reconcile::diff_tunnel(want, have);
+        if change.set.is_empty() && change.remove.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = s.backend().change_tunnel(&mut self.nl, spec, &change) {
+            self.metrics.netlink_errors.inc();
+            tracing::warn!(device = %spec.name, error = %e, "cannot change the device's peers; will retry");
+            return Err(Failure::Apply);
+        }
+        let mut repairs = 0;
+        for p in &change.set {
+            let object = reconcile::describe_peer(p);
+            if previous.is_some_and(|prev| prev.get(&p.public_key) == Some(p)) {
+                repairs += 1;
+                tracing::info!(device = %spec.name, %object, "drift repaired");
+            } else {
+                tracing::debug!(device = %spec.name, %object, "programmed");
+            }
+        }
+        for k in &change.remove {
+            let key = backend::wireguard::format_key(k);
+            if previous.is_some_and(|prev| !prev.contains_key(k)) {
+                repairs += 1;
+                tracing::info!(device = %spec.name, peer = %key, "drift repaired: removed a peer no lease calls for");
+            } else {
+                tracing::debug!(device = %spec.name, peer = %key, "peer removed");
+            }
+        }
+        self.metrics.drift_repairs.inc_by(repairs);
+        Ok(())
     }
 
     fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {

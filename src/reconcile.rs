@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::backend::uapi::Change as TunnelChange;
+use crate::backend::wireguard::{Key, WgPeer};
 use crate::backend::Peer;
 pub use crate::backend::{Host, PeerObjects};
 use crate::config::NetworkConfig;
@@ -33,6 +35,8 @@ pub struct Desired {
     pub routes: BTreeMap<IpNet, Route>,
     pub neighbours: BTreeMap<IpAddr, Neighbour>,
     pub fdb: BTreeMap<Mac, FdbEntry>,
+    /// The tunnel device's peers (WireGuard), by public key.
+    pub tunnel: BTreeMap<Key, WgPeer>,
     pub peers: usize,
     pub skipped: Vec<Skip>,
 }
@@ -140,6 +144,12 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
     sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));
+    let backend = crate::backend::of(&cfg.backend);
+    if let Some(network) = cfg.network_of(family) {
+        for r in backend.device_routes(host, network) {
+            out.routes.insert(r.dst, r);
+        }
+    }
     let mut accepted: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
     let mut macs: BTreeSet<Mac> = BTreeSet::new();
     for lease in sorted {
@@ -165,6 +175,17 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                         continue;
                     }
                 }
+                if let Some(t) = &objects.tunnel {
+                    // One public key is one peer of the device: a second lease with it
+                    // would take the first one's allowed IPs away.
+                    if out.tunnel.contains_key(&t.public_key) {
+                        out.skipped.push(Skip {
+                            key,
+                            reason: "PublicKey is already used by an older lease".to_string(),
+                        });
+                        continue;
+                    }
+                }
                 // peer_objects refuses a lease without a subnet in the family.
                 if let Some(s) = subnet {
                     accepted.insert(s.network(), s);
@@ -178,6 +199,9 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                 }
                 if let Some(f) = objects.fdb {
                     out.fdb.insert(f.mac, f);
+                }
+                if let Some(t) = objects.tunnel {
+                    out.tunnel.insert(t.public_key, t);
                 }
             }
             Err(reason) => out.skipped.push(Skip { key, reason }),
@@ -458,12 +482,21 @@ pub fn update(
     gone: &[Lease],
     added: &[Lease],
 ) -> Option<Vec<Op>> {
-    if !applied.skipped.is_empty() {
+    if !applied.skipped.is_empty() || !applied.tunnel.is_empty() {
         return None;
     }
     let old = desired(cfg, host, own, gone);
     let new = desired(cfg, host, own, added);
-    if !old.skipped.is_empty() || !new.skipped.is_empty() {
+    // Tunnel peers and device routes are not lease-by-lease objects this update can move;
+    // the caller's full computation handles them.
+    let device_routes = crate::backend::of(&cfg.backend)
+        .device_routes(host, cfg.network_of(host.family())?)
+        .is_empty();
+    if !old.skipped.is_empty()
+        || !new.skipped.is_empty()
+        || !new.tunnel.is_empty()
+        || !device_routes
+    {
         return None;
     }
     // Every gone lease must be one the applied state holds, object for object.
@@ -517,6 +550,58 @@ pub fn update(
     applied.fdb.extend(new.fdb);
     applied.peers = applied.peers - old.peers + new.peers;
     Some(ops)
+}
+
+/// The changes that make a tunnel device's peers `have` into `want`: peers missing or
+/// different are set (their allowed IPs replaced), peers no lease calls for are removed.
+pub fn diff_tunnel<'a>(
+    want: &BTreeMap<Key, WgPeer>,
+    have: impl IntoIterator<Item = &'a WgPeer>,
+) -> TunnelChange {
+    let mut change = TunnelChange::default();
+    let mut seen = BTreeSet::new();
+    for h in have {
+        seen.insert(h.public_key);
+        match want.get(&h.public_key) {
+            Some(w) if same_peer(w, h) => {}
+            Some(w) => change.set.push(w.clone()),
+            None => change.remove.push(h.public_key),
+        }
+    }
+    change.set.extend(
+        want.values()
+            .filter(|w| !seen.contains(&w.public_key))
+            .cloned(),
+    );
+    change
+}
+
+/// Two peers are the same when all weft sets agrees; the device may list allowed IPs in
+/// another order.
+fn same_peer(a: &WgPeer, b: &WgPeer) -> bool {
+    let sorted = |p: &WgPeer| {
+        let mut ips = p.allowed_ips.clone();
+        ips.sort();
+        ips
+    };
+    a.public_key == b.public_key
+        && a.endpoint == b.endpoint
+        && a.psk == b.psk
+        && a.keepalive == b.keepalive
+        && sorted(a) == sorted(b)
+}
+
+/// A short name of a tunnel peer, for logs and `weftctl check`.
+pub fn describe_peer(p: &WgPeer) -> String {
+    let ips: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+    format!(
+        "WireGuard peer {} endpoint {} allowed-ips {}",
+        crate::backend::wireguard::format_key(&p.public_key),
+        p.endpoint
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "none".into()),
+        ips.join(",")
+    )
 }
 
 /// The route whose destination overlaps `s` (see [`overlap`]): the destinations of weft's

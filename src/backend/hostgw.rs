@@ -7,7 +7,7 @@ use super::Backend;
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, Peer, PeerObjects},
+    super::{Device, DeviceError, DeviceSpec, Host, HostSecrets, Peer, PeerObjects},
     crate::iface::ExtIface,
     crate::netlink::{Mac, Netlink},
 };
@@ -55,7 +55,13 @@ impl Backend for HostGw {
     }
 
     #[cfg(feature = "daemon")]
-    fn device(&self, _: &ExtIface, _: Option<&str>, _: Family) -> Option<DeviceSpec> {
+    fn device(
+        &self,
+        _: &ExtIface,
+        _: Option<&str>,
+        _: Family,
+        _: &HostSecrets,
+    ) -> Option<DeviceSpec> {
         None
     }
 
@@ -86,7 +92,7 @@ impl Backend for HostGw {
     }
 
     #[cfg(feature = "daemon")]
-    fn lease_data(&self, _device_mac: Option<Mac>) -> Option<Value> {
+    fn lease_data(&self, _: Option<&DeviceSpec>, _: Option<Mac>) -> Option<Value> {
         None
     }
 }

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::wgdev::WgDeviceError;
+use super::wireguard::{Key, WgPeer};
 use crate::iface::ExtIface;
 use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
 use crate::subnet::Family;
@@ -68,6 +70,24 @@ pub struct PeerObjects {
     pub route: Option<Route>,
     pub neighbour: Option<Neighbour>,
     pub fdb: Option<FdbEntry>,
+    /// A peer of the backend's tunnel device (WireGuard), keyed by its public key.
+    pub tunnel: Option<WgPeer>,
+}
+
+/// What this host keeps for its backend between runs (WireGuard's private key), loaded once
+/// at start-up by [`super::Backend::load_secrets`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HostSecrets {
+    pub private_key: Option<Key>,
+}
+
+impl std::fmt::Debug for HostSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = self.private_key.map(|_| "(hidden)");
+        f.debug_struct("HostSecrets")
+            .field("private_key", &key)
+            .finish()
+    }
 }
 
 /// A device a backend needs: its name, MTU, and how to create it.
@@ -78,17 +98,34 @@ pub struct DeviceSpec {
     pub link: LinkSpec,
 }
 
+impl DeviceSpec {
+    /// Whether the device holds peers of its own (WireGuard), which must be read back: such
+    /// a device tells nobody when they change.
+    pub fn has_peers(&self) -> bool {
+        matches!(self.link, LinkSpec::Wireguard(_))
+    }
+}
+
 /// How a device is created; read back by the backend that asked for it.
 #[derive(Debug, Clone)]
 pub enum LinkSpec {
     Vxlan(VxlanSpec),
+    Wireguard(WgSpec),
+}
+
+/// A WireGuard device: the port it listens on and this host's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgSpec {
+    pub port: u16,
+    pub secrets: HostSecrets,
 }
 
 /// What [`super::Backend::ensure_device`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub index: u32,
-    pub mac: Mac,
+    /// None for a device without one (WireGuard's).
+    pub mac: Option<Mac>,
     pub mtu: u32,
     /// True when the device was (re)created rather than adopted.
     pub created: bool,
@@ -102,6 +139,10 @@ pub enum DeviceError {
     Vanished(String),
     #[error("device {0} is not a device this backend creates")]
     Foreign(String),
+    #[error(transparent)]
+    Tunnel(#[from] WgDeviceError),
+    #[error("device {0} cannot be set up without this host's key")]
+    NoKey(String),
 }
 
 /// Gives a device exactly one address of the subnet's family: `<subnet ip>/32` (`/128`). An

@@ -4,7 +4,6 @@
 //! and one line in the `backends!` list below.
 
 pub mod hostgw;
-// Not registered yet: the device control and the datapath's part are still being built.
 #[cfg(feature = "daemon")]
 mod kernel;
 #[cfg(feature = "daemon")]
@@ -27,7 +26,7 @@ use crate::subnet::Family;
 use crate::{
     iface::ExtIface,
     lease::{Lease, LeaseAttrs},
-    netlink::{Link, Mac, Netlink},
+    netlink::{Link, Mac, Netlink, Route},
 };
 
 type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigErrors>;
@@ -84,6 +83,7 @@ macro_rules! backends {
 backends! {
     vxlan => Vxlan(vxlan::VxlanConfig),
     hostgw => HostGw,
+    wireguard => Wireguard(wireguard::WireguardConfig),
 }
 
 impl BackendConfig {
@@ -184,10 +184,23 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Loads what the backend keeps on this host between runs (WireGuard's private key,
+    /// created on first use); once, at start-up.
+    #[cfg(feature = "daemon")]
+    fn load_secrets(&self) -> Result<HostSecrets, String> {
+        Ok(HostSecrets::default())
+    }
+
     /// The device the backend needs on this host for `family`, if any; `name` overrides the
     /// backend's default name.
     #[cfg(feature = "daemon")]
-    fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec>;
+    fn device(
+        &self,
+        ext: &ExtIface,
+        name: Option<&str>,
+        family: Family,
+        secrets: &HostSecrets,
+    ) -> Option<DeviceSpec>;
 
     /// Creates the device or adopts the one that is there. `mac` is the MAC this host's lease
     /// advertises, for a device that has to be created.
@@ -205,10 +218,38 @@ pub trait Backend {
     #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String>;
 
-    /// The `BackendData` (`BackendV6Data`) this host writes into its own lease, given the MAC
-    /// of its device of that family.
+    /// Routes the device of `host`'s family needs whatever the peers (WireGuard's route for
+    /// the whole `network`).
     #[cfg(feature = "daemon")]
-    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value>;
+    fn device_routes(&self, _host: &Host, _network: ipnet::IpNet) -> Vec<Route> {
+        Vec::new()
+    }
+
+    /// The peers a tunnel device holds (WireGuard); `None` for devices without any.
+    #[cfg(feature = "daemon")]
+    fn tunnel_peers(
+        &self,
+        _nl: &mut Netlink,
+        _spec: &DeviceSpec,
+    ) -> Result<Option<Vec<wireguard::WgPeer>>, DeviceError> {
+        Ok(None)
+    }
+
+    /// Sets and removes a tunnel device's peers.
+    #[cfg(feature = "daemon")]
+    fn change_tunnel(
+        &self,
+        _nl: &mut Netlink,
+        _spec: &DeviceSpec,
+        _change: &uapi::Change,
+    ) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// The `BackendData` (`BackendV6Data`) this host writes into its own lease, given its
+    /// device of that family and the device's MAC.
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, spec: Option<&DeviceSpec>, device_mac: Option<Mac>) -> Option<Value>;
 
     /// The MAC a lease advertises for the device of `family` (kept when the device must be
     /// recreated).
@@ -266,8 +307,10 @@ mod tests {
     }
 
     fn vxlan_link(spec: &DeviceSpec) -> &VxlanSpec {
-        let LinkSpec::Vxlan(v) = &spec.link;
-        v
+        match &spec.link {
+            LinkSpec::Vxlan(v) => v,
+            other => panic!("not a VXLAN device: {other:?}"),
+        }
     }
 
     #[test]
@@ -275,27 +318,37 @@ mod tests {
         let cfg = backend_cfg(r#"{"Type":"vxlan","VNI":7}"#);
         let vx = of(&cfg);
         assert_eq!(vx.type_name(), "vxlan");
-        let spec = vx.device(&ext(), None, Family::V4).unwrap();
+        let spec = vx
+            .device(&ext(), None, Family::V4, &HostSecrets::default())
+            .unwrap();
         assert_eq!((spec.name.as_str(), spec.mtu), ("flannel.7", 1450));
         let link = vxlan_link(&spec);
         assert_eq!((link.vni, link.port, link.lower), (7, 8472, Some(2)));
         assert_eq!(link.local, "198.18.0.1".parse::<IpAddr>().unwrap());
-        assert!(vx.device(&ext(), None, Family::V6).is_none());
+        assert!(vx
+            .device(&ext(), None, Family::V6, &HostSecrets::default())
+            .is_none());
         assert_eq!(vx.mtu_overhead(Family::V6), 70);
-        let spec = vx.device(&ext6(), None, Family::V6).unwrap();
+        let spec = vx
+            .device(&ext6(), None, Family::V6, &HostSecrets::default())
+            .unwrap();
         assert_eq!((spec.name.as_str(), spec.mtu), ("flannel-v6.7", 1430));
         let link = vxlan_link(&spec);
         assert_eq!((link.vni, link.lower), (7, Some(2)));
         assert_eq!(link.local, "2001:db8::1".parse::<IpAddr>().unwrap());
 
         let cfg = backend_cfg(r#"{"Type":"vxlan","MTU":1400,"Port":4789}"#);
-        let spec = of(&cfg).device(&ext(), Some("weft.1"), Family::V4).unwrap();
+        let spec = of(&cfg)
+            .device(&ext(), Some("weft.1"), Family::V4, &HostSecrets::default())
+            .unwrap();
         assert_eq!((spec.name.as_str(), spec.mtu), ("weft.1", 1400));
         assert_eq!(vxlan_link(&spec).port, 4789);
 
         let hg = of(&BackendConfig::HostGw);
         assert_eq!(hg.type_name(), "host-gw");
-        assert!(hg.device(&ext(), None, Family::V4).is_none());
+        assert!(hg
+            .device(&ext(), None, Family::V4, &HostSecrets::default())
+            .is_none());
         assert_eq!(hg.mtu_overhead(Family::V4), 0);
     }
 
@@ -303,7 +356,7 @@ mod tests {
     fn lease_data_is_flannels() {
         let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
         let vx = of(&cfg);
-        let data = vx.lease_data(Some([0x0e, 0, 0, 0, 0, 1])).unwrap();
+        let data = vx.lease_data(None, Some([0x0e, 0, 0, 0, 0, 1])).unwrap();
         assert_eq!(
             data,
             serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
@@ -316,7 +369,7 @@ mod tests {
             vx.advertised_mac(&attrs, Family::V4),
             Some([0x0e, 0, 0, 0, 0, 1])
         );
-        assert_eq!(of(&BackendConfig::HostGw).lease_data(None), None);
+        assert_eq!(of(&BackendConfig::HostGw).lease_data(None, None), None);
         assert_eq!(
             of(&BackendConfig::HostGw).advertised_mac(&attrs, Family::V4),
             None

@@ -12,7 +12,7 @@ use crate::config::{get_bool, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, LinkSpec, Peer, PeerObjects},
+    super::{Device, DeviceError, DeviceSpec, Host, HostSecrets, LinkSpec, Peer, PeerObjects},
     crate::iface::ExtIface,
     crate::lease::{Lease, LeaseAttrs},
     crate::netlink::{
@@ -163,7 +163,13 @@ impl Backend for VxlanConfig {
     /// `flannel.<VNI>` (`flannel-v6.<VNI>` over the IPv6 underlay) with the config's MTU, else
     /// the external interface's less the family's overhead.
     #[cfg(feature = "daemon")]
-    fn device(&self, ext: &ExtIface, name: Option<&str>, family: Family) -> Option<DeviceSpec> {
+    fn device(
+        &self,
+        ext: &ExtIface,
+        name: Option<&str>,
+        family: Family,
+        _: &HostSecrets,
+    ) -> Option<DeviceSpec> {
         let local: IpAddr = ext.local(family)?;
         let mtu = self
             .mtu
@@ -204,8 +210,10 @@ impl Backend for VxlanConfig {
         spec: &DeviceSpec,
         mac: Option<Mac>,
     ) -> Result<Device, DeviceError> {
-        let LinkSpec::Vxlan(link) = &spec.link;
-        ensure(nl, link, mac)
+        match &spec.link {
+            LinkSpec::Vxlan(link) => ensure(nl, link, mac),
+            _ => Err(DeviceError::Foreign(spec.name.clone())),
+        }
     }
 
     #[cfg(feature = "daemon")]
@@ -259,11 +267,12 @@ impl Backend for VxlanConfig {
                 dst: Some(public_ip),
                 permanent: true,
             }),
+            tunnel: None,
         })
     }
 
     #[cfg(feature = "daemon")]
-    fn lease_data(&self, device_mac: Option<Mac>) -> Option<Value> {
+    fn lease_data(&self, _: Option<&DeviceSpec>, device_mac: Option<Mac>) -> Option<Value> {
         let vtep_mac = device_mac.map(|m| format_mac(&m)).unwrap_or_default();
         Some(
             VxlanLeaseData {
@@ -364,7 +373,7 @@ fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device
         .ok_or_else(|| DeviceError::Vanished(spec.name.clone()))?;
     Ok(Device {
         index: link.index,
-        mac,
+        mac: Some(mac),
         mtu: link.mtu,
         created,
     })

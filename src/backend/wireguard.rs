@@ -5,8 +5,19 @@
 
 use serde_json::{Map, Value};
 
+use super::Backend;
 use crate::config::{get_str, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
+#[cfg(feature = "daemon")]
+use {
+    super::{
+        uapi, wgdev, wgkey, Device, DeviceError, DeviceSpec, Host, HostSecrets, LinkSpec, Peer,
+        PeerObjects, WgSpec,
+    },
+    crate::iface::ExtIface,
+    crate::netlink::{Mac, Netlink, Route, RouteScope},
+    std::net::SocketAddr,
+};
 
 /// The backend's name in `Backend.Type` and a lease's `BackendType`.
 pub const TYPE: &str = "wireguard";
@@ -211,6 +222,185 @@ impl WgLeaseData {
             Some(p) => u16::try_from(p.as_u64()?).ok()?,
         };
         Some(WgLeaseData { public_key, port })
+    }
+}
+
+/// The outer IP (IPv6's 40 bytes, so one figure fits both underlays), UDP and WireGuard
+/// headers, as flannel counts them.
+const OVERHEAD: u32 = 80;
+
+impl Backend for WireguardConfig {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    fn params(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("ListenPort".into(), self.listen_port.into());
+        m.insert("ListenPortV6".into(), self.listen_port_v6.into());
+        if let Some(psk) = &self.psk {
+            m.insert("PSK".into(), format_key(psk).into());
+        }
+        m.insert("PersistentKeepaliveInterval".into(), self.keepalive.into());
+        m.insert("Mode".into(), self.mode.name().into());
+        m.insert("MTU".into(), self.mtu.unwrap_or(0).into());
+        m
+    }
+
+    fn mtu_overhead(&self, _family: Family) -> u32 {
+        OVERHEAD
+    }
+
+    #[cfg(feature = "daemon")]
+    fn usable(&self, _ext: &ExtIface, _family: Family) -> Result<(), String> {
+        match self.mode {
+            Mode::Separate => Ok(()),
+            other => Err(format!(
+                "Backend.Mode {:?} (one tunnel for both families) is not supported by weft yet; use \"separate\"",
+                other.name()
+            )),
+        }
+    }
+
+    /// The key file is read (or written) here, once: a host keeps one key for good.
+    #[cfg(feature = "daemon")]
+    fn load_secrets(&self) -> Result<HostSecrets, String> {
+        let path = wgkey::key_file();
+        let flannel = std::path::Path::new(wgkey::FLANNEL_KEY_FILE);
+        let (key, source) =
+            wgkey::load_or_create(&path, Some(flannel)).map_err(|e| e.to_string())?;
+        let public = format_key(&wgkey::public_key(&key));
+        tracing::info!(file = %path.display(), ?source, public_key = %public, "WireGuard key ready");
+        Ok(HostSecrets {
+            private_key: Some(key),
+        })
+    }
+
+    /// `flannel-wg` (`flannel-wg-v6`) with the config's MTU, else the external interface's
+    /// less 80. The name cannot be overridden: peers and tools know the device by it.
+    #[cfg(feature = "daemon")]
+    fn device(
+        &self,
+        ext: &ExtIface,
+        _name: Option<&str>,
+        family: Family,
+        secrets: &HostSecrets,
+    ) -> Option<DeviceSpec> {
+        ext.local(family)?;
+        Some(DeviceSpec {
+            name: self.device_name(family).to_string(),
+            mtu: self.mtu.unwrap_or(ext.mtu.saturating_sub(OVERHEAD)),
+            link: LinkSpec::Wireguard(WgSpec {
+                port: self.port_of(family),
+                secrets: secrets.clone(),
+            }),
+        })
+    }
+
+    #[cfg(feature = "daemon")]
+    fn ensure_device(
+        &self,
+        nl: &mut Netlink,
+        spec: &DeviceSpec,
+        _mac: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        let (port, key) = wg_spec(spec)?;
+        let dev = wgdev::ensure(nl, &spec.name, &key, port, spec.mtu)?;
+        Ok(Device {
+            index: dev.link.index,
+            mac: None,
+            mtu: dev.link.mtu,
+            created: dev.created,
+        })
+    }
+
+    /// flannel's peer: the lease's public key at its public IP and port (the receiver's own
+    /// port when the lease says 0), the subnet as its only allowed IPs, PSK and keepalive as
+    /// configured.
+    #[cfg(feature = "daemon")]
+    fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
+        let data = peer
+            .data
+            .and_then(WgLeaseData::from_value)
+            .ok_or_else(|| "BackendData has no usable PublicKey".to_string())?;
+        if host.device.is_none() {
+            return Err("the WireGuard device does not exist yet".to_string());
+        }
+        let port = match data.port {
+            0 => self.port_of(host.family()),
+            p => p,
+        };
+        Ok(PeerObjects {
+            tunnel: Some(WgPeer {
+                public_key: data.public_key,
+                endpoint: Some(SocketAddr::new(peer.public_ip, port)),
+                allowed_ips: vec![peer.subnet],
+                psk: self.psk,
+                keepalive: self.keepalive,
+            }),
+            ..PeerObjects::default()
+        })
+    }
+
+    /// One route for the whole network on the device: WireGuard picks the peer by allowed
+    /// IPs, so no per-peer route is needed.
+    #[cfg(feature = "daemon")]
+    fn device_routes(&self, host: &Host, network: ipnet::IpNet) -> Vec<Route> {
+        let Some(dev) = host.device else {
+            return Vec::new();
+        };
+        let mut r = Route::new(network.trunc()).scope(RouteScope::Link);
+        r.oif = Some(dev);
+        vec![r]
+    }
+
+    #[cfg(feature = "daemon")]
+    fn tunnel_peers(
+        &self,
+        _nl: &mut Netlink,
+        spec: &DeviceSpec,
+    ) -> Result<Option<Vec<WgPeer>>, DeviceError> {
+        let state = uapi::get(&spec.name).map_err(wgdev::WgDeviceError::from)?;
+        Ok(Some(state.peers))
+    }
+
+    #[cfg(feature = "daemon")]
+    fn change_tunnel(
+        &self,
+        _nl: &mut Netlink,
+        spec: &DeviceSpec,
+        change: &uapi::Change,
+    ) -> Result<(), DeviceError> {
+        uapi::set(&spec.name, change).map_err(wgdev::WgDeviceError::from)?;
+        Ok(())
+    }
+
+    /// flannel's `{"PublicKey", "Port"}` from this host's key and the device's port.
+    #[cfg(feature = "daemon")]
+    fn lease_data(&self, spec: Option<&DeviceSpec>, _: Option<Mac>) -> Option<Value> {
+        let (port, key) = wg_spec(spec?).ok()?;
+        Some(
+            WgLeaseData {
+                public_key: wgkey::public_key(&key),
+                port,
+            }
+            .to_value(),
+        )
+    }
+}
+
+/// The port and private key of a WireGuard device spec.
+#[cfg(feature = "daemon")]
+fn wg_spec(spec: &DeviceSpec) -> Result<(u16, Key), DeviceError> {
+    match &spec.link {
+        LinkSpec::Wireguard(WgSpec {
+            port,
+            secrets: HostSecrets {
+                private_key: Some(key),
+            },
+        }) => Ok((*port, *key)),
+        LinkSpec::Wireguard(_) => Err(DeviceError::NoKey(spec.name.clone())),
+        _ => Err(DeviceError::Foreign(spec.name.clone())),
     }
 }
 

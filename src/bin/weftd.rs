@@ -70,6 +70,12 @@ struct Args {
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
 
+    /// Read the WireGuard peers back this often and mend any that differ from the leases:
+    /// WireGuard reports no changes, so this bounds how long a peer removed or changed by
+    /// hand stays wrong.
+    #[arg(long, env = "WEFTD_TUNNEL_POLL", default_value = "1s", value_parser = parse_duration)]
+    tunnel_poll: Duration,
+
     /// Name of the VXLAN device (vxlan backend only). Default: flannel.<VNI>, as flannel
     /// names it, so a host moved from flanneld keeps its device.
     #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
@@ -161,6 +167,7 @@ fn main() -> std::process::ExitCode {
         healthz: (args.healthz_port != 0)
             .then(|| SocketAddr::new(args.healthz_ip, args.healthz_port)),
         resync: args.resync_interval,
+        tunnel_poll: args.tunnel_poll,
         vxlan_device: args.vxlan_device,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -79,6 +79,8 @@ pub struct Host {
     etcd_url: String,
     /// The `--iface` weftd is started with; None lets it choose by the default route.
     pub iface: Option<String>,
+    /// A WireGuard host's own mount namespace (see [`super::wg`]).
+    pub mnt: Option<super::wg::MountNs>,
 }
 
 impl Host {
@@ -94,10 +96,16 @@ impl Host {
             .append(true)
             .open(&self.log)
             .expect("opening the weftd log");
-        let mut args: Vec<String> = vec![
-            "netns".into(),
-            "exec".into(),
-            self.ns.name().into(),
+        // A WireGuard host enters its own mount namespace (nsenter execs weftd, as `ip netns
+        // exec` does, so the child's pid is weftd's either way).
+        let (program, mut args): (&str, Vec<String>) = match &self.mnt {
+            Some(m) => ("nsenter", m.enter_args(&self.ns)),
+            None => (
+                "ip",
+                vec!["netns".into(), "exec".into(), self.ns.name().into()],
+            ),
+        };
+        args.extend([
             env!("CARGO_BIN_EXE_weftd").into(),
             "--etcd-endpoints".into(),
             self.etcd_url.clone(),
@@ -109,18 +117,19 @@ impl Host {
             "5s".into(),
             "--log-level".into(),
             "info,weft=debug".into(),
-        ];
+        ]);
         if let Some(iface) = &self.iface {
             args.extend(["--iface".to_string(), iface.clone()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new("ip")
+        let child = Command::new(program)
             .args(&args)
+            .env("WIREGUARD_KEY_FILE", self.wg_key_file())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)
             .spawn()
-            .expect("starting weftd with ip netns exec");
+            .unwrap_or_else(|e| panic!("starting weftd with {program}: {e}"));
         self.weftd = Some(child);
     }
 
@@ -502,6 +511,10 @@ impl Drop for Host {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.mnt.is_some() {
+            // wireguard-go outlives weftd by design; the lab's must go with the host.
+            super::wg::kill_netns_processes(&self.ns);
+        }
     }
 }
 
@@ -691,6 +704,7 @@ fn new_host(
         weftd: None,
         etcd_url: etcd_urls.to_string(),
         iface: Some("eth0".into()),
+        mnt: None,
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bare_weftd;
+pub mod capture;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
@@ -11,3 +12,4 @@ pub mod lab6;
 pub mod machines;
 pub mod netns;
 pub mod podman;
+pub mod wg;

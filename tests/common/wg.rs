@@ -1,0 +1,192 @@
+//! WireGuard lab hosts. wireguard-go's control socket lives at /run/wireguard/<device>.sock,
+//! one path for every namespace: each WireGuard host therefore runs weftd, wireguard-go and
+//! `wg` in a mount namespace of its own with private tmpfs on /run/wireguard and /run/flannel
+//! (flannel's key file). The mount namespace outlives weftd, so a restarted weftd finds the
+//! device's socket where wireguard-go left it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::lab::Host;
+use super::netns::Netns;
+
+/// Where the lab's mount namespaces are pinned; a private mount, so pinning one does not
+/// propagate to the host's other mount namespaces.
+const PIN_DIR: &str = "/run/weft-lab-mnt";
+
+pub const WG_DEVICE: &str = "flannel-wg";
+pub const WG_DEVICE6: &str = "flannel-wg-v6";
+pub const WG_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard"}}"#;
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("running sh")
+}
+
+/// A mount namespace pinned to a file, with private /run/wireguard and /run/flannel.
+pub struct MountNs {
+    pin: PathBuf,
+}
+
+impl MountNs {
+    pub fn new(name: &str) -> MountNs {
+        let setup = sh(&format!(
+            "mkdir -p {PIN_DIR} && (findmnt -n {PIN_DIR} >/dev/null || \
+             (mount --bind {PIN_DIR} {PIN_DIR} && mount --make-private {PIN_DIR}))"
+        ));
+        assert!(
+            setup.status.success(),
+            "making {PIN_DIR} a private mount: {}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+        let pin = Path::new(PIN_DIR).join(name);
+        std::fs::write(&pin, b"").expect("creating the mount namespace's pin file");
+        let out = Command::new("unshare")
+            .arg(format!("--mount={}", pin.display()))
+            .args(["--propagation", "private", "sh", "-c"])
+            .arg(
+                "mkdir -p /run/wireguard /run/flannel && mount -t tmpfs tmpfs /run/wireguard \
+                 && mount -t tmpfs tmpfs /run/flannel",
+            )
+            .output()
+            .expect("running unshare (util-linux)");
+        assert!(
+            out.status.success(),
+            "making the mount namespace {}: {}",
+            pin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountNs { pin }
+    }
+
+    pub fn pin(&self) -> &Path {
+        &self.pin
+    }
+
+    /// `nsenter` arguments that enter this mount namespace and `ns`'s network namespace.
+    pub fn enter_args(&self, ns: &Netns) -> Vec<String> {
+        vec![
+            format!("--mount={}", self.pin.display()),
+            format!("--net={}", ns.path().display()),
+        ]
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.pin).output();
+        let _ = std::fs::remove_file(&self.pin);
+    }
+}
+
+/// Runs `args` inside the host's network namespace and its mount namespace (WireGuard hosts)
+/// or with `ip netns exec` (the others).
+pub fn exec(host: &Host, args: &[&str]) -> Output {
+    let mut cmd = match &host.mnt {
+        Some(m) => {
+            let mut c = Command::new("nsenter");
+            c.args(m.enter_args(&host.ns));
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", host.ns.name()]);
+            c
+        }
+    };
+    cmd.args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
+}
+
+impl Host {
+    /// Makes this a WireGuard host: its own mount namespace and key file. Before `start`.
+    pub fn use_wireguard(&mut self) {
+        if self.mnt.is_none() {
+            self.mnt = Some(MountNs::new(self.ns.name()));
+        }
+    }
+
+    /// `wg ARGS` on this host; panics with its stderr on failure.
+    pub fn wg(&self, args: &[&str]) -> String {
+        let mut full = vec!["wg"];
+        full.extend_from_slice(args);
+        let out = exec(self, &full);
+        assert!(
+            out.status.success(),
+            "wg {args:?} on {}: {} (apt-get install wireguard-tools)",
+            self.ns.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The peers of `dev` as `wg show DEV dump` lists them: (public key, endpoint, allowed
+    /// IPs, preshared key, keepalive), sorted by key.
+    pub fn wg_peers(&self, dev: &str) -> Vec<WgDumpPeer> {
+        let out = self.wg(&["show", dev, "dump"]);
+        let mut peers: Vec<WgDumpPeer> = out
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                WgDumpPeer {
+                    public_key: f[0].into(),
+                    psk: f[1].into(),
+                    endpoint: f[2].into(),
+                    allowed_ips: f[3].into(),
+                    keepalive: f[7].into(),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+        peers
+    }
+
+    /// This host's public key as its device has it.
+    pub fn wg_public_key(&self, dev: &str) -> String {
+        self.wg(&["show", dev, "public-key"]).trim().to_string()
+    }
+
+    /// The key file weftd keeps this host's private key in.
+    pub fn wg_key_file(&self) -> PathBuf {
+        self.subnet_file
+            .parent()
+            .expect("subnet.env has a directory")
+            .join("wgkey")
+    }
+}
+
+/// One line of `wg show DEV dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgDumpPeer {
+    pub public_key: String,
+    pub psk: String,
+    pub endpoint: String,
+    pub allowed_ips: String,
+    pub keepalive: String,
+}
+
+/// Kills every process in `ns` (wireguard-go, left running by design) and waits for them.
+pub fn kill_netns_processes(ns: &Netns) {
+    for _ in 0..100 {
+        let out = Command::new("ip")
+            .args(["netns", "pids", ns.name()])
+            .output()
+            .expect("ip netns pids");
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for p in pids {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("warning: processes still run in {}", ns.name());
+}

@@ -1,0 +1,148 @@
+//! The wireguard backend in a lab of real hosts (namespaces, a real etcd, the userspace
+//! WireGuard these kernels fall back to): containers reach each other encrypted, and the
+//! underlay carries nothing but WireGuard's UDP between hosts.
+
+mod common;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::capture::{self, Capture};
+use common::lab::{wait_for, Host, Lab};
+use common::wg::{WG_CONFIG, WG_DEVICE};
+
+/// Which WireGuard ran, said once per test run: kernel WireGuard is used where the module
+/// exists, and these tests then exercise it instead.
+fn say_mode() {
+    let kernel = std::path::Path::new("/sys/module/wireguard").exists();
+    eprintln!(
+        "WireGuard mode: {}",
+        if kernel {
+            "kernel module"
+        } else {
+            "userspace (wireguard-go): this kernel has no WireGuard module"
+        }
+    );
+}
+
+/// A lab of `n` WireGuard hosts running weftd with `config`, each ready and holding every
+/// other host as a peer.
+fn wg_lab(n: usize, config: &str, extra: &[&str]) -> Lab {
+    say_mode();
+    let mut lab = Lab::new(n, config);
+    for h in &mut lab.hosts {
+        h.use_wireguard();
+    }
+    for h in &mut lab.hosts {
+        h.start(extra);
+    }
+    for h in &mut lab.hosts {
+        h.wait_ready();
+        h.add_container();
+    }
+    wait_wg_converged(&lab.hosts);
+    lab
+}
+
+/// Waits (10 s) until every host's device has every other host's subnet as a peer.
+fn wait_wg_converged(hosts: &[Host]) {
+    let subnets: Vec<String> = hosts.iter().map(|h| h.subnet().to_string()).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        let ok = wait_for(Duration::from_secs(10), || {
+            let peers = h.wg_peers(WG_DEVICE);
+            let all = subnets
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .all(|(_, s)| peers.iter().any(|p| p.allowed_ips == *s));
+            all.then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "host {} does not have all peers after 10 s: {:?}\n{}",
+            i + 1,
+            h.wg_peers(WG_DEVICE),
+            h.logs()
+        );
+    }
+}
+
+/// Sends `payload` by UDP from `from`'s container address to `to`'s and says whether it
+/// arrived intact (within 3 s, resending).
+fn udp_crosses(from: &Host, to: &Host, payload: &[u8]) -> bool {
+    let (src, dst) = (from.container_ip(), to.container_ip());
+    let rx = weft::netlink::run_in_netns(&to.ns.path(), move || UdpSocket::bind((dst, 0)))
+        .expect("entering the receiver's namespace")
+        .expect("binding a receiver");
+    let addr = rx.local_addr().unwrap();
+    let tx = weft::netlink::run_in_netns(&from.ns.path(), move || UdpSocket::bind((src, 0)))
+        .expect("entering the sender's namespace")
+        .expect("binding a sender");
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        tx.send_to(payload, addr).unwrap();
+        if let Ok((n, _)) = rx.recv_from(&mut buf) {
+            return &buf[..n] == payload;
+        }
+    }
+    false
+}
+
+fn host_ip(h: &Host) -> Ipv4Addr {
+    h.ip.parse().unwrap()
+}
+
+#[test]
+fn three_hosts_reach_each_other_and_the_underlay_carries_only_wireguard() {
+    let lab = wg_lab(3, WG_CONFIG, &[]);
+    for a in &lab.hosts {
+        for b in &lab.hosts {
+            if a.ip != b.ip {
+                assert!(
+                    a.ping_from_container(b.container_ip()),
+                    "{} cannot reach {}'s container",
+                    a.ip,
+                    b.ip
+                );
+            }
+        }
+    }
+
+    let capture = Capture::start(&lab.underlay, "");
+    let marker = b"weft-marker-3f9c1d2e-never-in-clear";
+    assert!(udp_crosses(&lab.hosts[0], &lab.hosts[1], marker));
+    assert!(udp_crosses(&lab.hosts[2], &lab.hosts[0], marker));
+    for a in &lab.hosts {
+        for b in &lab.hosts {
+            if a.ip != b.ip {
+                assert!(a.ping_from_container(b.container_ip()));
+            }
+        }
+    }
+    let frames = capture.finish();
+    assert!(
+        !frames.iter().any(|f| capture::contains(f, marker)),
+        "the marker crossed the underlay in clear"
+    );
+    let hosts: Vec<Ipv4Addr> = lab.hosts.iter().map(host_ip).collect();
+    let between: Vec<_> = frames
+        .iter()
+        .filter_map(|f| capture::ipv4(f))
+        .filter(|p| hosts.contains(&p.src) && hosts.contains(&p.dst))
+        .collect();
+    assert!(
+        between.len() >= 12,
+        "only {} packets between hosts were seen",
+        between.len()
+    );
+    for p in &between {
+        assert_eq!(
+            p.ports,
+            Some((51820, 51820)),
+            "a packet between hosts that is not WireGuard's: {p:?}"
+        );
+    }
+}
