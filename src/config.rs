@@ -824,8 +824,14 @@ mod tests {
         );
         let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}"#);
         assert!(e.starts_with("Backend.Type udp:"), "{e}");
-        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "wireguard"}}"#);
-        assert!(e.starts_with("Backend.Type wireguard:"), "{e}");
+        let e = err(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "ipsec"}}"#);
+        assert!(e.starts_with("Backend.Type ipsec:"), "{e}");
+        let c = parse(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "WireGuard"}}"#);
+        assert_eq!(c.backend.type_name(), "wireguard");
+        let e = err(
+            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": "x"}}"#,
+        );
+        assert!(e.starts_with("Backend.ListenPort x:"), "{e}");
         let c = parse(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "host-gw"}}"#);
         assert_eq!(c.backend, BackendConfig::HostGw);
         let e =
@@ -1035,8 +1041,8 @@ mod tests {
         );
         // No settings are read for a backend weft does not have.
         assert_problems(
-            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "wireguard", "VNI": "x"}}"#,
-            &["Backend.Type wireguard: unsupported backend"],
+            r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "ipsec", "VNI": "x"}}"#,
+            &["Backend.Type ipsec: unsupported backend"],
         );
         // Neither family: nothing else about the networks to say, but the backend is read.
         assert_problems(
