@@ -580,3 +580,542 @@ pub fn set(dev: &str, change: &Change) -> Result<(), GenlError> {
     }
     Ok(())
 }
+
+// The expected bytes are written out as a little-endian host lays them: netlink lengths,
+// types and most values are in host order (ports and addresses in network order).
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    /// A family id as the kernel would hand out for "wireguard".
+    const FAMILY: u16 = 0x15;
+
+    fn v4_peer() -> WgPeer {
+        WgPeer {
+            public_key: [0xab; 32],
+            endpoint: Some("198.18.0.2:51820".parse().unwrap()),
+            allowed_ips: vec!["198.19.2.0/24".parse().unwrap()],
+            psk: Some([1; 32]),
+            keepalive: 25,
+        }
+    }
+
+    fn v6_peer() -> WgPeer {
+        WgPeer {
+            public_key: [0x66; 32],
+            endpoint: Some("[2001:db8::2]:51821".parse().unwrap()),
+            allowed_ips: vec!["2001:db8:100:2::/64".parse().unwrap()],
+            psk: None,
+            keepalive: 0,
+        }
+    }
+
+    /// A netlink attribute written out independently of the builder: length, type, payload,
+    /// padding to 4 bytes.
+    fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
+        v.extend(ty.to_ne_bytes());
+        v.extend(payload);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v
+    }
+
+    /// A netlink message of type `ty` with the given flags and payload (sequence 0, port 0).
+    fn nlmsg(ty: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((16 + payload.len()) as u32).to_ne_bytes().to_vec();
+        v.extend(ty.to_ne_bytes());
+        v.extend(flags.to_ne_bytes());
+        v.extend([0; 8]);
+        v.extend(payload);
+        v
+    }
+
+    /// The end of a dump, with `errno` (0: all went well).
+    fn done(errno: i32) -> Vec<u8> {
+        nlmsg(NLMSG_DONE, 2, &(-errno).to_ne_bytes())
+    }
+
+    #[test]
+    fn a_set_with_key_port_and_an_ipv4_peer_is_laid_out_as_the_kernel_reads_it() {
+        let c = Change {
+            private_key: Some([0x11; 32]),
+            listen_port: Some(51820),
+            set: vec![v4_peer()],
+            remove: vec![],
+        };
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            // nlmsghdr: length 228, type the family's id, flags REQUEST|ACK, sequence, port
+            &[228, 0, 0, 0, 0x15, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // genlmsghdr: WG_CMD_SET_DEVICE, version 1, reserved
+            &[1, 1, 0, 0],
+            // WGDEVICE_A_IFNAME: length 15, type 2, "flannel-wg\0", 1 byte of padding
+            &[15, 0, 2, 0], b"flannel-wg\0", &[0],
+            // WGDEVICE_A_PRIVATE_KEY: length 36, type 3, the key
+            &[36, 0, 3, 0], &[0x11; 32],
+            // WGDEVICE_A_LISTEN_PORT: length 6, type 6, 51820 (0xca6c) in host order, padding
+            &[6, 0, 6, 0], &[0x6c, 0xca], &[0, 0],
+            // WGDEVICE_A_PEERS: length 148, type 8 | NLA_F_NESTED
+            &[148, 0, 8, 0x80],
+            //   a peer: length 144, type 0 | NLA_F_NESTED
+            &[144, 0, 0, 0x80],
+            //     WGPEER_A_PUBLIC_KEY: length 36, type 1
+            &[36, 0, 1, 0], &[0xab; 32],
+            //     WGPEER_A_PRESHARED_KEY: length 36, type 2
+            &[36, 0, 2, 0], &[1; 32],
+            //     WGPEER_A_FLAGS: length 8, type 3, WGPEER_F_REPLACE_ALLOWEDIPS (2)
+            &[8, 0, 3, 0], &[2, 0, 0, 0],
+            //     WGPEER_A_ENDPOINT: length 20, type 4, sockaddr_in: AF_INET (2) in host
+            //     order, port 51820 big-endian, 198.18.0.2, 8 bytes of zero
+            &[20, 0, 4, 0], &[2, 0], &[0xca, 0x6c], &[198, 18, 0, 2], &[0; 8],
+            //     WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL: length 6, type 5, 25, padding
+            &[6, 0, 5, 0], &[25, 0], &[0, 0],
+            //     WGPEER_A_ALLOWEDIPS: length 32, type 9 | NLA_F_NESTED
+            &[32, 0, 9, 0x80],
+            //       an allowed IP: length 28, type 0 | NLA_F_NESTED
+            &[28, 0, 0, 0x80],
+            //         WGALLOWEDIP_A_FAMILY: length 6, type 1, AF_INET, padding
+            &[6, 0, 1, 0], &[2, 0], &[0, 0],
+            //         WGALLOWEDIP_A_IPADDR: length 8, type 2, 198.19.2.0
+            &[8, 0, 2, 0], &[198, 19, 2, 0],
+            //         WGALLOWEDIP_A_CIDR_MASK: length 5, type 3, 24, 3 bytes of padding
+            &[5, 0, 3, 0], &[24], &[0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(set_messages(FAMILY, "flannel-wg", &c), vec![expected]);
+    }
+
+    #[test]
+    fn an_ipv6_peer_has_a_sockaddr_in6_endpoint_and_a_zero_psk_clears_its_psk() {
+        let c = Change {
+            set: vec![v6_peer()],
+            ..Change::default()
+        };
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            // nlmsghdr: length 212, family, REQUEST|ACK, sequence, port
+            &[212, 0, 0, 0, 0x15, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // genlmsghdr: WG_CMD_SET_DEVICE, version 1, reserved
+            &[1, 1, 0, 0],
+            // WGDEVICE_A_IFNAME: length 18, type 2, "flannel-wg-v6\0", 2 bytes of padding
+            &[18, 0, 2, 0], b"flannel-wg-v6\0", &[0, 0],
+            // no key, no port: WGDEVICE_A_PEERS: length 172, type 8 | NLA_F_NESTED
+            &[172, 0, 8, 0x80],
+            //   a peer: length 168, type 0 | NLA_F_NESTED
+            &[168, 0, 0, 0x80],
+            //     WGPEER_A_PUBLIC_KEY: length 36, type 1
+            &[36, 0, 1, 0], &[0x66; 32],
+            //     WGPEER_A_PRESHARED_KEY: length 36, type 2, all zero (no PSK)
+            &[36, 0, 2, 0], &[0; 32],
+            //     WGPEER_A_FLAGS: length 8, type 3, WGPEER_F_REPLACE_ALLOWEDIPS
+            &[8, 0, 3, 0], &[2, 0, 0, 0],
+            //     WGPEER_A_ENDPOINT: length 32, type 4, sockaddr_in6: AF_INET6 (10) in host
+            //     order, port 51821 big-endian, flowinfo, 2001:db8::2, scope id
+            &[32, 0, 4, 0], &[10, 0], &[0xca, 0x6d], &[0; 4],
+            &[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], &[0; 4],
+            //     WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL: length 6, type 5, 0 (off), padding
+            &[6, 0, 5, 0], &[0, 0], &[0, 0],
+            //     WGPEER_A_ALLOWEDIPS: length 44, type 9 | NLA_F_NESTED
+            &[44, 0, 9, 0x80],
+            //       an allowed IP: length 40, type 0 | NLA_F_NESTED
+            &[40, 0, 0, 0x80],
+            //         WGALLOWEDIP_A_FAMILY: length 6, type 1, AF_INET6, padding
+            &[6, 0, 1, 0], &[10, 0], &[0, 0],
+            //         WGALLOWEDIP_A_IPADDR: length 20, type 2, 2001:db8:100:2::
+            &[20, 0, 2, 0], &[0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
+            //         WGALLOWEDIP_A_CIDR_MASK: length 5, type 3, 64, 3 bytes of padding
+            &[5, 0, 3, 0], &[64], &[0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(set_messages(FAMILY, "flannel-wg-v6", &c), vec![expected]);
+    }
+
+    #[test]
+    fn a_removed_peer_is_its_key_and_the_remove_flag() {
+        let c = Change {
+            remove: vec![[0xcd; 32]],
+            ..Change::default()
+        };
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            // nlmsghdr: length 88, family, REQUEST|ACK, sequence, port
+            &[88, 0, 0, 0, 0x15, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // genlmsghdr: WG_CMD_SET_DEVICE, version 1, reserved
+            &[1, 1, 0, 0],
+            // WGDEVICE_A_IFNAME: length 15, type 2, "flannel-wg\0", 1 byte of padding
+            &[15, 0, 2, 0], b"flannel-wg\0", &[0],
+            // WGDEVICE_A_PEERS: length 52, type 8 | NLA_F_NESTED
+            &[52, 0, 8, 0x80],
+            //   a peer: length 48, type 0 | NLA_F_NESTED
+            &[48, 0, 0, 0x80],
+            //     WGPEER_A_PUBLIC_KEY: length 36, type 1
+            &[36, 0, 1, 0], &[0xcd; 32],
+            //     WGPEER_A_FLAGS: length 8, type 3, WGPEER_F_REMOVE_ME (1)
+            &[8, 0, 3, 0], &[1, 0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(set_messages(FAMILY, "flannel-wg", &c), vec![expected]);
+    }
+
+    #[test]
+    fn a_get_asks_for_a_dump_by_name_and_the_family_by_its_name() {
+        #[rustfmt::skip]
+        let get: Vec<u8> = [
+            // nlmsghdr: length 36, family, flags REQUEST|DUMP (0x301), sequence, port
+            &[36, 0, 0, 0, 0x15, 0, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // genlmsghdr: WG_CMD_GET_DEVICE, version 1, reserved
+            &[0, 1, 0, 0],
+            // WGDEVICE_A_IFNAME: length 15, type 2, "flannel-wg\0", 1 byte of padding
+            &[15, 0, 2, 0], b"flannel-wg\0", &[0],
+        ]
+        .concat();
+        assert_eq!(get_message(FAMILY, "flannel-wg"), get);
+        #[rustfmt::skip]
+        let family: Vec<u8> = [
+            // nlmsghdr: length 36, type GENL_ID_CTRL (0x10), flags REQUEST, sequence, port
+            &[36, 0, 0, 0, 0x10, 0, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            // genlmsghdr: CTRL_CMD_GETFAMILY (3), version 2, reserved
+            &[3, 2, 0, 0],
+            // CTRL_ATTR_FAMILY_NAME: length 14, type 2, "wireguard\0", 2 bytes of padding
+            &[14, 0, 2, 0], b"wireguard\0", &[0, 0],
+        ]
+        .concat();
+        assert_eq!(family_request(), family);
+        // The controller's answer: CTRL_CMD_NEWFAMILY with the name and the id.
+        let mut answer = vec![1, 2, 0, 0];
+        answer.extend(nla(2, b"wireguard\0"));
+        answer.extend(nla(1, &0x15u16.to_ne_bytes()));
+        assert_eq!(parse_family(&nlmsg(0x10, 0, &answer)), Ok(0x15));
+        // No module: ENOENT in an NLMSG_ERROR.
+        let mut err = (-libc::ENOENT).to_ne_bytes().to_vec();
+        err.extend(&family[..16]);
+        assert_eq!(
+            parse_family(&nlmsg(NLMSG_ERROR, 0, &err)),
+            Err(AnswerError::Errno(libc::ENOENT))
+        );
+    }
+
+    /// The messages decoded back with the crate: (device attributes, peers) of each.
+    fn decode(msgs: &[Vec<u8>]) -> Vec<(Vec<WireguardAttribute>, Vec<WireguardPeer>)> {
+        msgs.iter()
+            .map(|m| {
+                assert_eq!(
+                    m.len(),
+                    u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize
+                );
+                let msg = NetlinkMessage::<GenlMessage<WireguardMessage>>::deserialize(m).unwrap();
+                let NetlinkPayload::InnerMessage(genl) = msg.payload else {
+                    panic!("not a WireGuard message");
+                };
+                assert_eq!(genl.payload.cmd, WireguardCmd::SetDevice);
+                let mut device = Vec::new();
+                let mut peers = Vec::new();
+                for a in genl.payload.attributes {
+                    match a {
+                        WireguardAttribute::Peers(p) => peers = p,
+                        a => device.push(a),
+                    }
+                }
+                (device, peers)
+            })
+            .collect()
+    }
+
+    fn key_of(p: &WireguardPeer) -> Key {
+        match p.0.first() {
+            Some(WireguardPeerAttribute::PublicKey(k)) => *k,
+            other => panic!("a peer that does not start with its key: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_thousand_peers_are_split_into_messages_within_the_budget() {
+        let peers: Vec<WgPeer> = (0..1000u32)
+            .map(|i| {
+                let mut key = [0x5a; 32];
+                key[..4].copy_from_slice(&i.to_be_bytes());
+                WgPeer {
+                    public_key: key,
+                    endpoint: Some(SocketAddr::from((Ipv4Addr::from(0xc612_0000 + i), 51820))),
+                    allowed_ips: vec![IpNet::new(
+                        Ipv4Addr::from(0x0a00_0000 + (i << 8)).into(),
+                        24,
+                    )
+                    .unwrap()],
+                    psk: Some([7; 32]),
+                    keepalive: 25,
+                }
+            })
+            .collect();
+        let c = Change {
+            private_key: Some([0x11; 32]),
+            listen_port: Some(51820),
+            set: peers.clone(),
+            remove: vec![[0xcd; 32]],
+        };
+        let msgs = set_messages(FAMILY, "flannel-wg", &c);
+        // 148 bytes a peer: about 27 a message.
+        assert!(msgs.len() >= 1000 * 148 / MESSAGE_BUDGET, "{}", msgs.len());
+        assert!(msgs.iter().all(|m| m.len() <= MESSAGE_BUDGET));
+        let decoded = decode(&msgs);
+        for (i, (device, peers)) in decoded.iter().enumerate() {
+            assert!(!peers.is_empty(), "message {i} has no peer");
+            let mut want = vec![WireguardAttribute::IfName("flannel-wg".into())];
+            if i == 0 {
+                want.push(WireguardAttribute::PrivateKey([0x11; 32]));
+                want.push(WireguardAttribute::ListenPort(51820));
+            }
+            assert_eq!(device, &want, "message {i}");
+        }
+        let all: Vec<&WireguardPeer> = decoded.iter().flat_map(|(_, p)| p).collect();
+        let keys: Vec<Key> = all.iter().map(|p| key_of(p)).collect();
+        let mut want: Vec<Key> = peers.iter().map(|p| p.public_key).collect();
+        want.push([0xcd; 32]);
+        assert_eq!(keys, want, "every peer once, in order");
+        assert!(all[..1000]
+            .iter()
+            .all(|p| p.0.contains(&WireguardPeerAttribute::Flags(
+                WireguardPeerFlags::ReplaceAllowedIps
+            ))));
+        assert_eq!(
+            all[1000].0,
+            vec![
+                WireguardPeerAttribute::PublicKey([0xcd; 32]),
+                WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)
+            ]
+        );
+        // Read back as a device, the messages hold the peers set, in order.
+        let dev = parse_device(&msgs.concat()).unwrap();
+        assert_eq!(dev.peers[..1000], peers[..]);
+    }
+
+    #[test]
+    fn a_peer_with_more_allowed_ips_than_a_message_holds_goes_on_in_the_next() {
+        let mut p = v6_peer();
+        p.allowed_ips = (0..300u16)
+            .map(|i| IpNet::new(Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 0).into(), 64).unwrap())
+            .collect();
+        let c = Change {
+            set: vec![v4_peer(), p.clone()],
+            ..Change::default()
+        };
+        let msgs = set_messages(FAMILY, "flannel-wg-v6", &c);
+        assert!(msgs.len() >= 3, "{}", msgs.len());
+        assert!(msgs.iter().all(|m| m.len() <= MESSAGE_BUDGET));
+        let decoded = decode(&msgs);
+        // The first part replaces the peer's allowed IPs; the others only add to them.
+        let parts: Vec<&WireguardPeer> = decoded
+            .iter()
+            .flat_map(|(_, p)| p)
+            .filter(|q| key_of(q) == p.public_key)
+            .collect();
+        assert_eq!(parts.len(), msgs.len());
+        assert!(parts[0].0.contains(&WireguardPeerAttribute::Flags(
+            WireguardPeerFlags::ReplaceAllowedIps
+        )));
+        for part in &parts[1..] {
+            assert_eq!(part.0.len(), 2, "key and allowed IPs only: {part:?}");
+            assert!(matches!(part.0[1], WireguardPeerAttribute::AllowedIps(_)));
+        }
+        let dev = parse_device(&msgs.concat()).unwrap();
+        assert_eq!(dev.peers, vec![v4_peer(), p]);
+    }
+
+    /// A dump in two parts as the kernel sends one: the device and a first peer with one
+    /// allowed IP, then the same peer again (its key) with another IP and a second peer.
+    fn two_part_answer() -> Vec<u8> {
+        let mut sockaddr_in = vec![2, 0, 0xca, 0x6c, 198, 18, 0, 2];
+        sockaddr_in.extend([0; 8]);
+        let mut sockaddr_in6 = vec![10, 0, 0xca, 0x6d, 0, 0, 0, 0];
+        sockaddr_in6.extend(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets());
+        sockaddr_in6.extend([0; 4]);
+        let ip = |family: u16, addr: &[u8], cidr: u8| {
+            nla(
+                0x8000,
+                &[nla(1, &family.to_ne_bytes()), nla(2, addr), nla(3, &[cidr])].concat(),
+            )
+        };
+        let peer_a = nla(
+            0x8000,
+            &[
+                nla(1, &[0xab; 32]),
+                nla(2, &[1; 32]),
+                nla(4, &sockaddr_in),
+                nla(5, &25u16.to_ne_bytes()),
+                nla(6, &[0; 16]),               // last handshake
+                nla(7, &1234u64.to_ne_bytes()), // rx bytes
+                nla(8, &5678u64.to_ne_bytes()), // tx bytes
+                nla(0x8009, &ip(2, &[198, 19, 2, 0], 24)),
+                nla(10, &1u32.to_ne_bytes()), // protocol version
+            ]
+            .concat(),
+        );
+        let peer_a_again = nla(
+            0x8000,
+            &[
+                nla(1, &[0xab; 32]),
+                nla(0x8009, &ip(2, &[198, 19, 3, 0], 24)),
+            ]
+            .concat(),
+        );
+        let v6: Ipv6Addr = "2001:db8:100:2::".parse().unwrap();
+        let peer_b = nla(
+            0x8000,
+            &[
+                nla(1, &[0x66; 32]),
+                nla(2, &[0; 32]),
+                nla(4, &sockaddr_in6),
+                nla(5, &0u16.to_ne_bytes()),
+                nla(0x8009, &ip(10, &v6.octets(), 64)),
+            ]
+            .concat(),
+        );
+        let first = [
+            &[0u8, 1, 0, 0][..],
+            &nla(1, &7u32.to_ne_bytes()), // ifindex
+            &nla(2, b"flannel-wg\0"),
+            &nla(3, &[2; 32]),
+            &nla(4, &[3; 32]), // public key
+            &nla(6, &51820u16.to_ne_bytes()),
+            &nla(7, &0u32.to_ne_bytes()), // fwmark
+            &nla(0x8008, &peer_a),
+        ]
+        .concat();
+        let second = [
+            &[0u8, 1, 0, 0][..],
+            &nla(1, &7u32.to_ne_bytes()),
+            &nla(2, b"flannel-wg\0"),
+            &nla(0x8008, &[peer_a_again, peer_b].concat()),
+        ]
+        .concat();
+        [nlmsg(FAMILY, 2, &first), nlmsg(FAMILY, 2, &second), done(0)].concat()
+    }
+
+    #[test]
+    fn a_dump_in_parts_is_read_back_into_one_device() {
+        let mut a = v4_peer();
+        a.allowed_ips.push("198.19.3.0/24".parse().unwrap());
+        assert_eq!(
+            parse_device(&two_part_answer()),
+            Ok(DeviceState {
+                private_key: Some([2; 32]),
+                listen_port: 51820,
+                peers: vec![a, v6_peer()],
+            })
+        );
+    }
+
+    #[test]
+    fn errors_interruptions_and_garbage_are_told_apart() {
+        assert_eq!(
+            parse_device(&done(libc::ENODEV)),
+            Err(AnswerError::Errno(libc::ENODEV))
+        );
+        let mut err = (-libc::EPERM).to_ne_bytes().to_vec();
+        err.extend(get_message(FAMILY, "flannel-wg"));
+        assert_eq!(
+            parse_device(&nlmsg(NLMSG_ERROR, 0, &err)),
+            Err(AnswerError::Errno(libc::EPERM))
+        );
+        let mut interrupted = two_part_answer();
+        interrupted[6] |= NLM_F_DUMP_INTR as u8;
+        assert_eq!(parse_device(&interrupted), Err(AnswerError::Interrupted));
+        let answer = two_part_answer();
+        assert!(matches!(
+            parse_device(&answer[..answer.len() - 30]),
+            Err(AnswerError::Garbled(_))
+        ));
+        let e = answer_error("flannel-wg", "read", AnswerError::Errno(libc::ENODEV));
+        assert_eq!(e.errno(), Some(libc::ENODEV));
+        assert!(e.to_string().contains("flannel-wg"), "{e}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn net() -> impl Strategy<Value = IpNet> {
+            prop_oneof![
+                (any::<u32>(), 0u8..=32)
+                    .prop_map(|(a, l)| IpNet::new(Ipv4Addr::from(a).into(), l).unwrap()),
+                (any::<u128>(), 0u8..=128).prop_map(|(a, l)| IpNet::new(
+                    Ipv6Addr::from(a).into(),
+                    l
+                )
+                .unwrap()),
+            ]
+        }
+
+        fn endpoint() -> impl Strategy<Value = Option<SocketAddr>> {
+            prop_oneof![
+                Just(None),
+                (any::<u32>(), any::<u16>())
+                    .prop_map(|(a, p)| Some(SocketAddr::from((Ipv4Addr::from(a), p)))),
+                (any::<u128>(), any::<u16>())
+                    .prop_map(|(a, p)| Some(SocketAddr::from((Ipv6Addr::from(a), p)))),
+            ]
+        }
+
+        fn peers() -> impl Strategy<Value = Vec<WgPeer>> {
+            prop::collection::vec(
+                (
+                    endpoint(),
+                    prop::collection::vec(net(), 0..60),
+                    prop::option::of(1u8..),
+                    any::<u16>(),
+                ),
+                0..30,
+            )
+            .prop_map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (endpoint, allowed_ips, psk, keepalive))| WgPeer {
+                        // Distinct keys, as a device's peers have.
+                        public_key: [i as u8; 32],
+                        endpoint,
+                        allowed_ips,
+                        psk: psk.map(|b| [b; 32]),
+                        keepalive,
+                    })
+                    .collect()
+            })
+        }
+
+        /// What the kernel answers for a device with these peers, laid out by the same packer
+        /// (peers without flags, parts marked multi-part, then the end of the dump).
+        fn answer(state: &DeviceState) -> Vec<u8> {
+            let mut p = Packer::new(FAMILY, "flannel-wg", WireguardCmd::GetDevice, 2);
+            if let Some(k) = state.private_key {
+                p.device.push(WireguardAttribute::PrivateKey(k));
+            }
+            p.device
+                .push(WireguardAttribute::ListenPort(state.listen_port));
+            for peer in &state.peers {
+                p.peer(peer.public_key, peer_head(peer, None), &peer.allowed_ips);
+            }
+            [p.finish().concat(), done(0)].concat()
+        }
+
+        proptest! {
+            #[test]
+            fn a_device_reads_back_as_it_was_written(
+                private_key in prop::option::of(any::<[u8; 32]>()),
+                listen_port in any::<u16>(),
+                peers in peers(),
+            ) {
+                let state = DeviceState { private_key, listen_port, peers };
+                prop_assert_eq!(parse_device(&answer(&state)), Ok(state));
+            }
+
+            /// Whatever arrives (or something truncated), reading it never panics.
+            #[test]
+            fn parse_device_never_panics(cut in 0usize..2000, junk in prop::collection::vec(any::<u8>(), 0..64)) {
+                let mut a = two_part_answer();
+                a.truncate(cut);
+                a.extend(junk);
+                let _ = parse_device(&a);
+            }
+        }
+    }
+}
