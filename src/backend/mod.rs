@@ -12,6 +12,8 @@ pub mod vxlan;
 #[cfg(feature = "daemon")]
 pub mod wgdev;
 #[cfg(feature = "daemon")]
+pub mod wggenl;
+#[cfg(feature = "daemon")]
 pub mod wgkey;
 pub mod wireguard;
 

@@ -1,13 +1,14 @@
 //! A WireGuard device made ready: the kernel's when it has the module, else a userspace one
 //! (Debian's wireguard-go, as wg-quick falls back to it), started if it is not running and
 //! left running when weftd stops, so no packet waits for weftd. Either way the device gets
-//! this host's key and listen port; its peers are the datapath's job.
+//! this host's key and listen port; its peers are the datapath's job, through [`get`] and
+//! [`set`], which speak to either implementation.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::uapi;
 use super::wireguard::Key;
+use super::{uapi, wggenl};
 use crate::netlink::{Link, Netlink, NetlinkError};
 
 /// The userspace implementation weft starts when the kernel has no WireGuard.
@@ -19,6 +20,8 @@ pub enum WgDeviceError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Uapi(#[from] uapi::UapiError),
+    #[error(transparent)]
+    Genl(#[from] wggenl::GenlError),
     #[error("the kernel has no WireGuard and {WIREGUARD_GO} cannot be started for {dev}: {why}")]
     Userspace { dev: String, why: String },
     #[error("{dev} exists but is a {kind} device, not WireGuard")]
@@ -79,18 +82,11 @@ pub fn ensure(
             Err(e) => return Err(e.into()),
         },
     };
-    if implementation == Implementation::Kernel {
-        // Configuring a kernel device goes through generic netlink, which this build does not
-        // speak yet; wg-quick's fallback (userspace) is what these hosts run.
-        return Err(WgDeviceError::Userspace {
-            dev: name.into(),
-            why: "a kernel WireGuard device is not configured by this weftd yet".into(),
-        });
-    }
-    let state = uapi::get(name)?;
+    let state = get(name, implementation)?;
     if state.private_key != Some(*key) || state.listen_port != port {
-        uapi::set(
+        set(
             name,
+            implementation,
             &uapi::Change {
                 private_key: Some(*key),
                 listen_port: Some(port),
@@ -110,6 +106,24 @@ pub fn ensure(
         implementation,
         created,
     })
+}
+
+/// The key, port and peers of device `dev`, run by `imp`: over generic netlink for the
+/// kernel's, over its control socket for wireguard-go's.
+pub fn get(dev: &str, imp: Implementation) -> Result<uapi::DeviceState, WgDeviceError> {
+    Ok(match imp {
+        Implementation::Kernel => wggenl::get(dev)?,
+        Implementation::Userspace => uapi::get(dev)?,
+    })
+}
+
+/// Applies `change` to device `dev`, run by `imp` (see [`get`]).
+pub fn set(dev: &str, imp: Implementation, change: &uapi::Change) -> Result<(), WgDeviceError> {
+    match imp {
+        Implementation::Kernel => wggenl::set(dev, change)?,
+        Implementation::Userspace => uapi::set(dev, change)?,
+    }
+    Ok(())
 }
 
 /// Starts wireguard-go for `name` and waits for its device and control socket. wireguard-go
