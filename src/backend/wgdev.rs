@@ -26,6 +26,8 @@ pub enum WgDeviceError {
     Userspace { dev: String, why: String },
     #[error("{dev} exists but is a {kind} device, not WireGuard")]
     Foreign { dev: String, kind: String },
+    #[error("WireGuard device {0} does not exist")]
+    Missing(String),
 }
 
 /// Which implementation carries a device.
@@ -105,6 +107,17 @@ pub fn ensure(
         link,
         implementation,
         created,
+    })
+}
+
+/// Which implementation runs the existing device `name`.
+pub fn implementation(nl: &mut Netlink, name: &str) -> Result<Implementation, WgDeviceError> {
+    let link = nl
+        .link_by_name(name)?
+        .ok_or_else(|| WgDeviceError::Missing(name.into()))?;
+    implementation_of(&link).ok_or_else(|| WgDeviceError::Foreign {
+        dev: name.into(),
+        kind: link.kind.unwrap_or_else(|| "unknown".into()),
     })
 }
 

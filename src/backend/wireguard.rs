@@ -357,22 +357,22 @@ impl Backend for WireguardConfig {
     #[cfg(feature = "daemon")]
     fn tunnel_peers(
         &self,
-        _nl: &mut Netlink,
+        nl: &mut Netlink,
         spec: &DeviceSpec,
     ) -> Result<Option<Vec<WgPeer>>, DeviceError> {
-        let state = uapi::get(&spec.name).map_err(wgdev::WgDeviceError::from)?;
-        Ok(Some(state.peers))
+        let imp = wgdev::implementation(nl, &spec.name)?;
+        Ok(Some(wgdev::get(&spec.name, imp)?.peers))
     }
 
     #[cfg(feature = "daemon")]
     fn change_tunnel(
         &self,
-        _nl: &mut Netlink,
+        nl: &mut Netlink,
         spec: &DeviceSpec,
         change: &uapi::Change,
     ) -> Result<(), DeviceError> {
-        uapi::set(&spec.name, change).map_err(wgdev::WgDeviceError::from)?;
-        Ok(())
+        let imp = wgdev::implementation(nl, &spec.name)?;
+        Ok(wgdev::set(&spec.name, imp, change)?)
     }
 
     /// flannel's `{"PublicKey", "Port"}` from this host's key and the device's port.
