@@ -2,7 +2,7 @@
 //! through the datapath's own path (backend, desired state, kernel read, diff) without
 //! applying anything, plus the backend's device against the lease and subnet.env.
 
-use crate::backend::{self, Host};
+use crate::backend::{self, DeviceSpec, Host};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
@@ -81,6 +81,8 @@ fn check_family(
         &mut report.findings,
     )?;
     let device_index = device.as_ref().map(|(i, _)| *i);
+    let spec = device.as_ref().map(|(_, s)| s.clone());
+    let device = device.map(|(i, s)| (i, s.name));
     let (Some(host), Some(side)) = (Host::new(ext, family, device_index), own.side(family)) else {
         return Ok(());
     };
@@ -107,7 +109,46 @@ fn check_family(
         };
         report.findings.push(Finding(line));
     }
+    if let Some(spec) = spec.filter(DeviceSpec::has_peers) {
+        check_tunnel(nl, cfg, &spec, &desired, &mut report.findings);
+    }
     Ok(())
+}
+
+/// A tunnel device's peers (WireGuard) against the leases, through the datapath's own diff.
+fn check_tunnel(
+    nl: &mut Netlink,
+    cfg: &NetworkConfig,
+    spec: &DeviceSpec,
+    desired: &reconcile::Desired,
+    out: &mut Vec<Finding>,
+) {
+    let have = match backend::of(&cfg.backend).tunnel_peers(nl, spec) {
+        Ok(have) => have.unwrap_or_default(),
+        Err(e) => {
+            out.push(Finding(format!(
+                "cannot read the peers of {}: {e}",
+                spec.name
+            )));
+            return;
+        }
+    };
+    let change = reconcile::diff_tunnel(&desired.tunnel, &have);
+    for p in &change.set {
+        out.push(Finding(format!(
+            "missing or wrong on {}: {}",
+            spec.name,
+            reconcile::describe_peer(p)
+        )));
+    }
+    for k in &change.remove {
+        let stale = have.iter().find(|p| p.public_key == *k);
+        out.push(Finding(format!(
+            "stale on {}: {}",
+            spec.name,
+            stale.map(reconcile::describe_peer).unwrap_or_default()
+        )));
+    }
 }
 
 /// subnet.env must name this host's subnets.
@@ -134,7 +175,7 @@ fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
 
 /// The backend's device of `family`, if it needs one: there, up, within subnet.env's MTU
 /// (the smallest of the families'), and whatever the backend itself checks. Returns its
-/// index and name when it exists.
+/// index and spec when it exists.
 #[allow(clippy::too_many_arguments)]
 fn check_device(
     nl: &mut Netlink,
@@ -145,7 +186,7 @@ fn check_device(
     env: Option<&SubnetEnv>,
     family: Family,
     out: &mut Vec<Finding>,
-) -> Result<Option<(u32, String)>, NetlinkError> {
+) -> Result<Option<(u32, DeviceSpec)>, NetlinkError> {
     let backend = backend::of(&cfg.backend);
     let Some(spec) = backend.device(ext, device_name, family, &backend::HostSecrets::default())
     else {
@@ -176,7 +217,7 @@ fn check_device(
     if !link.up {
         out.push(Finding(format!("device {} is down", spec.name)));
     }
-    Ok(Some((link.index, spec.name)))
+    Ok(Some((link.index, spec)))
 }
 
 /// The bridge dockerd makes for its containers.

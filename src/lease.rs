@@ -99,6 +99,16 @@ impl LeaseAttrs {
             .and_then(VxlanLeaseData::from_value)
     }
 
+    /// The WireGuard public key `BackendData` advertises (base64), if any.
+    pub fn public_key(&self) -> Option<String> {
+        wg_key(self.backend_data.as_ref())
+    }
+
+    /// The same for `BackendV6Data`.
+    pub fn public_key_v6(&self) -> Option<String> {
+        wg_key(self.backend_v6_data.as_ref())
+    }
+
     /// The value to store, in flannel's compact JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("lease attributes always serialize")
@@ -204,6 +214,12 @@ impl LeaseEvent {
             LeaseEvent::Expired(_) => "expired",
         }
     }
+}
+
+/// The public key of a wireguard `BackendData`, as the lease writes it.
+fn wg_key(data: Option<&Value>) -> Option<String> {
+    let d = crate::backend::wireguard::WgLeaseData::from_value(data?)?;
+    Some(crate::backend::wireguard::format_key(&d.public_key))
 }
 
 #[cfg(test)]

@@ -146,3 +146,62 @@ fn three_hosts_reach_each_other_and_the_underlay_carries_only_wireguard() {
         );
     }
 }
+
+#[test]
+fn weftctl_shows_public_keys_and_check_finds_a_missing_peer() {
+    let mut lab = wg_lab(2, WG_CONFIG, &[]);
+    let key1 = lab.hosts[0].wg_public_key(WG_DEVICE);
+    let key2 = lab.hosts[1].wg_public_key(WG_DEVICE);
+
+    let out = lab.hosts[0].weftctl(&["leases"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("PUBLIC KEY"),
+        "{table}"
+    );
+    for k in [&key1, &key2] {
+        assert!(
+            table.contains(&format!("{}…", &k[..10])),
+            "{k} not in\n{table}"
+        );
+    }
+    let out = lab.hosts[0].weftctl(&["leases", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["public_key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&key1.as_str()) && keys.contains(&key2.as_str()),
+        "{json}"
+    );
+
+    let subnet_file = lab.hosts[0].subnet_file.display().to_string();
+    let check = lab.hosts[0].weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // weftd would mend it within a second: stop it (the device and its peers stay) first.
+    lab.hosts[0].stop();
+    lab.hosts[0].wg(&["set", WG_DEVICE, "peer", &key2, "remove"]);
+    assert!(!lab.hosts[0].ping_from_container(lab.hosts[1].container_ip()));
+    let check = lab.hosts[0].weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "missing or wrong on {WG_DEVICE}: WireGuard peer {key2}"
+        )),
+        "{said}"
+    );
+    lab.hosts[0].start(&[]);
+    lab.hosts[0].wait_ready();
+    wait_wg_converged(&lab.hosts);
+    assert!(lab.hosts[0].ping_from_container(lab.hosts[1].container_ip()));
+}

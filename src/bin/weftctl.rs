@@ -475,6 +475,8 @@ fn lease_json(l: &Lease) -> Value {
         "backend_type": l.attrs.backend_type,
         "backend_data": l.attrs.backend_data,
         "backend_v6_data": l.attrs.backend_v6_data,
+        "public_key": l.attrs.public_key(),
+        "public_key_v6": l.attrs.public_key_v6(),
         "expires_at": l.expiration.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         "reserved": l.is_reservation(),
     })
@@ -513,11 +515,18 @@ fn short_duration(d: Duration) -> String {
     }
 }
 
+/// A WireGuard public key shortened for a table column (`-o json` has it whole): enough of
+/// it to tell hosts apart and to find it in `wg show`.
+fn short_key(k: &str) -> String {
+    format!("{}…", &k[..k.len().min(10)])
+}
+
 /// The leases as a table; the IPv6 columns appear when any lease has an IPv6 part.
 fn print_table(leases: &[&Lease], alive: &[String]) {
     let v6 = leases
         .iter()
         .any(|l| l.subnet6.is_some() || l.attrs.public_ipv6.is_some());
+    let wg = leases.iter().any(|l| l.attrs.public_key().is_some());
     let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = leases
         .iter()
@@ -530,6 +539,9 @@ fn print_table(leases: &[&Lease], alive: &[String]) {
             }
             row.push(or_dash(&l.attrs.backend_type).to_string());
             row.push(dash(l.attrs.vxlan_data().map(|v| v.vtep_mac)));
+            if wg {
+                row.push(dash(l.attrs.public_key().map(|k| short_key(&k))));
+            }
             row.push(expires(l));
             row.push(alive.clone());
             row
@@ -539,7 +551,11 @@ fn print_table(leases: &[&Lease], alive: &[String]) {
     if v6 {
         header.extend(["IPV6 SUBNET", "PUBLIC IPV6"]);
     }
-    header.extend(["BACKEND", "VTEP MAC", "EXPIRES", "ALIVE"]);
+    header.extend(["BACKEND", "VTEP MAC"]);
+    if wg {
+        header.push("PUBLIC KEY");
+    }
+    header.extend(["EXPIRES", "ALIVE"]);
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -617,6 +633,10 @@ async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()>
                     "VTEP MAC",
                     vx.map(|v| v.vtep_mac).unwrap_or_else(|| "-".into()),
                 ),
+                (
+                    "Public key",
+                    l.attrs.public_key().unwrap_or_else(|| "-".into()),
+                ),
                 ("Expires", expiry),
                 (
                     "etcd lease",
@@ -678,6 +698,7 @@ fn event_line(e: &LeaseEvent) -> String {
         .attrs
         .vxlan_data()
         .map(|v| v.vtep_mac)
+        .or_else(|| l.attrs.public_key().map(|k| short_key(&k)))
         .unwrap_or_else(|| "-".into());
     format!(
         "{:<8} {} {} {} {} {}",

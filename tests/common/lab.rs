@@ -214,18 +214,13 @@ impl Host {
 
     /// Runs `weftctl` inside the host against the lab's etcd; `args` follow the global flags.
     pub fn weftctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.ns.name(),
-                env!("CARGO_BIN_EXE_weftctl"),
-            ])
-            .args(["--etcd-endpoints", &self.etcd_url])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running weftctl with ip netns exec")
+        let mut full = vec![
+            env!("CARGO_BIN_EXE_weftctl"),
+            "--etcd-endpoints",
+            &self.etcd_url,
+        ];
+        full.extend_from_slice(args);
+        super::wg::exec(self, &full)
     }
 
     /// Waits up to `timeout` for weftd to exit by itself; None while it still runs.

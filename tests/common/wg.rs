@@ -32,9 +32,11 @@ pub struct MountNs {
 
 impl MountNs {
     pub fn new(name: &str) -> MountNs {
+        // Under a lock: two tests binding the directory at once would stack two mounts, and
+        // the upper one hides the namespaces pinned in the lower.
         let setup = sh(&format!(
-            "mkdir -p {PIN_DIR} && (findmnt -n {PIN_DIR} >/dev/null || \
-             (mount --bind {PIN_DIR} {PIN_DIR} && mount --make-private {PIN_DIR}))"
+            "mkdir -p {PIN_DIR} && flock {PIN_DIR}.lock sh -c 'findmnt -n {PIN_DIR} >/dev/null || \
+             (mount --bind {PIN_DIR} {PIN_DIR} && mount --make-private {PIN_DIR})'"
         ));
         assert!(
             setup.status.success(),
@@ -97,6 +99,7 @@ pub fn exec(host: &Host, args: &[&str]) -> Output {
         }
     };
     cmd.args(args)
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
 }
