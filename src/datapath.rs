@@ -833,13 +833,14 @@ impl Worker {
         Ok(())
     }
 
-    /// The peers `family`'s tunnel device holds; None when the family has no such device.
+    /// The peers `family`'s tunnel device holds; None when the family manages no device's
+    /// peers.
     fn read_tunnel(
         &mut self,
         s: &Snapshot,
         family: Family,
     ) -> Result<Option<Vec<WgPeer>>, Failure> {
-        let Some(spec) = &s.devices[family] else {
+        let Some(spec) = s.devices[family].as_ref().filter(|d| d.has_peers()) else {
             return Ok(None);
         };
         s.backend().tunnel_peers(&mut self.nl, spec).map_err(|e| {

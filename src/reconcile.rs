@@ -116,6 +116,7 @@ pub fn peer_objects(
         subnet,
         public_ip,
         data: side.backend_data,
+        lease,
     };
     backend.peer(host, &peer)
 }
@@ -697,6 +698,7 @@ mod tests {
             ext_index: 2,
             ext_networks: vec!["198.18.0.0/24".parse().unwrap()],
             device: Some(7),
+            other_public_ip: None,
         }
     }
 
@@ -938,6 +940,7 @@ mod tests {
             ext_index: 2,
             ext_networks: vec!["2001:db8::/64".parse().unwrap()],
             device: None,
+            other_public_ip: None,
         };
         let d = desired(&c, &h6, &own, &[own.clone(), peer.clone(), v4_only.clone()]);
         assert_eq!(d.peers, 1);

@@ -23,6 +23,8 @@ pub struct Host {
     pub ext_networks: Vec<IpNet>,
     /// The backend's device for the family, when it has one and it exists.
     pub device: Option<u32>,
+    /// This host's public address in the other family, if it has one.
+    pub other_public_ip: Option<IpAddr>,
 }
 
 impl Host {
@@ -33,6 +35,10 @@ impl Host {
             ext_index: ext.index,
             ext_networks: ext.networks_of(family),
             device,
+            other_public_ip: Family::ALL
+                .into_iter()
+                .find(|f| *f != family)
+                .and_then(|f| ext.public(f)),
         })
     }
 
@@ -62,6 +68,8 @@ pub struct Peer<'a> {
     pub public_ip: IpAddr,
     /// `BackendData` (`BackendV6Data` for IPv6).
     pub data: Option<&'a serde_json::Value>,
+    /// The whole lease, for a backend whose one device carries both families.
+    pub lease: &'a crate::lease::Lease,
 }
 
 /// The kernel objects one remote lease calls for.
@@ -102,7 +110,7 @@ impl DeviceSpec {
     /// Whether the device holds peers of its own (WireGuard), which must be read back: such
     /// a device tells nobody when they change.
     pub fn has_peers(&self) -> bool {
-        matches!(self.link, LinkSpec::Wireguard(_))
+        matches!(&self.link, LinkSpec::Wireguard(w) if w.peers)
     }
 }
 
@@ -118,6 +126,9 @@ pub enum LinkSpec {
 pub struct WgSpec {
     pub port: u16,
     pub secrets: HostSecrets,
+    /// Whether this family's pass manages the device's peers: with one device for both
+    /// families the IPv4 pass does, for both.
+    pub peers: bool,
 }
 
 /// What [`super::Backend::ensure_device`] found and did.

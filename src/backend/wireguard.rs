@@ -251,15 +251,16 @@ impl Backend for WireguardConfig {
         OVERHEAD
     }
 
+    /// Mode ipv6 reaches every peer over IPv6, so this host needs an IPv6 address.
     #[cfg(feature = "daemon")]
-    fn usable(&self, _ext: &ExtIface, _family: Family) -> Result<(), String> {
-        match self.mode {
-            Mode::Separate => Ok(()),
-            other => Err(format!(
-                "Backend.Mode {:?} (one tunnel for both families) is not supported by weft yet; use \"separate\"",
-                other.name()
-            )),
+    fn usable(&self, ext: &ExtIface, _family: Family) -> Result<(), String> {
+        if self.mode == Mode::Ipv6 && ext.public(Family::V6).is_none() {
+            return Err(format!(
+                "Backend.Mode \"ipv6\" reaches peers over IPv6, but {} has no global IPv6 address (nor is --public-ipv6 given)",
+                ext.name
+            ));
         }
+        Ok(())
     }
 
     /// The key file is read (or written) here, once: a host keeps one key for good.
@@ -293,6 +294,7 @@ impl Backend for WireguardConfig {
             link: LinkSpec::Wireguard(WgSpec {
                 port: self.port_of(family),
                 secrets: secrets.clone(),
+                peers: self.mode == Mode::Separate || family == Family::V4,
             }),
         })
     }
@@ -317,24 +319,43 @@ impl Backend for WireguardConfig {
     /// flannel's peer: the lease's public key at its public IP and port (the receiver's own
     /// port when the lease says 0), the subnet as its only allowed IPs, PSK and keepalive as
     /// configured.
+    ///
+    /// With one device for both families (Mode auto, ipv4, ipv6) the IPv4 pass makes one peer
+    /// of both subnets, reached at the address the mode picks on the port of `BackendData`
+    /// (the one the peer's device listens on); the IPv6 pass adds none.
     #[cfg(feature = "daemon")]
     fn peer(&self, host: &Host, peer: &Peer) -> Result<PeerObjects, String> {
-        let data = peer
-            .data
-            .and_then(WgLeaseData::from_value)
-            .ok_or_else(|| "BackendData has no usable PublicKey".to_string())?;
         if host.device.is_none() {
             return Err("the WireGuard device does not exist yet".to_string());
         }
+        let one_device = self.mode != Mode::Separate;
+        if one_device && host.family() == Family::V6 {
+            return Ok(PeerObjects::default());
+        }
+        let what = if host.family() == Family::V6 {
+            "BackendV6Data"
+        } else {
+            "BackendData"
+        };
+        let data = peer
+            .data
+            .and_then(WgLeaseData::from_value)
+            .ok_or_else(|| format!("{what} has no usable PublicKey"))?;
         let port = match data.port {
             0 => self.port_of(host.family()),
             p => p,
         };
+        let mut allowed_ips = vec![peer.subnet];
+        let mut ip = peer.public_ip;
+        if one_device {
+            allowed_ips.extend(peer.lease.subnet6.map(ipnet::IpNet::from));
+            ip = self.endpoint_ip(host, peer.public_ip, peer.lease.attrs.public_ipv6)?;
+        }
         Ok(PeerObjects {
             tunnel: Some(WgPeer {
                 public_key: data.public_key,
-                endpoint: Some(SocketAddr::new(peer.public_ip, port)),
-                allowed_ips: vec![peer.subnet],
+                endpoint: Some(SocketAddr::new(ip, port)),
+                allowed_ips,
                 psk: self.psk,
                 keepalive: self.keepalive,
             }),
@@ -389,6 +410,35 @@ impl Backend for WireguardConfig {
     }
 }
 
+impl WireguardConfig {
+    /// Where a peer's one device is reached in Mode ipv4, ipv6 or auto. Auto takes IPv4 unless
+    /// the peer's IPv4 address is private and both ends have a public IPv6 one, flannel's
+    /// choice of the address most likely to connect.
+    #[cfg(feature = "daemon")]
+    fn endpoint_ip(
+        &self,
+        host: &Host,
+        v4: std::net::IpAddr,
+        v6: Option<std::net::Ipv6Addr>,
+    ) -> Result<std::net::IpAddr, String> {
+        let v6 = v6.map(std::net::IpAddr::V6);
+        let public = |ip: &std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(a) => !a.is_private(),
+            std::net::IpAddr::V6(a) => (a.segments()[0] & 0xfe00) != 0xfc00,
+        };
+        match self.mode {
+            Mode::Ipv6 => {
+                v6.ok_or_else(|| "the lease has no PublicIPv6, which Mode ipv6 needs".into())
+            }
+            Mode::Auto if !public(&v4) => {
+                let ours = host.other_public_ip.filter(public);
+                Ok(v6.filter(|a| public(a) && ours.is_some()).unwrap_or(v4))
+            }
+            _ => Ok(v4),
+        }
+    }
+}
+
 /// The port and private key of a WireGuard device spec.
 #[cfg(feature = "daemon")]
 fn wg_spec(spec: &DeviceSpec) -> Result<(u16, Key), DeviceError> {
@@ -398,6 +448,7 @@ fn wg_spec(spec: &DeviceSpec) -> Result<(u16, Key), DeviceError> {
             secrets: HostSecrets {
                 private_key: Some(key),
             },
+            ..
         }) => Ok((*port, *key)),
         LinkSpec::Wireguard(_) => Err(DeviceError::NoKey(spec.name.clone())),
         _ => Err(DeviceError::Foreign(spec.name.clone())),
