@@ -702,6 +702,82 @@ mod tests {
         }
     }
 
+    fn wg_lease(subnet: &str, ip: &str, key: u8, rev: i64) -> Lease {
+        let mut l = lease(subnet, ip, None, rev);
+        l.attrs.backend_type = "wireguard".into();
+        l.attrs.backend_data = Some(
+            crate::backend::wireguard::WgLeaseData {
+                public_key: [key; 32],
+                port: 51820,
+            }
+            .to_value(),
+        );
+        l
+    }
+
+    #[test]
+    fn wireguard_peers_are_one_per_key_with_one_network_route() {
+        let c = cfg(
+            r#"{"Type":"wireguard","PSK":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","PersistentKeepaliveInterval":25}"#,
+        );
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let peer = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let twin = wg_lease("198.19.3.0/24", "198.18.0.3", 2, 3);
+        let d = desired(&c, &host(), &own, &[own.clone(), peer.clone(), twin]);
+        assert_eq!(d.peers, 1);
+        assert_eq!(d.skipped.len(), 1);
+        assert!(
+            d.skipped[0].reason.contains("PublicKey is already used"),
+            "{:?}",
+            d.skipped
+        );
+        let p = &d.tunnel[&[2; 32]];
+        assert_eq!(p.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        assert_eq!(
+            p.allowed_ips,
+            vec!["198.19.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!((p.psk, p.keepalive), (Some([7; 32]), 25));
+        // No per-peer route: one for the whole network on the device, scope link.
+        assert_eq!(d.routes.len(), 1);
+        let r = &d.routes[&"198.19.0.0/16".parse::<IpNet>().unwrap()];
+        assert_eq!((r.oif, r.gateway), (Some(7), None));
+        assert_eq!(r.scope, crate::netlink::RouteScope::Link);
+        // Tunnel peers are not something the incremental update moves.
+        let mut applied = d.clone();
+        let newer = wg_lease("198.19.4.0/24", "198.18.0.4", 4, 4);
+        assert!(update(&c, &host(), &own, &mut applied, &[], &[newer]).is_none());
+    }
+
+    #[test]
+    fn tunnel_diff_sets_what_differs_and_removes_what_no_lease_wants() {
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let a = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let b = wg_lease("198.19.3.0/24", "198.18.0.3", 3, 3);
+        let d = desired(&c, &host(), &own, &[a, b]);
+        let mut have: Vec<WgPeer> = d.tunnel.values().cloned().collect();
+        assert_eq!(diff_tunnel(&d.tunnel, &have), TunnelChange::default());
+        // Another order of allowed IPs is the same peer.
+        have[0].allowed_ips.reverse();
+        assert_eq!(diff_tunnel(&d.tunnel, &have), TunnelChange::default());
+        have[0].endpoint = Some("198.18.0.99:51820".parse().unwrap());
+        have.remove(1);
+        let stranger = WgPeer {
+            public_key: [9; 32],
+            endpoint: None,
+            allowed_ips: vec![],
+            psk: None,
+            keepalive: 0,
+        };
+        have.push(stranger);
+        let change = diff_tunnel(&d.tunnel, &have);
+        let keys: Vec<Key> = change.set.iter().map(|p| p.public_key).collect();
+        assert_eq!(keys, vec![[2; 32], [3; 32]]);
+        assert_eq!(change.set[0], d.tunnel[&[2; 32]]);
+        assert_eq!(change.remove, vec![[9; 32]]);
+    }
+
     #[test]
     fn vxlan_peer_gets_flannels_three_objects() {
         let c = cfg(r#"{"Type":"vxlan"}"#);

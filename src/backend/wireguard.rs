@@ -533,4 +533,120 @@ mod tests {
             None
         );
     }
+
+    #[cfg(feature = "daemon")]
+    fn peer_of(
+        mode: &str,
+        host_ip: &str,
+        other: Option<&str>,
+        lease_json: &str,
+    ) -> Result<WgPeer, String> {
+        let cfg = parse(&format!(r#"{{"Type":"wireguard","Mode":"{mode}"}}"#)).unwrap();
+        let host = Host {
+            public_ip: host_ip.parse().unwrap(),
+            ext_index: 2,
+            ext_networks: vec![],
+            device: Some(9),
+            other_public_ip: other.map(|o| o.parse().unwrap()),
+        };
+        let lease = crate::lease::Lease {
+            subnet: "198.19.2.0/24".parse().unwrap(),
+            subnet6: Some("2001:db8:100:2::/64".parse().unwrap()),
+            attrs: crate::lease::LeaseAttrs::from_json("k", lease_json.as_bytes()).unwrap(),
+            expiration: None,
+            etcd_lease_id: None,
+            mod_revision: 1,
+        };
+        let side = lease.side(host.family()).unwrap();
+        let peer = Peer {
+            subnet: side.subnet,
+            public_ip: side.public_ip.unwrap(),
+            data: side.backend_data,
+            lease: &lease,
+        };
+        cfg.peer(&host, &peer).map(|o| {
+            o.tunnel.unwrap_or_else(|| WgPeer {
+                public_key: [0; 32],
+                endpoint: None,
+                allowed_ips: vec![],
+                psk: None,
+                keepalive: 0,
+            })
+        })
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn the_mode_picks_devices_ports_and_endpoints() {
+        let key = format_key(&[5; 32]);
+        let lease = |ip4: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip4}","PublicIPv6":"2001:db8::2","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}},"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}"#
+            )
+        };
+        // separate: each family its own device, port and subnet.
+        let p = peer_of("separate", "198.18.0.1", None, &lease("198.18.0.2")).unwrap();
+        assert_eq!(p.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        assert_eq!(p.allowed_ips, vec!["198.19.2.0/24".parse().unwrap()]);
+        let p = peer_of("separate", "2001:db8::1", None, &lease("198.18.0.2")).unwrap();
+        assert_eq!(p.endpoint, Some("[2001:db8::2]:51821".parse().unwrap()));
+        assert_eq!(p.allowed_ips, vec!["2001:db8:100:2::/64".parse().unwrap()]);
+        // One device: both subnets on one peer, the port of BackendData, no IPv6 peer.
+        let both: Vec<ipnet::IpNet> = vec![
+            "198.19.2.0/24".parse().unwrap(),
+            "2001:db8:100:2::/64".parse().unwrap(),
+        ];
+        let p = peer_of(
+            "ipv6",
+            "198.18.0.1",
+            Some("2001:db8::1"),
+            &lease("198.18.0.2"),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.endpoint, &p.allowed_ips),
+            (Some("[2001:db8::2]:51820".parse().unwrap()), &both)
+        );
+        let p = peer_of(
+            "ipv4",
+            "198.18.0.1",
+            Some("2001:db8::1"),
+            &lease("198.18.0.2"),
+        )
+        .unwrap();
+        assert_eq!(p.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        assert_eq!(
+            peer_of("auto", "2001:db8::1", None, &lease("198.18.0.2"))
+                .unwrap()
+                .public_key,
+            [0; 32],
+            "the IPv6 pass adds no peer of its own"
+        );
+        // auto: IPv4 unless the peer's is private and both ends have public IPv6.
+        let p = peer_of(
+            "auto",
+            "198.18.0.1",
+            Some("2001:db8::1"),
+            &lease("198.18.0.2"),
+        )
+        .unwrap();
+        assert_eq!(p.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        // An address literal only (no traffic): the rule needs an RFC 1918 one.
+        let private = "10.0.0.2";
+        let p = peer_of("auto", "198.18.0.1", Some("2001:db8::1"), &lease(private)).unwrap();
+        assert_eq!(p.endpoint, Some("[2001:db8::2]:51820".parse().unwrap()));
+        let p = peer_of("auto", "198.18.0.1", None, &lease(private)).unwrap();
+        assert_eq!(p.endpoint, Some("10.0.0.2:51820".parse().unwrap()));
+        // Port 0 (older flannel): this host's own port; no key: refused with the reason.
+        let old = format!(
+            r#"{{"PublicIP":"198.18.0.2","BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":0}}}}"#
+        );
+        let cfg_port = peer_of("separate", "198.18.0.1", None, &old).unwrap();
+        assert_eq!(cfg_port.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        let bad = r#"{"PublicIP":"198.18.0.2","BackendType":"wireguard","BackendData":{"PublicKey":"x"}}"#;
+        assert_eq!(
+            peer_of("separate", "198.18.0.1", None, bad).unwrap_err(),
+            "BackendData has no usable PublicKey"
+        );
+    }
 }
