@@ -129,6 +129,15 @@ fn three_hosts_reach_each_other_and_the_underlay_carries_only_wireguard() {
         }
     }
 
+    // The peer probes travel the tunnel too (to each peer's device address) and see every
+    // peer reachable.
+    for h in &lab.hosts {
+        let all = wait_for(Duration::from_secs(10), || {
+            (h.metric("weft_peers_reachable") == Some(2.0)).then_some(())
+        });
+        assert!(all.is_some(), "{}: {:?}", h.ip, h.http_get("/peers"));
+    }
+
     let capture = Capture::start(&lab.underlay, "");
     let marker = b"weft-marker-3f9c1d2e-never-in-clear";
     assert!(udp_crosses(&lab.hosts[0], &lab.hosts[1], marker));
