@@ -211,6 +211,8 @@ async fn leases_table_and_json() {
                 "ipv6_subnet",
                 "public_ip",
                 "public_ipv6",
+                "public_key",
+                "public_key_v6",
                 "reserved",
                 "subnet"
             ]

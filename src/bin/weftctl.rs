@@ -538,10 +538,11 @@ fn print_table(leases: &[&Lease], alive: &[String]) {
                 row.push(dash(l.attrs.public_ipv6.map(|a| a.to_string())));
             }
             row.push(or_dash(&l.attrs.backend_type).to_string());
-            row.push(dash(l.attrs.vxlan_data().map(|v| v.vtep_mac)));
-            if wg {
-                row.push(dash(l.attrs.public_key().map(|k| short_key(&k))));
-            }
+            row.push(dash(if wg {
+                l.attrs.public_key().map(|k| short_key(&k))
+            } else {
+                l.attrs.vxlan_data().map(|v| v.vtep_mac)
+            }));
             row.push(expires(l));
             row.push(alive.clone());
             row
@@ -551,16 +552,18 @@ fn print_table(leases: &[&Lease], alive: &[String]) {
     if v6 {
         header.extend(["IPV6 SUBNET", "PUBLIC IPV6"]);
     }
-    header.extend(["BACKEND", "VTEP MAC"]);
-    if wg {
-        header.push("PUBLIC KEY");
-    }
-    header.extend(["EXPIRES", "ALIVE"]);
+    // One column of what peers send to: the VTEP MAC, or a WireGuard network's public keys.
+    header.extend([
+        "BACKEND",
+        if wg { "PUBLIC KEY" } else { "VTEP MAC" },
+        "EXPIRES",
+        "ALIVE",
+    ]);
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut stdout = std::io::stdout().lock();
