@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+use crate::backend::uapi::Change as TunnelChange;
 use crate::backend::wireguard::{Key, WgPeer};
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::config::NetworkConfig;
@@ -513,10 +514,10 @@ impl Worker {
                 continue;
             };
             let (ops, n, tunnel) = match self.incremental(&s, &host) {
-                Some(ops) => (
-                    ops,
+                Some(u) => (
+                    u.ops,
                     self.applied[family].as_ref().map_or(0, |a| a.peers),
-                    Ok(()),
+                    self.write_tunnel(&s, family, &u.tunnel, None),
                 ),
                 None => {
                     let desired = self.desired(&s, &host);
@@ -568,7 +569,7 @@ impl Worker {
     /// The operations for the leases that changed since the applied snapshot of `host`'s
     /// family, updating its applied state; `None` when anything else changed or the change
     /// needs the whole picture (see [`reconcile::update`]).
-    fn incremental(&mut self, s: &Snapshot, host: &Host) -> Option<Vec<Op>> {
+    fn incremental(&mut self, s: &Snapshot, host: &Host) -> Option<reconcile::Update> {
         let family = host.family();
         let (prev, prev_host) = self.applied_from[family].as_ref()?;
         if prev_host != host || prev.cfg != s.cfg || prev.own.key_name() != s.own.key_name() {
@@ -861,14 +862,26 @@ impl Worker {
         have: impl IntoIterator<Item = &'a WgPeer>,
         previous: Option<&BTreeMap<Key, WgPeer>>,
     ) -> Result<(), Failure> {
+        let change = reconcile::diff_tunnel(want, have);
+        self.write_tunnel(s, family, &change, previous)
+    }
+
+    /// Applies a change to `family`'s tunnel device, counting the drift repairs among it (see
+    /// [`Worker::apply_tunnel`]).
+    fn write_tunnel(
+        &mut self,
+        s: &Snapshot,
+        family: Family,
+        change: &TunnelChange,
+        previous: Option<&BTreeMap<Key, WgPeer>>,
+    ) -> Result<(), Failure> {
         let Some(spec) = &s.devices[family] else {
             return Ok(());
         };
-        let change = reconcile::diff_tunnel(want, have);
         if change.set.is_empty() && change.remove.is_empty() {
             return Ok(());
         }
-        if let Err(e) = s.backend().change_tunnel(&mut self.nl, spec, &change) {
+        if let Err(e) = s.backend().change_tunnel(&mut self.nl, spec, change) {
             self.metrics.netlink_errors.inc();
             tracing::warn!(device = %spec.name, error = %e, "cannot change the device's peers; will retry");
             return Err(Failure::Apply);

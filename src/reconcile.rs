@@ -466,6 +466,13 @@ fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec
     ops
 }
 
+/// What an incremental update changes: kernel objects and tunnel peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    pub ops: Vec<Op>,
+    pub tunnel: TunnelChange,
+}
+
 /// Brings `applied` (the desired state last programmed) up to date with a few changed leases
 /// in place and returns the operations, in O(k log n) for k changed leases among n: the lease
 /// event path, whose cost must not grow with the size of the network. `gone` are leases no
@@ -473,8 +480,9 @@ fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec
 ///
 /// The result is what [`desired`] over all leases and [`diff_applied`] would give. `None`
 /// when the change meets a rule that relates leases to each other (a lease that was or would
-/// be skipped, an overlap, a VTEP MAC or gateway already in use): the caller then computes
-/// the whole desired state.
+/// be skipped, an overlap, a VTEP MAC, gateway or public key already in use): the caller
+/// then computes the whole desired state. A backend's device routes are in `old` and `new`
+/// alike, so they are kept as they are.
 pub fn update(
     cfg: &NetworkConfig,
     host: &Host,
@@ -482,22 +490,13 @@ pub fn update(
     applied: &mut Desired,
     gone: &[Lease],
     added: &[Lease],
-) -> Option<Vec<Op>> {
-    if !applied.skipped.is_empty() || !applied.tunnel.is_empty() {
+) -> Option<Update> {
+    if !applied.skipped.is_empty() {
         return None;
     }
     let old = desired(cfg, host, own, gone);
     let new = desired(cfg, host, own, added);
-    // Tunnel peers and device routes are not lease-by-lease objects this update can move;
-    // the caller's full computation handles them.
-    let device_routes = crate::backend::of(&cfg.backend)
-        .device_routes(host, cfg.network_of(host.family())?)
-        .is_empty();
-    if !old.skipped.is_empty()
-        || !new.skipped.is_empty()
-        || !new.tunnel.is_empty()
-        || !device_routes
-    {
+    if !old.skipped.is_empty() || !new.skipped.is_empty() {
         return None;
     }
     // Every gone lease must be one the applied state holds, object for object.
@@ -509,7 +508,11 @@ pub fn update(
             .neighbours
             .iter()
             .all(|(k, v)| applied.neighbours.get(k) == Some(v))
-        && old.fdb.iter().all(|(k, v)| applied.fdb.get(k) == Some(v));
+        && old.fdb.iter().all(|(k, v)| applied.fdb.get(k) == Some(v))
+        && old
+            .tunnel
+            .iter()
+            .all(|(k, v)| applied.tunnel.get(k) == Some(v));
     if !held || old.peers > applied.peers {
         return None;
     }
@@ -531,11 +534,26 @@ pub fn update(
         .fdb
         .keys()
         .any(|k| taken_elsewhere(applied.fdb.contains_key(k), old.fdb.contains_key(k)))
+        || new
+            .tunnel
+            .keys()
+            .any(|k| taken_elsewhere(applied.tunnel.contains_key(k), old.tunnel.contains_key(k)))
     {
         return None;
     }
 
     let ops = ops_between(&new, applied, &old);
+    let tunnel = TunnelChange {
+        set: (new.tunnel.values())
+            .filter(|p| applied.tunnel.get(&p.public_key) != Some(p))
+            .cloned()
+            .collect(),
+        remove: (old.tunnel.keys())
+            .filter(|k| !new.tunnel.contains_key(*k))
+            .copied()
+            .collect(),
+        ..TunnelChange::default()
+    };
 
     for k in old.routes.keys() {
         applied.routes.remove(k);
@@ -546,11 +564,15 @@ pub fn update(
     for k in old.fdb.keys() {
         applied.fdb.remove(k);
     }
+    for k in old.tunnel.keys() {
+        applied.tunnel.remove(k);
+    }
     applied.routes.extend(new.routes);
     applied.neighbours.extend(new.neighbours);
     applied.fdb.extend(new.fdb);
+    applied.tunnel.extend(new.tunnel);
     applied.peers = applied.peers - old.peers + new.peers;
-    Some(ops)
+    Some(Update { ops, tunnel })
 }
 
 /// The changes that make a tunnel device's peers `have` into `want`: peers missing or
@@ -743,10 +765,66 @@ mod tests {
         let r = &d.routes[&"198.19.0.0/16".parse::<IpNet>().unwrap()];
         assert_eq!((r.oif, r.gateway), (Some(7), None));
         assert_eq!(r.scope, crate::netlink::RouteScope::Link);
-        // Tunnel peers are not something the incremental update moves.
-        let mut applied = d.clone();
-        let newer = wg_lease("198.19.4.0/24", "198.18.0.4", 4, 4);
-        assert!(update(&c, &host(), &own, &mut applied, &[], &[newer]).is_none());
+    }
+
+    #[test]
+    fn update_of_tunnel_peers_gives_what_a_full_computation_gives_or_declines() {
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let a = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let b = wg_lease("198.19.3.0/24", "198.18.0.3", 3, 3);
+        let b_moved = wg_lease("198.19.3.0/24", "198.18.0.33", 3, 4);
+        let b_rekeyed = wg_lease("198.19.3.0/24", "198.18.0.3", 33, 5);
+        let d = wg_lease("198.19.4.0/24", "198.18.0.4", 4, 6);
+        let dup_key = wg_lease("198.19.5.0/24", "198.18.0.5", 2, 7);
+        let states = [
+            vec![],
+            vec![a.clone()],
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b_moved.clone(), d.clone()],
+            vec![a.clone(), b_rekeyed.clone()],
+            vec![d.clone()],
+            vec![a.clone(), dup_key.clone()],
+        ];
+        let key = |l: &Lease| (l.subnet, l.mod_revision);
+        let sorted = |mut t: TunnelChange| {
+            t.set.sort_by_key(|p| p.public_key);
+            t.remove.sort();
+            t
+        };
+        let mut fast = 0;
+        for old in &states {
+            for new in &states {
+                let gone: Vec<Lease> = (old.iter())
+                    .filter(|l| !new.iter().any(|n| key(n) == key(l)))
+                    .cloned()
+                    .collect();
+                let added: Vec<Lease> = (new.iter())
+                    .filter(|l| !old.iter().any(|o| key(o) == key(l)))
+                    .cloned()
+                    .collect();
+                let before = desired(&c, &host(), &own, old);
+                let want = desired(&c, &host(), &own, new);
+                let mut applied = before.clone();
+                match update(&c, &host(), &own, &mut applied, &gone, &added) {
+                    Some(u) => {
+                        fast += 1;
+                        assert_eq!(u.ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
+                        assert_eq!(
+                            sorted(u.tunnel),
+                            sorted(diff_tunnel(&want.tunnel, before.tunnel.values())),
+                            "{old:?} -> {new:?}"
+                        );
+                        assert_eq!(applied, want, "{old:?} -> {new:?}");
+                    }
+                    None => assert!(
+                        !before.skipped.is_empty() || !want.skipped.is_empty(),
+                        "declined a plain change {old:?} -> {new:?}"
+                    ),
+                }
+            }
+        }
+        assert!(fast >= 25, "only {fast} changes took the incremental path");
     }
 
     #[test]
@@ -937,7 +1015,7 @@ mod tests {
                 let want = desired(&c, &host(), &own, new);
                 let mut applied = before.clone();
                 match update(&c, &host(), &own, &mut applied, &gone, &added) {
-                    Some(ops) => {
+                    Some(Update { ops, .. }) => {
                         fast += 1;
                         assert_eq!(ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
                         assert_eq!(applied, want, "{old:?} -> {new:?}");
