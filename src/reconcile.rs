@@ -786,44 +786,7 @@ mod tests {
             vec![d.clone()],
             vec![a.clone(), dup_key.clone()],
         ];
-        let key = |l: &Lease| (l.subnet, l.mod_revision);
-        let sorted = |mut t: TunnelChange| {
-            t.set.sort_by_key(|p| p.public_key);
-            t.remove.sort();
-            t
-        };
-        let mut fast = 0;
-        for old in &states {
-            for new in &states {
-                let gone: Vec<Lease> = (old.iter())
-                    .filter(|l| !new.iter().any(|n| key(n) == key(l)))
-                    .cloned()
-                    .collect();
-                let added: Vec<Lease> = (new.iter())
-                    .filter(|l| !old.iter().any(|o| key(o) == key(l)))
-                    .cloned()
-                    .collect();
-                let before = desired(&c, &host(), &own, old);
-                let want = desired(&c, &host(), &own, new);
-                let mut applied = before.clone();
-                match update(&c, &host(), &own, &mut applied, &gone, &added) {
-                    Some(u) => {
-                        fast += 1;
-                        assert_eq!(u.ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
-                        assert_eq!(
-                            sorted(u.tunnel),
-                            sorted(diff_tunnel(&want.tunnel, before.tunnel.values())),
-                            "{old:?} -> {new:?}"
-                        );
-                        assert_eq!(applied, want, "{old:?} -> {new:?}");
-                    }
-                    None => assert!(
-                        !before.skipped.is_empty() || !want.skipped.is_empty(),
-                        "declined a plain change {old:?} -> {new:?}"
-                    ),
-                }
-            }
-        }
+        let fast = updates_match_full(&c, &own, &states);
         assert!(fast >= 25, "only {fast} changes took the incremental path");
     }
 
@@ -970,6 +933,51 @@ mod tests {
         }
     }
 
+    /// Moves between every pair of `states` with [`update`] and checks it against the full
+    /// computation (ops, tunnel change, resulting state), or that it declined a change that
+    /// meets a lease skipped. Gives how many took the incremental path.
+    fn updates_match_full(c: &NetworkConfig, own: &Lease, states: &[Vec<Lease>]) -> usize {
+        let key = |l: &Lease| (l.subnet, l.mod_revision);
+        let sorted = |mut t: TunnelChange| {
+            t.set.sort_by_key(|p| p.public_key);
+            t.remove.sort();
+            t
+        };
+        let mut fast = 0;
+        for old in states {
+            for new in states {
+                let gone: Vec<Lease> = (old.iter())
+                    .filter(|l| !new.iter().any(|n| key(n) == key(l)))
+                    .cloned()
+                    .collect();
+                let added: Vec<Lease> = (new.iter())
+                    .filter(|l| !old.iter().any(|o| key(o) == key(l)))
+                    .cloned()
+                    .collect();
+                let before = desired(c, &host(), own, old);
+                let want = desired(c, &host(), own, new);
+                let mut applied = before.clone();
+                match update(c, &host(), own, &mut applied, &gone, &added) {
+                    Some(u) => {
+                        fast += 1;
+                        assert_eq!(u.ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
+                        assert_eq!(
+                            sorted(u.tunnel),
+                            sorted(diff_tunnel(&want.tunnel, before.tunnel.values())),
+                            "{old:?} -> {new:?}"
+                        );
+                        assert_eq!(applied, want, "{old:?} -> {new:?}");
+                    }
+                    None => assert!(
+                        !before.skipped.is_empty() || !want.skipped.is_empty(),
+                        "declined a plain change {old:?} -> {new:?}"
+                    ),
+                }
+            }
+        }
+        fast
+    }
+
     #[test]
     fn update_gives_what_a_full_computation_gives_or_declines() {
         let c = cfg(r#"{"Type":"vxlan"}"#);
@@ -997,36 +1005,7 @@ mod tests {
             vec![a.clone(), dup_mac.clone()],
             vec![a.clone(), overlap.clone()],
         ];
-        let key = |l: &Lease| (l.subnet, l.mod_revision);
-        let mut fast = 0;
-        for old in &states {
-            for new in &states {
-                let gone: Vec<Lease> = old
-                    .iter()
-                    .filter(|l| !new.iter().any(|n| key(n) == key(l)))
-                    .cloned()
-                    .collect();
-                let added: Vec<Lease> = new
-                    .iter()
-                    .filter(|l| !old.iter().any(|o| key(o) == key(l)))
-                    .cloned()
-                    .collect();
-                let before = desired(&c, &host(), &own, old);
-                let want = desired(&c, &host(), &own, new);
-                let mut applied = before.clone();
-                match update(&c, &host(), &own, &mut applied, &gone, &added) {
-                    Some(Update { ops, .. }) => {
-                        fast += 1;
-                        assert_eq!(ops, diff_applied(&want, &before), "{old:?} -> {new:?}");
-                        assert_eq!(applied, want, "{old:?} -> {new:?}");
-                    }
-                    None => assert!(
-                        !before.skipped.is_empty() || !want.skipped.is_empty(),
-                        "declined a plain change {old:?} -> {new:?}"
-                    ),
-                }
-            }
-        }
+        let fast = updates_match_full(&c, &own, &states);
         assert!(fast >= 30, "only {fast} changes took the incremental path");
     }
 
