@@ -371,6 +371,9 @@ mod tests {
                 Just(None),
                 (any::<u32>(), mac())
                     .prop_map(|(vni, vtep_mac)| Some(VxlanLeaseData { vni, vtep_mac }.to_value())),
+                (any::<[u8; 32]>(), any::<u16>()).prop_map(|(public_key, port)| Some(
+                    crate::backend::wireguard::WgLeaseData { public_key, port }.to_value()
+                )),
                 // A stored `null` reads as no BackendData, as flannel reads it.
                 json_value()
                     .prop_filter("not null", |v| !v.is_null())
@@ -419,7 +422,28 @@ mod tests {
                     prop_assert_eq!(again.as_ref(), Ok(&l.attrs));
                     let _ = l.attrs.vxlan_data();
                     let _ = l.attrs.vxlan_v6_data();
+                    let _ = l.attrs.public_key();
+                    let _ = l.attrs.public_key_v6();
                 }
+            }
+
+            #[test]
+            fn wireguard_data_round_trips(key in any::<[u8; 32]>(), port in any::<u16>()) {
+                use crate::backend::wireguard::{format_key, WgLeaseData};
+                let data = WgLeaseData { public_key: key, port };
+                prop_assert_eq!(WgLeaseData::from_value(&data.to_value()), Some(data));
+                let a = LeaseAttrs {
+                    backend_type: "wireguard".into(),
+                    backend_data: Some(WgLeaseData { public_key: key, port }.to_value()),
+                    ..LeaseAttrs::new_host_gw(Ipv4Addr::LOCALHOST)
+                };
+                let back = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
+                prop_assert_eq!(back.public_key(), Some(format_key(&key)));
+            }
+
+            #[test]
+            fn wireguard_data_from_anything_never_panics(v in json_value()) {
+                let _ = crate::backend::wireguard::WgLeaseData::from_value(&v);
             }
 
             #[test]
