@@ -395,6 +395,16 @@ type InFlight = Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
 /// The shortest time between two wake-ups that send probes; see the loop in [`run`].
 const WAKE_GAP: Duration = Duration::from_millis(10);
 
+/// A random wait, up to half a second (at most half the interval), before the first slot of a
+/// changed peer set. Two hosts that learn of each other at once would otherwise probe each
+/// other in the same millisecond; over WireGuard both would start a handshake, each would
+/// answer the other's, and neither's own would complete, which stalls the pair for
+/// WireGuard's 5 s retry.
+fn first_probe_jitter(interval: Duration) -> Duration {
+    let most = (interval / 2).min(Duration::from_millis(500));
+    most.mul_f64(rand::random::<f64>())
+}
+
 /// Payload of every echo request: small, so 1,000 peers cost little bandwidth.
 const PAYLOAD: [u8; 8] = *b"weftprob";
 
@@ -414,7 +424,7 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
         tokio::select! {
             _ = shared.changed.notified() => {
                 let n = shared.lock().rotation.len();
-                grid.reanchor(Instant::now().into_std(), n);
+                grid.reanchor(Instant::now().into_std() + first_probe_jitter(cfg.interval), n);
             }
             _ = sleep_until(due) => {
                 last_wake = Instant::now();
