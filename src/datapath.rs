@@ -147,6 +147,7 @@ impl Datapath {
             metrics,
             resync,
             tunnel_poll,
+            keepalive_held: PerFamily::default(),
             reports,
             masq: Masq::new(),
             state: None,
@@ -297,6 +298,9 @@ struct Worker {
     resync: Duration,
     /// How often a tunnel device's peers are read back.
     tunnel_poll: Duration,
+    /// Tunnel peers added without their keepalive, which the next read-back sets (see
+    /// [`Worker::write_tunnel`]).
+    keepalive_held: PerFamily<HashSet<Key>>,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
     masq: Masq,
     state: Option<Arc<Snapshot>>,
@@ -517,7 +521,7 @@ impl Worker {
                 Some(u) => (
                     u.ops,
                     self.applied[family].as_ref().map_or(0, |a| a.peers),
-                    self.write_tunnel(&s, family, &u.tunnel, None),
+                    self.write_tunnel(&s, family, &u.tunnel, &|k| !u.fresh.contains(k), None),
                 ),
                 None => {
                     let desired = self.desired(&s, &host);
@@ -862,17 +866,25 @@ impl Worker {
         have: impl IntoIterator<Item = &'a WgPeer>,
         previous: Option<&BTreeMap<Key, WgPeer>>,
     ) -> Result<(), Failure> {
-        let change = reconcile::diff_tunnel(want, have);
-        self.write_tunnel(s, family, &change, previous)
+        let have: Vec<&WgPeer> = have.into_iter().collect();
+        let change = reconcile::diff_tunnel(want, have.iter().copied());
+        let on_device = |k: &Key| have.iter().any(|p| p.public_key == *k);
+        self.write_tunnel(s, family, &change, &on_device, previous)
     }
 
     /// Applies a change to `family`'s tunnel device, counting the drift repairs among it (see
-    /// [`Worker::apply_tunnel`]).
+    /// [`Worker::apply_tunnel`]). `on_device` says whether the device holds a peer already.
+    ///
+    /// A peer new to the device goes in without its keepalive, which the next read-back adds
+    /// (within `--tunnel-poll`): WireGuard sends a keepalive the moment one is set, and two
+    /// hosts adding each other at once would both start a handshake, neither would complete,
+    /// and the pair would stall for WireGuard's 5 s retry.
     fn write_tunnel(
         &mut self,
         s: &Snapshot,
         family: Family,
         change: &TunnelChange,
+        on_device: &dyn Fn(&Key) -> bool,
         previous: Option<&BTreeMap<Key, WgPeer>>,
     ) -> Result<(), Failure> {
         let Some(spec) = &s.devices[family] else {
@@ -881,15 +893,25 @@ impl Worker {
         if change.set.is_empty() && change.remove.is_empty() {
             return Ok(());
         }
-        if let Err(e) = s.backend().change_tunnel(&mut self.nl, spec, change) {
+        let mut written = change.clone();
+        let mut held = Vec::new();
+        for p in written.set.iter_mut() {
+            if p.keepalive > 0 && !on_device(&p.public_key) {
+                p.keepalive = 0;
+                held.push(p.public_key);
+            }
+        }
+        if let Err(e) = s.backend().change_tunnel(&mut self.nl, spec, &written) {
             self.metrics.netlink_errors.inc();
             tracing::warn!(device = %spec.name, error = %e, "cannot change the device's peers; will retry");
             return Err(Failure::Apply);
         }
         let mut repairs = 0;
-        for p in &change.set {
+        for p in &written.set {
             let object = reconcile::describe_peer(p);
-            if previous.is_some_and(|prev| prev.get(&p.public_key) == Some(p)) {
+            if p.keepalive > 0 && self.keepalive_held[family].remove(&p.public_key) {
+                tracing::debug!(device = %spec.name, %object, "keepalive set");
+            } else if previous.is_some_and(|prev| prev.get(&p.public_key) == Some(p)) {
                 repairs += 1;
                 tracing::info!(device = %spec.name, %object, "drift repaired");
             } else {
@@ -897,6 +919,7 @@ impl Worker {
             }
         }
         for k in &change.remove {
+            self.keepalive_held[family].remove(k);
             let key = backend::wireguard::format_key(k);
             if previous.is_some_and(|prev| !prev.contains_key(k)) {
                 repairs += 1;
@@ -905,6 +928,7 @@ impl Worker {
                 tracing::debug!(device = %spec.name, peer = %key, "peer removed");
             }
         }
+        self.keepalive_held[family].extend(held);
         self.metrics.drift_repairs.inc_by(repairs);
         Ok(())
     }

@@ -471,6 +471,8 @@ fn ops_between(want: &Desired, have: &impl Objects, stale: &impl Objects) -> Vec
 pub struct Update {
     pub ops: Vec<Op>,
     pub tunnel: TunnelChange,
+    /// Tunnel peers the device does not hold yet.
+    pub fresh: BTreeSet<Key>,
 }
 
 /// Brings `applied` (the desired state last programmed) up to date with a few changed leases
@@ -554,6 +556,10 @@ pub fn update(
             .collect(),
         ..TunnelChange::default()
     };
+    let fresh = (new.tunnel.keys())
+        .filter(|k| !applied.tunnel.contains_key(*k))
+        .copied()
+        .collect();
 
     for k in old.routes.keys() {
         applied.routes.remove(k);
@@ -572,7 +578,7 @@ pub fn update(
     applied.fdb.extend(new.fdb);
     applied.tunnel.extend(new.tunnel);
     applied.peers = applied.peers - old.peers + new.peers;
-    Some(Update { ops, tunnel })
+    Some(Update { ops, tunnel, fresh })
 }
 
 /// The changes that make a tunnel device's peers `have` into `want`: peers missing or

@@ -8,82 +8,8 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::capture::{self, Capture};
-use common::lab::{wait_for, Host, Lab};
-use common::wg::{WG_CONFIG, WG_DEVICE, WG_DEVICE6};
-
-/// Which WireGuard ran, said once per test run: kernel WireGuard is used where the module
-/// exists, and these tests then exercise it instead.
-fn say_mode() {
-    let kernel = std::path::Path::new("/sys/module/wireguard").exists();
-    eprintln!(
-        "WireGuard mode: {}",
-        if kernel {
-            "kernel module"
-        } else {
-            "userspace (wireguard-go): this kernel has no WireGuard module"
-        }
-    );
-}
-
-/// A lab of `n` WireGuard hosts running weftd with `config`, each ready and holding every
-/// other host as a peer.
-fn wg_lab(n: usize, config: &str, extra: &[&str]) -> Lab {
-    say_mode();
-    let lab = Lab::new(n, config);
-    start_wg(lab, extra)
-}
-
-/// [`wg_lab`] over a dual-stack underlay, with IPv6 containers too.
-fn wg_lab_dual(n: usize, config: &str) -> Lab {
-    say_mode();
-    let lab = start_wg(Lab::dual(n, config), &[]);
-    for h in &lab.hosts {
-        h.add_container6();
-    }
-    lab
-}
-
-fn start_wg(mut lab: Lab, extra: &[&str]) -> Lab {
-    for h in &mut lab.hosts {
-        h.use_wireguard();
-    }
-    for h in &mut lab.hosts {
-        h.start(extra);
-    }
-    for h in &mut lab.hosts {
-        h.wait_ready();
-        h.add_container();
-    }
-    wait_wg_converged(&lab.hosts);
-    lab
-}
-
-/// Waits (10 s) until every host's device has every other host's subnet as a peer.
-fn wait_wg_converged(hosts: &[Host]) {
-    let subnets: Vec<String> = hosts.iter().map(|h| h.subnet().to_string()).collect();
-    for (i, h) in hosts.iter().enumerate() {
-        let ok = wait_for(Duration::from_secs(10), || {
-            let peers = h.wg_peers(WG_DEVICE);
-            let all = subnets
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .all(|(_, s)| {
-                    peers
-                        .iter()
-                        .any(|p| p.allowed_ips.split(',').any(|a| a == s))
-                });
-            all.then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "host {} does not have all peers after 10 s: {:?}\n{}",
-            i + 1,
-            h.wg_peers(WG_DEVICE),
-            h.logs()
-        );
-    }
-}
+use common::lab::{wait_for, Host};
+use common::wg::{wait_wg_converged, wg_lab, wg_lab_dual, WG_CONFIG, WG_DEVICE, WG_DEVICE6};
 
 /// Sends `payload` by UDP from `from`'s container address to `to`'s and says whether it
 /// arrived intact (within 3 s, resending).

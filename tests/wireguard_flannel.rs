@@ -11,7 +11,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use common::lab::{wait_for, Host, Lab, SUBNETS_PREFIX};
-use common::wg::{exec, WgDumpPeer, WG_CONFIG, WG_DEVICE, WG_DEVICE6};
+use common::wg::{
+    exec, ifindex, say_mode, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE, WG_DEVICE6,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 use weft::subnet::lease_key_name;
 
@@ -20,20 +22,6 @@ const WG_DUAL_CONFIG: &str = r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IP
 const NETWORK6: &str = "2001:db8:100::/48";
 /// flanneld's key file (inside each WireGuard host's own mount namespace).
 const FLANNEL_KEY: &str = "/run/flannel/wgkey";
-
-/// Which WireGuard ran, said once per test run: kernel WireGuard is used where the module
-/// exists, and these tests then exercise it instead.
-fn say_mode() {
-    let kernel = std::path::Path::new("/sys/module/wireguard").exists();
-    eprintln!(
-        "WireGuard mode: {}",
-        if kernel {
-            "kernel module"
-        } else {
-            "userspace (wireguard-go): this kernel has no WireGuard module"
-        }
-    );
-}
 
 /// Runs `args` in the host's mount and network namespaces; panics with stderr on failure.
 fn run(host: &Host, args: &[&str]) -> String {
@@ -196,33 +184,6 @@ fn lease_json(lab: &Lab, key: &str) -> serde_json::Value {
         .get(key)
         .unwrap_or_else(|| panic!("no lease at {key}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("lease {key} ({e}): {text}"))
-}
-
-/// The ifindex of `dev` in the host's namespace.
-fn ifindex(host: &Host, dev: &str) -> u32 {
-    let line = host.ns.ip(&["-o", "link", "show", "dev", dev]);
-    line.split(':')
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ifindex in {line:?}"))
-}
-
-/// The pids of the wireguard-go processes running in the host's network namespace.
-fn wireguard_go_pids(host: &Host) -> Vec<u32> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", host.ns.name()])
-        .output()
-        .expect("ip netns pids");
-    let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "wireguard-go")
-        })
-        .collect();
-    pids.sort();
-    pids
 }
 
 /// A lab of `n` WireGuard hosts (own mount namespaces) of which the first `weft` run weftd,

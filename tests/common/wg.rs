@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use super::lab::Host;
+use super::lab::{wait_for, Host, Lab};
 use super::netns::Netns;
 
 /// Where the lab's mount namespaces are pinned; a private mount, so pinning one does not
@@ -192,4 +193,108 @@ pub fn kill_netns_processes(ns: &Netns) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     eprintln!("warning: processes still run in {}", ns.name());
+}
+
+/// Says which WireGuard ran: kernel WireGuard is used where the module exists, and the tests
+/// then exercise it instead of wireguard-go.
+pub fn say_mode() {
+    let kernel = Path::new("/sys/module/wireguard").exists();
+    eprintln!(
+        "WireGuard mode: {}",
+        if kernel {
+            "kernel module"
+        } else {
+            "userspace (wireguard-go): this kernel has no WireGuard module"
+        }
+    );
+}
+
+/// A lab of `n` WireGuard hosts running weftd with `config`, each ready, with a container
+/// address, and holding every other host as a peer.
+pub fn wg_lab(n: usize, config: &str, extra: &[&str]) -> Lab {
+    say_mode();
+    start_wg(Lab::new(n, config), extra)
+}
+
+/// [`wg_lab`] over a dual-stack underlay, with IPv6 container addresses too.
+pub fn wg_lab_dual(n: usize, config: &str) -> Lab {
+    say_mode();
+    let lab = start_wg(Lab::dual(n, config), &[]);
+    for h in &lab.hosts {
+        h.add_container6();
+    }
+    lab
+}
+
+fn start_wg(mut lab: Lab, extra: &[&str]) -> Lab {
+    for h in &mut lab.hosts {
+        h.use_wireguard();
+    }
+    for h in &mut lab.hosts {
+        h.start(extra);
+    }
+    for h in &mut lab.hosts {
+        h.wait_ready();
+        h.add_container();
+    }
+    wait_wg_converged(&lab.hosts);
+    lab
+}
+
+/// Waits (10 s) until every host's device has every other host's subnet among a peer's
+/// allowed IPs.
+pub fn wait_wg_converged(hosts: &[Host]) {
+    let subnets: Vec<String> = hosts.iter().map(|h| h.subnet().to_string()).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        let ok = wait_for(Duration::from_secs(10), || {
+            let peers = h.wg_peers(WG_DEVICE);
+            let all = (subnets.iter().enumerate())
+                .filter(|(j, _)| *j != i)
+                .all(|(_, s)| {
+                    peers
+                        .iter()
+                        .any(|p| p.allowed_ips.split(',').any(|a| a == s))
+                });
+            all.then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "host {} does not have all peers after 10 s: {:?}\n{}",
+            i + 1,
+            h.wg_peers(WG_DEVICE),
+            h.logs()
+        );
+    }
+}
+
+/// The pids of the wireguard-go processes running in the host's network namespace.
+pub fn wireguard_go_pids(host: &Host) -> Vec<i32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", host.ns.name()])
+        .output()
+        .expect("ip netns pids");
+    let mut pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "wireguard-go")
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// The interface index of `dev` on the host, None when it does not exist.
+pub fn ifindex(host: &Host, dev: &str) -> Option<u32> {
+    let out = host.ns.try_ip(&["-o", "link", "show", dev]);
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
