@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use super::lab::{wait_for, Pinger};
@@ -35,7 +36,11 @@ pub fn package(var: &str) -> PathBuf {
 impl Machines {
     /// Boots `count` machines and provisions them with `deb` (vagrant/provision.sh).
     pub fn up(count: usize, deb: &Path) -> Machines {
-        let prefix = format!("wm{}", std::process::id() % 100_000);
+        // Tests in one binary run in parallel, each with a lab of its own: the process id
+        // tells runs apart, a letter the labs of one run.
+        static LABS: AtomicU8 = AtomicU8::new(0);
+        let lab = (b'a' + LABS.fetch_add(1, Ordering::SeqCst) % 26) as char;
+        let prefix = format!("wm{}{lab}", std::process::id() % 100_000);
         let m = Machines { prefix, count };
         let out = m.script(&["up", &deb.to_string_lossy()]);
         assert!(
@@ -114,6 +119,34 @@ impl Machines {
             "weftd in machine {n} is not active (running):\n{}",
             self.journal(n)
         );
+    }
+
+    /// Moves the lab to the network config `config` (JSON), as an operator changes backends:
+    /// weftd stopped everywhere, the old backend's device, subnet.env and leases removed, the
+    /// config stored in etcd (machine 1), weftd started again by its unit and ready everywhere.
+    pub fn use_network(&self, config: &str) {
+        for n in 1..=self.count {
+            self.sh(
+                n,
+                "systemctl stop weftd && { ip link del flannel.1 2>/dev/null || true; } \
+                 && rm -f /run/flannel/subnet.env",
+            );
+        }
+        self.sh(
+            1,
+            &format!(
+                "set -a; . /etc/default/weftd; set +a; \
+                 etcdctl --endpoints \"$WEFTD_ETCD_ENDPOINTS\" del --prefix /coreos.com/network/subnets >/dev/null && \
+                 printf '%s' '{config}' >/var/tmp/weft/network.json && \
+                 weftctl config set /var/tmp/weft/network.json"
+            ),
+        );
+        for n in 1..=self.count {
+            self.sh(n, "systemctl start weftd");
+        }
+        for n in 1..=self.count {
+            self.wait_weftd_running(n, Duration::from_secs(10));
+        }
     }
 
     /// weftd's journal in machine `n`, as the lines it logged.
