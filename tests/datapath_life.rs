@@ -19,38 +19,7 @@ fn time_until(since: Instant, mut done: impl FnMut() -> bool) -> Option<Duration
 }
 
 fn assert_within(took: Option<Duration>, bound: Duration, what: &str, host: &Host) {
-    if let Some(d) = took {
-        eprintln!("{}: {what}: {d:?}", host.ns.name());
-    }
-    match took {
-        Some(d) => assert!(
-            d <= bound,
-            "{what} took {d:?}, more than {bound:?}:\n{}",
-            host.logs()
-        ),
-        None => panic!(
-            "{what} did not happen within {PATIENCE:?}:\n{}",
-            host.logs()
-        ),
-    }
-}
-
-/// weft_drift_repairs_total of a host.
-fn repairs(host: &Host) -> f64 {
-    host.metric("weft_drift_repairs_total")
-        .expect("weft_drift_repairs_total in /metrics")
-}
-
-/// Waits (1 s) for the host's repair counter to pass `before`: every repair must be counted.
-fn assert_counted(host: &Host, before: f64, what: &str) {
-    let now = wait_for(Duration::from_secs(1), || {
-        Some(repairs(host)).filter(|n| *n > before)
-    });
-    assert!(
-        now.is_some(),
-        "{what} was repaired but weft_drift_repairs_total stayed at {before}:\n{}",
-        host.logs()
-    );
+    common::lab::assert_within(took, bound, PATIENCE, what, host)
 }
 
 /// Every host gets a container address.
@@ -136,7 +105,7 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         ),
     ];
     for (what, cmd) in &deletions {
-        let before = repairs(a);
+        let before = a.repairs();
         let deleted = Instant::now();
         let out = a.ns.exec(cmd);
         assert!(
@@ -146,7 +115,7 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         );
         let took = time_until(deleted, || a.objects_for(&peer) == [true; 3]);
         assert_within(took, BOUND, &format!("putting back a deleted {what}"), a);
-        assert_counted(a, before, what);
+        a.assert_repair_counted(before, what);
     }
     assert_pings(a, b, "after the repairs");
 
@@ -171,21 +140,21 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         ),
     ];
     for (what, cmd) in &changes {
-        let before = repairs(a);
+        let before = a.repairs();
         let changed = Instant::now();
         a.ns.ip(cmd);
         let took = time_until(changed, || {
             is_up() && has_addr() && a.objects_for(&peer) == [true; 3]
         });
         assert_within(took, BOUND, &format!("repairing {what}"), a);
-        assert_counted(a, before, what);
+        a.assert_repair_counted(before, what);
     }
     assert_pings(a, b, "after the device was repaired");
 
     // The device itself: recreated with the MAC the lease advertises, so no peer has to
     // learn a new one.
     let mac = a.vtep_mac();
-    let before = repairs(a);
+    let before = a.repairs();
     let deleted = Instant::now();
     a.ns.ip(&["link", "del", VXLAN_DEVICE]);
     let device_back = || {
@@ -202,7 +171,7 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         "recreating the VXLAN device with its peers",
         a,
     );
-    assert_counted(a, before, "the deleted device");
+    a.assert_repair_counted(before, "the deleted device");
     assert_eq!(a.vtep_mac(), mac, "the recreated device has another MAC");
     let addr = a.ns.ip(&["-o", "-4", "addr", "show", "dev", VXLAN_DEVICE]);
     assert!(
@@ -213,7 +182,7 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
     assert_pings(b, a, "after the device was recreated");
     let lease = lab.lease_value(a.subnet()).expect("a's lease");
     assert_eq!(lease["BackendData"]["VtepMAC"], mac.as_str());
-    assert!(repairs(a) >= 6.0, "{}", a.http_get("/metrics").1);
+    assert!(a.repairs() >= 6.0, "{}", a.http_get("/metrics").1);
     assert_eq!(a.http_get("/readyz").0, 200, "{}", a.http_get("/readyz").1);
 }
 

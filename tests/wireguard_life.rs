@@ -27,38 +27,7 @@ fn time_until(since: Instant, mut done: impl FnMut() -> bool) -> Option<Duration
 }
 
 fn assert_within(took: Option<Duration>, bound: Duration, what: &str, host: &Host) {
-    match took {
-        Some(d) => {
-            eprintln!("{}: {what}: {d:?}", host.ns.name());
-            assert!(
-                d <= bound,
-                "{what} took {d:?}, more than {bound:?}:\n{}",
-                host.logs()
-            );
-        }
-        None => panic!(
-            "{what} did not happen within {PATIENCE:?}:\n{}",
-            host.logs()
-        ),
-    }
-}
-
-/// weft_drift_repairs_total of a host.
-fn repairs(host: &Host) -> f64 {
-    host.metric("weft_drift_repairs_total")
-        .expect("weft_drift_repairs_total in /metrics")
-}
-
-/// Waits (1 s) for the host's repair counter to pass `before`: every repair must be counted.
-fn assert_counted(host: &Host, before: f64, what: &str) {
-    let now = wait_for(Duration::from_secs(1), || {
-        Some(repairs(host)).filter(|n| *n > before)
-    });
-    assert!(
-        now.is_some(),
-        "{what} was repaired but weft_drift_repairs_total stayed at {before}:\n{}",
-        host.logs()
-    );
+    common::lab::assert_within(took, bound, PATIENCE, what, host)
 }
 
 fn assert_pings(from: &Host, to: &Host, what: &str) {
@@ -352,18 +321,18 @@ fn drift_is_repaired() {
     assert_eq!(peer.public_key, b.wg_public_key(WG_DEVICE));
 
     // (a) The peer removed by hand.
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     a.wg(&["set", WG_DEVICE, "peer", &peer.public_key, "remove"]);
     assert!(a.wg_peers(WG_DEVICE).is_empty(), "the peer is still there");
     let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
     assert_within(took, REPAIR_BOUND, "putting back a removed peer", a);
-    assert_counted(a, before, "the removed peer");
+    a.assert_repair_counted(before, "the removed peer");
     assert_pings(a, b, "after the peer came back");
 
     // (b) The peer's endpoint moved by hand. No traffic flows meanwhile, so wireguard-go's
     // roaming cannot put it back by itself (and the counter shows weftd did).
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     a.wg(&[
         "set",
@@ -376,12 +345,12 @@ fn drift_is_repaired() {
     assert_eq!(a.wg_peers(WG_DEVICE)[0].endpoint, "198.18.0.99:51820");
     let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
     assert_within(took, REPAIR_BOUND, "putting back a moved endpoint", a);
-    assert_counted(a, before, "the moved endpoint");
+    a.assert_repair_counted(before, "the moved endpoint");
     assert_pings(a, b, "after the endpoint came back");
 
     // (c) A foreign peer added by hand.
     let foreign = wg_tool(&["genkey"], "");
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     a.wg(&[
         "set",
@@ -394,7 +363,7 @@ fn drift_is_repaired() {
     assert_eq!(a.wg_peers(WG_DEVICE).len(), 2);
     let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
     assert_within(took, REPAIR_BOUND, "removing a foreign peer", a);
-    assert_counted(a, before, "the foreign peer");
+    a.assert_repair_counted(before, "the foreign peer");
 
     // (d) The network's route on the device deleted: a kernel event.
     let network_route = || {
@@ -404,17 +373,17 @@ fn drift_is_repaired() {
         !network_route().trim().is_empty(),
         "no route to the network"
     );
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     a.ns.ip(&["route", "del", "198.19.0.0/16", "dev", WG_DEVICE]);
     let took = time_until(changed, || !network_route().trim().is_empty());
     assert_within(took, REPAIR_BOUND, "putting back the network's route", a);
-    assert_counted(a, before, "the deleted route");
+    a.assert_repair_counted(before, "the deleted route");
     assert_pings(a, b, "after the route came back");
 
     // (e) The device deleted: wireguard-go goes with it; weftd makes a new one with every
     // peer, and traffic crosses again.
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     a.ns.ip(&["link", "del", WG_DEVICE]);
     let took = time_until(changed, || {
@@ -430,7 +399,7 @@ fn drift_is_repaired() {
         "recreating the deleted device with its peers, traffic crossing",
         a,
     );
-    assert_counted(a, before, "the deleted device");
+    a.assert_repair_counted(before, "the deleted device");
     assert_eq!(mtu_of(a, WG_DEVICE), 1420);
     let addr = a.ns.ip(&["-o", "-4", "addr", "show", "dev", WG_DEVICE]);
     assert!(
@@ -443,7 +412,7 @@ fn drift_is_repaired() {
 
     // (f) wireguard-go crashed (SIGKILL): its device goes with it and its control socket is
     // left behind; weftd starts a new one with every peer.
-    let before = repairs(a);
+    let before = a.repairs();
     let changed = Instant::now();
     assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0);
     let took = time_until(changed, || {
@@ -460,13 +429,13 @@ fn drift_is_repaired() {
         "replacing a killed wireguard-go with its peers, traffic crossing",
         a,
     );
-    assert_counted(a, before, "the killed wireguard-go");
+    a.assert_repair_counted(before, "the killed wireguard-go");
     assert_ne!(the_wireguard_go(a), wg_pid);
     assert_eq!(mtu_of(a, WG_DEVICE), 1420);
     assert_pings(b, a, "after wireguard-go was replaced");
 
     assert_eq!(a.http_get("/readyz").0, 200, "{}", a.http_get("/readyz").1);
-    assert!(repairs(a) >= 6.0, "{}", a.http_get("/metrics").1);
+    assert!(a.repairs() >= 6.0, "{}", a.http_get("/metrics").1);
 }
 
 /// Whether `args` succeeds in the host's mount and network namespaces.

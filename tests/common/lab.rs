@@ -513,6 +513,49 @@ impl Drop for Host {
     }
 }
 
+/// Prints how long `what` took on `host` and asserts it stayed within `bound`; `None` means it
+/// did not happen within `patience`.
+pub fn assert_within(
+    took: Option<Duration>,
+    bound: Duration,
+    patience: Duration,
+    what: &str,
+    host: &Host,
+) {
+    let Some(d) = took else {
+        panic!(
+            "{what} did not happen within {patience:?}:\n{}",
+            host.logs()
+        );
+    };
+    eprintln!("{}: {what}: {d:?}", host.ns.name());
+    assert!(
+        d <= bound,
+        "{what} took {d:?}, more than {bound:?}:\n{}",
+        host.logs()
+    );
+}
+
+impl Host {
+    /// weft_drift_repairs_total of this host.
+    pub fn repairs(&self) -> f64 {
+        self.metric("weft_drift_repairs_total")
+            .expect("weft_drift_repairs_total in /metrics")
+    }
+
+    /// Waits (1 s) for the repair counter to pass `before`: every repair must be counted.
+    pub fn assert_repair_counted(&self, before: f64, what: &str) {
+        let now = wait_for(Duration::from_secs(1), || {
+            Some(self.repairs()).filter(|n| *n > before)
+        });
+        assert!(
+            now.is_some(),
+            "{what} was repaired but weft_drift_repairs_total stayed at {before}:\n{}",
+            self.logs()
+        );
+    }
+}
+
 /// Hosts are declared first so they drop (killing weftd) before etcd and the underlay.
 pub struct Lab {
     pub hosts: Vec<Host>,
