@@ -190,122 +190,107 @@ fn assert_adopted(host: &Host, log_from: usize, what: &str) {
     }
 }
 
+/// What host 1's WireGuard side is before weftd goes away, which must all be as it was after.
+struct Kept {
+    wg_pid: i32,
+    index: u32,
+    peers: Vec<common::wg::WgDumpPeer>,
+    public: String,
+    their_peers: Vec<common::wg::WgDumpPeer>,
+}
+
+impl Kept {
+    fn of(lab: &Lab) -> Kept {
+        let a = &lab.hosts[0];
+        let peers = a.wg_peers(WG_DEVICE);
+        assert_eq!(peers.len(), 1, "{peers:?}");
+        Kept {
+            wg_pid: the_wireguard_go(a),
+            index: ifindex(a, WG_DEVICE).expect("host 1 has flannel-wg"),
+            peers,
+            public: a.wg_public_key(WG_DEVICE),
+            their_peers: lab.hosts[1].wg_peers(WG_DEVICE),
+        }
+    }
+
+    /// wireguard-go, the device, its peers and key on host 1, and host 2's peers.
+    fn assert_same(&self, lab: &Lab, what: &str) {
+        let a = &lab.hosts[0];
+        assert_eq!(
+            wireguard_go_pids(a),
+            vec![self.wg_pid],
+            "{what}: wireguard-go"
+        );
+        assert_eq!(
+            ifindex(a, WG_DEVICE),
+            Some(self.index),
+            "{what}: the device"
+        );
+        assert_eq!(a.wg_peers(WG_DEVICE), self.peers, "{what}: host 1's peers");
+        assert_eq!(
+            a.wg_public_key(WG_DEVICE),
+            self.public,
+            "{what}: host 1's key"
+        );
+        assert_eq!(
+            lab.hosts[1].wg_peers(WG_DEVICE),
+            self.their_peers,
+            "{what}: host 2's peers"
+        );
+    }
+}
+
+/// Pings both ways every 10 ms while `down` takes host 1's weftd away, checks that
+/// everything is kept while it is gone, starts it again and checks that no ping was lost
+/// (at least `min` each way) and that the device was adopted as it was.
+fn across(lab: &mut Lab, kept: &Kept, what: &str, min: u64, down: impl FnOnce(&mut Host)) {
+    let there = lab.hosts[0].start_pinging(lab.hosts[1].container_ip());
+    let back = lab.hosts[1].start_pinging(lab.hosts[0].container_ip());
+    std::thread::sleep(Duration::from_millis(500));
+    down(&mut lab.hosts[0]);
+    for _ in 0..5 {
+        kept.assert_same(lab, &format!("while weftd is down ({what})"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = &mut lab.hosts[0];
+    let log_from = a.logs().len();
+    a.start(&[]);
+    a.wait_ready();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (there, back) = (there.finish(), back.finish());
+    there.assert_no_loss(&format!("host 1 -> host 2 across {what}"), min);
+    back.assert_no_loss(&format!("host 2 -> host 1 across {what}"), min);
+    eprintln!(
+        "{what}: {} + {} pings, none lost",
+        there.transmitted, back.transmitted
+    );
+    kept.assert_same(lab, &format!("after {what}"));
+    assert_adopted(&lab.hosts[0], log_from, &format!("after {what}"));
+    assert_eq!(lab.hosts[0].http_get("/readyz").0, 200);
+}
+
 #[test]
 fn restart_and_sigkill_lose_no_packet() {
     let mut lab = wg_lab(2, WG_CONFIG, &[]);
     wait_mesh(&lab.hosts);
-    let wg_pid = the_wireguard_go(&lab.hosts[0]);
-    let index = ifindex(&lab.hosts[0], WG_DEVICE).expect("host 1 has flannel-wg");
-    let peers = lab.hosts[0].wg_peers(WG_DEVICE);
-    assert_eq!(peers.len(), 1, "{peers:?}");
-    let public = lab.hosts[0].wg_public_key(WG_DEVICE);
-    let their_peers = lab.hosts[1].wg_peers(WG_DEVICE);
-
-    // A clean restart (SIGTERM).
-    let there = lab.hosts[0].start_pinging(lab.hosts[1].container_ip());
-    let back = lab.hosts[1].start_pinging(lab.hosts[0].container_ip());
-    std::thread::sleep(Duration::from_millis(500));
-    let a = &mut lab.hosts[0];
-    let status = a.stop();
-    assert!(
-        status.success(),
-        "weftd exited with {status}:\n{}",
-        a.logs()
-    );
-    // Down: wireguard-go still runs and the device keeps its peers.
-    for _ in 0..5 {
-        assert_eq!(
-            wireguard_go_pids(a),
-            vec![wg_pid],
-            "wireguard-go did not outlive weftd"
+    let kept = Kept::of(&lab);
+    across(&mut lab, &kept, "weftd's restart", 60, |a| {
+        let status = a.stop();
+        assert!(
+            status.success(),
+            "weftd exited with {status}:\n{}",
+            a.logs()
         );
-        assert_eq!(ifindex(a, WG_DEVICE), Some(index), "while weftd is down");
-        assert_eq!(a.wg_peers(WG_DEVICE), peers, "while weftd is down");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log_from = a.logs().len();
-    a.start(&[]);
-    a.wait_ready();
-    std::thread::sleep(Duration::from_millis(1500));
-    let there = there.finish();
-    let back = back.finish();
-    there.assert_no_loss("host 1 -> host 2 across weftd's restart", 60);
-    back.assert_no_loss("host 2 -> host 1 across weftd's restart", 60);
-    eprintln!(
-        "restart: {} + {} pings, none lost",
-        there.transmitted, back.transmitted
-    );
-    let a = &lab.hosts[0];
-    assert_eq!(
-        wireguard_go_pids(a),
-        vec![wg_pid],
-        "wireguard-go was replaced"
-    );
-    assert_eq!(
-        ifindex(a, WG_DEVICE),
-        Some(index),
-        "the restart replaced the device"
-    );
-    assert_eq!(
-        a.wg_peers(WG_DEVICE),
-        peers,
-        "the restart changed the peers"
-    );
-    assert_adopted(a, log_from, "after the restart");
-    assert_eq!(a.wg_public_key(WG_DEVICE), public, "host 1's key changed");
-    assert_eq!(
-        lab.hosts[1].wg_peers(WG_DEVICE),
-        their_peers,
-        "host 2's peers changed"
-    );
-
-    // A crash (SIGKILL): nothing runs weftd's shutdown.
-    let there = lab.hosts[0].start_pinging(lab.hosts[1].container_ip());
-    let back = lab.hosts[1].start_pinging(lab.hosts[0].container_ip());
-    std::thread::sleep(Duration::from_millis(500));
-    let a = &mut lab.hosts[0];
-    let pid = a.pid().expect("weftd runs") as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let status = a.wait_exit(Duration::from_secs(5));
-    assert!(status.is_some(), "weftd did not die of SIGKILL");
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(
-        wireguard_go_pids(a),
-        vec![wg_pid],
-        "wireguard-go did not outlive a killed weftd"
-    );
-    let log_from = a.logs().len();
-    a.start(&[]);
-    a.wait_ready();
-    std::thread::sleep(Duration::from_millis(1500));
-    let there = there.finish();
-    let back = back.finish();
-    there.assert_no_loss("host 1 -> host 2 across weftd's SIGKILL and restart", 100);
-    back.assert_no_loss("host 2 -> host 1 across weftd's SIGKILL and restart", 100);
-    eprintln!(
-        "SIGKILL: {} + {} pings, none lost",
-        there.transmitted, back.transmitted
-    );
-    let a = &lab.hosts[0];
-    assert_eq!(
-        wireguard_go_pids(a),
-        vec![wg_pid],
-        "wireguard-go was replaced"
-    );
-    assert_eq!(
-        ifindex(a, WG_DEVICE),
-        Some(index),
-        "the restart after SIGKILL replaced the device"
-    );
-    assert_eq!(a.wg_peers(WG_DEVICE), peers);
-    assert_adopted(a, log_from, "after SIGKILL and restart");
-    assert_eq!(a.wg_public_key(WG_DEVICE), public, "host 1's key changed");
-    assert_eq!(
-        lab.hosts[1].wg_peers(WG_DEVICE),
-        their_peers,
-        "host 2's peers changed"
-    );
-    assert_eq!(a.http_get("/readyz").0, 200);
+    });
+    // A crash: nothing runs weftd's shutdown.
+    across(&mut lab, &kept, "weftd's SIGKILL and restart", 100, |a| {
+        let pid = a.pid().expect("weftd runs") as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        assert!(
+            a.wait_exit(Duration::from_secs(5)).is_some(),
+            "weftd did not die of SIGKILL"
+        );
+    });
 }
 
 #[test]
