@@ -159,6 +159,9 @@ struct Peers {
     /// Tells a peer apart from an earlier one with the same id, so a late result for a peer
     /// that was removed or re-addressed is dropped.
     next_gen: u64,
+    /// Peers just added, each probed once soon (see [`first_probe_jitter`]) besides their
+    /// turns in the rotation.
+    early: Vec<String>,
 }
 
 struct Peer {
@@ -254,6 +257,7 @@ impl Prober {
             added = added.len(),
             "probe targets set"
         );
+        p.early.extend(added.iter().cloned());
         p.rotation.add_next(added);
         self.shared.publish_unreachable(&p);
         drop(p);
@@ -396,10 +400,13 @@ type InFlight = Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
 const WAKE_GAP: Duration = Duration::from_millis(10);
 
 /// A random wait, up to half a second (at most half the interval), before the first slot of a
-/// changed peer set. Two hosts that learn of each other at once would otherwise probe each
-/// other in the same millisecond; over WireGuard both would start a handshake, each would
-/// answer the other's, and neither's own would complete, which stalls the pair for
-/// WireGuard's 5 s retry.
+/// changed peer set and before the early probe of each peer just added. Two hosts that learn
+/// of each other at once would otherwise probe each other in the same millisecond; over
+/// WireGuard both would start a handshake, each would answer the other's, and neither's own
+/// would complete, which stalls the pair for WireGuard's 5 s retry. The early probe itself
+/// matters too: a host that just joined sends to each new peer within half a second, so a
+/// handshake a peer started before the joining host's device knew it (and that was dropped)
+/// is answered by one of the joining host's own, not by WireGuard's retry 5 s later.
 fn first_probe_jitter(interval: Duration) -> Duration {
     let most = (interval / 2).min(Duration::from_millis(500));
     most.mul_f64(rand::random::<f64>())
@@ -415,16 +422,62 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
     let mut seq: u16 = 0;
     let mut warned_no_v6 = false;
     let mut last_wake = Instant::now();
+    // Early probes of peers just added: when each is due.
+    let mut early: Vec<(Instant, String)> = Vec::new();
+    // Sends one probe to the peer `id`, if it is still known and its family can be probed.
+    let mut launch = |p: &mut Peers, id: String, in_flight: &mut FuturesUnordered<InFlight>| {
+        let Some(peer) = p.by_id.get_mut(&id) else {
+            return;
+        };
+        let client = match peer.addr {
+            IpAddr::V4(_) => v4.clone(),
+            IpAddr::V6(_) => match &v6 {
+                Some(c) => c.clone(),
+                None => {
+                    if !warned_no_v6 {
+                        tracing::warn!(peer = %id, addr = %peer.addr, "IPv6 is not supported on this host: IPv6 peers are not probed");
+                        warned_no_v6 = true;
+                    }
+                    return;
+                }
+            },
+        };
+        peer.health.sent();
+        seq = seq.wrapping_add(1);
+        in_flight.push(Box::pin(probe(
+            client,
+            id,
+            peer.gen,
+            peer.addr,
+            ident,
+            PingSequence(seq),
+            cfg.timeout,
+        )));
+    };
     loop {
         // Slots closer together than WAKE_GAP share one wake-up: the probes still leave
         // spread out (never more than a WAKE_GAP's worth together), for far fewer wake-ups.
         let due = grid
             .next_due()
             .map(|d| Instant::from_std(d).max(last_wake + WAKE_GAP));
+        let early_due = early.iter().map(|(t, _)| *t).min();
         tokio::select! {
             _ = shared.changed.notified() => {
-                let n = shared.lock().rotation.len();
-                grid.reanchor(Instant::now().into_std() + first_probe_jitter(cfg.interval), n);
+                let now = Instant::now();
+                let mut p = shared.lock();
+                let n = p.rotation.len();
+                early.extend(p.early.drain(..).map(|id| (now + first_probe_jitter(cfg.interval), id)));
+                drop(p);
+                grid.reanchor(now.into_std() + first_probe_jitter(cfg.interval), n);
+            }
+            _ = sleep_until(early_due) => {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = early.drain(..).partition(|(t, _)| *t <= now);
+                early = later;
+                let mut p = shared.lock();
+                for (_, id) in due {
+                    launch(&mut p, id, &mut in_flight);
+                }
             }
             _ = sleep_until(due) => {
                 last_wake = Instant::now();
@@ -432,23 +485,7 @@ async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIde
                 while grid.take(now) {
                     let mut p = shared.lock();
                     let Some(id) = p.rotation.turn() else { break };
-                    let Some(peer) = p.by_id.get_mut(&id) else { continue };
-                    let client = match peer.addr {
-                        IpAddr::V4(_) => v4.clone(),
-                        IpAddr::V6(_) => match &v6 {
-                            Some(c) => c.clone(),
-                            None => {
-                                if !warned_no_v6 {
-                                    tracing::warn!(peer = %id, addr = %peer.addr, "IPv6 is not supported on this host: IPv6 peers are not probed");
-                                    warned_no_v6 = true;
-                                }
-                                continue;
-                            }
-                        },
-                    };
-                    peer.health.sent();
-                    seq = seq.wrapping_add(1);
-                    in_flight.push(Box::pin(probe(client, id, peer.gen, peer.addr, ident, PingSequence(seq), cfg.timeout)));
+                    launch(&mut p, id, &mut in_flight);
                 }
             }
             Some(f) = in_flight.next(), if !in_flight.is_empty() => {
