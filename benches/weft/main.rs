@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
-//! datapath, dual, probes (peer probes to 1,000 simulated peers), status.
-//! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins.
+//! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
+//! datapath against a hand-made pair, and join convergence on WireGuard).
+//! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
+//! (and for wireguard: wireguard-go, wireguard-tools).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -26,10 +28,11 @@ mod report;
 mod rig;
 mod scale;
 mod status;
+mod wireguard;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "convergence",
     "fleet",
     "scale",
@@ -39,6 +42,7 @@ const SECTIONS: [&str; 9] = [
     "dual",
     "probes",
     "status",
+    "wireguard",
 ];
 
 fn main() {
@@ -208,6 +212,27 @@ fn main() {
                     idle: Duration::from_secs(300),
                     records: 1000,
                     runs: 5,
+                }
+            }),
+            "wireguard" => wireguard::run(&if quick {
+                wireguard::Sizes {
+                    secs: 1,
+                    reps: 1,
+                    pings: 10,
+                    hosts: 3,
+                    joins: 3,
+                }
+            } else {
+                wireguard::Sizes {
+                    secs: 5,
+                    reps: 5,
+                    pings: 100,
+                    hosts: 5,
+                    // WEFT_BENCH_WG_JOINS measures more joins (rare slow first contacts).
+                    joins: std::env::var("WEFT_BENCH_WG_JOINS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(20),
                 }
             }),
             _ => unreachable!("filtered above"),
