@@ -4,74 +4,58 @@
 //! (flannel's key file). The mount namespace outlives weftd, so a restarted weftd finds the
 //! device's socket where wireguard-go left it.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::lab::{wait_for, Host, Lab};
 use super::netns::Netns;
 
-/// Where the lab's mount namespaces are pinned; a private mount, so pinning one does not
-/// propagate to the host's other mount namespaces.
-const PIN_DIR: &str = "/run/weft-lab-mnt";
-
 pub const WG_DEVICE: &str = "flannel-wg";
 pub const WG_DEVICE6: &str = "flannel-wg-v6";
 pub const WG_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard"}}"#;
 
-fn sh(cmd: &str) -> Output {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .expect("running sh")
-}
-
-/// A mount namespace pinned to a file, with private /run/wireguard and /run/flannel.
+/// A mount namespace with private /run/wireguard and /run/flannel, held by a process that
+/// sleeps in it. Entering it through that process (`nsenter --target`) keeps the caller's root
+/// directory: CI runs the tests in a chroot, which entering a namespace by a pinned file
+/// would leave.
 pub struct MountNs {
-    pin: PathBuf,
+    holder: Child,
 }
 
 impl MountNs {
-    pub fn new(name: &str) -> MountNs {
-        // Under a lock: two tests binding the directory at once would stack two mounts, and
-        // the upper one hides the namespaces pinned in the lower.
-        let setup = sh(&format!(
-            "mkdir -p {PIN_DIR} && flock {PIN_DIR}.lock sh -c 'findmnt -n {PIN_DIR} >/dev/null || \
-             (mount --bind {PIN_DIR} {PIN_DIR} && mount --make-private {PIN_DIR})'"
-        ));
-        assert!(
-            setup.status.success(),
-            "making {PIN_DIR} a private mount: {}",
-            String::from_utf8_lossy(&setup.stderr)
-        );
-        let pin = Path::new(PIN_DIR).join(name);
-        std::fs::write(&pin, b"").expect("creating the mount namespace's pin file");
-        let out = Command::new("unshare")
-            .arg(format!("--mount={}", pin.display()))
-            .args(["--propagation", "private", "sh", "-c"])
+    pub fn new() -> MountNs {
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(
                 "mkdir -p /run/wireguard /run/flannel && mount -t tmpfs tmpfs /run/wireguard \
-                 && mount -t tmpfs tmpfs /run/flannel",
+                 && mount -t tmpfs tmpfs /run/flannel && echo ready && exec sleep infinity",
             )
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
             .expect("running unshare (util-linux)");
-        assert!(
-            out.status.success(),
-            "making the mount namespace {}: {}",
-            pin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        MountNs { pin }
+        let mut line = String::new();
+        let out = holder.stdout.take().expect("the holder's stdout");
+        let _ = BufReader::new(out).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let status = holder.wait();
+            panic!("making a mount namespace failed: {status:?}");
+        }
+        MountNs { holder }
     }
 
-    pub fn pin(&self) -> &Path {
-        &self.pin
-    }
-
-    /// `nsenter` arguments that enter this mount namespace and `ns`'s network namespace.
+    /// `nsenter` arguments that enter this mount namespace (keeping the root directory) and
+    /// `ns`'s network namespace.
     pub fn enter_args(&self, ns: &Netns) -> Vec<String> {
+        let wd = std::env::current_dir().expect("the current directory");
         vec![
-            format!("--mount={}", self.pin.display()),
+            format!("--target={}", self.holder.id()),
+            "--mount".into(),
+            "--root".into(),
+            format!("--wd={}", wd.display()),
             format!("--net={}", ns.path().display()),
         ]
     }
@@ -79,8 +63,8 @@ impl MountNs {
 
 impl Drop for MountNs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.pin).output();
-        let _ = std::fs::remove_file(&self.pin);
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
     }
 }
 
@@ -109,7 +93,7 @@ impl Host {
     /// Makes this a WireGuard host: its own mount namespace and key file. Before `start`.
     pub fn use_wireguard(&mut self) {
         if self.mnt.is_none() {
-            self.mnt = Some(MountNs::new(self.ns.name()));
+            self.mnt = Some(MountNs::new());
         }
     }
 
