@@ -186,6 +186,24 @@ fn lease_json(lab: &Lab, key: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("lease {key} ({e}): {text}"))
 }
 
+/// Makes `fl` an IPv4 flannel WireGuard host on `subnet` as flanneld leaves one (key file,
+/// `flannel-wg` on 51820 with its address and the network's route, subnet.env, a container
+/// address); gives its private and public keys. The peers and the lease are the caller's.
+fn flannel_v4_host(fl: &Host, subnet: Ipv4Net) -> (String, String) {
+    let (private, public) = genkey(fl);
+    write_flannel_key(fl, &private);
+    make_flannel_wg(
+        fl,
+        WG_DEVICE,
+        51820,
+        &format!("{}/32", subnet.network()),
+        "198.19.0.0/16",
+    );
+    write_flannel_subnet_env(fl, subnet, None);
+    fl.add_container();
+    (private, public)
+}
+
 /// A lab of `n` WireGuard hosts (own mount namespaces) of which the first `weft` run weftd,
 /// ready, with their containers.
 fn wg_lab(n: usize, weft: usize, config: &str, dual: bool) -> Lab {
@@ -223,17 +241,7 @@ fn weft_and_a_flannel_wireguard_host_reach_each_other() {
     let mut keys = Vec::new();
     for &(i, s4, with_port) in &flannel {
         let fl = &lab.hosts[i];
-        let (private, public) = genkey(fl);
-        write_flannel_key(fl, &private);
-        make_flannel_wg(
-            fl,
-            WG_DEVICE,
-            51820,
-            &format!("{}/32", s4.network()),
-            "198.19.0.0/16",
-        );
-        write_flannel_subnet_env(fl, s4, None);
-        fl.add_container();
+        let (_, public) = flannel_v4_host(fl, s4);
         let data = if with_port {
             format!(r#"{{"PublicKey":"{public}","Port":51820}}"#)
         } else {
@@ -423,17 +431,7 @@ fn a_node_moves_from_flannel_wireguard_to_weftd_without_loss() {
     // Host 3 exactly as flanneld's wireguard backend leaves it.
     let (private, public, flannel_lease) = {
         let fl = &lab.hosts[2];
-        let (private, public) = genkey(fl);
-        write_flannel_key(fl, &private);
-        make_flannel_wg(
-            fl,
-            WG_DEVICE,
-            51820,
-            &format!("{}/32", s3.network()),
-            "198.19.0.0/16",
-        );
-        write_flannel_subnet_env(fl, s3, None);
-        fl.add_container();
+        let (private, public) = flannel_v4_host(fl, s3);
         let value = format!(
             r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#,
             fl.ip

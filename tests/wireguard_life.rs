@@ -371,13 +371,15 @@ fn drift_is_repaired() {
     let before = a.repairs();
     let changed = Instant::now();
     a.ns.ip(&["link", "del", WG_DEVICE]);
-    let took = time_until(changed, || {
+    // The device is back with its peers, route and MTU, and traffic crosses it.
+    let device_back = || {
         ifindex(a, WG_DEVICE).is_some()
             && exec_ok(a, &["wg", "show", WG_DEVICE, "dump"])
             && a.wg_peers(WG_DEVICE) == wanted
             && !network_route().trim().is_empty()
             && a.ping_from_container(b.container_ip())
-    });
+    };
+    let took = time_until(changed, device_back);
     assert_within(
         took,
         DEVICE_BOUND,
@@ -401,12 +403,7 @@ fn drift_is_repaired() {
     let changed = Instant::now();
     assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0);
     let took = time_until(changed, || {
-        wireguard_go_pids(a).iter().any(|p| *p != wg_pid)
-            && ifindex(a, WG_DEVICE).is_some()
-            && exec_ok(a, &["wg", "show", WG_DEVICE, "dump"])
-            && a.wg_peers(WG_DEVICE) == wanted
-            && !network_route().trim().is_empty()
-            && a.ping_from_container(b.container_ip())
+        wireguard_go_pids(a).iter().any(|p| *p != wg_pid) && device_back()
     });
     assert_within(
         took,
