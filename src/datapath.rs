@@ -868,7 +868,8 @@ impl Worker {
     ) -> Result<(), Failure> {
         let have: Vec<&WgPeer> = have.into_iter().collect();
         let change = reconcile::diff_tunnel(want, have.iter().copied());
-        let on_device = |k: &Key| have.iter().any(|p| p.public_key == *k);
+        let held: std::collections::BTreeSet<Key> = have.iter().map(|p| p.public_key).collect();
+        let on_device = |k: &Key| held.contains(k);
         self.write_tunnel(s, family, &change, &on_device, previous)
     }
 

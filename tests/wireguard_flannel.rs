@@ -315,15 +315,7 @@ fn dual_stack_separate_mode_with_flannel() {
         "2001:db8:100:c8::/64".parse().unwrap(),
     );
     // flanneld in separate mode: two devices, one key (the key file is read for both).
-    let (private, public) = genkey(fl);
-    write_flannel_key(fl, &private);
-    make_flannel_wg(
-        fl,
-        WG_DEVICE,
-        51820,
-        &format!("{}/32", s4.network()),
-        "198.19.0.0/16",
-    );
+    let (_, public) = flannel_v4_host(fl, s4);
     make_flannel_wg(
         fl,
         WG_DEVICE6,

@@ -31,12 +31,19 @@ fn assert_within(took: Option<Duration>, bound: Duration, what: &str, host: &Hos
 }
 
 fn assert_pings(from: &Host, to: &Host, what: &str) {
-    let ok = wait_for(Duration::from_secs(5), || {
+    reach_within(from, to, Duration::from_secs(5), what);
+}
+
+/// Waits up to `within` until `from`'s container reaches `to`'s, and gives how long it took;
+/// panics with both devices and logs when it does not.
+fn reach_within(from: &Host, to: &Host, within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    let ok = wait_for(within, || {
         from.ping_from_container(to.container_ip()).then_some(())
     });
     assert!(
         ok.is_some(),
-        "{what}: {} cannot reach {} within 5 s:\n{}\n{}\n{}\n{}",
+        "{what}: {} cannot reach {} within {within:?}:\n{}\n{}\n{}\n{}",
         from.ns.name(),
         to.container_ip(),
         from.wg(&["show", WG_DEVICE]),
@@ -44,6 +51,7 @@ fn assert_pings(from: &Host, to: &Host, what: &str) {
         from.logs(),
         to.logs()
     );
+    started.elapsed()
 }
 
 /// How long two hosts may take to first reach each other once both hold the other as a
@@ -59,11 +67,7 @@ const FIRST_CONTACT: Duration = Duration::from_secs(12);
 fn wait_mesh(hosts: &[Host]) {
     for a in hosts {
         for b in hosts.iter().filter(|b| b.ip != a.ip) {
-            let started = Instant::now();
-            let ok = wait_for(FIRST_CONTACT, || {
-                a.ping_from_container(b.container_ip()).then_some(())
-            });
-            let took = started.elapsed();
+            let took = reach_within(a, b, FIRST_CONTACT, "once the lab is ready");
             if took > Duration::from_secs(2) {
                 eprintln!(
                     "first contact {} -> {} took {took:?}",
@@ -71,16 +75,6 @@ fn wait_mesh(hosts: &[Host]) {
                     b.ns.name()
                 );
             }
-            assert!(
-                ok.is_some(),
-                "{} cannot reach {} within {FIRST_CONTACT:?} of the lab being ready:\n{}\n{}\n{}\n{}",
-                a.ns.name(),
-                b.container_ip(),
-                a.wg(&["show", WG_DEVICE]),
-                b.wg(&["show", WG_DEVICE]),
-                a.logs(),
-                b.logs()
-            );
         }
     }
 }
