@@ -220,6 +220,13 @@ fn check_device(
     Ok(Some((link.index, spec)))
 }
 
+/// weft's container bridges whose MAC moved from the one pinned on them (see
+/// [`crate::bridge`]): weftd puts it back; `weftctl check` reports it.
+pub fn container_bridges(nl: &mut Netlink) -> Result<Vec<Finding>, NetlinkError> {
+    let moved = crate::bridge::moved(&nl.links()?);
+    Ok(moved.iter().map(|m| Finding(m.to_string())).collect())
+}
+
 /// The bridge dockerd makes for its containers.
 pub const DOCKER_BRIDGE: &str = "docker0";
 

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use crate::backend::uapi::Change as TunnelChange;
 use crate::backend::wireguard::{Key, WgPeer};
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
+use crate::bridge;
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
 use crate::iface::{self, ExtIface, IfaceSelect};
@@ -191,6 +192,9 @@ struct Watched {
     /// The interface is chosen by a route (the default route, `--iface-can-reach`).
     follows_routes: bool,
     networks: std::sync::Mutex<Vec<IpNet>>,
+    /// weft's container bridges and the MAC pinned on each: a notification of another MAC on
+    /// one is drift.
+    bridges: std::sync::Mutex<Vec<(u32, Mac)>>,
     /// Deletions the worker is about to make: their notifications are its own echo, not
     /// drift, and must not cost a full reconciliation (a dump of every object).
     echo: std::sync::Mutex<Echo>,
@@ -262,10 +266,20 @@ fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc::Sender<Cm
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let bridges = watched
+            .bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let bridge_moved = |index: &u32, mac: &Option<Mac>| {
+            (bridges.iter()).any(|(i, pinned)| i == index && mac.is_some_and(|m| m != *pinned))
+        };
         let mut echo = watched.echo.lock().unwrap_or_else(|e| e.into_inner());
         let relevant = changes.iter().any(|c| match c {
             Change::Overflow => true,
-            Change::Link { index, .. } => is_device(index) || *index == ext || missing,
+            Change::Link { index, mac, .. } => {
+                is_device(index) || *index == ext || missing || bridge_moved(index, mac)
+            }
             Change::Neighbour { index, deleted } => {
                 *deleted && is_device(index) && !echo.is_echo(c)
             }
@@ -625,6 +639,7 @@ impl Worker {
             .sum();
         self.metrics.peers_programmed.set(peers as u64);
         result = result.and(self.ensure_masquerade(&s));
+        result = result.and(self.ensure_bridges());
 
         self.metrics.record_reconcile(started.elapsed());
         self.metrics
@@ -932,6 +947,38 @@ impl Worker {
         self.keepalive_held[family].extend(held);
         self.metrics.drift_repairs.inc_by(repairs);
         Ok(())
+    }
+
+    /// Puts back the pinned MAC of every container bridge of weft's whose MAC moved (see
+    /// [`crate::bridge`]), and tells the monitor which bridges to look at.
+    fn ensure_bridges(&mut self) -> Result<(), Failure> {
+        let links = self.nl.links().map_err(|e| {
+            self.metrics.netlink_errors.inc();
+            tracing::warn!(error = %e, "cannot list the links to check the container bridges");
+            Failure::Dump
+        })?;
+        *self
+            .watched
+            .bridges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (bridge::owned(&links))
+            .map(|(l, mac)| (l.index, mac))
+            .collect();
+        let mut result = Ok(());
+        for moved in bridge::moved(&links) {
+            match bridge::mend(&mut self.nl, &moved) {
+                Ok(()) => {
+                    self.metrics.drift_repairs.inc();
+                    tracing::info!(object = %moved, "drift repaired: bridge MAC put back");
+                }
+                Err(e) => {
+                    self.metrics.netlink_errors.inc();
+                    tracing::warn!(object = %moved, error = %e, "cannot put the bridge's MAC back; will retry");
+                    result = Err(Failure::Apply);
+                }
+            }
+        }
+        result
     }
 
     fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {

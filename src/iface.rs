@@ -358,6 +358,7 @@ mod tests {
             up: true,
             master: None,
             vxlan: None,
+            alias: None,
         }
     }
     fn addr(index: u32, a: &str) -> Address {

@@ -26,6 +26,8 @@ pub mod subnet;
 pub mod subnet_env;
 
 #[cfg(feature = "netlink")]
+pub mod bridge;
+#[cfg(feature = "netlink")]
 pub mod netlink;
 
 #[cfg(feature = "daemon")]

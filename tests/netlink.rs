@@ -106,12 +106,13 @@ fn veth_and_bridge_create_get_set_delete() {
         .unwrap_err()
         .is_exists());
 
-    let br = n.create_bridge("br0", Some(1400)).unwrap();
+    let pinned = [0x0a, 0x58, 0xc6, 0x13, 0x05, 0x01];
+    let br = n.create_bridge("br0", Some(1400), Some(pinned)).unwrap();
     assert_eq!(br.kind.as_deref(), Some("bridge"));
-    assert_eq!(br.mtu, 1400);
+    assert_eq!((br.mtu, br.mac), (1400, Some(pinned)));
     // Asking again hands back the same bridge.
-    assert_eq!(n.create_bridge("br0", None).unwrap().index, br.index);
-    let e = n.create_bridge("d0", None).unwrap_err();
+    assert_eq!(n.create_bridge("br0", None, None).unwrap().index, br.index);
+    let e = n.create_bridge("d0", None, None).unwrap_err();
     assert!(e.to_string().contains("kind veth"), "{e}");
 
     n.set_master(d.index, br.index).unwrap();
@@ -123,6 +124,14 @@ fn veth_and_bridge_create_get_set_delete() {
     n.set_hairpin(d.index, true).unwrap();
     let d2 = n.link_by_index(d.index).unwrap().unwrap();
     assert_eq!(d2.master, Some(br.index));
+    // A port with a lower MAC does not move a bridge created with its own.
+    assert_eq!(
+        n.link_by_index(br.index).unwrap().unwrap().mac,
+        Some(pinned)
+    );
+    n.set_alias(br.index, "weft test").unwrap();
+    let alias = n.link_by_index(br.index).unwrap().unwrap().alias;
+    assert_eq!(alias.as_deref(), Some("weft test"));
     assert_eq!(d2.mtu, 1300);
     assert_eq!(d2.mac, Some([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]));
     assert!(d2.up);
@@ -664,13 +673,19 @@ fn monitor_sees_route_and_link_deletions_made_by_others() {
             deleted: true,
         }
     });
-    ns.ip(&["link", "del", "d1"]);
+    ns.ip(&["link", "set", "d1", "address", "02:00:00:00:00:07"]);
     wait_for(&mut m, |c| {
         *c == Change::Link {
             index,
-            deleted: true,
+            deleted: false,
+            mac: Some([2, 0, 0, 0, 0, 7]),
         }
     });
+    ns.ip(&["link", "del", "d1"]);
+    wait_for(
+        &mut m,
+        |c| matches!(c, Change::Link { index: i, deleted: true, .. } if *i == index),
+    );
 }
 
 #[test]

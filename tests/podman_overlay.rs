@@ -5,23 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::cni::plugin;
 use common::lab::{Lab, VXLAN_CONFIG};
 use common::lab6::DUAL_CONFIG;
 use common::podman::Podman;
 use serde_json::json;
-
-/// The plugin binary, built next to weftd by `cargo build --workspace` (scripts/test does).
-fn plugin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_weftd")).with_file_name("weft");
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugin first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
 
 /// Files in the plugin's store whose names are addresses: host-local's reservations.
 fn reservations(dir: &Path) -> Vec<String> {

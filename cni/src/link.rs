@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use ipnet::IpNet;
+use weft::bridge;
 pub use weft::netlink::{format_mac, parse_mac, Link, Mac};
 use weft::netlink::{Family, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
 
@@ -36,13 +37,23 @@ pub fn in_netns(netns: &Path) -> Result<Netlink> {
         .map_err(|e| kernel(format_args!("cannot enter netns {}", netns.display()), e))
 }
 
-/// Makes the bridge exist, be up and hold each family's gateway (address/prefix). Any other
-/// address of that family on it is the gateway of a subnet this host held before, so it is
-/// moved, not refused; IPv6 link-local addresses are the kernel's and stay.
+/// Makes the bridge exist, be up, have its MAC pinned (see [`weft::bridge`]) and hold each
+/// family's gateway (address/prefix). Any other address of that family on it is the gateway
+/// of a subnet this host held before, so it is moved, not refused; IPv6 link-local addresses
+/// are the kernel's and stay.
 pub fn ensure_bridge(nl: &mut Netlink, name: &str, gateways: &[IpNet], mtu: u32) -> Result<Link> {
-    let bridge = nl
-        .create_bridge(name, Some(mtu))
+    let first = gateways
+        .first()
+        .ok_or_else(|| CniError::kernel(format!("no gateway to put on bridge {name}")))?
+        .addr();
+    let mut bridge = nl
+        .create_bridge(name, Some(mtu), Some(bridge::derived_mac(first)))
         .map_err(|e| kernel(format_args!("cannot create bridge {name}"), e))?;
+    if bridge::pinned_mac(&bridge).is_none_or(|m| bridge.mac != Some(m)) {
+        let mac = bridge::pin(nl, &bridge, first)
+            .map_err(|e| kernel(format_args!("cannot pin the MAC of bridge {name}"), e))?;
+        bridge.mac = Some(mac);
+    }
     let addrs = nl
         .addresses(Some(bridge.index))
         .map_err(|e| kernel(format_args!("cannot list addresses of {name}"), e))?;
@@ -231,7 +242,7 @@ pub fn configure_pair(
             )
         })?;
     }
-    // Read back: the container end's MAC, and the bridge's, which follows its ports until set.
+    // Read back: the MACs of the container end, the host end and the bridge.
     let read = |nl: &mut Netlink, index: u32, what: &str| {
         nl.link_by_index(index)
             .map_err(|e| kernel(format_args!("cannot read {what}"), e))?

@@ -415,6 +415,7 @@ mod tests {
             up: true,
             master: None,
             vxlan: None,
+            alias: None,
         };
         assert!(vx.check_device(&link, &own, Family::V4).is_empty());
         link.mac = Some([0x0e, 0, 0, 0, 0, 2]);

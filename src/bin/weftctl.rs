@@ -334,6 +334,9 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
     if let Some(f) = weft::check::docker_bridge(&mut nl, env.as_ref())? {
         report.findings.push(f);
     }
+    report
+        .findings
+        .extend(weft::check::container_bridges(&mut nl)?);
     for s in &list.skipped {
         report.notes.push(Finding(format!(
             "key {} is not a usable lease: {}",

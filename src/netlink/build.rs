@@ -159,6 +159,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         master: None,
         vxlan: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
@@ -166,6 +167,7 @@ pub(crate) fn parse_link(m: &LinkMessage) -> Link {
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Address(a) => link.mac = <Mac>::try_from(a.as_slice()).ok(),
             LinkAttribute::Controller(i) if *i != 0 => link.master = Some(*i),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {

@@ -103,11 +103,18 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge, or returns the existing bridge called `name` as it is.
-    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<Link, NetlinkError> {
+    /// Creates a bridge with `mac` as its own address (pinned: a bridge without one takes the
+    /// lowest of its ports' and changes it as ports come and go), or returns the existing
+    /// bridge called `name` as it is.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<Mac>,
+    ) -> Result<Link, NetlinkError> {
         let op = format!("create bridge {name}");
         check_ifname(&op, name)?;
-        let msg = build::link_new(name, InfoKind::Bridge, None, mtu, None);
+        let msg = build::link_new(name, InfoKind::Bridge, None, mtu, mac);
         match self.new_link(msg, &op) {
             Ok(()) => self.created(name, &op),
             Err(e) if e.is_exists() => match self.link_by_name(name)? {
@@ -220,6 +227,14 @@ impl Netlink {
         let msg = build::link_set(index, vec![LinkAttribute::Address(mac.to_vec())]);
         self.set_link(msg, false, || {
             format!("set address {} on link {index}", format_mac(&mac))
+        })
+    }
+
+    /// Sets the device's alias (IFLA_IFALIAS), the description `ip link` shows.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let msg = build::link_set(index, vec![LinkAttribute::IfAlias(alias.to_string())]);
+        self.set_link(msg, false, || {
+            format!("set alias {alias:?} on link {index}")
         })
     }
 

@@ -10,12 +10,16 @@ use ipnet::IpNet;
 use netlink_sys::Socket;
 
 use super::socket::{align4, open_socket, recv_datagram, split};
-use super::{run_in_netns, Change, NetlinkError};
+use super::{run_in_netns, Change, Mac, NetlinkError};
 
 /// Notifications can come in bursts (a device going away takes its routes and neighbours with
 /// it), so the queue is made large; overflow is still reported, never hidden.
 const MONITOR_RCVBUF: usize = 8 << 20;
 const RTA_DST: u16 = 1;
+const IFLA_ADDRESS: u16 = 1;
+/// Sizes of the fixed headers before the attributes: struct rtmsg, struct ifinfomsg.
+const RTMSG_LEN: usize = 12;
+const IFINFOMSG_LEN: usize = 16;
 
 /// A subscription to kernel changes in one network namespace.
 pub struct Monitor {
@@ -74,8 +78,8 @@ impl Monitor {
     }
 }
 
-/// Reads only fixed header fields and RTA_DST, so no attribute the kernel adds in the future can
-/// make a notification unreadable.
+/// Reads only fixed header fields, RTA_DST and IFLA_ADDRESS, so no attribute the kernel adds in
+/// the future can make a notification unreadable.
 pub(crate) fn parse_changes(datagram: &[u8]) -> Vec<Change> {
     let mut out = Vec::new();
     for m in split(datagram) {
@@ -89,6 +93,8 @@ pub(crate) fn parse_changes(datagram: &[u8]) -> Vec<Change> {
             libc::RTM_NEWLINK | libc::RTM_DELLINK => u32_at(4).map(|index| Change::Link {
                 index,
                 deleted: m.ty == libc::RTM_DELLINK,
+                mac: attribute(p, IFINFOMSG_LEN, IFLA_ADDRESS)
+                    .and_then(|v| <Mac>::try_from(v).ok()),
             }),
             libc::RTM_NEWNEIGH | libc::RTM_DELNEIGH => u32_at(4).map(|index| Change::Neighbour {
                 index,
@@ -118,30 +124,31 @@ fn route_dst(p: &[u8]) -> Option<IpNet> {
         libc::AF_INET6 => 16,
         _ => return None,
     };
-    let mut addr: IpAddr = if width == 4 {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
+    let addr: IpAddr = match attribute(p, RTMSG_LEN, RTA_DST) {
+        Some(v) if width == 4 => IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+        Some(v) => IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+        None if width == 4 => Ipv4Addr::UNSPECIFIED.into(),
+        None => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let mut attrs = p.get(12..)?;
+    IpNet::new(addr, prefix).ok()
+}
+
+/// The payload of the first attribute of type `kind` after a fixed header of `header` bytes;
+/// None when there is none or the attributes are malformed.
+fn attribute(p: &[u8], header: usize, kind: u16) -> Option<&[u8]> {
+    let mut attrs = p.get(header..)?;
     while attrs.len() >= 4 {
         let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
         if len < 4 || len > attrs.len() {
-            break;
+            return None;
         }
-        if kind == RTA_DST && len - 4 == width {
-            let v = &attrs[4..len];
-            addr = if width == 4 {
-                IpAddr::from(<[u8; 4]>::try_from(v).ok()?)
-            } else {
-                IpAddr::from(<[u8; 16]>::try_from(v).ok()?)
-            };
-            break;
+        if ty == kind {
+            return Some(&attrs[4..len]);
         }
         attrs = attrs.get(align4(len)..).unwrap_or(&[]);
     }
-    IpNet::new(addr, prefix).ok()
+    None
 }
 
 #[cfg(test)]
@@ -187,7 +194,8 @@ mod tests {
                 },
                 Change::Link {
                     index: 9,
-                    deleted: false
+                    deleted: false,
+                    mac: None
                 },
                 Change::Route {
                     dst: "0.0.0.0/0".parse().unwrap(),

@@ -84,6 +84,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// Set for VXLAN devices.
     pub vxlan: Option<VxlanInfo>,
+    /// The description an operator or a program gave it (IFLA_IFALIAS, `ip link set alias`).
+    pub alias: Option<String>,
 }
 
 /// The VXLAN settings weft cares about, read back from the kernel.
@@ -362,6 +364,8 @@ pub enum Change {
     Link {
         index: u32,
         deleted: bool,
+        /// The device's MAC as the notification carries it.
+        mac: Option<Mac>,
     },
     Route {
         dst: IpNet,

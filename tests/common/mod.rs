@@ -4,6 +4,7 @@
 
 pub mod bare_weftd;
 pub mod capture;
+pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;

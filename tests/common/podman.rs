@@ -212,6 +212,14 @@ impl Podman {
         self.cmd(&["exec", name, "ping", "-c1", "-W2", addr]).code == 0
     }
 
+    /// The process id of the container's first process, whose namespaces are the container's.
+    pub fn pid(&self, name: &str) -> u32 {
+        let out = self.ok(&["inspect", "-f", "{{.State.Pid}}", name]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no pid for {name}: {out:?}"))
+    }
+
     pub fn rm(&self, name: &str) {
         self.ok(&["rm", "-f", "-t", "0", name]);
     }

@@ -1,0 +1,124 @@
+//! The weft CNI plugin on a lab host, run as a runtime runs it: in the host's namespace, with
+//! the CNI_* variables and the network config on stdin. Each container is a namespace of its
+//! own, attached with ADD and detached with DEL.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use super::lab::Host;
+use super::netns::Netns;
+
+/// The plugin binary, built next to weftd by `cargo build --workspace` (scripts/test does).
+pub fn plugin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_weftd")).with_file_name("weft");
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugin first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The plugin configured for one lab host: its subnet.env, an IPAM store of its own and the
+/// bridge `cni0`.
+pub struct Plugin {
+    host_ns: PathBuf,
+    pub conf: Value,
+}
+
+/// A container the plugin attached: its namespace, id and IPv4 address, and the MAC of its
+/// port on the bridge (the host end of its veth).
+pub struct Container {
+    pub ns: Netns,
+    pub id: String,
+    pub ip: Ipv4Addr,
+    pub port_mac: String,
+}
+
+impl Container {
+    /// The command prefix that runs a program inside the container.
+    pub fn prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", self.ns.name()]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
+impl Plugin {
+    pub fn new(host: &Host, data_dir: &Path) -> Plugin {
+        Plugin {
+            host_ns: host.ns.path(),
+            conf: json!({
+                "cniVersion": "1.0.0",
+                "name": format!("weftlab{}", std::process::id()),
+                "type": "weft",
+                "subnetFile": host.subnet_file,
+                "dataDir": data_dir,
+                "bridge": "cni0",
+            }),
+        }
+    }
+
+    /// Runs the plugin's `command` for container `id` in `netns`; panics unless it succeeds.
+    pub fn run(&self, command: &str, id: &str, netns: &Path) -> Value {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", self.host_ns.display()))
+            .arg("--")
+            .arg(plugin())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run the plugin through nsenter (util-linux)");
+        let conf = self.conf.to_string();
+        let mut stdin = child.stdin.take().expect("the plugin's stdin");
+        stdin
+            .write_all(conf.as_bytes())
+            .expect("writing the config");
+        drop(stdin);
+        let out = child.wait_with_output().expect("waiting for the plugin");
+        assert!(
+            out.status.success(),
+            "plugin {command} for {id} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// A new container attached with ADD.
+    pub fn add(&self, tag: &str) -> Container {
+        let ns = Netns::new(tag);
+        let id = format!("{}-{tag}", ns.name());
+        let result = self.run("ADD", &id, &ns.path());
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv4 address in the ADD result: {result}"));
+        let port_mac = result["interfaces"][1]["mac"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no host veth MAC in the ADD result: {result}"))
+            .to_string();
+        Container {
+            ns,
+            id,
+            ip,
+            port_mac,
+        }
+    }
+
+    /// Detaches a container with DEL, then removes its namespace.
+    pub fn del(&self, c: Container) {
+        self.run("DEL", &c.id, &c.ns.path());
+    }
+}
