@@ -21,7 +21,7 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
-use crate::probe::{probe_addr, ProbeConfig, Prober, Target};
+use crate::probe::{ProbeConfig, Prober};
 use crate::status::{Facts, StatusFeed};
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, Previous, StoreError};
 use crate::subnet::{Family, PerFamily};
@@ -314,15 +314,16 @@ impl Agent {
         tracing::info!(subnet = %own.subnet, ipv6_subnet = ?own.subnet6, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let prober = start_probes(opts.probe, &metrics);
         let datapath = Datapath::start(
             metrics.clone(),
             opts.resync,
             opts.tunnel_poll,
             reports_tx,
             opts.select.clone(),
+            prober.clone(),
         )
         .context("cannot start the datapath")?;
-        let prober = start_probes(opts.probe, &metrics);
         let status = StatusFeed::start(store.clone(), opts.status_ttl, Facts::default());
         let mut agent = Agent {
             prober,
@@ -513,7 +514,6 @@ impl Agent {
     }
 
     fn publish(&self) {
-        self.probe_peers();
         self.datapath.update(Arc::new(Snapshot {
             cfg: self.cfg.clone(),
             ext: self.ext.clone(),
@@ -523,34 +523,6 @@ impl Agent {
             unreadable: self.unreadable,
             masq: self.masq_spec(),
         }));
-    }
-
-    /// Points the prober at every peer in every family this host runs: the peer's tunnel
-    /// address with a device (VXLAN), its public address with host-gw. A peer's id is its
-    /// subnet in that family, so each family of a dual-stack peer is probed on its own.
-    fn probe_peers(&self) {
-        let Some(prober) = &self.prober else {
-            return;
-        };
-        let tunnel = self.devices.v4.is_some() || self.devices.v6.is_some();
-        let families: Vec<Family> =
-            crate::reconcile::families(&self.cfg, &self.ext, &self.own).collect();
-        // Only leases of hosts on this network's backend: a reservation nobody holds yet, or a
-        // lease weft refuses, has no tunnel to answer on.
-        let backend = self.cfg.backend.type_name();
-        let targets = self
-            .leases
-            .values()
-            .filter(|l| l.subnet != self.own.subnet && l.attrs.backend_type == backend)
-            .flat_map(|l| families.iter().filter_map(move |f| l.side(*f)))
-            .filter_map(|side| {
-                Some(Target {
-                    id: side.subnet.to_string(),
-                    addr: probe_addr(&side, tunnel)?,
-                })
-            })
-            .collect();
-        prober.set_peers(targets);
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {

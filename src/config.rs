@@ -669,6 +669,48 @@ fn parse_subnet_len(
     })
 }
 
+/// What a secret setting's value is shown as.
+pub const HIDDEN: &str = "(hidden)";
+
+/// A problem with a secret setting, its value left out.
+pub(crate) fn hide_value(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid { field, why, .. } => ConfigError::Invalid {
+            field,
+            value: HIDDEN.into(),
+            why,
+        },
+        other => other,
+    }
+}
+
+/// Replaces the value of every secret backend setting in a config document (stored text
+/// read as JSON, or [`NetworkConfig::effective_json`]) with [`HIDDEN`]; gives the hidden
+/// fields' paths. Keys match case-insensitively, as flannel reads them.
+pub fn hide_secrets(doc: &mut Value) -> Vec<String> {
+    let mut hidden = Vec::new();
+    let Some(obj) = doc.as_object_mut() else {
+        return hidden;
+    };
+    for (key, backend) in obj.iter_mut() {
+        if !key.eq_ignore_ascii_case("Backend") {
+            continue;
+        }
+        let Some(backend) = backend.as_object_mut() else {
+            continue;
+        };
+        for (name, value) in backend.iter_mut() {
+            let secret =
+                (crate::backend::SECRET_SETTINGS.iter()).any(|s| name.eq_ignore_ascii_case(s));
+            if secret && !value.is_null() {
+                *value = Value::String(HIDDEN.into());
+                hidden.push(format!("{key}.{name}"));
+            }
+        }
+    }
+    hidden
+}
+
 /// Backend fields are reported with their path so the operator finds them.
 pub(crate) fn rename(e: ConfigError, field: &'static str) -> ConfigError {
     match e {

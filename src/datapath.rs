@@ -8,6 +8,7 @@
 //! poll.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::Lease;
 use crate::masq::{Masq, MasqSpec};
 use crate::netlink::{format_mac, Change, Mac, Monitor, Netlink, Op};
+use crate::probe::{Prober, Target};
 use crate::reconcile::{self, Desired};
 use crate::subnet::{Family, PerFamily};
 
@@ -126,12 +128,14 @@ impl Datapath {
     /// Starts the datapath thread and the kernel monitor thread.
     /// `select` is how the external interface is chosen: every full pass chooses it again
     /// from the kernel, so a changed one is noticed.
+    /// `prober`, when there is one, is pointed at exactly the peers the datapath programs.
     pub fn start(
         metrics: Arc<Metrics>,
         resync: Duration,
         tunnel_poll: Duration,
         reports: tokio::sync::mpsc::UnboundedSender<Report>,
         select: IfaceSelect,
+        prober: Option<Arc<Prober>>,
     ) -> Result<Datapath, DatapathError> {
         let (tx, rx) = mpsc::channel();
         let nl = Netlink::new()?;
@@ -157,6 +161,8 @@ impl Datapath {
             warned: HashSet::new(),
             watched: watched.clone(),
             failures: 0,
+            prober,
+            probed: BTreeMap::new(),
         };
         std::thread::Builder::new()
             .name("datapath".into())
@@ -326,6 +332,9 @@ struct Worker {
     warned: HashSet<(String, String)>,
     watched: Arc<Watched>,
     failures: u32,
+    prober: Option<Arc<Prober>>,
+    /// The targets the prober was last given: every family's programmed peers.
+    probed: BTreeMap<IpNet, IpAddr>,
 }
 
 impl Worker {
@@ -527,17 +536,24 @@ impl Worker {
         let mut result = Ok(());
         let (mut changes, mut peers) = (0, 0);
         let mut replaced = Vec::new();
+        let mut probes: (Vec<IpNet>, Vec<(IpNet, IpAddr)>) = Default::default();
+        let mut whole = false;
         for family in s.families() {
             let Some(host) = self.host(&s, family) else {
                 continue;
             };
             let (ops, n, tunnel) = match self.incremental(&s, &host) {
-                Some(u) => (
-                    u.ops,
-                    self.applied[family].as_ref().map_or(0, |a| a.peers),
-                    self.write_tunnel(&s, family, &u.tunnel, &|k| !u.fresh.contains(k), None),
-                ),
+                Some(u) => {
+                    probes.0.extend(u.probes_removed);
+                    probes.1.extend(u.probes_set);
+                    (
+                        u.ops,
+                        self.applied[family].as_ref().map_or(0, |a| a.peers),
+                        self.write_tunnel(&s, family, &u.tunnel, &|k| !u.fresh.contains(k), None),
+                    )
+                }
                 None => {
+                    whole = true;
                     let desired = self.desired(&s, &host);
                     self.count_leases(&s, desired.skipped.len());
                     let Some(previous) = self.applied[family].take() else {
@@ -571,6 +587,13 @@ impl Worker {
         }
         self.metrics.leases_known.set(s.leases.len() as u64);
         self.metrics.peers_programmed.set(peers as u64);
+        if result.is_ok() {
+            if whole {
+                self.probe_programmed();
+            } else {
+                self.probe_change(probes.0, probes.1);
+            }
+        }
         if result.is_ok() && changes > 0 {
             tracing::info!(
                 changes,
@@ -638,6 +661,9 @@ impl Worker {
             .filter_map(|f| self.applied[*f].as_ref().map(|a| a.peers))
             .sum();
         self.metrics.peers_programmed.set(peers as u64);
+        if result.is_ok() {
+            self.probe_programmed();
+        }
         result = result.and(self.ensure_masquerade(&s));
         result = result.and(self.ensure_bridges());
 
@@ -947,6 +973,48 @@ impl Worker {
         self.keepalive_held[family].extend(held);
         self.metrics.drift_repairs.inc_by(repairs);
         Ok(())
+    }
+
+    /// Points the prober at every family's programmed peers, changing only what differs from
+    /// what it was last given.
+    fn probe_programmed(&mut self) {
+        let Some(s) = self.state.clone() else {
+            return;
+        };
+        let now: BTreeMap<IpNet, IpAddr> = (s.families())
+            .filter_map(|f| self.applied[f].as_ref())
+            .flat_map(|a| a.probes.iter().map(|(k, v)| (*k, *v)))
+            .collect();
+        let removed = (self.probed.keys())
+            .filter(|k| !now.contains_key(*k))
+            .copied()
+            .collect();
+        let set = (now.iter())
+            .filter(|(k, v)| self.probed.get(*k) != Some(*v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.probe_change(removed, set);
+    }
+
+    /// Hands the prober a change of its targets, whose ids are the peers' subnets.
+    fn probe_change(&mut self, removed: Vec<IpNet>, set: Vec<(IpNet, IpAddr)>) {
+        if removed.is_empty() && set.is_empty() {
+            return;
+        }
+        for k in &removed {
+            self.probed.remove(k);
+        }
+        self.probed.extend(set.iter().copied());
+        if let Some(prober) = &self.prober {
+            let remove: Vec<String> = removed.iter().map(|k| k.to_string()).collect();
+            let set = (set.into_iter())
+                .map(|(id, addr)| Target {
+                    id: id.to_string(),
+                    addr,
+                })
+                .collect();
+            prober.change(set, &remove);
+        }
     }
 
     /// Puts back the pinned MAC of every container bridge of weft's whose MAC moved (see

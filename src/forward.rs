@@ -4,7 +4,7 @@
 //! when it is the one that turns forwarding on. So where iptables is installed, weft keeps two
 //! rules of its own (marked by their comment) at the end of that chain, after Docker's.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ipnet::IpNet;
 
@@ -54,7 +54,11 @@ fn tool_for(network: IpNet) -> &'static str {
 }
 
 fn run(tool: &'static str, op: &str, rule: &[String]) -> Result<Option<Output>, ForwardError> {
-    match Command::new(tool).args(["-w", "5", op]).args(rule).output() {
+    match crate::environ::command(tool)
+        .args(["-w", "5", op])
+        .args(rule)
+        .output()
+    {
         Ok(out) => Ok(Some(out)),
         // No iptables on this host: nothing can have set its FORWARD policy either.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -21,7 +21,9 @@
 pub mod backend;
 pub mod config;
 pub mod docker;
+pub mod file;
 pub mod lease;
+pub mod show;
 pub mod subnet;
 pub mod subnet_env;
 
@@ -40,11 +42,15 @@ pub mod check;
 #[cfg(feature = "daemon")]
 pub mod datapath;
 #[cfg(feature = "daemon")]
+pub mod environ;
+#[cfg(feature = "daemon")]
 pub mod forward;
 #[cfg(feature = "daemon")]
 pub mod http;
 #[cfg(feature = "daemon")]
 pub mod iface;
+#[cfg(feature = "daemon")]
+pub mod logging;
 #[cfg(feature = "daemon")]
 pub mod masq;
 #[cfg(feature = "daemon")]

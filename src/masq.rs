@@ -3,7 +3,7 @@
 //! replaced in one atomic `nft -f` transaction, so nothing else's rules are ever touched.
 
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -163,7 +163,7 @@ pub fn remove_table(family: &str) -> Result<(), MasqError> {
 }
 
 fn run_nft(script: &str, family: &str) -> Result<(), MasqError> {
-    let mut child = Command::new("nft")
+    let mut child = crate::environ::command("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -198,7 +198,7 @@ pub fn list_table(family: &str) -> Result<Option<String>, MasqError> {
 
 /// What nft printed, or its complaint when it exits with a failure.
 fn nft_output(args: &[&str], family: &str) -> Result<String, MasqError> {
-    let out = Command::new("nft")
+    let out = crate::environ::command("nft")
         .args(args)
         .output()
         .map_err(MasqError::Spawn)?;

@@ -212,50 +212,62 @@ impl Prober {
     /// and counters; a new peer (or one with a new address) starts Unknown and is probed in
     /// the next slots. Duplicate ids: the last one wins.
     pub fn set_peers(&self, targets: Vec<Target>) {
+        let wanted: HashMap<String, IpAddr> =
+            targets.iter().map(|t| (t.id.clone(), t.addr)).collect();
+        let remove: Vec<String> = {
+            let p = self.shared.lock();
+            (p.by_id.keys())
+                .filter(|id| !wanted.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        self.change(targets, &remove);
+    }
+
+    /// Changes some peers: `remove` go, each of `set` is added, or moved to its new address
+    /// (then it starts anew). Peers named in neither keep their state. Only what changed is
+    /// touched, so a lease event costs the prober nothing that grows with the fleet.
+    pub fn change(&self, set: Vec<Target>, remove: &[String]) {
         let now = SystemTime::now();
-        let mut wanted: HashMap<String, IpAddr> = HashMap::with_capacity(targets.len());
-        let mut order = Vec::with_capacity(targets.len());
-        for t in targets {
-            if wanted.insert(t.id.clone(), t.addr).is_none() {
-                order.push(t.id);
-            }
-        }
         let mut p = self.shared.lock();
-        let same = p.by_id.len() == wanted.len()
-            && wanted
-                .iter()
-                .all(|(id, addr)| p.by_id.get(id).is_some_and(|peer| peer.addr == *addr));
-        if same {
-            return;
-        }
-        p.by_id
-            .retain(|id, peer| wanted.get(id).is_some_and(|a| *a == peer.addr));
-        let Peers {
-            by_id, rotation, ..
-        } = &mut *p;
-        rotation.retain(|id| by_id.contains_key(id));
+        let mut gone: BTreeSet<String> = remove
+            .iter()
+            .filter(|id| p.by_id.remove(*id).is_some())
+            .cloned()
+            .collect();
         let mut added = Vec::new();
-        for id in order {
-            if p.by_id.contains_key(&id) {
-                continue;
+        for t in set {
+            match p.by_id.get(&t.id) {
+                Some(peer) if peer.addr == t.addr => continue,
+                Some(_) => {
+                    gone.insert(t.id.clone());
+                }
+                None => {}
             }
             let gen = p.next_gen;
             p.next_gen += 1;
-            let addr = wanted[&id];
-            p.by_id.insert(
-                id.clone(),
-                Peer {
-                    addr,
-                    gen,
-                    health: Health::new(now),
-                },
-            );
-            added.push(id);
+            let fresh = Peer {
+                addr: t.addr,
+                gen,
+                health: Health::new(now),
+            };
+            if p.by_id.insert(t.id.clone(), fresh).is_none() || gone.contains(&t.id) {
+                added.push(t.id);
+            }
         }
+        if gone.is_empty() && added.is_empty() {
+            return;
+        }
+        if !gone.is_empty() {
+            p.rotation.retain(|id| !gone.contains(id));
+            p.early.retain(|id| !gone.contains(id));
+        }
+        added.dedup();
         tracing::debug!(
             peers = p.by_id.len(),
             added = added.len(),
-            "probe targets set"
+            removed = gone.len(),
+            "probe targets changed"
         );
         p.early.extend(added.iter().cloned());
         p.rotation.add_next(added);

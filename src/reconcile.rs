@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 use crate::backend::uapi::Change as TunnelChange;
 use crate::backend::wireguard::{Key, WgPeer};
-use crate::backend::Peer;
 pub use crate::backend::{Host, PeerObjects};
+use crate::backend::{Identity, Peer};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
@@ -37,6 +37,11 @@ pub struct Desired {
     pub fdb: BTreeMap<Mac, FdbEntry>,
     /// The tunnel device's peers (WireGuard), by public key.
     pub tunnel: BTreeMap<Key, WgPeer>,
+    /// The identities (VTEP MACs, public keys) of the accepted peers and of this host.
+    pub identities: BTreeSet<Identity>,
+    /// The accepted peers as the probes see them: each one's subnet in the family, and the
+    /// address that answers along the path its traffic takes (see [`crate::probe::probe_addr`]).
+    pub probes: BTreeMap<IpNet, IpAddr>,
     pub peers: usize,
     pub skipped: Vec<Skip>,
 }
@@ -75,9 +80,46 @@ fn usable_ip(ip: IpAddr) -> Result<(), &'static str> {
     }
 }
 
+/// The rules a lease's part in `family` must meet whoever looks at it: a subnet of the
+/// network of that family (so `::/0`, a /128 or a subnet outside `IPv6Network` is refused) and
+/// a usable public address. The one check of a lease's parts: the datapath builds on it (with
+/// the rules relative to this host and the backend's), and `weftctl` lists by it. `Err` says
+/// why the part must not be used.
+pub fn check_side(
+    cfg: &NetworkConfig,
+    lease: &Lease,
+    family: SubnetFamily,
+) -> Result<(IpNet, IpAddr), String> {
+    let Some(side) = lease.side(family) else {
+        return Err(format!("the lease has no {family} subnet"));
+    };
+    let subnet = side.subnet;
+    if !cfg.contains(subnet) {
+        let network = match cfg.network_of(family) {
+            Some(n) => format!("the {family} network {n}"),
+            None => format!("the network, which has no {family}"),
+        };
+        return Err(format!("subnet {subnet} is not a subnet of {network}"));
+    }
+    let Some(public_ip) = side.public_ip else {
+        return Err(format!("the lease has no {family} PublicIP"));
+    };
+    usable_ip(public_ip).map_err(|why| format!("PublicIP {public_ip} {why}"))?;
+    Ok((subnet, public_ip))
+}
+
+/// The parts of a lease [`check_side`] refuses, with why: what no host uses of it.
+pub fn refused_parts(cfg: &NetworkConfig, lease: &Lease) -> Vec<(SubnetFamily, String)> {
+    SubnetFamily::ALL
+        .into_iter()
+        .filter(|f| lease.side(*f).is_some())
+        .filter_map(|f| Some((f, check_side(cfg, lease, f).err()?)))
+        .collect()
+}
+
 /// Checks one remote lease's side in `host`'s family on its own and returns the objects it
 /// calls for. `Err` says why it must not be programmed. The rules here hold for every backend
-/// and family; the backend adds its own.
+/// and family ([`check_side`], and those relative to this host); the backend adds its own.
 pub fn peer_objects(
     cfg: &NetworkConfig,
     host: &Host,
@@ -85,22 +127,12 @@ pub fn peer_objects(
     lease: &Lease,
 ) -> Result<PeerObjects, String> {
     let family = host.family();
-    let Some(side) = lease.side(family) else {
-        return Err(format!("the lease has no {family} subnet"));
-    };
-    let subnet = side.subnet;
-    if !cfg.contains(subnet) {
-        return Err(format!("subnet {subnet} is not a subnet of the network"));
-    }
+    let (subnet, public_ip) = check_side(cfg, lease, family)?;
     if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
         return Err(format!(
             "subnet {subnet} overlaps this host's subnet {own_subnet}"
         ));
     }
-    let Some(public_ip) = side.public_ip else {
-        return Err(format!("the lease has no {family} PublicIP"));
-    };
-    usable_ip(public_ip).map_err(|why| format!("PublicIP {public_ip} {why}"))?;
     if public_ip == host.public_ip {
         return Err(format!("PublicIP {public_ip} is this host's own address"));
     }
@@ -115,7 +147,7 @@ pub fn peer_objects(
     let peer = Peer {
         subnet,
         public_ip,
-        data: side.backend_data,
+        data: lease.side(family).and_then(|s| s.backend_data),
         lease,
     };
     backend.peer(host, &peer)
@@ -152,7 +184,11 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
         }
     }
     let mut accepted: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
-    let mut macs: BTreeSet<Mac> = BTreeSet::new();
+    // This host's own identity is the oldest claim: a lease carrying it (a forgery, or a stale
+    // copy of this host's data) would point this host's MAC or key away from it.
+    let identity_of = |l: &Lease| backend.identity(l.side(family).and_then(|s| s.backend_data));
+    let own_identity = identity_of(own);
+    out.identities.extend(own_identity.clone());
     for lease in sorted {
         let key = lease.key_name();
         let subnet = subnet_of(lease);
@@ -166,30 +202,30 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
         }
         match peer_objects(cfg, host, own_subnet, lease) {
             Ok(objects) => {
-                if let Some(f) = &objects.fdb {
-                    // Two leases claiming one VTEP MAC would fight over one FDB entry.
-                    if !macs.insert(f.mac) {
-                        out.skipped.push(Skip {
-                            key,
-                            reason: "VtepMAC is already used by an older lease".to_string(),
-                        });
+                // Two leases with one identity would fight over one FDB entry or one
+                // device peer.
+                if let Some(id) = identity_of(lease) {
+                    let taken = out.identities.contains(&id);
+                    if taken {
+                        let reason = if Some(&id) == own_identity.as_ref() {
+                            format!("{id} is this host's own")
+                        } else {
+                            format!("{} is already used by an older lease", id.what)
+                        };
+                        out.skipped.push(Skip { key, reason });
                         continue;
                     }
-                }
-                if let Some(t) = &objects.tunnel {
-                    // One public key is one peer of the device: a second lease with it
-                    // would take the first one's allowed IPs away.
-                    if out.tunnel.contains_key(&t.public_key) {
-                        out.skipped.push(Skip {
-                            key,
-                            reason: "PublicKey is already used by an older lease".to_string(),
-                        });
-                        continue;
-                    }
+                    out.identities.insert(id);
                 }
                 // peer_objects refuses a lease without a subnet in the family.
                 if let Some(s) = subnet {
                     accepted.insert(s.network(), s);
+                }
+                if let Some(side) = lease.side(family) {
+                    let tunnel = host.device.is_some();
+                    if let Some(addr) = crate::probe::probe_addr(&side, tunnel) {
+                        out.probes.insert(side.subnet, addr);
+                    }
                 }
                 out.peers += 1;
                 if let Some(r) = objects.route {
@@ -473,6 +509,9 @@ pub struct Update {
     pub tunnel: TunnelChange,
     /// Tunnel peers the device does not hold yet.
     pub fresh: BTreeSet<Key>,
+    /// Peers the probes stop at, and peers they start or move to (see [`Desired::probes`]).
+    pub probes_removed: Vec<IpNet>,
+    pub probes_set: Vec<(IpNet, IpAddr)>,
 }
 
 /// Brings `applied` (the desired state last programmed) up to date with a few changed leases
@@ -533,13 +572,9 @@ pub fn update(
             old.neighbours.contains_key(k),
         )
     }) || new
-        .fdb
-        .keys()
-        .any(|k| taken_elsewhere(applied.fdb.contains_key(k), old.fdb.contains_key(k)))
-        || new
-            .tunnel
-            .keys()
-            .any(|k| taken_elsewhere(applied.tunnel.contains_key(k), old.tunnel.contains_key(k)))
+        .identities
+        .iter()
+        .any(|k| taken_elsewhere(applied.identities.contains(k), old.identities.contains(k)))
     {
         return None;
     }
@@ -573,12 +608,34 @@ pub fn update(
     for k in old.tunnel.keys() {
         applied.tunnel.remove(k);
     }
+    for k in &old.identities {
+        applied.identities.remove(k);
+    }
+    let probes_removed: Vec<IpNet> = (old.probes.keys())
+        .filter(|k| !new.probes.contains_key(*k))
+        .copied()
+        .collect();
+    let probes_set: Vec<(IpNet, IpAddr)> = (new.probes.iter())
+        .filter(|(k, v)| applied.probes.get(*k) != Some(*v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    for k in old.probes.keys() {
+        applied.probes.remove(k);
+    }
+    applied.probes.extend(new.probes);
     applied.routes.extend(new.routes);
     applied.neighbours.extend(new.neighbours);
     applied.fdb.extend(new.fdb);
     applied.tunnel.extend(new.tunnel);
+    applied.identities.extend(new.identities);
     applied.peers = applied.peers - old.peers + new.peers;
-    Some(Update { ops, tunnel, fresh })
+    Some(Update {
+        ops,
+        tunnel,
+        fresh,
+        probes_removed,
+        probes_set,
+    })
 }
 
 /// The changes that make a tunnel device's peers `have` into `want`: peers missing or
@@ -843,6 +900,86 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_with_this_hosts_own_mac_or_key_is_skipped_as_such() {
+        let c = cfg(r#"{"Type":"vxlan"}"#);
+        let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
+        // Another spelling of this host's MAC, with another host's address.
+        let forged = lease(
+            "198.19.181.0/24",
+            "198.18.0.2",
+            Some("0E:00:00:00:00:01"),
+            2,
+        );
+        let d = desired(&c, &host(), &own, &[own.clone(), forged.clone()]);
+        assert_eq!((d.peers, d.fdb.len()), (0, 0));
+        assert_eq!(
+            d.skipped,
+            [Skip {
+                key: "198.19.181.0-24".into(),
+                reason: "VtepMAC 0e:00:00:00:00:01 is this host's own".into()
+            }]
+        );
+        // The same when the lease arrives as an event.
+        let mut applied = desired(&c, &host(), &own, std::slice::from_ref(&own));
+        assert_eq!(
+            update(&c, &host(), &own, &mut applied, &[], &[forged]),
+            None
+        );
+
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let forged = wg_lease("198.19.181.0/24", "198.18.0.2", 1, 2);
+        let d = desired(&c, &host(), &own, &[own.clone(), forged]);
+        assert!(d.tunnel.is_empty());
+        assert_eq!(d.skipped.len(), 1);
+        let key = crate::backend::wireguard::format_key(&[1; 32]);
+        assert_eq!(
+            d.skipped[0].reason,
+            format!("PublicKey {key} is this host's own")
+        );
+    }
+
+    #[test]
+    fn a_lease_part_outside_its_network_is_refused_whoever_looks() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let mut l = lease(
+            "198.19.211.0/24",
+            "198.18.0.2",
+            Some("0e:00:00:00:00:02"),
+            1,
+        );
+        l.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        assert!(check_side(&c, &l, SubnetFamily::V4).is_ok());
+        for (v6, why) in [
+            (
+                "::/0",
+                "subnet ::/0 is not a subnet of the IPv6 network 2001:db8:100::/48",
+            ),
+            (
+                "2001:db8:100:cc::/127",
+                "is not a subnet of the IPv6 network",
+            ),
+            (
+                "2001:db8:100:cc::/128",
+                "is not a subnet of the IPv6 network",
+            ),
+            ("2001:db8:200::/64", "is not a subnet of the IPv6 network"),
+        ] {
+            l.subnet6 = Some(v6.parse().unwrap());
+            let e = check_side(&c, &l, SubnetFamily::V6).unwrap_err();
+            assert!(e.contains(why), "{v6}: {e}");
+        }
+        l.subnet6 = Some("2001:db8:100:cc::/64".parse().unwrap());
+        assert!(check_side(&c, &l, SubnetFamily::V6).is_ok());
+        l.attrs.public_ipv6 = None;
+        let e = check_side(&c, &l, SubnetFamily::V6).unwrap_err();
+        assert_eq!(e, "the lease has no IPv6 PublicIP");
+    }
+
+    #[test]
     fn untrusted_leases_are_skipped_with_the_reason() {
         let c = cfg(r#"{"Type":"vxlan"}"#);
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
@@ -866,7 +1003,7 @@ mod tests {
         assert_eq!(d.skipped.len(), bad.len());
         let reasons: Vec<_> = d.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert!(
-            reasons[0].contains("not a subnet of the network"),
+            reasons[0].contains("not a subnet of the IPv4 network 198.19.0.0/16"),
             "{reasons:?}"
         );
         assert!(reasons[1].contains("multicast"), "{reasons:?}");

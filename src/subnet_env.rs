@@ -18,6 +18,8 @@ pub enum SubnetEnvError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Read(#[from] crate::file::FileError),
     #[error("{path}: line {line}: {key}={value:?} is not valid: {why}")]
     BadValue {
         path: PathBuf,
@@ -159,12 +161,10 @@ impl SubnetEnv {
         Ok(env)
     }
 
-    /// Reads and parses a subnet.env. A missing file is an `Io` error of kind `NotFound`.
+    /// Reads and parses a subnet.env: a regular file of at most 64 KiB. A missing file is a
+    /// `Read` error that [`is_not_found`](crate::file::FileError::is_not_found).
     pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
-        let text = std::fs::read_to_string(path).map_err(|error| SubnetEnvError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text = crate::file::read_text(path, crate::file::limit::SMALL)?;
         SubnetEnv::parse(&text, path)
     }
 

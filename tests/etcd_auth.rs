@@ -376,3 +376,45 @@ async fn an_expired_token_is_renewed_without_the_caller_noticing() {
         );
     }
 }
+
+/// The password handed over in weftd's environment (as systemd's `Environment=` does) is
+/// forgotten once read: neither `/proc/<weftd>/environ` nor the environment of the
+/// wireguard-go weftd starts holds it; wireguard-go gets PATH and nothing else of weftd's.
+#[test]
+fn a_password_from_the_environment_is_forgotten_and_never_reaches_wireguard_go() {
+    common::wg::say_mode();
+    let mut lab = Lab::new(1, common::wg::WG_CONFIG);
+    auth_etcd(&mut lab.etcd);
+    let h = &mut lab.hosts[0];
+    h.use_wireguard();
+    h.env = vec![
+        ("WEFTD_ETCD_USERNAME".into(), "weft".into()),
+        ("WEFTD_ETCD_PASSWORD".into(), PASSWORD.into()),
+        ("WEFT_TEST_CANARY".into(), "canary-4d1c".into()),
+    ];
+    h.start(&[]);
+    h.wait_ready();
+    let environ = |pid: i32| {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("reading an environ");
+        String::from_utf8_lossy(&raw).replace('\0', "\n")
+    };
+    let weftd = environ(h.pid().expect("weftd runs") as i32);
+    assert!(!weftd.contains(PASSWORD), "weftd's environ: {weftd}");
+    assert!(weftd.contains("canary-4d1c"), "weftd's environ: {weftd}");
+    if std::path::Path::new("/sys/module/wireguard").exists() {
+        eprintln!("the kernel's WireGuard carries the device: weftd starts no child");
+        return;
+    }
+    let pids = common::wg::wireguard_go_pids(h);
+    assert!(!pids.is_empty(), "no wireguard-go runs:\n{}", h.logs());
+    for pid in pids {
+        let child = environ(pid);
+        assert!(!child.contains(PASSWORD), "wireguard-go's environ: {child}");
+        // wireguard-go adds its own WG_* variables when it detaches itself.
+        assert!(
+            (child.lines().filter(|l| !l.is_empty()))
+                .all(|l| l.starts_with("PATH=") || l.starts_with("WG_")),
+            "wireguard-go got more than PATH: {child}"
+        );
+    }
+}

@@ -97,16 +97,11 @@ impl Store {
             else {
                 continue;
             };
-            let text = match std::fs::read_to_string(entry.path()) {
+            let text = match weft::file::read_text(&entry.path(), weft::file::limit::SMALL) {
                 Ok(t) => t,
                 // Released between the listing and the read.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(CniError::store(format!(
-                        "cannot read {}: {e}",
-                        entry.path().display()
-                    )))
-                }
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(CniError::store(format!("cannot read {e}"))),
             };
             let text = text.trim();
             let (container_id, ifname) = match text.split_once(LINE_BREAK) {
@@ -162,11 +157,14 @@ impl Store {
 
     /// Where the range's last search ended, if its file holds an address.
     pub fn last_reserved(&self, range: &Range) -> Option<IpAddr> {
-        std::fs::read_to_string(self.dir.join(last_reserved_file(range.index)))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        weft::file::read_text(
+            &self.dir.join(last_reserved_file(range.index)),
+            weft::file::limit::SMALL,
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
     }
 
     /// Removes one address file; an address already free is fine.

@@ -14,7 +14,7 @@ mod result;
 mod state;
 mod version;
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write as _};
 
 use serde_json::Value;
 
@@ -23,10 +23,13 @@ use crate::env::{Attachment, Command};
 use crate::error::{code, CniError};
 use crate::version::Version;
 
+/// The most a network config on stdin may take: runtimes send a few kilobytes (a conflist
+/// entry with its prevResult), so this only stops a runaway writer.
+const STDIN_LIMIT: u64 = 4 << 20;
+
 fn main() {
     let lookup = |key: &str| std::env::var(key).ok();
-    let mut stdin = Vec::new();
-    let read = std::io::stdin().read_to_end(&mut stdin).map(|_| stdin);
+    let read = read_stdin(std::io::stdin().lock(), STDIN_LIMIT);
     let (output, status) = match dispatch(&lookup, read) {
         Ok(Some(value)) => (Some(value), 0),
         Ok(None) => (None, 0),
@@ -39,6 +42,18 @@ fn main() {
         let _ = out.flush();
     }
     std::process::exit(status);
+}
+
+/// At most `limit` bytes of `input`; more is an error, never memory without end.
+fn read_stdin(input: impl Read, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    input.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "more than {limit} bytes, which no network config is"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Runs one command; an error carries the version to write it in (the asked one when weft

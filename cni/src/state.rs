@@ -100,12 +100,12 @@ impl AttachmentState {
 }
 
 fn read(p: &Path) -> Result<Option<AttachmentState>> {
-    match std::fs::read(p) {
+    match weft::file::read(p, weft::file::limit::SMALL) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             CniError::store(format!("{} is not weft attachment state: {e}", p.display()))
         }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CniError::store(format!("cannot read {}: {e}", p.display()))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(CniError::store(format!("cannot read {e}"))),
     }
 }
 

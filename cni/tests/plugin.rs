@@ -492,3 +492,113 @@ fn changed_subnet_moves_the_bridge_address() {
     host.plugin("DEL", "new", Some(&b.path()), &conf).ok();
     assert!(host.reservations().is_empty());
 }
+
+/// Runs the plugin as `exec_plugin` does, but gives up after `secs`: a plugin that blocks
+/// (on a FIFO, say) fails the test instead of hanging it.
+fn plugin_within(
+    secs: u64,
+    host: &Host,
+    command: &str,
+    netns: &std::path::Path,
+    conf: &Value,
+) -> common::Output {
+    let vars = [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", "c1".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_NETNS", netns.display().to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ];
+    let started = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (bin, ns, stdin) = (common::weft_binary(), host.ns.path(), conf.to_string());
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("timeout")
+            .args(["-s", "KILL", &(secs + 5).to_string(), "nsenter"])
+            .arg(format!("--net={}", ns.display()))
+            .arg("--")
+            .arg(bin)
+            .envs(vars)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+                c.wait_with_output()
+            });
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("the plugin's {command} did not return within {secs} s"))
+        .expect("running the plugin");
+    eprintln!("{command} answered in {:?}", started.elapsed());
+    common::Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::new(),
+    }
+}
+
+#[test]
+fn a_subnet_file_that_is_no_regular_file_is_refused_at_once() {
+    let host = Host::new(None);
+    let fifo = host.dir.path().join("subnet.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let big = host.dir.path().join("subnet.big");
+    std::fs::write(&big, vec![b'#'; 1 << 20]).unwrap();
+    let ctr = Netns::new("c");
+    for (file, why) in [
+        (
+            "/dev/zero".to_string(),
+            "is a character device, not a regular file",
+        ),
+        (fifo.display().to_string(), "is a FIFO, not a regular file"),
+        (big.display().to_string(), "larger than 65536 bytes"),
+    ] {
+        let mut conf = host.conf("1.1.0");
+        conf["subnetFile"] = json!(file);
+        let msg = plugin_within(10, &host, "ADD", &ctr.path(), &conf).err(104);
+        assert!(msg.contains(&file) && msg.contains(why), "{msg}");
+        let msg = plugin_within(10, &host, "STATUS", &ctr.path(), &conf).err(50);
+        assert!(msg.contains(&file) && msg.contains(why), "{msg}");
+    }
+    // CNI_NETNS names a FIFO: refused, never waited on.
+    host.write_subnet_env("198.19.17.0/24");
+    let msg = plugin_within(10, &host, "ADD", &fifo, &host.conf("1.1.0")).err(4);
+    assert!(msg.contains(&fifo.display().to_string()), "{msg}");
+    assert!(host.reservations().is_empty());
+}
+
+#[test]
+fn path_traversal_in_names_is_refused_and_nothing_is_made_outside_the_store() {
+    let host = Host::new(Some("198.19.16.0/24"));
+    let ctr = Netns::new("c");
+    let conf = host.conf("1.0.0");
+    for id in ["../../etc/x", "a/../../b", ".."] {
+        let msg = host.plugin("ADD", id, Some(&ctr.path()), &conf).err(4);
+        assert!(msg.contains("CNI_CONTAINERID"), "{msg}");
+    }
+    for ifname in ["..", ".", "a/b"] {
+        let msg = host
+            .plugin_with("ADD", "c1", Some(&ctr.path()), ifname, &conf, &[])
+            .err(4);
+        assert!(msg.contains("CNI_IFNAME"), "{msg}");
+    }
+    for name in ["..", "../x", "a/b"] {
+        let mut conf = host.conf("1.0.0");
+        conf["name"] = json!(name);
+        let msg = host.plugin("ADD", "c1", Some(&ctr.path()), &conf).err(7);
+        assert!(msg.contains("name"), "{msg}");
+    }
+    assert!(!host.dir.path().join("x").exists());
+    assert!(!host.data_dir().join("x").exists());
+    assert!(host.reservations().is_empty());
+}

@@ -72,6 +72,20 @@ pub struct Peer<'a> {
     pub lease: &'a crate::lease::Lease,
 }
 
+/// What makes a lease's backend data one host's and no other's: `what` names it in messages
+/// ("VtepMAC"), `value` is its canonical text, so two spellings of one value are one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    pub what: &'static str,
+    pub value: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.what, self.value)
+    }
+}
+
 /// The kernel objects one remote lease calls for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerObjects {

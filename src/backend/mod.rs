@@ -162,6 +162,10 @@ fn supported(show: impl Fn(&str) -> String, last: &str) -> String {
     }
 }
 
+/// Backend settings that are secrets, whatever the backend (flannel's names): their values
+/// appear in no error, log or output unless the operator asks for them.
+pub const SECRET_SETTINGS: &[&str] = &["PSK"];
+
 /// The backend a config names, for the agent, the datapath and `weftctl check`.
 #[cfg(feature = "daemon")]
 pub fn of(cfg: &BackendConfig) -> &dyn Backend {
@@ -213,6 +217,13 @@ pub trait Backend {
         spec: &DeviceSpec,
         mac: Option<Mac>,
     ) -> Result<Device, DeviceError>;
+
+    /// What makes one family's backend data of a lease its host's alone (a VTEP MAC, a public
+    /// key), if anything: no two leases may share it, and no peer may have this host's own.
+    #[cfg(feature = "daemon")]
+    fn identity(&self, _data: Option<&Value>) -> Option<Identity> {
+        None
+    }
 
     /// What one remote lease becomes in the kernel, in `host`'s family; `Err` says why it must
     /// not be programmed. The rules every backend shares (network, overlap, address) have

@@ -171,8 +171,16 @@ pub fn get(dev: &str) -> Result<DeviceState, UapiError> {
     let text = exchange(dev, "get=1\n\n")?;
     parse_get(&text).map_err(|line| UapiError::Garbled {
         dev: dev.into(),
-        line,
+        line: without_secret(line),
     })
+}
+
+/// A line of an answer fit for an error message: a key's value is left out.
+fn without_secret(line: String) -> String {
+    match line.split_once('=') {
+        Some((k @ ("private_key" | "preshared_key"), _)) => format!("{k}=(hidden)"),
+        _ => line,
+    }
 }
 
 /// Applies a change.
@@ -192,6 +200,19 @@ mod tests {
             psk: Some([1; 32]),
             keepalive: 25,
         }
+    }
+
+    #[test]
+    fn an_unreadable_key_line_is_not_repeated_in_the_error() {
+        assert_eq!(
+            without_secret("preshared_key=00ff".into()),
+            "preshared_key=(hidden)"
+        );
+        assert_eq!(
+            without_secret("private_key=zz".into()),
+            "private_key=(hidden)"
+        );
+        assert_eq!(without_secret("listen_port=x".into()), "listen_port=x");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::config::{get_bool, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, HostSecrets, LinkSpec, Peer, PeerObjects},
+    super::{
+        Device, DeviceError, DeviceSpec, Host, HostSecrets, Identity, LinkSpec, Peer, PeerObjects,
+    },
     crate::iface::ExtIface,
     crate::lease::{Lease, LeaseAttrs},
     crate::netlink::{
@@ -214,6 +216,16 @@ impl Backend for VxlanConfig {
             LinkSpec::Vxlan(link) => ensure(nl, link, mac),
             _ => Err(DeviceError::Foreign(spec.name.clone())),
         }
+    }
+
+    /// The VTEP MAC: a second device with it would take the first one's FDB entry.
+    #[cfg(feature = "daemon")]
+    fn identity(&self, data: Option<&Value>) -> Option<Identity> {
+        let mac = parse_mac(&VxlanLeaseData::from_value(data?)?.vtep_mac).ok()?;
+        Some(Identity {
+            what: "VtepMAC",
+            value: format_mac(&mac),
+        })
     }
 
     #[cfg(feature = "daemon")]

@@ -4,7 +4,7 @@
 //! this host's key and listen port; its peers are the datapath's job, through [`get`] and
 //! [`set`], which speak to either implementation.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::wireguard::Key;
@@ -146,9 +146,10 @@ fn start_userspace(nl: &mut Netlink, name: &str) -> Result<Link, WgDeviceError> 
         dev: name.into(),
         why,
     };
-    let out = Command::new(WIREGUARD_GO)
+    // A minimal environment (never weftd's own secrets), without WG_PROCESS_FOREGROUND:
+    // wireguard-go detaches itself.
+    let out = crate::environ::command(WIREGUARD_GO)
         .arg(name)
-        .env_remove("WG_PROCESS_FOREGROUND")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {

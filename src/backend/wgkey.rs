@@ -23,11 +23,8 @@ pub fn key_file() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the WireGuard key file {path}: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error("cannot read the WireGuard key file {0}")]
+    Read(crate::file::FileError),
     #[error("the WireGuard key file {path} does not hold a base64 key of 32 bytes")]
     Malformed { path: PathBuf },
     #[error("cannot write the WireGuard key file {path}: {error}")]
@@ -76,15 +73,12 @@ pub fn public_key(private: &Key) -> Key {
 }
 
 fn read(path: &Path) -> Result<Option<Key>, KeyError> {
-    match std::fs::read_to_string(path) {
+    match crate::file::read_text(path, crate::file::limit::SMALL) {
         Ok(text) => parse_key(&text)
             .map(Some)
             .ok_or_else(|| KeyError::Malformed { path: path.into() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(KeyError::Read {
-            path: path.into(),
-            error,
-        }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(KeyError::Read(e)),
     }
 }
 

@@ -6,13 +6,13 @@
 use serde_json::{Map, Value};
 
 use super::Backend;
-use crate::config::{get_str, get_uint, invalid, rename, ConfigErrors};
+use crate::config::{get_str, get_uint, hide_value, invalid, rename, ConfigErrors, HIDDEN};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
     super::{
-        uapi, wgdev, wgkey, Device, DeviceError, DeviceSpec, Host, HostSecrets, LinkSpec, Peer,
-        PeerObjects, WgSpec,
+        uapi, wgdev, wgkey, Device, DeviceError, DeviceSpec, Host, HostSecrets, Identity, LinkSpec,
+        Peer, PeerObjects, WgSpec,
     },
     crate::iface::ExtIface,
     crate::netlink::{Mac, Netlink, Route, RouteScope},
@@ -50,7 +50,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WireguardConfig {
     pub listen_port: u16,
     pub listen_port_v6: u16,
@@ -60,6 +60,20 @@ pub struct WireguardConfig {
     pub mode: Mode,
     /// `None`: the external interface's MTU less the overhead.
     pub mtu: Option<u32>,
+}
+
+/// The PSK is a secret: a config printed for debugging shows it hidden.
+impl std::fmt::Debug for WireguardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireguardConfig")
+            .field("listen_port", &self.listen_port)
+            .field("listen_port_v6", &self.listen_port_v6)
+            .field("psk", &self.psk.map(|_| crate::config::HIDDEN))
+            .field("keepalive", &self.keepalive)
+            .field("mode", &self.mode)
+            .field("mtu", &self.mtu)
+            .finish()
+    }
 }
 
 impl Default for WireguardConfig {
@@ -138,13 +152,14 @@ impl WireguardConfig {
             )),
         }
         let str_field = |name, field| get_str(obj, name).map_err(|e| rename(e, field));
-        if let Some(psk) = problems.check(str_field("PSK", "Backend.PSK")).flatten() {
+        let psk = get_str(obj, "PSK").map_err(|e| hide_value(rename(e, "Backend.PSK")));
+        if let Some(psk) = problems.check(psk).flatten() {
             match parse_key(psk) {
                 Some(k) => c.psk = Some(k),
                 None if psk.is_empty() => {}
                 None => problems.push(invalid(
                     "Backend.PSK",
-                    "(hidden)",
+                    HIDDEN,
                     "must be 32 bytes in base64, as `wg genpsk` prints",
                 )),
             }
@@ -313,6 +328,16 @@ impl Backend for WireguardConfig {
             mac: None,
             mtu: dev.link.mtu,
             created: dev.created,
+        })
+    }
+
+    /// The public key: one key is one peer of the device.
+    #[cfg(feature = "daemon")]
+    fn identity(&self, data: Option<&Value>) -> Option<Identity> {
+        let data = WgLeaseData::from_value(data?)?;
+        Some(Identity {
+            what: "PublicKey",
+            value: format_key(&data.public_key),
         })
     }
 

@@ -1,12 +1,30 @@
 //! weftctl: look into and manage the network config and the subnet leases in etcd.
 //! Tables for people, `-o json` for scripts; etcd flags and environment are weftd's.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv6Net;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
+
+/// A line for a person on standard output, escaped whole (see [`weft::show::Safe`]): a value
+/// from etcd cannot reach the terminal as control characters or break the line. JSON for
+/// scripts is printed with `println!`, exact.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(weft::show::Safe(std::io::stdout().lock()), $($arg)*);
+    }};
+}
+
+/// The same on standard error, for warnings and errors.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(weft::show::Safe(std::io::stderr().lock()), $($arg)*);
+    }};
+}
 
 #[path = "weftctl/cluster.rs"]
 mod cluster;
@@ -21,7 +39,7 @@ use weft::iface::{self, IfaceSelect};
 use weft::lease::{Lease, LeaseEvent};
 use weft::netlink::Netlink;
 use weft::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
-use weft::subnet::{parse_lease_target, parse_subnet, LeaseTarget};
+use weft::subnet::{parse_lease_target, parse_subnet, Family, LeaseTarget};
 use weft::subnet_env::{write_atomically, SubnetEnv};
 
 #[derive(Parser, Debug)]
@@ -126,8 +144,13 @@ struct DockerOptsArgs {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Print the config as stored (`-o json`: with every default filled in).
-    Get,
+    /// Print the config as stored (`-o json`: with every default filled in). Secret settings
+    /// (the WireGuard PSK) are shown as "(hidden)".
+    Get {
+        /// Show secret settings as they are.
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// Validate a config and store it.
     Set {
         /// A file with the config JSON, or `-` for standard input.
@@ -190,28 +213,25 @@ fn main() -> ExitCode {
             return match docker_opts(&args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("weftctl: {e:#}");
+                    esay!("weftctl: {e:#}");
                     ExitCode::FAILURE
                 }
             };
         }
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    weft::logging::init(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        weft::logging::Format::Text,
+    );
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("weftctl: starting the runtime: {e}");
+            esay!("weftctl: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -221,7 +241,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weftctl: {e:#}");
+            esay!("weftctl: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -247,7 +267,9 @@ async fn run(cli: Cli) -> Result<()> {
     let store = EtcdStore::connect(&cli.etcd).await?;
     let out = cli.output;
     match cli.command {
-        Command::Config(ConfigCmd::Get) => config_get(&store, out).await,
+        Command::Config(ConfigCmd::Get { show_secrets }) => {
+            config_get(&store, out, show_secrets).await
+        }
         Command::Config(ConfigCmd::Set { file }) => config_set(&store, &file).await,
         Command::Leases { command } => match command.unwrap_or(LeasesCmd::List) {
             LeasesCmd::List => leases_list(&store, out, false).await,
@@ -258,7 +280,7 @@ async fn run(cli: Cli) -> Result<()> {
                 if !store.revoke_lease(sn).await? {
                     bail!("no lease for {sn}");
                 }
-                println!("revoked {sn}");
+                say!("revoked {sn}");
                 Ok(())
             }
             LeasesCmd::Reclaim { gone_for, yes } => cluster::reclaim(&store, gone_for, yes).await,
@@ -278,8 +300,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 store.add_reservation(sn, public_ip, v6).await?;
                 match v6 {
-                    Some((s6, ip6)) => println!("reserved {sn} and {s6} for {public_ip} and {ip6}"),
-                    None => println!("reserved {sn} for {public_ip}"),
+                    Some((s6, ip6)) => say!("reserved {sn} and {s6} for {public_ip} and {ip6}"),
+                    None => say!("reserved {sn} for {public_ip}"),
                 }
                 Ok(())
             }
@@ -288,7 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
                 if !store.remove_reservation(sn).await? {
                     bail!("no reservation for {sn}");
                 }
-                println!("removed the reservation of {sn}");
+                say!("removed the reservation of {sn}");
                 Ok(())
             }
         },
@@ -353,10 +375,10 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
         ),
         Format::Table => {
             for f in &report.findings {
-                println!("{f}");
+                say!("{f}");
             }
             for n in &report.notes {
-                eprintln!("note: {n}");
+                esay!("note: {n}");
             }
         }
     }
@@ -367,7 +389,7 @@ async fn check(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
     }
 }
 
-async fn config_get(store: &EtcdStore, out: Format) -> Result<()> {
+async fn config_get(store: &EtcdStore, out: Format, show_secrets: bool) -> Result<()> {
     let key = store.config_key();
     let text = store
         .get_config_text()
@@ -376,16 +398,44 @@ async fn config_get(store: &EtcdStore, out: Format) -> Result<()> {
     let parsed = NetworkConfig::parse(&text);
     match out {
         Format::Table => {
-            println!("{}", text.trim_end());
+            say_config(&text, show_secrets)?;
             if let Err(problems) = parsed {
                 let e = StoreError::Config { key, problems };
-                eprintln!("weftctl: warning: the config is not valid: {e}");
+                esay!("weftctl: warning: the config is not valid: {e}");
             }
         }
         Format::Json => {
             let cfg = parsed.map_err(|problems| StoreError::Config { key, problems })?;
-            println!("{}", serde_json::to_string_pretty(&cfg.effective_json())?);
+            let mut doc = cfg.effective_json();
+            if !show_secrets {
+                weft::config::hide_secrets(&mut doc);
+            }
+            println!("{}", serde_json::to_string_pretty(&doc)?);
         }
+    }
+    Ok(())
+}
+
+/// The stored config as it is, unless it holds a secret: then as JSON with the secret hidden
+/// (a text that is not JSON cannot be searched for one, so it is shown only when asked).
+fn say_config(text: &str, show_secrets: bool) -> Result<()> {
+    if show_secrets {
+        println!("{}", weft::show::escape_lines(text.trim_end()));
+        return Ok(());
+    }
+    let Ok(mut doc) = serde_json::from_str::<Value>(text) else {
+        bail!("the stored config is not valid JSON, so a secret in it cannot be hidden; --show-secrets prints it as stored");
+    };
+    let hidden = weft::config::hide_secrets(&mut doc);
+    if hidden.is_empty() {
+        println!("{}", weft::show::escape_lines(text.trim_end()));
+    } else {
+        let pretty = serde_json::to_string_pretty(&doc)?;
+        println!("{}", weft::show::escape_lines(&pretty));
+        esay!(
+            "weftctl: {} hidden; --show-secrets shows it",
+            hidden.join(", ")
+        );
     }
     Ok(())
 }
@@ -398,10 +448,10 @@ async fn config_set(store: &EtcdStore, file: &str) -> Result<()> {
             .context("reading the config from standard input")?;
         s
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+        weft::file::read_text(std::path::Path::new(file), weft::file::limit::LARGE)?
     };
     store.put_config(&text).await?;
-    println!("config written to {}", store.config_key());
+    say!("config written to {}", store.config_key());
     Ok(())
 }
 
@@ -410,7 +460,7 @@ async fn config_for_listing(store: &EtcdStore) -> Result<Option<NetworkConfig>> 
     match store.get_config().await {
         Ok(cfg) => Ok(cfg),
         Err(e @ StoreError::Config { .. }) => {
-            eprintln!("weftctl: warning: leases are not checked against the network: {e}");
+            esay!("weftctl: warning: leases are not checked against the network: {e}");
             Ok(None)
         }
         Err(e) => Err(e.into()),
@@ -419,7 +469,7 @@ async fn config_for_listing(store: &EtcdStore) -> Result<Option<NetworkConfig>> 
 
 fn warn_skipped(list: &LeaseList) {
     for s in &list.skipped {
-        eprintln!("weftctl: warning: skipping {}: {}", s.key, s.reason);
+        esay!("weftctl: warning: skipping {}: {}", s.key, s.reason);
     }
 }
 
@@ -432,28 +482,47 @@ async fn leases_list(store: &EtcdStore, out: Format, only_reservations: bool) ->
     let keys = match store.list_weft().await {
         Ok(keys) => keys,
         Err(e) if e.is_refusal() => {
-            eprintln!("weftctl: warning: no ALIVE column: {e}");
+            esay!("weftctl: warning: no ALIVE column: {e}");
             Default::default()
         }
         Err(e) => return Err(e.into()),
     };
     let (hosts, unreadable) = weft::status::view::hosts(&list.leases, &keys);
     for u in &unreadable {
-        eprintln!("weftctl: warning: skipping {u}");
+        esay!("weftctl: warning: skipping {u}");
     }
     let hosts: Vec<_> = hosts
         .iter()
         .filter(|h| !only_reservations || h.lease.is_reservation())
         .collect();
+    // The parts of a lease no host uses, by the datapath's own rules.
+    let refused: Vec<Vec<(Family, String)>> = (hosts.iter())
+        .map(|h| match &cfg {
+            Some(cfg) => weft::reconcile::refused_parts(cfg, &h.lease),
+            None => Vec::new(),
+        })
+        .collect();
+    for (h, parts) in hosts.iter().zip(&refused) {
+        for (family, why) in parts {
+            esay!(
+                "weftctl: warning: {}: its {family} part is not used by any host: {why}",
+                h.lease.key_name()
+            );
+        }
+    }
     match out {
         Format::Json => {
-            let v: Vec<Value> = hosts
-                .iter()
-                .map(|h| {
+            let v: Vec<Value> = (hosts.iter().zip(&refused))
+                .map(|(h, parts)| {
                     let mut v = lease_json(&h.lease);
                     let host = cluster::host_json(h);
                     v["alive"] = host["alive"].clone();
                     v["gone_since"] = host["gone_since"].clone();
+                    v["refused"] = parts
+                        .iter()
+                        .map(|(f, why)| (f.to_string(), json!(why)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
                     v
                 })
                 .collect();
@@ -463,7 +532,7 @@ async fn leases_list(store: &EtcdStore, out: Format, only_reservations: bool) ->
             let now = SystemTime::now();
             let alive: Vec<String> = hosts.iter().map(|h| cluster::alive_text(h, now)).collect();
             let leases: Vec<&Lease> = hosts.iter().map(|h| &h.lease).collect();
-            print_table(&leases, &alive)
+            print_table(&leases, &alive, &refused)
         }
     }
     Ok(())
@@ -524,20 +593,26 @@ fn short_key(k: &str) -> String {
     format!("{}…", &k[..k.len().min(10)])
 }
 
-/// The leases as a table; the IPv6 columns appear when any lease has an IPv6 part.
-fn print_table(leases: &[&Lease], alive: &[String]) {
+/// The leases as a table; the IPv6 columns appear when any lease has an IPv6 part. A part of
+/// a lease in `refused` is marked so.
+fn print_table(leases: &[&Lease], alive: &[String], refused: &[Vec<(Family, String)>]) {
     let v6 = leases
         .iter()
         .any(|l| l.subnet6.is_some() || l.attrs.public_ipv6.is_some());
     let wg = leases.iter().any(|l| l.attrs.public_key().is_some());
     let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = leases
-        .iter()
-        .zip(alive)
-        .map(|(l, alive)| {
-            let mut row = vec![l.subnet.to_string(), l.attrs.public_ip.to_string()];
+    let rows: Vec<Vec<String>> = (leases.iter().zip(alive).zip(refused))
+        .map(|((l, alive), refused)| {
+            let mark = |f: Family, s: String| match refused.iter().any(|(r, _)| *r == f) {
+                true => format!("{s} (refused)"),
+                false => s,
+            };
+            let mut row = vec![
+                mark(Family::V4, l.subnet.to_string()),
+                l.attrs.public_ip.to_string(),
+            ];
             if v6 {
-                row.push(dash(l.subnet6.map(|s| s.to_string())));
+                row.push(dash(l.subnet6.map(|s| mark(Family::V6, s.to_string()))));
                 row.push(dash(l.attrs.public_ipv6.map(|a| a.to_string())));
             }
             row.push(or_dash(&l.attrs.backend_type).to_string());
@@ -569,7 +644,7 @@ fn print_table(leases: &[&Lease], alive: &[String]) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = weft::show::Safe(std::io::stdout().lock());
     for r in std::iter::once(&header).chain(rows.iter()) {
         let line: Vec<String> = r
             .iter()
@@ -661,7 +736,7 @@ async fn leases_show(store: &EtcdStore, out: Format, target: &str) -> Result<()>
                 ),
             ];
             for (k, v) in rows {
-                println!("{:<12} {v}", format!("{k}:"));
+                say!("{:<12} {v}", format!("{k}:"));
             }
         }
     }
@@ -679,7 +754,7 @@ async fn leases_watch(store: &EtcdStore, out: Format) -> Result<()> {
         for e in events {
             let line = match out {
                 Format::Json => event_json(&e).to_string(),
-                Format::Table => event_line(&e),
+                Format::Table => weft::show::escape(&event_line(&e)).into_owned(),
             };
             // A closed pipe (`| head`) ends the watch quietly.
             if writeln!(stdout, "{line}")

@@ -1,7 +1,6 @@
 //! weftd: the weft host agent. Flags mirror flanneld's where flannel has the same knob; each
 //! can also be set as WEFTD_<FLAG> (e.g. WEFTD_IFACE, WEFTD_IP_MASQ).
 
-use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft::agent::{self, AgentConfig};
 use weft::iface::IfaceSelect;
+use weft::logging;
 use weft::probe::ProbeArgs;
 use weft::store::EtcdOptions;
 
@@ -133,21 +133,18 @@ fn main() -> std::process::ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let args = Args::parse();
+    // SAFETY: no other thread exists yet. The password now lives in `args` only.
+    unsafe { weft::environ::forget(weft::environ::SECRETS) };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: a log file or journald would keep the escapes as text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        builder.json().init();
+    let format = if args.log_format == "json" {
+        logging::Format::Json
     } else if stderr_is_journal() {
-        // journald stamps every line itself.
-        builder.without_time().init();
+        logging::Format::TextUntimed
     } else {
-        builder.init();
-    }
+        logging::Format::Text
+    };
+    logging::init(filter, format);
     let probe = match args.probe.config() {
         Ok(p) => p,
         Err(e) => {

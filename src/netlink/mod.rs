@@ -26,7 +26,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 pub use error::NetlinkError;
 pub use monitor::Monitor;
-pub use netns::run_in_netns;
+pub use netns::{open_netns, run_in_netns};
 pub use types::*;
 
 use socket::{encode, Conn};

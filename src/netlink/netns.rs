@@ -9,6 +9,29 @@ use nix::sched::CloneFlags;
 
 use super::NetlinkError;
 
+/// Opens a network namespace file. The path may come from outside (CNI_NETNS): it is opened
+/// without blocking (a FIFO would hang the open) and must be a network namespace, as the
+/// kernel says (NS_GET_NSTYPE), or it is refused as `InvalidInput`.
+pub fn open_netns(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    /// `_IO(0xb7, 0x3)` from linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    // SAFETY: the ioctl takes no argument and only reads the open file's namespace type.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a network namespace",
+        ));
+    }
+    Ok(file)
+}
+
 /// Runs `f` on a fresh thread that has joined the network namespace at `path` (e.g.
 /// `/run/netns/x` or `/proc/PID/ns/net`) and returns its result. The calling thread's namespace
 /// is never touched. A panic in `f` is propagated to the caller.
@@ -16,7 +39,7 @@ pub fn run_in_netns<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetlinkError> {
-    let ns = File::open(path).map_err(|source| NetlinkError::Netns {
+    let ns = open_netns(path).map_err(|source| NetlinkError::Netns {
         path: path.to_path_buf(),
         what: "open",
         source,

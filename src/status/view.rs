@@ -266,6 +266,27 @@ mod tests {
     }
 
     #[test]
+    fn huge_and_hostile_records_are_read_or_skipped_never_fatal() {
+        let leases = [lease("198.18.64.16/28", Some(1))];
+        let many: Vec<String> = (0..20_000)
+            .map(|i| format!("198.{}.{}.0-24", i / 256 % 256, i % 256))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let keys = WeftKeys {
+            status: vec![
+                ("198.18.64.16-28".into(), record(true, &many)),
+                ("198.18.64.32-28".into(), vec![b'['; 1 << 20]),
+                ("198.18.64.48-28".into(), vec![0xff; 1 << 20]),
+            ],
+            ..WeftKeys::default()
+        };
+        let v = ClusterView::build(&config(), &leases, &keys);
+        assert_eq!(v.hosts[0].state, HostState::Ready);
+        assert_eq!(v.pairs.len(), 20_000);
+        assert_eq!(v.unreadable.len(), 2, "{:?}", v.unreadable.len());
+    }
+
+    #[test]
     fn states_pairs_and_pool_come_from_leases_records_and_marks() {
         let leases = [
             lease("198.18.64.16/28", Some(1)),

@@ -150,8 +150,8 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<etcd_client::TlsOptions>, St
         )));
     }
     let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| StoreError::Options(format!("{flag} {}: {e}", path.display())))
+        crate::file::read(path, crate::file::limit::LARGE)
+            .map_err(|e| StoreError::Options(format!("{flag} {e}")))
     };
     let mut tls = etcd_client::TlsOptions::new();
     if let Some(ca) = &opts.cafile {
@@ -188,9 +188,8 @@ fn password(opts: &EtcdOptions) -> Result<Option<String>, StoreError> {
         (Some(p), None) => Ok(Some(p.clone())),
         (None, None) => Ok(None),
         (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                StoreError::Options(format!("--etcd-password-file {}: {e}", file.display()))
-            })?;
+            let text = crate::file::read_text(file, crate::file::limit::SMALL)
+                .map_err(|e| StoreError::Options(format!("--etcd-password-file {e}")))?;
             let first = text.lines().next().unwrap_or_default();
             if first.is_empty() {
                 return Err(StoreError::Options(format!(
@@ -218,7 +217,7 @@ fn user_label(opts: &EtcdOptions) -> String {
         return format!("user {u:?}");
     }
     if let Some(cert) = &opts.certfile {
-        let cn = std::fs::read(cert)
+        let cn = crate::file::read(cert, crate::file::limit::LARGE)
             .ok()
             .and_then(|pem| certificate_cn(&pem));
         return match cn {

@@ -81,6 +81,8 @@ pub struct Host {
     pub iface: Option<String>,
     /// A WireGuard host's own mount namespace (see [`super::wg`]).
     pub mnt: Option<super::wg::MountNs>,
+    /// Variables weftd is started with besides the lab's.
+    pub env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -125,6 +127,7 @@ impl Host {
         let child = Command::new(program)
             .args(&args)
             .env("WIREGUARD_KEY_FILE", self.wg_key_file())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log handle"))
             .stderr(log)
@@ -743,6 +746,7 @@ fn new_host(
         etcd_url: etcd_urls.to_string(),
         iface: Some("eth0".into()),
         mnt: None,
+        env: Vec::new(),
     }
 }
 

@@ -3,7 +3,6 @@
 //! address is reserved, any failure removes what was made and releases every address before
 //! the error goes back.
 
-use std::fs::File;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -26,7 +25,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         .netns
         .as_deref()
         .ok_or_else(|| CniError::env("CNI_NETNS is not set; ADD needs it"))?;
-    let netns = File::open(netns_path).map_err(|e| {
+    let netns = weft::netlink::open_netns(netns_path).map_err(|e| {
         CniError::env(format!(
             "CNI_NETNS={}: cannot open it: {e}",
             netns_path.display()

@@ -8,7 +8,6 @@ pub mod gc;
 pub mod status;
 pub mod version;
 
-use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -44,7 +43,7 @@ impl HostSubnet {
     pub fn read(path: &Path) -> Result<HostSubnet> {
         let env = match SubnetEnv::read(path) {
             Ok(env) => env,
-            Err(SubnetEnvError::Io { error, .. }) if error.kind() == ErrorKind::NotFound => {
+            Err(SubnetEnvError::Read(e)) if e.is_not_found() => {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
                     format!(

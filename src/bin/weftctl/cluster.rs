@@ -105,10 +105,10 @@ async fn read_view(store: &EtcdStore) -> Result<ClusterView> {
     let keys = store.list_weft().await?;
     let view = ClusterView::build(&cfg, &list.leases, &keys);
     for s in &list.skipped {
-        eprintln!("weftctl: warning: skipping {}: {}", s.key, s.reason);
+        esay!("weftctl: warning: skipping {}: {}", s.key, s.reason);
     }
     for u in &view.unreadable {
-        eprintln!("weftctl: warning: skipping {u}");
+        esay!("weftctl: warning: skipping {u}");
     }
     Ok(view)
 }
@@ -130,7 +130,7 @@ pub async fn status(etcd: &EtcdOptions, out: Format, args: &StatusArgs) -> ExitC
         Format::Table => print_summary(&store, &view, &problems, args, now),
     };
     if let Err(e) = result {
-        eprintln!("weftctl: {e:#}");
+        esay!("weftctl: {e:#}");
         return ExitCode::from(UNHEALTHY);
     }
     match problems.is_empty() {
@@ -150,7 +150,7 @@ fn failed(etcd: &EtcdOptions, out: Format, e: anyhow::Error) -> ExitCode {
         });
         println!("{v}");
     }
-    eprintln!("weftctl: {e:#}");
+    esay!("weftctl: {e:#}");
     ExitCode::from(if unreachable {
         ETCD_UNREACHABLE
     } else {
@@ -207,7 +207,7 @@ fn print_summary(
     args: &StatusArgs,
     now: SystemTime,
 ) -> Result<()> {
-    let mut o = std::io::stdout().lock();
+    let mut o = weft::show::Safe(std::io::stdout().lock());
     let count = |s: &str| {
         view.hosts
             .iter()
@@ -361,23 +361,23 @@ pub async fn reclaim(store: &EtcdStore, gone_for: Duration, yes: bool) -> Result
         } else {
             "will be removed".to_string()
         };
-        println!(
+        say!(
             "{subnet:<18} {ip:<15} gone since {since} ({} ago): {why}",
             short_duration(age)
         );
     }
     if chosen.is_empty() {
-        println!("nothing to reclaim");
+        say!("nothing to reclaim");
         return Ok(());
     }
     if !yes && !confirmed(chosen.len())? {
-        println!("nothing removed (confirm with --yes)");
+        say!("nothing removed (confirm with --yes)");
         return Ok(());
     }
     for h in chosen {
         match store.reclaim(&h.lease).await? {
-            Reclaimed::Removed => println!("reclaimed {}", h.lease.subnet),
-            Reclaimed::Changed => println!(
+            Reclaimed::Removed => say!("reclaimed {}", h.lease.subnet),
+            Reclaimed::Changed => say!(
                 "left {}: it changed since it was read, or its host is back",
                 h.lease.subnet
             ),
@@ -390,7 +390,10 @@ fn confirmed(n: usize) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Ok(false);
     }
-    print!("remove {n} leases? [y/N] ");
+    write!(
+        weft::show::Safe(std::io::stdout()),
+        "remove {n} leases? [y/N] "
+    )?;
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin()
