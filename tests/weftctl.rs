@@ -213,10 +213,13 @@ async fn leases_table_and_json() {
                 "public_ipv6",
                 "public_key",
                 "public_key_v6",
+                "refused",
                 "reserved",
                 "subnet"
             ]
         );
+        // No part of these leases is refused.
+        assert_eq!(o["refused"], serde_json::json!({}));
     }
     assert_eq!(arr[0]["subnet"], a.subnet.to_string());
     assert_eq!(arr[0]["public_ip"], "198.18.4.1");
