@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use ipnet::Ipv4Net;
 
-use crate::backend::{self, DeviceSpec, HostSecrets};
+use crate::backend::{DeviceSpec, HostSecrets};
 use crate::config::NetworkConfig;
 use crate::datapath::{Datapath, Report, Snapshot};
-use crate::http::{self, Metrics};
+use crate::http;
 use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
 use crate::masq::MasqSpec;
+use crate::metrics::Metrics;
 use crate::netlink::{format_mac, Mac, Netlink};
 use crate::probe::{ProbeConfig, Prober};
 use crate::status::{Facts, StatusFeed};
@@ -75,18 +76,18 @@ where
 
 /// Runs weftd until SIGTERM or SIGINT.
 pub async fn run(opts: AgentConfig) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let shown = Arc::new(http::Shown::default());
     if let Some(addr) = opts.healthz {
         let listener = http::bind(addr)
             .await
             .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
-        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-        tokio::spawn(http::serve(listener, metrics.clone()));
+        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /peers");
+        tokio::spawn(http::serve(listener, shown.clone()));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
-        r = Agent::start(opts, metrics) => r,
+        r = Agent::start(opts, shown) => r,
         _ = term.recv() => {
             tracing::info!("SIGTERM: exiting; the datapath stays as it is");
             Ok(())
@@ -129,12 +130,12 @@ struct Agent {
 
 /// Starts the peer probes, feeding the metrics and `/peers`. Without them (no raw or ping
 /// socket allowed) weftd still runs the overlay, and says why it cannot watch it.
-fn start_probes(cfg: ProbeConfig, metrics: &Arc<Metrics>) -> Option<Arc<Prober>> {
-    let m = metrics.clone();
+fn start_probes(cfg: ProbeConfig, shown: &http::Shown) -> Option<Arc<Prober>> {
+    let m = shown.metrics.clone();
     match Prober::start_observed(cfg, Box::new(move |ev| m.record_probe(ev))) {
         Ok(p) => {
             let p = Arc::new(p);
-            metrics.peer_probes.set(p.clone());
+            let _ = shown.prober.set(p.clone());
             tracing::info!(interval = ?cfg.interval, timeout = ?cfg.timeout, down_after = cfg.down_after, "probing peers through the overlay");
             Some(p)
         }
@@ -209,7 +210,7 @@ fn device_specs(
     families: &[Family],
     secrets: &HostSecrets,
 ) -> PerFamily<Option<DeviceSpec>> {
-    let backend = backend::of(&cfg.backend);
+    let backend = cfg.backend.backend();
     let mut specs = PerFamily::default();
     for &f in families {
         let name = opts.vxlan_device.as_deref().filter(|_| f == Family::V4);
@@ -243,8 +244,8 @@ async fn set_up_devices(
         let Some(spec) = specs[f].clone() else {
             continue;
         };
-        let (s, b, mac) = (spec.clone(), cfg.backend.clone(), advertised[f]);
-        let dev = netlink(move |nl| Ok(backend::of(&b).ensure_device(nl, &s, mac)?))
+        let (s, mac) = (spec.clone(), advertised[f]);
+        let dev = netlink(move |nl| Ok(s.kind.ensure(nl, &s, mac)?))
             .await
             .with_context(|| format!("cannot set up the device {}", spec.name))?;
         tracing::info!(device = %spec.name, backend = cfg.backend.type_name(), mac = ?dev.mac.map(|m| format_mac(&m)), mtu = dev.mtu, created = dev.created, "device ready");
@@ -261,7 +262,8 @@ async fn set_up_devices(
 
 impl Agent {
     /// Start-up in order, then the main loop.
-    async fn start(opts: AgentConfig, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    async fn start(opts: AgentConfig, shown: Arc<http::Shown>) -> anyhow::Result<()> {
+        let metrics = shown.metrics.clone();
         let endpoints = opts.etcd.endpoints.join(",");
         let store = retry(
             &format!("connecting to etcd at {endpoints}"),
@@ -273,11 +275,14 @@ impl Agent {
         let ext = choose_iface(opts.select.clone()).await?;
         let families = families(&cfg, &ext);
         for f in &families {
-            backend::of(&cfg.backend)
+            cfg.backend
+                .backend()
                 .usable(&ext, *f)
                 .map_err(anyhow::Error::msg)?;
         }
-        let secrets = backend::of(&cfg.backend)
+        let secrets = cfg
+            .backend
+            .backend()
             .load_secrets()
             .map_err(anyhow::Error::msg)?;
         tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, public_ipv6 = ?ext.v6.as_ref().map(|v| v.public_ip), mtu = ext.mtu, "external interface chosen");
@@ -293,7 +298,7 @@ impl Agent {
             .find(|l| l.attrs.public_ip == ext.public_ip)
         {
             for f in Family::ALL {
-                advertised[f] = backend::of(&cfg.backend).advertised_mac(&l.attrs, f);
+                advertised[f] = cfg.backend.backend().advertised_mac(&l.attrs, f);
             }
         }
         let specs = device_specs(&cfg, &opts, &ext, &families, &secrets);
@@ -314,16 +319,14 @@ impl Agent {
         tracing::info!(subnet = %own.subnet, ipv6_subnet = ?own.subnet6, expires = ?own.expiration.map(humantime::format_rfc3339_seconds), "subnet lease acquired");
 
         let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
-        let prober = start_probes(opts.probe, &metrics);
-        let datapath = Datapath::start(
-            metrics.clone(),
-            opts.resync,
-            opts.tunnel_poll,
-            reports_tx,
-            opts.select.clone(),
-            prober.clone(),
-        )
-        .context("cannot start the datapath")?;
+        let prober = start_probes(opts.probe, &shown);
+        let settings = crate::datapath::Settings {
+            resync: opts.resync,
+            tunnel_poll: opts.tunnel_poll,
+            select: opts.select.clone(),
+        };
+        let datapath = Datapath::start(settings, metrics.clone(), reports_tx, prober.clone())
+            .context("cannot start the datapath")?;
         let status = StatusFeed::start(store.clone(), opts.status_ttl, Facts::default());
         let mut agent = Agent {
             prober,
@@ -727,7 +730,7 @@ impl Agent {
             old_iface = %old.name, old_index = old.index, old_public_ip = %old.public_ip, old_address = %old.iface_addr, old_mtu = old.mtu,
             "external interface changed; following it"
         );
-        let backend = backend::of(&self.cfg.backend);
+        let backend = self.cfg.backend.backend();
         let families = families(&self.cfg, new);
         for f in &families {
             if let Err(why) = backend.usable(new, *f) {
@@ -877,7 +880,7 @@ fn lease_attrs(
     devices: &PerFamily<Option<DeviceSpec>>,
     macs: &PerFamily<Option<Mac>>,
 ) -> LeaseAttrs {
-    let backend = backend::of(&cfg.backend);
+    let backend = cfg.backend.backend();
     let v6 = cfg.ipv6_network.is_some()
         && ext.v6.is_some()
         && (devices.v6.is_some() || devices.v4.is_none());

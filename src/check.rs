@@ -2,12 +2,13 @@
 //! through the datapath's own path (backend, desired state, kernel read, diff) without
 //! applying anything, plus the backend's device against the lease and subnet.env.
 
-use crate::backend::{self, DeviceSpec, Host};
+use crate::backend::{DeviceSpec, Host, HostSecrets};
 use crate::config::NetworkConfig;
+use crate::datapath::kernel::read_actual;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
 use crate::netlink::{Netlink, NetlinkError, Op};
-use crate::reconcile;
+use crate::plan::{self, Desired};
 use crate::subnet::Family;
 use crate::subnet_env::SubnetEnv;
 
@@ -29,78 +30,64 @@ pub struct Report {
     pub notes: Vec<Finding>,
 }
 
+/// What the check compares the kernel with: the network config, this host's external
+/// interface and device name (None: the backend's default), the leases and subnet.env.
+pub struct Subject<'a> {
+    pub cfg: &'a NetworkConfig,
+    pub ext: &'a ExtIface,
+    pub device_name: Option<&'a str>,
+    pub leases: &'a [Lease],
+    pub env: Option<&'a SubnetEnv>,
+}
+
 /// Reads the kernel through `nl` and reports every difference. `own` is this host's lease
 /// (None: the host holds none, itself a finding).
-pub fn check(
-    nl: &mut Netlink,
-    cfg: &NetworkConfig,
-    ext: &ExtIface,
-    device_name: Option<&str>,
-    own: Option<&Lease>,
-    leases: &[Lease],
-    env: Option<&SubnetEnv>,
-) -> Result<Report, NetlinkError> {
+pub fn check(nl: &mut Netlink, s: &Subject, own: Option<&Lease>) -> Result<Report, NetlinkError> {
     let mut report = Report::default();
     let Some(own) = own else {
         report.findings.push(Finding(format!(
             "no lease in etcd holds this host's public IP {}",
-            ext.public_ip
+            s.ext.public_ip
         )));
         return Ok(report);
     };
-    check_env(own, env, &mut report.findings);
-    for family in reconcile::families(cfg, ext, own) {
-        let name = device_name.filter(|_| family == Family::V4);
-        check_family(nl, cfg, ext, name, own, leases, env, family, &mut report)?;
+    check_env(own, s.env, &mut report.findings);
+    for family in plan::families(s.cfg, s.ext, own) {
+        check_family(nl, s, own, family, &mut report)?;
     }
     Ok(report)
 }
 
 /// One family: the device, then the datapath's own path without the apply (desired state,
 /// kernel read, diff).
-#[allow(clippy::too_many_arguments)]
 fn check_family(
     nl: &mut Netlink,
-    cfg: &NetworkConfig,
-    ext: &ExtIface,
-    device_name: Option<&str>,
+    s: &Subject,
     own: &Lease,
-    leases: &[Lease],
-    env: Option<&SubnetEnv>,
     family: Family,
     report: &mut Report,
 ) -> Result<(), NetlinkError> {
-    let device = check_device(
-        nl,
-        cfg,
-        ext,
-        device_name,
-        own,
-        env,
-        family,
-        &mut report.findings,
-    )?;
-    let device_index = device.as_ref().map(|(i, _)| *i);
-    let spec = device.as_ref().map(|(_, s)| s.clone());
-    let device = device.map(|(i, s)| (i, s.name));
-    let (Some(host), Some(side)) = (Host::new(ext, family, device_index), own.side(family)) else {
+    let spec = check_device(nl, s, own, family, &mut report.findings)?;
+    let device = spec.as_ref().map(|(i, spec)| (*i, spec.name.clone()));
+    let host = Host::new(s.ext, family, device.as_ref().map(|(i, _)| *i));
+    let (Some(host), Some(side)) = (host, own.side(family)) else {
         return Ok(());
     };
-    let desired = reconcile::desired(cfg, &host, own, leases);
+    let desired = plan::desired(s.cfg, &host, own, s.leases);
     for skip in &desired.skipped {
         report.notes.push(Finding(format!(
             "lease {} is not programmed ({family}): {}",
             skip.key, skip.reason
         )));
     }
-    let actual = reconcile::read_actual(nl, cfg, &host, side.subnet)?;
+    let actual = read_actual(nl, s.cfg, &host, side.subnet)?;
     let dev_name = |i: u32| match &device {
         Some((index, name)) if *index == i => name.clone(),
-        _ if i == ext.index => ext.name.clone(),
+        _ if i == s.ext.index => s.ext.name.clone(),
         _ => format!("#{i}"),
     };
-    for op in reconcile::diff(&desired, &actual) {
-        let what = reconcile::describe(&op, &dev_name);
+    for op in plan::diff(&desired, &actual) {
+        let what = plan::describe(&op, &dev_name);
         let line = match op {
             Op::ReplaceRoute(_) | Op::ReplaceNeighbour(_) | Op::ReplaceFdb(_) => {
                 format!("missing or wrong: {what}")
@@ -109,22 +96,20 @@ fn check_family(
         };
         report.findings.push(Finding(line));
     }
-    if let Some(spec) = spec.filter(DeviceSpec::has_peers) {
-        check_tunnel(nl, cfg, &spec, &desired, &mut report.findings);
+    if let Some((_, spec)) = spec {
+        check_tunnel(nl, &spec, &desired, &mut report.findings);
     }
     Ok(())
 }
 
-/// A tunnel device's peers (WireGuard) against the leases, through the datapath's own diff.
-fn check_tunnel(
-    nl: &mut Netlink,
-    cfg: &NetworkConfig,
-    spec: &DeviceSpec,
-    desired: &reconcile::Desired,
-    out: &mut Vec<Finding>,
-) {
-    let have = match backend::of(&cfg.backend).tunnel_peers(nl, spec) {
-        Ok(have) => have.unwrap_or_default(),
+/// A tunnel device's own peers (WireGuard's) against the leases, through the datapath's own
+/// diff; nothing for a device that holds none.
+fn check_tunnel(nl: &mut Netlink, spec: &DeviceSpec, desired: &Desired, out: &mut Vec<Finding>) {
+    let Some(mut tunnel) = spec.kind.tunnel(spec) else {
+        return;
+    };
+    let have = match tunnel.read(nl) {
+        Ok(have) => have,
         Err(e) => {
             out.push(Finding(format!(
                 "cannot read the peers of {}: {e}",
@@ -133,21 +118,16 @@ fn check_tunnel(
             return;
         }
     };
-    let change = reconcile::diff_tunnel(&desired.tunnel, &have);
+    let change = plan::diff_tunnel(&desired.tunnel, &have);
     for p in &change.set {
         out.push(Finding(format!(
             "missing or wrong on {}: {}",
             spec.name,
-            reconcile::describe_peer(p)
+            p.describe()
         )));
     }
-    for k in &change.remove {
-        let stale = have.iter().find(|p| p.public_key == *k);
-        out.push(Finding(format!(
-            "stale on {}: {}",
-            spec.name,
-            stale.map(reconcile::describe_peer).unwrap_or_default()
-        )));
+    for p in &change.remove {
+        out.push(Finding(format!("stale on {}: {}", spec.name, p.describe())));
     }
 }
 
@@ -176,20 +156,16 @@ fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
 /// The backend's device of `family`, if it needs one: there, up, within subnet.env's MTU
 /// (the smallest of the families'), and whatever the backend itself checks. Returns its
 /// index and spec when it exists.
-#[allow(clippy::too_many_arguments)]
 fn check_device(
     nl: &mut Netlink,
-    cfg: &NetworkConfig,
-    ext: &ExtIface,
-    device_name: Option<&str>,
+    s: &Subject,
     own: &Lease,
-    env: Option<&SubnetEnv>,
     family: Family,
     out: &mut Vec<Finding>,
 ) -> Result<Option<(u32, DeviceSpec)>, NetlinkError> {
-    let backend = backend::of(&cfg.backend);
-    let Some(spec) = backend.device(ext, device_name, family, &backend::HostSecrets::default())
-    else {
+    let backend = s.cfg.backend.backend();
+    let name = s.device_name.filter(|_| family == Family::V4);
+    let Some(spec) = backend.device(s.ext, name, family, &HostSecrets::default()) else {
         return Ok(None);
     };
     let Some(link) = nl.link_by_name(&spec.name)? else {
@@ -208,7 +184,7 @@ fn check_device(
             spec.name, link.mtu, spec.mtu
         )));
     }
-    if let Some(env) = env.filter(|e| e.mtu > link.mtu) {
+    if let Some(env) = s.env.filter(|e| e.mtu > link.mtu) {
         out.push(Finding(format!(
             "device {} has MTU {} but subnet.env says FLANNEL_MTU={}",
             spec.name, link.mtu, env.mtu

@@ -54,59 +54,14 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<Value>,
 }
 
-pub use crate::backend::vxlan::VxlanLeaseData;
-
 impl LeaseAttrs {
-    /// Attributes of a VXLAN host, as flannel writes them.
-    pub fn new_vxlan(public_ip: Ipv4Addr, vni: u32, vtep_mac: &str) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: crate::backend::vxlan::TYPE.into(),
-            backend_data: Some(
-                VxlanLeaseData {
-                    vni,
-                    vtep_mac: vtep_mac.to_string(),
-                }
-                .to_value(),
-            ),
-            backend_v6_data: None,
+    /// The backend's data of `family` (`BackendData`, `BackendV6Data`), as stored: only the
+    /// backend reads it.
+    pub fn data(&self, family: Family) -> Option<&Value> {
+        match family {
+            Family::V4 => self.backend_data.as_ref(),
+            Family::V6 => self.backend_v6_data.as_ref(),
         }
-    }
-
-    /// Attributes of a host-gw host: no `BackendData`, as in flannel.
-    pub fn new_host_gw(public_ip: Ipv4Addr) -> LeaseAttrs {
-        LeaseAttrs {
-            public_ip,
-            public_ipv6: None,
-            backend_type: crate::backend::hostgw::TYPE.into(),
-            backend_data: None,
-            backend_v6_data: None,
-        }
-    }
-
-    /// VNI and VTEP MAC from `BackendData`; `None` when absent or not parseable.
-    pub fn vxlan_data(&self) -> Option<VxlanLeaseData> {
-        self.backend_data
-            .as_ref()
-            .and_then(VxlanLeaseData::from_value)
-    }
-
-    /// The same for `BackendV6Data`.
-    pub fn vxlan_v6_data(&self) -> Option<VxlanLeaseData> {
-        self.backend_v6_data
-            .as_ref()
-            .and_then(VxlanLeaseData::from_value)
-    }
-
-    /// The WireGuard public key `BackendData` advertises (base64), if any.
-    pub fn public_key(&self) -> Option<String> {
-        wg_key(self.backend_data.as_ref())
-    }
-
-    /// The same for `BackendV6Data`.
-    pub fn public_key_v6(&self) -> Option<String> {
-        wg_key(self.backend_v6_data.as_ref())
     }
 
     /// The value to store, in flannel's compact JSON.
@@ -216,12 +171,6 @@ impl LeaseEvent {
     }
 }
 
-/// The public key of a wireguard `BackendData`, as the lease writes it.
-fn wg_key(data: Option<&Value>) -> Option<String> {
-    let d = crate::backend::wireguard::WgLeaseData::from_value(data?)?;
-    Some(crate::backend::wireguard::format_key(&d.public_key))
-}
-
 #[cfg(test)]
 impl Lease {
     /// A host-gw lease of `subnet` at etcd revision `rev`, for the crate's unit tests.
@@ -229,7 +178,13 @@ impl Lease {
         Lease {
             subnet: subnet.parse().expect("a test subnet"),
             subnet6: None,
-            attrs: LeaseAttrs::new_host_gw("198.18.0.2".parse().expect("an address")),
+            attrs: LeaseAttrs {
+                public_ip: "198.18.0.2".parse().expect("an address"),
+                public_ipv6: None,
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
             expiration: None,
             etcd_lease_id: None,
             mod_revision: rev,
@@ -252,23 +207,32 @@ mod tests {
         assert_eq!(l.attrs.public_ipv6, None);
         assert_eq!(l.attrs.backend_type, "vxlan");
         assert_eq!(
-            l.attrs.vxlan_data(),
-            Some(VxlanLeaseData {
-                vni: 1,
-                vtep_mac: "c6:d2:32:6f:8f:44".into()
-            })
+            l.attrs.data(Family::V4),
+            Some(&serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}))
         );
         assert_eq!(l.attrs.backend_v6_data, None);
         assert!(l.is_reservation());
         assert_eq!(l.key_name(), "10.5.52.0-24");
     }
 
+    /// A host's attributes with `data` as BackendData of `backend_type`.
+    fn attrs_of(ip: Ipv4Addr, backend_type: &str, data: Option<Value>) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: ip,
+            public_ipv6: None,
+            backend_type: backend_type.into(),
+            backend_data: data,
+            backend_v6_data: None,
+        }
+    }
+
     #[test]
     fn writes_flannel_value() {
-        let a = LeaseAttrs::new_vxlan(Ipv4Addr::new(192, 168, 64, 3), 1, "c6:d2:32:6f:8f:44");
+        let data = serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"});
+        let a = attrs_of(Ipv4Addr::new(192, 168, 64, 3), "vxlan", Some(data));
         assert_eq!(a.to_json(), FLANNEL);
         assert_eq!(
-            LeaseAttrs::new_host_gw(Ipv4Addr::new(198, 18, 0, 1)).to_json(),
+            attrs_of(Ipv4Addr::new(198, 18, 0, 1), "host-gw", None).to_json(),
             r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#
         );
     }
@@ -284,7 +248,7 @@ mod tests {
         assert_eq!(l.subnet6, Some("2001:db8:100:5::/64".parse().unwrap()));
         assert_eq!(l.attrs.public_ipv6, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(
-            l.attrs.vxlan_v6_data().unwrap().vtep_mac,
+            l.attrs.data(Family::V6).unwrap()["VtepMAC"],
             "0e:00:00:00:00:02"
         );
         let v6 = l.side(Family::V6).unwrap();
@@ -293,7 +257,7 @@ mod tests {
         assert_eq!(l.attrs.to_json(), FLANNEL_DUAL);
         let hg = LeaseAttrs {
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
-            ..LeaseAttrs::new_host_gw(Ipv4Addr::new(198, 18, 0, 1))
+            ..attrs_of(Ipv4Addr::new(198, 18, 0, 1), "host-gw", None)
         };
         assert_eq!(
             hg.to_json(),
@@ -312,7 +276,7 @@ mod tests {
             a.backend_data.as_ref().unwrap()["Extra"],
             serde_json::json!([1, 2])
         );
-        assert_eq!(a.vxlan_v6_data().unwrap().vtep_mac, "aa:bb:cc:dd:ee:fe");
+        assert_eq!(a.data(Family::V6).unwrap()["VtepMAC"], "aa:bb:cc:dd:ee:fe");
         let again = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
         assert_eq!(again, a);
     }
@@ -330,7 +294,10 @@ mod tests {
             br#"{"PublicIP":"198.18.0.1","BackendData":{"VNI":"x"}}"#,
         )
         .unwrap();
-        assert_eq!(a.vxlan_data(), None);
+        assert_eq!(
+            crate::backend::summary(&a, Family::V4).map(|(_, t)| t),
+            None
+        );
     }
 
     /// Property tests: `PROPTEST_CASES` sets how many cases each one runs (256 by default).
@@ -370,10 +337,12 @@ mod tests {
             prop_oneof![
                 Just(None),
                 (any::<u32>(), mac())
-                    .prop_map(|(vni, vtep_mac)| Some(VxlanLeaseData { vni, vtep_mac }.to_value())),
-                (any::<[u8; 32]>(), any::<u16>()).prop_map(|(public_key, port)| Some(
-                    crate::backend::wireguard::WgLeaseData { public_key, port }.to_value()
-                )),
+                    .prop_map(|(vni, m)| Some(serde_json::json!({"VNI": vni, "VtepMAC": m}))),
+                (any::<[u8; 32]>(), any::<u16>()).prop_map(|(key, port)| {
+                    use base64::Engine as _;
+                    let key = base64::engine::general_purpose::STANDARD.encode(key);
+                    Some(serde_json::json!({"PublicKey": key, "Port": port}))
+                }),
                 // A stored `null` reads as no BackendData, as flannel reads it.
                 json_value()
                     .prop_filter("not null", |v| !v.is_null())
@@ -420,30 +389,11 @@ mod tests {
                     // Whatever parses can be written back and read again unchanged.
                     let again = LeaseAttrs::from_json(&key, l.attrs.to_json().as_bytes());
                     prop_assert_eq!(again.as_ref(), Ok(&l.attrs));
-                    let _ = l.attrs.vxlan_data();
-                    let _ = l.attrs.vxlan_v6_data();
-                    let _ = l.attrs.public_key();
-                    let _ = l.attrs.public_key_v6();
+                    // Every backend reads what it is given without a panic.
+                    for f in Family::ALL {
+                        let _ = crate::backend::summary(&l.attrs, f);
+                    }
                 }
-            }
-
-            #[test]
-            fn wireguard_data_round_trips(key in any::<[u8; 32]>(), port in any::<u16>()) {
-                use crate::backend::wireguard::{format_key, WgLeaseData};
-                let data = WgLeaseData { public_key: key, port };
-                prop_assert_eq!(WgLeaseData::from_value(&data.to_value()), Some(data));
-                let a = LeaseAttrs {
-                    backend_type: "wireguard".into(),
-                    backend_data: Some(WgLeaseData { public_key: key, port }.to_value()),
-                    ..LeaseAttrs::new_host_gw(Ipv4Addr::LOCALHOST)
-                };
-                let back = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
-                prop_assert_eq!(back.public_key(), Some(format_key(&key)));
-            }
-
-            #[test]
-            fn wireguard_data_from_anything_never_panics(v in json_value()) {
-                let _ = crate::backend::wireguard::WgLeaseData::from_value(&v);
             }
 
             #[test]
@@ -452,12 +402,6 @@ mod tests {
                 prop_assert_eq!(back.as_ref(), Ok(&a));
             }
 
-            #[test]
-            fn vxlan_data_round_trips(ip in any::<u32>(), vni in any::<u32>(), m in mac()) {
-                let a = LeaseAttrs::new_vxlan(Ipv4Addr::from(ip), vni, &m);
-                let back = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
-                prop_assert_eq!(back.vxlan_data(), Some(VxlanLeaseData { vni, vtep_mac: m }));
-            }
         }
     }
 }

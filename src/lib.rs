@@ -21,7 +21,10 @@
 pub mod backend;
 pub mod config;
 pub mod docker;
+#[cfg(feature = "daemon")]
+pub mod duration;
 pub mod file;
+pub mod json;
 pub mod lease;
 pub mod show;
 pub mod subnet;
@@ -54,8 +57,10 @@ pub mod logging;
 #[cfg(feature = "daemon")]
 pub mod masq;
 #[cfg(feature = "daemon")]
-pub mod probe;
+pub mod metrics;
 #[cfg(feature = "daemon")]
-pub mod reconcile;
+pub mod plan;
+#[cfg(feature = "daemon")]
+pub mod probe;
 #[cfg(feature = "daemon")]
 pub mod status;

@@ -356,7 +356,7 @@ async fn an_expired_token_is_renewed_without_the_caller_noticing() {
     let store = weft::store::EtcdStore::connect(&opts).await.unwrap();
     let cfg = store.get_config().await.unwrap().unwrap();
     let attrs =
-        weft::lease::LeaseAttrs::new_vxlan("198.18.0.3".parse().unwrap(), 1, "0e:2a:00:00:00:03");
+        weft::backend::vxlan::lease_attrs("198.18.0.3".parse().unwrap(), 1, "0e:2a:00:00:00:03");
     let lease = store
         .acquire_lease(&cfg, &attrs, None, Duration::from_secs(600))
         .await

@@ -18,7 +18,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 const PREFIX: &str = "/coreos.com/network/subnets/";
 
 fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
+    weft::backend::vxlan::lease_attrs(
         Ipv4Addr::new(198, 18, 1, i),
         1,
         &format!("0e:2a:00:00:00:{i:02x}"),
@@ -93,7 +93,7 @@ async fn restarted_host_gets_its_subnet_back_by_public_ip() {
     assert_ne!(a.subnet, b.subnet);
 
     // Host 1 restarts with a new VTEP MAC and no subnet.env.
-    let new_attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:01:01");
+    let new_attrs = weft::backend::vxlan::lease_attrs(host(1).public_ip, 1, "0e:2a:00:00:01:01");
     let again = store
         .acquire_lease(&cfg, &new_attrs, None, HOUR)
         .await
@@ -157,7 +157,7 @@ async fn no_free_subnet_names_the_range_and_count() {
         store
             .acquire_lease(
                 &cfg,
-                &LeaseAttrs::new_host_gw(host(i).public_ip),
+                &weft::backend::hostgw::lease_attrs(host(i).public_ip),
                 None,
                 HOUR,
             )
@@ -167,7 +167,7 @@ async fn no_free_subnet_names_the_range_and_count() {
     let err = store
         .acquire_lease(
             &cfg,
-            &LeaseAttrs::new_host_gw(host(4).public_ip),
+            &weft::backend::hostgw::lease_attrs(host(4).public_ip),
             None,
             HOUR,
         )
@@ -255,14 +255,21 @@ async fn flannel_lease_is_read_and_weft_writes_flannel_format() {
     assert_eq!(l.attrs.public_ip, Ipv4Addr::new(198, 18, 64, 3));
     assert_eq!(l.attrs.public_ipv6, None);
     assert_eq!(l.attrs.backend_type, "vxlan");
-    let vx = l.attrs.vxlan_data().unwrap();
-    assert_eq!((vx.vni, vx.vtep_mac.as_str()), (1, "c6:d2:32:6f:8f:44"));
+    let vx = l.attrs.backend_data.as_ref().unwrap();
+    assert_eq!(
+        (&vx["VNI"], &vx["VtepMAC"]),
+        (&1.into(), &"c6:d2:32:6f:8f:44".into())
+    );
     assert!(l.is_reservation(), "written without an etcd lease");
 
     let mine = store
         .acquire_lease(
             &cfg,
-            &LeaseAttrs::new_vxlan(Ipv4Addr::new(198, 18, 64, 4), 1, "c6:d2:32:6f:8f:45"),
+            &weft::backend::vxlan::lease_attrs(
+                Ipv4Addr::new(198, 18, 64, 4),
+                1,
+                "c6:d2:32:6f:8f:45",
+            ),
             None,
             HOUR,
         )

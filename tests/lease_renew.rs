@@ -13,7 +13,7 @@ const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"
 const PREFIX: &str = "/coreos.com/network/subnets/";
 
 fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
+    weft::backend::vxlan::lease_attrs(
         Ipv4Addr::new(198, 18, 2, i),
         1,
         &format!("0e:2a:00:00:02:{i:02x}"),
@@ -114,7 +114,7 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
     let key = format!("{PREFIX}{}", a.key_name());
 
     // A new VTEP MAC is re-advertised on the same etcd lease.
-    let new_attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:09:09");
+    let new_attrs = weft::backend::vxlan::lease_attrs(host(1).public_ip, 1, "0e:2a:00:00:09:09");
     let a2 = store.update_lease_attrs(&a, &new_attrs).await.unwrap();
     assert_eq!(a2.etcd_lease_id, a.etcd_lease_id);
     assert_eq!(etcd.key_lease(&key), a.etcd_lease_id);
@@ -153,7 +153,7 @@ async fn a_revoke_never_clobbers_a_lease_rewritten_since_it_was_read() {
     let key = format!("{PREFIX}{}", a.key_name());
 
     // The host re-advertises (a new VTEP MAC) after the operator looked.
-    let attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:09:0a");
+    let attrs = weft::backend::vxlan::lease_attrs(host(1).public_ip, 1, "0e:2a:00:00:09:0a");
     store.update_lease_attrs(&a, &attrs).await.unwrap();
     let err = store.revoke_seen_lease(&seen).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseChanged { .. }), "{err}");

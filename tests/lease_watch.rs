@@ -16,7 +16,7 @@ const PREFIX: &str = "/coreos.com/network/subnets/";
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
+    weft::backend::vxlan::lease_attrs(
         Ipv4Addr::new(198, 18, 3, i),
         1,
         &format!("0e:2a:00:00:03:{i:02x}"),
@@ -157,7 +157,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
 
     // Changes the watcher has not seen, then their history is compacted away.
     store.revoke_lease(a.subnet).await.unwrap();
-    let b2_attrs = LeaseAttrs::new_vxlan(host(2).public_ip, 1, "0e:2a:00:00:0b:0b");
+    let b2_attrs = weft::backend::vxlan::lease_attrs(host(2).public_ip, 1, "0e:2a:00:00:0b:0b");
     let b2 = store.update_lease_attrs(&b, &b2_attrs).await.unwrap();
     // d takes a subnet none of the others ever had: one that a left behind would be the
     // same key, and its replacement is then one "added" with no "removed".

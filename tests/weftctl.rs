@@ -62,7 +62,7 @@ fn set_config(etcd: &Etcd, cfg: &str) -> Output {
 }
 
 fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
+    weft::backend::vxlan::lease_attrs(
         Ipv4Addr::new(198, 18, 4, i),
         1,
         &format!("0e:2a:00:00:04:{i:02x}"),

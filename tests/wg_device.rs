@@ -7,9 +7,9 @@ mod common;
 use std::process::Command;
 
 use common::netns::Netns;
-use weft::backend::uapi::{self, Change};
-use weft::backend::wgdev::{self, Implementation};
-use weft::backend::wgkey::public_key;
+use weft::backend::wireguard::device::{self as wgdev, Implementation};
+use weft::backend::wireguard::key::public_key;
+use weft::backend::wireguard::uapi::{self, Change};
 use weft::backend::wireguard::{format_key, WgPeer};
 use weft::netlink::{run_in_netns, Netlink};
 

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use weft::config::NetworkConfig;
-use weft::lease::LeaseAttrs;
 use weft::store::EtcdStore;
 
 use crate::common::etcd::Etcd;
@@ -119,7 +118,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
             for (i, store) in stores.into_iter().enumerate() {
                 let (cfg, b) = (cfg2.clone(), barrier.clone());
                 set.spawn(async move {
-                    let attrs = LeaseAttrs::new_vxlan(
+                    let attrs = weft::backend::vxlan::lease_attrs(
                         agent_ip(i),
                         1,
                         &format!("0e:42:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
@@ -176,7 +175,8 @@ pub fn run(z: &Sizes) -> Vec<Table> {
                     "{PREFIX}/subnets/{}",
                     weft::subnet::lease_key_name(subnets[i], None)
                 );
-                let value = LeaseAttrs::new_vxlan(agent_ip(i), 1, "0e:43:00:00:00:01").to_json();
+                let value = weft::backend::vxlan::lease_attrs(agent_ip(i), 1, "0e:43:00:00:00:01")
+                    .to_json();
                 set.spawn(async move {
                     b.wait().await;
                     let id = c.lease_grant(86_400, None).await.expect("grant").id();

@@ -6,7 +6,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use weft::lease::LeaseAttrs;
 use weft::netlink::{format_mac, Family, Netlink};
 use weft::subnet::lease_key_name;
 
@@ -216,11 +215,12 @@ fn join(n: u32, dual: bool) -> Join {
         .expect("/64")
     });
     let mac = |tag: u8| format_mac(&[0x0e, tag, 0, 0, (n >> 8) as u8, n as u8]);
-    let mut attrs = LeaseAttrs::new_vxlan(Ipv4Addr::new(198, 18, 64, n as u8), 1, &mac(0x64));
+    let mut attrs =
+        weft::backend::vxlan::lease_attrs(Ipv4Addr::new(198, 18, 64, n as u8), 1, &mac(0x64));
     if dual {
         attrs.public_ipv6 = Some(Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, n as u16 + 1));
         attrs.backend_v6_data =
-            LeaseAttrs::new_vxlan(Ipv4Addr::UNSPECIFIED, 1, &mac(0x66)).backend_data;
+            weft::backend::vxlan::lease_attrs(Ipv4Addr::UNSPECIFIED, 1, &mac(0x66)).backend_data;
     }
     Join {
         subnet,

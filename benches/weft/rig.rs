@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
-use weft::lease::LeaseAttrs;
 use weft::subnet::lease_key_name;
 
 use crate::common::netns::Netns;
@@ -272,7 +271,8 @@ impl FakeLease {
     }
 
     pub fn value(&self) -> String {
-        LeaseAttrs::new_vxlan(self.public_ip, 1, &weft::netlink::format_mac(&self.mac)).to_json()
+        weft::backend::vxlan::lease_attrs(self.public_ip, 1, &weft::netlink::format_mac(&self.mac))
+            .to_json()
     }
 
     pub fn gateway(&self) -> std::net::IpAddr {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{EventType, WatchOptions};
 use ipnet::{IpNet, Ipv4Net};
-use weft::backend::uapi;
+use weft::backend::wireguard::uapi;
 use weft::backend::wireguard::{parse_key, Key};
 use weft::netlink::{Family, Netlink};
 use weft::subnet::{lease_key_name, parse_lease_key_name};

@@ -3,13 +3,13 @@
 
 use serde_json::{Map, Value};
 
-use super::Backend;
+use super::{Backend, Summary};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
-    super::{Device, DeviceError, DeviceSpec, Host, HostSecrets, Peer, PeerObjects},
+    super::{DeviceSpec, Host, HostSecrets, Peer, PeerObjects},
     crate::iface::ExtIface,
-    crate::netlink::{Mac, Netlink},
+    crate::netlink::Mac,
 };
 
 /// The backend's name in `Backend.Type` and a lease's `BackendType`.
@@ -20,6 +20,20 @@ pub struct HostGw;
 
 /// host-gw has no settings: this is all of it.
 pub const BACKEND: HostGw = HostGw;
+
+/// Attributes of a host-gw host: no `BackendData`, as in flannel.
+pub fn lease_attrs(public_ip: std::net::Ipv4Addr) -> crate::lease::LeaseAttrs {
+    crate::lease::LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: TYPE.into(),
+        backend_data: None,
+        backend_v6_data: None,
+    }
+}
+
+/// A host-gw lease carries no data to show.
+pub const SUMMARY: Option<Summary> = None;
 
 impl Backend for HostGw {
     fn type_name(&self) -> &'static str {
@@ -63,16 +77,6 @@ impl Backend for HostGw {
         _: &HostSecrets,
     ) -> Option<DeviceSpec> {
         None
-    }
-
-    #[cfg(feature = "daemon")]
-    fn ensure_device(
-        &self,
-        _: &mut Netlink,
-        spec: &DeviceSpec,
-        _: Option<Mac>,
-    ) -> Result<Device, DeviceError> {
-        Err(DeviceError::Foreign(spec.name.clone()))
     }
 
     #[cfg(feature = "daemon")]

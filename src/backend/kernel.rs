@@ -1,14 +1,16 @@
 //! What a backend deals in on the kernel side: this host's facts, the objects one peer
-//! becomes, the device a backend needs and how it is brought up. Only with the daemon.
+//! becomes, the device a backend needs (made ready by the backend's own [`DeviceKind`]) and a
+//! tunnel device's own peers ([`Tunnel`]). Only with the daemon.
 
+use std::any::Any;
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::wgdev::WgDeviceError;
-use super::wireguard::{Key, WgPeer};
 use crate::iface::ExtIface;
-use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route, VxlanSpec};
+use crate::netlink::{FdbEntry, Mac, Neighbour, Netlink, NetlinkError, Route};
 use crate::subnet::Family;
 
 /// Facts about this host the desired state of one family depends on; the family is that of
@@ -80,8 +82,8 @@ pub struct Identity {
     pub value: String,
 }
 
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.what, self.value)
     }
 }
@@ -92,60 +94,65 @@ pub struct PeerObjects {
     pub route: Option<Route>,
     pub neighbour: Option<Neighbour>,
     pub fdb: Option<FdbEntry>,
-    /// A peer of the backend's tunnel device (WireGuard), keyed by its public key.
-    pub tunnel: Option<WgPeer>,
+    /// A peer held inside the backend's tunnel device (WireGuard's).
+    pub tunnel: Option<TunnelPeer>,
 }
 
 /// What this host keeps for its backend between runs (WireGuard's private key), loaded once
-/// at start-up by [`super::Backend::load_secrets`].
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct HostSecrets {
-    pub private_key: Option<Key>,
-}
+/// at start-up by [`super::Backend::load_secrets`] and read only by the backend that loaded
+/// it. Never shown.
+#[derive(Clone, Default)]
+pub struct HostSecrets(pub Option<Arc<dyn Any + Send + Sync>>);
 
-impl std::fmt::Debug for HostSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = self.private_key.map(|_| "(hidden)");
-        f.debug_struct("HostSecrets")
-            .field("private_key", &key)
-            .finish()
+impl fmt::Debug for HostSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "HostSecrets(hidden)"
+        } else {
+            "HostSecrets(none)"
+        })
     }
 }
 
-/// A device a backend needs: its name, MTU, and how to create it.
+impl HostSecrets {
+    /// The secret a backend stored, if it is of type `T`.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.0.as_ref()?.downcast_ref()
+    }
+}
+
+/// A device a backend needs: its name and MTU, which the core uses, and the backend's own
+/// description of it, which only the backend's code reads.
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub name: String,
     pub mtu: u32,
-    pub link: LinkSpec,
+    pub kind: Arc<dyn DeviceKind>,
 }
 
-impl DeviceSpec {
-    /// Whether the device holds peers of its own (WireGuard), which must be read back: such
-    /// a device tells nobody when they change.
-    pub fn has_peers(&self) -> bool {
-        matches!(&self.link, LinkSpec::Wireguard(w) if w.peers)
+/// A backend's kind of device: how it is made ready, and its peers if it holds any.
+pub trait DeviceKind: fmt::Debug + Send + Sync {
+    /// Creates the device or adopts the one that is there; `mac` is the MAC this host's lease
+    /// advertises, for a device that has to be created.
+    fn ensure(
+        &self,
+        nl: &mut Netlink,
+        spec: &DeviceSpec,
+        mac: Option<Mac>,
+    ) -> Result<Device, DeviceError>;
+
+    /// The device's own peers, for a device that holds them (WireGuard's) when this family's
+    /// pass manages them; `None` otherwise. The tunnel is kept for the device's life, so it
+    /// may remember what it did.
+    fn tunnel(&self, _spec: &DeviceSpec) -> Option<Box<dyn Tunnel>> {
+        None
     }
+
+    /// The backend's own description, for the backend that made it.
+    fn as_any(&self) -> &dyn Any;
 }
 
-/// How a device is created; read back by the backend that asked for it.
-#[derive(Debug, Clone)]
-pub enum LinkSpec {
-    Vxlan(VxlanSpec),
-    Wireguard(WgSpec),
-}
-
-/// A WireGuard device: the port it listens on and this host's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WgSpec {
-    pub port: u16,
-    pub secrets: HostSecrets,
-    /// Whether this family's pass manages the device's peers: with one device for both
-    /// families the IPv4 pass does, for both.
-    pub peers: bool,
-}
-
-/// What [`super::Backend::ensure_device`] found and did.
+/// What [`DeviceKind::ensure`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub index: u32,
@@ -164,10 +171,76 @@ pub enum DeviceError {
     Vanished(String),
     #[error("device {0} is not a device this backend creates")]
     Foreign(String),
+    /// What the backend's own code for the device reports.
     #[error(transparent)]
-    Tunnel(#[from] WgDeviceError),
-    #[error("device {0} cannot be set up without this host's key")]
-    NoKey(String),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What identifies a peer on its tunnel device (WireGuard's public key).
+pub type PeerId = Vec<u8>;
+
+/// A peer held inside a tunnel device, as the backend that owns the device models it. The
+/// core stores, compares and hands such peers back to the device without knowing what they
+/// are.
+pub trait DevicePeer: fmt::Debug + Send + Sync {
+    fn id(&self) -> PeerId;
+    /// Whether `other` is the same peer with the same settings (as the device compares them).
+    fn same(&self, other: &dyn DevicePeer) -> bool;
+    /// A short description, for logs and `weftctl check`.
+    fn describe(&self) -> String;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A shared [`DevicePeer`]; equal when the device would call the peers the same.
+#[derive(Debug, Clone)]
+pub struct TunnelPeer(pub Arc<dyn DevicePeer>);
+
+impl TunnelPeer {
+    pub fn id(&self) -> PeerId {
+        self.0.id()
+    }
+
+    pub fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+impl PartialEq for TunnelPeer {
+    fn eq(&self, other: &TunnelPeer) -> bool {
+        self.0.same(&*other.0)
+    }
+}
+
+impl Eq for TunnelPeer {}
+
+/// A change of a tunnel device's peers: peers set (added, or replaced whole), peers removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelChange {
+    pub set: Vec<TunnelPeer>,
+    pub remove: Vec<TunnelPeer>,
+}
+
+impl TunnelChange {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A device that holds peers of its own (WireGuard's). Such a device tells nobody when its
+/// peers change, so the datapath reads them back; reading and writing them is the backend's.
+pub trait Tunnel: Send {
+    /// The peers the device holds now.
+    fn read(&mut self, nl: &mut Netlink) -> Result<Vec<TunnelPeer>, DeviceError>;
+
+    /// Applies `change`; `held` says whether the device holds a peer already. Returns the
+    /// peers of `change.set` that only finish what an earlier write began (a device may take
+    /// a new peer in two steps), which are not drift.
+    fn write(
+        &mut self,
+        nl: &mut Netlink,
+        change: &TunnelChange,
+        held: &dyn Fn(&PeerId) -> bool,
+    ) -> Result<Vec<PeerId>, DeviceError>;
 }
 
 /// Gives a device exactly one address of the subnet's family: `<subnet ip>/32` (`/128`). An

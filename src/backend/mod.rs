@@ -1,20 +1,16 @@
-//! Backends: what the overlay looks like on a host. Each backend answers the same questions
-//! through [`Backend`] (its config, its devices, what a remote lease becomes, what goes into
-//! this host's lease, its MTU overhead, what `weftctl check` verifies). A backend is one file
-//! and one line in the `backends!` list below.
+//! Backends: what the overlay looks like on a host. A backend is its own module (a file, or
+//! a folder when it has parts) and one line in the `backends!` list below: it plans through
+//! [`Backend`] (its settings, the devices it needs, what a remote lease becomes, what goes
+//! into this host's lease: pure) and owns its devices' kernel side through [`DeviceKind`]
+//! and, for a device that holds peers of its own, [`Tunnel`]. Nothing outside this folder
+//! names a backend's types; lease data stays opaque JSON outside it.
 
 pub mod hostgw;
 #[cfg(feature = "daemon")]
 mod kernel;
-#[cfg(feature = "daemon")]
-pub mod uapi;
+#[cfg(all(test, feature = "daemon"))]
+mod toy;
 pub mod vxlan;
-#[cfg(feature = "daemon")]
-pub mod wgdev;
-#[cfg(feature = "daemon")]
-pub mod wggenl;
-#[cfg(feature = "daemon")]
-pub mod wgkey;
 pub mod wireguard;
 
 use serde_json::{Map, Value};
@@ -22,33 +18,39 @@ use serde_json::{Map, Value};
 #[cfg(feature = "daemon")]
 pub use kernel::*;
 
-use crate::config::{get_str, invalid, rename, show, ConfigErrors};
+use crate::json::{get_str, invalid, rename, show, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use crate::{
     iface::ExtIface,
     lease::{Lease, LeaseAttrs},
-    netlink::{Link, Mac, Netlink, Route},
+    netlink::{Mac, Route},
 };
 
 type ParseFn = fn(&Map<String, Value>) -> Result<BackendConfig, ConfigErrors>;
 
-/// Writes the config enum, the registry of parsers and the dispatch to the [`Backend`] from
-/// one list. Each entry is a backend's module, its variant of [`BackendConfig`] and, when it
-/// has settings, their type (which has `parse`); the module has `TYPE`, and `BACKEND` when
-/// there are no settings.
+/// Writes the config enum, the registry of parsers and summaries and the dispatch to the
+/// [`Backend`] from one list. Each entry is a backend's module, its variant of
+/// [`BackendConfig`] and, when it has settings, their type (which has `parse`); the module has
+/// `TYPE` and `SUMMARY`, and `BACKEND` when there are no settings. An entry may carry
+/// attributes (a test-only backend is `#[cfg(test)]`).
 macro_rules! backends {
-    ($( $module:ident => $variant:ident $( ($config:ty) )? ),+ $(,)?) => {
+    ($( $(#[$attr:meta])* $module:ident => $variant:ident $( ($config:ty) )? ),+ $(,)?) => {
         /// The `Backend` part of the network config: one variant per backend.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum BackendConfig {
-            $( $variant $( ($config) )? ),+
+            $( $(#[$attr])* $variant $( ($config) )? ),+
         }
 
         /// The backends weft has, by their name in `Backend.Type`, and how each reads its
         /// config.
         pub const REGISTRY: &[(&str, ParseFn)] = &[
-            $( ($module::TYPE, |obj| Ok(backends!(@make $variant obj $( $config )?))) ),+
+            $( $(#[$attr])* ($module::TYPE, |obj| Ok(backends!(@make $variant obj $( $config )?))) ),+
+        ];
+
+        /// How each backend's lease data is shown, by `BackendType`.
+        const SUMMARIES: &[(&str, Option<Summary>)] = &[
+            $( $(#[$attr])* ($module::TYPE, $module::SUMMARY) ),+
         ];
 
         impl BackendConfig {
@@ -56,6 +58,7 @@ macro_rules! backends {
             pub fn backend(&self) -> &dyn Backend {
                 match self {
                     $(
+                        $(#[$attr])*
                         BackendConfig::$variant $( (backends!(@bind c $config)) )? =>
                             backends!(@get c $module $( $config )?),
                     )+
@@ -86,6 +89,8 @@ backends! {
     vxlan => Vxlan(vxlan::VxlanConfig),
     hostgw => HostGw,
     wireguard => Wireguard(wireguard::WireguardConfig),
+    #[cfg(all(test, feature = "daemon"))]
+    toy => Toy(toy::ToyConfig),
 }
 
 impl BackendConfig {
@@ -125,36 +130,45 @@ impl BackendConfig {
         if let Some((_, parse)) = REGISTRY.iter().find(|(name, _)| *name == lower) {
             return parse(obj);
         }
-        let quoted = |n: &str| format!("\"{n}\"");
-        Err(ConfigErrors::from(match lower.as_str() {
-            "" => invalid(
-                "Backend.Type",
-                "\"\"",
-                format!("must be set; weft supports {}", supported(quoted, " and ")),
-            ),
-            "udp" => invalid(
-                "Backend.Type",
-                ty,
-                format!(
-                    "the udp backend is not supported by weft; use {}",
-                    supported(quoted, " or ")
-                ),
-            ),
-            _ => invalid(
-                "Backend.Type",
-                ty,
-                format!(
-                    "unsupported backend; weft supports {}",
-                    supported(quoted, " and ")
-                ),
-            ),
-        }))
+        Err(ConfigErrors::from(unsupported(ty, &lower)))
     }
 }
 
-/// The registered backends' names, each shown by `show`, as a list ending in `last`.
+/// Why `Backend.Type` `ty` (`lower` lower-cased) names no backend weft has.
+fn unsupported(ty: &str, lower: &str) -> crate::json::ConfigError {
+    let quoted = |n: &str| format!("\"{n}\"");
+    match lower {
+        "" => invalid(
+            "Backend.Type",
+            "\"\"",
+            format!("must be set; weft supports {}", supported(quoted, " and ")),
+        ),
+        "udp" => invalid(
+            "Backend.Type",
+            ty,
+            format!(
+                "the udp backend is not supported by weft; use {}",
+                supported(quoted, " or ")
+            ),
+        ),
+        _ => invalid(
+            "Backend.Type",
+            ty,
+            format!(
+                "unsupported backend; weft supports {}",
+                supported(quoted, " and ")
+            ),
+        ),
+    }
+}
+
+/// The registered backends' names, each shown by `show`, as a list ending in `last`. A
+/// test-only backend is not one weft offers.
 fn supported(show: impl Fn(&str) -> String, last: &str) -> String {
-    let names: Vec<String> = REGISTRY.iter().map(|(n, _)| show(n)).collect();
+    let names: Vec<String> = (REGISTRY.iter())
+        .filter(|(n, _)| !cfg!(test) || *n != "toy")
+        .map(|(n, _)| show(n))
+        .collect();
     match names.split_last() {
         Some((tail, [])) => tail.clone(),
         Some((tail, init)) => format!("{}{last}{tail}", init.join(", ")),
@@ -166,14 +180,43 @@ fn supported(show: impl Fn(&str) -> String, last: &str) -> String {
 /// appear in no error, log or output unless the operator asks for them.
 pub const SECRET_SETTINGS: &[&str] = &["PSK"];
 
-/// The backend a config names, for the agent, the datapath and `weftctl check`.
-#[cfg(feature = "daemon")]
-pub fn of(cfg: &BackendConfig) -> &dyn Backend {
-    cfg.backend()
+/// How `weftctl leases` shows one backend's lease data: a column (the VTEP MAC, the public
+/// key), read from `BackendData` (`BackendV6Data`) by `read`, shortened to `short` characters
+/// in a table (0: never), and named `json` in JSON listings when it is not plainly in
+/// `backend_data` already.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub column: &'static str,
+    pub json: Option<&'static str>,
+    pub short: usize,
+    pub read: fn(&Value) -> Option<String>,
 }
 
-/// The questions every backend answers. The first three are pure and always built; the rest
-/// concern the kernel and come with the daemon.
+/// The summary of a lease's data in one family, by its `BackendType`.
+pub fn summary(attrs: &crate::lease::LeaseAttrs, family: Family) -> Option<(Summary, String)> {
+    let s = summary_of(&attrs.backend_type)?;
+    let data = match family {
+        Family::V4 => attrs.backend_data.as_ref(),
+        Family::V6 => attrs.backend_v6_data.as_ref(),
+    };
+    Some((s, (s.read)(data?)?))
+}
+
+/// The summary kind of a `BackendType`, if weft knows the backend.
+pub fn summary_of(backend_type: &str) -> Option<Summary> {
+    (SUMMARIES.iter())
+        .find(|(name, _)| *name == backend_type)
+        .and_then(|(_, s)| *s)
+}
+
+/// The JSON fields summaries add to a lease listing (each also with `_v6`), so every listing
+/// has the same keys whatever its leases' backends.
+pub fn summary_json_fields() -> impl Iterator<Item = &'static str> {
+    SUMMARIES.iter().filter_map(|(_, s)| s.and_then(|s| s.json))
+}
+
+/// The questions every backend answers about planning: pure, except for loading this host's
+/// secrets once at start-up. The first three are always built; the rest come with the daemon.
 pub trait Backend {
     /// The name leases carry in `BackendType` and the config in `Backend.Type`.
     fn type_name(&self) -> &'static str;
@@ -208,16 +251,6 @@ pub trait Backend {
         secrets: &HostSecrets,
     ) -> Option<DeviceSpec>;
 
-    /// Creates the device or adopts the one that is there. `mac` is the MAC this host's lease
-    /// advertises, for a device that has to be created.
-    #[cfg(feature = "daemon")]
-    fn ensure_device(
-        &self,
-        nl: &mut Netlink,
-        spec: &DeviceSpec,
-        mac: Option<Mac>,
-    ) -> Result<Device, DeviceError>;
-
     /// What makes one family's backend data of a lease its host's alone (a VTEP MAC, a public
     /// key), if anything: no two leases may share it, and no peer may have this host's own.
     #[cfg(feature = "daemon")]
@@ -238,27 +271,6 @@ pub trait Backend {
         Vec::new()
     }
 
-    /// The peers a tunnel device holds (WireGuard); `None` for devices without any.
-    #[cfg(feature = "daemon")]
-    fn tunnel_peers(
-        &self,
-        _nl: &mut Netlink,
-        _spec: &DeviceSpec,
-    ) -> Result<Option<Vec<wireguard::WgPeer>>, DeviceError> {
-        Ok(None)
-    }
-
-    /// Sets and removes a tunnel device's peers.
-    #[cfg(feature = "daemon")]
-    fn change_tunnel(
-        &self,
-        _nl: &mut Netlink,
-        _spec: &DeviceSpec,
-        _change: &uapi::Change,
-    ) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
     /// The `BackendData` (`BackendV6Data`) this host writes into its own lease, given its
     /// device of that family and the device's MAC.
     #[cfg(feature = "daemon")]
@@ -271,10 +283,15 @@ pub trait Backend {
         None
     }
 
-    /// What `weftctl check` finds wrong with the backend's device of `family` beyond MTU and
-    /// state.
+    /// What `weftctl check` finds wrong with the device of `family`, as the kernel has it
+    /// (`link`), beyond MTU and state, given this host's lease.
     #[cfg(feature = "daemon")]
-    fn check_device(&self, _link: &Link, _own: &Lease, _family: Family) -> Vec<String> {
+    fn check_device(
+        &self,
+        _link: &crate::netlink::Link,
+        _own: &Lease,
+        _family: Family,
+    ) -> Vec<String> {
         Vec::new()
     }
 }
@@ -282,8 +299,7 @@ pub trait Backend {
 #[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
-    use crate::config::NetworkConfig;
-    use crate::netlink::VxlanSpec;
+    use crate::netlink::{Link, VxlanSpec};
     use std::net::IpAddr;
 
     fn ext() -> ExtIface {
@@ -312,24 +328,19 @@ mod tests {
     }
 
     fn backend_cfg(json: &str) -> BackendConfig {
-        NetworkConfig::parse(&format!(
-            r#"{{"Network":"198.19.0.0/16","Backend":{json}}}"#
-        ))
-        .unwrap()
-        .backend
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        BackendConfig::parse(Some(&v)).unwrap()
     }
 
     fn vxlan_link(spec: &DeviceSpec) -> &VxlanSpec {
-        match &spec.link {
-            LinkSpec::Vxlan(v) => v,
-            other => panic!("not a VXLAN device: {other:?}"),
-        }
+        (spec.kind.as_any().downcast_ref::<VxlanSpec>())
+            .unwrap_or_else(|| panic!("not a VXLAN device: {:?}", spec.kind))
     }
 
     #[test]
     fn vxlan_needs_flannels_device_and_host_gw_none() {
         let cfg = backend_cfg(r#"{"Type":"vxlan","VNI":7}"#);
-        let vx = of(&cfg);
+        let vx = cfg.backend();
         assert_eq!(vx.type_name(), "vxlan");
         let spec = vx
             .device(&ext(), None, Family::V4, &HostSecrets::default())
@@ -351,13 +362,14 @@ mod tests {
         assert_eq!(link.local, "2001:db8::1".parse::<IpAddr>().unwrap());
 
         let cfg = backend_cfg(r#"{"Type":"vxlan","MTU":1400,"Port":4789}"#);
-        let spec = of(&cfg)
+        let spec = cfg
+            .backend()
             .device(&ext(), Some("weft.1"), Family::V4, &HostSecrets::default())
             .unwrap();
         assert_eq!((spec.name.as_str(), spec.mtu), ("weft.1", 1400));
         assert_eq!(vxlan_link(&spec).port, 4789);
 
-        let hg = of(&BackendConfig::HostGw);
+        let hg = BackendConfig::HostGw.backend();
         assert_eq!(hg.type_name(), "host-gw");
         assert!(hg
             .device(&ext(), None, Family::V4, &HostSecrets::default())
@@ -368,7 +380,7 @@ mod tests {
     #[test]
     fn lease_data_is_flannels() {
         let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
-        let vx = of(&cfg);
+        let vx = cfg.backend();
         let data = vx.lease_data(None, Some([0x0e, 0, 0, 0, 0, 1])).unwrap();
         assert_eq!(
             data,
@@ -376,22 +388,24 @@ mod tests {
         );
         let attrs = LeaseAttrs {
             backend_data: Some(data),
-            ..LeaseAttrs::new_host_gw("198.18.0.1".parse().unwrap())
+            ..crate::backend::hostgw::lease_attrs("198.18.0.1".parse().unwrap())
         };
         assert_eq!(
             vx.advertised_mac(&attrs, Family::V4),
             Some([0x0e, 0, 0, 0, 0, 1])
         );
-        assert_eq!(of(&BackendConfig::HostGw).lease_data(None, None), None);
+        assert_eq!(BackendConfig::HostGw.backend().lease_data(None, None), None);
         assert_eq!(
-            of(&BackendConfig::HostGw).advertised_mac(&attrs, Family::V4),
+            BackendConfig::HostGw
+                .backend()
+                .advertised_mac(&attrs, Family::V4),
             None
         );
     }
 
     #[test]
     fn host_gw_needs_the_public_ip_on_the_interface() {
-        let hg = of(&BackendConfig::HostGw);
+        let hg = BackendConfig::HostGw.backend();
         assert!(hg.usable(&ext(), Family::V4).is_ok());
         let mut e = ext();
         e.public_ip = "198.18.9.9".parse().unwrap();
@@ -400,7 +414,8 @@ mod tests {
             why.contains("198.18.9.9 is not an address of eth0"),
             "{why}"
         );
-        assert!(of(&backend_cfg(r#"{"Type":"vxlan"}"#))
+        assert!(backend_cfg(r#"{"Type":"vxlan"}"#)
+            .backend()
             .usable(&e, Family::V4)
             .is_ok());
     }
@@ -408,11 +423,15 @@ mod tests {
     #[test]
     fn check_finds_a_device_mac_the_lease_does_not_advertise() {
         let cfg = backend_cfg(r#"{"Type":"vxlan"}"#);
-        let vx = of(&cfg);
+        let vx = cfg.backend();
         let own = Lease {
             subnet: "198.19.1.0/24".parse().unwrap(),
             subnet6: None,
-            attrs: LeaseAttrs::new_vxlan("198.18.0.1".parse().unwrap(), 1, "0e:00:00:00:00:01"),
+            attrs: crate::backend::vxlan::lease_attrs(
+                "198.18.0.1".parse().unwrap(),
+                1,
+                "0e:00:00:00:00:01",
+            ),
             expiration: None,
             etcd_lease_id: None,
             mod_revision: 1,

@@ -7,13 +7,13 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::Backend;
-use crate::config::{get_bool, get_uint, invalid, rename, ConfigErrors};
+use super::{Backend, Summary};
+use crate::json::{get_bool, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
     super::{
-        Device, DeviceError, DeviceSpec, Host, HostSecrets, Identity, LinkSpec, Peer, PeerObjects,
+        Device, DeviceError, DeviceKind, DeviceSpec, Host, HostSecrets, Identity, Peer, PeerObjects,
     },
     crate::iface::ExtIface,
     crate::lease::{Lease, LeaseAttrs},
@@ -201,21 +201,8 @@ impl Backend for VxlanConfig {
         Some(DeviceSpec {
             name,
             mtu,
-            link: LinkSpec::Vxlan(link),
+            kind: std::sync::Arc::new(link),
         })
-    }
-
-    #[cfg(feature = "daemon")]
-    fn ensure_device(
-        &self,
-        nl: &mut Netlink,
-        spec: &DeviceSpec,
-        mac: Option<Mac>,
-    ) -> Result<Device, DeviceError> {
-        match &spec.link {
-            LinkSpec::Vxlan(link) => ensure(nl, link, mac),
-            _ => Err(DeviceError::Foreign(spec.name.clone())),
-        }
     }
 
     /// The VTEP MAC: a second device with it would take the first one's FDB entry.
@@ -317,12 +304,51 @@ impl Backend for VxlanConfig {
     }
 }
 
+/// `weftctl leases` shows each host's VTEP MAC (it is in `backend_data` already).
+pub const SUMMARY: Option<Summary> = Some(Summary {
+    column: "VTEP MAC",
+    json: None,
+    short: 0,
+    read: |v| VxlanLeaseData::from_value(v).map(|d| d.vtep_mac),
+});
+
+/// A VXLAN device is made or adopted with the MAC this host's lease advertises.
+#[cfg(feature = "daemon")]
+impl DeviceKind for VxlanSpec {
+    fn ensure(
+        &self,
+        nl: &mut Netlink,
+        _spec: &DeviceSpec,
+        mac: Option<Mac>,
+    ) -> Result<Device, DeviceError> {
+        ensure(nl, self, mac)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// The VXLAN data a lease advertises for `family`.
 #[cfg(feature = "daemon")]
 fn advertised(attrs: &LeaseAttrs, family: Family) -> Option<VxlanLeaseData> {
-    match family {
-        Family::V4 => attrs.vxlan_data(),
-        Family::V6 => attrs.vxlan_v6_data(),
+    attrs.data(family).and_then(VxlanLeaseData::from_value)
+}
+
+/// Attributes of a VXLAN host, as flannel writes them.
+pub fn lease_attrs(public_ip: std::net::Ipv4Addr, vni: u32, vtep_mac: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: TYPE.into(),
+        backend_data: Some(
+            VxlanLeaseData {
+                vni,
+                vtep_mac: vtep_mac.to_string(),
+            }
+            .to_value(),
+        ),
+        backend_v6_data: None,
     }
 }
 
@@ -394,6 +420,21 @@ fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device
 #[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn mac() -> impl Strategy<Value = String> {
+        any::<[u8; 6]>().prop_map(|m| format_mac(&m))
+    }
+
+    proptest! {
+        #[test]
+        fn vxlan_data_round_trips(ip in any::<u32>(), vni in any::<u32>(), m in mac()) {
+            let a = lease_attrs(std::net::Ipv4Addr::from(ip), vni, &m);
+            let back = LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap();
+            let data = back.data(Family::V4).and_then(VxlanLeaseData::from_value);
+            prop_assert_eq!(data, Some(VxlanLeaseData { vni, vtep_mac: m }));
+        }
+    }
 
     #[test]
     fn only_unicast_nonzero_macs_are_assignable() {

@@ -44,7 +44,7 @@ struct Args {
     subnet_lease_renew_margin: u64,
 
     /// Lease time to live (e.g. 24h, 90s): how long a dead host keeps its subnet.
-    #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = weft::duration::parse)]
     subnet_lease_ttl: Duration,
 
     /// Time to live of this host's status record (<prefix>/weft/status/...): a host silent
@@ -67,13 +67,13 @@ struct Args {
 
     /// Compare the whole kernel state with the leases this often, besides reacting to
     /// events (e.g. 30s).
-    #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "30s", value_parser = weft::duration::parse)]
     resync_interval: Duration,
 
     /// Read the WireGuard peers back this often and mend any that differ from the leases:
     /// WireGuard reports no changes, so this bounds how long a peer removed or changed by
     /// hand stays wrong.
-    #[arg(long, env = "WEFTD_TUNNEL_POLL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "WEFTD_TUNNEL_POLL", default_value = "1s", value_parser = weft::duration::parse)]
     tunnel_poll: Duration,
 
     /// Name of the VXLAN device (vxlan backend only). Default: flannel.<VNI>, as flannel
@@ -90,19 +90,8 @@ struct Args {
     log_level: String,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
-    };
-    if d.is_zero() {
-        return Err(format!("{s:?}: must be more than zero"));
-    }
-    Ok(d)
-}
-
 fn parse_status_ttl(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+    let d = weft::duration::parse(s)?;
     if d < Duration::from_secs(3) {
         return Err(format!(
             "{s:?}: must be at least 3s (a keep-alive goes out every third of it)"

@@ -221,14 +221,13 @@ fn pool(cfg: &NetworkConfig, leases: &[Lease]) -> Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
     use crate::status::record::{DriftRepairs, Unreachable, RECORD_VERSION};
 
     fn lease(subnet: &str, etcd_lease: Option<i64>) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
             subnet6: None,
-            attrs: LeaseAttrs::new_host_gw("198.18.0.1".parse().unwrap()),
+            attrs: crate::backend::hostgw::lease_attrs("198.18.0.1".parse().unwrap()),
             expiration: None,
             etcd_lease_id: etcd_lease,
             mod_revision: 1,

@@ -13,7 +13,7 @@ pub use etcd::{EtcdStore, LeaseList, Previous, SkippedLease};
 pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 
-use crate::config::ConfigErrors;
+use crate::json::ConfigErrors;
 use crate::lease::LeaseError;
 
 /// How to reach etcd. weftd and weftctl both flatten this, so one environment file

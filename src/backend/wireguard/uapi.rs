@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::wireguard::{Key, WgPeer};
+use super::{Key, WgPeer};
 
 /// Where wireguard-go listens for device `dev` (in the caller's mount namespace).
 pub fn socket_path(dev: &str) -> PathBuf {

@@ -1,22 +1,33 @@
 //! The wireguard backend, flannel's format: devices `flannel-wg` (and `flannel-wg-v6` in
 //! `separate` mode), one peer per remote lease (its public key, endpoint, subnet, PSK and
-//! keepalive), one route for the whole network on the device. The config and lease parts are
-//! pure; the device's control lives in [`super::wgdev`].
+//! keepalive), one route for the whole network on the device. The config and lease parts
+//! here are pure; the device is [`device`]'s (kernel WireGuard over [`genl`], or wireguard-go
+//! over [`uapi`]), the host's key [`key`]'s.
+
+#[cfg(feature = "daemon")]
+pub mod device;
+#[cfg(feature = "daemon")]
+pub mod genl;
+#[cfg(feature = "daemon")]
+pub mod key;
+#[cfg(feature = "daemon")]
+pub mod uapi;
 
 use serde_json::{Map, Value};
 
-use super::Backend;
-use crate::config::{get_str, get_uint, hide_value, invalid, rename, ConfigErrors, HIDDEN};
+use super::{Backend, Summary};
+use crate::json::{get_str, get_uint, hide_value, invalid, rename, ConfigErrors, HIDDEN};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
     super::{
-        uapi, wgdev, wgkey, Device, DeviceError, DeviceSpec, Host, HostSecrets, Identity, LinkSpec,
-        Peer, PeerObjects, WgSpec,
+        DevicePeer, DeviceSpec, Host, HostSecrets, Identity, Peer, PeerId, PeerObjects, TunnelPeer,
     },
     crate::iface::ExtIface,
-    crate::netlink::{Mac, Netlink, Route, RouteScope},
+    crate::netlink::{Mac, Route, RouteScope},
+    device::WgSpec,
     std::net::SocketAddr,
+    std::sync::Arc,
 };
 
 /// The backend's name in `Backend.Type` and a lease's `BackendType`.
@@ -68,7 +79,7 @@ impl std::fmt::Debug for WireguardConfig {
         f.debug_struct("WireguardConfig")
             .field("listen_port", &self.listen_port)
             .field("listen_port_v6", &self.listen_port_v6)
-            .field("psk", &self.psk.map(|_| crate::config::HIDDEN))
+            .field("psk", &self.psk.map(|_| HIDDEN))
             .field("keepalive", &self.keepalive)
             .field("mode", &self.mode)
             .field("mtu", &self.mtu)
@@ -281,15 +292,12 @@ impl Backend for WireguardConfig {
     /// The key file is read (or written) here, once: a host keeps one key for good.
     #[cfg(feature = "daemon")]
     fn load_secrets(&self) -> Result<HostSecrets, String> {
-        let path = wgkey::key_file();
-        let flannel = std::path::Path::new(wgkey::FLANNEL_KEY_FILE);
-        let (key, source) =
-            wgkey::load_or_create(&path, Some(flannel)).map_err(|e| e.to_string())?;
-        let public = format_key(&wgkey::public_key(&key));
+        let path = key::key_file();
+        let flannel = std::path::Path::new(key::FLANNEL_KEY_FILE);
+        let (k, source) = key::load_or_create(&path, Some(flannel)).map_err(|e| e.to_string())?;
+        let public = format_key(&key::public_key(&k));
         tracing::info!(file = %path.display(), ?source, public_key = %public, "WireGuard key ready");
-        Ok(HostSecrets {
-            private_key: Some(key),
-        })
+        Ok(HostSecrets(Some(Arc::new(k))))
     }
 
     /// `flannel-wg` (`flannel-wg-v6`) with the config's MTU, else the external interface's
@@ -306,28 +314,11 @@ impl Backend for WireguardConfig {
         Some(DeviceSpec {
             name: self.device_name(family).to_string(),
             mtu: self.mtu.unwrap_or(ext.mtu.saturating_sub(OVERHEAD)),
-            link: LinkSpec::Wireguard(WgSpec {
+            kind: Arc::new(WgSpec {
                 port: self.port_of(family),
-                secrets: secrets.clone(),
+                key: secrets.get::<Key>().copied(),
                 peers: self.mode == Mode::Separate || family == Family::V4,
             }),
-        })
-    }
-
-    #[cfg(feature = "daemon")]
-    fn ensure_device(
-        &self,
-        nl: &mut Netlink,
-        spec: &DeviceSpec,
-        _mac: Option<Mac>,
-    ) -> Result<Device, DeviceError> {
-        let (port, key) = wg_spec(spec)?;
-        let dev = wgdev::ensure(nl, &spec.name, &key, port, spec.mtu)?;
-        Ok(Device {
-            index: dev.link.index,
-            mac: None,
-            mtu: dev.link.mtu,
-            created: dev.created,
         })
     }
 
@@ -377,13 +368,13 @@ impl Backend for WireguardConfig {
             ip = self.endpoint_ip(host, peer.public_ip, peer.lease.attrs.public_ipv6)?;
         }
         Ok(PeerObjects {
-            tunnel: Some(WgPeer {
+            tunnel: Some(TunnelPeer(Arc::new(WgPeer {
                 public_key: data.public_key,
                 endpoint: Some(SocketAddr::new(ip, port)),
                 allowed_ips,
                 psk: self.psk,
                 keepalive: self.keepalive,
-            }),
+            }))),
             ..PeerObjects::default()
         })
     }
@@ -400,35 +391,14 @@ impl Backend for WireguardConfig {
         vec![r]
     }
 
-    #[cfg(feature = "daemon")]
-    fn tunnel_peers(
-        &self,
-        nl: &mut Netlink,
-        spec: &DeviceSpec,
-    ) -> Result<Option<Vec<WgPeer>>, DeviceError> {
-        let imp = wgdev::implementation(nl, &spec.name)?;
-        Ok(Some(wgdev::get(&spec.name, imp)?.peers))
-    }
-
-    #[cfg(feature = "daemon")]
-    fn change_tunnel(
-        &self,
-        nl: &mut Netlink,
-        spec: &DeviceSpec,
-        change: &uapi::Change,
-    ) -> Result<(), DeviceError> {
-        let imp = wgdev::implementation(nl, &spec.name)?;
-        Ok(wgdev::set(&spec.name, imp, change)?)
-    }
-
     /// flannel's `{"PublicKey", "Port"}` from this host's key and the device's port.
     #[cfg(feature = "daemon")]
     fn lease_data(&self, spec: Option<&DeviceSpec>, _: Option<Mac>) -> Option<Value> {
-        let (port, key) = wg_spec(spec?).ok()?;
+        let wg = spec?.kind.as_any().downcast_ref::<WgSpec>()?;
         Some(
             WgLeaseData {
-                public_key: wgkey::public_key(&key),
-                port,
+                public_key: key::public_key(&wg.key?),
+                port: wg.port,
             }
             .to_value(),
         )
@@ -464,25 +434,65 @@ impl WireguardConfig {
     }
 }
 
-/// The port and private key of a WireGuard device spec.
+/// A peer as the device holds it, compared the way the device does: the allowed IPs in any
+/// order.
 #[cfg(feature = "daemon")]
-fn wg_spec(spec: &DeviceSpec) -> Result<(u16, Key), DeviceError> {
-    match &spec.link {
-        LinkSpec::Wireguard(WgSpec {
-            port,
-            secrets: HostSecrets {
-                private_key: Some(key),
-            },
-            ..
-        }) => Ok((*port, *key)),
-        LinkSpec::Wireguard(_) => Err(DeviceError::NoKey(spec.name.clone())),
-        _ => Err(DeviceError::Foreign(spec.name.clone())),
+impl DevicePeer for WgPeer {
+    fn id(&self) -> PeerId {
+        self.public_key.to_vec()
+    }
+
+    fn same(&self, other: &dyn DevicePeer) -> bool {
+        let Some(o) = other.as_any().downcast_ref::<WgPeer>() else {
+            return false;
+        };
+        let sorted = |p: &WgPeer| {
+            let mut ips = p.allowed_ips.clone();
+            ips.sort();
+            ips
+        };
+        self.public_key == o.public_key
+            && self.endpoint == o.endpoint
+            && self.psk == o.psk
+            && self.keepalive == o.keepalive
+            && sorted(self) == sorted(o)
+    }
+
+    fn describe(&self) -> String {
+        let ips: Vec<String> = self.allowed_ips.iter().map(|n| n.to_string()).collect();
+        format!(
+            "WireGuard peer {} endpoint {} allowed-ips {}",
+            format_key(&self.public_key),
+            self.endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "none".into()),
+            ips.join(",")
+        )
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
+
+/// `weftctl leases` shows each host's public key (shortened in a table, whole in JSON as
+/// `public_key`).
+pub const SUMMARY: Option<Summary> = Some(Summary {
+    column: "PUBLIC KEY",
+    json: Some("public_key"),
+    short: 10,
+    read: |v| WgLeaseData::from_value(v).map(|d| format_key(&d.public_key)),
+});
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "daemon")]
+    use crate::plan::testing::{cfg, host, updates_match_full};
+    #[cfg(feature = "daemon")]
+    use crate::plan::{desired, diff_tunnel};
+    #[cfg(feature = "daemon")]
+    use ipnet::IpNet;
 
     fn parse(json: &str) -> Result<WireguardConfig, ConfigErrors> {
         let v: Value = serde_json::from_str(json).unwrap();
@@ -589,14 +599,15 @@ mod tests {
             data: side.backend_data,
             lease: &lease,
         };
-        cfg.peer(&host, &peer).map(|o| {
-            o.tunnel.unwrap_or_else(|| WgPeer {
+        cfg.peer(&host, &peer).map(|o| match o.tunnel {
+            Some(t) => wg(&t).clone(),
+            None => WgPeer {
                 public_key: [0; 32],
                 endpoint: None,
                 allowed_ips: vec![],
                 psk: None,
                 keepalive: 0,
-            })
+            },
         })
     }
 
@@ -673,5 +684,173 @@ mod tests {
             peer_of("separate", "198.18.0.1", None, bad).unwrap_err(),
             "BackendData has no usable PublicKey"
         );
+    }
+
+    #[cfg(feature = "daemon")]
+    fn wg_lease(subnet: &str, ip: &str, key: u8, rev: i64) -> crate::lease::Lease {
+        let mut l = crate::plan::testing::lease(subnet, ip, None, rev);
+        l.attrs.backend_type = "wireguard".into();
+        l.attrs.backend_data = Some(
+            WgLeaseData {
+                public_key: [key; 32],
+                port: 51820,
+            }
+            .to_value(),
+        );
+        l
+    }
+
+    #[cfg(feature = "daemon")]
+    fn wg(p: &TunnelPeer) -> &WgPeer {
+        p.0.as_any()
+            .downcast_ref::<WgPeer>()
+            .expect("a WireGuard peer")
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn a_lease_with_this_hosts_key_is_skipped_as_such() {
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let forged = wg_lease("198.19.181.0/24", "198.18.0.2", 1, 2);
+        let d = desired(&c, &host(), &own, &[own.clone(), forged]);
+        assert!(d.tunnel.is_empty());
+        assert_eq!(d.skipped.len(), 1);
+        let key = format_key(&[1; 32]);
+        assert_eq!(
+            d.skipped[0].reason,
+            format!("PublicKey {key} is this host's own")
+        );
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn wireguard_peers_are_one_per_key_with_one_network_route() {
+        let c = cfg(
+            r#"{"Type":"wireguard","PSK":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","PersistentKeepaliveInterval":25}"#,
+        );
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let peer = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let twin = wg_lease("198.19.3.0/24", "198.18.0.3", 2, 3);
+        let d = desired(&c, &host(), &own, &[own.clone(), peer.clone(), twin]);
+        assert_eq!(d.peers, 1);
+        assert_eq!(d.skipped.len(), 1);
+        assert!(
+            d.skipped[0].reason.contains("PublicKey is already used"),
+            "{:?}",
+            d.skipped
+        );
+        let p = wg(&d.tunnel[&vec![2; 32]]);
+        assert_eq!(p.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
+        assert_eq!(
+            p.allowed_ips,
+            vec!["198.19.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!((p.psk, p.keepalive), (Some([7; 32]), 25));
+        // No per-peer route: one for the whole network on the device, scope link.
+        assert_eq!(d.routes.len(), 1);
+        let r = &d.routes[&"198.19.0.0/16".parse::<IpNet>().unwrap()];
+        assert_eq!((r.oif, r.gateway), (Some(7), None));
+        assert_eq!(r.scope, crate::netlink::RouteScope::Link);
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn update_of_tunnel_peers_gives_what_a_full_computation_gives_or_declines() {
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let a = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let b = wg_lease("198.19.3.0/24", "198.18.0.3", 3, 3);
+        let b_moved = wg_lease("198.19.3.0/24", "198.18.0.33", 3, 4);
+        let b_rekeyed = wg_lease("198.19.3.0/24", "198.18.0.3", 33, 5);
+        let d = wg_lease("198.19.4.0/24", "198.18.0.4", 4, 6);
+        let dup_key = wg_lease("198.19.5.0/24", "198.18.0.5", 2, 7);
+        let states = [
+            vec![],
+            vec![a.clone()],
+            vec![a.clone(), b.clone()],
+            vec![a.clone(), b_moved.clone(), d.clone()],
+            vec![a.clone(), b_rekeyed.clone()],
+            vec![d.clone()],
+            vec![a.clone(), dup_key.clone()],
+        ];
+        let fast = updates_match_full(&c, &own, &states);
+        assert!(fast >= 25, "only {fast} changes took the incremental path");
+    }
+
+    #[cfg(feature = "daemon")]
+    #[test]
+    fn tunnel_diff_sets_what_differs_and_removes_what_no_lease_wants() {
+        let c = cfg(r#"{"Type":"wireguard"}"#);
+        let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
+        let a = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
+        let b = wg_lease("198.19.3.0/24", "198.18.0.3", 3, 3);
+        let d = desired(&c, &host(), &own, &[a, b]);
+        let mut have: Vec<WgPeer> = d.tunnel.values().map(|p| wg(p).clone()).collect();
+        let peers = |h: &[WgPeer]| -> Vec<TunnelPeer> {
+            h.iter().map(|p| TunnelPeer(Arc::new(p.clone()))).collect()
+        };
+        assert!(diff_tunnel(&d.tunnel, &peers(&have)).is_empty());
+        // Another order of allowed IPs is the same peer.
+        have[0].allowed_ips.push("198.19.200.0/24".parse().unwrap());
+        have[0].allowed_ips.reverse();
+        let mut want = d.tunnel.clone();
+        want.insert(vec![2; 32], peers(&have)[0].clone());
+        have[0].allowed_ips.reverse();
+        assert!(diff_tunnel(&want, &peers(&have)).is_empty());
+        have[0] = wg(&d.tunnel[&vec![2; 32]]).clone();
+        have[0].endpoint = Some("198.18.0.99:51820".parse().unwrap());
+        have.remove(1);
+        let stranger = WgPeer {
+            public_key: [9; 32],
+            endpoint: None,
+            allowed_ips: vec![],
+            psk: None,
+            keepalive: 0,
+        };
+        have.push(stranger);
+        let change = diff_tunnel(&d.tunnel, &peers(&have));
+        let keys: Vec<PeerId> = change.set.iter().map(|p| p.id()).collect();
+        assert_eq!(keys, vec![vec![2; 32], vec![3; 32]]);
+        assert_eq!(change.set[0], d.tunnel[&vec![2; 32]]);
+        let removed: Vec<PeerId> = change.remove.iter().map(|p| p.id()).collect();
+        assert_eq!(removed, vec![vec![9; 32]]);
+    }
+
+    /// Property tests of the lease data: `PROPTEST_CASES` sets how many cases each one runs.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Values a foreign BackendData may hold: JSON text of any shape, and objects whose
+        /// PublicKey and Port are of any type.
+        fn data() -> impl Strategy<Value = Value> {
+            let scalar = prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                ".{0,50}".prop_map(Value::from),
+            ];
+            prop_oneof![
+                ".{0,64}".prop_map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s))),
+                (scalar.clone(), scalar)
+                    .prop_map(|(k, p)| serde_json::json!({"PublicKey": k, "Port": p})),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn wireguard_data_round_trips(key in any::<[u8; 32]>(), port in any::<u16>()) {
+                let data = WgLeaseData { public_key: key, port };
+                prop_assert_eq!(WgLeaseData::from_value(&data.to_value()), Some(data.clone()));
+                let summary = SUMMARY.map(|s| (s.read)(&data.to_value()));
+                prop_assert_eq!(summary, Some(Some(format_key(&key))));
+            }
+
+            #[test]
+            fn wireguard_data_from_anything_never_panics(v in data()) {
+                let _ = WgLeaseData::from_value(&v);
+                let _ = SUMMARY.map(|s| (s.read)(&v));
+            }
+        }
     }
 }

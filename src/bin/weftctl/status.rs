@@ -12,7 +12,8 @@ use weft::config::NetworkConfig;
 use weft::status::view::{ClusterView, Host, HostState};
 use weft::store::{EtcdOptions, EtcdStore, Reclaimed, StoreError};
 
-use super::{short_duration, Format};
+use super::text::short_duration;
+use super::Format;
 
 /// Exit codes of `weftctl status`.
 const UNHEALTHY: u8 = 1;
@@ -27,7 +28,7 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 10.0, value_parser = parse_percent)]
     pool_warn_below: f64,
     /// Drift repairs within this window are listed (e.g. 1h, 30m).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = weft::duration::parse)]
     repairs_within: Duration,
     /// Also draw which host reaches which (up to 40 hosts).
     #[arg(long)]
@@ -41,13 +42,6 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         return Err(format!("{s:?}: must be between 0 and 100"));
     }
     Ok(p)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match s.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}")),
-    }
 }
 
 fn stamp_json(t: Option<weft::status::Stamp>) -> Value {

@@ -24,7 +24,7 @@ use netlink_packet_wireguard::{
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use super::uapi::{Change, DeviceState};
-use super::wireguard::{Key, WgPeer};
+use super::{Key, WgPeer};
 
 /// The largest SET_DEVICE message built, in bytes. The kernel would take bigger ones (up to
 /// the socket's send buffer), but the `wg` tool builds each message in one page (at most

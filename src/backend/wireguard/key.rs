@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use super::wireguard::{format_key, parse_key, Key};
+use super::{format_key, parse_key, Key};
 
 /// Where weft keeps the key unless `WIREGUARD_KEY_FILE` says otherwise.
 pub const DEFAULT_KEY_FILE: &str = "/var/lib/weft/wgkey";

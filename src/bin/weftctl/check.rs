@@ -1,0 +1,99 @@
+//! `weftctl check`: this host's kernel and subnet.env against the leases, through the
+//! datapath's own path (see weft::check).
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+use weft::check::Finding;
+use weft::iface::{self, IfaceSelect};
+use weft::lease::Lease;
+use weft::netlink::Netlink;
+use weft::store::EtcdStore;
+use weft::subnet_env::SubnetEnv;
+
+use super::Format;
+
+/// How to find this host's facts: the same flags (and WEFTD_* variables) as weftd's, so one
+/// environment file serves both.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    select: IfaceSelect,
+    /// The subnet file weftd writes.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: std::path::PathBuf,
+    /// Name of the VXLAN device (default flannel.<VNI>).
+    #[arg(long, env = "WEFTD_VXLAN_DEVICE")]
+    vxlan_device: Option<String>,
+}
+
+/// `weftctl check`: findings on stdout (one per line, or JSON), leases this host cannot mend
+/// as notes on stderr; an error (exit 1) when anything is wrong.
+pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
+    let cfg = store
+        .get_config()
+        .await?
+        .ok_or_else(|| anyhow!("no network config in etcd at {}", store.config_key()))?;
+    let list = store.list_leases(Some(&cfg)).await?;
+    let env = SubnetEnv::read(&args.subnet_file).ok();
+    let select = args.select;
+    let mut nl = Netlink::new().context("cannot open a netlink socket")?;
+    let ext = iface::choose_in(&mut nl, &select).context("cannot choose the external interface")?;
+    // This host's lease holds its PublicIP; the one subnet.env names wins if several do.
+    let mine: Vec<&Lease> = list
+        .leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == ext.public_ip)
+        .collect();
+    let env_subnet = env.as_ref().and_then(|e| e.subnet_network());
+    let own = mine
+        .iter()
+        .find(|l| Some(l.subnet) == env_subnet)
+        .or(mine.first())
+        .copied();
+    let subject = weft::check::Subject {
+        cfg: &cfg,
+        ext: &ext,
+        device_name: args.vxlan_device.as_deref(),
+        leases: &list.leases,
+        env: env.as_ref(),
+    };
+    let mut report = weft::check::check(&mut nl, &subject, own)?;
+    if let Some(f) = weft::check::docker_bridge(&mut nl, env.as_ref())? {
+        report.findings.push(f);
+    }
+    report
+        .findings
+        .extend(weft::check::container_bridges(&mut nl)?);
+    for s in &list.skipped {
+        report.notes.push(Finding(format!(
+            "key {} is not a usable lease: {}",
+            s.key, s.reason
+        )));
+    }
+    match out {
+        Format::Json => println!(
+            "{}",
+            json!({
+                "findings": report.findings.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+                "notes": report.notes.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+            })
+        ),
+        Format::Table => {
+            for f in &report.findings {
+                say!("{f}");
+            }
+            for n in &report.notes {
+                esay!("note: {n}");
+            }
+        }
+    }
+    match report.findings.len() {
+        0 => Ok(()),
+        1 => bail!("1 problem on this host"),
+        n => bail!("{n} problems on this host"),
+    }
+}
