@@ -13,7 +13,7 @@ mod monitor;
 mod netns;
 #[cfg(test)]
 mod props;
-mod socket;
+pub(crate) mod socket;
 mod types;
 
 use std::os::fd::{AsRawFd, BorrowedFd};

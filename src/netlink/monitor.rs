@@ -31,7 +31,7 @@ impl Monitor {
     /// Subscribes to link, IPv4/IPv6 route, neighbour (including bridge FDB) and IPv4 address
     /// changes in the calling thread's network namespace.
     pub fn new() -> Result<Self, NetlinkError> {
-        let sock = open_socket(MONITOR_RCVBUF)?;
+        let sock = open_socket(netlink_sys::protocols::NETLINK_ROUTE, MONITOR_RCVBUF)?;
         for group in [
             libc::RTNLGRP_LINK,
             libc::RTNLGRP_IPV4_ROUTE,

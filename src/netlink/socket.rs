@@ -1,6 +1,7 @@
-//! The wire under the typed API: one NETLINK_ROUTE socket, request encoding, dumps that survive
-//! multi-part replies and interruption, and a pipeline that keeps thousands of acked requests in
-//! flight without ever letting the kernel drop an acknowledgement.
+//! The wire under the typed API: a netlink socket (route, or generic for WireGuard), request
+//! encoding, dumps that survive multi-part replies and interruption, and a pipeline that keeps
+//! thousands of acked requests in flight without ever letting the kernel drop an
+//! acknowledgement. One reply timeout and one dump retry policy for every protocol.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -11,7 +12,8 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+use netlink_sys::protocols::{NETLINK_GENERIC, NETLINK_ROUTE};
+use netlink_sys::Socket;
 
 use super::NetlinkError;
 
@@ -26,7 +28,7 @@ const RCVBUF_WANTED: usize = 4 << 20;
 /// What one queued ack costs against the receive buffer (skb truesize), rounded up generously.
 const ACK_COST: usize = 2048;
 /// Give up on a dump interrupted by concurrent changes after this many attempts.
-const DUMP_ATTEMPTS: u32 = 10;
+pub(crate) const DUMP_ATTEMPTS: u32 = 10;
 /// A reply the kernel owes us never takes this long; past it the request is reported failed
 /// instead of blocking the caller (the reconciler, a CNI command) forever.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -57,9 +59,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// A socket in the calling thread's network namespace.
+    /// A NETLINK_ROUTE socket in the calling thread's network namespace.
     pub(crate) fn new() -> Result<Self, NetlinkError> {
-        let sock = open_socket(RCVBUF_WANTED)?;
+        Conn::open(NETLINK_ROUTE)
+    }
+
+    /// A NETLINK_GENERIC socket (WireGuard's family) in the calling thread's namespace.
+    pub(crate) fn generic() -> Result<Self, NetlinkError> {
+        Conn::open(NETLINK_GENERIC)
+    }
+
+    fn open(protocol: isize) -> Result<Self, NetlinkError> {
+        let sock = open_socket(protocol, RCVBUF_WANTED)?;
         // The kernel may still exercise a plain ack, but with CAP_ACK an error reply carries only
         // the header of the failed request, which keeps 15,000 replies small.
         if let Err(e) = sock.set_cap_ack(true) {
@@ -302,6 +313,40 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends `msg`, a request the caller encoded (its sequence number is set here), and gives
+    /// every message of its answer, in order: up to the acknowledgement or error of a plain
+    /// request, up to NLMSG_DONE of a dump. For protocols whose messages the typed API does
+    /// not model (generic netlink).
+    pub(crate) fn exchange(&mut self, mut msg: Vec<u8>, dump: bool) -> io::Result<Vec<u8>> {
+        let seq = self.next_seq();
+        if let Some(h) = msg.get_mut(8..12) {
+            h.copy_from_slice(&seq.to_ne_bytes());
+        }
+        send_all(&self.sock, &msg)?;
+        let mut answer = Vec::new();
+        loop {
+            let len = recv_reply(&self.sock, &mut self.buf)?;
+            let mut done = false;
+            for m in split(&self.buf[..len]) {
+                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                // Only this request's messages (a stale answer has another sequence number).
+                if m.seq != seq {
+                    continue;
+                }
+                answer.extend_from_slice(m.whole);
+                answer.resize(align4(answer.len()), 0);
+                // An error or acknowledgement ends any answer, NLMSG_DONE a dump, and the one
+                // reply a plain request.
+                done |= m.ty == NLMSG_ERROR || m.ty == NLMSG_DONE || !dump;
+            }
+            if done {
+                return Ok(answer);
+            }
+        }
+    }
+}
+
 fn lose_pending(results: &mut [Option<Result<(), RawErr>>], pending: &mut usize, errno: i32) {
     for r in results.iter_mut().filter(|r| r.is_none()) {
         *r = Some(Err(RawErr {
@@ -312,12 +357,12 @@ fn lose_pending(results: &mut [Option<Result<(), RawErr>>], pending: &mut usize,
     *pending = 0;
 }
 
-/// Opens a bound NETLINK_ROUTE socket with a large receive buffer.
-pub(crate) fn open_socket(rcvbuf: usize) -> Result<Socket, NetlinkError> {
-    let mut sock = Socket::new(NETLINK_ROUTE)
-        .map_err(|e| NetlinkError::socket("open NETLINK_ROUTE socket", e))?;
+/// Opens a bound netlink socket of `protocol` with a large receive buffer.
+pub(crate) fn open_socket(protocol: isize, rcvbuf: usize) -> Result<Socket, NetlinkError> {
+    let mut sock =
+        Socket::new(protocol).map_err(|e| NetlinkError::socket("open a netlink socket", e))?;
     sock.bind_auto()
-        .map_err(|e| NetlinkError::socket("bind NETLINK_ROUTE socket", e))?;
+        .map_err(|e| NetlinkError::socket("bind a netlink socket", e))?;
     set_rcvbuf(&sock, rcvbuf);
     Ok(sock)
 }

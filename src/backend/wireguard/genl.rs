@@ -2,12 +2,11 @@
 //! read a device's key, port and peers and change them, with the same [`DeviceState`] and
 //! [`Change`] as the userspace client in [`super::uapi`], so callers need not know which
 //! implementation runs the device. Messages are built and read by pure functions (tested byte
-//! for byte against the kernel's layout); [`get`] and [`set`] only move them over a socket.
+//! for byte against the kernel's layout); [`get`] and [`set`] only move them over the socket
+//! layer weft's route netlink uses too.
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd as _;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use netlink_packet_core::{
@@ -21,7 +20,8 @@ use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
 };
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+use crate::netlink::socket::{self, Conn, DUMP_ATTEMPTS};
 
 use super::uapi::{Change, DeviceState};
 use super::{Key, WgPeer};
@@ -32,12 +32,6 @@ use super::{Key, WgPeer};
 /// page on any common system and still carries ~25 IPv4 peers, so 1,000 peers are ~40 small
 /// messages, each applied (and acknowledged) before the next.
 pub const MESSAGE_BUDGET: usize = 4096;
-
-/// How long the kernel may take to answer one request before it counts as failed.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// A GET whose dump the kernel flagged as interrupted (the peers changed meanwhile) is redone
-/// up to this many times.
-const DUMP_ATTEMPTS: u32 = 5;
 
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
@@ -287,30 +281,9 @@ pub fn set_messages(family: u16, dev: &str, change: &Change) -> Vec<Vec<u8>> {
 // ---- reading answers ----
 
 /// The netlink messages in `buf` (one or more datagrams' worth): (type, flags, sequence,
-/// whole message).
+/// whole message), read by the socket layer's one splitter.
 fn split(buf: &[u8]) -> impl Iterator<Item = Result<(u16, u16, u32, &[u8]), String>> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        if rest.len() < NLMSG_HDRLEN {
-            rest = &[];
-            return Some(Err("a truncated netlink header".into()));
-        }
-        let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let len = u32_at(rest, 0) as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            rest = &[];
-            return Some(Err(format!("a netlink message of impossible length {len}")));
-        }
-        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-        let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-        let seq = u32_at(rest, 8);
-        let msg = &rest[..len];
-        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-        Some(Ok((ty, flags, seq, msg)))
-    })
+    socket::split(buf).map(|m| m.map(|m| (m.ty, m.flags, m.seq, m.whole)))
 }
 
 /// The errno of an NLMSG_ERROR or NLMSG_DONE message (0: success or end).
@@ -441,76 +414,22 @@ pub fn parse_device(answer: &[u8]) -> Result<DeviceState, AnswerError> {
     Ok(dev)
 }
 
-// ---- the socket ----
+// ---- over the socket ----
 
-struct Conn {
-    sock: Socket,
-    seq: u32,
-}
-
-impl Conn {
-    fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_GENERIC)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        let tv = libc::timeval {
-            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval of the size given, on a socket this Conn owns.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Conn { sock, seq: 0 })
-    }
-
-    /// Sends `msg` (stamped with a fresh sequence number) and returns every message received
-    /// up to the end of its answer.
-    fn exchange(&mut self, mut msg: Vec<u8>, dump: bool) -> io::Result<Vec<u8>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        msg[8..12].copy_from_slice(&seq.to_ne_bytes());
-        self.sock.send(&msg, 0)?;
-        let mut answer = Vec::new();
-        loop {
-            let (datagram, _) = self.sock.recv_from_full()?;
-            let mut done = false;
-            for m in split(&datagram) {
-                let (ty, _, s, m) = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                // Only this request's messages (a stale answer has another sequence number).
-                if s != seq {
-                    continue;
-                }
-                answer.extend_from_slice(m);
-                answer.resize(answer.len().next_multiple_of(4), 0);
-                // An error or acknowledgement ends any answer, NLMSG_DONE a dump, and the one
-                // reply a plain request.
-                done |= ty == NLMSG_ERROR || ty == NLMSG_DONE || !dump;
-            }
-            if done {
-                return Ok(answer);
-            }
-        }
-    }
-
-    fn family(&mut self, dev: &str) -> Result<u16, GenlError> {
-        let answer = self
-            .exchange(family_request(), false)
-            .map_err(|error| io_error(dev, error))?;
-        parse_family(&answer).map_err(|e| match e {
-            AnswerError::Errno(libc::ENOENT) => GenlError::NoFamily { dev: dev.into() },
-            e => answer_error(dev, "look up the family of", e),
-        })
-    }
+/// A generic netlink socket with the "wireguard" family's id looked up.
+fn connect(dev: &str) -> Result<(Conn, u16), GenlError> {
+    let mut conn = Conn::generic().map_err(|e| GenlError::Io {
+        dev: dev.into(),
+        error: io::Error::other(e.to_string()),
+    })?;
+    let answer = conn
+        .exchange(family_request(), false)
+        .map_err(|error| io_error(dev, error))?;
+    let family = parse_family(&answer).map_err(|e| match e {
+        AnswerError::Errno(libc::ENOENT) => GenlError::NoFamily { dev: dev.into() },
+        e => answer_error(dev, "look up the family of", e),
+    })?;
+    Ok((conn, family))
 }
 
 fn io_error(dev: &str, error: io::Error) -> GenlError {
@@ -540,8 +459,7 @@ fn answer_error(dev: &str, op: &'static str, e: AnswerError) -> GenlError {
 
 /// The device's key, port and peers.
 pub fn get(dev: &str) -> Result<DeviceState, GenlError> {
-    let mut conn = Conn::open().map_err(|error| io_error(dev, error))?;
-    let family = conn.family(dev)?;
+    let (mut conn, family) = connect(dev)?;
     let mut last = AnswerError::Interrupted;
     for _ in 0..DUMP_ATTEMPTS {
         let answer = conn
@@ -562,8 +480,7 @@ pub fn get(dev: &str) -> Result<DeviceState, GenlError> {
 /// Applies a change, one message after the other (see [`set_messages`]). A failure stops at
 /// the message refused: the ones before it are applied.
 pub fn set(dev: &str, change: &Change) -> Result<(), GenlError> {
-    let mut conn = Conn::open().map_err(|error| io_error(dev, error))?;
-    let family = conn.family(dev)?;
+    let (mut conn, family) = connect(dev)?;
     for msg in set_messages(family, dev, change) {
         let answer = conn
             .exchange(msg, false)
