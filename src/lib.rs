@@ -44,6 +44,8 @@ pub mod datapath;
 #[cfg(feature = "daemon")]
 pub mod environ;
 #[cfg(feature = "daemon")]
+pub mod firewall;
+#[cfg(feature = "daemon")]
 pub mod forward;
 #[cfg(feature = "daemon")]
 pub mod http;
