@@ -16,10 +16,10 @@ use ipnet::Ipv4Net;
 use crate::backend::{self, DeviceSpec, HostSecrets};
 use crate::config::NetworkConfig;
 use crate::datapath::{Datapath, Report, Snapshot};
+use crate::firewall::{FirewallSpec, Overlay};
 use crate::http::{self, Metrics};
 use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::{Lease, LeaseAttrs, LeaseEvent};
-use crate::masq::MasqSpec;
 use crate::netlink::{format_mac, Mac, Netlink};
 use crate::probe::{ProbeConfig, Prober};
 use crate::status::{Facts, StatusFeed};
@@ -500,10 +500,17 @@ impl Agent {
         m.lease_expires_unix.store(unix, Ordering::Relaxed);
     }
 
-    fn masq_spec(&self) -> MasqSpec {
-        MasqSpec {
-            v4: self.cfg.network.map(|n| (n, self.own.subnet)),
-            v6: self.cfg.ipv6_network.zip(self.own_subnet6()),
+    fn firewall_spec(&self) -> FirewallSpec {
+        let v4 = self.cfg.network.map(|n| Overlay {
+            network: n.into(),
+            subnet: self.own.subnet.into(),
+        });
+        let v6 = (self.cfg.ipv6_network.zip(self.own_subnet6())).map(|(n, s)| Overlay {
+            network: n.into(),
+            subnet: s.into(),
+        });
+        FirewallSpec {
+            overlay: PerFamily { v4, v6 },
             masquerade: self.opts.ip_masq,
         }
     }
@@ -521,7 +528,7 @@ impl Agent {
             own: self.own.clone(),
             leases: self.leases.values().cloned().collect(),
             unreadable: self.unreadable,
-            masq: self.masq_spec(),
+            firewall: self.firewall_spec(),
         }));
     }
 

@@ -21,10 +21,10 @@ use crate::backend::wireguard::{Key, WgPeer};
 use crate::backend::{self, Backend, Device, DeviceSpec, Host};
 use crate::bridge;
 use crate::config::NetworkConfig;
+use crate::firewall::{Firewall, FirewallSpec};
 use crate::http::Metrics;
 use crate::iface::{self, ExtIface, IfaceSelect};
 use crate::lease::Lease;
-use crate::masq::{Masq, MasqSpec};
 use crate::netlink::{format_mac, Change, Mac, Monitor, Netlink, Op};
 use crate::probe::{Prober, Target};
 use crate::reconcile::{self, Desired};
@@ -43,7 +43,8 @@ pub struct Snapshot {
     pub leases: Vec<Arc<Lease>>,
     /// Keys in etcd that are no usable lease at all; counted with the refused leases.
     pub unreadable: usize,
-    pub masq: MasqSpec,
+    /// What weft wants in nftables and iptables.
+    pub firewall: FirewallSpec,
 }
 
 impl Snapshot {
@@ -86,8 +87,8 @@ enum Failure {
     Dump,
     /// At least one netlink request was refused.
     Apply,
-    /// The nftables rules could not be written.
-    Masquerade,
+    /// weft's nftables tables or iptables accepts could not be read or written.
+    Firewall,
     /// The fast path has no applied state to start from.
     NothingApplied,
     /// The external interface is gone, or no longer the one the snapshot names.
@@ -154,7 +155,7 @@ impl Datapath {
             tunnel_poll,
             keepalive_held: PerFamily::default(),
             reports,
-            masq: Masq::new(),
+            firewall: Firewall::new(),
             state: None,
             applied: PerFamily::default(),
             applied_from: PerFamily::default(),
@@ -322,7 +323,7 @@ struct Worker {
     /// [`Worker::write_tunnel`]).
     keepalive_held: PerFamily<HashSet<Key>>,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
-    masq: Masq,
+    firewall: Firewall,
     state: Option<Arc<Snapshot>>,
     /// Per family, the desired state last applied without error; None forces the full path.
     applied: PerFamily<Option<Desired>>,
@@ -622,7 +623,7 @@ impl Worker {
     }
 
     /// The full path: devices, addresses, dumps, diff and apply for each family, then the
-    /// masquerade rules. A failure in one step does not keep the others from running.
+    /// firewall. A failure in one step does not keep the others from running.
     fn full(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let Some(s) = self.state.clone() else {
@@ -664,7 +665,7 @@ impl Worker {
         if result.is_ok() {
             self.probe_programmed();
         }
-        result = result.and(self.ensure_masquerade(&s));
+        result = result.and(self.ensure_firewall(&s));
         result = result.and(self.ensure_bridges());
 
         self.metrics.record_reconcile(started.elapsed());
@@ -1049,17 +1050,19 @@ impl Worker {
         result
     }
 
-    fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {
-        match self.masq.ensure(&s.masq) {
-            Ok(true) => {
-                tracing::info!(masquerade = s.masq.masquerade, "nftables rules written");
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot write the nftables rules");
-                Err(Failure::Masquerade)
-            }
+    /// Brings nftables and iptables to the snapshot's firewall spec; each change is a
+    /// decision worth a line (a first write, a repaired flush, a stale accept removed).
+    fn ensure_firewall(&mut self, s: &Snapshot) -> Result<(), Failure> {
+        let applied = self.firewall.ensure(&s.firewall);
+        for change in &applied.changes {
+            tracing::info!(masquerade = s.firewall.masquerade, "firewall: {change}");
+        }
+        for e in &applied.errors {
+            tracing::warn!(error = %e, "cannot bring the firewall rules up to date; will retry");
+        }
+        match applied.errors.is_empty() {
+            true => Ok(()),
+            false => Err(Failure::Firewall),
         }
     }
 }
