@@ -55,6 +55,8 @@ pub enum FirewallError {
     },
     #[error("cannot read the output of `{command}`: {error}")]
     Listing { command: String, error: String },
+    #[error("cannot write the nftables batch as JSON: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// What one pass changed; the datapath logs each.

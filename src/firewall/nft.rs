@@ -55,10 +55,7 @@ pub fn list(family: Family) -> Result<Listing, FirewallError> {
 
 /// Applies `batch` in one transaction (`nft -j -f -`): all of it or, on failure, none.
 pub fn apply(batch: Batch<'static>) -> Result<(), FirewallError> {
-    let json = serde_json::to_vec(&batch.to_nftables()).map_err(|e| FirewallError::Listing {
-        command: "serializing the batch".into(),
-        error: e.to_string(),
-    })?;
+    let json = serde_json::to_vec(&batch.to_nftables()).map_err(FirewallError::Encode)?;
     run(&["-j", "-f", "-"], Some(&json)).map(|_| ())
 }
 
