@@ -105,23 +105,22 @@ impl NetworkConfig {
             backend,
             raw,
         };
-        if let Some(d) = v4 {
-            let (IpNet::V4(n), IpAddr::V4(min), IpAddr::V4(max)) = (d.network, d.min, d.max) else {
-                unreachable!("the IPv4 rules parse IPv4 networks only");
-            };
-            cfg.network = Some(n);
-            cfg.subnet_len = d.subnet_len;
-            cfg.subnet_min = min;
-            cfg.subnet_max = max;
+        // Each family's rules parse only that family's networks and bounds.
+        match v4.map(|d| (d.network, d.min, d.max, d.subnet_len)) {
+            Some((IpNet::V4(n), IpAddr::V4(min), IpAddr::V4(max), len)) => {
+                (cfg.network, cfg.subnet_len) = (Some(n), len);
+                (cfg.subnet_min, cfg.subnet_max) = (min, max);
+            }
+            Some((n, ..)) => problems.push(invalid("Network", n, "must be an IPv4 network")),
+            None => {}
         }
-        if let Some(d) = v6 {
-            let (IpNet::V6(n), IpAddr::V6(min), IpAddr::V6(max)) = (d.network, d.min, d.max) else {
-                unreachable!("the IPv6 rules parse IPv6 networks only");
-            };
-            cfg.ipv6_network = Some(n);
-            cfg.ipv6_subnet_len = d.subnet_len;
-            cfg.ipv6_subnet_min = Some(min);
-            cfg.ipv6_subnet_max = Some(max);
+        match v6.map(|d| (d.network, d.min, d.max, d.subnet_len)) {
+            Some((IpNet::V6(n), IpAddr::V6(min), IpAddr::V6(max), len)) => {
+                (cfg.ipv6_network, cfg.ipv6_subnet_len) = (Some(n), len);
+                (cfg.ipv6_subnet_min, cfg.ipv6_subnet_max) = (Some(min), Some(max));
+            }
+            Some((n, ..)) => problems.push(invalid("IPv6Network", n, "must be an IPv6 network")),
+            None => {}
         }
         problems.or(Some(cfg))
     }

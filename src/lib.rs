@@ -10,13 +10,13 @@
 //! netlink client shared by `weftd` and the CNI plugin; with the `daemon` feature, [`store`]
 //! keeps leases in etcd, each [`backend`] says what a lease becomes in the kernel, and
 //! [`reconcile`] turns leases into that desired state, diffs it against the kernel and the
-//! last applied state (one path for weftd's datapath and `weftctl check`); [`masq`] owns the
-//! nftables rules and [`forward`] the accepts in iptables' FORWARD chain (where Docker's drop
-//! would otherwise win), [`agent`] runs the host's life cycle and [`http`] serves health and
-//! metrics; [`probe`] sends ICMP echo to every peer's overlay address and keeps each peer's
-//! reachability.
-//! metrics; [`status`] keeps the host's status record in etcd and computes the cluster view
-//! `weftctl status` prints.
+//! last applied state (one path for weftd's datapath and `weftctl check`); [`firewall`] owns
+//! everything weft puts in nftables and iptables (masquerade, forward accepts, and the accepts
+//! in iptables' FORWARD chain where Docker's drop would otherwise win), written as one typed
+//! batch, read back, and removed when no longer wanted; [`agent`] runs the host's life cycle
+//! and [`http`] serves health and metrics; [`probe`] sends ICMP echo to every peer's overlay
+//! address and keeps each peer's reachability; [`status`] keeps the host's status record in
+//! etcd and computes the cluster view `weftctl status` prints.
 
 pub mod backend;
 pub mod config;
@@ -47,15 +47,13 @@ pub mod datapath;
 #[cfg(feature = "daemon")]
 pub mod environ;
 #[cfg(feature = "daemon")]
-pub mod forward;
+pub mod firewall;
 #[cfg(feature = "daemon")]
 pub mod http;
 #[cfg(feature = "daemon")]
 pub mod iface;
 #[cfg(feature = "daemon")]
 pub mod logging;
-#[cfg(feature = "daemon")]
-pub mod masq;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 #[cfg(feature = "daemon")]

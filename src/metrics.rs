@@ -132,107 +132,134 @@ impl Default for Metrics {
             ready: Gauge::default(),
             registry: Registry::default(),
         };
-        // The registry holds clones: each metric is an Arc inside, so both ends see one value.
-        // prometheus-client adds `_total` to counters and the unit to the others' names.
-        let mut r = Registry::default();
-        for (name, help, gauge) in [
-            (
-                "weft_leases_known",
-                "Valid leases seen in etcd, this host's included",
-                &m.leases_known,
-            ),
-            ("weft_leases_skipped", SKIPPED_HELP, &m.leases_skipped),
-            (
-                "weft_peers_programmed",
-                "Remote hosts whose routes (and neighbour and FDB entries) are in the kernel",
-                &m.peers_programmed,
-            ),
-            (
-                "weft_ready",
-                "1 when the lease is held, the datapath programmed and subnet.env written",
-                &m.ready,
-            ),
-            (
-                "weft_peers_reachable",
-                "Peers whose last probe was answered",
-                &m.peers_reachable,
-            ),
-            (
-                "weft_peers_unreachable",
-                "Peers whose last probe was not answered",
-                &m.peers_unreachable,
-            ),
-        ] {
-            r.register(name, help, gauge.clone());
+        Metrics {
+            registry: register(&m),
+            ..m
         }
-        for (name, help, counter) in [
-            (
-                "weft_reconcile_runs",
-                "Reconciliations of kernel state against the leases",
-                &m.reconcile_runs,
-            ),
-            (
-                "weft_drift_repairs",
-                "Kernel objects found missing or wrong and put back",
-                &m.drift_repairs,
-            ),
-            (
-                "weft_netlink_errors",
-                "Netlink requests the kernel refused",
-                &m.netlink_errors,
-            ),
-            (
-                "weft_etcd_errors",
-                "Failed etcd requests (connection losses included)",
-                &m.etcd_errors,
-            ),
-            (
-                "weft_lease_acquisitions",
-                "Times this host acquired (or re-acquired) its subnet lease",
-                &m.lease_acquisitions,
-            ),
-            (
-                "weft_lease_renewals",
-                "Successful renewals of this host's lease",
-                &m.lease_renewals,
-            ),
-            (
-                "weft_probe_errors",
-                "Probes of peers that failed or timed out",
-                &m.probe_errors,
-            ),
-        ] {
-            r.register(name, help, counter.clone());
-        }
-        for (name, help, gauge) in [
-            (
-                "weft_reconcile_last_duration",
-                "Time the last reconciliation took",
-                &m.reconcile_last_duration,
-            ),
-            (
-                "weft_lease_expiry",
-                "Time until this host's lease expires (infinite for a reservation, 0 without a lease)",
-                &m.lease_expiry,
-            ),
-        ] {
-            r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
-        }
-        for (name, help, histogram) in [
-            (
-                "weft_reconcile_duration",
-                "Time each reconciliation took",
-                &m.reconcile_duration,
-            ),
-            (
-                "weft_probe_rtt",
-                "Round-trip time of each successful probe of a peer",
-                &m.probe_rtt,
-            ),
-        ] {
-            r.register_with_unit(name, help, Unit::Seconds, histogram.clone());
-        }
-        Metrics { registry: r, ..m }
+    }
+}
+
+/// The registry of every metric: clones, each an Arc inside, so both ends see one value.
+/// prometheus-client adds `_total` to counters and the unit to the others' names.
+fn register(m: &Metrics) -> Registry {
+    let mut r = Registry::default();
+    register_gauges(&mut r, m);
+    register_counters(&mut r, m);
+    register_seconds(&mut r, m);
+    register_histograms(&mut r, m);
+    r
+}
+
+/// The gauges.
+fn register_gauges(r: &mut Registry, m: &Metrics) {
+    for (name, help, gauge) in [
+        (
+            "weft_leases_known",
+            "Valid leases seen in etcd, this host's included",
+            &m.leases_known,
+        ),
+        ("weft_leases_skipped", SKIPPED_HELP, &m.leases_skipped),
+        (
+            "weft_peers_programmed",
+            "Remote hosts whose routes (and neighbour and FDB entries) are in the kernel",
+            &m.peers_programmed,
+        ),
+        (
+            "weft_ready",
+            "1 when the lease is held, the datapath programmed and subnet.env written",
+            &m.ready,
+        ),
+        (
+            "weft_peers_reachable",
+            "Peers whose last probe was answered",
+            &m.peers_reachable,
+        ),
+        (
+            "weft_peers_unreachable",
+            "Peers whose last probe was not answered",
+            &m.peers_unreachable,
+        ),
+    ] {
+        r.register(name, help, gauge.clone());
+    }
+}
+
+/// The counters (`_total` added to their names).
+fn register_counters(r: &mut Registry, m: &Metrics) {
+    for (name, help, counter) in [
+        (
+            "weft_reconcile_runs",
+            "Reconciliations of kernel state against the leases",
+            &m.reconcile_runs,
+        ),
+        (
+            "weft_drift_repairs",
+            "Kernel objects found missing or wrong and put back",
+            &m.drift_repairs,
+        ),
+        (
+            "weft_netlink_errors",
+            "Netlink requests the kernel refused",
+            &m.netlink_errors,
+        ),
+        (
+            "weft_etcd_errors",
+            "Failed etcd requests (connection losses included)",
+            &m.etcd_errors,
+        ),
+        (
+            "weft_lease_acquisitions",
+            "Times this host acquired (or re-acquired) its subnet lease",
+            &m.lease_acquisitions,
+        ),
+        (
+            "weft_lease_renewals",
+            "Successful renewals of this host's lease",
+            &m.lease_renewals,
+        ),
+        (
+            "weft_probe_errors",
+            "Probes of peers that failed or timed out",
+            &m.probe_errors,
+        ),
+    ] {
+        r.register(name, help, counter.clone());
+    }
+}
+
+/// The gauges in seconds.
+fn register_seconds(r: &mut Registry, m: &Metrics) {
+    for (name, help, gauge) in [
+        (
+            "weft_reconcile_last_duration",
+            "Time the last reconciliation took",
+            &m.reconcile_last_duration,
+        ),
+        (
+            "weft_lease_expiry",
+            "Time until this host's lease expires (infinite for a reservation, 0 without a lease)",
+            &m.lease_expiry,
+        ),
+    ] {
+        r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
+    }
+}
+
+/// The histograms, in seconds.
+fn register_histograms(r: &mut Registry, m: &Metrics) {
+    for (name, help, histogram) in [
+        (
+            "weft_reconcile_duration",
+            "Time each reconciliation took",
+            &m.reconcile_duration,
+        ),
+        (
+            "weft_probe_rtt",
+            "Round-trip time of each successful probe of a peer",
+            &m.probe_rtt,
+        ),
+    ] {
+        r.register_with_unit(name, help, Unit::Seconds, histogram.clone());
     }
 }
 

@@ -427,107 +427,157 @@ fn first_probe_jitter(interval: Duration) -> Duration {
 /// Payload of every echo request: small, so 1,000 peers cost little bandwidth.
 const PAYLOAD: [u8; 8] = *b"weftprob";
 
+/// The prober's task: the grid of slots, the probes in flight, the early probes of peers just
+/// added, and the sockets.
+struct Driver {
+    shared: Arc<Shared>,
+    grid: Grid,
+    in_flight: FuturesUnordered<InFlight>,
+    seq: u16,
+    v4: Client,
+    v6: Option<Client>,
+    ident: PingIdentifier,
+    warned_no_v6: bool,
+    last_wake: Instant,
+    /// Early probes of peers just added: when each is due.
+    early: Vec<(Instant, String)>,
+}
+
 async fn run(shared: Arc<Shared>, v4: Client, v6: Option<Client>, ident: PingIdentifier) {
-    let cfg = shared.cfg;
-    let mut grid = Grid::new(Instant::now().into_std(), 0, cfg.interval);
-    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-    let mut seq: u16 = 0;
-    let mut warned_no_v6 = false;
-    let mut last_wake = Instant::now();
-    // Early probes of peers just added: when each is due.
-    let mut early: Vec<(Instant, String)> = Vec::new();
-    // Sends one probe to the peer `id`, if it is still known and its family can be probed.
-    let mut launch = |p: &mut Peers, id: String, in_flight: &mut FuturesUnordered<InFlight>| {
+    let interval = shared.cfg.interval;
+    Driver {
+        shared,
+        grid: Grid::new(Instant::now().into_std(), 0, interval),
+        in_flight: FuturesUnordered::new(),
+        seq: 0,
+        v4,
+        v6,
+        ident,
+        warned_no_v6: false,
+        last_wake: Instant::now(),
+        early: Vec::new(),
+    }
+    .run()
+    .await
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            // Slots closer together than WAKE_GAP share one wake-up: the probes still leave
+            // spread out (never more than a WAKE_GAP's worth together), for far fewer wake-ups.
+            let due =
+                (self.grid.next_due()).map(|d| Instant::from_std(d).max(self.last_wake + WAKE_GAP));
+            let early_due = self.early.iter().map(|(t, _)| *t).min();
+            let shared = self.shared.clone();
+            tokio::select! {
+                _ = shared.changed.notified() => self.on_changed(),
+                _ = sleep_until(early_due) => self.on_early(),
+                _ = sleep_until(due) => self.on_due(),
+                Some(f) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_finished(f),
+            }
+        }
+    }
+
+    /// The peer set changed: its slots are spread anew, and the peers just added get an early
+    /// probe each.
+    fn on_changed(&mut self) {
+        let interval = self.shared.cfg.interval;
+        let now = Instant::now();
+        let mut p = self.shared.lock();
+        let n = p.rotation.len();
+        let added = p
+            .early
+            .drain(..)
+            .map(|id| (now + first_probe_jitter(interval), id));
+        self.early.extend(added);
+        drop(p);
+        (self.grid).reanchor(now.into_std() + first_probe_jitter(interval), n);
+    }
+
+    fn on_early(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.early.drain(..).partition(|(t, _)| *t <= now);
+        self.early = later;
+        let shared = self.shared.clone();
+        let mut p = shared.lock();
+        for (_, id) in due {
+            self.launch(&mut p, id);
+        }
+    }
+
+    fn on_due(&mut self) {
+        self.last_wake = Instant::now();
+        let now = self.last_wake.into_std();
+        let shared = self.shared.clone();
+        while self.grid.take(now) {
+            let mut p = shared.lock();
+            let Some(id) = p.rotation.turn() else { break };
+            self.launch(&mut p, id);
+        }
+    }
+
+    /// Sends one probe to the peer `id`, if it is still known and its family can be probed.
+    fn launch(&mut self, p: &mut Peers, id: String) {
         let Some(peer) = p.by_id.get_mut(&id) else {
             return;
         };
-        let client = match peer.addr {
-            IpAddr::V4(_) => v4.clone(),
-            IpAddr::V6(_) => match &v6 {
-                Some(c) => c.clone(),
-                None => {
-                    if !warned_no_v6 {
-                        tracing::warn!(peer = %id, addr = %peer.addr, "IPv6 is not supported on this host: IPv6 peers are not probed");
-                        warned_no_v6 = true;
-                    }
-                    return;
+        let client = match (peer.addr, &self.v6) {
+            (IpAddr::V4(_), _) => self.v4.clone(),
+            (IpAddr::V6(_), Some(c)) => c.clone(),
+            (IpAddr::V6(_), None) => {
+                if !self.warned_no_v6 {
+                    tracing::warn!(peer = %id, addr = %peer.addr, "IPv6 is not supported on this host: IPv6 peers are not probed");
+                    self.warned_no_v6 = true;
                 }
-            },
+                return;
+            }
         };
         peer.health.sent();
-        seq = seq.wrapping_add(1);
-        in_flight.push(Box::pin(probe(
-            client,
-            id,
-            peer.gen,
-            peer.addr,
-            ident,
-            PingSequence(seq),
-            cfg.timeout,
-        )));
-    };
-    loop {
-        // Slots closer together than WAKE_GAP share one wake-up: the probes still leave
-        // spread out (never more than a WAKE_GAP's worth together), for far fewer wake-ups.
-        let due = grid
-            .next_due()
-            .map(|d| Instant::from_std(d).max(last_wake + WAKE_GAP));
-        let early_due = early.iter().map(|(t, _)| *t).min();
-        tokio::select! {
-            _ = shared.changed.notified() => {
-                let now = Instant::now();
-                let mut p = shared.lock();
-                let n = p.rotation.len();
-                early.extend(p.early.drain(..).map(|id| (now + first_probe_jitter(cfg.interval), id)));
-                drop(p);
-                grid.reanchor(now.into_std() + first_probe_jitter(cfg.interval), n);
+        self.seq = self.seq.wrapping_add(1);
+        let (gen, addr, timeout) = (peer.gen, peer.addr, self.shared.cfg.timeout);
+        let seq = PingSequence(self.seq);
+        let probe = probe(client, id, gen, addr, self.ident, seq, timeout);
+        self.in_flight.push(Box::pin(probe));
+    }
+
+    /// A probe ended: its peer's health takes the outcome (unless the peer went or moved
+    /// meanwhile), and a change of state is told.
+    fn on_finished(&mut self, f: Finished) {
+        let shared = &self.shared;
+        let cfg = shared.cfg;
+        (shared.observe)(ProbeEvent::Finished {
+            outcome: f.outcome,
+            failed: f.failed,
+        });
+        let mut p = shared.lock();
+        let Some(peer) = p.by_id.get_mut(&f.id).filter(|peer| peer.gen == f.gen) else {
+            return;
+        };
+        if !(peer.health).record(f.outcome, cfg.down_after, cfg.window, SystemTime::now()) {
+            return;
+        }
+        let state = peer.health.state();
+        match f.outcome {
+            Outcome::Answer(rtt) => {
+                tracing::info!(peer = %f.id, addr = %peer.addr, ?state, rtt_ms = rtt.as_secs_f64() * 1000.0, "peer probe answered")
             }
-            _ = sleep_until(early_due) => {
-                let now = Instant::now();
-                let (due, later): (Vec<_>, Vec<_>) = early.drain(..).partition(|(t, _)| *t <= now);
-                early = later;
-                let mut p = shared.lock();
-                for (_, id) in due {
-                    launch(&mut p, id, &mut in_flight);
-                }
-            }
-            _ = sleep_until(due) => {
-                last_wake = Instant::now();
-                let now = last_wake.into_std();
-                while grid.take(now) {
-                    let mut p = shared.lock();
-                    let Some(id) = p.rotation.turn() else { break };
-                    launch(&mut p, id, &mut in_flight);
-                }
-            }
-            Some(f) = in_flight.next(), if !in_flight.is_empty() => {
-                (shared.observe)(ProbeEvent::Finished { outcome: f.outcome, failed: f.failed });
-                let mut p = shared.lock();
-                let Some(peer) = p.by_id.get_mut(&f.id) else { continue };
-                if peer.gen != f.gen {
-                    continue;
-                }
-                if peer.health.record(f.outcome, cfg.down_after, cfg.window, SystemTime::now()) {
-                    let state = peer.health.state();
-                    match f.outcome {
-                        Outcome::Answer(rtt) => tracing::info!(peer = %f.id, addr = %peer.addr, ?state, rtt_ms = rtt.as_secs_f64() * 1000.0, "peer probe answered"),
-                        Outcome::Lost => tracing::warn!(peer = %f.id, addr = %peer.addr, ?state, losses = cfg.down_after, "peer probes lost"),
-                    }
-                    shared.publish_unreachable(&p);
-                    let reachable = p
-                        .by_id
-                        .values()
-                        .filter(|peer| peer.health.state() == PeerState::Reachable)
-                        .count() as u64;
-                    let unreachable = p
-                        .by_id
-                        .values()
-                        .filter(|peer| peer.health.state() == PeerState::Unreachable)
-                        .count() as u64;
-                    (shared.observe)(ProbeEvent::Counts { reachable, unreachable });
-                }
+            Outcome::Lost => {
+                tracing::warn!(peer = %f.id, addr = %peer.addr, ?state, losses = cfg.down_after, "peer probes lost")
             }
         }
+        shared.publish_unreachable(&p);
+        let count = |s: PeerState| {
+            p.by_id
+                .values()
+                .filter(|peer| peer.health.state() == s)
+                .count() as u64
+        };
+        let (reachable, unreachable) = (count(PeerState::Reachable), count(PeerState::Unreachable));
+        (shared.observe)(ProbeEvent::Counts {
+            reachable,
+            unreachable,
+        });
     }
 }
 

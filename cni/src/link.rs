@@ -8,8 +8,9 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use weft::bridge;
+pub use weft::netlink::Netlink;
 pub use weft::netlink::{format_mac, parse_mac, Link, Mac};
-use weft::netlink::{Family, Netlink, NetlinkError, Route, RT_TABLE_MAIN};
+use weft::netlink::{Family, NetlinkError, Route, RT_TABLE_MAIN};
 
 use crate::error::{CniError, Result};
 

@@ -86,13 +86,13 @@ fn dispatch(
         _ => None,
     };
     let conf = NetConf::parse(&obj).map_err(in_version)?;
-    let result = match (command, &attachment) {
-        (Command::Add, Some(att)) => cmd::add::run(&conf, att).map(|r| Some(r.write(version))),
-        (Command::Del, Some(att)) => cmd::del::run(&conf, att).map(|()| None),
-        (Command::Check, Some(att)) => cmd::check::run(&conf, att).map(|()| None),
-        (Command::Gc, _) => cmd::gc::run(&conf).map(|()| None),
-        (Command::Status, _) => cmd::status::run(&conf).map(|()| None),
-        _ => unreachable!("VERSION returned above; ADD, DEL and CHECK carry an attachment"),
+    let result = match (&attachment, command) {
+        (Some(att), Command::Add) => cmd::add::run(&conf, att).map(|r| Some(r.write(version))),
+        (Some(att), Command::Del) => cmd::del::run(&conf, att).map(|()| None),
+        (Some(att), _) => cmd::check::run(&conf, att).map(|()| None),
+        (None, Command::Gc) => cmd::gc::run(&conf).map(|()| None),
+        // STATUS: VERSION returned above, and only ADD, DEL and CHECK carry an attachment.
+        (None, _) => cmd::status::run(&conf).map(|()| None),
     };
     result.map_err(in_version)
 }

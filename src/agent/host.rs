@@ -6,9 +6,9 @@ use ipnet::Ipv6Net;
 
 use crate::backend::{DeviceSpec, HostSecrets};
 use crate::config::NetworkConfig;
+use crate::firewall::{FirewallSpec, Overlay};
 use crate::iface::ExtIface;
 use crate::lease::{Lease, LeaseAttrs};
-use crate::masq::MasqSpec;
 use crate::netlink::Mac;
 use crate::subnet::{Family, PerFamily};
 
@@ -81,11 +81,19 @@ impl HostFacts {
         own.subnet6.filter(|_| self.ext.v6.is_some())
     }
 
-    /// The firewall's spec for `own`: the overlay networks and this host's subnets.
-    pub fn masq_spec(&self, own: &Lease, masquerade: bool) -> MasqSpec {
-        MasqSpec {
-            v4: self.cfg.network.map(|n| (n, own.subnet)),
-            v6: self.cfg.ipv6_network.zip(self.own_subnet6(own)),
+    /// The firewall's spec for `own`: each family's overlay network and this host's subnet
+    /// in it.
+    pub fn firewall_spec(&self, own: &Lease, masquerade: bool) -> FirewallSpec {
+        let v4 = self.cfg.network.map(|n| Overlay {
+            network: n.into(),
+            subnet: own.subnet.into(),
+        });
+        let v6 = (self.cfg.ipv6_network.zip(self.own_subnet6(own))).map(|(n, s)| Overlay {
+            network: n.into(),
+            subnet: s.into(),
+        });
+        FirewallSpec {
+            overlay: PerFamily { v4, v6 },
             masquerade,
         }
     }

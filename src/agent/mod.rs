@@ -246,7 +246,7 @@ impl Agent {
             own: self.own.clone(),
             leases: self.peers.snapshot(),
             unreadable: self.peers.unreadable,
-            masq: self.host.masq_spec(&self.own, self.opts.ip_masq),
+            firewall: self.host.firewall_spec(&self.own, self.opts.ip_masq),
         }));
     }
 

@@ -140,18 +140,14 @@ impl Backend for VxlanConfig {
     }
 
     fn params(&self) -> Map<String, Value> {
-        let v = serde_json::json!({
-            "VNI": self.vni,
-            "Port": self.port,
-            "MTU": self.mtu.unwrap_or(0),
-            "GBP": self.gbp,
-            "Learning": self.learning,
-            "DirectRouting": self.direct_routing,
-        });
-        match v {
-            Value::Object(m) => m,
-            _ => unreachable!("a JSON object literal"),
-        }
+        let mut m = Map::new();
+        m.insert("VNI".into(), self.vni.into());
+        m.insert("Port".into(), self.port.into());
+        m.insert("MTU".into(), self.mtu.unwrap_or(0).into());
+        m.insert("GBP".into(), self.gbp.into());
+        m.insert("Learning".into(), self.learning.into());
+        m.insert("DirectRouting".into(), self.direct_routing.into());
+        m
     }
 
     /// The outer Ethernet, IP, UDP and VXLAN headers.

@@ -29,9 +29,9 @@ use ipnet::IpNet;
 
 use crate::backend::{DeviceSpec, Host};
 use crate::config::NetworkConfig;
+use crate::firewall::{Firewall, FirewallSpec};
 use crate::iface::{ExtIface, IfaceSelect};
 use crate::lease::Lease;
-use crate::masq::{Masq, MasqSpec};
 use crate::metrics::Metrics;
 use crate::netlink::{Mac, Monitor, Netlink};
 use crate::plan::{self, Desired};
@@ -56,7 +56,8 @@ pub struct Snapshot {
     pub leases: Vec<Arc<Lease>>,
     /// Keys in etcd that are no usable lease at all; counted with the refused leases.
     pub unreadable: usize,
-    pub masq: MasqSpec,
+    /// What weft wants in nftables and iptables.
+    pub firewall: FirewallSpec,
 }
 
 impl Snapshot {
@@ -95,8 +96,8 @@ enum Failure {
     Dump,
     /// At least one netlink request was refused.
     Apply,
-    /// The nftables rules could not be written.
-    Masquerade,
+    /// weft's nftables tables or iptables accepts could not be read or written.
+    Firewall,
     /// The fast path has no applied state to start from.
     NothingApplied,
     /// The external interface is gone, or no longer the one the snapshot names.
@@ -183,7 +184,7 @@ struct Worker {
     warned: HashSet<(String, String)>,
     uplink: Uplink,
     tunnels: Tunnels,
-    masq: Masq,
+    firewall: Firewall,
     probes: ProbeSync,
 }
 
@@ -207,7 +208,7 @@ impl Worker {
             warned: HashSet::new(),
             uplink: Uplink::new(settings.select),
             tunnels: Tunnels::default(),
-            masq: Masq::new(),
+            firewall: Firewall::new(),
             probes: ProbeSync::new(prober),
         })
     }
@@ -301,17 +302,17 @@ impl Worker {
         self.probes.programmed(applied);
     }
 
-    fn ensure_masquerade(&mut self, s: &Snapshot) -> Result<(), Failure> {
-        match self.masq.ensure(&s.masq) {
-            Ok(true) => {
-                tracing::info!(masquerade = s.masq.masquerade, "nftables rules written");
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot write the nftables rules");
-                Err(Failure::Masquerade)
-            }
+    fn ensure_firewall(&mut self, s: &Snapshot) -> Result<(), Failure> {
+        let applied = self.firewall.ensure(&s.firewall);
+        for change in &applied.changes {
+            tracing::info!(masquerade = s.firewall.masquerade, "firewall: {change}");
+        }
+        for e in &applied.errors {
+            tracing::warn!(error = %e, "cannot bring the firewall rules up to date; will retry");
+        }
+        match applied.errors.is_empty() {
+            true => Ok(()),
+            false => Err(Failure::Firewall),
         }
     }
 }

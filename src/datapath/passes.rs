@@ -200,9 +200,9 @@ impl Worker {
             .sum();
         self.metrics.peers_programmed.set(peers as u64);
         self.probe_programmed();
-        let masq = self.ensure_masquerade(s);
+        let firewall = self.ensure_firewall(s);
         let bridges = devices::ensure_bridges(&mut self.nl, &self.metrics, &self.watched);
-        masq.and(bridges)
+        firewall.and(bridges)
     }
 
     /// Tells the monitor thread which networks and interface concern weft.

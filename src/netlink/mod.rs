@@ -246,12 +246,6 @@ impl Netlink {
         })
     }
 
-    /// Moves the device into the namespace behind `netns` (an open namespace file).
-    pub fn set_netns(&mut self, index: u32, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
-        let msg = build::link_set(index, vec![LinkAttribute::NetNsFd(netns.as_raw_fd())]);
-        self.set_link(msg, false, || format!("move link {index} to another netns"))
-    }
-
     /// Hairpin mode (IFLA_BRPORT_MODE) on a bridge port, so a container can reach itself
     /// through a service address.
     pub fn set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {

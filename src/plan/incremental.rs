@@ -53,45 +53,9 @@ pub fn update(
     if !old.skipped.is_empty() || !new.skipped.is_empty() {
         return None;
     }
-    // Every gone lease must be one the applied state holds, object for object.
-    let held = old
-        .routes
-        .iter()
-        .all(|(k, v)| applied.routes.get(k) == Some(v))
-        && old
-            .neighbours
-            .iter()
-            .all(|(k, v)| applied.neighbours.get(k) == Some(v))
-        && old.fdb.iter().all(|(k, v)| applied.fdb.get(k) == Some(v))
-        && old
-            .tunnel
-            .iter()
-            .all(|(k, v)| applied.tunnel.get(k) == Some(v));
-    if !held || old.peers > applied.peers {
+    if !holds(applied, &old) || !takes_only_free_keys(applied, &old, &new) {
         return None;
     }
-    // A new object may only take a key that is free or that a gone lease frees.
-    for dst in new.routes.keys() {
-        if let Some(other) = route_overlapping(&applied.routes, *dst) {
-            if !old.routes.contains_key(&other) || other != *dst {
-                return None;
-            }
-        }
-    }
-    let taken_elsewhere = |in_applied: bool, in_old: bool| in_applied && !in_old;
-    if new.neighbours.keys().any(|k| {
-        taken_elsewhere(
-            applied.neighbours.contains_key(k),
-            old.neighbours.contains_key(k),
-        )
-    }) || new
-        .identities
-        .iter()
-        .any(|k| taken_elsewhere(applied.identities.contains(k), old.identities.contains(k)))
-    {
-        return None;
-    }
-
     let ops = ops_between(&new, applied, &old);
     let tunnel = TunnelChange {
         set: (new.tunnel.iter())
@@ -107,7 +71,71 @@ pub fn update(
         .filter(|k| !applied.tunnel.contains_key(*k))
         .cloned()
         .collect();
+    let (probes_removed, probes_set) = replace(applied, old, new);
+    Some(Update {
+        ops,
+        tunnel,
+        fresh,
+        probes_removed,
+        probes_set,
+    })
+}
 
+/// Whether `applied` holds every object of the gone leases (`old`), object for object.
+fn holds(applied: &Desired, old: &Desired) -> bool {
+    old.routes
+        .iter()
+        .all(|(k, v)| applied.routes.get(k) == Some(v))
+        && old
+            .neighbours
+            .iter()
+            .all(|(k, v)| applied.neighbours.get(k) == Some(v))
+        && old.fdb.iter().all(|(k, v)| applied.fdb.get(k) == Some(v))
+        && old
+            .tunnel
+            .iter()
+            .all(|(k, v)| applied.tunnel.get(k) == Some(v))
+        && old.peers <= applied.peers
+}
+
+/// Whether every object of the new leases takes a key that is free in `applied` or that a
+/// gone lease (`old`) frees: otherwise the change relates leases to each other.
+fn takes_only_free_keys(applied: &Desired, old: &Desired, new: &Desired) -> bool {
+    for dst in new.routes.keys() {
+        if let Some(other) = route_overlapping(&applied.routes, *dst) {
+            if !old.routes.contains_key(&other) || other != *dst {
+                return false;
+            }
+        }
+    }
+    let taken_elsewhere = |in_applied: bool, in_old: bool| in_applied && !in_old;
+    let neighbour_taken = (new.neighbours.keys()).any(|k| {
+        taken_elsewhere(
+            applied.neighbours.contains_key(k),
+            old.neighbours.contains_key(k),
+        )
+    });
+    let identity_taken = (new.identities.iter())
+        .any(|k| taken_elsewhere(applied.identities.contains(k), old.identities.contains(k)));
+    !neighbour_taken && !identity_taken
+}
+
+/// Takes the gone leases' objects (`old`) out of `applied` and puts the new ones' in; gives
+/// the probe targets that went and those that came or moved.
+fn replace(
+    applied: &mut Desired,
+    old: Desired,
+    new: Desired,
+) -> (Vec<IpNet>, Vec<(IpNet, IpAddr)>) {
+    let probes_removed: Vec<IpNet> = (old.probes.keys())
+        .filter(|k| !new.probes.contains_key(*k))
+        .copied()
+        .collect();
+    let probes_set: Vec<(IpNet, IpAddr)> = (new.probes.iter())
+        .filter(|(k, v)| applied.probes.get(*k) != Some(*v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    // Key by key: a pass over `applied` would cost what grows with the network.
     for k in old.routes.keys() {
         applied.routes.remove(k);
     }
@@ -123,31 +151,17 @@ pub fn update(
     for k in &old.identities {
         applied.identities.remove(k);
     }
-    let probes_removed: Vec<IpNet> = (old.probes.keys())
-        .filter(|k| !new.probes.contains_key(*k))
-        .copied()
-        .collect();
-    let probes_set: Vec<(IpNet, IpAddr)> = (new.probes.iter())
-        .filter(|(k, v)| applied.probes.get(*k) != Some(*v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
     for k in old.probes.keys() {
         applied.probes.remove(k);
     }
+    applied.peers = applied.peers - old.peers + new.peers;
     applied.probes.extend(new.probes);
     applied.routes.extend(new.routes);
     applied.neighbours.extend(new.neighbours);
     applied.fdb.extend(new.fdb);
     applied.tunnel.extend(new.tunnel);
     applied.identities.extend(new.identities);
-    applied.peers = applied.peers - old.peers + new.peers;
-    Some(Update {
-        ops,
-        tunnel,
-        fresh,
-        probes_removed,
-        probes_set,
-    })
+    (probes_removed, probes_set)
 }
 
 /// The route whose destination overlaps `s` (see [`overlap`]): the destinations of weft's

@@ -40,23 +40,123 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
             format!("interface {} already exists in {whereabouts}", att.ifname),
         ));
     }
+    let mut held = Held::reserve(conf, att, &host, &requested)?;
+    let routes = routes_of(conf, &host);
+    let state = AttachmentState {
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+        netns: Some(netns_path.to_path_buf()),
+        bridge: conf.bridge.clone(),
+        host_veth: link::host_veth_name(&att.container_id, &att.ifname),
+        addresses: held.addresses.clone(),
+        gateways: host.families.iter().map(|f| f.gateway.addr()).collect(),
+        routes: routes.iter().map(|(dst, _)| *dst).collect(),
+        mtu,
+    };
+    let bridge = held.save_with_bridge(&state, &mut host_nl, &host, mtu)?;
+    let side = ContainerSide {
+        ifname: &att.ifname,
+        addresses: &state.addresses,
+        routes: &routes,
+        mac,
+    };
+    let made = attach(
+        &mut host_nl,
+        &mut ctr_nl,
+        &netns,
+        &state,
+        &bridge,
+        conf,
+        &side,
+    )?;
+    held.keep();
+    Ok(result(conf, &made, netns_path, &state, routes))
+}
 
-    let store = Store::lock(&conf.network_dir())?;
-    refuse_duplicate(&store, att)?;
-    // One address per family; when a later family fails (its range is exhausted), the
-    // earlier ones are released with it, so a failed ADD holds nothing.
-    let mut addresses = Vec::new();
-    for (family, wanted) in host.families.iter().zip(&requested) {
-        match reserve(&store, &family.range, *wanted, att) {
-            Ok(a) => addresses.push(a),
-            Err(e) => {
-                release(&store, att);
-                return Err(e);
+/// The addresses an ADD reserved, released again (with weft's record of the attachment)
+/// unless the ADD went through: a failed ADD holds nothing. While the store is locked it is
+/// released through that lock; after, through a new one.
+struct Held<'a> {
+    store: Option<Store>,
+    conf: &'a NetConf,
+    att: &'a Attachment,
+    addresses: Vec<IpNet>,
+    kept: bool,
+}
+
+impl<'a> Held<'a> {
+    /// One address per family, under the store's lock: the requested one, or the next free.
+    fn reserve(
+        conf: &'a NetConf,
+        att: &'a Attachment,
+        host: &HostSubnet,
+        requested: &[Option<IpAddr>],
+    ) -> Result<Held<'a>> {
+        let store = Store::lock(&conf.network_dir())?;
+        refuse_duplicate(&store, att)?;
+        let mut held = Held {
+            store: Some(store),
+            conf,
+            att,
+            addresses: Vec::new(),
+            kept: false,
+        };
+        for (family, wanted) in host.families.iter().zip(requested) {
+            let store = held
+                .store
+                .as_ref()
+                .expect("locked until the bridge is set up");
+            let a = reserve(store, &family.range, *wanted, att)?;
+            held.addresses.push(a);
+        }
+        Ok(held)
+    }
+
+    /// Writes weft's record and sets the bridge up, both under the store's lock (parallel
+    /// ADDs would race to create the bridge or to move its address), then unlocks.
+    fn save_with_bridge(
+        &mut self,
+        state: &AttachmentState,
+        nl: &mut link::Netlink,
+        host: &HostSubnet,
+        mtu: u32,
+    ) -> Result<link::Link> {
+        let store = self
+            .store
+            .as_ref()
+            .expect("locked until the bridge is set up");
+        state.save(store)?;
+        let gateways: Vec<IpNet> = host.families.iter().map(|f| f.gateway).collect();
+        let bridge = link::ensure_bridge(nl, &self.conf.bridge, &gateways, mtu)?;
+        self.store = None;
+        Ok(bridge)
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        match &self.store {
+            Some(store) => release(store, self.att),
+            None => {
+                if let Ok(store) = Store::lock(&self.conf.network_dir()) {
+                    release(&store, self.att);
+                }
             }
         }
     }
-    let gateways: Vec<IpAddr> = host.families.iter().map(|f| f.gateway.addr()).collect();
-    let mut routes: Vec<(IpNet, IpAddr)> = Vec::new();
+}
+
+/// The routes a container gets: each family's network through its gateway, and a default
+/// route too with `isDefaultGateway`.
+fn routes_of(conf: &NetConf, host: &HostSubnet) -> Vec<(IpNet, IpAddr)> {
+    let mut routes = Vec::new();
     for f in &host.families {
         let via = f.gateway.addr();
         routes.extend(f.network.map(|n| (n, via)));
@@ -68,96 +168,64 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
             routes.push((default, via));
         }
     }
-    let state = AttachmentState {
-        container_id: att.container_id.clone(),
-        ifname: att.ifname.clone(),
-        netns: Some(netns_path.to_path_buf()),
-        bridge: conf.bridge.clone(),
-        host_veth: link::host_veth_name(&att.container_id, &att.ifname),
-        addresses: addresses.clone(),
-        gateways: gateways.clone(),
-        routes: routes.iter().map(|(dst, _)| *dst).collect(),
-        mtu,
-    };
-    let bridge_gateways: Vec<IpNet> = host.families.iter().map(|f| f.gateway).collect();
-    // The bridge is set up under the store's lock: parallel ADDs would race to create it or
-    // to move its address.
-    let bridge = state
-        .save(&store)
-        .and_then(|()| link::ensure_bridge(&mut host_nl, &conf.bridge, &bridge_gateways, mtu));
-    let bridge = match bridge {
-        Ok(b) => b,
-        Err(e) => {
-            release(&store, att);
-            return Err(e);
-        }
-    };
-    drop(store);
+    routes
+}
 
-    let side = ContainerSide {
-        ifname: &att.ifname,
-        addresses: &addresses,
-        routes: &routes,
-        mac,
-    };
-    let made = link::create_pair(&mut host_nl, &netns, &state.host_veth, &att.ifname, mtu)
-        .map_err(|e| (e, false))
-        .and_then(|()| {
-            link::configure_pair(
-                &mut host_nl,
-                &mut ctr_nl,
-                &state.host_veth,
-                &bridge,
-                conf.hairpin_mode,
-                &side,
-            )
-            .map_err(|e| (e, true))
-        });
-    let made = match made {
-        Ok(m) => m,
-        Err((e, pair_made)) => {
-            // Deleting the host end takes the container end with it. A pair that was never
-            // made is not ours to delete: the name may belong to someone else.
-            if pair_made {
-                let _ = link::delete_by_name(&mut host_nl, &state.host_veth, "the host");
-            }
-            if let Ok(store) = Store::lock(&conf.network_dir()) {
-                release(&store, att);
-            }
-            return Err(e);
-        }
-    };
+/// The veth pair, made and configured; on a failure after it was made it is deleted (which
+/// takes the container end with it). A pair that was never made is not ours to delete: the
+/// name may belong to someone else.
+fn attach(
+    host_nl: &mut link::Netlink,
+    ctr_nl: &mut link::Netlink,
+    netns: &std::fs::File,
+    state: &AttachmentState,
+    bridge: &link::Link,
+    conf: &NetConf,
+    side: &ContainerSide<'_>,
+) -> Result<link::Made> {
+    link::create_pair(host_nl, netns, &state.host_veth, side.ifname, state.mtu)?;
+    let hairpin = conf.hairpin_mode;
+    let made = link::configure_pair(host_nl, ctr_nl, &state.host_veth, bridge, hairpin, side);
+    if made.is_err() {
+        let _ = link::delete_by_name(host_nl, &state.host_veth, "the host");
+    }
+    made
+}
 
+/// The result in the spec's shape: the bridge, the host end and the container end, each
+/// address with its gateway on interface 2, and the routes.
+fn result(
+    conf: &NetConf,
+    made: &link::Made,
+    netns: &std::path::Path,
+    state: &AttachmentState,
+    routes: Vec<(IpNet, IpAddr)>,
+) -> CniResult {
     let iface = |l: &link::Link, sandbox: Option<String>| Interface {
         name: l.name.clone(),
         mac: l.mac.as_ref().map(link::format_mac),
         mtu: Some(l.mtu),
         sandbox,
     };
-    Ok(CniResult {
+    let sandbox = Some(netns.to_string_lossy().into_owned());
+    CniResult {
         interfaces: vec![
             iface(&made.bridge, None),
             iface(&made.host, None),
-            iface(
-                &made.container,
-                Some(netns_path.to_string_lossy().into_owned()),
-            ),
+            iface(&made.container, sandbox),
         ],
-        ips: addresses
-            .iter()
-            .zip(&gateways)
+        ips: (state.addresses.iter().zip(&state.gateways))
             .map(|(address, gateway)| IpConfig {
                 address: *address,
                 gateway: Some(*gateway),
                 interface: Some(2),
             })
             .collect(),
-        routes: routes
-            .into_iter()
+        routes: (routes.into_iter())
             .map(|(dst, gw)| RouteEntry { dst, gw: Some(gw) })
             .collect(),
         dns: conf.dns.clone(),
-    })
+    }
 }
 
 /// Best effort: the error that made ADD give up is the one the runtime must see.

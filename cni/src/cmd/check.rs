@@ -3,6 +3,7 @@
 //! address reservations. Silent on success.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use crate::config::NetConf;
 use crate::env::Attachment;
@@ -26,37 +27,42 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         .netns
         .as_deref()
         .ok_or_else(|| CniError::env("CNI_NETNS is not set; CHECK needs it"))?;
-    let whereabouts = format!("netns {}", netns.display());
+    let state = check_reservations(conf, att)?;
+    check_container(&prev, att, netns)?;
+    check_host(&state)
+}
 
-    let state = {
-        let store = Store::lock(&conf.network_dir())?;
-        let state =
-            AttachmentState::load(&store, &att.container_id, &att.ifname)?.ok_or_else(|| {
-                failed(format!(
-                    "weft has no record of container {} interface {}",
-                    att.container_id, att.ifname
-                ))
-            })?;
-        let held = store.reservations()?;
-        for a in &state.addresses {
-            if !held
-                .iter()
-                .any(|r| r.ip == a.addr() && r.belongs_to(&att.container_id, &att.ifname))
-            {
-                return Err(failed(format!(
-                    "the reservation of {} for container {} is gone from {}",
-                    a.addr(),
-                    att.container_id,
-                    store.dir().display()
-                )));
-            }
+/// weft's record of the attachment, and each of its addresses still reserved for it.
+fn check_reservations(conf: &NetConf, att: &Attachment) -> Result<AttachmentState> {
+    let store = Store::lock(&conf.network_dir())?;
+    let state =
+        AttachmentState::load(&store, &att.container_id, &att.ifname)?.ok_or_else(|| {
+            failed(format!(
+                "weft has no record of container {} interface {}",
+                att.container_id, att.ifname
+            ))
+        })?;
+    let held = store.reservations()?;
+    for a in &state.addresses {
+        let ours = |r: &crate::ipam::Reservation| {
+            r.ip == a.addr() && r.belongs_to(&att.container_id, &att.ifname)
+        };
+        if !held.iter().any(ours) {
+            return Err(failed(format!(
+                "the reservation of {} for container {} is gone from {}",
+                a.addr(),
+                att.container_id,
+                store.dir().display()
+            )));
         }
-        state
-    };
+    }
+    Ok(state)
+}
 
-    let index = prev
-        .interfaces
-        .iter()
+/// The container end: the veth with prevResult's MAC and addresses, and its routes.
+fn check_container(prev: &CniResult, att: &Attachment, netns: &Path) -> Result<()> {
+    let whereabouts = format!("netns {}", netns.display());
+    let index = (prev.interfaces.iter())
         .position(|i| i.name == att.ifname && i.sandbox.is_some())
         .ok_or_else(|| {
             failed(format!(
@@ -64,7 +70,6 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                 att.ifname
             ))
         })?;
-    let expected = &prev.interfaces[index];
     if !netns.exists() {
         return Err(failed(format!("{whereabouts} does not exist")));
     }
@@ -82,7 +87,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             ctr.kind.as_deref().unwrap_or("device of unknown kind")
         )));
     }
-    if let (Some(want), Some(have)) = (&expected.mac, &ctr.mac) {
+    if let (Some(want), Some(have)) = (&prev.interfaces[index].mac, &ctr.mac) {
         let have = link::format_mac(have);
         if !want.eq_ignore_ascii_case(&have) {
             return Err(failed(format!(
@@ -92,25 +97,22 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         }
     }
     let have = link::addresses(&mut nl, &ctr, &whereabouts)?;
-    for ip in prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface.is_none_or(|i| i == index))
-    {
-        if !have.contains(&ip.address) {
-            return Err(failed(format!(
-                "{} in {whereabouts} lacks its address {}",
-                att.ifname, ip.address
-            )));
-        }
+    let mine = (prev.ips.iter()).filter(|ip| ip.interface.is_none_or(|i| i == index));
+    if let Some(ip) = mine.into_iter().find(|ip| !have.contains(&ip.address)) {
+        return Err(failed(format!(
+            "{} in {whereabouts} lacks its address {}",
+            att.ifname, ip.address
+        )));
     }
-    let routes = link::main_routes(&mut nl, &whereabouts)?;
+    check_routes(prev, &mut nl, &whereabouts)
+}
+
+/// Every route of prevResult in the container.
+fn check_routes(prev: &CniResult, nl: &mut link::Netlink, whereabouts: &str) -> Result<()> {
+    let routes = link::main_routes(nl, whereabouts)?;
     for r in &prev.routes {
-        let gw = r.gw.or_else(|| default_gateway(&prev, r.dst.addr()));
-        if !routes
-            .iter()
-            .any(|(dst, g)| *dst == r.dst && (gw.is_none() || *g == gw))
-        {
+        let gw = r.gw.or_else(|| default_gateway(prev, r.dst.addr()));
+        if !(routes.iter()).any(|(dst, g)| *dst == r.dst && (gw.is_none() || *g == gw)) {
             return Err(failed(format!(
                 "route {}{} is missing in {whereabouts}",
                 r.dst,
@@ -118,7 +120,11 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             )));
         }
     }
+    Ok(())
+}
 
+/// The host end, on the bridge.
+fn check_host(state: &AttachmentState) -> Result<()> {
     let mut host = link::host()?;
     let bridge = link::link_by_name(&mut host, &state.bridge, "the host")?
         .ok_or_else(|| failed(format!("bridge {} is missing on the host", state.bridge)))?;

@@ -194,6 +194,7 @@ fn tally(view: &ClusterView, f: impl Fn(&weft::status::StatusRecord) -> String) 
     parts.join(", ")
 }
 
+/// The cluster in a few lines, a section each, then the verdict.
 fn print_summary(
     store: &EtcdStore,
     view: &ClusterView,
@@ -202,9 +203,33 @@ fn print_summary(
     now: SystemTime,
 ) -> Result<()> {
     let mut o = weft::show::Safe(std::io::stdout().lock());
+    print_hosts(&mut o, view, now)?;
+    writeln!(o, "versions:  {}", tally(view, |r| r.version.clone()))?;
+    writeln!(o, "backends:  {}", tally(view, |r| r.backend.clone()))?;
+    print_reach(&mut o, view)?;
+    print_repairs(&mut o, view, args, now)?;
+    print_pool(&mut o, view, args)?;
+    writeln!(o, "etcd:      reachable at {}", store.endpoints())?;
+    if args.matrix {
+        print_matrix(&mut o, view)?;
+    }
+    match problems.len() {
+        0 => writeln!(o, "healthy")?,
+        n => {
+            let s = if n == 1 { "" } else { "s" };
+            writeln!(o, "unhealthy: {n} problem{s}")?;
+            for p in problems {
+                writeln!(o, "  {p}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many hosts are in each state, and each that is not ready.
+fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Result<()> {
     let count = |s: &str| {
-        view.hosts
-            .iter()
+        (view.hosts.iter())
             .filter(|h| state_name(&h.state) == s)
             .count()
     };
@@ -228,28 +253,35 @@ fn print_summary(
         );
         writeln!(o, "  {subnet:<18} {ip:<15} {what}")?;
     }
-    writeln!(o, "versions:  {}", tally(view, |r| r.version.clone()))?;
-    writeln!(o, "backends:  {}", tally(view, |r| r.backend.clone()))?;
+    Ok(())
+}
+
+/// The pairs that cannot reach each other, as the hosts report them.
+fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
     match view.pairs.as_slice() {
         [] => writeln!(o, "reach:     every host reaches every other (as reported)")?,
         pairs => {
-            writeln!(
-                o,
-                "reach:     {} pairs cannot reach each other",
-                pairs.len()
-            )?;
+            let n = pairs.len();
+            writeln!(o, "reach:     {n} pairs cannot reach each other")?;
             for p in pairs {
                 writeln!(o, "  {} <-> {} since {}", p.a, p.b, p.since)?;
             }
         }
     }
+    Ok(())
+}
+
+/// The hosts that repaired drift within `--repairs-within`.
+fn print_repairs(
+    o: &mut impl Write,
+    view: &ClusterView,
+    args: &StatusArgs,
+    now: SystemTime,
+) -> Result<()> {
     let repairs = view.recent_repairs(args.repairs_within, now);
     let within = humantime::format_duration(args.repairs_within);
-    writeln!(
-        o,
-        "repairs:   {} hosts repaired drift within {within}",
-        repairs.len()
-    )?;
+    let n = repairs.len();
+    writeln!(o, "repairs:   {n} hosts repaired drift within {within}")?;
     for h in repairs {
         let r = h.record.as_ref().map(|r| &r.drift_repairs);
         let last = r.and_then(|r| r.last).map_or("-".into(), |t| t.to_string());
@@ -257,6 +289,11 @@ fn print_summary(
         let subnet = h.lease.subnet.to_string();
         writeln!(o, "  {subnet:<18} {count} repairs, last {last}")?;
     }
+    Ok(())
+}
+
+/// The subnet pool, with a warning below `--pool-warn-below`.
+fn print_pool(o: &mut impl Write, view: &ClusterView, args: &StatusArgs) -> Result<()> {
     let p = view.pool;
     let low = if p.free_percent() < args.pool_warn_below {
         format!("  WARNING: below {}%", args.pool_warn_below)
@@ -272,20 +309,6 @@ fn print_summary(
         p.free,
         p.free_percent()
     )?;
-    writeln!(o, "etcd:      reachable at {}", store.endpoints())?;
-    if args.matrix {
-        print_matrix(&mut o, view)?;
-    }
-    match problems.len() {
-        0 => writeln!(o, "healthy")?,
-        n => {
-            let s = if n == 1 { "" } else { "s" };
-            writeln!(o, "unhealthy: {n} problem{s}")?;
-            for p in problems {
-                writeln!(o, "  {p}")?;
-            }
-        }
-    }
     Ok(())
 }
 
