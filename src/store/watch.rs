@@ -11,8 +11,9 @@ use tracing::{info, warn};
 
 use tonic::Code;
 
-use super::etcd::{outside_network, status_code, EtcdStore, LeaseList, SkippedLease};
-use super::StoreError;
+use super::decode::{outside_network, Entry, LeaseList, SkippedLease};
+use super::registry::{status_code, EtcdRegistry, Registry, Stored};
+use super::{read, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseEvent};
 
@@ -28,7 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A running watch of all leases. Reconnects by itself; see [`LeaseWatcher::next`].
 pub struct LeaseWatcher {
-    store: EtcdStore,
+    reg: EtcdRegistry,
     cfg: Option<NetworkConfig>,
     /// Every change up to this revision has been delivered.
     revision: i64,
@@ -52,7 +53,7 @@ pub struct LeaseWatcher {
 }
 
 impl LeaseWatcher {
-    pub(super) fn new(store: EtcdStore, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
+    pub(super) fn new(reg: EtcdRegistry, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
         LeaseWatcher {
             cfg,
             revision: after_revision.max(0),
@@ -64,23 +65,23 @@ impl LeaseWatcher {
             checked: HashMap::new(),
             backoff: Duration::from_millis(100),
             last_problem: None,
-            member_removals: store.member_removals(),
-            member_returns: store.member_returns(),
-            store,
+            member_removals: reg.member_removals(),
+            member_returns: reg.member_returns(),
+            reg,
         }
     }
 
     pub(super) fn from_list(
-        store: EtcdStore,
+        reg: EtcdRegistry,
         cfg: Option<NetworkConfig>,
         list: &LeaseList,
     ) -> Self {
-        let mut w = LeaseWatcher::new(store, cfg, list.revision);
+        let mut w = LeaseWatcher::new(reg, cfg, list.revision);
         w.cache = list
             .leases
             .iter()
             .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
-            .map(|l| (w.store.lease_key(l), l.clone()))
+            .map(|l| (w.reg.layout().lease_key(l), l.clone()))
             .collect();
         w.take_skipped(&list.skipped);
         w.mark_all_checked();
@@ -163,7 +164,7 @@ impl LeaseWatcher {
                 Ok(None) => {
                     self.stream = None;
                     self.trouble(StoreError::Unreachable {
-                        endpoints: self.store.endpoints().to_string(),
+                        endpoints: self.reg.endpoints().to_string(),
                         why: "the watch stream was closed".into(),
                     })
                     .await?;
@@ -171,11 +172,8 @@ impl LeaseWatcher {
                 }
                 Err(source) => {
                     self.stream = None;
-                    self.trouble(
-                        self.store
-                            .etcd_error(format!("watch {}", self.store.subnets_prefix()), source),
-                    )
-                    .await?;
+                    let op = format!("watch {}", self.reg.layout().subnets_prefix());
+                    self.trouble(self.reg.etcd_error(op, source)).await?;
                     continue;
                 }
             };
@@ -202,14 +200,14 @@ impl LeaseWatcher {
                 let why = resp.cancel_reason().to_string();
                 // etcd gives a cancelled watch's reason only as text; a read of the same keys
                 // answers with a status code, which says whether this client may read them.
-                if self.store.may_not_read_subnets().await {
+                if self.reg.may_not_read_subnets().await {
                     return Err(StoreError::WatchRefused {
-                        endpoints: self.store.endpoints().to_string(),
+                        endpoints: self.reg.endpoints().to_string(),
                         why,
                     });
                 }
                 self.trouble(StoreError::Unreachable {
-                    endpoints: self.store.endpoints().to_string(),
+                    endpoints: self.reg.endpoints().to_string(),
                     why: format!("the watch was cancelled: {why}"),
                 })
                 .await?;
@@ -235,14 +233,14 @@ impl LeaseWatcher {
     }
 
     async fn open(&self) -> Result<WatchStream, StoreError> {
-        let prefix = self.store.subnets_prefix();
+        let prefix = self.reg.layout().subnets_prefix();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_prev_key()
             .with_progress_notify();
-        let mut c = self.store.client();
-        self.store
+        let mut c = self.reg.client();
+        self.reg
             .timed(
                 format!("watch {prefix}"),
                 c.watch(prefix.clone(), Some(opts)),
@@ -255,7 +253,7 @@ impl LeaseWatcher {
     /// reported as `Added`.
     async fn seed(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
         if self.revision > 0 {
-            match self.store.list_at(self.cfg.as_ref(), self.revision).await {
+            match read::list(&self.reg, self.cfg.as_ref(), self.revision, true).await {
                 Ok(list) => {
                     self.take_list(&list);
                     self.seeded = true;
@@ -270,7 +268,7 @@ impl LeaseWatcher {
                 Err(e) => return Err(e),
             }
         }
-        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
         self.take_list(&list);
         self.revision = list.revision;
         self.seeded = true;
@@ -286,20 +284,20 @@ impl LeaseWatcher {
         self.cache = list
             .leases
             .iter()
-            .map(|l| (self.store.lease_key(l), l.clone()))
+            .map(|l| (self.reg.layout().lease_key(l), l.clone()))
             .collect();
         self.mark_all_checked();
     }
 
     /// After a compaction: the current leases against the cache, as events.
     async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
-        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
         self.take_skipped(&list.skipped);
         let now = SystemTime::now();
         let mut fresh: HashMap<String, Lease> = list
             .leases
             .iter()
-            .map(|l| (self.store.lease_key(l), l.clone()))
+            .map(|l| (self.reg.layout().lease_key(l), l.clone()))
             .collect();
         let mut events = Vec::new();
         let mut old_keys: Vec<&String> = self.cache.keys().collect();
@@ -310,7 +308,7 @@ impl LeaseWatcher {
             }
         }
         for l in &list.leases {
-            let key = self.store.lease_key(l);
+            let key = self.reg.layout().lease_key(l);
             if self.cache.get(&key).is_none_or(|old| differs(old, l)) {
                 events.push(LeaseEvent::Added(l.clone()));
             }
@@ -342,7 +340,7 @@ impl LeaseWatcher {
         let ttls = if ids.is_empty() {
             HashMap::new()
         } else {
-            self.store.ttls(&ids).await.unwrap_or_default()
+            self.reg.ttls(&ids).await.unwrap_or_default()
         };
         let mut out = Vec::new();
         let mut max_rev = self.revision;
@@ -355,13 +353,16 @@ impl LeaseWatcher {
             max_rev = max_rev.max(rev);
             match ev.event_type() {
                 EventType::Put => {
-                    let Some((key, parsed)) = self.store.entry_from(kv) else {
+                    let Some(e) = Entry::decode(self.reg.layout(), Stored::from(kv)) else {
                         continue;
                     };
-                    let lease = parsed.and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
-                        Some(reason) => Err(reason),
-                        None => Ok(l),
-                    });
+                    let key = e.stored.key;
+                    let lease =
+                        e.lease
+                            .and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
+                                Some(reason) => Err(reason),
+                                None => Ok(l),
+                            });
                     match lease {
                         Ok(mut l) => {
                             if let Some(id) = l.etcd_lease_id {
@@ -447,7 +448,7 @@ impl LeaseWatcher {
             .filter(|l| self.next_check(l).is_some_and(|t| t <= now))
             .filter_map(|l| l.etcd_lease_id)
             .collect();
-        let ttls = self.store.ttls(&due).await.unwrap_or_default();
+        let ttls = self.reg.ttls(&due).await.unwrap_or_default();
         let now = SystemTime::now();
         for l in self.cache.values_mut() {
             let Some(id) = l.etcd_lease_id.filter(|id| due.contains(id)) else {
