@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{EventType, WatchOptions, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tracing::{info, warn};
 
 use tonic::Code;
@@ -141,95 +141,107 @@ impl LeaseWatcher {
                     }
                 }
             }
-            let deadline = self.refresh_deadline();
-            let stream = self.stream.as_mut().expect("opened above");
-            let msg = tokio::select! {
-                m = stream.message() => Some(m),
-                _ = tokio::time::sleep(deadline) => None,
-                Some(()) = member_removed(&mut self.member_removals) => {
-                    self.stream = None;
-                    info!(
-                        from = self.revision + 1,
-                        "an etcd member was taken out; watching the leases through another"
-                    );
-                    continue;
-                }
-            };
-            let Some(msg) = msg else {
-                self.refresh_expirations().await;
+            let Some(resp) = self.receive().await? else {
                 continue;
             };
-            let resp = match msg {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    self.stream = None;
-                    self.trouble(StoreError::Unreachable {
-                        endpoints: self.reg.endpoints().to_string(),
-                        why: "the watch stream was closed".into(),
-                    })
-                    .await?;
-                    continue;
-                }
-                Err(source) => {
-                    self.stream = None;
-                    let op = format!("watch {}", self.reg.layout().subnets_prefix());
-                    self.trouble(self.reg.etcd_error(op, source)).await?;
-                    continue;
-                }
-            };
-            if resp.compact_revision() > 0 {
-                self.stream = None;
-                info!(
-                    from = self.revision + 1,
-                    compacted = resp.compact_revision(),
-                    "lease history was compacted; re-listing the leases"
-                );
-                match self.resync().await {
-                    Ok(events) => {
-                        self.recovered();
-                        if !events.is_empty() {
-                            return Ok(events);
-                        }
-                    }
-                    Err(e) => self.trouble(e).await?,
-                }
-                continue;
-            }
-            if resp.canceled() {
-                self.stream = None;
-                let why = resp.cancel_reason().to_string();
-                // etcd gives a cancelled watch's reason only as text; a read of the same keys
-                // answers with a status code, which says whether this client may read them.
-                if self.reg.may_not_read_subnets().await {
-                    return Err(StoreError::WatchRefused {
-                        endpoints: self.reg.endpoints().to_string(),
-                        why,
-                    });
-                }
-                self.trouble(StoreError::Unreachable {
-                    endpoints: self.reg.endpoints().to_string(),
-                    why: format!("the watch was cancelled: {why}"),
-                })
-                .await?;
-                continue;
-            }
-            if resp.events().is_empty() {
-                if resp.created() {
-                    // etcd accepted the watch: after an outage, say so now rather than at
-                    // the next lease change, which may be hours away.
-                    self.recovered();
-                } else if let Some(h) = resp.header() {
-                    // A progress notification: everything up to its revision has been sent.
-                    self.revision = self.revision.max(h.revision());
-                }
-                continue;
-            }
-            let events = self.apply(&resp).await;
-            self.recovered();
+            let events = self.take(resp).await?;
             if !events.is_empty() {
                 return Ok(events);
             }
         }
+    }
+
+    /// The next response of the open stream; `None` when there was none to take (the
+    /// expirations were due for a look, or the stream had to go and will be opened again).
+    async fn receive(&mut self) -> Result<Option<WatchResponse>, StoreError> {
+        let deadline = self.refresh_deadline();
+        let stream = self.stream.as_mut().expect("opened before receiving");
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::time::sleep(deadline) => {
+                self.refresh_expirations().await;
+                return Ok(None);
+            }
+            Some(()) = member_removed(&mut self.member_removals) => {
+                self.stream = None;
+                info!(
+                    from = self.revision + 1,
+                    "an etcd member was taken out; watching the leases through another"
+                );
+                return Ok(None);
+            }
+        };
+        let problem = match msg {
+            Ok(Some(resp)) => return Ok(Some(resp)),
+            Ok(None) => StoreError::Unreachable {
+                endpoints: self.reg.endpoints().to_string(),
+                why: "the watch stream was closed".into(),
+            },
+            Err(source) => {
+                let op = format!("watch {}", self.reg.layout().subnets_prefix());
+                self.reg.etcd_error(op, source)
+            }
+        };
+        self.stream = None;
+        self.trouble(problem).await?;
+        Ok(None)
+    }
+
+    /// What one response means: changes, a compaction to re-list after, a cancelled watch,
+    /// or progress.
+    async fn take(&mut self, resp: WatchResponse) -> Result<Vec<LeaseEvent>, StoreError> {
+        if resp.compact_revision() > 0 {
+            self.stream = None;
+            info!(
+                from = self.revision + 1,
+                compacted = resp.compact_revision(),
+                "lease history was compacted; re-listing the leases"
+            );
+            return match self.resync().await {
+                Ok(events) => {
+                    self.recovered();
+                    Ok(events)
+                }
+                Err(e) => self.trouble(e).await.map(|()| Vec::new()),
+            };
+        }
+        if resp.canceled() {
+            self.stream = None;
+            return self
+                .cancelled(resp.cancel_reason())
+                .await
+                .map(|()| Vec::new());
+        }
+        if resp.events().is_empty() {
+            if resp.created() {
+                // etcd accepted the watch: after an outage, say so now rather than at
+                // the next lease change, which may be hours away.
+                self.recovered();
+            } else if let Some(h) = resp.header() {
+                // A progress notification: everything up to its revision has been sent.
+                self.revision = self.revision.max(h.revision());
+            }
+            return Ok(Vec::new());
+        }
+        let events = self.apply(&resp).await;
+        self.recovered();
+        Ok(events)
+    }
+
+    /// etcd gives a cancelled watch's reason only as text; a read of the same keys answers
+    /// with a status code, which says whether this client may read them.
+    async fn cancelled(&mut self, why: &str) -> Result<(), StoreError> {
+        if self.reg.may_not_read_subnets().await {
+            return Err(StoreError::WatchRefused {
+                endpoints: self.reg.endpoints().to_string(),
+                why: why.to_string(),
+            });
+        }
+        self.trouble(StoreError::Unreachable {
+            endpoints: self.reg.endpoints().to_string(),
+            why: format!("the watch was cancelled: {why}"),
+        })
+        .await
     }
 
     async fn open(&self) -> Result<WatchStream, StoreError> {
@@ -346,69 +358,67 @@ impl LeaseWatcher {
         let mut max_rev = self.revision;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let rev = kv.mod_revision();
-            if rev <= self.revision {
+            if kv.mod_revision() <= self.revision {
                 continue;
             }
-            max_rev = max_rev.max(rev);
-            match ev.event_type() {
-                EventType::Put => {
-                    let Some(e) = Entry::decode(self.reg.layout(), Stored::from(kv)) else {
-                        continue;
-                    };
-                    let key = e.stored.key;
-                    let lease =
-                        e.lease
-                            .and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
-                                Some(reason) => Err(reason),
-                                None => Ok(l),
-                            });
-                    match lease {
-                        Ok(mut l) => {
-                            if let Some(id) = l.etcd_lease_id {
-                                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
-                                l.expiration = Some(now + Duration::from_secs(secs));
-                                if ttls.contains_key(&id) {
-                                    self.checked.insert(id, now);
-                                }
-                            }
-                            self.unskip(&key);
-                            let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
-                            self.cache.insert(key, l.clone());
-                            if changed {
-                                out.push(LeaseEvent::Added(l));
-                            }
-                        }
-                        Err(reason) => {
-                            self.warn_skipped(&SkippedLease {
-                                key: key.clone(),
-                                reason: reason.clone(),
-                                mod_revision: rev,
-                            });
-                            let k = key.clone();
-                            self.skipped
-                                .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
-                            // The key no longer describes a usable lease; forget the old one.
-                            if let Some(old) = self.cache.remove(&key) {
-                                out.push(LeaseEvent::Removed(old));
-                            }
-                        }
-                    }
-                }
-                EventType::Delete => {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    self.unskip(&key);
-                    if let Some(old) = self.cache.remove(&key) {
-                        if let Some(id) = old.etcd_lease_id {
-                            self.checked.remove(&id);
-                        }
-                        out.push(classify_delete(old, now));
-                    }
-                }
-            }
+            max_rev = max_rev.max(kv.mod_revision());
+            let event = match ev.event_type() {
+                EventType::Put => self.put(Stored::from(kv), &ttls, now),
+                EventType::Delete => self.delete(&String::from_utf8_lossy(kv.key()), now),
+            };
+            out.extend(event);
         }
         self.revision = max_rev;
         out
+    }
+
+    /// A key was written: a lease added or changed, or a key that no longer holds one.
+    fn put(&mut self, kv: Stored, ttls: &HashMap<i64, i64>, now: SystemTime) -> Option<LeaseEvent> {
+        let rev = kv.mod_revision;
+        let e = Entry::decode(self.reg.layout(), kv)?;
+        let key = e.stored.key;
+        let lease = e
+            .lease
+            .and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
+                Some(reason) => Err(reason),
+                None => Ok(l),
+            });
+        let mut l = match lease {
+            Ok(l) => l,
+            Err(reason) => {
+                self.warn_skipped(&SkippedLease {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                    mod_revision: rev,
+                });
+                let k = key.clone();
+                self.skipped
+                    .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
+                // The key no longer describes a usable lease; forget the old one.
+                return self.cache.remove(&key).map(LeaseEvent::Removed);
+            }
+        };
+        if let Some(id) = l.etcd_lease_id {
+            let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
+            l.expiration = Some(now + Duration::from_secs(secs));
+            if ttls.contains_key(&id) {
+                self.checked.insert(id, now);
+            }
+        }
+        self.unskip(&key);
+        let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
+        self.cache.insert(key, l.clone());
+        changed.then_some(LeaseEvent::Added(l))
+    }
+
+    /// A key was deleted: a lease expired or was removed.
+    fn delete(&mut self, key: &str, now: SystemTime) -> Option<LeaseEvent> {
+        self.unskip(key);
+        let old = self.cache.remove(key)?;
+        if let Some(id) = old.etcd_lease_id {
+            self.checked.remove(&id);
+        }
+        Some(classify_delete(old, now))
     }
 
     /// When to look up a cached lease's TTL again: shortly before its expiration, so that a
