@@ -6,6 +6,8 @@ mod acquire;
 mod choose;
 mod renew;
 mod reserve;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 

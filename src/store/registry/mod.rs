@@ -6,6 +6,8 @@ mod call;
 mod connect;
 mod etcd;
 mod layout;
+#[cfg(test)]
+pub(super) mod memory;
 
 use std::collections::HashMap;
 use std::time::Duration;
