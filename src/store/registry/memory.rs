@@ -1,10 +1,12 @@
 //! An in-memory registry for the allocator's tests, with the etcd semantics its decisions rest
 //! on: one global revision, per-key mod revision and version, etcd leases whose expiry deletes
-//! their keys, all-or-nothing guarded writes; and a hook that acts just before a write.
+//! their keys, all-or-nothing guarded writes; and hooks that make races happen on purpose.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::Barrier;
 
 use super::{Along, Deleted, Layout, LeaseTtl, Listing, Refresh, Registry, Stored};
 use crate::store::StoreError;
@@ -44,6 +46,8 @@ pub(in crate::store) struct State {
     history: BTreeMap<i64, BTreeMap<String, Kv>>,
     leases: BTreeMap<i64, EtcdLease>,
     next_lease: i64,
+    /// Guarded writes whose conditions failed (lost races).
+    pub refused: usize,
 }
 
 fn refused(op: &str, status: tonic::Status) -> StoreError {
@@ -210,12 +214,16 @@ fn stored(key: &str, kv: &Kv) -> Stored {
 }
 
 type Hook = Box<dyn FnMut(&mut State, &str) + Send>;
+/// A barrier for listings, and how many more listings it holds.
+type Gate = Option<(Arc<Barrier>, usize)>;
 
 /// The registry; clones share one state, like two hosts' clients of one etcd.
 #[derive(Clone)]
 pub(in crate::store) struct MemRegistry {
     layout: Layout,
     state: Arc<Mutex<State>>,
+    /// Listings held until this many have arrived.
+    gate: Arc<Mutex<Gate>>,
     /// Runs just before each guarded write, with the key it writes.
     before_write: Arc<Mutex<Option<Hook>>>,
     unreachable: Arc<Mutex<bool>>,
@@ -226,6 +234,7 @@ impl MemRegistry {
         MemRegistry {
             layout: Layout::new("/coreos.com/network"),
             state: Arc::default(),
+            gate: Arc::default(),
             before_write: Arc::default(),
             unreachable: Arc::default(),
         }
@@ -233,6 +242,12 @@ impl MemRegistry {
 
     pub(in crate::store) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("the state lock")
+    }
+
+    /// The next `n` listings wait for each other before they return, so `n` allocators
+    /// act on the same leases.
+    pub(in crate::store) fn hold_lists(&self, n: usize) {
+        *self.gate.lock().expect("the gate lock") = Some((Arc::new(Barrier::new(n)), n));
     }
 
     /// Runs `f` just before every guarded write from now on, with the key it writes.
@@ -268,6 +283,23 @@ impl MemRegistry {
         Ok(self.state())
     }
 
+    async fn pass_gate(&self) {
+        let barrier = {
+            let mut gate = self.gate.lock().expect("the gate lock");
+            let held = gate.as_mut().map(|(b, left)| {
+                *left -= 1;
+                (b.clone(), *left == 0)
+            });
+            if held.as_ref().is_some_and(|(_, last)| *last) {
+                *gate = None;
+            }
+            held.map(|(b, _)| b)
+        };
+        if let Some(b) = barrier {
+            b.wait().await;
+        }
+    }
+
     /// A guarded write of `key`: `ops` apply at a new revision if every condition holds.
     fn txn(&self, key: &str, conds: &[Cond], ops: &[Op]) -> Result<Option<i64>, StoreError> {
         let mut state = self.reach()?;
@@ -275,6 +307,7 @@ impl MemRegistry {
             hook(&mut state, key);
         }
         if !conds.iter().all(|c| state.holds(c)) {
+            state.refused += 1;
             return Ok(None);
         }
         state.commit(ops).map(Some)
@@ -287,7 +320,11 @@ impl Registry for MemRegistry {
     }
 
     async fn list(&self, prefix: &str, revision: i64) -> Result<Listing, StoreError> {
-        self.reach()?.list(prefix, revision)
+        // Read, then wait: whoever the barrier lets go first must not change what the
+        // others have read.
+        let listing = self.reach()?.list(prefix, revision);
+        self.pass_gate().await;
+        listing
     }
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {

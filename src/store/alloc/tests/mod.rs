@@ -3,6 +3,7 @@
 
 mod acquire;
 mod ipv6;
+mod races;
 mod renew;
 mod reserve;
 
