@@ -332,8 +332,12 @@ fn advertised(attrs: &LeaseAttrs, family: Family) -> Option<VxlanLeaseData> {
 }
 
 /// Attributes of a VXLAN host, as flannel writes them.
-pub fn lease_attrs(public_ip: std::net::Ipv4Addr, vni: u32, vtep_mac: &str) -> LeaseAttrs {
-    LeaseAttrs {
+pub fn lease_attrs(
+    public_ip: std::net::Ipv4Addr,
+    vni: u32,
+    vtep_mac: &str,
+) -> crate::lease::LeaseAttrs {
+    crate::lease::LeaseAttrs {
         public_ip,
         public_ipv6: None,
         backend_type: TYPE.into(),

@@ -12,7 +12,9 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::protocols::{NETLINK_GENERIC, NETLINK_ROUTE};
+#[cfg(feature = "daemon")]
+use netlink_sys::protocols::NETLINK_GENERIC;
+use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::Socket;
 
 use super::NetlinkError;
@@ -65,6 +67,7 @@ impl Conn {
     }
 
     /// A NETLINK_GENERIC socket (WireGuard's family) in the calling thread's namespace.
+    #[cfg(feature = "daemon")]
     pub(crate) fn generic() -> Result<Self, NetlinkError> {
         Conn::open(NETLINK_GENERIC)
     }
@@ -318,6 +321,7 @@ impl Conn {
     /// every message of its answer, in order: up to the acknowledgement or error of a plain
     /// request, up to NLMSG_DONE of a dump. For protocols whose messages the typed API does
     /// not model (generic netlink).
+    #[cfg(feature = "daemon")]
     pub(crate) fn exchange(&mut self, mut msg: Vec<u8>, dump: bool) -> io::Result<Vec<u8>> {
         let seq = self.next_seq();
         if let Some(h) = msg.get_mut(8..12) {

@@ -1,15 +1,25 @@
-//! The registry: the network config and the hosts' subnet leases, kept in etcd in flannel's
+//! The store: the network config and the hosts' subnet leases, kept in etcd in flannel's
 //! layout. [`EtcdStore`] has the operations weftd and weftctl need (acquire, renew, list,
 //! reserve, revoke); [`LeaseWatcher`] turns etcd's watch into typed lease events.
+//!
+//! Inside, `registry` is the etcd I/O (connecting, the key layout, timed calls, guarded
+//! writes) behind a small trait, `alloc` makes the decisions about leases against that trait
+//! (unit-tested on an in-memory registry), and `decode` and `read` turn keys into leases.
 
+mod alloc;
+mod decode;
 mod endpoints;
 mod etcd;
+mod read;
+mod registry;
 mod status;
 mod watch;
 
 use std::path::PathBuf;
 
-pub use etcd::{EtcdStore, LeaseList, Previous, SkippedLease};
+pub use alloc::Previous;
+pub use decode::{LeaseList, SkippedLease};
+pub use etcd::EtcdStore;
 pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 
@@ -192,7 +202,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may help (etcd down, slow or restarting).
     /// etcd refused this client's credentials or permissions: trying again cannot help until
     /// an operator changes them.
     pub fn is_refusal(&self) -> bool {
@@ -202,10 +211,11 @@ impl StoreError {
         )
     }
 
+    /// Whether trying again later may help (etcd down, slow or restarting).
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unreachable { .. } | StoreError::Timeout { .. } => true,
-            StoreError::Etcd { source, .. } => etcd::is_transient(source),
+            StoreError::Etcd { source, .. } => registry::is_transient(source),
             _ => false,
         }
     }

@@ -9,8 +9,9 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
 };
-use tracing::info;
 
+use super::alloc::Allocator;
+use super::registry::Registry;
 use super::{EtcdStore, StoreError};
 use crate::lease::Lease;
 
@@ -34,24 +35,24 @@ pub enum Reclaimed {
 
 impl EtcdStore {
     pub fn weft_prefix(&self) -> String {
-        format!("{}/weft/", self.prefix())
+        self.registry().layout().weft_prefix()
     }
 
     pub fn status_prefix(&self) -> String {
-        format!("{}status/", self.weft_prefix())
+        self.registry().layout().status_prefix()
     }
 
     pub fn status_key(&self, name: &str) -> String {
-        format!("{}{name}", self.status_prefix())
+        self.registry().layout().status_key(name)
     }
 
     pub fn gone_key(&self, name: &str) -> String {
-        format!("{}gone/{name}", self.weft_prefix())
+        self.registry().layout().gone_key(name)
     }
 
     /// A fresh etcd lease for this host's status record.
     pub async fn grant_liveness(&self, ttl: Duration) -> Result<i64, StoreError> {
-        self.grant(ttl).await
+        self.registry().grant(ttl).await
     }
 
     /// A keep-alive stream for an etcd lease; each `keep_alive` is one message, not a write.
@@ -59,12 +60,13 @@ impl EtcdStore {
         &self,
         id: i64,
     ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), StoreError> {
-        let mut c = self.client();
-        self.timed(
-            format!("keep etcd lease {id:x} alive"),
-            c.lease_keep_alive(id),
-        )
-        .await
+        let mut c = self.registry().client();
+        self.registry()
+            .timed(
+                format!("keep etcd lease {id:x} alive"),
+                c.lease_keep_alive(id),
+            )
+            .await
     }
 
     /// Writes this host's record on `lease` and, in the same transaction, removes a gone mark
@@ -88,8 +90,9 @@ impl EtcdStore {
         if let Some(old) = old.filter(|o| *o != name) {
             ops.push(TxnOp::delete(self.status_key(old), None));
         }
-        let mut c = self.client();
-        self.timed(format!("put {key}"), c.txn(Txn::new().and_then(ops)))
+        let mut c = self.registry().client();
+        self.registry()
+            .timed(format!("put {key}"), c.txn(Txn::new().and_then(ops)))
             .await?;
         Ok(())
     }
@@ -98,35 +101,31 @@ impl EtcdStore {
     /// came back, or its subnet lease is gone. The mark lives on the subnet's etcd lease, so
     /// it goes when the subnet does. `Ok(true)` when this call wrote it.
     pub async fn mark_gone(&self, name: &str, json: &str) -> Result<bool, StoreError> {
-        let subnet_key = format!("{}{name}", self.subnets_prefix());
-        let mut c = self.client();
-        let resp = self
-            .timed(
-                format!("get {subnet_key}"),
-                c.get(subnet_key.as_str(), None),
-            )
-            .await?;
-        let Some(kv) = resp.kvs().first() else {
+        let reg = self.registry();
+        let subnet_key = format!("{}{name}", reg.layout().subnets_prefix());
+        let Some(kv) = reg.get(&subnet_key).await? else {
             return Ok(false);
         };
-        let opts = (kv.lease() != 0).then(|| PutOptions::new().with_lease(kv.lease()));
+        let opts = kv.lease.map(|id| PutOptions::new().with_lease(id));
         let gone = self.gone_key(name);
         let txn = Txn::new()
             .when(vec![
-                Compare::mod_revision(subnet_key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                Compare::mod_revision(subnet_key.as_str(), CompareOp::Equal, kv.mod_revision),
                 Compare::version(self.status_key(name), CompareOp::Equal, 0),
                 Compare::version(gone.as_str(), CompareOp::Equal, 0),
             ])
             .and_then(vec![TxnOp::put(gone.as_str(), json, opts)]);
-        let resp = self.timed(format!("put {gone}"), c.txn(txn)).await?;
+        let mut c = reg.client();
+        let resp = reg.timed(format!("put {gone}"), c.txn(txn)).await?;
         Ok(resp.succeeded())
     }
 
     /// Every key under `<prefix>/weft/`, in one read.
     pub async fn list_weft(&self) -> Result<WeftKeys, StoreError> {
         let prefix = self.weft_prefix();
-        let mut c = self.client();
+        let mut c = self.registry().client();
         let mut resp = self
+            .registry()
             .timed(
                 format!("list {prefix}"),
                 c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -136,7 +135,7 @@ impl EtcdStore {
             revision: resp.header().map_or(0, |h| h.revision()),
             ..WeftKeys::default()
         };
-        let (status, gone) = (self.status_prefix(), self.gone_key(""));
+        let (status, gone) = (self.status_prefix(), self.registry().layout().gone_prefix());
         for kv in resp.take_kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = kv.value().to_vec();
@@ -158,43 +157,19 @@ impl EtcdStore {
         if revision > 0 {
             opts = opts.with_start_revision(revision + 1);
         }
-        let mut c = self.client();
-        self.timed(
-            format!("watch {prefix}"),
-            c.watch(prefix.as_str(), Some(opts)),
-        )
-        .await
+        let mut c = self.registry().client();
+        self.registry()
+            .timed(
+                format!("watch {prefix}"),
+                c.watch(prefix.as_str(), Some(opts)),
+            )
+            .await
     }
 
     /// Removes the lease of a gone host exactly as it was seen, with its gone mark, in one
     /// transaction that also checks its status record is still absent; reservations are
     /// refused. The etcd lease is revoked once no key hangs on it.
     pub async fn reclaim(&self, lease: &Lease) -> Result<Reclaimed, StoreError> {
-        let public_ip = lease.attrs.public_ip.to_string();
-        let Some(id) = lease.etcd_lease_id else {
-            return Err(StoreError::IsReservation {
-                subnet: lease.subnet.to_string(),
-                public_ip,
-            });
-        };
-        let name = lease.key_name();
-        let key = self.lease_key(lease);
-        let txn = Txn::new()
-            .when(vec![
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, lease.mod_revision),
-                Compare::version(self.status_key(&name), CompareOp::Equal, 0),
-            ])
-            .and_then(vec![
-                TxnOp::delete(key.as_str(), None),
-                TxnOp::delete(self.gone_key(&name), None),
-            ]);
-        let mut c = self.client();
-        let resp = self.timed(format!("delete {key}"), c.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Ok(Reclaimed::Changed);
-        }
-        info!(subnet = %lease.subnet, %public_ip, "lease of a gone host reclaimed");
-        self.revoke_if_unused(id).await;
-        Ok(Reclaimed::Removed)
+        Allocator::new(self.registry()).reclaim(lease).await
     }
 }

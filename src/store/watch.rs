@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{EventType, WatchOptions, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tracing::{info, warn};
 
 use tonic::Code;
 
-use super::etcd::{outside_network, status_code, EtcdStore, LeaseList, SkippedLease};
-use super::StoreError;
+use super::decode::{outside_network, Entry, LeaseList, SkippedLease};
+use super::registry::{status_code, EtcdRegistry, Registry, Stored};
+use super::{read, StoreError};
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseEvent};
 
@@ -28,7 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A running watch of all leases. Reconnects by itself; see [`LeaseWatcher::next`].
 pub struct LeaseWatcher {
-    store: EtcdStore,
+    reg: EtcdRegistry,
     cfg: Option<NetworkConfig>,
     /// Every change up to this revision has been delivered.
     revision: i64,
@@ -52,7 +53,7 @@ pub struct LeaseWatcher {
 }
 
 impl LeaseWatcher {
-    pub(super) fn new(store: EtcdStore, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
+    pub(super) fn new(reg: EtcdRegistry, cfg: Option<NetworkConfig>, after_revision: i64) -> Self {
         LeaseWatcher {
             cfg,
             revision: after_revision.max(0),
@@ -64,23 +65,23 @@ impl LeaseWatcher {
             checked: HashMap::new(),
             backoff: Duration::from_millis(100),
             last_problem: None,
-            member_removals: store.member_removals(),
-            member_returns: store.member_returns(),
-            store,
+            member_removals: reg.member_removals(),
+            member_returns: reg.member_returns(),
+            reg,
         }
     }
 
     pub(super) fn from_list(
-        store: EtcdStore,
+        reg: EtcdRegistry,
         cfg: Option<NetworkConfig>,
         list: &LeaseList,
     ) -> Self {
-        let mut w = LeaseWatcher::new(store, cfg, list.revision);
+        let mut w = LeaseWatcher::new(reg, cfg, list.revision);
         w.cache = list
             .leases
             .iter()
             .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
-            .map(|l| (w.store.lease_key(l), l.clone()))
+            .map(|l| (w.reg.layout().lease_key(l), l.clone()))
             .collect();
         w.take_skipped(&list.skipped);
         w.mark_all_checked();
@@ -140,109 +141,118 @@ impl LeaseWatcher {
                     }
                 }
             }
-            let deadline = self.refresh_deadline();
-            let stream = self.stream.as_mut().expect("opened above");
-            let msg = tokio::select! {
-                m = stream.message() => Some(m),
-                _ = tokio::time::sleep(deadline) => None,
-                Some(()) = member_removed(&mut self.member_removals) => {
-                    self.stream = None;
-                    info!(
-                        from = self.revision + 1,
-                        "an etcd member was taken out; watching the leases through another"
-                    );
-                    continue;
-                }
-            };
-            let Some(msg) = msg else {
-                self.refresh_expirations().await;
+            let Some(resp) = self.receive().await? else {
                 continue;
             };
-            let resp = match msg {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    self.stream = None;
-                    self.trouble(StoreError::Unreachable {
-                        endpoints: self.store.endpoints().to_string(),
-                        why: "the watch stream was closed".into(),
-                    })
-                    .await?;
-                    continue;
-                }
-                Err(source) => {
-                    self.stream = None;
-                    self.trouble(
-                        self.store
-                            .etcd_error(format!("watch {}", self.store.subnets_prefix()), source),
-                    )
-                    .await?;
-                    continue;
-                }
-            };
-            if resp.compact_revision() > 0 {
-                self.stream = None;
-                info!(
-                    from = self.revision + 1,
-                    compacted = resp.compact_revision(),
-                    "lease history was compacted; re-listing the leases"
-                );
-                match self.resync().await {
-                    Ok(events) => {
-                        self.recovered();
-                        if !events.is_empty() {
-                            return Ok(events);
-                        }
-                    }
-                    Err(e) => self.trouble(e).await?,
-                }
-                continue;
-            }
-            if resp.canceled() {
-                self.stream = None;
-                let why = resp.cancel_reason().to_string();
-                // etcd gives a cancelled watch's reason only as text; a read of the same keys
-                // answers with a status code, which says whether this client may read them.
-                if self.store.may_not_read_subnets().await {
-                    return Err(StoreError::WatchRefused {
-                        endpoints: self.store.endpoints().to_string(),
-                        why,
-                    });
-                }
-                self.trouble(StoreError::Unreachable {
-                    endpoints: self.store.endpoints().to_string(),
-                    why: format!("the watch was cancelled: {why}"),
-                })
-                .await?;
-                continue;
-            }
-            if resp.events().is_empty() {
-                if resp.created() {
-                    // etcd accepted the watch: after an outage, say so now rather than at
-                    // the next lease change, which may be hours away.
-                    self.recovered();
-                } else if let Some(h) = resp.header() {
-                    // A progress notification: everything up to its revision has been sent.
-                    self.revision = self.revision.max(h.revision());
-                }
-                continue;
-            }
-            let events = self.apply(&resp).await;
-            self.recovered();
+            let events = self.take(resp).await?;
             if !events.is_empty() {
                 return Ok(events);
             }
         }
     }
 
+    /// The next response of the open stream; `None` when there was none to take (the
+    /// expirations were due for a look, or the stream had to go and will be opened again).
+    async fn receive(&mut self) -> Result<Option<WatchResponse>, StoreError> {
+        let deadline = self.refresh_deadline();
+        let stream = self.stream.as_mut().expect("opened before receiving");
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::time::sleep(deadline) => {
+                self.refresh_expirations().await;
+                return Ok(None);
+            }
+            Some(()) = member_removed(&mut self.member_removals) => {
+                self.stream = None;
+                info!(
+                    from = self.revision + 1,
+                    "an etcd member was taken out; watching the leases through another"
+                );
+                return Ok(None);
+            }
+        };
+        let problem = match msg {
+            Ok(Some(resp)) => return Ok(Some(resp)),
+            Ok(None) => StoreError::Unreachable {
+                endpoints: self.reg.endpoints().to_string(),
+                why: "the watch stream was closed".into(),
+            },
+            Err(source) => {
+                let op = format!("watch {}", self.reg.layout().subnets_prefix());
+                self.reg.etcd_error(op, source)
+            }
+        };
+        self.stream = None;
+        self.trouble(problem).await?;
+        Ok(None)
+    }
+
+    /// What one response means: changes, a compaction to re-list after, a cancelled watch,
+    /// or progress.
+    async fn take(&mut self, resp: WatchResponse) -> Result<Vec<LeaseEvent>, StoreError> {
+        if resp.compact_revision() > 0 {
+            self.stream = None;
+            info!(
+                from = self.revision + 1,
+                compacted = resp.compact_revision(),
+                "lease history was compacted; re-listing the leases"
+            );
+            return match self.resync().await {
+                Ok(events) => {
+                    self.recovered();
+                    Ok(events)
+                }
+                Err(e) => self.trouble(e).await.map(|()| Vec::new()),
+            };
+        }
+        if resp.canceled() {
+            self.stream = None;
+            return self
+                .cancelled(resp.cancel_reason())
+                .await
+                .map(|()| Vec::new());
+        }
+        if resp.events().is_empty() {
+            if resp.created() {
+                // etcd accepted the watch: after an outage, say so now rather than at
+                // the next lease change, which may be hours away.
+                self.recovered();
+            } else if let Some(h) = resp.header() {
+                // A progress notification: everything up to its revision has been sent.
+                self.revision = self.revision.max(h.revision());
+            }
+            return Ok(Vec::new());
+        }
+        let events = self.apply(&resp).await;
+        self.recovered();
+        Ok(events)
+    }
+
+    /// etcd gives a cancelled watch's reason only as text; a read of the same keys answers
+    /// with a status code, which says whether this client may read them.
+    async fn cancelled(&mut self, why: &str) -> Result<(), StoreError> {
+        if self.reg.may_not_read_subnets().await {
+            return Err(StoreError::WatchRefused {
+                endpoints: self.reg.endpoints().to_string(),
+                why: why.to_string(),
+            });
+        }
+        self.trouble(StoreError::Unreachable {
+            endpoints: self.reg.endpoints().to_string(),
+            why: format!("the watch was cancelled: {why}"),
+        })
+        .await
+    }
+
     async fn open(&self) -> Result<WatchStream, StoreError> {
-        let prefix = self.store.subnets_prefix();
+        let prefix = self.reg.layout().subnets_prefix();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1)
             .with_prev_key()
             .with_progress_notify();
-        let mut c = self.store.client();
-        self.store
+        let mut c = self.reg.client();
+        self.reg
             .timed(
                 format!("watch {prefix}"),
                 c.watch(prefix.clone(), Some(opts)),
@@ -255,7 +265,7 @@ impl LeaseWatcher {
     /// reported as `Added`.
     async fn seed(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
         if self.revision > 0 {
-            match self.store.list_at(self.cfg.as_ref(), self.revision).await {
+            match read::list(&self.reg, self.cfg.as_ref(), self.revision, true).await {
                 Ok(list) => {
                     self.take_list(&list);
                     self.seeded = true;
@@ -270,7 +280,7 @@ impl LeaseWatcher {
                 Err(e) => return Err(e),
             }
         }
-        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
         self.take_list(&list);
         self.revision = list.revision;
         self.seeded = true;
@@ -286,20 +296,20 @@ impl LeaseWatcher {
         self.cache = list
             .leases
             .iter()
-            .map(|l| (self.store.lease_key(l), l.clone()))
+            .map(|l| (self.reg.layout().lease_key(l), l.clone()))
             .collect();
         self.mark_all_checked();
     }
 
     /// After a compaction: the current leases against the cache, as events.
     async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
-        let list = self.store.list_at(self.cfg.as_ref(), 0).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
         self.take_skipped(&list.skipped);
         let now = SystemTime::now();
         let mut fresh: HashMap<String, Lease> = list
             .leases
             .iter()
-            .map(|l| (self.store.lease_key(l), l.clone()))
+            .map(|l| (self.reg.layout().lease_key(l), l.clone()))
             .collect();
         let mut events = Vec::new();
         let mut old_keys: Vec<&String> = self.cache.keys().collect();
@@ -310,7 +320,7 @@ impl LeaseWatcher {
             }
         }
         for l in &list.leases {
-            let key = self.store.lease_key(l);
+            let key = self.reg.layout().lease_key(l);
             if self.cache.get(&key).is_none_or(|old| differs(old, l)) {
                 events.push(LeaseEvent::Added(l.clone()));
             }
@@ -342,72 +352,73 @@ impl LeaseWatcher {
         let ttls = if ids.is_empty() {
             HashMap::new()
         } else {
-            self.store.ttls(&ids).await.unwrap_or_default()
+            self.reg.ttls(&ids).await.unwrap_or_default()
         };
         let mut out = Vec::new();
         let mut max_rev = self.revision;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let rev = kv.mod_revision();
-            if rev <= self.revision {
+            if kv.mod_revision() <= self.revision {
                 continue;
             }
-            max_rev = max_rev.max(rev);
-            match ev.event_type() {
-                EventType::Put => {
-                    let Some((key, parsed)) = self.store.entry_from(kv) else {
-                        continue;
-                    };
-                    let lease = parsed.and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
-                        Some(reason) => Err(reason),
-                        None => Ok(l),
-                    });
-                    match lease {
-                        Ok(mut l) => {
-                            if let Some(id) = l.etcd_lease_id {
-                                let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
-                                l.expiration = Some(now + Duration::from_secs(secs));
-                                if ttls.contains_key(&id) {
-                                    self.checked.insert(id, now);
-                                }
-                            }
-                            self.unskip(&key);
-                            let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
-                            self.cache.insert(key, l.clone());
-                            if changed {
-                                out.push(LeaseEvent::Added(l));
-                            }
-                        }
-                        Err(reason) => {
-                            self.warn_skipped(&SkippedLease {
-                                key: key.clone(),
-                                reason: reason.clone(),
-                                mod_revision: rev,
-                            });
-                            let k = key.clone();
-                            self.skipped
-                                .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
-                            // The key no longer describes a usable lease; forget the old one.
-                            if let Some(old) = self.cache.remove(&key) {
-                                out.push(LeaseEvent::Removed(old));
-                            }
-                        }
-                    }
-                }
-                EventType::Delete => {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    self.unskip(&key);
-                    if let Some(old) = self.cache.remove(&key) {
-                        if let Some(id) = old.etcd_lease_id {
-                            self.checked.remove(&id);
-                        }
-                        out.push(classify_delete(old, now));
-                    }
-                }
-            }
+            max_rev = max_rev.max(kv.mod_revision());
+            let event = match ev.event_type() {
+                EventType::Put => self.put(Stored::from(kv), &ttls, now),
+                EventType::Delete => self.delete(&String::from_utf8_lossy(kv.key()), now),
+            };
+            out.extend(event);
         }
         self.revision = max_rev;
         out
+    }
+
+    /// A key was written: a lease added or changed, or a key that no longer holds one.
+    fn put(&mut self, kv: Stored, ttls: &HashMap<i64, i64>, now: SystemTime) -> Option<LeaseEvent> {
+        let rev = kv.mod_revision;
+        let e = Entry::decode(self.reg.layout(), kv)?;
+        let key = e.stored.key;
+        let lease = e
+            .lease
+            .and_then(|l| match outside_network(&l, self.cfg.as_ref()) {
+                Some(reason) => Err(reason),
+                None => Ok(l),
+            });
+        let mut l = match lease {
+            Ok(l) => l,
+            Err(reason) => {
+                self.warn_skipped(&SkippedLease {
+                    key: key.clone(),
+                    reason: reason.clone(),
+                    mod_revision: rev,
+                });
+                let k = key.clone();
+                self.skipped
+                    .send_if_modified(|m| m.insert(k, reason.clone()) != Some(reason));
+                // The key no longer describes a usable lease; forget the old one.
+                return self.cache.remove(&key).map(LeaseEvent::Removed);
+            }
+        };
+        if let Some(id) = l.etcd_lease_id {
+            let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
+            l.expiration = Some(now + Duration::from_secs(secs));
+            if ttls.contains_key(&id) {
+                self.checked.insert(id, now);
+            }
+        }
+        self.unskip(&key);
+        let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
+        self.cache.insert(key, l.clone());
+        changed.then_some(LeaseEvent::Added(l))
+    }
+
+    /// A key was deleted: a lease expired or was removed.
+    fn delete(&mut self, key: &str, now: SystemTime) -> Option<LeaseEvent> {
+        self.unskip(key);
+        let old = self.cache.remove(key)?;
+        if let Some(id) = old.etcd_lease_id {
+            self.checked.remove(&id);
+        }
+        Some(classify_delete(old, now))
     }
 
     /// When to look up a cached lease's TTL again: shortly before its expiration, so that a
@@ -447,7 +458,7 @@ impl LeaseWatcher {
             .filter(|l| self.next_check(l).is_some_and(|t| t <= now))
             .filter_map(|l| l.etcd_lease_id)
             .collect();
-        let ttls = self.store.ttls(&due).await.unwrap_or_default();
+        let ttls = self.reg.ttls(&due).await.unwrap_or_default();
         let now = SystemTime::now();
         for l in self.cache.values_mut() {
             let Some(id) = l.etcd_lease_id.filter(|id| due.contains(id)) else {

@@ -2,6 +2,9 @@
 //! this host. Tables for people (every value from etcd escaped), `-o json` for scripts; etcd
 //! flags and environment are weftd's. One file per subcommand.
 
+// No function over 80 lines (clippy.toml); CI runs clippy with -D warnings.
+#![warn(clippy::too_many_lines)]
+
 /// A line for a person on standard output, escaped whole (see [`weft::show::Safe`]): a value
 /// from etcd cannot reach the terminal as control characters or break the line. JSON for
 /// scripts is printed with `println!`, exact.
