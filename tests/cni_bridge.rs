@@ -4,15 +4,16 @@
 //! plugin pinned to the one derived from the host's subnet. A MAC changed by hand is drift:
 //! `weftctl check` names it and weftd puts it back.
 
-mod common;
-
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::cni::{plugin, Container, Plugin};
-use common::lab::{assert_within, wait_for, Host, Lab, Pinger, VXLAN_CONFIG};
-use common::podman::Podman;
 use serde_json::json;
+use testkit::bins;
+use testkit::cni::{Container, Plugin};
+use testkit::lab::{assert_within, Host, Lab, VXLAN_CONFIG};
+use testkit::ping::Pinger;
+use testkit::podman::Podman;
+use testkit::wait::wait_for;
 
 /// The MAC the plugin pins on a host's bridge: 0a:58 and the IPv4 gateway.
 fn pinned_mac(host: &Host) -> String {
@@ -100,7 +101,7 @@ fn containers_keep_their_gateway_while_others_come_and_go_and_weftd_restarts() {
     let before = host.repairs();
     host.ns
         .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
-    let changed = std::time::Instant::now();
+    let changed = Instant::now();
     let back = wait_for(Duration::from_secs(10), || {
         (host.ns.mac_of("cni0") == pinned).then(|| changed.elapsed())
     });
@@ -188,7 +189,7 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
             "bridge": "cni0",
         }],
     });
-    let podman = Podman::new(&host.ns, &plugin(), &conflist);
+    let podman = Podman::new(&host.ns, &bins::plugin(), &conflist);
     let pinned = pinned_mac(host);
     let mut running = Vec::new();
     for i in 0..6 {

@@ -2,51 +2,25 @@
 //! etcd: a revoked host leaves its peers' kernels, objects deleted by hand come back, a restart
 //! or an etcd outage costs no packet, and a host whose own lease vanished takes it back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, Peer, VXLAN_CONFIG, VXLAN_DEVICE};
+use testkit::lab::{assert_within, keep_running, Host, Lab, Peer, VXLAN_CONFIG, VXLAN_DEVICE};
+use testkit::wait::{time_until, wait_for};
 
 /// How fast peers must forget a revoked host and drift must be repaired.
 const BOUND: Duration = Duration::from_secs(2);
 /// How long to keep polling past the bound, so a failure says how late it was.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Polls every 20 ms until `done` or PATIENCE passes; the time since `since`, or None.
-fn time_until(since: Instant, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    wait_for(PATIENCE, || done().then(|| since.elapsed()))
-}
-
-fn assert_within(took: Option<Duration>, bound: Duration, what: &str, host: &Host) {
-    common::lab::assert_within(took, bound, PATIENCE, what, host)
-}
-
-/// Every host gets a container address.
-fn with_containers(lab: &Lab) {
-    for h in &lab.hosts {
-        h.add_container();
-    }
-}
-
 fn assert_pings(from: &Host, to: &Host, what: &str) {
-    let ok = wait_for(Duration::from_secs(5), || {
-        from.ping_from_container(to.container_ip()).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{what}: {} cannot reach {} within 5 s:\n{}",
-        from.ns.name(),
-        to.container_ip(),
-        from.logs()
-    );
+    from.reach_within(to, Duration::from_secs(5), what);
 }
 
 #[test]
 fn a_revoked_host_vanishes_from_its_peers_within_2s() {
     let mut lab = Lab::new(3, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let gone = lab.hosts[2].as_peer();
     for h in &lab.hosts[..2] {
         assert_eq!(h.objects_for(&gone), [true; 3], "{}", h.ns.name());
@@ -58,10 +32,11 @@ fn a_revoked_host_vanishes_from_its_peers_within_2s() {
     assert!(status.success(), "weftd exited with {status}");
     let revoked = lab.revoke_lease(gone.subnet);
     for h in &lab.hosts[..2] {
-        let took = time_until(revoked, || h.objects_for(&gone) == [false; 3]);
+        let took = time_until(PATIENCE, revoked, || h.objects_for(&gone) == [false; 3]);
         assert_within(
             took,
             BOUND,
+            PATIENCE,
             "removing the revoked host's route, neighbour and FDB entry",
             h,
         );
@@ -77,7 +52,7 @@ fn a_revoked_host_vanishes_from_its_peers_within_2s() {
 fn objects_deleted_by_hand_come_back_and_are_counted() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
     let peer: Peer = b.as_peer();
     assert_eq!(a.objects_for(&peer), [true; 3]);
@@ -113,8 +88,14 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
             "{cmd:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let took = time_until(deleted, || a.objects_for(&peer) == [true; 3]);
-        assert_within(took, BOUND, &format!("putting back a deleted {what}"), a);
+        let took = time_until(PATIENCE, deleted, || a.objects_for(&peer) == [true; 3]);
+        assert_within(
+            took,
+            BOUND,
+            PATIENCE,
+            &format!("putting back a deleted {what}"),
+            a,
+        );
         a.assert_repair_counted(before, what);
     }
     assert_pings(a, b, "after the repairs");
@@ -143,10 +124,10 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         let before = a.repairs();
         let changed = Instant::now();
         a.ns.ip(cmd);
-        let took = time_until(changed, || {
+        let took = time_until(PATIENCE, changed, || {
             is_up() && has_addr() && a.objects_for(&peer) == [true; 3]
         });
-        assert_within(took, BOUND, &format!("repairing {what}"), a);
+        assert_within(took, BOUND, PATIENCE, &format!("repairing {what}"), a);
         a.assert_repair_counted(before, what);
     }
     assert_pings(a, b, "after the device was repaired");
@@ -162,12 +143,13 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
             .status
             .success()
     };
-    let took = time_until(deleted, || {
+    let took = time_until(PATIENCE, deleted, || {
         device_back() && a.objects_for(&peer) == [true; 3]
     });
     assert_within(
         took,
         Duration::from_secs(5),
+        PATIENCE,
         "recreating the VXLAN device with its peers",
         a,
     );
@@ -190,7 +172,7 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
 fn a_restart_loses_no_packet_and_leaves_the_datapath_alone() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let peer = lab.hosts[1].as_peer();
     let mac = lab.hosts[0].vtep_mac();
     let there = lab.hosts[0].start_pinging(lab.hosts[1].container_ip());
@@ -234,23 +216,12 @@ fn an_etcd_outage_loses_no_packet_and_hosts_join_afterwards() {
     const OUTAGE: Duration = Duration::from_secs(20);
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let there = lab.hosts[0].start_pinging(lab.hosts[1].container_ip());
     let back = lab.hosts[1].start_pinging(lab.hosts[0].container_ip());
 
     lab.etcd.stop();
-    let down = Instant::now();
-    while down.elapsed() < OUTAGE {
-        std::thread::sleep(Duration::from_millis(500));
-        for h in &mut lab.hosts {
-            assert!(
-                h.is_running(),
-                "weftd on {} died while etcd was down:\n{}",
-                h.ns.name(),
-                h.logs()
-            );
-        }
-    }
+    keep_running(&mut lab.hosts, OUTAGE, "while etcd was down");
     for h in &lab.hosts {
         assert_eq!(h.http_get("/healthz").0, 200, "{}", h.ns.name());
         let logs = h.logs();
@@ -317,7 +288,7 @@ fn an_etcd_outage_loses_no_packet_and_hosts_join_afterwards() {
 fn a_host_whose_lease_was_revoked_takes_it_back() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let a = lab.hosts[0].as_peer();
     let old_id = lab.lease_id(a.subnet).expect("host 1's lease in etcd");
 

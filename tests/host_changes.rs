@@ -2,14 +2,14 @@
 //! public IP renumbered, the external NIC deleted and re-created, its MTU changed, the default
 //! route moved. weftd follows each without a restart; each test states how long that took.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::lab::{
-    wait_for, Host, Lab, FAR_SEGMENT, ROUTER_FAR_IP, ROUTER_NEAR_IP, VXLAN_CONFIG, VXLAN_DEVICE,
+use testkit::lab::{
+    host_port, Host, Lab, FAR_SEGMENT, ROUTER_FAR_IP, ROUTER_NEAR_IP, VXLAN_CONFIG, VXLAN_DEVICE,
 };
+use testkit::netns::plug;
+use testkit::wait::time_until;
 use weft::netlink::{Link, Netlink};
 
 /// How long a host and its peers may take to follow a change, loosely: the issue asks for
@@ -32,8 +32,8 @@ fn link(host: &Host, name: &str) -> Option<Link> {
 
 /// Polls until `done` and says how long after `since` that was; fails with the host's log
 /// when it is later than BOUND.
-fn recovered(since: Instant, what: &str, host: &Host, mut done: impl FnMut() -> bool) -> Duration {
-    let took = wait_for(PATIENCE, || done().then(|| since.elapsed()));
+fn recovered(since: Instant, what: &str, host: &Host, done: impl FnMut() -> bool) -> Duration {
+    let took = time_until(PATIENCE, since, done);
     let Some(took) = took else {
         panic!("{what}: not within {PATIENCE:?}:\n{}", host.logs());
     };
@@ -44,12 +44,6 @@ fn recovered(since: Instant, what: &str, host: &Host, mut done: impl FnMut() -> 
         host.logs()
     );
     took
-}
-
-fn with_containers(lab: &Lab) {
-    for h in &lab.hosts {
-        h.add_container();
-    }
 }
 
 /// Both containers reach each other.
@@ -76,7 +70,7 @@ fn device_local_and_lower(host: &Host) -> Option<(Option<IpAddr>, Option<u32>)> 
 fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let (old_ip, new_ip) = ("198.18.0.1", "198.18.0.101");
     let subnet = lab.hosts[0].subnet();
     let (_, mac) = lease_of(&lab, &lab.hosts[0]);
@@ -136,7 +130,7 @@ fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
 fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let lease_before = lease_of(&lab, &lab.hosts[0]);
     let a = &lab.hosts[0];
     let old_index = link(a, "eth0").expect("eth0").index;
@@ -147,22 +141,14 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     // name with the same address, as a driver reload or a hot-plug does.
     let changed = Instant::now();
     a.ns.ip(&["link", "del", "eth0"]);
-    a.ns.ip(&[
-        "link",
-        "add",
+    plug(
+        &a.ns,
         "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "p1",
-        "netns",
-        lab.underlay.name(),
-    ]);
-    lab.underlay
-        .ip(&["link", "set", "p1", "master", "br0", "up"]);
-    a.ns.ip(&["addr", "add", &format!("{}/24", a.ip), "dev", "eth0"]);
-    a.ns.ip(&["link", "set", "eth0", "up"]);
+        &lab.underlay,
+        &host_port(1),
+        "br0",
+        &format!("{}/24", a.ip),
+    );
     let new_index = link(a, "eth0").expect("the new eth0").index;
     assert_ne!(new_index, old_index, "the kernel reused the index");
 
@@ -191,7 +177,7 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
 fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let a = &lab.hosts[0];
     assert_eq!(link(a, VXLAN_DEVICE).expect("the device").mtu, 1450);
     let lease_before = lease_of(&lab, a);
@@ -218,24 +204,16 @@ fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
 /// route there through the router).
 fn second_nic(lab: &Lab, i: usize, ip: &str) {
     let h = &lab.hosts[i];
-    let port = format!("q{}", i + 1);
     h.ns.ip(&["route", "del", FAR_SEGMENT]);
-    h.ns.ip(&[
-        "link",
-        "add",
+    let port = format!("q{}", i + 1);
+    plug(
+        &h.ns,
         "eth1",
-        "type",
-        "veth",
-        "peer",
-        "name",
+        &lab.underlay,
         &port,
-        "netns",
-        lab.underlay.name(),
-    ]);
-    lab.underlay
-        .ip(&["link", "set", &port, "master", "br1", "up"]);
-    h.ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth1"]);
-    h.ns.ip(&["link", "set", "eth1", "up"]);
+        "br1",
+        &format!("{ip}/24"),
+    );
 }
 
 #[test]
@@ -251,7 +229,7 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
     second_nic(&lab, 2, pinned_eth1);
     lab.hosts[0].iface = None;
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     assert_eq!(lease_of(&lab, &lab.hosts[0]).0, lab.hosts[0].ip);
     let pinned_before = lease_of(&lab, &lab.hosts[2]);
     let pinned_lower = link(&lab.hosts[2], "eth0").expect("eth0").index;

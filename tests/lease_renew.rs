@@ -1,24 +1,13 @@
 //! Lease renewal against a real etcd with a TTL of a few seconds.
 
-mod common;
-
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use testkit::etcd::Etcd;
+use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::lease::LeaseAttrs;
 use weft::store::StoreError;
 
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-const PREFIX: &str = "/coreos.com/network/subnets/";
-
-fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
-        Ipv4Addr::new(198, 18, 2, i),
-        1,
-        &format!("0e:2a:00:00:02:{i:02x}"),
-    )
-}
 
 #[tokio::test]
 async fn renewal_keeps_keys_alive_with_one_etcd_lease_per_host() {
@@ -28,16 +17,16 @@ async fn renewal_keeps_keys_alive_with_one_etcd_lease_per_host() {
     let cfg = store.get_config().await.unwrap().unwrap();
     let ttl = Duration::from_secs(3);
     let mut a = store
-        .acquire_lease(&cfg, &host(1), None, ttl)
+        .acquire_lease(&cfg, &vxlan_host(2, 1), None, ttl)
         .await
         .unwrap();
     let mut b = store
-        .acquire_lease(&cfg, &host(2), None, ttl)
+        .acquire_lease(&cfg, &vxlan_host(2, 2), None, ttl)
         .await
         .unwrap();
     let (ka, kb) = (
-        format!("{PREFIX}{}", a.key_name()),
-        format!("{PREFIX}{}", b.key_name()),
+        format!("{SUBNETS_PREFIX}{}", a.key_name()),
+        format!("{SUBNETS_PREFIX}{}", b.key_name()),
     );
     let (ida, idb) = (a.etcd_lease_id, b.etcd_lease_id);
 
@@ -81,7 +70,7 @@ async fn renewal_reports_a_revoked_or_deleted_lease_as_gone() {
     let hour = Duration::from_secs(3600);
 
     let a = store
-        .acquire_lease(&cfg, &host(1), None, hour)
+        .acquire_lease(&cfg, &vxlan_host(2, 1), None, hour)
         .await
         .unwrap();
     assert!(store.revoke_lease(a.subnet).await.unwrap());
@@ -91,10 +80,10 @@ async fn renewal_reports_a_revoked_or_deleted_lease_as_gone() {
 
     // Deleted by hand: the orphaned etcd lease is cleaned up too.
     let b = store
-        .acquire_lease(&cfg, &host(2), None, hour)
+        .acquire_lease(&cfg, &vxlan_host(2, 2), None, hour)
         .await
         .unwrap();
-    etcd.etcdctl_ok(&["del", &format!("{PREFIX}{}", b.key_name())]);
+    etcd.etcdctl_ok(&["del", &format!("{SUBNETS_PREFIX}{}", b.key_name())]);
     let err = store.renew_lease(&b, hour).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseGone { .. }), "{err}");
     assert_eq!(etcd.lease_count().await, 0);
@@ -108,13 +97,13 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
     let cfg = store.get_config().await.unwrap().unwrap();
     let hour = Duration::from_secs(3600);
     let a = store
-        .acquire_lease(&cfg, &host(1), None, hour)
+        .acquire_lease(&cfg, &vxlan_host(2, 1), None, hour)
         .await
         .unwrap();
-    let key = format!("{PREFIX}{}", a.key_name());
+    let key = format!("{SUBNETS_PREFIX}{}", a.key_name());
 
     // A new VTEP MAC is re-advertised on the same etcd lease.
-    let new_attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:09:09");
+    let new_attrs = LeaseAttrs::new_vxlan(vxlan_host(2, 1).public_ip, 1, "0e:2a:00:00:09:09");
     let a2 = store.update_lease_attrs(&a, &new_attrs).await.unwrap();
     assert_eq!(a2.etcd_lease_id, a.etcd_lease_id);
     assert_eq!(etcd.key_lease(&key), a.etcd_lease_id);
@@ -122,7 +111,7 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
 
     // An operator pins the subnet: the next renewal finds a reservation, not a lost lease.
     store
-        .add_reservation(a.subnet, host(1).public_ip, None)
+        .add_reservation(a.subnet, vxlan_host(2, 1).public_ip, None)
         .await
         .unwrap();
     let r = store.renew_lease(&a2, hour).await.unwrap();
@@ -146,14 +135,14 @@ async fn a_revoke_never_clobbers_a_lease_rewritten_since_it_was_read() {
     let cfg = store.get_config().await.unwrap().unwrap();
     let hour = Duration::from_secs(3600);
     let a = store
-        .acquire_lease(&cfg, &host(1), None, hour)
+        .acquire_lease(&cfg, &vxlan_host(2, 1), None, hour)
         .await
         .unwrap();
     let seen = store.get_lease(a.subnet).await.unwrap().unwrap();
-    let key = format!("{PREFIX}{}", a.key_name());
+    let key = format!("{SUBNETS_PREFIX}{}", a.key_name());
 
     // The host re-advertises (a new VTEP MAC) after the operator looked.
-    let attrs = LeaseAttrs::new_vxlan(host(1).public_ip, 1, "0e:2a:00:00:09:0a");
+    let attrs = LeaseAttrs::new_vxlan(vxlan_host(2, 1).public_ip, 1, "0e:2a:00:00:09:0a");
     store.update_lease_attrs(&a, &attrs).await.unwrap();
     let err = store.revoke_seen_lease(&seen).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseChanged { .. }), "{err}");

@@ -1,27 +1,17 @@
 //! The lease watch against a real etcd: typed events, compaction, outages, bad leases.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use testkit::etcd::Etcd;
+use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::config::NetworkConfig;
 use weft::lease::{Lease, LeaseAttrs, LeaseEvent};
 use weft::store::{EtcdStore, LeaseWatcher};
 
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-const PREFIX: &str = "/coreos.com/network/subnets/";
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
-        Ipv4Addr::new(198, 18, 3, i),
-        1,
-        &format!("0e:2a:00:00:03:{i:02x}"),
-    )
-}
 
 async fn setup() -> (Etcd, EtcdStore, NetworkConfig) {
     let etcd = Etcd::new();
@@ -71,17 +61,17 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
     let mut w = store.watch_leases(Some(cfg.clone()), list.revision);
 
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let got = next(&mut w, Duration::from_secs(10)).await;
     assert_eq!(got, vec![LeaseEvent::Added(got[0].lease().clone())]);
-    assert_eq!(got[0].lease().attrs, host(1));
+    assert_eq!(got[0].lease().attrs, vxlan_host(3, 1));
     assert_eq!(got[0].lease().subnet, a.subnet);
     assert!(got[0].lease().expiration.is_some());
 
     let b = store
-        .acquire_lease(&cfg, &host(2), None, Duration::from_secs(3))
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, Duration::from_secs(3))
         .await
         .unwrap();
     assert_eq!(
@@ -94,14 +84,14 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
     assert_eq!(summary(&got), vec![ev("removed", &a)]);
     assert_eq!(
         got[0].lease().attrs,
-        host(1),
+        vxlan_host(3, 1),
         "removal carries the attributes"
     );
 
     // Nobody renews b: etcd expires it.
     let got = next(&mut w, Duration::from_secs(15)).await;
     assert_eq!(summary(&got), vec![ev("expired", &b)]);
-    assert_eq!(got[0].lease().attrs, host(2));
+    assert_eq!(got[0].lease().attrs, vxlan_host(3, 2));
     assert!(w.revision() > list.revision);
 }
 
@@ -112,7 +102,7 @@ async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
     // believe in, even when a loaded machine delays its TTL refresh.
     let ttl = Duration::from_secs(8);
     let mut a = store
-        .acquire_lease(&cfg, &host(1), None, ttl)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, ttl)
         .await
         .unwrap();
     let mut w = store.watch_leases(Some(cfg.clone()), 0);
@@ -141,15 +131,15 @@ async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
 async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
     let (etcd, store, cfg) = setup().await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let b = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
         .await
         .unwrap();
     let c = store
-        .acquire_lease(&cfg, &host(3), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 3), None, HOUR)
         .await
         .unwrap();
     let list = store.list_leases(Some(&cfg)).await.unwrap();
@@ -157,7 +147,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
 
     // Changes the watcher has not seen, then their history is compacted away.
     store.revoke_lease(a.subnet).await.unwrap();
-    let b2_attrs = LeaseAttrs::new_vxlan(host(2).public_ip, 1, "0e:2a:00:00:0b:0b");
+    let b2_attrs = LeaseAttrs::new_vxlan(vxlan_host(3, 2).public_ip, 1, "0e:2a:00:00:0b:0b");
     let b2 = store.update_lease_attrs(&b, &b2_attrs).await.unwrap();
     // d takes a subnet none of the others ever had: one that a left behind would be the
     // same key, and its replacement is then one "added" with no "removed".
@@ -170,7 +160,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         .find(|s| ![a.subnet, b.subnet, c.subnet].contains(s))
         .unwrap();
     let d = store
-        .acquire_lease(&cfg, &host(4), Some(fresh), HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 4), Some(fresh), HOUR)
         .await
         .unwrap();
     let compacted = etcd.compact(None);
@@ -199,7 +189,7 @@ async fn an_etcd_restart_loses_and_repeats_nothing() {
     let (mut etcd, store, cfg) = setup().await;
     let mut w = store.watch_leases(Some(cfg.clone()), 0);
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let first = next(&mut w, Duration::from_secs(10)).await;
@@ -214,7 +204,10 @@ async fn an_etcd_restart_loses_and_repeats_nothing() {
     etcd.start();
     let mut b = None;
     for _ in 0..50 {
-        match store.acquire_lease(&cfg, &host(2), None, HOUR).await {
+        match store
+            .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
+            .await
+        {
             Ok(l) => {
                 b = Some(l);
                 break;
@@ -265,19 +258,19 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
     );
     let (etcd, store, cfg) = setup().await;
     let good = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     // Subnets for the bad values that the random acquisition above did not hand out.
     let free: Vec<String> = ["198.19.9.0", "198.19.10.0", "198.19.11.0"]
         .into_iter()
         .filter(|s| good.subnet.network().to_string() != *s)
-        .map(|s| format!("{PREFIX}{s}-24"))
+        .map(|s| format!("{SUBNETS_PREFIX}{s}-24"))
         .collect();
     let broken = free[0].clone();
-    let outside = format!("{PREFIX}198.18.200.0-24");
+    let outside = format!("{SUBNETS_PREFIX}198.18.200.0-24");
     etcd.put(&broken, "{not json");
-    etcd.put(&outside, &host(7).to_json());
+    etcd.put(&outside, &vxlan_host(3, 7).to_json());
 
     let list = store.list_leases(Some(&cfg)).await.unwrap();
     assert_eq!(list.leases.len(), 1);
@@ -296,9 +289,12 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
     );
     // More bad values do not stop the watch.
     etcd.put(&free[1], r#"{"PublicIP": 5}"#);
-    etcd.put(&format!("{PREFIX}not-a-subnet"), &host(8).to_json());
+    etcd.put(
+        &format!("{SUBNETS_PREFIX}not-a-subnet"),
+        &vxlan_host(3, 8).to_json(),
+    );
     let second = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
         .await
         .unwrap();
     assert_eq!(
@@ -312,7 +308,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         broken.as_str(),
         outside.as_str(),
         &free[1],
-        &format!("{PREFIX}not-a-subnet"),
+        &format!("{SUBNETS_PREFIX}not-a-subnet"),
     ] {
         let n = text
             .lines()

@@ -3,13 +3,11 @@
 //! operator gives it: start, restart, a killed daemon, a reboot, an upgrade, a purge, a wrong
 //! etcd endpoint. One lab, one test: booting it is the expensive part.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::wait_for;
-use common::machines::{package, Machines};
-use common::wg::{WG_CONFIG, WG_DEVICE};
+use testkit::machines::{package, Machines};
+use testkit::wait::wait_for;
+use testkit::wg::{WG_CONFIG, WG_DEVICE};
 
 /// weftd's capabilities as the unit grants them: CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
 const UNIT_CAPS: &str = "0000000000003000";
@@ -128,6 +126,27 @@ fn wireguard_from_its_package_on_systemd_machines() {
     nothing_left(&prefix);
 }
 
+/// The IPv4 address of device `dev` in machine `n` (a backend device's `<subnet ip>/32`).
+fn device_ipv4(lab: &Machines, n: usize, dev: &str) -> std::net::Ipv4Addr {
+    lab.sh(n, &format!("ip -4 -o addr show dev {dev}"))
+        .split_whitespace()
+        .nth(3)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{dev}'s address in machine {n}"))
+}
+
+/// Reboots machine `n` and waits until weftd runs there again, saying how long that took.
+fn reboot(lab: &Machines, n: usize, what: &str) {
+    let rebooted = Instant::now();
+    lab.reboot(n);
+    lab.wait_weftd_running(n, Duration::from_secs(20));
+    eprintln!(
+        "{what}: machine {n} rebooted and ready in {:?}",
+        rebooted.elapsed()
+    );
+}
+
 /// `wg show flannel-wg public-key` in machine `n`.
 fn wg_public_key(lab: &Machines, n: usize) -> String {
     let key = lab
@@ -211,21 +230,9 @@ fn wireguard_key_survives_reboot(lab: &Machines, public: &[String]) {
         format!("400 {uid}"),
         "machine 2: {key_file}'s mode and owner (weftd's UID {uid})"
     );
-    let address = lab
-        .sh(2, &format!("ip -4 -o addr show dev {WG_DEVICE}"))
-        .split_whitespace()
-        .nth(3)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
-        .expect("flannel-wg's address in machine 2");
+    let address = device_ipv4(lab, 2, WG_DEVICE);
 
-    let rebooted = Instant::now();
-    lab.reboot(2);
-    lab.wait_weftd_running(2, Duration::from_secs(20));
-    eprintln!(
-        "machines (wireguard): machine 2 rebooted and ready in {:?}",
-        rebooted.elapsed()
-    );
+    reboot(lab, 2, "machines (wireguard)");
     assert_eq!(stat(2), before, "machine 2: {key_file} after the reboot");
     assert_eq!(
         wg_public_key(lab, 2),
@@ -364,21 +371,9 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
             .count()
     };
     let before = [peer_lines(1), peer_lines(3)];
-    let vtep = lab
-        .sh(2, "ip -4 -o addr show dev flannel.1")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
-        .expect("flannel.1's address in machine 2");
+    let vtep = device_ipv4(lab, 2, "flannel.1");
 
-    let rebooted = Instant::now();
-    lab.reboot(2);
-    lab.wait_weftd_running(2, Duration::from_secs(20));
-    eprintln!(
-        "machines: machine 2 rebooted and ready in {:?}",
-        rebooted.elapsed()
-    );
+    reboot(lab, 2, "machines");
     assert_eq!(
         lab.sh(2, "cat /run/flannel/subnet.env"),
         subnet_env,

@@ -3,11 +3,9 @@
 //! 10 ms in both directions. weftd adopts the device (same MAC), the lease (same subnet; flannel's
 //! etcd lease is swapped for weft's own, never leaked) and the routes: not one packet is lost.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 
-use common::lab::{make_flannel_device, Lab, VXLAN_CONFIG};
+use testkit::lab::{make_flannel_device, Lab, VXLAN_CONFIG};
 
 /// `ping -i 0.01 -c COUNT` from `src` to `dst` inside `ns`, in the background.
 fn start_ping(ns: &str, src: &str, dst: &str, count: u32) -> Child {
@@ -107,9 +105,7 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
         "flannel.1",
         "onlink",
     ]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
+    lab.add_containers();
     let (c1, c2) = (lab.hosts[0].container_ip(), lab.hosts[1].container_ip());
     assert!(
         lab.hosts[0].ping_from_container(c2),

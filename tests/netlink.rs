@@ -2,14 +2,12 @@
 //! iproute2 builds some fixtures and cross-checks what weft wrote, the way an operator would
 //! look at a host.
 
-mod common;
-
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::netns::{veth_pair, Netns};
 use ipnet::IpNet;
+use testkit::netns::{veth_pair, Netns};
 use weft::netlink::*;
 
 fn nl(ns: &Netns) -> Netlink {

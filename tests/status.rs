@@ -2,13 +2,13 @@
 //! namespaces: records and their fields, a SIGKILLed host shown gone and its subnet reclaimed
 //! for a new host, a flannel host without status, exact pool figures, no writes when quiet.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::{make_flannel_device, wait_for, Host, Lab};
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use testkit::lab::{make_flannel_device, Host, Lab, ETCD_IP};
+use testkit::leases;
+use testkit::wait::wait_for;
 
 /// 198.19.0.0/26 in /29s: SubnetMin 198.19.0.8, SubnetMax 198.19.0.56, seven subnets.
 const SMALL_CONFIG: &str =
@@ -16,7 +16,6 @@ const SMALL_CONFIG: &str =
 const POOL_TOTAL: u64 = 64 / 8 - 1;
 const STATUS_PREFIX: &str = "/coreos.com/network/weft/status/";
 const GONE_PREFIX: &str = "/coreos.com/network/weft/gone/";
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 fn key_name(subnet: Ipv4Net) -> String {
     weft::subnet::lease_key_name(subnet, None)
@@ -223,7 +222,7 @@ fn a_flannel_host_has_no_status_the_pool_is_counted_exactly_and_a_quiet_cluster_
         r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fl_mac}"}}}}"#,
         fl.ip
     );
-    let fl_key = format!("{SUBNETS}{}", key_name(fl_subnet));
+    let fl_key = leases::key(fl_subnet, None);
     lab.etcd.put_on_lease(&fl_key, &value, 3600);
     let out = lab.hosts[0].weftctl(&["reservations", "add", &reserved.to_string(), "198.18.0.200"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -322,7 +321,7 @@ fn a_host_cut_off_from_etcd_longer_than_its_ttl_is_shown_gone_and_comes_back_by_
     let before = record(&lab).expect("host 2's record");
 
     // Host 2 loses etcd (a blackhole route to it); its containers' network stays as it is.
-    let etcd_route = format!("{}/32", common::lab::ETCD_IP);
+    let etcd_route = format!("{ETCD_IP}/32");
     lab.hosts[1]
         .ns
         .ip(&["route", "add", "blackhole", &etcd_route]);

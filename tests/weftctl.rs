@@ -1,16 +1,14 @@
 //! The weftctl binary against a real etcd: tables, JSON, revoke, reservations, config, watch,
 //! and a prompt failure when etcd is unreachable.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::etcd::Etcd;
 use serde_json::Value;
-use weft::lease::LeaseAttrs;
+use testkit::cmd::with_stdin;
+use testkit::etcd::Etcd;
+use testkit::leases::vxlan_host;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weftctl");
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -43,29 +41,12 @@ fn fails(etcd: &Etcd, args: &[&str]) -> String {
 }
 
 fn set_config(etcd: &Etcd, cfg: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("WEFTD_ETCD_ENDPOINTS", etcd.client_url())
-        .args(["config", "set", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running weftctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(cfg.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn host(i: u8) -> LeaseAttrs {
-    LeaseAttrs::new_vxlan(
-        Ipv4Addr::new(198, 18, 4, i),
-        1,
-        &format!("0e:2a:00:00:04:{i:02x}"),
+    with_stdin(
+        Command::new(BIN)
+            .env_clear()
+            .env("WEFTD_ETCD_ENDPOINTS", etcd.client_url())
+            .args(["config", "set", "-"]),
+        cfg.as_bytes(),
     )
 }
 
@@ -144,14 +125,19 @@ async fn leases_table_and_json() {
     let b = store
         .acquire_lease(
             &cfg,
-            &host(2),
+            &vxlan_host(4, 2),
             Some("198.19.20.0/24".parse().unwrap()),
             HOUR,
         )
         .await
         .unwrap();
     let a = store
-        .acquire_lease(&cfg, &host(1), Some("198.19.3.0/24".parse().unwrap()), HOUR)
+        .acquire_lease(
+            &cfg,
+            &vxlan_host(4, 1),
+            Some("198.19.3.0/24".parse().unwrap()),
+            HOUR,
+        )
         .await
         .unwrap();
     ok(
@@ -280,7 +266,7 @@ async fn revoke_and_reservations() {
     store.put_config(CFG).await.unwrap();
     let cfg = store.get_config().await.unwrap().unwrap();
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await
         .unwrap();
     let key = format!("/coreos.com/network/subnets/{}", a.key_name());
@@ -315,14 +301,19 @@ async fn revoke_and_reservations() {
 
     // The reserved host gets it; another host never does.
     let b = store
-        .acquire_lease(&cfg, &host(6), Some("198.19.5.0/24".parse().unwrap()), HOUR)
+        .acquire_lease(
+            &cfg,
+            &vxlan_host(4, 6),
+            Some("198.19.5.0/24".parse().unwrap()),
+            HOUR,
+        )
         .await
         .unwrap();
     assert_ne!(b.subnet.to_string(), "198.19.5.0/24");
     let e = fails(&etcd, &["reservations", "remove", &b.subnet.to_string()]);
     assert!(e.contains("not a reservation"), "{e}");
     let mine = store
-        .acquire_lease(&cfg, &host(5), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 5), None, HOUR)
         .await
         .unwrap();
     assert_eq!(mine.subnet.to_string(), "198.19.5.0/24");
@@ -340,13 +331,8 @@ async fn revoke_deletes_only_that_subnet_not_the_etcd_lease_it_shares() {
     let etcd = Etcd::new();
     let store = etcd.store().await;
     store.put_config(CFG).await.unwrap();
-    let granted = etcd.etcdctl_ok(&["lease", "grant", "3600"]);
-    // "lease 694d77aa9e0c3d0a granted with TTL(3600s)"
-    let id = granted
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no lease id in {granted:?}"));
-    let value = host(1).to_json();
+    let id = etcd.grant(3600);
+    let value = vxlan_host(4, 1).to_json();
     let one = "/coreos.com/network/subnets/198.19.1.0-24";
     let two = "/coreos.com/network/subnets/198.19.2.0-24";
     for key in [one, two] {
@@ -415,7 +401,7 @@ async fn watch_prints_one_line_per_event() {
     // Give the watch a moment to start, then make two changes.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await
         .unwrap();
     store.revoke_lease(a.subnet).await.unwrap();

@@ -1,12 +1,10 @@
 //! weftd and an invalid network config: it waits for a valid one and logs every problem, each
 //! on a line of its own and once, however often it reads the config again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::bare_weftd::BareWeftd;
-use common::etcd::Etcd;
+use testkit::bare_weftd::BareWeftd;
+use testkit::etcd::Etcd;
 
 #[test]
 fn weftd_logs_every_problem_of_an_invalid_config_once() {

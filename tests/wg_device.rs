@@ -2,11 +2,9 @@
 //! configured over UAPI, checked with `wg`, WireGuard's own tool (an independent reader of the
 //! same device).
 
-mod common;
-
 use std::process::Command;
 
-use common::netns::Netns;
+use testkit::netns::Netns;
 use weft::backend::uapi::{self, Change};
 use weft::backend::wgdev::{self, Implementation};
 use weft::backend::wgkey::public_key;

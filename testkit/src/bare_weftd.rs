@@ -17,7 +17,7 @@ pub struct BareWeftd {
 impl BareWeftd {
     /// Starts weftd with `args` and an empty environment.
     pub fn start(args: &[&str]) -> BareWeftd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
+        let mut child = Command::new(crate::bins::weftd())
             .env_clear()
             .args(args)
             .stdin(Stdio::null())
