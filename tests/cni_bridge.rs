@@ -13,7 +13,7 @@ use testkit::cni::{Container, Plugin};
 use testkit::lab::{assert_within, Host, Lab, VXLAN_CONFIG};
 use testkit::ping::Pinger;
 use testkit::podman::Podman;
-use testkit::wait::wait_for;
+use testkit::wait::{pace_until, wait_for};
 
 /// The MAC the plugin pins on a host's bridge: 0a:58 and the IPv4 gateway.
 fn pinned_mac(host: &Host) -> String {
@@ -77,18 +77,22 @@ fn containers_keep_their_gateway_while_others_come_and_go_and_weftd_restarts() {
         let p = ping_from(&c, far.ip);
         kept.push((c, p));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let added = Instant::now();
+    // The restarted weftd has adopted the bridge, and a full pass begun after these ADDs has
+    // looked at it (the pass that would move a MAC it did not pin).
+    host.wait_next_reconcile("after the restart and three ADDs");
     assert_eq!(
         host.ns.mac_of("cni0"),
         pinned,
         "cni0's MAC after the restart"
     );
+    // The new containers' pingers run a while before they are counted.
+    pace_until(added + Duration::from_millis(500));
     for (c, p) in kept {
         p.finish()
             .assert_no_loss(&format!("container {}", c.ip), 20);
     }
-    let subnet_file = host.subnet_file.display().to_string();
-    let check = |h: &Host| h.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+    let check = |h: &Host| h.weftctl_check(&[]);
     let out = check(&host);
     assert!(
         out.status.success(),

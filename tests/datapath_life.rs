@@ -203,8 +203,11 @@ fn a_restart_loses_no_packet_and_leaves_the_datapath_alone() {
 
     a.start(&[]);
     a.wait_ready();
-    std::thread::sleep(Duration::from_millis(500));
+    // A full pass begun after the start has looked at the device: had weftd meant to
+    // replace it, it would have by now.
+    a.wait_next_reconcile("after the restart");
     assert_eq!(a.vtep_mac(), mac, "the restart replaced the device");
+    assert_eq!(a.objects_for(&peer), [true; 3], "after the restart");
     let there = there.finish();
     let back = back.finish();
     there.assert_no_loss("host 1 -> host 2 across the restart", 60);

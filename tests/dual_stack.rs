@@ -237,7 +237,8 @@ fn ipv6_objects_deleted_by_hand_come_back_and_a_restart_loses_no_ipv6_packet() {
     std::thread::sleep(Duration::from_millis(300));
     h.start(&[]);
     h.wait_ready();
-    std::thread::sleep(Duration::from_millis(500));
+    // A full pass begun after the start has looked at the device it adopted.
+    h.wait_next_reconcile("after the restart");
     there
         .finish()
         .assert_no_loss("IPv6 pings out during a restart", 30);

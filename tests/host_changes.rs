@@ -101,7 +101,9 @@ fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
     let took = recovered(changed, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Whatever else weftd would do about the new address, a pass begun after the recovery
+    // has done it.
+    a.wait_next_reconcile("after the renumbering");
     let totals = pinger.finish();
     eprintln!(
         "renumbering: traffic back after {took:?}; {} of {} pings lost",
@@ -159,7 +161,8 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     let took = recovered(changed, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // A pass begun after the recovery found nothing more to change: the lease stays.
+    a.wait_next_reconcile("after the NIC came back");
     let totals = pinger.finish();
     eprintln!(
         "NIC re-created: traffic back after {took:?}; {} of {} pings lost",
@@ -192,7 +195,8 @@ fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
     recovered(changed, "subnet.env's FLANNEL_MTU follows", a, || {
         std::fs::read_to_string(&a.subnet_file).is_ok_and(|t| t.contains("FLANNEL_MTU=1350\n"))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // A pass begun after the change found nothing more to change: the lease stays.
+    a.wait_next_reconcile("after the MTU change");
     pinger
         .finish()
         .assert_no_loss("while the external MTU changed", 20);
@@ -267,7 +271,18 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
     let took = recovered(moved, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+
+    // The pinned host stays where it was told to be. It has followed host 1's lease (so no
+    // lease event is pending), and a full pass begun after that has chosen its interface
+    // again, as every full pass does.
+    let c = &lab.hosts[2];
+    recovered(
+        moved,
+        "the pinned host sends to host 1's new address",
+        c,
+        || c.fdb_for(&mac).contains(&format!("dst {moving_ip}")),
+    );
+    c.wait_next_reconcile("after the default route moved");
     let totals = pinger.finish();
     eprintln!(
         "default route moved: traffic back after {took:?}; {} of {} pings lost",
@@ -275,9 +290,6 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
         totals.transmitted
     );
     assert!(totals.received > 0, "no ping came back: {totals:?}");
-
-    // The pinned host stays where it was told to be.
-    let c = &lab.hosts[2];
     assert_eq!(lease_of(&lab, c), pinned_before);
     let pinned_ip: IpAddr = c.ip.parse().unwrap();
     assert_eq!(

@@ -123,11 +123,7 @@ fn forged_identity_is_refused_once(
     h.assert_repair_counted(before, "the drift made by hand");
     // The pass that repaired it would have "repaired" the forged lease too; so would the
     // next full pass (the lab resyncs every 5 s).
-    let runs = h.metric("weft_reconcile_runs_total").unwrap();
-    let next = wait_for(Duration::from_secs(10), || {
-        (h.metric("weft_reconcile_runs_total").unwrap() > runs + 1.0).then_some(())
-    });
-    assert!(next.is_some(), "no further reconciliation:\n{}", h.logs());
+    h.wait_next_reconcile("after the repair");
     assert_eq!(
         h.repairs(),
         before + 1.0,

@@ -310,11 +310,22 @@ async fn missing_config_is_waited_for() {
     let etcd = Etcd::new();
     let store = etcd.store().await;
     assert!(store.get_config().await.unwrap().is_none());
+    // Nothing else reads this etcd now: the reads etcd serves are the waiter's. Two of them
+    // mean it found no config, waited, looked again and found none again.
+    let reads = etcd.metric("etcd_mvcc_range_total");
     let waiter = tokio::spawn({
         let store = store.clone();
         async move { store.wait_for_config().await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while etcd.metric("etcd_mvcc_range_total") < reads + 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiter read etcd {} times in 10 s",
+            etcd.metric("etcd_mvcc_range_total") - reads
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!waiter.is_finished(), "returned before a config existed");
     etcd.put(
         "/coreos.com/network/config",

@@ -1,6 +1,6 @@
 //! Lease renewal against a real etcd with a TTL of a few seconds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::etcd::Etcd;
 use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
@@ -52,8 +52,21 @@ async fn renewal_keeps_keys_alive_with_one_etcd_lease_per_host() {
         "{left:?}"
     );
 
-    // Without renewals the keys go away on their own.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Without renewals the keys go away on their own: once the TTL has run out, and within
+    // a few seconds of that (etcd checks expiry every half second or so).
+    let stopped = Instant::now();
+    while etcd.get(&ka).is_some() || etcd.get(&kb).is_some() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the keys outlived their 3 s TTL by 7 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stopped.elapsed() >= ttl - Duration::from_millis(1500),
+        "the keys went {:?} after the last renewal, before their TTL",
+        stopped.elapsed()
+    );
     assert_eq!(etcd.get(&ka), None);
     assert_eq!(etcd.get(&kb), None);
     assert_eq!(etcd.lease_count().await, 0);

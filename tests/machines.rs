@@ -481,17 +481,23 @@ fn wrong_endpoint_stays_activating(lab: &Machines) {
         2,
         &format!("sed -i 's|^WEFTD_ETCD_ENDPOINTS=.*|WEFTD_ETCD_ENDPOINTS={bad}|' /etc/default/weftd && systemctl restart --no-block weftd"),
     );
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(lab.weftd_property(2, "ActiveState"), "activating");
-    let journal = lab.journal(2);
-    assert!(
+    // The new weftd has tried the endpoint and said so: only then does "still activating"
+    // mean it was never ready, rather than not yet started.
+    let named = wait_for(Duration::from_secs(20), || {
+        let journal = lab.journal(2);
         journal
             .lines()
             .rev()
             .take(20)
-            .any(|l| l.contains("198.18.0.99:2379")),
-        "the journal does not name the unreachable endpoint:\n{journal}"
+            .any(|l| l.contains("198.18.0.99:2379"))
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "the journal does not name the unreachable endpoint:\n{}",
+        lab.journal(2)
     );
+    assert_eq!(lab.weftd_property(2, "ActiveState"), "activating");
 }
 
 /// Nothing of the lab is left on this machine: namespaces, mounts, cgroups, processes.

@@ -169,8 +169,19 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     assert!(s.loss > 0.0 && s.lost >= u64::from(CFG.down_after), "{s:?}");
     eprintln!("peer {} unreachable {took:?} after the drop", peer.addr);
 
-    // While it stays down the watch stays quiet: it fired once.
-    tokio::time::sleep(CFG.interval * 5).await;
+    // While it stays down the watch stays quiet: it fired once. Quiet over five more lost
+    // probes, each of which could have fired it again.
+    let lost = s.lost;
+    let more = CFG.interval * 5 + CFG.timeout + SLACK;
+    let t0 = Instant::now();
+    while status(&prober, &peer.id).lost < lost + 5 {
+        assert!(
+            t0.elapsed() < more,
+            "not five more probes lost within {more:?}: {:?}",
+            status(&prober, &peer.id)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !rx.has_changed().expect("prober gone"),
         "the watch fired again without a change: {:?}",

@@ -284,11 +284,25 @@ fn a_flannel_host_has_no_status_the_pool_is_counted_exactly_and_a_quiet_cluster_
         "{table}"
     );
 
-    // Quiet: the records are kept alive without being written again.
+    // Quiet: the records are kept alive without being written again. The minute is what
+    // is measured; the weftds are seen at work through it (reconciling every 5 s, and
+    // keeping their records, on 15 s etcd leases, alive), so the quiet is theirs and not
+    // that of stalled processes.
     let before = status_revisions(&lab);
     assert_eq!(before.len(), 2, "{before:?}");
     let revision = lab.etcd.revision();
+    let runs: Vec<f64> = lab.hosts[..2].iter().map(Host::reconcile_runs).collect();
     std::thread::sleep(Duration::from_secs(60));
+    for (h, runs) in lab.hosts[..2].iter().zip(runs) {
+        let now = h.reconcile_runs();
+        assert!(
+            now >= runs + 10.0,
+            "{} reconciled {} times in a quiet minute, resyncing every 5 s:\n{}",
+            h.ns.name(),
+            now - runs,
+            h.logs()
+        );
+    }
     assert_eq!(
         status_revisions(&lab),
         before,

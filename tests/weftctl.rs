@@ -9,6 +9,7 @@ use serde_json::Value;
 use testkit::cmd::with_stdin;
 use testkit::etcd::Etcd;
 use testkit::leases::vxlan_host;
+use testkit::wait::wait_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weftctl");
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -367,6 +368,7 @@ async fn watch_prints_one_line_per_event() {
     let store = etcd.store().await;
     store.put_config(CFG).await.unwrap();
     let cfg = store.get_config().await.unwrap().unwrap();
+    let watchers = etcd.metric("etcd_debugging_mvcc_watcher_total");
     let mut child = Command::new(BIN)
         .env_clear()
         .args([
@@ -398,8 +400,15 @@ async fn watch_prints_one_line_per_event() {
             }
         }
     });
-    // Give the watch a moment to start, then make two changes.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // weftctl lists the leases, then watches from that listing's revision: once etcd counts
+    // its watch, every change made from now on is one weftctl will print.
+    let watching = wait_for(Duration::from_secs(10), || {
+        (etcd.metric("etcd_debugging_mvcc_watcher_total") > watchers).then_some(())
+    });
+    assert!(
+        watching.is_some(),
+        "weftctl leases watch did not start watching within 10 s"
+    );
     let a = store
         .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await

@@ -6,12 +6,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use testkit::lab::{Host, Lab};
 use testkit::leases;
-use testkit::wait::wait_for;
+use testkit::wait::{pace_until, wait_for};
 use testkit::wg::{
     exec, exec_ok, ifindex, say_mode, start_wireguard, wireguard_go_pids, WgDumpPeer, WG_CONFIG,
     WG_DEVICE, WG_DEVICE6,
@@ -448,7 +448,11 @@ fn a_node_moves_from_flannel_wireguard_to_weftd_without_loss() {
     let fl = &mut lab.hosts[2];
     fl.start(&[]);
     let env = fl.wait_ready();
-    std::thread::sleep(Duration::from_secs(3));
+    let ready = Instant::now();
+    // A full pass begun after the start has looked at the device, its peers and
+    // wireguard-go, all adopted below; and the pings run on for 3 s after the move.
+    fl.wait_next_reconcile("after the move");
+    pace_until(ready + Duration::from_secs(3));
     for (what, p) in pingers {
         p.finish().assert_no_loss(
             &format!("{what} while host 3 moved from flanneld to weftd"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use testkit::cmd::with_stdin;
 use testkit::lab::{assert_within, Host, Lab};
-use testkit::wait::{time_until, wait_for};
+use testkit::wait::{pace_until, time_until, wait_for};
 use testkit::wg::{exec, ifindex, wg_lab, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE};
 
 /// How fast a hand edit of the device's peers or routes must be mended (`--tunnel-poll 1s`).
@@ -192,7 +192,12 @@ fn across(lab: &mut Lab, kept: &Kept, what: &str, min: u64, down: impl FnOnce(&m
     let log_from = a.logs().len();
     a.start(&[]);
     a.wait_ready();
-    std::thread::sleep(Duration::from_millis(1500));
+    let ready = Instant::now();
+    // A full pass begun after the start has looked at the device, its peers and
+    // wireguard-go: had weftd meant to make or mend any of them, its log says so by now.
+    a.wait_next_reconcile(&format!("after {what}"));
+    // The pings keep going a while after the restart, whatever that took.
+    pace_until(ready + Duration::from_millis(1500));
     let (there, back) = (there.finish(), back.finish());
     there.assert_no_loss(&format!("host 1 -> host 2 across {what}"), min);
     back.assert_no_loss(&format!("host 2 -> host 1 across {what}"), min);

@@ -3,6 +3,7 @@
 //! given address for multi-host labs. It can be stopped and started again on the same ports
 //! and data for outage tests; dropping it kills it and removes its data.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -328,6 +329,22 @@ impl Etcd {
     /// The etcd lease id attached to `key` (0 for none), if the key exists.
     pub fn key_lease(&self, key: &str) -> Option<i64> {
         lease_of_key(&self.etcdctl_ok(&["get", key, "-w", "json"]))
+    }
+
+    /// A series of etcd's own `/metrics` (e.g. `etcd_mvcc_range_total`, the reads it served,
+    /// or `etcd_debugging_mvcc_watcher_total`, the watches open): what clients did to it,
+    /// seen from the server. Not for a TLS etcd.
+    pub fn metric(&self, name: &str) -> f64 {
+        assert!(self.tls.is_none(), "metrics of a TLS etcd are not read");
+        let addr: SocketAddr = self
+            .endpoint()
+            .parse()
+            .unwrap_or_else(|e| panic!("etcd's endpoint {}: {e}", self.endpoint()));
+        let netns = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
+        let (status, body) = crate::http::get(netns.as_deref(), addr, "/metrics");
+        assert_eq!(status, 200, "etcd's /metrics at {addr}: {body}");
+        crate::http::metric(&body, name)
+            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {addr}"))
     }
 }
 

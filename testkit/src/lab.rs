@@ -447,7 +447,50 @@ impl Host {
             self.logs()
         );
     }
+
+    /// weft_reconcile_runs_total of this host: reconciliations finished, fast or full.
+    pub fn reconcile_runs(&self) -> f64 {
+        self.metric("weft_reconcile_runs_total")
+            .unwrap_or_else(|| panic!("no weft_reconcile_runs_total:\n{}", self.logs()))
+    }
+
+    /// Where this host's reconciliations stand now, for
+    /// [`wait_reconciled_since`](Self::wait_reconciled_since).
+    pub fn reconcile_mark(&self) -> ReconcileMark {
+        ReconcileMark(self.reconcile_runs())
+    }
+
+    /// Waits until a reconciliation that began after `mark` was taken has finished: the
+    /// count must pass the mark by two, since the first may be a pass that was under way
+    /// (and had read the kernel) before. What a test changed before taking the mark has then
+    /// been looked at, so an assertion that weftd left something alone means something.
+    /// Without lease events the passes are full ones (the resync timer, kernel changes),
+    /// which is what a test of drift or adoption needs. Panics when none comes within two
+    /// resyncs of now.
+    pub fn wait_reconciled_since(&self, mark: ReconcileMark, what: &str) {
+        let patience = RESYNC * 2 + Duration::from_secs(5);
+        let done = wait_for(patience, || {
+            (self.reconcile_runs() >= mark.0 + 2.0).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "{what}: no reconciliation began and finished within {patience:?} (runs went \
+             from {} to {}):\n{}",
+            mark.0,
+            self.reconcile_runs(),
+            self.logs()
+        );
+    }
+
+    /// [`wait_reconciled_since`](Self::wait_reconciled_since) a mark taken now.
+    pub fn wait_next_reconcile(&self, what: &str) {
+        self.wait_reconciled_since(self.reconcile_mark(), what);
+    }
 }
+
+/// A host's reconciliation count at some moment (see [`Host::reconcile_mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileMark(f64);
 
 /// Hosts are declared first so they drop (killing weftd) before etcd and the underlay.
 pub struct Lab {
