@@ -28,11 +28,26 @@ async fn next(w: &mut LeaseWatcher, within: Duration) -> Vec<LeaseEvent> {
         .expect("watch failed")
 }
 
-/// Asserts that nothing more arrives for a moment.
-async fn quiet(w: &mut LeaseWatcher) {
-    if let Ok(r) = tokio::time::timeout(Duration::from_millis(1500), w.next()).await {
-        panic!("unexpected events: {r:?}");
-    }
+/// Watches the leases as weftd and weftctl do: a listing, then a watch from its revision.
+async fn watch(store: &EtcdStore, cfg: &NetworkConfig) -> LeaseWatcher {
+    let list = store.list_leases(Some(cfg)).await.unwrap();
+    store.watch_from_list(Some(cfg.clone()), &list)
+}
+
+/// Asserts that nothing more arrived: a lease acquired now is a fence, and since the watch
+/// delivers in order, the next batch must be exactly the fence's event. (A quiet moment
+/// would pass whether the watcher had caught up or not.)
+async fn quiet(w: &mut LeaseWatcher, store: &EtcdStore, cfg: &NetworkConfig) {
+    let fence = store
+        .acquire_lease(cfg, &vxlan_host(3, 250), None, HOUR)
+        .await
+        .unwrap();
+    let got = next(w, Duration::from_secs(10)).await;
+    assert_eq!(
+        summary(&got),
+        vec![ev("added", &fence)],
+        "events before the fence: {got:?}"
+    );
 }
 
 fn summary(events: &[LeaseEvent]) -> Vec<(String, String, Ipv4Addr)> {
@@ -58,7 +73,7 @@ fn ev(kind: &str, l: &Lease) -> (String, String, Ipv4Addr) {
 async fn add_remove_and_expiry_arrive_as_typed_events() {
     let (_etcd, store, cfg) = setup().await;
     let list = store.list_leases(Some(&cfg)).await.unwrap();
-    let mut w = store.watch_leases(Some(cfg.clone()), list.revision);
+    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
 
     let a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
@@ -101,25 +116,29 @@ async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
     // Long enough that the revocation lands seconds before any expiry the watcher could
     // believe in, even when a loaded machine delays its TTL refresh.
     let ttl = Duration::from_secs(8);
+    let mut w = watch(&store, &cfg).await;
     let mut a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, ttl)
         .await
         .unwrap();
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
     assert_eq!(
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("added", &a)]
     );
-    // Keep renewing past the first TTL while the watcher sits idle.
+    // Keep renewing (the pace is what is tested: six renewals a second apart) while the
+    // watcher waits: nothing may arrive until the renewals are done.
     let renewer = async {
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             a = store.renew_lease(&a, ttl).await.unwrap();
         }
     };
-    let idle = tokio::time::timeout(Duration::from_secs(6), w.next());
-    let (_, idle) = tokio::join!(renewer, idle);
-    assert!(idle.is_err(), "renewals are not events: {idle:?}");
+    let early = tokio::select! {
+        _ = renewer => None,
+        got = w.next() => Some(got),
+    };
+    assert!(early.is_none(), "renewals are not events: {early:?}");
+    // The revocation is the next event: nothing was queued behind the renewals either.
     store.revoke_lease(a.subnet).await.unwrap();
     assert_eq!(
         summary(&next(&mut w, Duration::from_secs(10)).await),
@@ -180,14 +199,14 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("removed", &d)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
     let _ = c;
 }
 
 #[tokio::test]
 async fn an_etcd_restart_loses_and_repeats_nothing() {
     let (mut etcd, store, cfg) = setup().await;
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
+    let mut w = watch(&store, &cfg).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
@@ -224,7 +243,7 @@ async fn an_etcd_restart_loses_and_repeats_nothing() {
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("removed", &b)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
 }
 
 #[derive(Clone, Default)]
@@ -282,11 +301,14 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         .iter()
         .any(|s| s.key == outside && s.reason.contains("198.19.0.0/16")));
 
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
-    assert_eq!(
-        summary(&next(&mut w, Duration::from_secs(10)).await),
-        vec![ev("added", &good)]
-    );
+    // The watch starts from that listing, as weftd's does: it knows the good lease, and
+    // the bad keys only as skipped ones, never as leases.
+    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
+    let known: Vec<_> = w.leases().iter().map(|l| ev("known", l)).collect();
+    assert_eq!(known, vec![ev("known", &good)]);
+    let mut skipped: Vec<String> = w.skipped_keys().borrow().keys().cloned().collect();
+    skipped.sort();
+    assert_eq!(skipped, vec![outside.clone(), broken.clone()]);
     // More bad values do not stop the watch.
     etcd.put(&free[1], r#"{"PublicIP": 5}"#);
     etcd.put(
@@ -301,7 +323,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("added", &second)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     for key in [
