@@ -200,6 +200,7 @@ async fn leases_table_and_json() {
                 "public_ipv6",
                 "public_key",
                 "public_key_v6",
+                "refused",
                 "reserved",
                 "subnet"
             ]
@@ -213,6 +214,8 @@ async fn leases_table_and_json() {
         serde_json::json!({"VNI": 1, "VtepMAC": "0e:2a:00:00:04:01"})
     );
     assert_eq!(arr[0]["reserved"], false);
+    // Nothing of a plain IPv4 lease is refused.
+    assert_eq!(arr[0]["refused"], serde_json::json!({}));
     // No status record: not known to be a weft host, so neither alive nor gone.
     assert!(arr[0]["alive"].is_null() && arr[0]["gone_since"].is_null());
     let at = humantime::parse_rfc3339(arr[0]["expires_at"].as_str().unwrap()).unwrap();
