@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use testkit::bins;
 use testkit::cni::{Container, Plugin};
-use testkit::lab::{assert_within, Host, Lab, VXLAN_CONFIG};
+use testkit::lab::{Host, Lab, VXLAN_CONFIG};
 use testkit::ping::Pinger;
 use testkit::podman::Podman;
-use testkit::wait::{pace_until, wait_for};
+use testkit::wait::pace_until;
 
 /// The MAC the plugin pins on a host's bridge: 0a:58 and the IPv4 gateway.
 fn pinned_mac(host: &Host) -> String {
@@ -102,21 +102,16 @@ fn containers_keep_their_gateway_while_others_come_and_go_and_weftd_restarts() {
 
     // Drift: a MAC changed by hand is put back by weftd, counted, and reported by check while
     // weftd is stopped.
-    let before = host.repairs();
-    host.ns
-        .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
-    let changed = Instant::now();
-    let back = wait_for(Duration::from_secs(10), || {
-        (host.ns.mac_of("cni0") == pinned).then(|| changed.elapsed())
-    });
-    assert_within(
-        back,
+    host.assert_mends(
+        "cni0's MAC changed by hand",
         Duration::from_secs(2),
         Duration::from_secs(10),
-        "cni0's MAC put back",
-        &host,
+        || {
+            host.ns
+                .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
+        },
+        || host.ns.mac_of("cni0") == pinned,
     );
-    host.assert_repair_counted(before, "cni0's MAC");
     host.stop();
     host.ns
         .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);

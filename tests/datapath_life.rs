@@ -80,23 +80,20 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
         ),
     ];
     for (what, cmd) in &deletions {
-        let before = a.repairs();
-        let deleted = Instant::now();
-        let out = a.ns.exec(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let took = time_until(PATIENCE, deleted, || a.objects_for(&peer) == [true; 3]);
-        assert_within(
-            took,
+        a.assert_mends(
+            &format!("a deleted {what}"),
             BOUND,
             PATIENCE,
-            &format!("putting back a deleted {what}"),
-            a,
+            || {
+                let out = a.ns.exec(cmd);
+                assert!(
+                    out.status.success(),
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            },
+            || a.objects_for(&peer) == [true; 3],
         );
-        a.assert_repair_counted(before, what);
     }
     assert_pings(a, b, "after the repairs");
 
@@ -112,48 +109,44 @@ fn objects_deleted_by_hand_come_back_and_are_counted() {
     };
     let changes: [(&str, Vec<&str>); 2] = [
         (
-            "taking the device down",
+            "the device taken down",
             vec!["link", "set", VXLAN_DEVICE, "down"],
         ),
         (
-            "removing the device's address",
+            "the device's address removed",
             vec!["addr", "del", &own_addr, "dev", VXLAN_DEVICE],
         ),
     ];
     for (what, cmd) in &changes {
-        let before = a.repairs();
-        let changed = Instant::now();
-        a.ns.ip(cmd);
-        let took = time_until(PATIENCE, changed, || {
-            is_up() && has_addr() && a.objects_for(&peer) == [true; 3]
-        });
-        assert_within(took, BOUND, PATIENCE, &format!("repairing {what}"), a);
-        a.assert_repair_counted(before, what);
+        a.assert_mends(
+            what,
+            BOUND,
+            PATIENCE,
+            || {
+                a.ns.ip(cmd);
+            },
+            || is_up() && has_addr() && a.objects_for(&peer) == [true; 3],
+        );
     }
     assert_pings(a, b, "after the device was repaired");
 
     // The device itself: recreated with the MAC the lease advertises, so no peer has to
     // learn a new one.
     let mac = a.vtep_mac();
-    let before = a.repairs();
-    let deleted = Instant::now();
-    a.ns.ip(&["link", "del", VXLAN_DEVICE]);
     let device_back = || {
         a.ns.try_ip(&["link", "show", VXLAN_DEVICE])
             .status
             .success()
     };
-    let took = time_until(PATIENCE, deleted, || {
-        device_back() && a.objects_for(&peer) == [true; 3]
-    });
-    assert_within(
-        took,
+    a.assert_mends(
+        "the deleted VXLAN device, with its peers",
         Duration::from_secs(5),
         PATIENCE,
-        "recreating the VXLAN device with its peers",
-        a,
+        || {
+            a.ns.ip(&["link", "del", VXLAN_DEVICE]);
+        },
+        || device_back() && a.objects_for(&peer) == [true; 3],
     );
-    a.assert_repair_counted(before, "the deleted device");
     assert_eq!(a.vtep_mac(), mac, "the recreated device has another MAC");
     let addr = a.ns.ip(&["-o", "-4", "addr", "show", "dev", VXLAN_DEVICE]);
     assert!(

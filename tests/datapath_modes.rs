@@ -233,11 +233,8 @@ fn stored_attrs(lab: &Lab, subnet: Ipv4Net) -> serde_json::Value {
 #[test]
 fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
     let mut lab = Lab::new(3, VXLAN_CONFIG);
-    for h in &mut lab.hosts[..2] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..2] {
-        h.wait_ready();
+    lab.start_first(2, &[]);
+    for h in &lab.hosts[..2] {
         h.add_container();
     }
     // Host 3 is set up exactly as flanneld would set it up.

@@ -281,11 +281,8 @@ fn make_flannel_v6_device(ns: &Netns, local: Ipv6Addr, subnet: Ipv6Net) -> Strin
 #[test]
 fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
     let mut lab = Lab::dual(3, DUAL_CONFIG);
-    for h in &mut lab.hosts[..2] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..2] {
-        h.wait_ready();
+    lab.start_first(2, &[]);
+    for h in &lab.hosts[..2] {
         h.add_container6();
     }
     let fl = &lab.hosts[2];

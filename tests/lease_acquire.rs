@@ -6,29 +6,21 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use testkit::etcd::Etcd;
+use testkit::etcd::{with_config, Etcd};
 use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
-use weft::config::NetworkConfig;
 use weft::lease::LeaseAttrs;
 use weft::store::StoreError;
 use weft::subnet_env::SubnetEnv;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn setup(cfg: &str) -> (Etcd, weft::store::EtcdStore, NetworkConfig) {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(cfg).await.expect("storing the config");
-    let cfg = store.get_config().await.unwrap().expect("config present");
-    (etcd, store, cfg)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_hosts_get_distinct_subnets_in_range() {
     // 63 usable /26 subnets for 50 hosts: plenty of lost races to retry.
-    let (etcd, _store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/20", "SubnetLen": 26, "Backend": {"Type": "vxlan"}}"#)
-            .await;
+    let (etcd, _store, cfg) = with_config(
+        r#"{"Network": "198.19.0.0/20", "SubnetLen": 26, "Backend": {"Type": "vxlan"}}"#,
+    )
+    .await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 1..=50u8 {
         let opts = etcd.options();
@@ -71,7 +63,7 @@ async fn fifty_concurrent_hosts_get_distinct_subnets_in_range() {
 #[tokio::test]
 async fn restarted_host_gets_its_subnet_back_by_public_ip() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(1, 1), None, HOUR)
         .await
@@ -104,7 +96,7 @@ async fn restarted_host_gets_its_subnet_back_by_public_ip() {
 #[tokio::test]
 async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(1, 1), None, HOUR)
         .await
@@ -144,7 +136,7 @@ async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
 async fn no_free_subnet_names_the_range_and_count() {
     // A /26 gives /28 subnets: the first is never handed out, three remain.
     let (_etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "host-gw"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "host-gw"}}"#).await;
     for i in 1..=3 {
         store
             .acquire_lease(
@@ -176,7 +168,7 @@ async fn no_free_subnet_names_the_range_and_count() {
 #[tokio::test]
 async fn reservation_is_honoured_and_never_given_to_another_host() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "vxlan"}}"#).await;
     let reserved: Ipv4Net = "198.19.0.32/28".parse().unwrap();
     store
         .add_reservation(reserved, vxlan_host(1, 9).public_ip, None)
@@ -236,7 +228,7 @@ async fn reservation_is_honoured_and_never_given_to_another_host() {
 #[tokio::test]
 async fn flannel_lease_is_read_and_weft_writes_flannel_format() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     // flannel's value byte for byte (FLANNEL-COMPAT.md), with test addresses.
     let flannel = r#"{"PublicIP":"198.18.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
     etcd.put(&format!("{SUBNETS_PREFIX}198.19.52.0-24"), flannel);
@@ -370,7 +362,7 @@ fn dual_host(i: u8) -> LeaseAttrs {
 #[tokio::test]
 async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_nothing_behind() {
     // Three usable /126 IPv6 subnets (the first is never handed out), plenty of IPv4 ones.
-    let (etcd, store, cfg) = setup(
+    let (etcd, store, cfg) = with_config(
         r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/124", "IPv6SubnetLen": 126, "Backend": {"Type": "vxlan"}}"#,
     )
     .await;
@@ -416,7 +408,7 @@ async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_no
 async fn thirty_concurrent_dual_stack_hosts_get_distinct_ipv6_subnets() {
     // Thirty hosts each picking at random among the first 100 free IPv6 subnets: without a
     // check, two of them would almost surely pick the same one under different keys.
-    let (etcd, _store, cfg) = setup(
+    let (etcd, _store, cfg) = with_config(
         r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "Backend": {"Type": "vxlan"}}"#,
     )
     .await;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::etcd::Etcd;
+use testkit::etcd::with_config;
 use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::lease::LeaseAttrs;
 use weft::store::StoreError;
@@ -11,10 +11,7 @@ const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"
 
 #[tokio::test]
 async fn renewal_keeps_keys_alive_with_one_etcd_lease_per_host() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let ttl = Duration::from_secs(3);
     let mut a = store
         .acquire_lease(&cfg, &vxlan_host(2, 1), None, ttl)
@@ -76,10 +73,7 @@ async fn renewal_keeps_keys_alive_with_one_etcd_lease_per_host() {
 
 #[tokio::test]
 async fn renewal_reports_a_revoked_or_deleted_lease_as_gone() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let hour = Duration::from_secs(3600);
 
     let a = store
@@ -104,10 +98,7 @@ async fn renewal_reports_a_revoked_or_deleted_lease_as_gone() {
 
 #[tokio::test]
 async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let hour = Duration::from_secs(3600);
     let a = store
         .acquire_lease(&cfg, &vxlan_host(2, 1), None, hour)
@@ -145,10 +136,7 @@ async fn attribute_update_and_reservation_keep_the_host_on_its_subnet() {
 /// that window.)
 #[tokio::test]
 async fn a_revoke_takes_the_lease_as_it_is_now_and_reports_one_already_gone() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let hour = Duration::from_secs(3600);
     let a = store
         .acquire_lease(&cfg, &vxlan_host(2, 1), None, hour)

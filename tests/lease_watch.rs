@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use testkit::etcd::Etcd;
+use testkit::etcd::with_config;
 use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::config::NetworkConfig;
 use weft::lease::{Lease, LeaseAttrs, LeaseEvent};
@@ -12,14 +12,6 @@ use weft::store::{EtcdStore, LeaseWatcher};
 
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 const HOUR: Duration = Duration::from_secs(3600);
-
-async fn setup() -> (Etcd, EtcdStore, NetworkConfig) {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
-    (etcd, store, cfg)
-}
 
 async fn next(w: &mut LeaseWatcher, within: Duration) -> Vec<LeaseEvent> {
     tokio::time::timeout(within, w.next())
@@ -71,7 +63,7 @@ fn ev(kind: &str, l: &Lease) -> (String, String, Ipv4Addr) {
 
 #[tokio::test]
 async fn add_remove_and_expiry_arrive_as_typed_events() {
-    let (_etcd, store, cfg) = setup().await;
+    let (_etcd, store, cfg) = with_config(CFG).await;
     let list = store.list_leases(Some(&cfg)).await.unwrap();
     let mut w = store.watch_from_list(Some(cfg.clone()), &list);
 
@@ -112,7 +104,7 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
 
 #[tokio::test]
 async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
-    let (_etcd, store, cfg) = setup().await;
+    let (_etcd, store, cfg) = with_config(CFG).await;
     // Long enough that the revocation lands seconds before any expiry the watcher could
     // believe in, even when a loaded machine delays its TTL refresh.
     let ttl = Duration::from_secs(8);
@@ -148,7 +140,7 @@ async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
 
 #[tokio::test]
 async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
-    let (etcd, store, cfg) = setup().await;
+    let (etcd, store, cfg) = with_config(CFG).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
@@ -205,7 +197,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
 
 #[tokio::test]
 async fn an_etcd_restart_loses_and_repeats_nothing() {
-    let (mut etcd, store, cfg) = setup().await;
+    let (mut etcd, store, cfg) = with_config(CFG).await;
     let mut w = watch(&store, &cfg).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
@@ -275,7 +267,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
             .with_ansi(false)
             .finish(),
     );
-    let (etcd, store, cfg) = setup().await;
+    let (etcd, store, cfg) = with_config(CFG).await;
     let good = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await

@@ -186,19 +186,22 @@ fn wireguard_restart_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], k
     let wg_pid = (!kernel).then(|| wireguard_go_pid(lab, 1));
     let old_pid = lab.weftd_property(1, "MainPID");
     let old_uid = process_uid(lab, 1, &old_pid);
-    let there = lab.start_pinging(2, "c1", ctr[1], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[1]);
-    std::thread::sleep(Duration::from_secs(1));
-    let restarted = Instant::now();
-    lab.sh(1, "systemctl restart weftd");
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    eprintln!(
-        "machines (wireguard): weftd restarted and ready in {:?}",
-        restarted.elapsed()
+    across(
+        lab,
+        ctr,
+        (1, 2),
+        "a restart of weftd (wireguard)",
+        150,
+        || {
+            let restarted = Instant::now();
+            lab.sh(1, "systemctl restart weftd");
+            lab.wait_weftd_running(1, Duration::from_secs(10));
+            eprintln!(
+                "machines (wireguard): weftd restarted and ready in {:?}",
+                restarted.elapsed()
+            );
+        },
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let there = there.finish();
-    let back = back.finish();
     let new_pid = lab.weftd_property(1, "MainPID");
     assert_ne!(new_pid, old_pid, "weftd was not restarted");
     assert_eq!(
@@ -214,8 +217,29 @@ fn wireguard_restart_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], k
             lab.journal(1)
         );
     }
-    there.assert_no_loss("machine 2 -> 1 across a restart of weftd (wireguard)", 150);
-    back.assert_no_loss("machine 1 -> 2 across a restart of weftd (wireguard)", 150);
+}
+
+/// Containers in machines `a` and `b` ping each other every 10 ms from a second before `op`
+/// until a second after it (pacing: the pings must cover it); neither way may lose one, and
+/// at least `at_least` must go each way.
+fn across(
+    lab: &Machines,
+    ctr: &[std::net::Ipv4Addr],
+    (a, b): (usize, usize),
+    what: &str,
+    at_least: u64,
+    op: impl FnOnce(),
+) {
+    let there = lab.start_pinging(b, "c1", ctr[b - 1], ctr[a - 1]);
+    let back = lab.start_pinging(a, "c1", ctr[a - 1], ctr[b - 1]);
+    std::thread::sleep(Duration::from_secs(1));
+    op();
+    std::thread::sleep(Duration::from_secs(1));
+    there
+        .finish()
+        .assert_no_loss(&format!("machine {b} -> {a} across {what}"), at_least);
+    back.finish()
+        .assert_no_loss(&format!("machine {a} -> {b} across {what}"), at_least);
 }
 
 /// The key file is weftd's alone (0400 in its state directory) and machine 2 keeps its public
@@ -328,35 +352,28 @@ fn journal_and_weftctl(lab: &Machines) {
 /// `systemctl restart weftd`, then `systemctl kill -s KILL weftd` (systemd starts it again):
 /// containers on two machines ping each other throughout and lose nothing.
 fn restart_and_kill_lose_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
-    let there = lab.start_pinging(2, "c1", ctr[1], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[1]);
-    std::thread::sleep(Duration::from_secs(1));
-    lab.sh(1, "systemctl restart weftd");
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    let restarts = lab.weftd_property(1, "NRestarts");
-    let old_pid = lab.weftd_property(1, "MainPID");
-    lab.sh(1, "systemctl kill -s KILL weftd");
-    let back_up = wait_for(Duration::from_secs(15), || {
-        let pid = lab.weftd_property(1, "MainPID");
-        let state = lab.weftd_property(1, "SubState");
-        (pid != "0" && pid != old_pid && state == "running").then_some(())
+    across(lab, ctr, (1, 2), "restart and SIGKILL", 200, || {
+        lab.sh(1, "systemctl restart weftd");
+        lab.wait_weftd_running(1, Duration::from_secs(10));
+        let restarts = lab.weftd_property(1, "NRestarts");
+        let old_pid = lab.weftd_property(1, "MainPID");
+        lab.sh(1, "systemctl kill -s KILL weftd");
+        let back_up = wait_for(Duration::from_secs(15), || {
+            let pid = lab.weftd_property(1, "MainPID");
+            let state = lab.weftd_property(1, "SubState");
+            (pid != "0" && pid != old_pid && state == "running").then_some(())
+        });
+        assert!(
+            back_up.is_some(),
+            "systemd did not start weftd again after SIGKILL:\n{}",
+            lab.journal(1)
+        );
+        assert_ne!(
+            lab.weftd_property(1, "NRestarts"),
+            restarts,
+            "systemd counted no restart"
+        );
     });
-    assert!(
-        back_up.is_some(),
-        "systemd did not start weftd again after SIGKILL:\n{}",
-        lab.journal(1)
-    );
-    assert_ne!(
-        lab.weftd_property(1, "NRestarts"),
-        restarts,
-        "systemd counted no restart"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    there
-        .finish()
-        .assert_no_loss("machine 2 -> 1 across restart and SIGKILL", 200);
-    back.finish()
-        .assert_no_loss("machine 1 -> 2 across restart and SIGKILL", 200);
 }
 
 /// Machine 2 reboots: it comes back with the same subnet and VTEP MAC, weftd starts by
@@ -404,31 +421,24 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
 /// lost, and the newer weftd runs.
 fn upgrade_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], newer: &std::path::Path) {
     let inside = lab.copy_in(1, newer);
-    let there = lab.start_pinging(3, "c1", ctr[2], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[2]);
-    std::thread::sleep(Duration::from_secs(1));
-    let old_pid = lab.weftd_property(1, "MainPID");
-    lab.sh(
-        1,
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {inside}"),
-    );
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    let version = lab.sh(1, "dpkg-query -W -f='${Version}' weft");
-    assert!(
-        newer.to_string_lossy().contains(&format!("_{version}_")),
-        "installed version {version} is not the newer package's"
-    );
-    assert_ne!(
-        lab.weftd_property(1, "MainPID"),
-        old_pid,
-        "the upgrade did not restart weftd"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    there
-        .finish()
-        .assert_no_loss("machine 3 -> 1 across the upgrade", 100);
-    back.finish()
-        .assert_no_loss("machine 1 -> 3 across the upgrade", 100);
+    across(lab, ctr, (1, 3), "the upgrade", 100, || {
+        let old_pid = lab.weftd_property(1, "MainPID");
+        lab.sh(
+            1,
+            &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {inside}"),
+        );
+        lab.wait_weftd_running(1, Duration::from_secs(10));
+        let version = lab.sh(1, "dpkg-query -W -f='${Version}' weft");
+        assert!(
+            newer.to_string_lossy().contains(&format!("_{version}_")),
+            "installed version {version} is not the newer package's"
+        );
+        assert_ne!(
+            lab.weftd_property(1, "MainPID"),
+            old_pid,
+            "the upgrade did not restart weftd"
+        );
+    });
 }
 
 /// `apt-get purge weft` on machine 3: weftd stopped, every file of the package gone, the

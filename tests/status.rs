@@ -202,12 +202,7 @@ fn status_revisions(lab: &Lab) -> Vec<(i64, i64)> {
 #[test]
 fn a_flannel_host_has_no_status_the_pool_is_counted_exactly_and_a_quiet_cluster_writes_nothing() {
     let mut lab = Lab::new(3, SMALL_CONFIG);
-    for h in &mut lab.hosts[..2] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..2] {
-        h.wait_ready();
-    }
+    lab.start_first(2, &[]);
     let weft: Vec<Ipv4Net> = lab.hosts[..2].iter().map(|h| h.subnet()).collect();
     // Host 3 is a flannel host: device by iproute2, lease by etcdctl on an etcd lease.
     let taken = |s: &Ipv4Net| weft.contains(s);

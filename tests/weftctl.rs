@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::cmd::with_stdin;
-use testkit::etcd::Etcd;
+use testkit::etcd::{with_config, Etcd};
 use testkit::leases::vxlan_host;
 use testkit::wait::wait_for;
 
@@ -119,10 +119,7 @@ async fn config_set_names_every_problem_once() {
 
 #[tokio::test]
 async fn leases_table_and_json() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let b = store
         .acquire_lease(
             &cfg,
@@ -265,10 +262,7 @@ async fn leases_table_and_json() {
 
 #[tokio::test]
 async fn revoke_and_reservations() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let a = store
         .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await
@@ -367,10 +361,7 @@ async fn revoke_deletes_only_that_subnet_not_the_etcd_lease_it_shares() {
 
 #[tokio::test]
 async fn watch_prints_one_line_per_event() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let watchers = etcd.metric("etcd_debugging_mvcc_watcher_total");
     let mut child = Command::new(BIN)
         .env_clear()

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::cmd::with_stdin;
-use testkit::lab::{assert_within, Host, Lab};
-use testkit::wait::{pace_until, time_until, wait_for};
+use testkit::lab::{Host, Lab};
+use testkit::wait::{pace_until, wait_for};
 use testkit::wg::{exec, ifindex, wg_lab, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE};
 
 /// How fast a hand edit of the device's peers or routes must be mended (`--tunnel-poll 1s`).
@@ -247,61 +247,58 @@ fn drift_is_repaired() {
     assert_eq!(peer.public_key, b.wg_public_key(WG_DEVICE));
 
     // (a) The peer removed by hand.
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&["set", WG_DEVICE, "peer", &peer.public_key, "remove"]);
-    assert!(a.wg_peers(WG_DEVICE).is_empty(), "the peer is still there");
-    let took = time_until(PATIENCE, changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(
-        took,
+    a.assert_mends(
+        "a removed peer",
         REPAIR_BOUND,
         PATIENCE,
-        "putting back a removed peer",
-        a,
+        || {
+            a.wg(&["set", WG_DEVICE, "peer", &peer.public_key, "remove"]);
+            assert!(a.wg_peers(WG_DEVICE).is_empty(), "the peer is still there");
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
     );
-    a.assert_repair_counted(before, "the removed peer");
     assert_pings(a, b, "after the peer came back");
 
     // (b) The peer's endpoint moved by hand. No traffic flows meanwhile, so wireguard-go's
     // roaming cannot put it back by itself (and the counter shows weftd did).
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&[
-        "set",
-        WG_DEVICE,
-        "peer",
-        &peer.public_key,
-        "endpoint",
-        "198.18.0.99:51820",
-    ]);
-    assert_eq!(a.wg_peers(WG_DEVICE)[0].endpoint, "198.18.0.99:51820");
-    let took = time_until(PATIENCE, changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(
-        took,
+    a.assert_mends(
+        "a moved endpoint",
         REPAIR_BOUND,
         PATIENCE,
-        "putting back a moved endpoint",
-        a,
+        || {
+            a.wg(&[
+                "set",
+                WG_DEVICE,
+                "peer",
+                &peer.public_key,
+                "endpoint",
+                "198.18.0.99:51820",
+            ]);
+            assert_eq!(a.wg_peers(WG_DEVICE)[0].endpoint, "198.18.0.99:51820");
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
     );
-    a.assert_repair_counted(before, "the moved endpoint");
     assert_pings(a, b, "after the endpoint came back");
 
     // (c) A foreign peer added by hand.
     let foreign = wg_tool(&["genkey"], "");
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&[
-        "set",
-        WG_DEVICE,
-        "peer",
-        &foreign,
-        "allowed-ips",
-        "198.19.250.0/24",
-    ]);
-    assert_eq!(a.wg_peers(WG_DEVICE).len(), 2);
-    let took = time_until(PATIENCE, changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(took, REPAIR_BOUND, PATIENCE, "removing a foreign peer", a);
-    a.assert_repair_counted(before, "the foreign peer");
+    a.assert_mends(
+        "a foreign peer",
+        REPAIR_BOUND,
+        PATIENCE,
+        || {
+            a.wg(&[
+                "set",
+                WG_DEVICE,
+                "peer",
+                &foreign,
+                "allowed-ips",
+                "198.19.250.0/24",
+            ]);
+            assert_eq!(a.wg_peers(WG_DEVICE).len(), 2);
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
+    );
 
     // (d) The network's route on the device deleted: a kernel event.
     let network_route = || {
@@ -311,42 +308,36 @@ fn drift_is_repaired() {
         !network_route().trim().is_empty(),
         "no route to the network"
     );
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.ns.ip(&["route", "del", "198.19.0.0/16", "dev", WG_DEVICE]);
-    let took = time_until(PATIENCE, changed, || !network_route().trim().is_empty());
-    assert_within(
-        took,
+    a.assert_mends(
+        "the network's route deleted",
         REPAIR_BOUND,
         PATIENCE,
-        "putting back the network's route",
-        a,
+        || {
+            a.ns.ip(&["route", "del", "198.19.0.0/16", "dev", WG_DEVICE]);
+        },
+        || !network_route().trim().is_empty(),
     );
-    a.assert_repair_counted(before, "the deleted route");
     assert_pings(a, b, "after the route came back");
 
     // (e) The device deleted: wireguard-go goes with it; weftd makes a new one with every
     // peer, and traffic crosses again.
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.ns.ip(&["link", "del", WG_DEVICE]);
     // The device is back with its peers, route and MTU, and traffic crosses it.
     let device_back = || {
         ifindex(a, WG_DEVICE).is_some()
-            && exec_ok(a, &["wg", "show", WG_DEVICE, "dump"])
+            && succeeds(a, &["wg", "show", WG_DEVICE, "dump"])
             && a.wg_peers(WG_DEVICE) == wanted
             && !network_route().trim().is_empty()
             && a.ping_from_container(b.container_ip())
     };
-    let took = time_until(PATIENCE, changed, device_back);
-    assert_within(
-        took,
+    a.assert_mends(
+        "the deleted device, with its peers and traffic crossing",
         DEVICE_BOUND,
         PATIENCE,
-        "recreating the deleted device with its peers, traffic crossing",
-        a,
+        || {
+            a.ns.ip(&["link", "del", WG_DEVICE]);
+        },
+        device_back,
     );
-    a.assert_repair_counted(before, "the deleted device");
     assert_eq!(a.ns.mtu_of(WG_DEVICE), 1420);
     let addr = a.ns.ip(&["-o", "-4", "addr", "show", "dev", WG_DEVICE]);
     assert!(
@@ -359,20 +350,13 @@ fn drift_is_repaired() {
 
     // (f) wireguard-go crashed (SIGKILL): its device goes with it and its control socket is
     // left behind; weftd starts a new one with every peer.
-    let before = a.repairs();
-    let changed = Instant::now();
-    assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0);
-    let took = time_until(PATIENCE, changed, || {
-        wireguard_go_pids(a).iter().any(|p| *p != wg_pid) && device_back()
-    });
-    assert_within(
-        took,
+    a.assert_mends(
+        "a killed wireguard-go, with its peers and traffic crossing",
         DEVICE_BOUND,
         PATIENCE,
-        "replacing a killed wireguard-go with its peers, traffic crossing",
-        a,
+        || assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0),
+        || wireguard_go_pids(a).iter().any(|p| *p != wg_pid) && device_back(),
     );
-    a.assert_repair_counted(before, "the killed wireguard-go");
     assert_ne!(the_wireguard_go(a), wg_pid);
     assert_eq!(a.ns.mtu_of(WG_DEVICE), 1420);
     assert_pings(b, a, "after wireguard-go was replaced");
@@ -382,7 +366,7 @@ fn drift_is_repaired() {
 }
 
 /// Whether `args` succeeds in the host's mount and network namespaces.
-fn exec_ok(host: &Host, args: &[&str]) -> bool {
+fn succeeds(host: &Host, args: &[&str]) -> bool {
     exec(host, args).status.success()
 }
 

@@ -355,19 +355,7 @@ pub async fn delete_all_leases(c: &Client) {
         .expect("deleting leases");
 }
 
-/// Polls `f` every `step` until it is Some or `timeout` passes.
-pub fn poll<T>(timeout: Duration, step: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(step);
-    }
-}
+pub use testkit::wait::poll;
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -387,6 +387,24 @@ impl Etcd {
     }
 }
 
+/// An etcd holding the network config `cfg` (stored through weft's store, which validates it),
+/// a store connected to it, and the config as the store reads it back: where a test of
+/// leases starts.
+pub async fn with_config(cfg: &str) -> (Etcd, weft::store::EtcdStore, weft::config::NetworkConfig) {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store
+        .put_config(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("storing the config {cfg}: {e}"));
+    let read = store
+        .get_config()
+        .await
+        .unwrap_or_else(|e| panic!("reading the config back: {e}"))
+        .unwrap_or_else(|| panic!("no config after storing {cfg}"));
+    (etcd, store, read)
+}
+
 fn data_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("weft-etcd-")

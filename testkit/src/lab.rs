@@ -448,6 +448,26 @@ impl Host {
         );
     }
 
+    /// Makes drift by hand with `drift`, then fails unless weftd mends it within `bound`
+    /// (`mended` polled for up to `patience`, so a failure says how late) and counts the
+    /// repair. Returns how long the mending took.
+    pub fn assert_mends(
+        &self,
+        what: &str,
+        bound: Duration,
+        patience: Duration,
+        drift: impl FnOnce(),
+        mended: impl FnMut() -> bool,
+    ) -> Duration {
+        let before = self.repairs();
+        let changed = Instant::now();
+        drift();
+        let took = crate::wait::time_until(patience, changed, mended);
+        assert_within(took, bound, patience, &format!("mending {what}"), self);
+        self.assert_repair_counted(before, what);
+        took.unwrap_or_default()
+    }
+
     /// weft_reconcile_runs_total of this host: reconciliations finished, fast or full.
     pub fn reconcile_runs(&self) -> f64 {
         self.metric("weft_reconcile_runs_total")
@@ -637,6 +657,12 @@ impl Lab {
     /// to every other host's subnet.
     pub fn start_all(&mut self, extra: &[&str]) {
         start_hosts(&mut self.hosts, extra);
+    }
+
+    /// Starts weftd on the first `n` hosts only (the others are the test's to build, say as
+    /// flannel hosts) and waits until those are ready and route to each other's subnets.
+    pub fn start_first(&mut self, n: usize, extra: &[&str]) {
+        start_hosts(&mut self.hosts[..n], extra);
     }
 
     /// Waits (5 s) until every host routes to every other host's subnet.
