@@ -204,6 +204,7 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
         running.push((name, Pinger::start_with(prefix, ip, far.ip)));
     }
     // Every other container goes while the rest keep pinging.
+    let repairs = host.repairs();
     let mut kept = Vec::new();
     for (i, (name, p)) in running.into_iter().enumerate() {
         if i % 2 == 1 {
@@ -213,10 +214,20 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
             kept.push((name, p));
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let removed = Instant::now();
+    // weftd has looked at the bridge since the last rm: had its MAC moved, weftd would have
+    // put it back by now, and counted that.
+    host.wait_next_reconcile("after podman rm");
+    pace_until(removed + Duration::from_millis(500));
     for (name, p) in kept {
         p.finish().assert_no_loss(&name, 20);
     }
     assert_eq!(host.ns.mac_of("cni0"), pinned, "cni0's MAC after podman rm");
+    assert_eq!(
+        host.repairs(),
+        repairs,
+        "cni0's MAC moved and was put back:\n{}",
+        host.logs()
+    );
     far_plugin.del(far);
 }
