@@ -4,15 +4,16 @@
 //! plugin pinned to the one derived from the host's subnet. A MAC changed by hand is drift:
 //! `weftctl check` names it and weftd puts it back.
 
-mod common;
-
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::cni::{plugin, Container, Plugin};
-use common::lab::{assert_within, wait_for, Host, Lab, Pinger, VXLAN_CONFIG};
-use common::podman::Podman;
 use serde_json::json;
+use testkit::bins;
+use testkit::cni::{Container, Plugin};
+use testkit::lab::{Host, Lab, VXLAN_CONFIG};
+use testkit::ping::Pinger;
+use testkit::podman::Podman;
+use testkit::wait::pace_until;
 
 /// The MAC the plugin pins on a host's bridge: 0a:58 and the IPv4 gateway.
 fn pinned_mac(host: &Host) -> String {
@@ -76,18 +77,22 @@ fn containers_keep_their_gateway_while_others_come_and_go_and_weftd_restarts() {
         let p = ping_from(&c, far.ip);
         kept.push((c, p));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let added = Instant::now();
+    // The restarted weftd has adopted the bridge, and a full pass begun after these ADDs has
+    // looked at it (the pass that would move a MAC it did not pin).
+    host.wait_next_reconcile("after the restart and three ADDs");
     assert_eq!(
         host.ns.mac_of("cni0"),
         pinned,
         "cni0's MAC after the restart"
     );
+    // The new containers' pingers run a while before they are counted.
+    pace_until(added + Duration::from_millis(500));
     for (c, p) in kept {
         p.finish()
             .assert_no_loss(&format!("container {}", c.ip), 20);
     }
-    let subnet_file = host.subnet_file.display().to_string();
-    let check = |h: &Host| h.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+    let check = |h: &Host| h.weftctl_check(&[]);
     let out = check(&host);
     assert!(
         out.status.success(),
@@ -97,21 +102,16 @@ fn containers_keep_their_gateway_while_others_come_and_go_and_weftd_restarts() {
 
     // Drift: a MAC changed by hand is put back by weftd, counted, and reported by check while
     // weftd is stopped.
-    let before = host.repairs();
-    host.ns
-        .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
-    let changed = std::time::Instant::now();
-    let back = wait_for(Duration::from_secs(10), || {
-        (host.ns.mac_of("cni0") == pinned).then(|| changed.elapsed())
-    });
-    assert_within(
-        back,
+    host.assert_mends(
+        "cni0's MAC changed by hand",
         Duration::from_secs(2),
         Duration::from_secs(10),
-        "cni0's MAC put back",
-        &host,
+        || {
+            host.ns
+                .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
+        },
+        || host.ns.mac_of("cni0") == pinned,
     );
-    host.assert_repair_counted(before, "cni0's MAC");
     host.stop();
     host.ns
         .ip(&["link", "set", "cni0", "address", "02:00:00:00:00:01"]);
@@ -188,7 +188,7 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
             "bridge": "cni0",
         }],
     });
-    let podman = Podman::new(&host.ns, &plugin(), &conflist);
+    let podman = Podman::new(&host.ns, &bins::plugin(), &conflist);
     let pinned = pinned_mac(host);
     let mut running = Vec::new();
     for i in 0..6 {
@@ -204,6 +204,7 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
         running.push((name, Pinger::start_with(prefix, ip, far.ip)));
     }
     // Every other container goes while the rest keep pinging.
+    let repairs = host.repairs();
     let mut kept = Vec::new();
     for (i, (name, p)) in running.into_iter().enumerate() {
         if i % 2 == 1 {
@@ -213,10 +214,20 @@ fn podman_containers_keep_their_gateway_while_others_come_and_go() {
             kept.push((name, p));
         }
     }
-    std::thread::sleep(Duration::from_millis(500));
+    let removed = Instant::now();
+    // weftd has looked at the bridge since the last rm: had its MAC moved, weftd would have
+    // put it back by now, and counted that.
+    host.wait_next_reconcile("after podman rm");
+    pace_until(removed + Duration::from_millis(500));
     for (name, p) in kept {
         p.finish().assert_no_loss(&name, 20);
     }
     assert_eq!(host.ns.mac_of("cni0"), pinned, "cni0's MAC after podman rm");
+    assert_eq!(
+        host.repairs(),
+        repairs,
+        "cni0's MAC moved and was put back:\n{}",
+        host.logs()
+    );
     far_plugin.del(far);
 }

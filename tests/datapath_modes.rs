@@ -2,51 +2,25 @@
 //! VXLAN with DirectRouting across a router, masquerade, a hand-built flannel host in the same
 //! network, and leases weftd must refuse to program.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::lab::{make_flannel_device, udp_source_seen, wait_for, Host, Lab, VXLAN_CONFIG};
 use ipnet::Ipv4Net;
+use testkit::lab::{assert_mesh, make_flannel_device, udp_source_seen, Host, Lab, VXLAN_CONFIG};
+use testkit::leases;
+use testkit::wait::wait_for;
+use weft::subnet::lease_key_name;
 
 const HOST_GW_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const DIRECT_CONFIG: &str =
     r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
-const SUBNETS: &str = "/coreos.com/network/subnets";
-
-/// flannel's key name for a subnet: "198.19.5.0-24".
-fn key_name(subnet: Ipv4Net) -> String {
-    format!("{}-{}", subnet.network(), subnet.prefix_len())
-}
-
-/// Every host's container reaches every other host's container.
-fn assert_full_mesh(hosts: &[Host]) {
-    for (i, a) in hosts.iter().enumerate() {
-        for (j, b) in hosts.iter().enumerate() {
-            if i != j {
-                assert!(
-                    a.ping_from_container(b.container_ip()),
-                    "host {} ({}) cannot reach host {}'s container {}:\n{}",
-                    i + 1,
-                    a.ip,
-                    j + 1,
-                    b.container_ip(),
-                    a.logs()
-                );
-            }
-        }
-    }
-}
 
 #[test]
 fn host_gw_routes_via_public_ips_and_makes_no_vxlan_device() {
     let mut lab = Lab::new(3, HOST_GW_CONFIG);
     lab.start_all(&[]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
-    assert_full_mesh(&lab.hosts);
+    lab.add_containers();
+    assert_mesh(&lab.hosts);
     for (i, h) in lab.hosts.iter().enumerate() {
         let vxlan = h.ns.ip(&["-o", "link", "show", "type", "vxlan"]);
         assert!(
@@ -72,7 +46,7 @@ fn host_gw_routes_via_public_ips_and_makes_no_vxlan_device() {
     // and the hosts that can be reached stay programmed and ready.
     let far: Ipv4Net = "198.19.250.0/24".parse().unwrap();
     lab.etcd.put(
-        &format!("{SUBNETS}/{}", key_name(far)),
+        &leases::key(far, None),
         r#"{"PublicIP":"198.18.1.50","PublicIPv6":null,"BackendType":"host-gw"}"#,
     );
     let h = &lab.hosts[0];
@@ -80,9 +54,15 @@ fn host_gw_routes_via_public_ips_and_makes_no_vxlan_device() {
         (h.metric("weft_leases_skipped") == Some(1.0)).then_some(())
     });
     assert!(skipped.is_some(), "{}", h.logs());
-    assert!(h.logs().contains(&key_name(far)), "{}", h.logs());
-    // Past a full resync, nothing is failing and the host is still ready.
-    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        h.logs().contains(&lease_key_name(far, None)),
+        "{}",
+        h.logs()
+    );
+    // Past a full resync (no lease changes after this one, so the next passes are full
+    // ones), nothing is failing and the host is still ready.
+    h.wait_next_reconcile("after the unreachable host-gw lease");
+    assert_eq!(h.metric("weft_leases_skipped"), Some(1.0), "{}", h.logs());
     assert_eq!(h.route_to(far), "");
     assert_eq!(
         h.metric("weft_netlink_errors_total"),
@@ -91,7 +71,7 @@ fn host_gw_routes_via_public_ips_and_makes_no_vxlan_device() {
         h.logs()
     );
     assert_eq!(h.http_get("/readyz").0, 200, "{}", h.logs());
-    assert_full_mesh(&lab.hosts);
+    assert_mesh(&lab.hosts);
 }
 
 #[test]
@@ -116,7 +96,7 @@ fn host_gw_refuses_a_public_ip_that_is_not_on_the_interface() {
     // Nothing was advertised for an address nobody can route to.
     let keys = lab
         .etcd
-        .etcdctl_ok(&["get", "--prefix", "--keys-only", SUBNETS]);
+        .etcdctl_ok(&["get", "--prefix", "--keys-only", leases::SUBNETS_PREFIX]);
     assert!(keys.trim().is_empty(), "{keys}");
 }
 
@@ -127,9 +107,7 @@ fn direct_routing_goes_direct_on_one_l2_and_through_vxlan_across_a_router() {
     lab.add_far_host();
     lab.add_far_host();
     lab.start_all(&[]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
+    lab.add_containers();
     let segment = |h: &Host| h.ip.rsplit_once('.').map(|(n, _)| n.to_string());
     for (i, h) in lab.hosts.iter().enumerate() {
         for peer in lab.hosts.iter().filter(|p| p.ip != h.ip) {
@@ -185,7 +163,7 @@ fn direct_routing_goes_direct_on_one_l2_and_through_vxlan_across_a_router() {
             assert!(!fdb.contains(&mac), "host {}: {fdb}", i + 1);
         }
     }
-    assert_full_mesh(&lab.hosts);
+    assert_mesh(&lab.hosts);
 }
 
 #[test]
@@ -243,7 +221,7 @@ fn ip_masq_hides_containers_from_the_outside_but_not_from_the_overlay() {
 
 /// A lease's attributes as stored in etcd.
 fn stored_attrs(lab: &Lab, subnet: Ipv4Net) -> serde_json::Value {
-    let key = format!("{SUBNETS}/{}", key_name(subnet));
+    let key = leases::key(subnet, None);
     let text = lab
         .etcd
         .get(&key)
@@ -255,11 +233,8 @@ fn stored_attrs(lab: &Lab, subnet: Ipv4Net) -> serde_json::Value {
 #[test]
 fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
     let mut lab = Lab::new(3, VXLAN_CONFIG);
-    for h in &mut lab.hosts[..2] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..2] {
-        h.wait_ready();
+    lab.start_first(2, &[]);
+    for h in &lab.hosts[..2] {
         h.add_container();
     }
     // Host 3 is set up exactly as flanneld would set it up.
@@ -275,7 +250,7 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
         r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fl_mac}"}}}}"#,
         fl.ip
     );
-    let key = format!("{SUBNETS}/{}", key_name(fl_subnet));
+    let key = leases::key(fl_subnet, None);
     lab.etcd.put_on_lease(&key, &value, 3600);
     // flanneld on host 3 programs the weftd hosts from their leases, as flannel reads them.
     for h in &lab.hosts[..2] {
@@ -322,7 +297,7 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
             .success();
         assert!(ok, "the flannel host cannot reach {}'s container", h.ip);
     }
-    assert_full_mesh(&lab.hosts[..2]);
+    assert_mesh(&lab.hosts[..2]);
 }
 
 #[test]
@@ -333,10 +308,7 @@ fn untrusted_leases_are_never_programmed_and_weftd_keeps_going() {
     let outside: Ipv4Net = "198.18.50.0/24".parse().unwrap();
     let own_ip: Ipv4Net = "198.19.203.0/24".parse().unwrap();
     let good: Ipv4Net = "198.19.204.0/24".parse().unwrap();
-    let put = |subnet: Ipv4Net, value: &str| {
-        lab.etcd
-            .put(&format!("{SUBNETS}/{}", key_name(subnet)), value)
-    };
+    let put = |subnet: Ipv4Net, value: &str| lab.etcd.put(&leases::key(subnet, None), value);
     let vxlan = |ip: &str, mac: &str| {
         format!(
             r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
@@ -373,7 +345,7 @@ fn untrusted_leases_are_never_programmed_and_weftd_keeps_going() {
     );
     let logs = h.logs();
     for s in [malformed, multicast_mac, outside, own_ip] {
-        let key = key_name(s);
+        let key = lease_key_name(s, None);
         assert!(
             logs.lines().any(|l| l.contains("WARN") && l.contains(&key)),
             "no warning names {key}:\n{logs}"
@@ -412,9 +384,8 @@ fn weftctl_check_reports_a_route_deleted_by_hand() {
     lab.start_all(&[]);
     let peer = lab.hosts[1].subnet();
     let h = &mut lab.hosts[0];
-    let subnet_file = h.subnet_file.display().to_string();
     let check = |h: &Host| {
-        let out = h.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+        let out = h.weftctl_check(&[]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -435,15 +406,7 @@ fn weftctl_check_reports_a_route_deleted_by_hand() {
         stdout.contains("route") && stdout.contains(&peer.to_string()),
         "the finding must name the route: {stdout}"
     );
-    let out = h.weftctl(&[
-        "-o",
-        "json",
-        "check",
-        "--iface",
-        "eth0",
-        "--subnet-file",
-        &subnet_file,
-    ]);
+    let out = h.weftctl_check(&["-o", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check -o json");
     assert_eq!(v["findings"].as_array().map(Vec::len), Some(1), "{v}");
@@ -465,7 +428,7 @@ fn a_forged_lease_with_this_hosts_ip_cannot_give_its_device_a_bad_mac() {
     let forged: Ipv4Net = "198.19.205.0/24".parse().unwrap();
     let ip = lab.hosts[0].ip.clone();
     lab.etcd.put(
-        &format!("{SUBNETS}/{}", key_name(forged)),
+        &leases::key(forged, None),
         &format!(
             r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"01:00:5e:00:00:05"}}}}"#
         ),

@@ -1,28 +1,13 @@
 //! weftd's VXLAN datapath across hosts in network namespaces, against a real etcd.
 
-mod common;
-
-use common::lab::{Lab, VXLAN_CONFIG};
+use testkit::lab::{assert_mesh, Lab, VXLAN_CONFIG};
 
 #[test]
 fn three_hosts_reach_each_other_and_the_mtu_is_exact() {
     let mut lab = Lab::new(3, VXLAN_CONFIG);
     lab.start_all(&[]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
-    for (i, a) in lab.hosts.iter().enumerate() {
-        for (j, b) in lab.hosts.iter().enumerate() {
-            if i != j {
-                assert!(
-                    a.ping_from_container(b.container_ip()),
-                    "host {} cannot reach host {}'s container",
-                    i + 1,
-                    j + 1
-                );
-            }
-        }
-    }
+    lab.add_containers();
+    assert_mesh(&lab.hosts);
     // FLANNEL_MTU is the device's real MTU, and exactly that much crosses unfragmented.
     let env = weft::subnet_env::SubnetEnv::read(&lab.hosts[0].subnet_file).unwrap();
     assert_eq!(env.mtu, 1450);

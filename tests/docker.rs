@@ -4,24 +4,19 @@
 //! sets iptables' FORWARD policy to DROP; the overlay's traffic must pass whichever of weftd
 //! and dockerd started first, and across restarts of either.
 
-mod common;
-
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
-use common::docker::{docker_opts, Dockerd};
-use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG};
-use common::podman::Podman;
-
-fn weftctl() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weftctl"))
-}
+use testkit::bins;
+use testkit::docker::{docker_opts, Dockerd};
+use testkit::lab::{Host, Lab, VXLAN_CONFIG};
+use testkit::podman::Podman;
+use testkit::wait::wait_for;
 
 fn dockerd_for(host: &Host, iptables: bool) -> Dockerd {
     Dockerd::start(
         &host.ns,
-        docker_opts(weftctl(), &host.subnet_file),
+        docker_opts(&bins::weftctl(), &host.subnet_file),
         iptables,
     )
 }
@@ -193,11 +188,6 @@ fn docker_containers_cross_the_overlay_whichever_of_weftd_and_dockerd_starts_fir
     assert_eq!(forward_policy(&lab.hosts[1]), "DROP");
 }
 
-/// The plugin binary, built next to weftd.
-fn plugin() -> std::path::PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_weftd")).with_file_name("weft")
-}
-
 #[test]
 fn docker_with_its_iptables_off_crosses_the_overlay_and_meets_podman() {
     let mut lab = Lab::new(3, VXLAN_CONFIG);
@@ -218,14 +208,14 @@ fn docker_with_its_iptables_off_crosses_the_overlay_and_meets_podman() {
     let h3 = &lab.hosts[2];
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
-        "name": common::podman::unique("net"),
+        "name": testkit::cmd::unique("net"),
         "plugins": [{
             "type": "weft",
             "subnetFile": h3.subnet_file,
             "dataDir": lab.dir.path().join("h3-ipam"),
         }],
     });
-    let podman = Podman::new(&h3.ns, &plugin(), &conflist);
+    let podman = Podman::new(&h3.ns, &bins::plugin(), &conflist);
     podman.start("weft-pod");
     let p = podman.address("weft-pod");
     assert!(
@@ -259,8 +249,7 @@ fn docker_with_its_iptables_off_crosses_the_overlay_and_meets_podman() {
     // weftctl check is content with docker0 holding the subnet's gateway, and names it when
     // it holds something else (dockerd started without weft's options).
     let host = &lab.hosts[0];
-    let subnet_file = host.subnet_file.to_string_lossy().into_owned();
-    let check = || host.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+    let check = || host.weftctl_check(&[]);
     let out = check();
     assert!(
         out.status.success(),

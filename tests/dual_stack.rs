@@ -3,25 +3,22 @@
 //! host-gw, DirectRouting and masquerade over IPv6, and hosts without IPv6 among dual-stack
 //! ones.
 
-mod common;
-
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use common::lab::{make_flannel_device, udp_source_seen, wait_for, Host, Lab, SUBNETS_PREFIX};
-use common::lab6::{DUAL_CONFIG, VXLAN6_DEVICE};
 use ipnet::{Ipv4Net, Ipv6Net};
-use weft::subnet::lease_key_name;
+use testkit::lab::{assert_mesh, make_flannel_device, udp_source_seen, Host, Lab};
+use testkit::lab6::{DUAL_CONFIG, VXLAN6_DEVICE};
+use testkit::leases;
+use testkit::netns::Netns;
+use testkit::wait::wait_for;
 use weft::subnet_env::SubnetEnv;
 
 const HOST_GW_DUAL: &str = r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"host-gw"}}"#;
 const DIRECT_DUAL: &str = r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 
 fn dual_key(h: &Host) -> String {
-    format!(
-        "{SUBNETS_PREFIX}{}",
-        lease_key_name(h.subnet(), Some(h.subnet6()))
-    )
+    leases::key(h.subnet(), Some(h.subnet6()))
 }
 
 /// Every host's container reaches every other's over IPv4 and IPv6. A fresh underlay link
@@ -58,9 +55,7 @@ fn three_dual_stack_hosts_reach_each_other_on_both_families_with_exact_mtus() {
     let mut lab = Lab::dual(3, DUAL_CONFIG);
     lab.start_all(&[]);
     lab.wait_converged6(&[0, 1, 2]);
-    for h in &lab.hosts {
-        h.add_container6();
-    }
+    lab.add_containers6();
     assert_dual_mesh(&lab.hosts.iter().collect::<Vec<_>>());
 
     // subnet.env as flannel writes it; FLANNEL_MTU the smaller of the two devices' MTUs.
@@ -149,15 +144,12 @@ fn ipv6_objects_deleted_by_hand_come_back_and_a_restart_loses_no_ipv6_packet() {
     let mut lab = Lab::dual(2, DUAL_CONFIG);
     lab.start_all(&[]);
     lab.wait_converged6(&[0, 1]);
-    for h in &lab.hosts {
-        h.add_container6();
-    }
+    lab.add_containers6();
     let peer6 = lab.hosts[1].subnet6();
     let peer_ip6 = lab.hosts[1].ip6();
     let h = &lab.hosts[0];
-    let subnet_file = h.subnet_file.display().to_string();
     let check = |h: &Host| {
-        let out = h.weftctl(&["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+        let out = h.weftctl_check(&[]);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -245,7 +237,8 @@ fn ipv6_objects_deleted_by_hand_come_back_and_a_restart_loses_no_ipv6_packet() {
     std::thread::sleep(Duration::from_millis(300));
     h.start(&[]);
     h.wait_ready();
-    std::thread::sleep(Duration::from_millis(500));
+    // A full pass begun after the start has looked at the device it adopted.
+    h.wait_next_reconcile("after the restart");
     there
         .finish()
         .assert_no_loss("IPv6 pings out during a restart", 30);
@@ -261,7 +254,7 @@ fn ipv6_objects_deleted_by_hand_come_back_and_a_restart_loses_no_ipv6_packet() {
 /// underlay, the address `<v6 subnet ip>/128`, up. Returns its MAC. (flannel asks for the
 /// external MTU less 50, which the kernel refuses for an IPv6 underlay on a lower device;
 /// the device keeps the kernel's largest, external less 70.)
-fn make_flannel_v6_device(ns: &common::netns::Netns, local: Ipv6Addr, subnet: Ipv6Net) -> String {
+fn make_flannel_v6_device(ns: &Netns, local: Ipv6Addr, subnet: Ipv6Net) -> String {
     let local = local.to_string();
     ns.ip(&[
         "link",
@@ -288,11 +281,8 @@ fn make_flannel_v6_device(ns: &common::netns::Netns, local: Ipv6Addr, subnet: Ip
 #[test]
 fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
     let mut lab = Lab::dual(3, DUAL_CONFIG);
-    for h in &mut lab.hosts[..2] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..2] {
-        h.wait_ready();
+    lab.start_first(2, &[]);
+    for h in &lab.hosts[..2] {
         h.add_container6();
     }
     let fl = &lab.hosts[2];
@@ -317,7 +307,7 @@ fn a_hand_built_flannel_dual_stack_host_and_weft_hosts_reach_each_other() {
         fl.ip,
         fl.ip6()
     );
-    let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(s4, Some(s6)));
+    let key = leases::key(s4, Some(s6));
     lab.etcd.put_on_lease(&key, &value, 3600);
 
     // flanneld programs the weft hosts from their leases, both families.
@@ -379,9 +369,7 @@ fn host_gw_and_direct_routing_carry_ipv6_over_the_underlay() {
         let mut lab = Lab::dual(2, config);
         lab.start_all(&[]);
         lab.wait_converged6(&[0, 1]);
-        for h in &lab.hosts {
-            h.add_container6();
-        }
+        lab.add_containers6();
         let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
         let route = a.route6_to(b.subnet6());
         assert!(
@@ -448,7 +436,7 @@ fn an_ipv4_only_host_among_dual_stack_hosts_keeps_ipv4_working() {
     let v4 = &lab.hosts[2];
     v4.add_container();
     // The IPv4-only host: a plain key, no IPv6 in its lease or subnet.env, no IPv6 device.
-    let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(v4.subnet(), None));
+    let key = leases::key(v4.subnet(), None);
     let value = lab.etcd.get(&key).expect("an IPv4-only lease key");
     assert!(
         value.contains(r#""PublicIPv6":null"#) && !value.contains("BackendV6Data"),
@@ -466,18 +454,7 @@ fn an_ipv4_only_host_among_dual_stack_hosts_keeps_ipv4_working() {
         "{}",
         v4.logs()
     );
-    for h in &lab.hosts {
-        for other in &lab.hosts {
-            if h.ip != other.ip {
-                assert!(
-                    h.ping_from_container(other.container_ip()),
-                    "{} -> {}",
-                    h.ip,
-                    other.ip
-                );
-            }
-        }
-    }
+    assert_mesh(&lab.hosts);
     assert_dual_mesh(&[&lab.hosts[0], &lab.hosts[1]]);
     // Nothing is refused on either side: an IPv4-only lease is no IPv6 peer.
     for h in &lab.hosts {
@@ -489,10 +466,7 @@ fn an_ipv4_only_host_among_dual_stack_hosts_keeps_ipv4_working() {
 fn the_ipv6_subnet_is_kept_across_restarts_reserved_and_replaced_when_it_no_longer_fits() {
     let mut lab = Lab::dual(2, DUAL_CONFIG);
     // Host 2's subnets are reserved ahead, both families.
-    let out = lab.underlay.exec(&[
-        env!("CARGO_BIN_EXE_weftctl"),
-        "--etcd-endpoints",
-        &lab.etcd.client_url(),
+    lab.weftctl_ok(&[
         "reservations",
         "add",
         "198.19.50.0/24",
@@ -502,7 +476,6 @@ fn the_ipv6_subnet_is_kept_across_restarts_reserved_and_replaced_when_it_no_long
         "--public-ipv6",
         &lab.hosts[1].ip6().to_string(),
     ]);
-    assert!(out.status.success(), "{out:?}");
     lab.start_all(&[]);
     assert_eq!(
         lab.hosts[1].subnet6(),
@@ -541,7 +514,7 @@ fn the_ipv6_subnet_is_kept_across_restarts_reserved_and_replaced_when_it_no_long
     assert_eq!(h.subnet(), s4);
     assert_ne!(n6, s6);
     assert!(n6.network().segments()[3] >= 0xf000, "{n6}");
-    let old = format!("{SUBNETS_PREFIX}{}", lease_key_name(s4, Some(s6)));
+    let old = leases::key(s4, Some(s6));
     assert_eq!(lab.etcd.get(&old), None, "the old key must be gone");
     assert!(lab.etcd.get(&dual_key(&lab.hosts[0])).is_some());
     // Host 2 follows the move: its route to host 1's IPv6 subnet is the new one.

@@ -4,19 +4,18 @@
 //! permission fail within 10 s naming the user, the key and the endpoint; the password shows
 //! up neither in the process list nor in the logs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bare_weftd::BareWeftd;
-use common::etcd::Etcd;
-use common::lab::{Lab, VXLAN_CONFIG};
+use testkit::bare_weftd::BareWeftd;
+use testkit::etcd::Etcd;
+use testkit::lab::{Lab, VXLAN_CONFIG};
+use testkit::leases::CONFIG_KEY;
+use testkit::wg::{say_mode, wireguard_go_pids, WG_CONFIG};
 
 const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-const CONFIG_KEY: &str = "/coreos.com/network/config";
 const PASSWORD: &str = "pw-7f3a9c1e";
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -111,15 +110,12 @@ fn weftctl_works_with_user_and_password_from_a_file_or_the_environment() {
     ok(&etcd, &by_env, &["reservations", "remove", "198.19.7.0/24"]);
 
     // A host's lease on an etcd lease, revoked as the weft user.
-    let granted = etcd.etcdctl_ok(&["lease", "grant", "600"]);
-    let id = granted.split_whitespace().nth(1).unwrap().to_string();
     let key = "/coreos.com/network/subnets/198.19.8.0-24";
-    etcd.etcdctl_ok(&[
-        "put",
-        &format!("--lease={id}"),
+    etcd.put_on_lease(
         key,
         r#"{"PublicIP":"198.18.0.8","BackendType":"vxlan"}"#,
-    ]);
+        600,
+    );
     assert!(ok(&etcd, &by_env, &["leases", "revoke", "198.19.8.0/24"]).contains("revoked"));
     assert_eq!(etcd.get(key), None);
     let by_flag = [
@@ -295,7 +291,8 @@ fn weftd_logs_in_with_a_password_file_and_never_shows_the_password() {
         "weftd did not exit with a failure after its login was refused ({status:?}): {:#?}",
         d.log
     );
-    d.read_for(Duration::from_secs(1));
+    // Exited: every line it wrote is read, so none can hide the password.
+    d.read_to_end(LIMIT);
     for l in &d.log {
         assert!(
             !l.contains(PASSWORD) && !l.contains("not-the-password"),
@@ -382,8 +379,8 @@ async fn an_expired_token_is_renewed_without_the_caller_noticing() {
 /// wireguard-go weftd starts holds it; wireguard-go gets PATH and nothing else of weftd's.
 #[test]
 fn a_password_from_the_environment_is_forgotten_and_never_reaches_wireguard_go() {
-    common::wg::say_mode();
-    let mut lab = Lab::new(1, common::wg::WG_CONFIG);
+    say_mode();
+    let mut lab = Lab::new(1, WG_CONFIG);
     auth_etcd(&mut lab.etcd);
     let h = &mut lab.hosts[0];
     h.use_wireguard();
@@ -405,7 +402,7 @@ fn a_password_from_the_environment_is_forgotten_and_never_reaches_wireguard_go()
         eprintln!("the kernel's WireGuard carries the device: weftd starts no child");
         return;
     }
-    let pids = common::wg::wireguard_go_pids(h);
+    let pids = wireguard_go_pids(h);
     assert!(!pids.is_empty(), "no wireguard-go runs:\n{}", h.logs());
     for pid in pids {
         let child = environ(pid);

@@ -4,13 +4,14 @@
 //! every host keeps renewing the same lease, the watch keeps delivering, and weftd is never
 //! restarted. Each test prints how long renewal and the watch took to work again.
 
-mod common;
-
 use std::time::{Duration, Instant, SystemTime};
 
-use common::etcd_cluster::parse_status;
-use common::lab::{wait_for, ClusterLab, Host, Pinger, SUBNETS_PREFIX, VXLAN_CONFIG};
 use ipnet::Ipv4Net;
+use testkit::etcd_cluster::parse_status;
+use testkit::lab::{keep_running, ClusterLab, Host, VXLAN_CONFIG};
+use testkit::leases;
+use testkit::ping::Pinger;
+use testkit::wait::wait_for;
 
 /// Short enough that a renewal stuck on a dead member for one TTL would lose the lease
 /// (weftd renews at half the TTL, and retries a failed renewal after 5 s).
@@ -25,13 +26,6 @@ struct Before {
     lease_ids: Vec<i64>,
 }
 
-fn lease_key(subnet: Ipv4Net) -> String {
-    format!(
-        "{SUBNETS_PREFIX}{}",
-        weft::subnet::lease_key_name(subnet, None)
-    )
-}
-
 fn renewals(h: &Host) -> f64 {
     h.metric("weft_lease_renewals_total")
         .unwrap_or_else(|| panic!("no weft_lease_renewals_total from {}", h.ns.name()))
@@ -42,9 +36,7 @@ fn renewals(h: &Host) -> f64 {
 fn lab_with_traffic() -> (ClusterLab, Vec<Pinger>, Before) {
     let mut lab = ClusterLab::new(3, VXLAN_CONFIG);
     lab.start_all(&["--subnet-lease-ttl", LEASE_TTL]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
+    lab.add_containers();
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
     let reachable = wait_for(Duration::from_secs(5), || {
         a.ping_from_container(b.container_ip()).then_some(())
@@ -65,7 +57,7 @@ fn lab_with_traffic() -> (ClusterLab, Vec<Pinger>, Before) {
             .iter()
             .map(|h| {
                 lab.cluster
-                    .key_lease(&lease_key(h.subnet()))
+                    .key_lease(&leases::key(h.subnet(), None))
                     .filter(|id| *id != 0)
                     .unwrap_or_else(|| panic!("{} has no expiring lease", h.ns.name()))
             })
@@ -83,7 +75,7 @@ fn write_lease(lab: &ClusterLab, n: u8) -> (Ipv4Net, Instant) {
         r#"{{"PublicIP":"198.18.0.{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:c6:13:00:{n:02x}"}}}}"#,
         200 + n
     );
-    let key = lease_key(subnet);
+    let key = leases::key(subnet, None);
     let written = wait_for(Duration::from_secs(30), || {
         let out = lab.cluster.etcdctl(&[
             "lease",
@@ -193,7 +185,7 @@ fn assert_same_hosts_same_leases(lab: &mut ClusterLab, before: &Before) {
         );
     }
     for (i, h) in lab.hosts.iter().enumerate() {
-        let id = lab.cluster.key_lease(&lease_key(h.subnet()));
+        let id = lab.cluster.key_lease(&leases::key(h.subnet(), None));
         assert_eq!(
             id,
             Some(before.lease_ids[i]),
@@ -352,18 +344,7 @@ fn all_members_down_for_30s_lose_nothing_and_the_agents_resume() {
     let (mut lab, pingers, before) = lab_with_traffic();
 
     lab.cluster.stop_all();
-    let down = Instant::now();
-    while down.elapsed() < OUTAGE {
-        std::thread::sleep(Duration::from_millis(500));
-        for h in &mut lab.hosts {
-            assert!(
-                h.is_running(),
-                "weftd on {} died while etcd was down:\n{}",
-                h.ns.name(),
-                h.logs()
-            );
-        }
-    }
+    keep_running(&mut lab.hosts, OUTAGE, "while etcd was down");
     let counts: Vec<f64> = lab.hosts.iter().map(renewals).collect();
     let started = Instant::now();
     lab.cluster.start_all();

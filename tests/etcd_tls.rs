@@ -4,20 +4,10 @@
 //! etcd user.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct TlsEtcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TlsEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use testkit::etcd::{Etcd, Tls};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -97,78 +87,18 @@ fn make_certs(dir: &Path) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_tls_etcd() -> (TlsEtcd, String, std::path::PathBuf) {
+/// A TLS etcd requiring client certificates, with its certificates in a directory of the
+/// test's (kept as long as the returned guard).
+fn start_tls_etcd() -> (Etcd, tempfile::TempDir, Tls) {
     let dir = tempfile::Builder::new()
         .prefix("weft-etcd-tls-")
         .tempdir()
         .unwrap();
     make_certs(dir.path());
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{client}");
-    let d = dir.path();
-    let log = std::fs::File::create(d.join("etcd.log")).unwrap();
-    let child = Command::new("/usr/bin/etcd")
-        .arg("--name=weft-tls")
-        .arg(format!("--data-dir={}", d.join("data").display()))
-        .arg(format!("--listen-client-urls={url}"))
-        .arg(format!("--advertise-client-urls={url}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!(
-            "--initial-cluster=weft-tls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--cert-file={}", d.join("server.pem").display()))
-        .arg(format!("--key-file={}", d.join("server-key.pem").display()))
-        .arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
-        .arg("--client-cert-auth")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("/usr/bin/etcd is missing: apt-get install etcd-server");
-    let path = d.to_path_buf();
-    let etcd = TlsEtcd { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = Command::new("/usr/bin/etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &url,
-                "--cacert",
-                "ca.pem",
-                "--cert",
-                "client.pem",
-                "--key",
-                "client-key.pem",
-                "endpoint",
-                "health",
-            ])
-            .current_dir(&path)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "TLS etcd not healthy: {}",
-            std::fs::read_to_string(path.join("etcd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (etcd, url, path)
+    let tls = Tls {
+        dir: dir.path().to_path_buf(),
+    };
+    (Etcd::with_tls(tls.clone()), dir, tls)
 }
 
 fn weftctl(args: &[&str]) -> std::process::Output {
@@ -180,9 +110,10 @@ fn weftctl(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn weftctl_speaks_tls_with_client_certificates() {
-    let (_etcd, url, dir) = start_tls_etcd();
-    let f = |n: &str| dir.join(n).display().to_string();
-    let config = dir.join("net.json");
+    let (etcd, dir, tls) = start_tls_etcd();
+    let url = etcd.client_url();
+    let f = |n: &str| tls.file(n);
+    let config = dir.path().join("net.json");
     std::fs::write(
         &config,
         r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#,
@@ -258,34 +189,10 @@ fn weftctl_speaks_tls_with_client_certificates() {
     );
 }
 
-/// etcdctl over TLS with the client certificate, as the operator who sets up the roles.
-fn etcdctl_tls(url: &str, dir: &Path, args: &[&str]) {
-    let out = Command::new("/usr/bin/etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            url,
-            "--cacert",
-            "ca.pem",
-            "--cert",
-            "client.pem",
-            "--key",
-            "client-key.pem",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn the_client_certificates_cn_is_the_etcd_user() {
-    let (_etcd, url, dir) = start_tls_etcd();
+    let (etcd, dir, tls) = start_tls_etcd();
+    let url = etcd.client_url();
     // The README's commands, with the user named like the certificate's CN and no password
     // ever used by weft.
     for args in [
@@ -303,10 +210,10 @@ fn the_client_certificates_cn_is_the_etcd_user() {
         &["user", "grant-role", "weft-client", "weft"],
         &["auth", "enable"],
     ] {
-        etcdctl_tls(&url, &dir, args);
+        etcd.etcdctl_ok(args);
     }
-    let f = |n: &str| dir.join(n).display().to_string();
-    let config = dir.join("net.json");
+    let f = |n: &str| tls.file(n);
+    let config = dir.path().join("net.json");
     std::fs::write(
         &config,
         r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#,

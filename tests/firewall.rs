@@ -4,12 +4,11 @@
 //! wants (another network's accepts, masquerade, a family) and leaves others' rules alone; and
 //! weftd restarted on a changed network drops the old network's accepts.
 
-mod common;
-
 use std::time::Duration;
 
-use common::lab::{wait_for, Lab, VXLAN_CONFIG};
-use common::netns::Netns;
+use testkit::lab::{Lab, VXLAN_CONFIG};
+use testkit::netns::Netns;
+use testkit::wait::wait_for;
 use weft::firewall::{Applied, Before, Change, Firewall, FirewallSpec, Overlay};
 use weft::subnet::{Family, PerFamily};
 

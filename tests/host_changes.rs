@@ -2,14 +2,14 @@
 //! public IP renumbered, the external NIC deleted and re-created, its MTU changed, the default
 //! route moved. weftd follows each without a restart; each test states how long that took.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::lab::{
-    wait_for, Host, Lab, FAR_SEGMENT, ROUTER_FAR_IP, ROUTER_NEAR_IP, VXLAN_CONFIG, VXLAN_DEVICE,
+use testkit::lab::{
+    host_port, Host, Lab, FAR_SEGMENT, ROUTER_FAR_IP, ROUTER_NEAR_IP, VXLAN_CONFIG, VXLAN_DEVICE,
 };
+use testkit::netns::plug;
+use testkit::wait::time_until;
 use weft::netlink::{Link, Netlink};
 
 /// How long a host and its peers may take to follow a change, loosely: the issue asks for
@@ -32,8 +32,8 @@ fn link(host: &Host, name: &str) -> Option<Link> {
 
 /// Polls until `done` and says how long after `since` that was; fails with the host's log
 /// when it is later than BOUND.
-fn recovered(since: Instant, what: &str, host: &Host, mut done: impl FnMut() -> bool) -> Duration {
-    let took = wait_for(PATIENCE, || done().then(|| since.elapsed()));
+fn recovered(since: Instant, what: &str, host: &Host, done: impl FnMut() -> bool) -> Duration {
+    let took = time_until(PATIENCE, since, done);
     let Some(took) = took else {
         panic!("{what}: not within {PATIENCE:?}:\n{}", host.logs());
     };
@@ -44,12 +44,6 @@ fn recovered(since: Instant, what: &str, host: &Host, mut done: impl FnMut() -> 
         host.logs()
     );
     took
-}
-
-fn with_containers(lab: &Lab) {
-    for h in &lab.hosts {
-        h.add_container();
-    }
 }
 
 /// Both containers reach each other.
@@ -76,7 +70,7 @@ fn device_local_and_lower(host: &Host) -> Option<(Option<IpAddr>, Option<u32>)> 
 fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let (old_ip, new_ip) = ("198.18.0.1", "198.18.0.101");
     let subnet = lab.hosts[0].subnet();
     let (_, mac) = lease_of(&lab, &lab.hosts[0]);
@@ -107,7 +101,9 @@ fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
     let took = recovered(changed, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Whatever else weftd would do about the new address, a pass begun after the recovery
+    // has done it.
+    a.wait_next_reconcile("after the renumbering");
     let totals = pinger.finish();
     eprintln!(
         "renumbering: traffic back after {took:?}; {} of {} pings lost",
@@ -136,7 +132,7 @@ fn a_renumbered_public_ip_is_advertised_and_peers_follow() {
 fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let lease_before = lease_of(&lab, &lab.hosts[0]);
     let a = &lab.hosts[0];
     let old_index = link(a, "eth0").expect("eth0").index;
@@ -147,22 +143,14 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     // name with the same address, as a driver reload or a hot-plug does.
     let changed = Instant::now();
     a.ns.ip(&["link", "del", "eth0"]);
-    a.ns.ip(&[
-        "link",
-        "add",
+    plug(
+        &a.ns,
         "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "p1",
-        "netns",
-        lab.underlay.name(),
-    ]);
-    lab.underlay
-        .ip(&["link", "set", "p1", "master", "br0", "up"]);
-    a.ns.ip(&["addr", "add", &format!("{}/24", a.ip), "dev", "eth0"]);
-    a.ns.ip(&["link", "set", "eth0", "up"]);
+        &lab.underlay,
+        &host_port(1),
+        "br0",
+        &format!("{}/24", a.ip),
+    );
     let new_index = link(a, "eth0").expect("the new eth0").index;
     assert_ne!(new_index, old_index, "the kernel reused the index");
 
@@ -173,7 +161,8 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
     let took = recovered(changed, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // A pass begun after the recovery found nothing more to change: the lease stays.
+    a.wait_next_reconcile("after the NIC came back");
     let totals = pinger.finish();
     eprintln!(
         "NIC re-created: traffic back after {took:?}; {} of {} pings lost",
@@ -191,7 +180,7 @@ fn a_recreated_nic_gets_the_device_back_and_peers_see_nothing() {
 fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
     let mut lab = Lab::new(2, VXLAN_CONFIG);
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     let a = &lab.hosts[0];
     assert_eq!(link(a, VXLAN_DEVICE).expect("the device").mtu, 1450);
     let lease_before = lease_of(&lab, a);
@@ -206,7 +195,8 @@ fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
     recovered(changed, "subnet.env's FLANNEL_MTU follows", a, || {
         std::fs::read_to_string(&a.subnet_file).is_ok_and(|t| t.contains("FLANNEL_MTU=1350\n"))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // A pass begun after the change found nothing more to change: the lease stays.
+    a.wait_next_reconcile("after the MTU change");
     pinger
         .finish()
         .assert_no_loss("while the external MTU changed", 20);
@@ -218,24 +208,16 @@ fn an_mtu_change_reaches_the_device_and_subnet_env_without_loss() {
 /// route there through the router).
 fn second_nic(lab: &Lab, i: usize, ip: &str) {
     let h = &lab.hosts[i];
-    let port = format!("q{}", i + 1);
     h.ns.ip(&["route", "del", FAR_SEGMENT]);
-    h.ns.ip(&[
-        "link",
-        "add",
+    let port = format!("q{}", i + 1);
+    plug(
+        &h.ns,
         "eth1",
-        "type",
-        "veth",
-        "peer",
-        "name",
+        &lab.underlay,
         &port,
-        "netns",
-        lab.underlay.name(),
-    ]);
-    lab.underlay
-        .ip(&["link", "set", &port, "master", "br1", "up"]);
-    h.ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth1"]);
-    h.ns.ip(&["link", "set", "eth1", "up"]);
+        "br1",
+        &format!("{ip}/24"),
+    );
 }
 
 #[test]
@@ -251,7 +233,7 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
     second_nic(&lab, 2, pinned_eth1);
     lab.hosts[0].iface = None;
     lab.start_all(&[]);
-    with_containers(&lab);
+    lab.add_containers();
     assert_eq!(lease_of(&lab, &lab.hosts[0]).0, lab.hosts[0].ip);
     let pinned_before = lease_of(&lab, &lab.hosts[2]);
     let pinned_lower = link(&lab.hosts[2], "eth0").expect("eth0").index;
@@ -289,7 +271,18 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
     let took = recovered(moved, "containers reach each other again", a, || {
         pings_both_ways(a, b)
     });
-    std::thread::sleep(Duration::from_millis(500));
+
+    // The pinned host stays where it was told to be. It has followed host 1's lease (so no
+    // lease event is pending), and a full pass begun after that has chosen its interface
+    // again, as every full pass does.
+    let c = &lab.hosts[2];
+    recovered(
+        moved,
+        "the pinned host sends to host 1's new address",
+        c,
+        || c.fdb_for(&mac).contains(&format!("dst {moving_ip}")),
+    );
+    c.wait_next_reconcile("after the default route moved");
     let totals = pinger.finish();
     eprintln!(
         "default route moved: traffic back after {took:?}; {} of {} pings lost",
@@ -297,9 +290,6 @@ fn a_moved_default_route_moves_an_unpinned_host_and_never_a_pinned_one() {
         totals.transmitted
     );
     assert!(totals.received > 0, "no ping came back: {totals:?}");
-
-    // The pinned host stays where it was told to be.
-    let c = &lab.hosts[2];
     assert_eq!(lease_of(&lab, c), pinned_before);
     let pinned_ip: IpAddr = c.ip.parse().unwrap();
     assert_eq!(

@@ -4,17 +4,15 @@
 //! lease parts the datapath refuses are refused by `weftctl` and the probes too, and the
 //! WireGuard PSK is shown only when asked for.
 
-mod common;
-
 use std::time::Duration;
 
-use common::etcd::Etcd;
-use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG};
-use common::lab6::DUAL_CONFIG;
-use common::wg::{wg_lab, WG_CONFIG, WG_DEVICE};
 use serde_json::Value;
-
-const SUBNETS: &str = "/coreos.com/network/subnets";
+use testkit::etcd::Etcd;
+use testkit::lab::{Host, Lab, VXLAN_CONFIG};
+use testkit::lab6::DUAL_CONFIG;
+use testkit::leases::SUBNETS_PREFIX;
+use testkit::wait::wait_for;
+use testkit::wg::{wg_lab, WG_CONFIG, WG_DEVICE};
 
 /// The status record of the hostile-input report: a window title, a cleared screen and a
 /// forged line.
@@ -51,7 +49,7 @@ fn values_from_etcd_reach_the_terminal_escaped_and_json_exact() {
         FORGED_RECORD,
     );
     lab.etcd.put(
-        &format!("{SUBNETS}/198.19.150.0-24"),
+        &format!("{SUBNETS_PREFIX}198.19.150.0-24"),
         r#"{"PublicIP":"198.18.0.70","PublicIPv6":null,"BackendType":"vx\u001b[2J\r\nlan","BackendData":{"VNI":1,"VtepMAC":"\u009b2J\u202e"}}"#,
     );
     let h = &lab.hosts[0];
@@ -125,11 +123,7 @@ fn forged_identity_is_refused_once(
     h.assert_repair_counted(before, "the drift made by hand");
     // The pass that repaired it would have "repaired" the forged lease too; so would the
     // next full pass (the lab resyncs every 5 s).
-    let runs = h.metric("weft_reconcile_runs_total").unwrap();
-    let next = wait_for(Duration::from_secs(10), || {
-        (h.metric("weft_reconcile_runs_total").unwrap() > runs + 1.0).then_some(())
-    });
-    assert!(next.is_some(), "no further reconciliation:\n{}", h.logs());
+    h.wait_next_reconcile("after the repair");
     assert_eq!(
         h.repairs(),
         before + 1.0,
@@ -147,7 +141,7 @@ fn a_forged_vxlan_lease_with_this_hosts_mac_is_refused_and_never_programmed() {
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
     let mac = h1.vtep_mac();
     lab.etcd.put(
-        &format!("{SUBNETS}/198.19.181.0-24"),
+        &format!("{SUBNETS_PREFIX}198.19.181.0-24"),
         &format!(
             r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
             h2.ip,
@@ -174,7 +168,7 @@ fn a_forged_wireguard_lease_with_this_hosts_key_is_refused_and_never_repaired() 
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
     let key = h1.wg_public_key(WG_DEVICE);
     lab.etcd.put(
-        &format!("{SUBNETS}/198.19.181.0-24"),
+        &format!("{SUBNETS_PREFIX}198.19.181.0-24"),
         &format!(
             r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}}}}"#,
             h2.ip
@@ -225,7 +219,7 @@ fn ipv6_lease_parts_the_datapath_refuses_are_refused_by_weftctl_and_the_probes()
         .enumerate()
     {
         lab.etcd.put(
-            &format!("{SUBNETS}/{key}"),
+            &format!("{SUBNETS_PREFIX}{key}"),
             &format!(
                 r#"{{"PublicIP":"198.18.0.{n}","PublicIPv6":"2001:db8::{n}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{n}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:01:{n}"}}}}"#,
                 n = 70 + i
@@ -275,18 +269,13 @@ fn the_psk_is_shown_only_when_asked_for_and_never_echoed_in_an_error() {
     const PSK: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
     let etcd = Etcd::new();
     let weftctl = |args: &[&str], stdin: &str| {
-        use std::io::Write as _;
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
-            .arg("--etcd-endpoints")
-            .arg(etcd.client_url())
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("running weftctl");
-        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        c.wait_with_output().unwrap()
+        testkit::cmd::with_stdin(
+            std::process::Command::new(env!("CARGO_BIN_EXE_weftctl"))
+                .arg("--etcd-endpoints")
+                .arg(etcd.client_url())
+                .args(args),
+            stdin.as_bytes(),
+        )
     };
     let cfg =
         format!(r#"{{"Network":"198.19.0.0/16","Backend":{{"Type":"wireguard","PSK":"{PSK}"}}}}"#);

@@ -2,16 +2,15 @@
 //! lab host against a real etcd: status codes, content types, HEAD, 404, 405, an exposition
 //! that parses, a reconcile histogram that counts, and clients that stall or send garbage.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, HEALTHZ_PORT, VXLAN_CONFIG};
+use testkit::lab::{Host, Lab, HEALTHZ_PORT, VXLAN_CONFIG};
+use testkit::leases::CONFIG_KEY;
+use testkit::wait::wait_for;
 
-const CONFIG_KEY: &str = "/coreos.com/network/config";
 /// What Prometheus sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str =
     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";

@@ -1,44 +1,26 @@
 //! Lease acquisition against a real etcd: concurrency, reuse after a restart, reservations,
 //! exhaustion and flannel's value format.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::etcd::Etcd;
 use ipnet::Ipv4Net;
-use weft::config::NetworkConfig;
+use testkit::etcd::{with_config, Etcd};
+use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::lease::LeaseAttrs;
 use weft::store::StoreError;
 use weft::subnet_env::SubnetEnv;
 
 const HOUR: Duration = Duration::from_secs(3600);
-const PREFIX: &str = "/coreos.com/network/subnets/";
-
-fn host(i: u8) -> LeaseAttrs {
-    weft::backend::vxlan::lease_attrs(
-        Ipv4Addr::new(198, 18, 1, i),
-        1,
-        &format!("0e:2a:00:00:00:{i:02x}"),
-    )
-}
-
-async fn setup(cfg: &str) -> (Etcd, weft::store::EtcdStore, NetworkConfig) {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(cfg).await.expect("storing the config");
-    let cfg = store.get_config().await.unwrap().expect("config present");
-    (etcd, store, cfg)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_hosts_get_distinct_subnets_in_range() {
     // 63 usable /26 subnets for 50 hosts: plenty of lost races to retry.
-    let (etcd, _store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/20", "SubnetLen": 26, "Backend": {"Type": "vxlan"}}"#)
-            .await;
+    let (etcd, _store, cfg) = with_config(
+        r#"{"Network": "198.19.0.0/20", "SubnetLen": 26, "Backend": {"Type": "vxlan"}}"#,
+    )
+    .await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 1..=50u8 {
         let opts = etcd.options();
@@ -46,7 +28,7 @@ async fn fifty_concurrent_hosts_get_distinct_subnets_in_range() {
         tasks.spawn(async move {
             let store = weft::store::EtcdStore::connect(&opts).await.unwrap();
             let lease = store
-                .acquire_lease(&cfg, &host(i), None, HOUR)
+                .acquire_lease(&cfg, &vxlan_host(1, i), None, HOUR)
                 .await
                 .unwrap_or_else(|e| panic!("host {i}: {e}"));
             (i, lease)
@@ -81,27 +63,30 @@ async fn fifty_concurrent_hosts_get_distinct_subnets_in_range() {
 #[tokio::test]
 async fn restarted_host_gets_its_subnet_back_by_public_ip() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 1), None, HOUR)
         .await
         .unwrap();
     let b = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 2), None, HOUR)
         .await
         .unwrap();
     assert_ne!(a.subnet, b.subnet);
 
     // Host 1 restarts with a new VTEP MAC and no subnet.env.
-    let new_attrs = weft::backend::vxlan::lease_attrs(host(1).public_ip, 1, "0e:2a:00:00:01:01");
+    let new_attrs =
+        weft::backend::vxlan::lease_attrs(vxlan_host(1, 1).public_ip, 1, "0e:2a:00:00:0f:01");
     let again = store
         .acquire_lease(&cfg, &new_attrs, None, HOUR)
         .await
         .unwrap();
     assert_eq!(again.subnet, a.subnet);
     assert_eq!(again.attrs, new_attrs);
-    let stored = etcd.get(&format!("{PREFIX}{}", a.key_name())).unwrap();
-    assert!(stored.contains("0e:2a:00:00:01:01"), "{stored}");
+    let stored = etcd
+        .get(&format!("{SUBNETS_PREFIX}{}", a.key_name()))
+        .unwrap();
+    assert!(stored.contains("0e:2a:00:00:0f:01"), "{stored}");
     assert_eq!(
         etcd.lease_count().await,
         2,
@@ -112,9 +97,9 @@ async fn restarted_host_gets_its_subnet_back_by_public_ip() {
 #[tokio::test]
 async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 1), None, HOUR)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -125,11 +110,11 @@ async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
 
     // The key is gone (revoked while the host was down); subnet.env remembers.
     assert!(store.revoke_lease(a.subnet).await.unwrap());
-    assert_eq!(etcd.get(&format!("{PREFIX}{}", a.key_name())), None);
+    assert_eq!(etcd.get(&format!("{SUBNETS_PREFIX}{}", a.key_name())), None);
     let prev = SubnetEnv::read(&env_path).unwrap().subnet_network();
     assert_eq!(prev, Some(a.subnet));
     let back = store
-        .acquire_lease(&cfg, &host(1), prev, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 1), prev, HOUR)
         .await
         .unwrap();
     assert_eq!(back.subnet, a.subnet);
@@ -137,12 +122,12 @@ async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
     // If someone else took it meanwhile, the host gets another subnet.
     assert!(store.revoke_lease(a.subnet).await.unwrap());
     let thief = store
-        .acquire_lease(&cfg, &host(2), Some(a.subnet), HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 2), Some(a.subnet), HOUR)
         .await
         .unwrap();
     assert_eq!(thief.subnet, a.subnet);
     let other = store
-        .acquire_lease(&cfg, &host(1), prev, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 1), prev, HOUR)
         .await
         .unwrap();
     assert_ne!(other.subnet, a.subnet);
@@ -152,12 +137,12 @@ async fn restarted_host_gets_its_subnet_back_from_subnet_env() {
 async fn no_free_subnet_names_the_range_and_count() {
     // A /26 gives /28 subnets: the first is never handed out, three remain.
     let (_etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "host-gw"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "host-gw"}}"#).await;
     for i in 1..=3 {
         store
             .acquire_lease(
                 &cfg,
-                &weft::backend::hostgw::lease_attrs(host(i).public_ip),
+                &weft::backend::hostgw::lease_attrs(vxlan_host(1, i).public_ip),
                 None,
                 HOUR,
             )
@@ -167,7 +152,7 @@ async fn no_free_subnet_names_the_range_and_count() {
     let err = store
         .acquire_lease(
             &cfg,
-            &weft::backend::hostgw::lease_attrs(host(4).public_ip),
+            &weft::backend::hostgw::lease_attrs(vxlan_host(1, 4).public_ip),
             None,
             HOUR,
         )
@@ -184,13 +169,13 @@ async fn no_free_subnet_names_the_range_and_count() {
 #[tokio::test]
 async fn reservation_is_honoured_and_never_given_to_another_host() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/26", "Backend": {"Type": "vxlan"}}"#).await;
     let reserved: Ipv4Net = "198.19.0.32/28".parse().unwrap();
     store
-        .add_reservation(reserved, host(9).public_ip, None)
+        .add_reservation(reserved, vxlan_host(1, 9).public_ip, None)
         .await
         .unwrap();
-    let key = format!("{PREFIX}198.19.0.32-28");
+    let key = format!("{SUBNETS_PREFIX}198.19.0.32-28");
     assert_eq!(
         etcd.key_lease(&key),
         Some(0),
@@ -200,29 +185,29 @@ async fn reservation_is_honoured_and_never_given_to_another_host() {
     // Two other hosts fill the rest; one asking for the reserved subnet by subnet.env is
     // refused it, and a third finds no room.
     let a = store
-        .acquire_lease(&cfg, &host(1), Some(reserved), HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 1), Some(reserved), HOUR)
         .await
         .unwrap();
     let b = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 2), None, HOUR)
         .await
         .unwrap();
     assert!(a.subnet != reserved && b.subnet != reserved);
     let err = store
-        .acquire_lease(&cfg, &host(3), Some(reserved), HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 3), Some(reserved), HOUR)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NoFreeSubnet { .. }), "{err}");
 
     // The host it names gets it, and it stays a reservation with the host's attributes.
     let mine = store
-        .acquire_lease(&cfg, &host(9), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 9), None, HOUR)
         .await
         .unwrap();
     assert_eq!(mine.subnet, reserved);
     assert!(mine.is_reservation() && mine.expiration.is_none());
     assert_eq!(etcd.key_lease(&key), Some(0));
-    assert_eq!(etcd.get(&key).unwrap(), host(9).to_json());
+    assert_eq!(etcd.get(&key).unwrap(), vxlan_host(1, 9).to_json());
     let renewed = store.renew_lease(&mine, HOUR).await.unwrap();
     assert!(renewed.is_reservation());
     assert_eq!(
@@ -244,10 +229,10 @@ async fn reservation_is_honoured_and_never_given_to_another_host() {
 #[tokio::test]
 async fn flannel_lease_is_read_and_weft_writes_flannel_format() {
     let (etcd, store, cfg) =
-        setup(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
+        with_config(r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#).await;
     // flannel's value byte for byte (FLANNEL-COMPAT.md), with test addresses.
     let flannel = r#"{"PublicIP":"198.18.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
-    etcd.put(&format!("{PREFIX}198.19.52.0-24"), flannel);
+    etcd.put(&format!("{SUBNETS_PREFIX}198.19.52.0-24"), flannel);
     let list = store.list_leases(Some(&cfg)).await.unwrap();
     assert!(list.skipped.is_empty(), "{:?}", list.skipped);
     let l = &list.leases[0];
@@ -275,7 +260,9 @@ async fn flannel_lease_is_read_and_weft_writes_flannel_format() {
         )
         .await
         .unwrap();
-    let raw = etcd.get(&format!("{PREFIX}{}", mine.key_name())).unwrap();
+    let raw = etcd
+        .get(&format!("{SUBNETS_PREFIX}{}", mine.key_name()))
+        .unwrap();
     assert_eq!(
         raw,
         r#"{"PublicIP":"198.18.64.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#
@@ -323,11 +310,22 @@ async fn missing_config_is_waited_for() {
     let etcd = Etcd::new();
     let store = etcd.store().await;
     assert!(store.get_config().await.unwrap().is_none());
+    // Nothing else reads this etcd now: the reads etcd serves are the waiter's. Two of them
+    // mean it found no config, waited, looked again and found none again.
+    let reads = etcd.metric("etcd_mvcc_range_total");
     let waiter = tokio::spawn({
         let store = store.clone();
         async move { store.wait_for_config().await }
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while etcd.metric("etcd_mvcc_range_total") < reads + 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiter read etcd {} times in 10 s",
+            etcd.metric("etcd_mvcc_range_total") - reads
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!waiter.is_finished(), "returned before a config existed");
     etcd.put(
         "/coreos.com/network/config",
@@ -364,15 +362,15 @@ async fn unreachable_etcd_fails_fast_naming_the_endpoint() {
 fn dual_host(i: u8) -> LeaseAttrs {
     LeaseAttrs {
         public_ipv6: Some(format!("2001:db8::{i:x}").parse().unwrap()),
-        backend_v6_data: host(i).backend_data,
-        ..host(i)
+        backend_v6_data: vxlan_host(1, i).backend_data,
+        ..vxlan_host(1, i)
     }
 }
 
 #[tokio::test]
 async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_nothing_behind() {
     // Three usable /126 IPv6 subnets (the first is never handed out), plenty of IPv4 ones.
-    let (etcd, store, cfg) = setup(
+    let (etcd, store, cfg) = with_config(
         r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/124", "IPv6SubnetLen": 126, "Backend": {"Type": "vxlan"}}"#,
     )
     .await;
@@ -386,7 +384,7 @@ async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_no
         assert!(cfg.subnet6_in_range(s6), "{s6}");
         assert_ne!(s6, "2001:db8:100::/126".parse().unwrap());
         assert!(seen.insert(s6), "{s6} handed out twice");
-        let key = format!("{PREFIX}{}", l.key_name());
+        let key = format!("{SUBNETS_PREFIX}{}", l.key_name());
         assert!(key.contains('&'), "{key}");
         assert!(etcd.get(&key).is_some(), "{key}");
     }
@@ -408,7 +406,7 @@ async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_no
 
     // An IPv4-only host still gets a lease: the IPv6 pool is not its concern.
     let v4 = store
-        .acquire_lease(&cfg, &host(5), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(1, 5), None, HOUR)
         .await
         .unwrap();
     assert_eq!(v4.subnet6, None);
@@ -418,7 +416,7 @@ async fn ipv6_subnets_are_distinct_in_range_and_an_exhausted_ipv6_pool_leaves_no
 async fn thirty_concurrent_dual_stack_hosts_get_distinct_ipv6_subnets() {
     // Thirty hosts each picking at random among the first 100 free IPv6 subnets: without a
     // check, two of them would almost surely pick the same one under different keys.
-    let (etcd, _store, cfg) = setup(
+    let (etcd, _store, cfg) = with_config(
         r#"{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "2001:db8:100::/56", "Backend": {"Type": "vxlan"}}"#,
     )
     .await;

@@ -1,35 +1,17 @@
 //! The lease watch against a real etcd: typed events, compaction, outages, bad leases.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::etcd::Etcd;
+use testkit::etcd::with_config;
+use testkit::leases::{vxlan_host, SUBNETS_PREFIX};
 use weft::config::NetworkConfig;
-use weft::lease::{Lease, LeaseAttrs, LeaseEvent};
+use weft::lease::{Lease, LeaseEvent};
 use weft::store::{EtcdStore, LeaseWatcher};
 
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
-const PREFIX: &str = "/coreos.com/network/subnets/";
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn host(i: u8) -> LeaseAttrs {
-    weft::backend::vxlan::lease_attrs(
-        Ipv4Addr::new(198, 18, 3, i),
-        1,
-        &format!("0e:2a:00:00:03:{i:02x}"),
-    )
-}
-
-async fn setup() -> (Etcd, EtcdStore, NetworkConfig) {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
-    (etcd, store, cfg)
-}
 
 async fn next(w: &mut LeaseWatcher, within: Duration) -> Vec<LeaseEvent> {
     tokio::time::timeout(within, w.next())
@@ -38,11 +20,26 @@ async fn next(w: &mut LeaseWatcher, within: Duration) -> Vec<LeaseEvent> {
         .expect("watch failed")
 }
 
-/// Asserts that nothing more arrives for a moment.
-async fn quiet(w: &mut LeaseWatcher) {
-    if let Ok(r) = tokio::time::timeout(Duration::from_millis(1500), w.next()).await {
-        panic!("unexpected events: {r:?}");
-    }
+/// Watches the leases as weftd and weftctl do: a listing, then a watch from its revision.
+async fn watch(store: &EtcdStore, cfg: &NetworkConfig) -> LeaseWatcher {
+    let list = store.list_leases(Some(cfg)).await.unwrap();
+    store.watch_from_list(Some(cfg.clone()), &list)
+}
+
+/// Asserts that nothing more arrived: a lease acquired now is a fence, and since the watch
+/// delivers in order, the next batch must be exactly the fence's event. (A quiet moment
+/// would pass whether the watcher had caught up or not.)
+async fn quiet(w: &mut LeaseWatcher, store: &EtcdStore, cfg: &NetworkConfig) {
+    let fence = store
+        .acquire_lease(cfg, &vxlan_host(3, 250), None, HOUR)
+        .await
+        .unwrap();
+    let got = next(w, Duration::from_secs(10)).await;
+    assert_eq!(
+        summary(&got),
+        vec![ev("added", &fence)],
+        "events before the fence: {got:?}"
+    );
 }
 
 fn summary(events: &[LeaseEvent]) -> Vec<(String, String, Ipv4Addr)> {
@@ -66,22 +63,22 @@ fn ev(kind: &str, l: &Lease) -> (String, String, Ipv4Addr) {
 
 #[tokio::test]
 async fn add_remove_and_expiry_arrive_as_typed_events() {
-    let (_etcd, store, cfg) = setup().await;
+    let (_etcd, store, cfg) = with_config(CFG).await;
     let list = store.list_leases(Some(&cfg)).await.unwrap();
-    let mut w = store.watch_leases(Some(cfg.clone()), list.revision);
+    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
 
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let got = next(&mut w, Duration::from_secs(10)).await;
     assert_eq!(got, vec![LeaseEvent::Added(got[0].lease().clone())]);
-    assert_eq!(got[0].lease().attrs, host(1));
+    assert_eq!(got[0].lease().attrs, vxlan_host(3, 1));
     assert_eq!(got[0].lease().subnet, a.subnet);
     assert!(got[0].lease().expiration.is_some());
 
     let b = store
-        .acquire_lease(&cfg, &host(2), None, Duration::from_secs(3))
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, Duration::from_secs(3))
         .await
         .unwrap();
     assert_eq!(
@@ -94,42 +91,46 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
     assert_eq!(summary(&got), vec![ev("removed", &a)]);
     assert_eq!(
         got[0].lease().attrs,
-        host(1),
+        vxlan_host(3, 1),
         "removal carries the attributes"
     );
 
     // Nobody renews b: etcd expires it.
     let got = next(&mut w, Duration::from_secs(15)).await;
     assert_eq!(summary(&got), vec![ev("expired", &b)]);
-    assert_eq!(got[0].lease().attrs, host(2));
+    assert_eq!(got[0].lease().attrs, vxlan_host(3, 2));
     assert!(w.revision() > list.revision);
 }
 
 #[tokio::test]
 async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
-    let (_etcd, store, cfg) = setup().await;
+    let (_etcd, store, cfg) = with_config(CFG).await;
     // Long enough that the revocation lands seconds before any expiry the watcher could
     // believe in, even when a loaded machine delays its TTL refresh.
     let ttl = Duration::from_secs(8);
+    let mut w = watch(&store, &cfg).await;
     let mut a = store
-        .acquire_lease(&cfg, &host(1), None, ttl)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, ttl)
         .await
         .unwrap();
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
     assert_eq!(
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("added", &a)]
     );
-    // Keep renewing past the first TTL while the watcher sits idle.
+    // Keep renewing (the pace is what is tested: six renewals a second apart) while the
+    // watcher waits: nothing may arrive until the renewals are done.
     let renewer = async {
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             a = store.renew_lease(&a, ttl).await.unwrap();
         }
     };
-    let idle = tokio::time::timeout(Duration::from_secs(6), w.next());
-    let (_, idle) = tokio::join!(renewer, idle);
-    assert!(idle.is_err(), "renewals are not events: {idle:?}");
+    let early = tokio::select! {
+        _ = renewer => None,
+        got = w.next() => Some(got),
+    };
+    assert!(early.is_none(), "renewals are not events: {early:?}");
+    // The revocation is the next event: nothing was queued behind the renewals either.
     store.revoke_lease(a.subnet).await.unwrap();
     assert_eq!(
         summary(&next(&mut w, Duration::from_secs(10)).await),
@@ -139,17 +140,17 @@ async fn renewed_lease_that_is_revoked_later_counts_as_removed() {
 
 #[tokio::test]
 async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
-    let (etcd, store, cfg) = setup().await;
+    let (etcd, store, cfg) = with_config(CFG).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let b = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
         .await
         .unwrap();
     let c = store
-        .acquire_lease(&cfg, &host(3), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 3), None, HOUR)
         .await
         .unwrap();
     let list = store.list_leases(Some(&cfg)).await.unwrap();
@@ -157,7 +158,8 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
 
     // Changes the watcher has not seen, then their history is compacted away.
     store.revoke_lease(a.subnet).await.unwrap();
-    let b2_attrs = weft::backend::vxlan::lease_attrs(host(2).public_ip, 1, "0e:2a:00:00:0b:0b");
+    let b2_attrs =
+        weft::backend::vxlan::lease_attrs(vxlan_host(3, 2).public_ip, 1, "0e:2a:00:00:0b:0b");
     let b2 = store.update_lease_attrs(&b, &b2_attrs).await.unwrap();
     // d takes a subnet none of the others ever had: one that a left behind would be the
     // same key, and its replacement is then one "added" with no "removed".
@@ -170,7 +172,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         .find(|s| ![a.subnet, b.subnet, c.subnet].contains(s))
         .unwrap();
     let d = store
-        .acquire_lease(&cfg, &host(4), Some(fresh), HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 4), Some(fresh), HOUR)
         .await
         .unwrap();
     let compacted = etcd.compact(None);
@@ -190,16 +192,16 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("removed", &d)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
     let _ = c;
 }
 
 #[tokio::test]
 async fn an_etcd_restart_loses_and_repeats_nothing() {
-    let (mut etcd, store, cfg) = setup().await;
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
+    let (mut etcd, store, cfg) = with_config(CFG).await;
+    let mut w = watch(&store, &cfg).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let first = next(&mut w, Duration::from_secs(10)).await;
@@ -214,7 +216,10 @@ async fn an_etcd_restart_loses_and_repeats_nothing() {
     etcd.start();
     let mut b = None;
     for _ in 0..50 {
-        match store.acquire_lease(&cfg, &host(2), None, HOUR).await {
+        match store
+            .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
+            .await
+        {
             Ok(l) => {
                 b = Some(l);
                 break;
@@ -231,7 +236,7 @@ async fn an_etcd_restart_loses_and_repeats_nothing() {
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("removed", &b)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
 }
 
 #[derive(Clone, Default)]
@@ -263,21 +268,21 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
             .with_ansi(false)
             .finish(),
     );
-    let (etcd, store, cfg) = setup().await;
+    let (etcd, store, cfg) = with_config(CFG).await;
     let good = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     // Subnets for the bad values that the random acquisition above did not hand out.
     let free: Vec<String> = ["198.19.9.0", "198.19.10.0", "198.19.11.0"]
         .into_iter()
         .filter(|s| good.subnet.network().to_string() != *s)
-        .map(|s| format!("{PREFIX}{s}-24"))
+        .map(|s| format!("{SUBNETS_PREFIX}{s}-24"))
         .collect();
     let broken = free[0].clone();
-    let outside = format!("{PREFIX}198.18.200.0-24");
+    let outside = format!("{SUBNETS_PREFIX}198.18.200.0-24");
     etcd.put(&broken, "{not json");
-    etcd.put(&outside, &host(7).to_json());
+    etcd.put(&outside, &vxlan_host(3, 7).to_json());
 
     let list = store.list_leases(Some(&cfg)).await.unwrap();
     assert_eq!(list.leases.len(), 1);
@@ -289,30 +294,36 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
         .iter()
         .any(|s| s.key == outside && s.reason.contains("198.19.0.0/16")));
 
-    let mut w = store.watch_leases(Some(cfg.clone()), 0);
-    assert_eq!(
-        summary(&next(&mut w, Duration::from_secs(10)).await),
-        vec![ev("added", &good)]
-    );
+    // The watch starts from that listing, as weftd's does: it knows the good lease, and
+    // the bad keys only as skipped ones, never as leases.
+    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
+    let known: Vec<_> = w.leases().iter().map(|l| ev("known", l)).collect();
+    assert_eq!(known, vec![ev("known", &good)]);
+    let mut skipped: Vec<String> = w.skipped_keys().borrow().keys().cloned().collect();
+    skipped.sort();
+    assert_eq!(skipped, vec![outside.clone(), broken.clone()]);
     // More bad values do not stop the watch.
     etcd.put(&free[1], r#"{"PublicIP": 5}"#);
-    etcd.put(&format!("{PREFIX}not-a-subnet"), &host(8).to_json());
+    etcd.put(
+        &format!("{SUBNETS_PREFIX}not-a-subnet"),
+        &vxlan_host(3, 8).to_json(),
+    );
     let second = store
-        .acquire_lease(&cfg, &host(2), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(3, 2), None, HOUR)
         .await
         .unwrap();
     assert_eq!(
         summary(&next(&mut w, Duration::from_secs(10)).await),
         vec![ev("added", &second)]
     );
-    quiet(&mut w).await;
+    quiet(&mut w, &store, &cfg).await;
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     for key in [
         broken.as_str(),
         outside.as_str(),
         &free[1],
-        &format!("{PREFIX}not-a-subnet"),
+        &format!("{SUBNETS_PREFIX}not-a-subnet"),
     ] {
         let n = text
             .lines()

@@ -3,13 +3,11 @@
 //! operator gives it: start, restart, a killed daemon, a reboot, an upgrade, a purge, a wrong
 //! etcd endpoint. One lab, one test: booting it is the expensive part.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::wait_for;
-use common::machines::{package, Machines};
-use common::wg::{WG_CONFIG, WG_DEVICE};
+use testkit::machines::{package, Machines};
+use testkit::wait::wait_for;
+use testkit::wg::{WG_CONFIG, WG_DEVICE};
 
 /// weftd's capabilities as the unit grants them: CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
 const UNIT_CAPS: &str = "0000000000003000";
@@ -128,6 +126,27 @@ fn wireguard_from_its_package_on_systemd_machines() {
     nothing_left(&prefix);
 }
 
+/// The IPv4 address of device `dev` in machine `n` (a backend device's `<subnet ip>/32`).
+fn device_ipv4(lab: &Machines, n: usize, dev: &str) -> std::net::Ipv4Addr {
+    lab.sh(n, &format!("ip -4 -o addr show dev {dev}"))
+        .split_whitespace()
+        .nth(3)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{dev}'s address in machine {n}"))
+}
+
+/// Reboots machine `n` and waits until weftd runs there again, saying how long that took.
+fn reboot(lab: &Machines, n: usize, what: &str) {
+    let rebooted = Instant::now();
+    lab.reboot(n);
+    lab.wait_weftd_running(n, Duration::from_secs(20));
+    eprintln!(
+        "{what}: machine {n} rebooted and ready in {:?}",
+        rebooted.elapsed()
+    );
+}
+
 /// `wg show flannel-wg public-key` in machine `n`.
 fn wg_public_key(lab: &Machines, n: usize) -> String {
     let key = lab
@@ -167,19 +186,22 @@ fn wireguard_restart_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], k
     let wg_pid = (!kernel).then(|| wireguard_go_pid(lab, 1));
     let old_pid = lab.weftd_property(1, "MainPID");
     let old_uid = process_uid(lab, 1, &old_pid);
-    let there = lab.start_pinging(2, "c1", ctr[1], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[1]);
-    std::thread::sleep(Duration::from_secs(1));
-    let restarted = Instant::now();
-    lab.sh(1, "systemctl restart weftd");
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    eprintln!(
-        "machines (wireguard): weftd restarted and ready in {:?}",
-        restarted.elapsed()
+    across(
+        lab,
+        ctr,
+        (1, 2),
+        "a restart of weftd (wireguard)",
+        150,
+        || {
+            let restarted = Instant::now();
+            lab.sh(1, "systemctl restart weftd");
+            lab.wait_weftd_running(1, Duration::from_secs(10));
+            eprintln!(
+                "machines (wireguard): weftd restarted and ready in {:?}",
+                restarted.elapsed()
+            );
+        },
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let there = there.finish();
-    let back = back.finish();
     let new_pid = lab.weftd_property(1, "MainPID");
     assert_ne!(new_pid, old_pid, "weftd was not restarted");
     assert_eq!(
@@ -195,8 +217,29 @@ fn wireguard_restart_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], k
             lab.journal(1)
         );
     }
-    there.assert_no_loss("machine 2 -> 1 across a restart of weftd (wireguard)", 150);
-    back.assert_no_loss("machine 1 -> 2 across a restart of weftd (wireguard)", 150);
+}
+
+/// Containers in machines `a` and `b` ping each other every 10 ms from a second before `op`
+/// until a second after it (pacing: the pings must cover it); neither way may lose one, and
+/// at least `at_least` must go each way.
+fn across(
+    lab: &Machines,
+    ctr: &[std::net::Ipv4Addr],
+    (a, b): (usize, usize),
+    what: &str,
+    at_least: u64,
+    op: impl FnOnce(),
+) {
+    let there = lab.start_pinging(b, "c1", ctr[b - 1], ctr[a - 1]);
+    let back = lab.start_pinging(a, "c1", ctr[a - 1], ctr[b - 1]);
+    std::thread::sleep(Duration::from_secs(1));
+    op();
+    std::thread::sleep(Duration::from_secs(1));
+    there
+        .finish()
+        .assert_no_loss(&format!("machine {b} -> {a} across {what}"), at_least);
+    back.finish()
+        .assert_no_loss(&format!("machine {a} -> {b} across {what}"), at_least);
 }
 
 /// The key file is weftd's alone (0400 in its state directory) and machine 2 keeps its public
@@ -211,21 +254,9 @@ fn wireguard_key_survives_reboot(lab: &Machines, public: &[String]) {
         format!("400 {uid}"),
         "machine 2: {key_file}'s mode and owner (weftd's UID {uid})"
     );
-    let address = lab
-        .sh(2, &format!("ip -4 -o addr show dev {WG_DEVICE}"))
-        .split_whitespace()
-        .nth(3)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
-        .expect("flannel-wg's address in machine 2");
+    let address = device_ipv4(lab, 2, WG_DEVICE);
 
-    let rebooted = Instant::now();
-    lab.reboot(2);
-    lab.wait_weftd_running(2, Duration::from_secs(20));
-    eprintln!(
-        "machines (wireguard): machine 2 rebooted and ready in {:?}",
-        rebooted.elapsed()
-    );
+    reboot(lab, 2, "machines (wireguard)");
     assert_eq!(stat(2), before, "machine 2: {key_file} after the reboot");
     assert_eq!(
         wg_public_key(lab, 2),
@@ -321,35 +352,28 @@ fn journal_and_weftctl(lab: &Machines) {
 /// `systemctl restart weftd`, then `systemctl kill -s KILL weftd` (systemd starts it again):
 /// containers on two machines ping each other throughout and lose nothing.
 fn restart_and_kill_lose_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
-    let there = lab.start_pinging(2, "c1", ctr[1], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[1]);
-    std::thread::sleep(Duration::from_secs(1));
-    lab.sh(1, "systemctl restart weftd");
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    let restarts = lab.weftd_property(1, "NRestarts");
-    let old_pid = lab.weftd_property(1, "MainPID");
-    lab.sh(1, "systemctl kill -s KILL weftd");
-    let back_up = wait_for(Duration::from_secs(15), || {
-        let pid = lab.weftd_property(1, "MainPID");
-        let state = lab.weftd_property(1, "SubState");
-        (pid != "0" && pid != old_pid && state == "running").then_some(())
+    across(lab, ctr, (1, 2), "restart and SIGKILL", 200, || {
+        lab.sh(1, "systemctl restart weftd");
+        lab.wait_weftd_running(1, Duration::from_secs(10));
+        let restarts = lab.weftd_property(1, "NRestarts");
+        let old_pid = lab.weftd_property(1, "MainPID");
+        lab.sh(1, "systemctl kill -s KILL weftd");
+        let back_up = wait_for(Duration::from_secs(15), || {
+            let pid = lab.weftd_property(1, "MainPID");
+            let state = lab.weftd_property(1, "SubState");
+            (pid != "0" && pid != old_pid && state == "running").then_some(())
+        });
+        assert!(
+            back_up.is_some(),
+            "systemd did not start weftd again after SIGKILL:\n{}",
+            lab.journal(1)
+        );
+        assert_ne!(
+            lab.weftd_property(1, "NRestarts"),
+            restarts,
+            "systemd counted no restart"
+        );
     });
-    assert!(
-        back_up.is_some(),
-        "systemd did not start weftd again after SIGKILL:\n{}",
-        lab.journal(1)
-    );
-    assert_ne!(
-        lab.weftd_property(1, "NRestarts"),
-        restarts,
-        "systemd counted no restart"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    there
-        .finish()
-        .assert_no_loss("machine 2 -> 1 across restart and SIGKILL", 200);
-    back.finish()
-        .assert_no_loss("machine 1 -> 2 across restart and SIGKILL", 200);
 }
 
 /// Machine 2 reboots: it comes back with the same subnet and VTEP MAC, weftd starts by
@@ -364,21 +388,9 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
             .count()
     };
     let before = [peer_lines(1), peer_lines(3)];
-    let vtep = lab
-        .sh(2, "ip -4 -o addr show dev flannel.1")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
-        .expect("flannel.1's address in machine 2");
+    let vtep = device_ipv4(lab, 2, "flannel.1");
 
-    let rebooted = Instant::now();
-    lab.reboot(2);
-    lab.wait_weftd_running(2, Duration::from_secs(20));
-    eprintln!(
-        "machines: machine 2 rebooted and ready in {:?}",
-        rebooted.elapsed()
-    );
+    reboot(lab, 2, "machines");
     assert_eq!(
         lab.sh(2, "cat /run/flannel/subnet.env"),
         subnet_env,
@@ -409,31 +421,24 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
 /// lost, and the newer weftd runs.
 fn upgrade_loses_nothing(lab: &Machines, ctr: &[std::net::Ipv4Addr], newer: &std::path::Path) {
     let inside = lab.copy_in(1, newer);
-    let there = lab.start_pinging(3, "c1", ctr[2], ctr[0]);
-    let back = lab.start_pinging(1, "c1", ctr[0], ctr[2]);
-    std::thread::sleep(Duration::from_secs(1));
-    let old_pid = lab.weftd_property(1, "MainPID");
-    lab.sh(
-        1,
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {inside}"),
-    );
-    lab.wait_weftd_running(1, Duration::from_secs(10));
-    let version = lab.sh(1, "dpkg-query -W -f='${Version}' weft");
-    assert!(
-        newer.to_string_lossy().contains(&format!("_{version}_")),
-        "installed version {version} is not the newer package's"
-    );
-    assert_ne!(
-        lab.weftd_property(1, "MainPID"),
-        old_pid,
-        "the upgrade did not restart weftd"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    there
-        .finish()
-        .assert_no_loss("machine 3 -> 1 across the upgrade", 100);
-    back.finish()
-        .assert_no_loss("machine 1 -> 3 across the upgrade", 100);
+    across(lab, ctr, (1, 3), "the upgrade", 100, || {
+        let old_pid = lab.weftd_property(1, "MainPID");
+        lab.sh(
+            1,
+            &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {inside}"),
+        );
+        lab.wait_weftd_running(1, Duration::from_secs(10));
+        let version = lab.sh(1, "dpkg-query -W -f='${Version}' weft");
+        assert!(
+            newer.to_string_lossy().contains(&format!("_{version}_")),
+            "installed version {version} is not the newer package's"
+        );
+        assert_ne!(
+            lab.weftd_property(1, "MainPID"),
+            old_pid,
+            "the upgrade did not restart weftd"
+        );
+    });
 }
 
 /// `apt-get purge weft` on machine 3: weftd stopped, every file of the package gone, the
@@ -486,17 +491,23 @@ fn wrong_endpoint_stays_activating(lab: &Machines) {
         2,
         &format!("sed -i 's|^WEFTD_ETCD_ENDPOINTS=.*|WEFTD_ETCD_ENDPOINTS={bad}|' /etc/default/weftd && systemctl restart --no-block weftd"),
     );
-    std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(lab.weftd_property(2, "ActiveState"), "activating");
-    let journal = lab.journal(2);
-    assert!(
+    // The new weftd has tried the endpoint and said so: only then does "still activating"
+    // mean it was never ready, rather than not yet started.
+    let named = wait_for(Duration::from_secs(20), || {
+        let journal = lab.journal(2);
         journal
             .lines()
             .rev()
             .take(20)
-            .any(|l| l.contains("198.18.0.99:2379")),
-        "the journal does not name the unreachable endpoint:\n{journal}"
+            .any(|l| l.contains("198.18.0.99:2379"))
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "the journal does not name the unreachable endpoint:\n{}",
+        lab.journal(2)
     );
+    assert_eq!(lab.weftd_property(2, "ActiveState"), "activating");
 }
 
 /// Nothing of the lab is left on this machine: namespaces, mounts, cgroups, processes.

@@ -3,56 +3,11 @@
 //! 10 ms in both directions. weftd adopts the device (same MAC), the lease (same subnet; flannel's
 //! etcd lease is swapped for weft's own, never leaked) and the routes: not one packet is lost.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use std::process::{Child, Command, Stdio};
-
-use common::lab::{make_flannel_device, Lab, VXLAN_CONFIG};
-
-/// `ping -i 0.01 -c COUNT` from `src` to `dst` inside `ns`, in the background.
-fn start_ping(ns: &str, src: &str, dst: &str, count: u32) -> Child {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-q",
-            "-i",
-            "0.01",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            "-I",
-            src,
-            dst,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running ping (apt-get install iputils-ping)")
-}
-
-/// (transmitted, received) from ping's summary line.
-fn ping_result(child: Child) -> (u32, u32) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no ping summary in {text:?} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let nums: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
+use testkit::lab::{make_flannel_device, Lab, VXLAN_CONFIG};
+use testkit::ping::Pinger;
+use testkit::wait::pace_until;
 
 #[test]
 fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
@@ -107,9 +62,7 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
         "flannel.1",
         "onlink",
     ]);
-    for h in &lab.hosts {
-        h.add_container();
-    }
+    lab.add_containers();
     let (c1, c2) = (lab.hosts[0].container_ip(), lab.hosts[1].container_ip());
     assert!(
         lab.hosts[0].ping_from_container(c2),
@@ -117,34 +70,29 @@ fn a_flannel_node_moves_to_weftd_without_losing_a_packet() {
     );
 
     // The move: flanneld is gone (nothing runs on host 1); weftd starts with the same flags.
+    // The pings run for 10 s (over 500 each way), from before the start to well past it.
+    let pinging = Instant::now();
     let pings = [
-        start_ping(
-            lab.hosts[0].ns.name(),
-            &c1.to_string(),
-            &c2.to_string(),
-            600,
-        ),
-        start_ping(
-            lab.hosts[1].ns.name(),
-            &c2.to_string(),
-            &c1.to_string(),
-            600,
-        ),
+        Pinger::in_netns(&lab.hosts[0].ns, c1, c2),
+        Pinger::in_netns(&lab.hosts[1].ns, c2, c1),
     ];
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     let h1 = &mut lab.hosts[0];
     h1.start(&[]);
     let env = h1.wait_ready();
-    for p in pings {
-        let (sent, got) = ping_result(p);
-        assert!(sent >= 500, "ping ran: {sent}");
-        assert_eq!(
-            sent,
-            got,
-            "packets lost while host 1 moved from flanneld to weftd:\n{}",
-            lab.hosts[0].logs()
+    let ready = h1.reconcile_mark();
+    pace_until(pinging + Duration::from_secs(10));
+    for (p, what) in pings
+        .into_iter()
+        .zip(["host 1 -> host 2", "host 2 -> host 1"])
+    {
+        p.finish().assert_no_loss(
+            &format!("{what} while host 1 moved from flanneld to weftd"),
+            500,
         );
     }
+    // A full pass begun after weftd was ready has looked at what it adopted.
+    lab.hosts[0].wait_reconciled_since(ready, "after the move");
 
     // weftd kept what flannel had: subnet, device MAC and routes; nothing was recreated.
     let h1 = &lab.hosts[0];

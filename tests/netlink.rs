@@ -2,14 +2,12 @@
 //! iproute2 builds some fixtures and cross-checks what weft wrote, the way an operator would
 //! look at a host.
 
-mod common;
-
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::netns::{veth_pair, Netns};
 use ipnet::IpNet;
+use testkit::netns::{veth_pair, Netns};
 use weft::netlink::*;
 
 fn nl(ns: &Netns) -> Netlink {
@@ -64,28 +62,37 @@ fn vxlan_host(ns: &Netns, n: &mut Netlink, local: &str) -> (Link, Link) {
     (under, vx)
 }
 
+/// A link kind the kernel may lack, as weftd meets it: a kernel WireGuard device, which the
+/// lab kernels cannot make (LAB.md) and others can.
 #[test]
-fn dummy_is_created_or_refused_with_a_clear_error() {
-    let ns = Netns::new("dummy");
+fn a_link_kind_the_kernel_may_lack_is_created_or_refused_with_a_clear_error() {
+    let ns = Netns::new("kind");
     let mut n = nl(&ns);
-    // The lab kernels are built without the dummy driver (LAB.md); others have it.
-    match n.create_dummy("dm0") {
+    match n.create_wireguard("wg0") {
         Ok(d) => {
-            assert_eq!(d.kind.as_deref(), Some("dummy"));
-            assert!(ns.ip(&["-d", "link", "show", "dm0"]).contains("dummy"));
-            assert!(n.create_dummy("dm0").unwrap_err().is_exists());
+            assert_eq!(d.kind.as_deref(), Some("wireguard"));
+            assert!(ns.ip(&["-d", "link", "show", "wg0"]).contains("wireguard"));
+            assert!(n.create_wireguard("wg0").unwrap_err().is_exists());
         }
         Err(e) => {
             assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
-            assert!(e.to_string().starts_with("create dummy dm0: "), "{e}");
+            assert!(e.to_string().starts_with("create wireguard wg0: "), "{e}");
             assert!(
-                ns.try_ip(&["link", "add", "x0", "type", "dummy"])
+                ns.try_ip(&["link", "add", "x0", "type", "wireguard"])
                     .status
                     .code()
                     != Some(0)
             );
         }
     }
+}
+
+/// One change through [`Netlink::apply`], weftd's only way of writing routes, neighbours and
+/// FDB entries.
+fn apply_one(n: &mut Netlink, op: Op) -> Result<(), NetlinkError> {
+    let mut results = n.apply(std::slice::from_ref(&op));
+    assert_eq!(results.len(), 1, "one result for {op}");
+    results.remove(0)
 }
 
 #[test]
@@ -322,8 +329,8 @@ fn routes_onlink_via_replace_table_delete() {
         .via(ip("198.19.2.0"))
         .dev(d.index)
         .onlink();
-    n.replace_route(&onlink).unwrap();
-    n.replace_route(&onlink).unwrap(); // idempotent
+    apply_one(&mut n, Op::ReplaceRoute(onlink.clone())).unwrap();
+    apply_one(&mut n, Op::ReplaceRoute(onlink.clone())).unwrap(); // idempotent
     let shown = ns.ip(&["route", "show", "198.19.2.0/24"]);
     assert_eq!(shown.trim(), "198.19.2.0/24 via 198.19.2.0 dev d0 onlink");
     let dumped = n.routes(Family::V4).unwrap();
@@ -340,8 +347,11 @@ fn routes_onlink_via_replace_table_delete() {
         "{e}"
     );
     // Replace moves it to another gateway; there is still one route.
-    n.replace_route(&Route::new(net("198.19.3.0/24")).via(ip("198.18.0.3")))
-        .unwrap();
+    apply_one(
+        &mut n,
+        Op::ReplaceRoute(Route::new(net("198.19.3.0/24")).via(ip("198.18.0.3"))),
+    )
+    .unwrap();
     let shown = ns.ip(&["route", "show", "198.19.3.0/24"]);
     assert_eq!(shown.trim(), "198.19.3.0/24 via 198.18.0.3 dev d0");
     let dumped = n.routes(Family::V4).unwrap();
@@ -360,7 +370,7 @@ fn routes_onlink_via_replace_table_delete() {
         .via(ip("198.18.0.2"))
         .table(1000)
         .metric(50);
-    n.replace_route(&t).unwrap();
+    apply_one(&mut n, Op::ReplaceRoute(t.clone())).unwrap();
     let shown = ns.ip(&["route", "show", "table", "1000"]);
     assert_eq!(
         shown.trim(),
@@ -385,7 +395,7 @@ fn routes_onlink_via_replace_table_delete() {
         .via(ip("198.19.2.0"))
         .dev(99999)
         .onlink();
-    let e = n.replace_route(&bad).unwrap_err();
+    let e = apply_one(&mut n, Op::ReplaceRoute(bad)).unwrap_err();
     assert_eq!(e.errno(), Some(libc::ENODEV));
     assert!(
         e.to_string().starts_with(
@@ -401,7 +411,7 @@ fn routes_onlink_via_replace_table_delete() {
         .via(ip("2001:db8::2"))
         .dev(d.index)
         .onlink();
-    n.replace_route(&v6).unwrap();
+    apply_one(&mut n, Op::ReplaceRoute(v6.clone())).unwrap();
     let got = n.routes(Family::V6).unwrap();
     assert!(
         got.iter()
@@ -503,8 +513,8 @@ fn fdb_entries_with_remote_dst() {
         "{shown}"
     );
 
-    n.del_fdb(&moved).unwrap();
-    n.del_fdb(&moved).unwrap();
+    apply_one(&mut n, Op::DelFdb(moved.clone())).unwrap();
+    apply_one(&mut n, Op::DelFdb(moved)).unwrap();
     assert!(!ns
         .bridge(&["fdb", "show", "dev", "flannel.1"])
         .contains("c6:d2:32"));

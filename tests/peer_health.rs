@@ -2,11 +2,10 @@
 //! metrics naming a pair of hosts whose VXLAN traffic the underlay drops, and clean again
 //! once it passes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, VXLAN_CONFIG};
+use testkit::lab::{Host, Lab, VXLAN_CONFIG};
+use testkit::wait::wait_for;
 use weft::subnet::lease_key_name;
 
 const PROBE_FLAGS: [&str; 6] = [

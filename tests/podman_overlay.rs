@@ -3,28 +3,13 @@
 //! VXLAN, over IPv4 and, on a dual-stack network, IPv6. After `podman rm`, no address is
 //! left reserved on either host.
 
-mod common;
-
-use std::path::Path;
-
-use common::cni::plugin;
-use common::lab::{Lab, VXLAN_CONFIG};
-use common::lab6::DUAL_CONFIG;
-use common::podman::Podman;
 use serde_json::json;
-
-/// Files in the plugin's store whose names are addresses: host-local's reservations.
-fn reservations(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use testkit::bins;
+use testkit::lab::{Lab, VXLAN_CONFIG};
+use testkit::lab6::DUAL_CONFIG;
+use testkit::plugin::reservations;
+use testkit::podman::Podman;
+use testkit::wait::wait_for;
 
 #[test]
 fn podman_containers_on_two_hosts_reach_each_other_over_the_overlay() {
@@ -60,7 +45,7 @@ fn two_hosts(lab: &Lab, dual: bool) {
             }],
         });
         runtimes.push((
-            Podman::new(&host.ns, &plugin(), &conflist),
+            Podman::new(&host.ns, &bins::plugin(), &conflist),
             data_dir.join(&network),
         ));
     }
@@ -96,7 +81,7 @@ fn two_hosts(lab: &Lab, dual: bool) {
         }
         // The first IPv6 packets on fresh links wait for neighbour discovery on three
         // links (container, bridge, container); give that a few seconds once.
-        let first = common::lab::wait_for(std::time::Duration::from_secs(5), || {
+        let first = wait_for(std::time::Duration::from_secs(5), || {
             a.ping(names[0], &addrs6[1]).then_some(())
         });
         assert!(

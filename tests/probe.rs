@@ -3,16 +3,14 @@
 //! over a veth (IPv6); the peer's echo requests dropped with nftables and let through again.
 //! Namespaces (and the nftables rules inside them) go when the guards drop, also on failure.
 
-mod common;
-
 use std::future::Future;
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::make_flannel_device;
-use common::netns::{veth_pair, Netns};
+use testkit::cmd::with_stdin;
+use testkit::lab::make_flannel_device;
+use testkit::netns::{veth_pair, Netns};
 use weft::probe::{PeerState, PeerStatus, ProbeConfig, Prober, Target, Unreachable};
 
 const CFG: ProbeConfig = ProbeConfig {
@@ -52,19 +50,10 @@ fn nft(ns: &str, script: &str) {
         }
         Err(e) => panic!("cannot run nft: {e}"),
     }
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run ip (apt-get install iproute2)");
-    child
-        .stdin
-        .take()
-        .expect("nft's stdin")
-        .write_all(script.as_bytes())
-        .expect("writing to nft");
-    let out = child.wait_with_output().expect("waiting for nft");
+    let out = with_stdin(
+        Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]),
+        script.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "nft -f in {ns} failed on {script:?}: {}",
@@ -180,8 +169,19 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     assert!(s.loss > 0.0 && s.lost >= u64::from(CFG.down_after), "{s:?}");
     eprintln!("peer {} unreachable {took:?} after the drop", peer.addr);
 
-    // While it stays down the watch stays quiet: it fired once.
-    tokio::time::sleep(CFG.interval * 5).await;
+    // While it stays down the watch stays quiet: it fired once. Quiet over five more lost
+    // probes, each of which could have fired it again.
+    let lost = s.lost;
+    let more = CFG.interval * 5 + CFG.timeout + SLACK;
+    let t0 = Instant::now();
+    while status(&prober, &peer.id).lost < lost + 5 {
+        assert!(
+            t0.elapsed() < more,
+            "not five more probes lost within {more:?}: {:?}",
+            status(&prober, &peer.id)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !rx.has_changed().expect("prober gone"),
         "the watch fired again without a change: {:?}",

@@ -1,16 +1,15 @@
 //! The weftctl binary against a real etcd: tables, JSON, revoke, reservations, config, watch,
 //! and a prompt failure when etcd is unreachable.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::etcd::Etcd;
 use serde_json::Value;
-use weft::lease::LeaseAttrs;
+use testkit::cmd::with_stdin;
+use testkit::etcd::{with_config, Etcd};
+use testkit::leases::vxlan_host;
+use testkit::wait::wait_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weftctl");
 const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -43,29 +42,12 @@ fn fails(etcd: &Etcd, args: &[&str]) -> String {
 }
 
 fn set_config(etcd: &Etcd, cfg: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("WEFTD_ETCD_ENDPOINTS", etcd.client_url())
-        .args(["config", "set", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running weftctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(cfg.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn host(i: u8) -> LeaseAttrs {
-    weft::backend::vxlan::lease_attrs(
-        Ipv4Addr::new(198, 18, 4, i),
-        1,
-        &format!("0e:2a:00:00:04:{i:02x}"),
+    with_stdin(
+        Command::new(BIN)
+            .env_clear()
+            .env("WEFTD_ETCD_ENDPOINTS", etcd.client_url())
+            .args(["config", "set", "-"]),
+        cfg.as_bytes(),
     )
 }
 
@@ -137,21 +119,23 @@ async fn config_set_names_every_problem_once() {
 
 #[tokio::test]
 async fn leases_table_and_json() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let b = store
         .acquire_lease(
             &cfg,
-            &host(2),
+            &vxlan_host(4, 2),
             Some("198.19.20.0/24".parse().unwrap()),
             HOUR,
         )
         .await
         .unwrap();
     let a = store
-        .acquire_lease(&cfg, &host(1), Some("198.19.3.0/24".parse().unwrap()), HOUR)
+        .acquire_lease(
+            &cfg,
+            &vxlan_host(4, 1),
+            Some("198.19.3.0/24".parse().unwrap()),
+            HOUR,
+        )
         .await
         .unwrap();
     ok(
@@ -218,8 +202,6 @@ async fn leases_table_and_json() {
                 "subnet"
             ]
         );
-        // No part of these leases is refused.
-        assert_eq!(o["refused"], serde_json::json!({}));
     }
     assert_eq!(arr[0]["subnet"], a.subnet.to_string());
     assert_eq!(arr[0]["public_ip"], "198.18.4.1");
@@ -229,6 +211,8 @@ async fn leases_table_and_json() {
         serde_json::json!({"VNI": 1, "VtepMAC": "0e:2a:00:00:04:01"})
     );
     assert_eq!(arr[0]["reserved"], false);
+    // Nothing of a plain IPv4 lease is refused.
+    assert_eq!(arr[0]["refused"], serde_json::json!({}));
     // No status record: not known to be a weft host, so neither alive nor gone.
     assert!(arr[0]["alive"].is_null() && arr[0]["gone_since"].is_null());
     let at = humantime::parse_rfc3339(arr[0]["expires_at"].as_str().unwrap()).unwrap();
@@ -278,12 +262,9 @@ async fn leases_table_and_json() {
 
 #[tokio::test]
 async fn revoke_and_reservations() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await
         .unwrap();
     let key = format!("/coreos.com/network/subnets/{}", a.key_name());
@@ -318,14 +299,19 @@ async fn revoke_and_reservations() {
 
     // The reserved host gets it; another host never does.
     let b = store
-        .acquire_lease(&cfg, &host(6), Some("198.19.5.0/24".parse().unwrap()), HOUR)
+        .acquire_lease(
+            &cfg,
+            &vxlan_host(4, 6),
+            Some("198.19.5.0/24".parse().unwrap()),
+            HOUR,
+        )
         .await
         .unwrap();
     assert_ne!(b.subnet.to_string(), "198.19.5.0/24");
     let e = fails(&etcd, &["reservations", "remove", &b.subnet.to_string()]);
     assert!(e.contains("not a reservation"), "{e}");
     let mine = store
-        .acquire_lease(&cfg, &host(5), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 5), None, HOUR)
         .await
         .unwrap();
     assert_eq!(mine.subnet.to_string(), "198.19.5.0/24");
@@ -343,13 +329,8 @@ async fn revoke_deletes_only_that_subnet_not_the_etcd_lease_it_shares() {
     let etcd = Etcd::new();
     let store = etcd.store().await;
     store.put_config(CFG).await.unwrap();
-    let granted = etcd.etcdctl_ok(&["lease", "grant", "3600"]);
-    // "lease 694d77aa9e0c3d0a granted with TTL(3600s)"
-    let id = granted
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no lease id in {granted:?}"));
-    let value = host(1).to_json();
+    let id = etcd.grant(3600);
+    let value = vxlan_host(4, 1).to_json();
     let one = "/coreos.com/network/subnets/198.19.1.0-24";
     let two = "/coreos.com/network/subnets/198.19.2.0-24";
     for key in [one, two] {
@@ -380,10 +361,8 @@ async fn revoke_deletes_only_that_subnet_not_the_etcd_lease_it_shares() {
 
 #[tokio::test]
 async fn watch_prints_one_line_per_event() {
-    let etcd = Etcd::new();
-    let store = etcd.store().await;
-    store.put_config(CFG).await.unwrap();
-    let cfg = store.get_config().await.unwrap().unwrap();
+    let (etcd, store, cfg) = with_config(CFG).await;
+    let watchers = etcd.metric("etcd_debugging_mvcc_watcher_total");
     let mut child = Command::new(BIN)
         .env_clear()
         .args([
@@ -415,10 +394,17 @@ async fn watch_prints_one_line_per_event() {
             }
         }
     });
-    // Give the watch a moment to start, then make two changes.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // weftctl lists the leases, then watches from that listing's revision: once etcd counts
+    // its watch, every change made from now on is one weftctl will print.
+    let watching = wait_for(Duration::from_secs(10), || {
+        (etcd.metric("etcd_debugging_mvcc_watcher_total") > watchers).then_some(())
+    });
+    assert!(
+        watching.is_some(),
+        "weftctl leases watch did not start watching within 10 s"
+    );
     let a = store
-        .acquire_lease(&cfg, &host(1), None, HOUR)
+        .acquire_lease(&cfg, &vxlan_host(4, 1), None, HOUR)
         .await
         .unwrap();
     store.revoke_lease(a.subnet).await.unwrap();

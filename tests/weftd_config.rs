@@ -1,26 +1,31 @@
 //! weftd and an invalid network config: it waits for a valid one and logs every problem, each
 //! on a line of its own and once, however often it reads the config again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::bare_weftd::BareWeftd;
-use common::etcd::Etcd;
+use testkit::bare_weftd::BareWeftd;
+use testkit::etcd::Etcd;
+use testkit::leases::CONFIG_KEY;
+use testkit::wait::wait_for;
 
 #[test]
 fn weftd_logs_every_problem_of_an_invalid_config_once() {
     let etcd = Etcd::new();
-    etcd.put(
-        "/coreos.com/network/config",
-        r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#,
-    );
+    etcd.put(CONFIG_KEY, r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#);
     // Safe outside a namespace of its own: with no valid config it never gets past waiting.
-    let mut d = BareWeftd::start(&["--etcd-endpoints", &etcd.client_url()]);
-    // Long enough for weftd to read the config a few times.
-    d.read_for(Duration::from_secs(4));
+    let mut d = BareWeftd::start_serving(&["--etcd-endpoints", &etcd.client_url()]);
+    // weftd counts every read of the config that fails: once it has read it four times
+    // (about a second apart), it has had three chances to log the problems again.
+    let reads = wait_for(Duration::from_secs(15), || {
+        d.metric("weft_etcd_errors_total").filter(|n| *n >= 4.0)
+    });
     let still_waiting = d.is_running();
+    d.stop();
     let log = d.log.join("\n");
+    assert!(
+        reads.is_some(),
+        "weftd did not read the config 4 times within 15 s (weft_etcd_errors_total):\n{log}"
+    );
     assert!(still_waiting, "weftd exited:\n{log}");
 
     let key = "cannot use the network config at /coreos.com/network/config: ";

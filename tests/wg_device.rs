@@ -2,11 +2,9 @@
 //! configured over UAPI, checked with `wg`, WireGuard's own tool (an independent reader of the
 //! same device).
 
-mod common;
-
 use std::process::Command;
 
-use common::netns::Netns;
+use testkit::netns::Netns;
 use weft::backend::wireguard::device::{self as wgdev, Implementation};
 use weft::backend::wireguard::key::public_key;
 use weft::backend::wireguard::uapi::{self, Change};

@@ -2,37 +2,19 @@
 //! WireGuard these kernels fall back to): containers reach each other encrypted, and the
 //! underlay carries nothing but WireGuard's UDP between hosts.
 
-mod common;
+use std::net::Ipv4Addr;
+use std::time::Duration;
 
-use std::net::{Ipv4Addr, UdpSocket};
-use std::time::{Duration, Instant};
-
-use common::capture::{self, Capture};
-use common::lab::{wait_for, Host};
-use common::wg::{wait_wg_converged, wg_lab, wg_lab_dual, WG_CONFIG, WG_DEVICE, WG_DEVICE6};
+use testkit::capture::{self, Capture};
+use testkit::lab::{assert_mesh, udp_exchange, Host};
+use testkit::wait::wait_for;
+use testkit::wg::{exec, wait_wg_converged, wg_lab, wg_lab_dual, WG_CONFIG, WG_DEVICE, WG_DEVICE6};
 
 /// Sends `payload` by UDP from `from`'s container address to `to`'s and says whether it
 /// arrived intact (within 3 s, resending).
 fn udp_crosses(from: &Host, to: &Host, payload: &[u8]) -> bool {
-    let (src, dst) = (from.container_ip(), to.container_ip());
-    let rx = weft::netlink::run_in_netns(&to.ns.path(), move || UdpSocket::bind((dst, 0)))
-        .expect("entering the receiver's namespace")
-        .expect("binding a receiver");
-    let addr = rx.local_addr().unwrap();
-    let tx = weft::netlink::run_in_netns(&from.ns.path(), move || UdpSocket::bind((src, 0)))
-        .expect("entering the sender's namespace")
-        .expect("binding a sender");
-    rx.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut buf = [0u8; 2048];
-    while Instant::now() < deadline {
-        tx.send_to(payload, addr).unwrap();
-        if let Ok((n, _)) = rx.recv_from(&mut buf) {
-            return &buf[..n] == payload;
-        }
-    }
-    false
+    let (src, dst) = (from.container_ip().into(), to.container_ip().into());
+    udp_exchange(&from.ns, src, &to.ns, dst, payload).is_some_and(|(_, got)| got == payload)
 }
 
 fn host_ip(h: &Host) -> Ipv4Addr {
@@ -42,18 +24,7 @@ fn host_ip(h: &Host) -> Ipv4Addr {
 #[test]
 fn three_hosts_reach_each_other_and_the_underlay_carries_only_wireguard() {
     let lab = wg_lab(3, WG_CONFIG, &[]);
-    for a in &lab.hosts {
-        for b in &lab.hosts {
-            if a.ip != b.ip {
-                assert!(
-                    a.ping_from_container(b.container_ip()),
-                    "{} cannot reach {}'s container",
-                    a.ip,
-                    b.ip
-                );
-            }
-        }
-    }
+    assert_mesh(&lab.hosts);
 
     // The peer probes travel the tunnel too (to each peer's device address) and see every
     // peer reachable.
@@ -182,7 +153,7 @@ fn one_tunnel_modes_carry_both_families_over_the_chosen_one() {
     for (mode, underlay6) in [("ipv6", true), ("auto", false)] {
         let lab = wg_lab_dual(2, &dual_config(mode));
         let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
-        let shown = common::wg::exec(a, &["ip", "link", "show", WG_DEVICE6]);
+        let shown = exec(a, &["ip", "link", "show", WG_DEVICE6]);
         assert!(!shown.status.success(), "{mode}: a second device exists");
         let peers = a.wg_peers(WG_DEVICE);
         assert_eq!(peers.len(), 1, "{mode}: {peers:?}");
@@ -213,11 +184,7 @@ fn one_tunnel_modes_carry_both_families_over_the_chosen_one() {
             "{mode}: IPv6 back"
         );
         // Both parts of the lease name the port the one device listens on.
-        let key = format!(
-            "{}{}",
-            common::lab::SUBNETS_PREFIX,
-            weft::subnet::lease_key_name(a.subnet(), Some(a.subnet6()))
-        );
+        let key = testkit::leases::key(a.subnet(), Some(a.subnet6()));
         let lease: serde_json::Value = serde_json::from_str(&lab.etcd.get(&key).unwrap()).unwrap();
         assert_eq!(lease["BackendData"]["Port"], 51820, "{lease}");
         assert_eq!(lease["BackendV6Data"]["Port"], 51820, "{lease}");

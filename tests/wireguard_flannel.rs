@@ -4,18 +4,18 @@
 //! on IPv4 and, in `separate` mode, IPv6; and a live flannel node moves to weftd without
 //! losing a packet, keeping its key, subnet, device and wireguard-go.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, SUBNETS_PREFIX};
-use common::wg::{
-    exec, ifindex, say_mode, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE, WG_DEVICE6,
-};
 use ipnet::{Ipv4Net, Ipv6Net};
-use weft::subnet::lease_key_name;
+use testkit::lab::{Host, Lab};
+use testkit::leases;
+use testkit::wait::{pace_until, wait_for};
+use testkit::wg::{
+    exec, exec_ok, ifindex, say_mode, start_wireguard, wireguard_go_pids, WgDumpPeer, WG_CONFIG,
+    WG_DEVICE, WG_DEVICE6,
+};
 
 /// A dual-stack wireguard network, `separate` mode by default.
 const WG_DUAL_CONFIG: &str = r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"wireguard"}}"#;
@@ -23,23 +23,11 @@ const NETWORK6: &str = "2001:db8:100::/48";
 /// flanneld's key file (inside each WireGuard host's own mount namespace).
 const FLANNEL_KEY: &str = "/run/flannel/wgkey";
 
-/// Runs `args` in the host's mount and network namespaces; panics with stderr on failure.
-fn run(host: &Host, args: &[&str]) -> String {
-    let out = exec(host, args);
-    assert!(
-        out.status.success(),
-        "{args:?} on {}: {}",
-        host.ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A key pair made by `wg genkey` / `wg pubkey`, as flanneld's first start does: (private,
 /// public), base64.
 fn genkey(host: &Host) -> (String, String) {
-    let private = run(host, &["wg", "genkey"]).trim().to_string();
-    let public = run(
+    let private = exec_ok(host, &["wg", "genkey"]).trim().to_string();
+    let public = exec_ok(
         host,
         &["sh", "-c", &format!("printf %s '{private}' | wg pubkey")],
     )
@@ -50,7 +38,7 @@ fn genkey(host: &Host) -> (String, String) {
 
 /// Writes `private` to flannel's key file as flanneld does: base64, no newline, mode 0400.
 fn write_flannel_key(host: &Host, private: &str) {
-    run(
+    exec_ok(
         host,
         &[
             "sh",
@@ -206,33 +194,20 @@ fn flannel_v4_host(fl: &Host, subnet: Ipv4Net) -> (String, String) {
 
 /// A lab of `n` WireGuard hosts (own mount namespaces) of which the first `weft` run weftd,
 /// ready, with their containers.
-fn wg_lab(n: usize, weft: usize, config: &str, dual: bool) -> Lab {
+fn lab_of(n: usize, weft: usize, config: &str, dual: bool) -> Lab {
     say_mode();
     let mut lab = if dual {
         Lab::dual(n, config)
     } else {
         Lab::new(n, config)
     };
-    for h in &mut lab.hosts {
-        h.use_wireguard();
-    }
-    for h in &mut lab.hosts[..weft] {
-        h.start(&[]);
-    }
-    for h in &mut lab.hosts[..weft] {
-        h.wait_ready();
-        if dual {
-            h.add_container6();
-        } else {
-            h.add_container();
-        }
-    }
+    start_wireguard(&mut lab, weft, &[]);
     lab
 }
 
 #[test]
 fn weft_and_a_flannel_wireguard_host_reach_each_other() {
-    let lab = wg_lab(4, 2, WG_CONFIG, false);
+    let lab = lab_of(4, 2, WG_CONFIG, false);
     // Host 3 runs today's flannel (Port in BackendData); host 4 an older one (no Port).
     let flannel: [(usize, Ipv4Net, bool); 2] = [
         (2, "198.19.200.0/24".parse().unwrap(), true),
@@ -251,7 +226,7 @@ fn weft_and_a_flannel_wireguard_host_reach_each_other() {
             r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{data}}}"#,
             fl.ip
         );
-        let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(s4, None));
+        let key = leases::key(s4, None);
         lab.etcd.put_on_lease(&key, &value, 86400);
         // flanneld programs the weft hosts from their leases.
         for h in &lab.hosts[..2] {
@@ -308,7 +283,7 @@ fn weft_and_a_flannel_wireguard_host_reach_each_other() {
 
 #[test]
 fn dual_stack_separate_mode_with_flannel() {
-    let lab = wg_lab(3, 2, WG_DUAL_CONFIG, true);
+    let lab = lab_of(3, 2, WG_DUAL_CONFIG, true);
     let fl = &lab.hosts[2];
     let (s4, s6): (Ipv4Net, Ipv6Net) = (
         "198.19.200.0/24".parse().unwrap(),
@@ -331,7 +306,7 @@ fn dual_stack_separate_mode_with_flannel() {
         fl.ip,
         fl.ip6()
     );
-    let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(s4, Some(s6)));
+    let key = leases::key(s4, Some(s6));
     assert!(
         key.ends_with("/198.19.200.0-24&2001:db8:100:c8::-64"),
         "{key}"
@@ -340,10 +315,7 @@ fn dual_stack_separate_mode_with_flannel() {
 
     // weft's leases as flannel reads them; flanneld programs both families from them.
     for h in &lab.hosts[..2] {
-        let hkey = format!(
-            "{SUBNETS_PREFIX}{}",
-            lease_key_name(h.subnet(), Some(h.subnet6()))
-        );
+        let hkey = leases::key(h.subnet(), Some(h.subnet6()));
         let v = lease_json(&lab, &hkey);
         let pk = h.wg_public_key(WG_DEVICE);
         assert_eq!(h.wg_public_key(WG_DEVICE6), pk);
@@ -416,9 +388,9 @@ fn dual_stack_separate_mode_with_flannel() {
 
 #[test]
 fn a_node_moves_from_flannel_wireguard_to_weftd_without_loss() {
-    let mut lab = wg_lab(3, 2, WG_CONFIG, false);
+    let mut lab = lab_of(3, 2, WG_CONFIG, false);
     let s3: Ipv4Net = "198.19.50.0/24".parse().unwrap();
-    let key = format!("{SUBNETS_PREFIX}{}", lease_key_name(s3, None));
+    let key = leases::key(s3, None);
 
     // Host 3 exactly as flanneld's wireguard backend leaves it.
     let (private, public, flannel_lease) = {
@@ -476,7 +448,11 @@ fn a_node_moves_from_flannel_wireguard_to_weftd_without_loss() {
     let fl = &mut lab.hosts[2];
     fl.start(&[]);
     let env = fl.wait_ready();
-    std::thread::sleep(Duration::from_secs(3));
+    let ready = Instant::now();
+    // A full pass begun after the start has looked at the device, its peers and
+    // wireguard-go, all adopted below; and the pings run on for 3 s after the move.
+    fl.wait_next_reconcile("after the move");
+    pace_until(ready + Duration::from_secs(3));
     for (what, p) in pingers {
         p.finish().assert_no_loss(
             &format!("{what} while host 3 moved from flanneld to weftd"),

@@ -3,16 +3,15 @@
 //! no packet and leaves wireguard-go and its device alone, peers and routes changed by hand
 //! are mended within seconds, and the MTU, PSK, keepalive, key file and lease are flannel's.
 
-mod common;
-
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{wait_for, Host, Lab, SUBNETS_PREFIX};
-use common::wg::{ifindex, wg_lab, wireguard_go_pids, WG_CONFIG, WG_DEVICE};
+use testkit::cmd::with_stdin;
+use testkit::lab::{Host, Lab};
+use testkit::wait::{pace_until, wait_for};
+use testkit::wg::{exec, ifindex, wg_lab, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE};
 
 /// How fast a hand edit of the device's peers or routes must be mended (`--tunnel-poll 1s`).
 const REPAIR_BOUND: Duration = Duration::from_secs(3);
@@ -21,37 +20,8 @@ const DEVICE_BOUND: Duration = Duration::from_secs(10);
 /// How long to keep polling past a bound, so a failure says how late it was.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// Polls every 20 ms until `done` or PATIENCE passes; the time since `since`, or None.
-fn time_until(since: Instant, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    wait_for(PATIENCE, || done().then(|| since.elapsed()))
-}
-
-fn assert_within(took: Option<Duration>, bound: Duration, what: &str, host: &Host) {
-    common::lab::assert_within(took, bound, PATIENCE, what, host)
-}
-
 fn assert_pings(from: &Host, to: &Host, what: &str) {
-    reach_within(from, to, Duration::from_secs(5), what);
-}
-
-/// Waits up to `within` until `from`'s container reaches `to`'s, and gives how long it took;
-/// panics with both devices and logs when it does not.
-fn reach_within(from: &Host, to: &Host, within: Duration, what: &str) -> Duration {
-    let started = Instant::now();
-    let ok = wait_for(within, || {
-        from.ping_from_container(to.container_ip()).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{what}: {} cannot reach {} within {within:?}:\n{}\n{}\n{}\n{}",
-        from.ns.name(),
-        to.container_ip(),
-        from.wg(&["show", WG_DEVICE]),
-        to.wg(&["show", WG_DEVICE]),
-        from.logs(),
-        to.logs()
-    );
-    started.elapsed()
+    from.reach_within(to, Duration::from_secs(5), what);
 }
 
 /// How long two hosts may take to first reach each other once both hold the other as a
@@ -67,7 +37,7 @@ const FIRST_CONTACT: Duration = Duration::from_secs(12);
 fn wait_mesh(hosts: &[Host]) {
     for a in hosts {
         for b in hosts.iter().filter(|b| b.ip != a.ip) {
-            let took = reach_within(a, b, FIRST_CONTACT, "once the lab is ready");
+            let took = a.reach_within(b, FIRST_CONTACT, "once the lab is ready");
             if took > Duration::from_secs(2) {
                 eprintln!(
                     "first contact {} -> {} took {took:?}",
@@ -92,18 +62,6 @@ fn the_wireguard_go(host: &Host) -> i32 {
     pids[0]
 }
 
-/// The device's MTU as the kernel has it.
-fn mtu_of(host: &Host, dev: &str) -> u32 {
-    let text = host.ns.ip(&["-o", "link", "show", dev]);
-    let mut words = text.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "mtu")
-        .and_then(|_| words.next())
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no mtu in {text}"))
-}
-
 /// The FLANNEL_MTU line of the host's subnet.env.
 fn flannel_mtu(host: &Host) -> String {
     let text = std::fs::read_to_string(&host.subnet_file).expect("reading subnet.env");
@@ -115,20 +73,7 @@ fn flannel_mtu(host: &Host) -> String {
 
 /// Runs a `wg` subcommand that needs no device (genkey, genpsk, pubkey), feeding `input`.
 fn wg_tool(args: &[&str], input: &str) -> String {
-    let mut child = Command::new("wg")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running wg (apt-get install wireguard-tools)");
-    child
-        .stdin
-        .take()
-        .expect("wg's stdin")
-        .write_all(input.as_bytes())
-        .expect("writing to wg");
-    let out = child.wait_with_output().expect("waiting for wg");
+    let out = with_stdin(Command::new("wg").args(args), input.as_bytes());
     assert!(
         out.status.success(),
         "wg {args:?}: {}",
@@ -139,10 +84,7 @@ fn wg_tool(args: &[&str], input: &str) -> String {
 
 /// The lease of a host as etcd holds it, byte for byte.
 fn raw_lease(lab: &Lab, host: &Host) -> String {
-    let key = format!(
-        "{SUBNETS_PREFIX}{}",
-        weft::subnet::lease_key_name(host.subnet(), None)
-    );
+    let key = testkit::leases::key(host.subnet(), None);
     lab.etcd
         .get(&key)
         .unwrap_or_else(|| panic!("no lease at {key}"))
@@ -188,9 +130,9 @@ fn assert_adopted(host: &Host, log_from: usize, what: &str) {
 struct Kept {
     wg_pid: i32,
     index: u32,
-    peers: Vec<common::wg::WgDumpPeer>,
+    peers: Vec<WgDumpPeer>,
     public: String,
-    their_peers: Vec<common::wg::WgDumpPeer>,
+    their_peers: Vec<WgDumpPeer>,
 }
 
 impl Kept {
@@ -250,7 +192,12 @@ fn across(lab: &mut Lab, kept: &Kept, what: &str, min: u64, down: impl FnOnce(&m
     let log_from = a.logs().len();
     a.start(&[]);
     a.wait_ready();
-    std::thread::sleep(Duration::from_millis(1500));
+    let ready = Instant::now();
+    // A full pass begun after the start has looked at the device, its peers and
+    // wireguard-go: had weftd meant to make or mend any of them, its log says so by now.
+    a.wait_next_reconcile(&format!("after {what}"));
+    // The pings keep going a while after the restart, whatever that took.
+    pace_until(ready + Duration::from_millis(1500));
     let (there, back) = (there.finish(), back.finish());
     there.assert_no_loss(&format!("host 1 -> host 2 across {what}"), min);
     back.assert_no_loss(&format!("host 2 -> host 1 across {what}"), min);
@@ -300,49 +247,58 @@ fn drift_is_repaired() {
     assert_eq!(peer.public_key, b.wg_public_key(WG_DEVICE));
 
     // (a) The peer removed by hand.
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&["set", WG_DEVICE, "peer", &peer.public_key, "remove"]);
-    assert!(a.wg_peers(WG_DEVICE).is_empty(), "the peer is still there");
-    let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(took, REPAIR_BOUND, "putting back a removed peer", a);
-    a.assert_repair_counted(before, "the removed peer");
+    a.assert_mends(
+        "a removed peer",
+        REPAIR_BOUND,
+        PATIENCE,
+        || {
+            a.wg(&["set", WG_DEVICE, "peer", &peer.public_key, "remove"]);
+            assert!(a.wg_peers(WG_DEVICE).is_empty(), "the peer is still there");
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
+    );
     assert_pings(a, b, "after the peer came back");
 
     // (b) The peer's endpoint moved by hand. No traffic flows meanwhile, so wireguard-go's
     // roaming cannot put it back by itself (and the counter shows weftd did).
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&[
-        "set",
-        WG_DEVICE,
-        "peer",
-        &peer.public_key,
-        "endpoint",
-        "198.18.0.99:51820",
-    ]);
-    assert_eq!(a.wg_peers(WG_DEVICE)[0].endpoint, "198.18.0.99:51820");
-    let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(took, REPAIR_BOUND, "putting back a moved endpoint", a);
-    a.assert_repair_counted(before, "the moved endpoint");
+    a.assert_mends(
+        "a moved endpoint",
+        REPAIR_BOUND,
+        PATIENCE,
+        || {
+            a.wg(&[
+                "set",
+                WG_DEVICE,
+                "peer",
+                &peer.public_key,
+                "endpoint",
+                "198.18.0.99:51820",
+            ]);
+            assert_eq!(a.wg_peers(WG_DEVICE)[0].endpoint, "198.18.0.99:51820");
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
+    );
     assert_pings(a, b, "after the endpoint came back");
 
     // (c) A foreign peer added by hand.
     let foreign = wg_tool(&["genkey"], "");
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.wg(&[
-        "set",
-        WG_DEVICE,
-        "peer",
-        &foreign,
-        "allowed-ips",
-        "198.19.250.0/24",
-    ]);
-    assert_eq!(a.wg_peers(WG_DEVICE).len(), 2);
-    let took = time_until(changed, || a.wg_peers(WG_DEVICE) == wanted);
-    assert_within(took, REPAIR_BOUND, "removing a foreign peer", a);
-    a.assert_repair_counted(before, "the foreign peer");
+    a.assert_mends(
+        "a foreign peer",
+        REPAIR_BOUND,
+        PATIENCE,
+        || {
+            a.wg(&[
+                "set",
+                WG_DEVICE,
+                "peer",
+                &foreign,
+                "allowed-ips",
+                "198.19.250.0/24",
+            ]);
+            assert_eq!(a.wg_peers(WG_DEVICE).len(), 2);
+        },
+        || a.wg_peers(WG_DEVICE) == wanted,
+    );
 
     // (d) The network's route on the device deleted: a kernel event.
     let network_route = || {
@@ -352,36 +308,37 @@ fn drift_is_repaired() {
         !network_route().trim().is_empty(),
         "no route to the network"
     );
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.ns.ip(&["route", "del", "198.19.0.0/16", "dev", WG_DEVICE]);
-    let took = time_until(changed, || !network_route().trim().is_empty());
-    assert_within(took, REPAIR_BOUND, "putting back the network's route", a);
-    a.assert_repair_counted(before, "the deleted route");
+    a.assert_mends(
+        "the network's route deleted",
+        REPAIR_BOUND,
+        PATIENCE,
+        || {
+            a.ns.ip(&["route", "del", "198.19.0.0/16", "dev", WG_DEVICE]);
+        },
+        || !network_route().trim().is_empty(),
+    );
     assert_pings(a, b, "after the route came back");
 
     // (e) The device deleted: wireguard-go goes with it; weftd makes a new one with every
     // peer, and traffic crosses again.
-    let before = a.repairs();
-    let changed = Instant::now();
-    a.ns.ip(&["link", "del", WG_DEVICE]);
     // The device is back with its peers, route and MTU, and traffic crosses it.
     let device_back = || {
         ifindex(a, WG_DEVICE).is_some()
-            && exec_ok(a, &["wg", "show", WG_DEVICE, "dump"])
+            && succeeds(a, &["wg", "show", WG_DEVICE, "dump"])
             && a.wg_peers(WG_DEVICE) == wanted
             && !network_route().trim().is_empty()
             && a.ping_from_container(b.container_ip())
     };
-    let took = time_until(changed, device_back);
-    assert_within(
-        took,
+    a.assert_mends(
+        "the deleted device, with its peers and traffic crossing",
         DEVICE_BOUND,
-        "recreating the deleted device with its peers, traffic crossing",
-        a,
+        PATIENCE,
+        || {
+            a.ns.ip(&["link", "del", WG_DEVICE]);
+        },
+        device_back,
     );
-    a.assert_repair_counted(before, "the deleted device");
-    assert_eq!(mtu_of(a, WG_DEVICE), 1420);
+    assert_eq!(a.ns.mtu_of(WG_DEVICE), 1420);
     let addr = a.ns.ip(&["-o", "-4", "addr", "show", "dev", WG_DEVICE]);
     assert!(
         addr.contains(&format!("{}/32", a.subnet().network())),
@@ -393,21 +350,15 @@ fn drift_is_repaired() {
 
     // (f) wireguard-go crashed (SIGKILL): its device goes with it and its control socket is
     // left behind; weftd starts a new one with every peer.
-    let before = a.repairs();
-    let changed = Instant::now();
-    assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0);
-    let took = time_until(changed, || {
-        wireguard_go_pids(a).iter().any(|p| *p != wg_pid) && device_back()
-    });
-    assert_within(
-        took,
+    a.assert_mends(
+        "a killed wireguard-go, with its peers and traffic crossing",
         DEVICE_BOUND,
-        "replacing a killed wireguard-go with its peers, traffic crossing",
-        a,
+        PATIENCE,
+        || assert_eq!(unsafe { libc::kill(wg_pid, libc::SIGKILL) }, 0),
+        || wireguard_go_pids(a).iter().any(|p| *p != wg_pid) && device_back(),
     );
-    a.assert_repair_counted(before, "the killed wireguard-go");
     assert_ne!(the_wireguard_go(a), wg_pid);
-    assert_eq!(mtu_of(a, WG_DEVICE), 1420);
+    assert_eq!(a.ns.mtu_of(WG_DEVICE), 1420);
     assert_pings(b, a, "after wireguard-go was replaced");
 
     assert_eq!(a.http_get("/readyz").0, 200, "{}", a.http_get("/readyz").1);
@@ -415,8 +366,8 @@ fn drift_is_repaired() {
 }
 
 /// Whether `args` succeeds in the host's mount and network namespaces.
-fn exec_ok(host: &Host, args: &[&str]) -> bool {
-    common::wg::exec(host, args).status.success()
+fn succeeds(host: &Host, args: &[&str]) -> bool {
+    exec(host, args).status.success()
 }
 
 #[test]
@@ -446,7 +397,7 @@ fn exact_path_mtu_psk_and_keepalive() {
             assert_eq!(p.psk, psk, "{}: a peer without the PSK: {p:?}", h.ns.name());
             assert_eq!(p.keepalive, "25", "{}: {p:?}", h.ns.name());
         }
-        assert_eq!(mtu_of(h, WG_DEVICE), 1420, "{}", h.ns.name());
+        assert_eq!(h.ns.mtu_of(WG_DEVICE), 1420, "{}", h.ns.name());
         assert_eq!(flannel_mtu(h), "FLANNEL_MTU=1420", "{}", h.ns.name());
     }
 
@@ -521,7 +472,7 @@ fn config_mtu_is_used() {
     let config = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard","MTU":1300}}"#;
     let lab = wg_lab(2, config, &[]);
     for h in &lab.hosts {
-        assert_eq!(mtu_of(h, WG_DEVICE), 1300, "{}", h.ns.name());
+        assert_eq!(h.ns.mtu_of(WG_DEVICE), 1300, "{}", h.ns.name());
         assert_eq!(flannel_mtu(h), "FLANNEL_MTU=1300", "{}", h.ns.name());
     }
     wait_mesh(&lab.hosts);

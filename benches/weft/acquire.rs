@@ -13,9 +13,9 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use weft::config::NetworkConfig;
 use weft::store::EtcdStore;
 
-use crate::common::etcd::Etcd;
 use crate::report::{median, Table, Target};
 use crate::rig::{delete_all_leases, etcd_client, free_subnets, ms, NsRuntime, PREFIX};
+use testkit::etcd::Etcd;
 
 pub struct Sizes {
     pub agents: usize,

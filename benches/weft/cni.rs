@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::common::netns::Netns;
 use crate::report::{median, percentile, Table, Target};
 use crate::rig::{ms, plugin_bin};
+use testkit::netns::Netns;
 
 pub struct Sizes {
     pub containers: usize,

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, PutOptions, WatchOptions};
 
-use crate::common::lab::{Lab, VXLAN_CONFIG};
 use crate::probe::{wait_absent, wait_present, Check, Probe};
 use crate::report::{max, median, percentile, Table, Target};
 use crate::rig::{
     etcd_client, free_subnets, leased_subnets, ms, start_lab, FakeLease, NsRuntime, PREFIX,
 };
+use testkit::lab::{Lab, VXLAN_CONFIG};
 
 pub struct Sizes {
     pub hosts: usize,

@@ -6,10 +6,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::lab::{Lab, VXLAN_CONFIG};
-use crate::common::netns::Netns;
 use crate::report::{median, Table, Target};
 use crate::rig::start_lab;
+use testkit::lab::{Lab, VXLAN_CONFIG};
+use testkit::netns::Netns;
 
 pub struct Sizes {
     pub secs: u32,

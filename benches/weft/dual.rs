@@ -9,12 +9,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft::netlink::{format_mac, Family, Netlink};
 use weft::subnet::lease_key_name;
 
-use crate::common::lab::Lab;
-use crate::common::lab6::DUAL_CONFIG;
-use crate::common::netns::Netns;
 use crate::datapath::{iperf, iperf_server, ping};
 use crate::report::{max, median, percentile, Table, Target};
 use crate::rig::{etcd_client, ms, start_lab, NsRuntime, PREFIX};
+use testkit::lab::Lab;
+use testkit::lab6::DUAL_CONFIG;
+use testkit::netns::Netns;
 
 pub struct Sizes {
     pub secs: u32,

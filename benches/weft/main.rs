@@ -14,9 +14,6 @@
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 mod acquire;
 mod cni;
 mod convergence;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use weft::probe::{PeerState, ProbeConfig, Prober, Target};
 
-use crate::common::netns::{veth_pair, Netns};
 use crate::report::{num, Table, Target as Goal};
+use testkit::netns::{veth_pair, Netns};
 
 pub struct Sizes {
     pub peers: usize,

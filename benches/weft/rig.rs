@@ -15,28 +15,20 @@ use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 use weft::subnet::lease_key_name;
 
-use crate::common::netns::Netns;
+use testkit::netns::Netns;
 
 pub const PREFIX: &str = "/coreos.com/network";
 
 /// The release weftd the bench was built with.
 pub fn weftd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weftd"))
+    testkit::bins::locate("weftd", Some(Path::new(env!("CARGO_BIN_EXE_weftd"))))
 }
 
 /// The CNI plugin from the same target directory (built by `cargo build --release
 /// --workspace`; scripts/bench does that), or `WEFT_CNI_PLUGIN`.
 pub fn plugin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("WEFT_CNI_PLUGIN") {
-        return PathBuf::from(p);
-    }
-    let p = weftd_bin().with_file_name("weft");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release --workspace` (scripts/bench does)",
-        p.display()
-    );
-    p
+    let explicit = std::env::var_os("WEFT_CNI_PLUGIN").map(PathBuf::from);
+    testkit::bins::locate("weft", explicit.as_deref())
 }
 
 fn enter(path: &Path) {
@@ -108,7 +100,7 @@ impl Weftd {
             "eth0",
             "--healthz-port",
         ])
-        .arg(crate::common::lab::HEALTHZ_PORT.to_string())
+        .arg(testkit::lab::HEALTHZ_PORT.to_string())
         .arg("--subnet-file")
         .arg(subnet_file)
         .args(extra)
@@ -363,19 +355,7 @@ pub async fn delete_all_leases(c: &Client) {
         .expect("deleting leases");
 }
 
-/// Polls `f` every `step` until it is Some or `timeout` passes.
-pub fn poll<T>(timeout: Duration, step: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(step);
-    }
-}
+pub use testkit::wait::poll;
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -384,8 +364,8 @@ pub fn ms(d: Duration) -> f64 {
 /// Starts weftd (info logs, default 30 s resync, plus `extra`) on every lab host, waits until
 /// each answers /readyz and every host routes to every other. The lab's own `start_all`
 /// fixes a debug log level and a 5 s resync for tests; benches measure the defaults.
-pub fn start_lab(lab: &crate::common::lab::Lab, extra: &[&str]) -> Vec<Weftd> {
-    let url = format!("http://{}:2379", crate::common::lab::ETCD_IP);
+pub fn start_lab(lab: &testkit::lab::Lab, extra: &[&str]) -> Vec<Weftd> {
+    let url = format!("http://{}:2379", testkit::lab::ETCD_IP);
     let mut ds: Vec<Weftd> = lab
         .hosts
         .iter()

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
 
-use crate::common::lab::{make_flannel_device, Host, Lab};
-use crate::common::netns::Netns;
 use crate::probe::{wait_absent, wait_present, Check, Probe};
 use crate::report::{median, percentile, Table, Target};
 use crate::rig::{
     etcd_client, free_subnets, leased_subnets, ms, poll, put_leases, FakeLease, NsRuntime, Weftd,
     PREFIX,
 };
+use testkit::lab::{make_flannel_device, Host, Lab};
+use testkit::netns::Netns;
 
 pub struct Sizes {
     pub leases: usize,

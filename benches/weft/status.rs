@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use etcd_client::{PutOptions, Txn, TxnOp};
 use weft::status::{DriftRepairs, Stamp, StatusRecord, RECORD_VERSION};
 
-use crate::common::etcd::Etcd;
-use crate::common::lab::Lab;
 use crate::report::{median, Table, Target};
 use crate::rig::{
     etcd_client, free_subnets, ms, put_leases, start_lab, weftd_bin, FakeLease, NsRuntime, PREFIX,
 };
+use testkit::etcd::Etcd;
+use testkit::lab::Lab;
 
 pub struct Sizes {
     pub hosts: usize,

@@ -5,7 +5,7 @@
 //!
 //! This kernel has no WireGuard module, so weftd starts Debian's wireguard-go, whose control
 //! socket (/run/wireguard/<dev>.sock) is one path for every network namespace: each host runs
-//! weftd, wireguard-go and `wg` in a mount namespace of its own (tests/common/wg.rs).
+//! weftd, wireguard-go and `wg` in a mount namespace of its own (testkit/src/wg.rs).
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -23,11 +23,11 @@ use weft::backend::wireguard::{parse_key, Key};
 use weft::netlink::{Family, Netlink};
 use weft::subnet::{lease_key_name, parse_lease_key_name};
 
-use crate::common::lab::{Host, Lab, HEALTHZ_PORT, VXLAN_CONFIG};
-use crate::common::wg::{exec, kill_netns_processes, WG_CONFIG, WG_DEVICE};
 use crate::datapath::{iperf, iperf_server, ping};
 use crate::report::{median, percentile, Table, Target};
 use crate::rig::{etcd_client, ms, poll, proc_cpu, weftd_bin, NsRuntime, PREFIX};
+use testkit::lab::{Host, Lab, HEALTHZ_PORT, VXLAN_CONFIG};
+use testkit::wg::{exec, exec_ok, kill_netns_processes, WG_CONFIG, WG_DEVICE};
 
 pub struct Sizes {
     pub secs: u32,
@@ -128,7 +128,7 @@ impl Drop for Agent {
 }
 
 fn h_url() -> String {
-    format!("http://{}:2379", crate::common::lab::ETCD_IP)
+    format!("http://{}:2379", testkit::lab::ETCD_IP)
 }
 
 /// The wireguard-go process running `dev` in host `h` (found among the namespace's processes
@@ -150,29 +150,6 @@ fn wireguard_go_pid(h: &Host, dev: &str) -> u32 {
         .unwrap_or_else(|| panic!("no wireguard-go for {dev} in {}", h.ns.name()))
 }
 
-/// `wg`, `ip` or a shell command in the host's network and mount namespaces; panics with
-/// its stderr on failure.
-fn run_in(h: &Host, args: &[&str]) -> String {
-    let out = exec(h, args);
-    assert!(
-        out.status.success(),
-        "{args:?} in {}: {}",
-        h.ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A link's MTU as `ip -o link show` prints it.
-fn mtu_of(h: &Host, dev: &str) -> u32 {
-    let line = h.ns.ip(&["-o", "link", "show", dev]);
-    line.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no MTU in {line}"))
-}
-
 /// flannel's WireGuard by hand in both hosts, with the tools flannel's users would reach
 /// for: wireguard-go started as weftd starts it (detached), `wg set` for key, port and the
 /// peer (endpoint, the peer's subnet as allowed IPs), the subnet's .0/32 on the device, the
@@ -181,9 +158,9 @@ fn mtu_of(h: &Host, dev: &str) -> u32 {
 fn hand_wireguard(hosts: [&Host; 2], mtu: u32) -> (String, String) {
     let mut publics = Vec::new();
     for (h, sn) in hosts.iter().zip(REF_SUBNETS) {
-        run_in(h, &["wireguard-go", REF_DEVICE]);
+        exec_ok(h, &["wireguard-go", REF_DEVICE]);
         let key = format!("/run/wireguard/{REF_DEVICE}.key");
-        let public = run_in(
+        let public = exec_ok(
             h,
             &[
                 "sh",
@@ -192,7 +169,7 @@ fn hand_wireguard(hosts: [&Host; 2], mtu: u32) -> (String, String) {
             ],
         );
         publics.push(public.trim().to_string());
-        run_in(
+        exec_ok(
             h,
             &[
                 "wg",
@@ -213,7 +190,7 @@ fn hand_wireguard(hosts: [&Host; 2], mtu: u32) -> (String, String) {
     }
     for (i, h) in hosts.iter().enumerate() {
         let peer = 1 - i;
-        run_in(
+        exec_ok(
             h,
             &[
                 "wg",
@@ -275,8 +252,8 @@ fn throughput(z: &Sizes) -> Vec<Table> {
         h.add_container();
     }
     let (h1, h2) = (&lab.hosts[0], &lab.hosts[1]);
-    let mtu = mtu_of(h1, WG_DEVICE);
-    let eth_mtu = mtu_of(h1, "eth0");
+    let mtu = h1.ns.mtu_of(WG_DEVICE);
+    let eth_mtu = h1.ns.mtu_of("eth0");
     let (ref_a, ref_b) = hand_wireguard([h1, h2], mtu);
     for dev in [WG_DEVICE, REF_DEVICE] {
         eprintln!(
@@ -351,7 +328,7 @@ fn throughput(z: &Sizes) -> Vec<Table> {
         }
     }
     for p in &paths {
-        let dump = run_in(h1, &["wg", "show", p.dev, "transfer"]);
+        let dump = exec_ok(h1, &["wg", "show", p.dev, "transfer"]);
         eprintln!("wireguard: {} transfer on host 1: {}", p.dev, dump.trim());
     }
     drop(agents);

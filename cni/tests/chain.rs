@@ -3,18 +3,18 @@
 //! order passing each result on, CHECK with the final result, DEL in reverse order; once with
 //! an IPv4-only subnet.env and once dual stack.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{exec_plugin, Host, Netns, NetnsExt};
 use serde_json::{json, Value};
+use testkit::cmd::{run, unique};
+use testkit::netns::Netns;
+use testkit::plugin::{exec_plugin, Host, NetnsExt};
 
 const REFERENCE: &str = "/usr/lib/cni";
 
 fn binary(kind: &str) -> PathBuf {
     if kind == "weft" {
-        return common::weft_binary();
+        return testkit::bins::plugin();
     }
     let p = PathBuf::from(REFERENCE).join(kind);
     assert!(
@@ -45,7 +45,7 @@ fn chained_with_reference_plugins_dual_stack() {
 /// Runs the chain on `host` (whose IPv4 addresses start with `prefix`); returns the result.
 fn chain(host: &Host, prefix: &str) -> Value {
     let ctr = Netns::new("c");
-    let id = common::unique("chain");
+    let id = unique("chain");
     let mut weft = host.conf("1.0.0");
     weft.as_object_mut().unwrap().remove("cniVersion");
     let plugins = vec![
@@ -68,7 +68,7 @@ fn chain(host: &Host, prefix: &str) -> Value {
         let kind = plugin["type"].as_str().unwrap();
         exec_plugin(
             &binary(kind),
-            &host.ns,
+            &host.ns.path(),
             &[
                 ("CNI_COMMAND", command.into()),
                 ("CNI_CONTAINERID", id.clone()),
@@ -95,12 +95,12 @@ fn chain(host: &Host, prefix: &str) -> Value {
     assert!(addr.starts_with(prefix), "{result}");
     // What the chained plugins did is there.
     let host_end = result["interfaces"][1]["name"].as_str().unwrap();
-    let qdisc = common::run(
+    let qdisc = run(
         "tc",
         &["-n", host.ns.name(), "qdisc", "show", "dev", host_end],
     );
     assert!(qdisc.contains("tbf"), "bandwidth set no shaping: {qdisc}");
-    let sysctl = common::run(
+    let sysctl = run(
         "ip",
         &[
             "netns",
@@ -138,7 +138,7 @@ fn chain(host: &Host, prefix: &str) -> Value {
                     std::net::IpAddr::V4(_) => ("iptables", format!("{ip}:80")),
                     std::net::IpAddr::V6(_) => ("ip6tables", format!("[{ip}]:80")),
                 };
-                let nat = common::run(
+                let nat = run(
                     "ip",
                     &["netns", "exec", host.ns.name(), tool, "-t", "nat", "-S"],
                 );

@@ -3,13 +3,12 @@
 //! IPAM, CHECK, DEL, GC and STATUS cover both ranges; IPv4 alone stays as it was, IPv6 alone
 //! works, and switching IPv6 forwarding on keeps the host's router advertisements.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use common::{Host, Netns, NetnsExt, NETWORK, NETWORK6};
 use serde_json::{json, Value};
+use testkit::netns::Netns;
+use testkit::plugin::{Host, NetnsExt, NETWORK, NETWORK6};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 

@@ -2,13 +2,14 @@
 //! command in every spec version, one test per error class, parallel ADD/DEL, DEL without a
 //! netns, GC, CHECK against a damaged container, and a host whose subnet changed.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use common::{Host, Netns, NetnsExt, MTU};
 use serde_json::{json, Value};
+use testkit::bins;
+use testkit::cmd::{unique, Output};
+use testkit::netns::Netns;
+use testkit::plugin::{exec_plugin, Host, NetnsExt, MTU, NETWORK};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -47,7 +48,7 @@ fn every_command_in_every_version() {
             assert_eq!(r["ips"][0]["version"], "4");
         }
         assert_eq!(ifaces[2].get("mtu").is_some(), version == "1.1.0", "{r}");
-        assert_eq!(r["routes"][0]["dst"], common::NETWORK);
+        assert_eq!(r["routes"][0]["dst"], NETWORK);
 
         // What a user of the container sees.
         let addr = ip_of(&r);
@@ -114,9 +115,9 @@ fn every_command_in_every_version() {
 #[test]
 fn version_ignores_dummy_variables_and_empty_input() {
     let host = Host::new(None);
-    let out = common::exec_plugin(
-        &common::weft_binary(),
-        &host.ns,
+    let out = exec_plugin(
+        &bins::plugin(),
+        &host.ns.path(),
         &[
             ("CNI_COMMAND", "VERSION".into()),
             ("CNI_CONTAINERID", "dummy/../".into()),
@@ -133,9 +134,9 @@ fn version_ignores_dummy_variables_and_empty_input() {
 fn garbage_on_stdin_is_code_6() {
     let host = Host::new(Some("198.19.11.0/24"));
     let ctr = Netns::new("c");
-    let out = common::exec_plugin(
-        &common::weft_binary(),
-        &host.ns,
+    let out = exec_plugin(
+        &bins::plugin(),
+        &host.ns.path(),
         &[
             ("CNI_COMMAND", "ADD".into()),
             ("CNI_CONTAINERID", "c1".into()),
@@ -192,7 +193,7 @@ fn invalid_cni_variables_are_code_4() {
         )
         .err(4);
     assert!(msg.contains("/run/netns/nope-w"), "{msg}");
-    let out = common::exec_plugin(&common::weft_binary(), &host.ns, &[], b"{}");
+    let out = exec_plugin(&bins::plugin(), &host.ns.path(), &[], b"{}");
     assert!(out.err(4).contains("CNI_COMMAND"));
     assert!(host.reservations().is_empty());
 }
@@ -328,8 +329,8 @@ fn same_attachment_twice_is_refused_and_rolled_back() {
     assert_eq!(host.reservations().len(), 1);
     // A failure after the reservation (the bridge name is taken by a veth) releases it.
     let mut bad = conf.clone();
-    let taken = common::unique("v");
-    let peer = common::unique("v");
+    let taken = unique("v");
+    let peer = unique("v");
     host.ns
         .ip(&["link", "add", &taken, "type", "veth", "peer", "name", &peer]);
     bad["bridge"] = json!(taken);
@@ -501,7 +502,7 @@ fn plugin_within(
     command: &str,
     netns: &std::path::Path,
     conf: &Value,
-) -> common::Output {
+) -> Output {
     let vars = [
         ("CNI_COMMAND", command.to_string()),
         ("CNI_CONTAINERID", "c1".to_string()),
@@ -511,7 +512,7 @@ fn plugin_within(
     ];
     let started = std::time::Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (bin, ns, stdin) = (common::weft_binary(), host.ns.path(), conf.to_string());
+    let (bin, ns, stdin) = (bins::plugin(), host.ns.path(), conf.to_string());
     let vars: Vec<(String, String)> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -538,7 +539,7 @@ fn plugin_within(
         .unwrap_or_else(|_| panic!("the plugin's {command} did not return within {secs} s"))
         .expect("running the plugin");
     eprintln!("{command} answered in {:?}", started.elapsed());
-    common::Output {
+    Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::new(),

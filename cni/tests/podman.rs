@@ -2,11 +2,10 @@
 //! each other across the bridge, the host reaches both, and `podman rm` leaves nothing
 //! reserved; the same with a dual-stack subnet.env, over IPv4 and IPv6.
 
-mod common;
-
-use common::podman::Podman;
-use common::Host;
 use serde_json::json;
+use testkit::cmd::unique;
+use testkit::plugin::Host;
+use testkit::podman::Podman;
 
 /// A podman for `host` whose network is weft alone, with two containers started on it.
 fn two_containers(host: &Host) -> (Podman, String, String) {
@@ -19,8 +18,8 @@ fn two_containers(host: &Host) -> (Podman, String, String) {
         "name": host.network,
         "plugins": [weft],
     });
-    let podman = Podman::new(&host.ns, &common::weft_binary(), &conflist);
-    let (a, b) = (common::unique("ctr"), common::unique("ctr"));
+    let podman = Podman::new(&host.ns, &testkit::bins::plugin(), &conflist);
+    let (a, b) = (unique("ctr"), unique("ctr"));
     podman.start(&a);
     podman.start(&b);
     (podman, a, b)
@@ -54,26 +53,12 @@ fn podman_containers_talk_through_weft() {
     remove_both(&host, &podman, &a, &b);
 }
 
-/// The container's global IPv6 address on eth0, as the container itself sees it.
-fn address6(podman: &Podman, name: &str) -> String {
-    let out = podman.ok(&[
-        "exec", name, "ip", "-6", "-o", "addr", "show", "dev", "eth0",
-    ]);
-    out.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace().skip_while(|w| *w != "inet6");
-            words.nth(1)?.split('/').next().map(str::to_string)
-        })
-        .find(|a| !a.starts_with("fe80"))
-        .unwrap_or_else(|| panic!("no global IPv6 address on eth0 in {name}: {out}"))
-}
-
 #[test]
 fn podman_containers_talk_over_both_families() {
     let host = Host::new_dual(Some("198.19.31.0/24"), Some("2001:db8:31::/64"));
     let (podman, a, b) = two_containers(&host);
     let (v4_a, v4_b) = (podman.address(&a), podman.address(&b));
-    let (v6_a, v6_b) = (address6(&podman, &a), address6(&podman, &b));
+    let (v6_a, v6_b) = (podman.address6(&a), podman.address6(&b));
     assert!(v6_a.starts_with("2001:db8:31::") && v6_b.starts_with("2001:db8:31::"));
     assert_ne!(v6_a, v6_b);
     assert_eq!(host.reservations().len(), 4);

@@ -172,17 +172,6 @@ impl Netlink {
         self.new_link(msg, &op)
     }
 
-    /// Creates a dummy device.
-    pub fn create_dummy(&mut self, name: &str) -> Result<Link, NetlinkError> {
-        let op = format!("create dummy {name}");
-        check_ifname(&op, name)?;
-        self.new_link(
-            build::link_new(name, InfoKind::Dummy, None, None, None),
-            &op,
-        )?;
-        self.created(name, &op)
-    }
-
     /// Creates a kernel WireGuard device. Fails with EOPNOTSUPP when the kernel has no
     /// WireGuard module (see [`NetlinkError::errno`]).
     pub fn create_wireguard(&mut self, name: &str) -> Result<Link, NetlinkError> {
@@ -371,11 +360,6 @@ impl Netlink {
             .collect())
     }
 
-    /// Creates the route or overwrites the one with the same destination, table and metric.
-    pub fn replace_route(&mut self, r: &Route) -> Result<(), NetlinkError> {
-        self.one(Op::ReplaceRoute(r.clone()))
-    }
-
     /// Creates the route; an existing one is an error (EEXIST).
     pub fn add_route(&mut self, r: &Route) -> Result<(), NetlinkError> {
         self.conn
@@ -444,11 +428,6 @@ impl Netlink {
     /// `bridge fdb replace MAC dev DEV dst IP self permanent`.
     pub fn replace_fdb(&mut self, f: &FdbEntry) -> Result<(), NetlinkError> {
         self.one(Op::ReplaceFdb(f.clone()))
-    }
-
-    /// Deletes an FDB entry (only the remote `dst` when given); one that is not there is fine.
-    pub fn del_fdb(&mut self, f: &FdbEntry) -> Result<(), NetlinkError> {
-        self.one(Op::DelFdb(f.clone()))
     }
 
     // ------------------------------------------------------------------ pipelining

@@ -259,15 +259,32 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = StatusRecord::parse("k", &bytes);
-            let _ = GoneMark::parse("k", &bytes);
+            // Whatever comes back, an error names the key it was read from.
+            if let Err(e) = StatusRecord::parse("k", &bytes) {
+                prop_assert_eq!(e.key.as_str(), "k");
+            }
+            if let Err(e) = GoneMark::parse("k", &bytes) {
+                prop_assert_eq!(e.key.as_str(), "k");
+            }
         }
 
         #[test]
         fn a_mangled_record_is_an_error_or_a_record(r in any_record(), cut in 0usize..400) {
+            // Every proper prefix of a record's JSON object is cut short of its closing brace:
+            // an error naming the key and why; only the whole record reads back, as written.
             let json = r.to_json();
             let cut = cut.min(json.len());
-            let _ = StatusRecord::parse("k", &json.as_bytes()[..cut]);
+            match StatusRecord::parse("k", &json.as_bytes()[..cut]) {
+                Ok(read) => {
+                    prop_assert_eq!(cut, json.len(), "a cut record parsed: {:?}", read);
+                    prop_assert_eq!(read, r);
+                }
+                Err(e) => {
+                    prop_assert!(cut < json.len(), "the whole record was refused: {}", e);
+                    prop_assert_eq!(e.key.as_str(), "k");
+                    prop_assert!(!e.why.is_empty(), "{}", e);
+                }
+            }
         }
     }
 }

@@ -160,12 +160,6 @@ impl EtcdStore {
         read::lease(&self.reg, subnet).await
     }
 
-    /// Starts a watch of all leases after `after_revision` (0: list first and report every
-    /// current lease as added). See [`LeaseWatcher`].
-    pub fn watch_leases(&self, cfg: Option<NetworkConfig>, after_revision: i64) -> LeaseWatcher {
-        LeaseWatcher::new(self.reg.clone(), cfg, after_revision)
-    }
-
     /// Starts a watch right after a listing, whose leases the caller already knows.
     pub fn watch_from_list(&self, cfg: Option<NetworkConfig>, list: &LeaseList) -> LeaseWatcher {
         LeaseWatcher::from_list(self.reg.clone(), cfg, list)
@@ -210,12 +204,6 @@ impl EtcdStore {
     /// `remove_reservation`).
     pub async fn revoke_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
         self.alloc().revoke(subnet).await
-    }
-
-    /// Revokes `lease` exactly as the caller saw it (its `mod_revision`): `LeaseChanged` and
-    /// nothing deleted when the key was rewritten since, `Ok(false)` when it is gone.
-    pub async fn revoke_seen_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
-        self.alloc().revoke_seen(lease).await
     }
 
     /// Reserves `subnet` for `public_ip`: a key without an etcd lease, so it never expires.

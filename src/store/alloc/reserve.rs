@@ -179,21 +179,6 @@ impl<R: Registry> Allocator<'_, R> {
         self.delete_seen(subnet, seen, id, &public_ip).await
     }
 
-    /// Revokes `lease` exactly as the caller saw it (its `mod_revision`): `LeaseChanged` and
-    /// nothing deleted when the key was rewritten since, `Ok(false)` when it is gone.
-    pub(in crate::store) async fn revoke_seen(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let public_ip = lease.attrs.public_ip.to_string();
-        let Some(id) = lease.etcd_lease_id else {
-            return Err(StoreError::IsReservation {
-                subnet: lease.subnet.to_string(),
-                public_ip,
-            });
-        };
-        let key = self.key(lease);
-        let seen = (key.as_str(), lease.mod_revision);
-        self.delete_seen(lease.subnet, seen, id, &public_ip).await
-    }
-
     async fn delete_seen(
         &self,
         subnet: Ipv4Net,

@@ -115,13 +115,17 @@ async fn revoking_deletes_the_key_as_seen_and_an_unused_etcd_lease() {
     assert!(alloc.revoke(lease.subnet).await.unwrap());
     assert!(lease_names(&reg).is_empty());
     assert!(reg.state().live_leases().is_empty());
-    assert!(!alloc.revoke(lease.subnet).await.unwrap());
-    assert!(!alloc.revoke_seen(&lease).await.unwrap(), "gone");
+    assert!(!alloc.revoke(lease.subnet).await.unwrap(), "gone");
 
-    // Renewed with new attributes since it was seen: nothing is deleted.
+    // Rewritten by its host between the revocation's read and its delete: nothing is
+    // deleted.
     let lease = acquire(&reg, &cfg, &host(1)).await;
-    alloc.update_attrs(&lease, &host(9)).await.unwrap();
-    let e = expect_err(alloc.revoke_seen(&lease).await);
+    let rewritten = host(9).to_json();
+    let id = lease.etcd_lease_id;
+    reg.before_next_write(move |s, key| {
+        s.put(key, &rewritten, id);
+    });
+    let e = expect_err(alloc.revoke(lease.subnet).await);
     assert!(matches!(e, StoreError::LeaseChanged { .. }), "{e:?}");
     assert_eq!(lease_names(&reg), ["198.19.1.0-24"]);
 
@@ -138,7 +142,7 @@ async fn an_etcd_lease_other_keys_hang_on_outlives_a_revocation() {
     let id = lease.etcd_lease_id.unwrap();
     let gone = reg.layout().gone_key(&lease.key_name());
     reg.state().put(&gone, "{}", Some(id));
-    assert!(alloc.revoke_seen(&lease).await.unwrap());
+    assert!(alloc.revoke(lease.subnet).await.unwrap());
     assert_eq!(reg.state().live_leases(), [id]);
 }
 

@@ -2,26 +2,14 @@
 //! the CNI_* variables and the network config on stdin. Each container is a namespace of its
 //! own, attached with ADD and detached with DEL.
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use super::lab::Host;
-use super::netns::Netns;
-
-/// The plugin binary, built next to weftd by `cargo build --workspace` (scripts/test does).
-pub fn plugin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_weftd")).with_file_name("weft");
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugin first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
+use crate::lab::Host;
+use crate::netns::Netns;
+use crate::plugin::exec_plugin;
 
 /// The plugin configured for one lab host: its subnet.env, an IPAM store of its own and the
 /// bridge `cni0`.
@@ -65,34 +53,26 @@ impl Plugin {
 
     /// Runs the plugin's `command` for container `id` in `netns`; panics unless it succeeds.
     pub fn run(&self, command: &str, id: &str, netns: &Path) -> Value {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.host_ns.display()))
-            .arg("--")
-            .arg(plugin())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run the plugin through nsenter (util-linux)");
+        let vars = [
+            ("CNI_COMMAND", command.to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_NETNS", netns.display().to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+        ];
         let conf = self.conf.to_string();
-        let mut stdin = child.stdin.take().expect("the plugin's stdin");
-        stdin
-            .write_all(conf.as_bytes())
-            .expect("writing the config");
-        drop(stdin);
-        let out = child.wait_with_output().expect("waiting for the plugin");
-        assert!(
-            out.status.success(),
-            "plugin {command} for {id} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let out = exec_plugin(
+            &crate::bins::plugin(),
+            &self.host_ns,
+            &vars,
+            conf.as_bytes(),
         );
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        assert_eq!(
+            out.code, 0,
+            "plugin {command} for {id} failed: {}{}",
+            out.stdout, out.stderr
+        );
+        serde_json::from_str(&out.stdout).unwrap_or(Value::Null)
     }
 
     /// A new container attached with ADD.

@@ -9,9 +9,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::lab::{wait_for, Pinger};
-use super::netns::Netns;
-use super::podman::{run, unique};
+use crate::cmd::{run, unique};
+use crate::netns::Netns;
+use crate::ping::Pinger;
+use crate::wait::wait_for;
 
 /// Debian's client, which matches Debian's dockerd.
 const DOCKER: &str = "/usr/bin/docker";
@@ -145,24 +146,7 @@ impl Dockerd {
     }
 
     fn import_busybox(&self) {
-        let root = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).expect("rootfs");
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .expect("/bin/busybox (Debian package busybox-static)");
-        for applet in ["sh", "sleep", "ip", "ping", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
-        }
-        let tar = self.dir.path().join("rootfs.tar");
-        run(
-            "tar",
-            &[
-                "-C",
-                &root.to_string_lossy(),
-                "-cf",
-                &tar.to_string_lossy(),
-                ".",
-            ],
-        );
+        let tar = crate::cmd::busybox_tar(self.dir.path());
         self.ok(&["import", &tar.to_string_lossy(), &self.image]);
     }
 

@@ -1,7 +1,8 @@
 //! Network namespaces for integration tests, built with iproute2 and removed when the guard
 //! drops (also when the test panics).
 //!
-//! ```ignore
+//! ```no_run
+//! use testkit::netns::{veth_pair, Netns};
 //! let h1 = Netns::new("h1");
 //! let h2 = Netns::new("h2");
 //! veth_pair(&h1, "v1", "198.18.0.1/24", &h2, "v2", "198.18.0.2/24");
@@ -102,6 +103,16 @@ impl Netns {
             .to_string()
     }
 
+    /// The MTU of `dev` inside the namespace.
+    pub fn mtu_of(&self, dev: &str) -> u32 {
+        let out = self.ip(&["-o", "link", "show", "dev", dev]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no mtu in {out:?}"))
+    }
+
     fn tool(&self, tool: &str, args: &[&str]) -> String {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
@@ -150,6 +161,29 @@ pub fn veth_pair(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_a
         }
         ns.ip(&["link", "set", dev, "up"]);
     }
+}
+
+/// Plugs `ns` into `bridge` inside `underlay` with a veth: `dev` in `ns` with address `cidr`
+/// ("" for none), `port` on the bridge, both up. A host's NIC on a lab's underlay, a router's
+/// leg, an etcd member's link.
+pub fn plug(ns: &Netns, dev: &str, underlay: &Netns, port: &str, bridge: &str, cidr: &str) {
+    ns.ip(&[
+        "link",
+        "add",
+        dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        underlay.name(),
+    ]);
+    underlay.ip(&["link", "set", port, "master", bridge, "up"]);
+    if !cidr.is_empty() {
+        ns.ip(&["addr", "add", cidr, "dev", dev]);
+    }
+    ns.ip(&["link", "set", dev, "up"]);
 }
 
 fn run(tool: &str, args: &[&str]) -> Output {

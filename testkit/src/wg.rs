@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use super::lab::{wait_for, Host, Lab};
-use super::netns::Netns;
+use crate::lab::{Host, Lab};
+use crate::netns::Netns;
+use crate::wait::wait_for;
 
 pub const WG_DEVICE: &str = "flannel-wg";
 pub const WG_DEVICE6: &str = "flannel-wg-v6";
@@ -61,6 +62,13 @@ impl MountNs {
     }
 }
 
+/// A fresh mount namespace, as [`MountNs::new`] makes it.
+impl Default for MountNs {
+    fn default() -> MountNs {
+        MountNs::new()
+    }
+}
+
 impl Drop for MountNs {
     fn drop(&mut self) {
         let _ = self.holder.kill();
@@ -89,6 +97,18 @@ pub fn exec(host: &Host, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
 }
 
+/// Like [`exec`], panicking with the command's stderr when it fails; returns its stdout.
+pub fn exec_ok(host: &Host, args: &[&str]) -> String {
+    let out = exec(host, args);
+    assert!(
+        out.status.success(),
+        "{args:?} on {}: {}",
+        host.ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Host {
     /// Makes this a WireGuard host: its own mount namespace and key file. Before `start`.
     pub fn use_wireguard(&mut self) {
@@ -101,14 +121,7 @@ impl Host {
     pub fn wg(&self, args: &[&str]) -> String {
         let mut full = vec!["wg"];
         full.extend_from_slice(args);
-        let out = exec(self, &full);
-        assert!(
-            out.status.success(),
-            "wg {args:?} on {}: {} (apt-get install wireguard-tools)",
-            self.ns.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        exec_ok(self, &full)
     }
 
     /// The peers of `dev` as `wg show DEV dump` lists them: (public key, endpoint, allowed
@@ -197,32 +210,40 @@ pub fn say_mode() {
 /// address, and holding every other host as a peer.
 pub fn wg_lab(n: usize, config: &str, extra: &[&str]) -> Lab {
     say_mode();
-    start_wg(Lab::new(n, config), extra)
+    let mut lab = Lab::new(n, config);
+    start_wireguard(&mut lab, n, extra);
+    wait_wg_converged(&lab.hosts);
+    lab
 }
 
 /// [`wg_lab`] over a dual-stack underlay, with IPv6 container addresses too.
 pub fn wg_lab_dual(n: usize, config: &str) -> Lab {
     say_mode();
-    let lab = start_wg(Lab::dual(n, config), &[]);
-    for h in &lab.hosts {
-        h.add_container6();
-    }
+    let mut lab = Lab::dual(n, config);
+    start_wireguard(&mut lab, n, &[]);
+    wait_wg_converged(&lab.hosts);
     lab
 }
 
-fn start_wg(mut lab: Lab, extra: &[&str]) -> Lab {
+/// Makes every host of `lab` a WireGuard host (its own mount namespace) and starts weftd with
+/// `extra` on the first `weft` of them, each then ready and with a container address (IPv6
+/// too when the host has an IPv6 underlay address). The other hosts are the test's, to build
+/// by hand.
+pub fn start_wireguard(lab: &mut Lab, weft: usize, extra: &[&str]) {
     for h in &mut lab.hosts {
         h.use_wireguard();
     }
-    for h in &mut lab.hosts {
+    for h in &mut lab.hosts[..weft] {
         h.start(extra);
     }
-    for h in &mut lab.hosts {
+    for h in &mut lab.hosts[..weft] {
         h.wait_ready();
-        h.add_container();
+        if h.has_ipv6() {
+            h.add_container6();
+        } else {
+            h.add_container();
+        }
     }
-    wait_wg_converged(&lab.hosts);
-    lab
 }
 
 /// Waits (10 s) until every host's device has every other host's subnet among a peer's

@@ -1,15 +1,41 @@
-//! A real etcd (/usr/bin/etcd) per test: on free loopback ports with a temporary data dir, or
-//! inside a network namespace at a given address for multi-host labs. It can be stopped and
-//! started again on the same ports and data for outage tests; dropping it kills it and
-//! removes its data.
+//! A real etcd (/usr/bin/etcd) per test: on free loopback ports with a temporary data dir
+//! (optionally speaking TLS with client certificates), or inside a network namespace at a
+//! given address for multi-host labs. It can be stopped and started again on the same ports
+//! and data for outage tests; dropping it kills it and removes its data.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+use crate::cmd::free_port;
+
+pub(crate) const ETCD: &str = "/usr/bin/etcd";
+pub(crate) const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+/// Fails the test unless etcd and etcdctl are installed.
+pub(crate) fn require_tools() {
+    for tool in [ETCD, ETCDCTL] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install the Debian packages etcd-server and etcd-client"
+        );
+    }
+}
+
+/// The certificates of a TLS etcd, in one directory: `ca.pem`, the server's `server.pem` and
+/// `server-key.pem` (for 127.0.0.1), and the client identity etcdctl uses, `client.pem` and
+/// `client-key.pem`.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub dir: PathBuf,
+}
+
+impl Tls {
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
 
 pub struct Etcd {
     child: Option<Child>,
@@ -18,23 +44,10 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     netns: Option<String>,
+    tls: Option<Tls>,
     /// `root:PASSWORD` once authentication is on; every etcdctl call then uses it.
     root: Option<String>,
     extra_args: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
-}
-
-fn require(tool: &str) {
-    assert!(
-        Path::new(tool).exists(),
-        "{tool} is missing: install the Debian packages etcd-server and etcd-client"
-    );
 }
 
 impl Etcd {
@@ -45,20 +58,27 @@ impl Etcd {
 
     /// Like [`new`](Self::new), with extra etcd flags (kept for restarts).
     pub fn with_args(args: &[&str]) -> Etcd {
-        require(ETCD);
-        require(ETCDCTL);
+        Etcd::on_loopback(args, None)
+    }
+
+    /// Like [`new`](Self::new), serving clients over TLS and requiring a client certificate
+    /// signed by `tls`'s CA (`--client-cert-auth`); etcdctl uses `tls`'s client identity.
+    pub fn with_tls(tls: Tls) -> Etcd {
+        Etcd::on_loopback(&[], Some(tls))
+    }
+
+    fn on_loopback(args: &[&str], tls: Option<Tls>) -> Etcd {
+        require_tools();
         let mut last = String::new();
         for _ in 0..5 {
             let mut e = Etcd {
                 child: None,
-                dir: tempfile::Builder::new()
-                    .prefix("weft-etcd-")
-                    .tempdir()
-                    .expect("creating a temporary dir for etcd"),
+                dir: data_dir(),
                 host: "127.0.0.1".into(),
                 client_port: free_port(),
                 peer_port: free_port(),
                 netns: None,
+                tls: tls.clone(),
                 root: None,
                 extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
@@ -76,18 +96,15 @@ impl Etcd {
 
     /// Starts etcd inside network namespace `ns`, listening on `ip` (ports 2379/2380).
     pub fn start_in_netns(ns: &str, ip: &str) -> Etcd {
-        require(ETCD);
-        require(ETCDCTL);
+        require_tools();
         let mut e = Etcd {
             child: None,
-            dir: tempfile::Builder::new()
-                .prefix("weft-etcd-")
-                .tempdir()
-                .expect("creating a temporary dir for etcd"),
+            dir: data_dir(),
             host: ip.to_string(),
             client_port: 2379,
             peer_port: 2380,
             netns: Some(ns.to_string()),
+            tls: None,
             root: None,
             extra_args: Vec::new(),
         };
@@ -102,9 +119,10 @@ impl Etcd {
         format!("{}:{}", self.host, self.client_port)
     }
 
-    /// `http://host:port`, as weft's `--etcd-endpoints` takes it.
+    /// `http://host:port` (`https://` with TLS), as weft's `--etcd-endpoints` takes it.
     pub fn client_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -116,9 +134,7 @@ impl Etcd {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        tail(&self.log_path())
     }
 
     fn command(&self, program: &str) -> Command {
@@ -142,15 +158,21 @@ impl Etcd {
             .try_clone()
             .map_err(|e| format!("opening etcd's log: {e}"))?;
         let data = self.dir.path().join("data");
-        let child = self
-            .command(ETCD)
-            .arg("--name=weft-test")
+        let mut cmd = self.command(ETCD);
+        cmd.arg("--name=weft-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", self.client_url()))
             .arg(format!("--advertise-client-urls={}", self.client_url()))
             .arg(format!("--listen-peer-urls={}", self.peer_url()))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
-            .arg(format!("--initial-cluster=weft-test={}", self.peer_url()))
+            .arg(format!("--initial-cluster=weft-test={}", self.peer_url()));
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.file("server.pem")))
+                .arg(format!("--key-file={}", tls.file("server-key.pem")))
+                .arg(format!("--trusted-ca-file={}", tls.file("ca.pem")))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(&self.extra_args)
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
@@ -207,12 +229,17 @@ impl Etcd {
         }
     }
 
-    /// Runs etcdctl against this etcd (in its namespace, if any), as root once
-    /// authentication is on.
+    /// Runs etcdctl against this etcd (in its namespace, if any), with the client
+    /// certificate when it speaks TLS, and as root once authentication is on.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         let mut c = self.command(ETCDCTL);
         c.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.client_url()));
+        if let Some(tls) = &self.tls {
+            c.arg(format!("--cacert={}", tls.file("ca.pem")))
+                .arg(format!("--cert={}", tls.file("client.pem")))
+                .arg(format!("--key={}", tls.file("client-key.pem")));
+        }
         if let Some(root) = &self.root {
             c.arg(format!("--user={root}"));
         }
@@ -224,25 +251,24 @@ impl Etcd {
 
     /// Like [`etcdctl`](Self::etcdctl), panicking with its output when it fails.
     pub fn etcdctl_ok(&self, args: &[&str]) -> String {
-        let out = self.etcdctl(args);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.etcdctl(args))
+    }
+
+    /// Grants an etcd lease of `ttl` seconds; its id as etcdctl prints it (hex).
+    pub fn grant(&self, ttl: u32) -> String {
+        let grant = self.etcdctl_ok(&["lease", "grant", &ttl.to_string()]);
+        // "lease 694d77aa9e0c3d0a granted with TTL(3600s)"
+        grant
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("etcdctl lease grant said {grant:?}"))
+            .to_string()
     }
 
     /// Writes `key` as a host (flanneld) writes its lease: on an etcd lease of its own with
     /// `ttl` seconds. Returns the etcd lease's id as etcdctl prints it (hex).
     pub fn put_on_lease(&self, key: &str, value: &str, ttl: u32) -> String {
-        let grant = self.etcdctl_ok(&["lease", "grant", &ttl.to_string()]);
-        let id = grant
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_else(|| panic!("etcdctl lease grant said {grant:?}"))
-            .to_string();
+        let id = self.grant(ttl);
         self.etcdctl_ok(&["put", &format!("--lease={id}"), key, value]);
         id
     }
@@ -292,6 +318,41 @@ impl Etcd {
     pub fn put(&self, key: &str, value: &str) {
         self.etcdctl_ok(&["put", key, value]);
     }
+
+    /// The value stored at `key`, byte for byte, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl_ok(&["get", key, "--print-value-only"]);
+        let v = out.strip_suffix('\n').unwrap_or(&out);
+        (!out.is_empty()).then(|| v.to_string())
+    }
+
+    /// The etcd lease id attached to `key` (0 for none), if the key exists.
+    pub fn key_lease(&self, key: &str) -> Option<i64> {
+        lease_of_key(&self.etcdctl_ok(&["get", key, "-w", "json"]))
+    }
+
+    /// A series of etcd's own `/metrics` (e.g. `etcd_mvcc_range_total`, the reads it served,
+    /// or `etcd_debugging_mvcc_watcher_total`, the watches open): what clients did to it,
+    /// seen from the server. Not for a TLS etcd.
+    pub fn metric(&self, name: &str) -> f64 {
+        assert!(self.tls.is_none(), "metrics of a TLS etcd are not read");
+        let addr: SocketAddr = self
+            .endpoint()
+            .parse()
+            .unwrap_or_else(|e| panic!("etcd's endpoint {}: {e}", self.endpoint()));
+        let netns = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
+        let (status, body) = crate::http::get(netns.as_deref(), addr, "/metrics");
+        assert_eq!(status, 200, "etcd's /metrics at {addr}: {body}");
+        crate::http::metric(&body, name)
+            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {addr}"))
+    }
+}
+
+/// An etcd on free loopback ports, as [`Etcd::new`] starts it.
+impl Default for Etcd {
+    fn default() -> Etcd {
+        Etcd::new()
+    }
 }
 
 impl Drop for Etcd {
@@ -324,20 +385,55 @@ impl Etcd {
             .leases()
             .len()
     }
+}
 
-    /// The value stored at `key`, byte for byte, if any.
-    pub fn get(&self, key: &str) -> Option<String> {
-        let out = self.etcdctl_ok(&["get", key, "--print-value-only"]);
-        let v = out.strip_suffix('\n').unwrap_or(&out);
-        (!out.is_empty()).then(|| v.to_string())
-    }
+/// An etcd holding the network config `cfg` (stored through weft's store, which validates it),
+/// a store connected to it, and the config as the store reads it back: where a test of
+/// leases starts.
+pub async fn with_config(cfg: &str) -> (Etcd, weft::store::EtcdStore, weft::config::NetworkConfig) {
+    let etcd = Etcd::new();
+    let store = etcd.store().await;
+    store
+        .put_config(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("storing the config {cfg}: {e}"));
+    let read = store
+        .get_config()
+        .await
+        .unwrap_or_else(|e| panic!("reading the config back: {e}"))
+        .unwrap_or_else(|| panic!("no config after storing {cfg}"));
+    (etcd, store, read)
+}
 
-    /// The etcd lease id attached to `key` (0 for none), if the key exists.
-    pub fn key_lease(&self, key: &str) -> Option<i64> {
-        let out = self.etcdctl_ok(&["get", key, "-w", "json"]);
-        let v: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl get {out:?}: {e}"));
-        let kv = v["kvs"].as_array()?.first()?.clone();
-        Some(kv["lease"].as_i64().unwrap_or(0))
-    }
+fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("weft-etcd-")
+        .tempdir()
+        .expect("creating a temporary dir for etcd")
+}
+
+/// The last lines of an etcd log, for failure messages.
+pub(crate) fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// etcdctl's stdout, or a panic with its output when it failed.
+pub(crate) fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The etcd lease id (0 for none) of the key `etcdctl get KEY -w json` printed, if it exists.
+pub(crate) fn lease_of_key(json: &str) -> Option<i64> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("etcdctl get {json:?}: {e}"));
+    let kv = v["kvs"].as_array()?.first()?.clone();
+    Some(kv["lease"].as_i64().unwrap_or(0))
 }

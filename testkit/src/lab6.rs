@@ -7,7 +7,9 @@ use std::time::Duration;
 use ipnet::Ipv6Net;
 use weft::subnet_env::SubnetEnv;
 
-use super::lab::{wait_for, Host, Lab, Pinger};
+use crate::lab::{Host, Lab};
+use crate::ping::Pinger;
+use crate::wait::wait_for;
 
 /// A dual-stack VXLAN network: IPv4 198.19.0.0/16 and IPv6 2001:db8:100::/48 (/64 subnets).
 pub const DUAL_CONFIG: &str = r#"{"Network":"198.19.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:100::/48","Backend":{"Type":"vxlan"}}"#;
@@ -22,6 +24,13 @@ impl Lab {
             h.add_ipv6();
         }
         lab
+    }
+
+    /// Gives every host its IPv4 and IPv6 container addresses (see [`Host::add_container6`]).
+    pub fn add_containers6(&self) {
+        for h in &self.hosts {
+            h.add_container6();
+        }
     }
 
     /// Waits (5 s) until every dual-stack host routes to every other one's IPv6 subnet.
@@ -60,6 +69,14 @@ impl Host {
     pub fn add_ipv6(&self) {
         let addr = format!("{}/64", self.ip6());
         self.ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"]);
+    }
+
+    /// Whether `eth0` has its IPv6 underlay address (see [`Host::add_ipv6`]).
+    pub fn has_ipv6(&self) -> bool {
+        let want = format!("{}/64", self.ip6());
+        self.ns
+            .ip(&["-6", "-o", "addr", "show", "dev", "eth0"])
+            .contains(&want)
     }
 
     /// This host's IPv6 subnet, from its subnet.env.
@@ -107,10 +124,7 @@ impl Host {
 
     /// Pings `dst` from this host's IPv6 container address every 10 ms until finished.
     pub fn start_pinging6(&self, dst: Ipv6Addr) -> Pinger {
-        let prefix = ["ip", "netns", "exec", self.ns.name()]
-            .map(String::from)
-            .to_vec();
-        Pinger::start_with(prefix, IpAddr::V6(self.container_ip6()), IpAddr::V6(dst))
+        Pinger::in_netns(&self.ns, self.container_ip6(), dst)
     }
 
     /// `ip -6 route show` for one destination.

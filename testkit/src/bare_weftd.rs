@@ -3,13 +3,16 @@
 //! touches this machine's network. Killed when the guard drops.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 pub struct BareWeftd {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Where /metrics is served, when started with [`BareWeftd::start_serving`].
+    http: Option<SocketAddr>,
     /// Every line read so far.
     pub log: Vec<String>,
 }
@@ -17,7 +20,7 @@ pub struct BareWeftd {
 impl BareWeftd {
     /// Starts weftd with `args` and an empty environment.
     pub fn start(args: &[&str]) -> BareWeftd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weftd"))
+        let mut child = Command::new(crate::bins::weftd())
             .env_clear()
             .args(args)
             .stdin(Stdio::null())
@@ -37,8 +40,32 @@ impl BareWeftd {
         BareWeftd {
             child,
             lines,
+            http: None,
             log: Vec::new(),
         }
+    }
+
+    /// Like [`start`](Self::start), serving /healthz, /readyz and /metrics on a free loopback
+    /// port, so a test can read what weftd counts (see [`metric`](Self::metric)).
+    pub fn start_serving(args: &[&str]) -> BareWeftd {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::cmd::free_port()));
+        let port = addr.port().to_string();
+        let mut full = vec!["--healthz-ip", "127.0.0.1", "--healthz-port", &port];
+        full.extend_from_slice(args);
+        let mut d = BareWeftd::start(&full);
+        d.http = Some(addr);
+        d
+    }
+
+    /// A series of weftd's /metrics; None while nothing answers or the series is missing.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let addr = self
+            .http
+            .expect("metrics are served only by a weftd started with start_serving");
+        let (status, body) = crate::http::get(None, addr, "/metrics");
+        (status == 200)
+            .then(|| crate::http::metric(&body, name))
+            .flatten()
     }
 
     /// Waits up to `limit` for a log line containing every needle; returns it and when.
@@ -56,9 +83,34 @@ impl BareWeftd {
         None
     }
 
-    /// Reads log lines for `d`, whatever they say.
-    pub fn read_for(&mut self, d: Duration) {
-        let _ = self.wait_line(d, &["\u{0}never printed"]);
+    /// Reads every line weftd wrote until its stderr closed (it exited, or was stopped with
+    /// [`stop`](Self::stop)), so the log is complete. Panics when it stays open for `limit`.
+    pub fn read_to_end(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "weftd's log was still open after {limit:?}: {:#?}",
+                    self.log
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM (unless weftd has exited already), then waits (10 s) for it to exit and reads
+    /// its log to the end.
+    pub fn stop(&mut self) -> ExitStatus {
+        if self.is_running() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        }
+        let status = self
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("weftd did not exit within 10 s of SIGTERM"));
+        self.read_to_end(Duration::from_secs(10));
+        status
     }
 
     /// Waits up to `limit` for weftd to exit by itself.

@@ -9,44 +9,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::netns::Netns;
-
-/// What a podman command printed, and its exit code.
-#[derive(Debug)]
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// A short name unique to this process and call, `w<pid base36><kind><n>`, for interfaces
-/// (at most 15 bytes), networks, containers and image tags.
-pub fn unique(kind: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let mut pid = std::process::id();
-    let mut tag = String::new();
-    while pid > 0 {
-        tag.insert(0, char::from_digit(pid % 36, 36).unwrap_or('0'));
-        pid /= 36;
-    }
-    format!("w{tag}{kind}{}", N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Runs a tool and panics with its output when it fails; returns its stdout.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::cmd::{unique, Output};
+use crate::netns::Netns;
 
 pub struct Podman {
     netns: PathBuf,
@@ -111,24 +75,7 @@ impl Podman {
 
     /// A one-binary image: busybox-static with the applets the tests use.
     fn import_busybox(&self) {
-        let rootfs = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-            .expect("cannot copy /bin/busybox (install busybox-static)");
-        for applet in ["sh", "ip", "ping", "sleep", "cat"] {
-            symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let tar = self.dir.path().join("rootfs.tar");
-        run(
-            "tar",
-            &[
-                "-C",
-                &rootfs.display().to_string(),
-                "-cf",
-                &tar.display().to_string(),
-                ".",
-            ],
-        );
+        let tar = crate::cmd::busybox_tar(self.dir.path());
         self.ok(&["import", "--quiet", &tar.display().to_string(), &self.image]);
     }
 
@@ -149,11 +96,7 @@ impl Podman {
             .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
             .output()
             .expect("cannot run nsenter podman (install podman and util-linux)");
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Output::from(out)
     }
 
     /// Like `cmd`, asserting success; returns stdout.

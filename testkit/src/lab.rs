@@ -3,21 +3,20 @@
 //! a real weftd. Everything goes when the lab drops: weftd processes first, then etcd, then
 //! the namespaces.
 
-use std::io::{Read as _, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weft::subnet_env::SubnetEnv;
 
-use super::etcd::Etcd;
-use super::etcd_cluster::EtcdCluster;
-use super::netns::Netns;
+use crate::etcd::Etcd;
+use crate::etcd_cluster::EtcdCluster;
+use crate::leases::CONFIG_KEY;
+use crate::netns::{plug, Netns};
+use crate::ping::Pinger;
+use crate::wait::wait_for;
 
 pub const NETWORK: &str = "198.19.0.0/16";
 pub const VXLAN_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -25,8 +24,9 @@ pub const ETCD_IP: &str = "198.18.0.254";
 pub const HEALTHZ_PORT: u16 = 8471;
 /// The VXLAN device weftd makes for VXLAN_CONFIG (VNI 1).
 pub const VXLAN_DEVICE: &str = "flannel.1";
-/// Where flannel (and weft) keep the leases.
-pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
+/// The lab's resync interval (`--resync-interval`): the longest a host goes without a full
+/// reconciliation.
+pub const RESYNC: Duration = Duration::from_secs(5);
 
 /// Makes `flannel.1` inside `ns` exactly as flanneld does, with iproute2 rather than weft's
 /// netlink layer: VNI 1, `local` on `eth0`, port 8472, no learning, MTU 1450, the address
@@ -55,20 +55,6 @@ pub fn make_flannel_device(ns: &Netns, local: &str, subnet: Ipv4Net) -> String {
     ns.mac_of("flannel.1")
 }
 
-/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 pub struct Host {
     pub ns: Netns,
     /// The host's underlay address (198.18.0.N).
@@ -79,8 +65,8 @@ pub struct Host {
     etcd_url: String,
     /// The `--iface` weftd is started with; None lets it choose by the default route.
     pub iface: Option<String>,
-    /// A WireGuard host's own mount namespace (see [`super::wg`]).
-    pub mnt: Option<super::wg::MountNs>,
+    /// A WireGuard host's own mount namespace (see [`crate::wg`]).
+    pub mnt: Option<crate::wg::MountNs>,
     /// Variables weftd is started with besides the lab's.
     pub env: Vec<(String, String)>,
 }
@@ -108,7 +94,7 @@ impl Host {
             ),
         };
         args.extend([
-            env!("CARGO_BIN_EXE_weftd").into(),
+            crate::bins::weftd().display().to_string(),
             "--etcd-endpoints".into(),
             self.etcd_url.clone(),
             "--subnet-file".into(),
@@ -116,7 +102,7 @@ impl Host {
             "--healthz-port".into(),
             HEALTHZ_PORT.to_string(),
             "--resync-interval".into(),
-            "5s".into(),
+            format!("{}s", RESYNC.as_secs()),
             "--log-level".into(),
             "info,weft=debug".into(),
         ]);
@@ -217,13 +203,19 @@ impl Host {
 
     /// Runs `weftctl` inside the host against the lab's etcd; `args` follow the global flags.
     pub fn weftctl(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec![
-            env!("CARGO_BIN_EXE_weftctl"),
-            "--etcd-endpoints",
-            &self.etcd_url,
-        ];
+        let weftctl = crate::bins::weftctl().display().to_string();
+        let mut full = vec![weftctl.as_str(), "--etcd-endpoints", &self.etcd_url];
         full.extend_from_slice(args);
-        super::wg::exec(self, &full)
+        crate::wg::exec(self, &full)
+    }
+
+    /// `weftctl check` of this host's kernel state against the leases, as an operator runs
+    /// it on the host (`--iface eth0`, the host's subnet.env).
+    pub fn weftctl_check(&self, extra: &[&str]) -> std::process::Output {
+        let subnet_file = self.subnet_file.display().to_string();
+        let mut args = extra.to_vec();
+        args.extend(["check", "--iface", "eth0", "--subnet-file", &subnet_file]);
+        self.weftctl(&args)
     }
 
     /// Waits up to `timeout` for weftd to exit by itself; None while it still runs.
@@ -243,36 +235,13 @@ impl Host {
     /// A GET against weftd's health endpoint from inside the host: (status, body); status 0
     /// when nothing answers.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let path = path.to_string();
-        weft::netlink::run_in_netns(&self.ns.path(), move || {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
-            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-            else {
-                return (0, String::new());
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            let status = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            (status, body)
-        })
-        .expect("entering the host namespace")
+        let addr = SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
+        crate::http::get(Some(&self.ns.path()), addr, path)
     }
 
     /// A metric's value from /metrics.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.http_get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        crate::http::metric(&self.http_get("/metrics").1, name)
     }
 
     /// `ip route show` for one destination.
@@ -367,7 +336,35 @@ impl Host {
 
     /// Pings `dst` from this host's container address every 10 ms until the pinger finishes.
     pub fn start_pinging(&self, dst: Ipv4Addr) -> Pinger {
-        Pinger::start(self.ns.name(), self.container_ip(), dst)
+        Pinger::in_netns(&self.ns, self.container_ip(), dst)
+    }
+
+    /// Waits up to `within` until this host's container reaches `to`'s, and gives how long
+    /// it took; panics with both hosts' logs (and WireGuard devices) when it does not.
+    pub fn reach_within(&self, to: &Host, within: Duration, what: &str) -> Duration {
+        let started = Instant::now();
+        let ok = wait_for(within, || {
+            self.ping_from_container(to.container_ip()).then_some(())
+        });
+        if ok.is_none() {
+            let devices = [self, to]
+                .iter()
+                .filter(|h| h.mnt.is_some())
+                .map(|h| {
+                    String::from_utf8_lossy(&crate::wg::exec(h, &["wg", "show"]).stdout)
+                        .into_owned()
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "{what}: {} cannot reach {} within {within:?}:\n{devices}\n{}\n{}",
+                self.ns.name(),
+                to.container_ip(),
+                self.logs(),
+                to.logs()
+            );
+        }
+        started.elapsed()
     }
 }
 
@@ -379,130 +376,6 @@ pub struct Peer {
     pub ip: String,
 }
 
-/// Counts from a [`Pinger`].
-#[derive(Debug, Clone, Default)]
-pub struct PingTotals {
-    pub transmitted: u64,
-    pub received: u64,
-    /// ping's summary of every run that lost packets, for the failure message.
-    pub lossy_runs: Vec<String>,
-}
-
-impl PingTotals {
-    pub fn lost(&self) -> u64 {
-        self.transmitted - self.received
-    }
-
-    /// Fails the test unless at least `at_least` pings went out (so they covered the event)
-    /// and none was lost.
-    pub fn assert_no_loss(&self, what: &str, at_least: u64) {
-        assert!(
-            self.transmitted >= at_least,
-            "{what}: only {} pings sent; the pinger did not cover the event",
-            self.transmitted
-        );
-        assert_eq!(
-            self.lost(),
-            0,
-            "{what}: {} of {} pings lost: {:?}",
-            self.lost(),
-            self.transmitted,
-            self.lossy_runs
-        );
-    }
-}
-
-/// Pings every 10 ms (ping makes that ~17 ms here) in back-to-back runs of 100 packets, each run waiting
-/// for every reply, so stopping never cuts a packet in flight and a lost packet is a real
-/// loss. Between two runs there is a gap of a few milliseconds while the next ping starts.
-pub struct Pinger {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<PingTotals, String>>>,
-}
-
-impl Pinger {
-    fn start(ns: &str, src: Ipv4Addr, dst: Ipv4Addr) -> Pinger {
-        let prefix = ["ip", "netns", "exec", ns].map(String::from).to_vec();
-        Pinger::start_with(prefix, src, dst)
-    }
-
-    /// Pings with `prefix` before `ping`: the command that puts ping where `src` is (a
-    /// namespace, a container inside a machine).
-    pub fn start_with(
-        prefix: Vec<String>,
-        src: impl Into<std::net::IpAddr>,
-        dst: impl Into<std::net::IpAddr>,
-    ) -> Pinger {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (src, dst) = (src.into().to_string(), dst.into().to_string());
-        let thread = std::thread::spawn(move || {
-            let mut totals = PingTotals::default();
-            while !flag.load(Ordering::SeqCst) {
-                let out = Command::new(&prefix[0])
-                    .args(&prefix[1..])
-                    .args(["ping", "-q", "-n", "-i", "0.01"])
-                    .args(["-c", "100", "-W", "1", "-I", &src, &dst])
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run ping (install iputils-ping): {e}"))?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let summary = text
-                    .lines()
-                    .find(|l| l.contains("packets transmitted"))
-                    .ok_or_else(|| {
-                        format!(
-                            "no summary from ping {src} -> {dst}: {text}{}",
-                            String::from_utf8_lossy(&out.stderr)
-                        )
-                    })?;
-                let count = |what: &str| -> Option<u64> {
-                    summary
-                        .split(", ")
-                        .find(|part| part.contains(what))?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                };
-                let (Some(tx), Some(rx)) = (count("transmitted"), count("received")) else {
-                    return Err(format!("cannot read ping's summary: {summary}"));
-                };
-                totals.transmitted += tx;
-                totals.received += rx;
-                if rx < tx {
-                    totals.lossy_runs.push(summary.to_string());
-                }
-            }
-            Ok(totals)
-        });
-        Pinger {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Lets the current run complete and returns the totals.
-    pub fn finish(mut self) -> PingTotals {
-        self.stop.store(true, Ordering::SeqCst);
-        let thread = self.thread.take().expect("finish is called once");
-        match thread.join() {
-            Ok(Ok(t)) => t,
-            Ok(Err(why)) => panic!("{why}"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Drop for Host {
     fn drop(&mut self) {
         if let Some(mut child) = self.weftd.take() {
@@ -511,7 +384,24 @@ impl Drop for Host {
         }
         if self.mnt.is_some() {
             // wireguard-go outlives weftd by design; the lab's must go with the host.
-            super::wg::kill_netns_processes(&self.ns);
+            crate::wg::kill_netns_processes(&self.ns);
+        }
+    }
+}
+
+/// Checks every 500 ms for `outage` (a duration the test is about: etcd down, a link cut)
+/// that weftd still runs on every host; fails naming the one that exited.
+pub fn keep_running(hosts: &mut [Host], outage: Duration, what: &str) {
+    let started = Instant::now();
+    while started.elapsed() < outage {
+        std::thread::sleep(Duration::from_millis(500));
+        for h in hosts.iter_mut() {
+            assert!(
+                h.is_running(),
+                "weftd on {} died {what}:\n{}",
+                h.ns.name(),
+                h.logs()
+            );
         }
     }
 }
@@ -557,7 +447,70 @@ impl Host {
             self.logs()
         );
     }
+
+    /// Makes drift by hand with `drift`, then fails unless weftd mends it within `bound`
+    /// (`mended` polled for up to `patience`, so a failure says how late) and counts the
+    /// repair. Returns how long the mending took.
+    pub fn assert_mends(
+        &self,
+        what: &str,
+        bound: Duration,
+        patience: Duration,
+        drift: impl FnOnce(),
+        mended: impl FnMut() -> bool,
+    ) -> Duration {
+        let before = self.repairs();
+        let changed = Instant::now();
+        drift();
+        let took = crate::wait::time_until(patience, changed, mended);
+        assert_within(took, bound, patience, &format!("mending {what}"), self);
+        self.assert_repair_counted(before, what);
+        took.unwrap_or_default()
+    }
+
+    /// weft_reconcile_runs_total of this host: reconciliations finished, fast or full.
+    pub fn reconcile_runs(&self) -> f64 {
+        self.metric("weft_reconcile_runs_total")
+            .unwrap_or_else(|| panic!("no weft_reconcile_runs_total:\n{}", self.logs()))
+    }
+
+    /// Where this host's reconciliations stand now, for
+    /// [`wait_reconciled_since`](Self::wait_reconciled_since).
+    pub fn reconcile_mark(&self) -> ReconcileMark {
+        ReconcileMark(self.reconcile_runs())
+    }
+
+    /// Waits until a reconciliation that began after `mark` was taken has finished: the
+    /// count must pass the mark by two, since the first may be a pass that was under way
+    /// (and had read the kernel) before. What a test changed before taking the mark has then
+    /// been looked at, so an assertion that weftd left something alone means something.
+    /// Without lease events the passes are full ones (the resync timer, kernel changes),
+    /// which is what a test of drift or adoption needs. Panics when none comes within two
+    /// resyncs of now.
+    pub fn wait_reconciled_since(&self, mark: ReconcileMark, what: &str) {
+        let patience = RESYNC * 2 + Duration::from_secs(5);
+        let done = wait_for(patience, || {
+            (self.reconcile_runs() >= mark.0 + 2.0).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "{what}: no reconciliation began and finished within {patience:?} (runs went \
+             from {} to {}):\n{}",
+            mark.0,
+            self.reconcile_runs(),
+            self.logs()
+        );
+    }
+
+    /// [`wait_reconciled_since`](Self::wait_reconciled_since) a mark taken now.
+    pub fn wait_next_reconcile(&self, what: &str) {
+        self.wait_reconciled_since(self.reconcile_mark(), what);
+    }
 }
+
+/// A host's reconciliation count at some moment (see [`Host::reconcile_mark`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileMark(f64);
 
 /// Hosts are declared first so they drop (killing weftd) before etcd and the underlay.
 pub struct Lab {
@@ -575,29 +528,39 @@ pub const ROUTER_NEAR_IP: &str = "198.18.0.253";
 pub const ROUTER_FAR_IP: &str = "198.18.1.254";
 pub const FAR_SEGMENT: &str = "198.18.1.0/24";
 
+/// An underlay namespace with its bridge `br0` up.
+fn new_underlay() -> Netns {
+    let underlay = Netns::new("ul");
+    // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so a host joining
+    // later would change it and strand every ARP entry for etcd's address for ~30 s.
+    underlay.ip(&[
+        "link",
+        "add",
+        "br0",
+        "address",
+        "02:00:c6:12:00:fe",
+        "type",
+        "bridge",
+    ]);
+    underlay.ip(&["link", "set", "br0", "up"]);
+    underlay
+}
+
+fn lab_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("weft-lab-")
+        .tempdir()
+        .expect("creating the lab dir")
+}
+
 impl Lab {
     /// An underlay with etcd holding `config`, and `n` hosts (weftd not started yet).
     pub fn new(n: usize, config: &str) -> Lab {
-        let underlay = Netns::new("ul");
-        // A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so a host joining
-        // later would change it and strand every ARP entry for etcd's address for ~30 s.
-        underlay.ip(&[
-            "link",
-            "add",
-            "br0",
-            "address",
-            "02:00:c6:12:00:fe",
-            "type",
-            "bridge",
-        ]);
+        let underlay = new_underlay();
         underlay.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
-        underlay.ip(&["link", "set", "br0", "up"]);
         let etcd = Etcd::start_in_netns(underlay.name(), ETCD_IP);
-        etcd.put("/coreos.com/network/config", config);
-        let dir = tempfile::Builder::new()
-            .prefix("weft-lab-")
-            .tempdir()
-            .expect("creating the lab dir");
+        etcd.put(CONFIG_KEY, config);
+        let dir = lab_dir();
         let mut lab = Lab {
             hosts: Vec::new(),
             router: None,
@@ -648,22 +611,14 @@ impl Lab {
             ("r0", "rp0", "br0", ROUTER_NEAR_IP),
             ("r1", "rp1", "br1", ROUTER_FAR_IP),
         ] {
-            router.ip(&[
-                "link",
-                "add",
+            plug(
+                &router,
                 dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
+                &self.underlay,
                 port,
-                "netns",
-                self.underlay.name(),
-            ]);
-            self.underlay
-                .ip(&["link", "set", port, "master", bridge, "up"]);
-            router.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
-            router.ip(&["link", "set", dev, "up"]);
+                bridge,
+                &format!("{addr}/24"),
+            );
         }
         let out = router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         assert!(
@@ -704,9 +659,40 @@ impl Lab {
         start_hosts(&mut self.hosts, extra);
     }
 
+    /// Starts weftd on the first `n` hosts only (the others are the test's to build, say as
+    /// flannel hosts) and waits until those are ready and route to each other's subnets.
+    pub fn start_first(&mut self, n: usize, extra: &[&str]) {
+        start_hosts(&mut self.hosts[..n], extra);
+    }
+
     /// Waits (5 s) until every host routes to every other host's subnet.
     pub fn wait_converged(&self) {
         wait_hosts_converged(&self.hosts);
+    }
+
+    /// Gives every host a container address (see [`Host::add_container`]).
+    pub fn add_containers(&self) {
+        self.hosts.iter().for_each(Host::add_container);
+    }
+}
+
+/// Every host's container reaches every other host's container with one ping; fails naming
+/// the pair, with the sender's log.
+pub fn assert_mesh(hosts: &[Host]) {
+    for (i, a) in hosts.iter().enumerate() {
+        for (j, b) in hosts.iter().enumerate() {
+            if i != j {
+                assert!(
+                    a.ping_from_container(b.container_ip()),
+                    "host {} ({}) cannot reach host {}'s container {}:\n{}",
+                    i + 1,
+                    a.ip,
+                    j + 1,
+                    b.container_ip(),
+                    a.logs()
+                );
+            }
+        }
     }
 }
 
@@ -721,22 +707,14 @@ fn new_host(
     etcd_urls: &str,
 ) -> Host {
     let ns = Netns::new(&format!("h{i}"));
-    let port = format!("p{i}");
-    ns.ip(&[
-        "link",
-        "add",
+    plug(
+        &ns,
         "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &port,
-        "netns",
-        underlay.name(),
-    ]);
-    underlay.ip(&["link", "set", &port, "master", bridge, "up"]);
-    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
+        underlay,
+        &host_port(i),
+        bridge,
+        &format!("{ip}/24"),
+    );
     Host {
         ns,
         ip: ip.to_string(),
@@ -748,6 +726,11 @@ fn new_host(
         mnt: None,
         env: Vec::new(),
     }
+}
+
+/// The underlay's end of host `i`'s `eth0` (1-based).
+pub fn host_port(i: usize) -> String {
+    format!("p{i}")
 }
 
 fn start_hosts(hosts: &mut [Host], extra: &[&str]) {
@@ -796,24 +779,10 @@ pub const CLUSTER_IPS: [&str; 3] = ["198.18.0.251", "198.18.0.252", "198.18.0.25
 impl ClusterLab {
     /// An underlay, the etcd cluster holding `config`, and `n` hosts (weftd not started).
     pub fn new(n: usize, config: &str) -> ClusterLab {
-        let underlay = Netns::new("ul");
-        // A fixed MAC, as in [`Lab::new`]: hosts joining later must not change it.
-        underlay.ip(&[
-            "link",
-            "add",
-            "br0",
-            "address",
-            "02:00:c6:12:00:fe",
-            "type",
-            "bridge",
-        ]);
-        underlay.ip(&["link", "set", "br0", "up"]);
+        let underlay = new_underlay();
         let cluster = EtcdCluster::start(&underlay, "br0", &CLUSTER_IPS);
-        cluster.put("/coreos.com/network/config", config);
-        let dir = tempfile::Builder::new()
-            .prefix("weft-lab-")
-            .tempdir()
-            .expect("creating the lab dir");
+        cluster.put(CONFIG_KEY, config);
+        let dir = lab_dir();
         let mut lab = ClusterLab {
             hosts: Vec::new(),
             cluster,
@@ -846,19 +815,37 @@ impl ClusterLab {
     pub fn start_all(&mut self, extra: &[&str]) {
         start_hosts(&mut self.hosts, extra);
     }
+
+    /// Gives every host a container address (see [`Host::add_container`]).
+    pub fn add_containers(&self) {
+        self.hosts.iter().for_each(Host::add_container);
+    }
 }
 
 /// Sends UDP datagrams from address `src` inside namespace `from` to a receiver bound at `dst`
 /// inside namespace `to`, and returns the source address the receiver saw: what a server
 /// would log as its caller. None when nothing arrives within 3 s.
-pub fn udp_source_seen<A: Into<std::net::IpAddr> + Copy + Send + 'static>(
+pub fn udp_source_seen<A: Into<IpAddr> + Copy + Send + 'static>(
     from: &Netns,
     src: A,
     to: &Netns,
     dst: A,
-) -> Option<std::net::IpAddr> {
+) -> Option<IpAddr> {
+    udp_exchange(from, src.into(), to, dst.into(), b"weft probe").map(|(seen, _)| seen)
+}
+
+/// Sends `payload` by UDP from address `src` inside namespace `from` to a receiver bound at
+/// `dst` inside namespace `to`, again and again until one datagram arrives (the first may
+/// wait for ARP or a route) or 3 s pass: the source address the receiver saw, and what it
+/// received.
+pub fn udp_exchange(
+    from: &Netns,
+    src: IpAddr,
+    to: &Netns,
+    dst: IpAddr,
+    payload: &[u8],
+) -> Option<(IpAddr, Vec<u8>)> {
     use std::net::UdpSocket;
-    let (src, dst) = (src.into(), dst.into());
     // A socket stays in the namespace it was made in, whichever thread uses it later.
     let rx = weft::netlink::run_in_netns(&to.path(), move || UdpSocket::bind((dst, 0)))
         .expect("entering the receiver's namespace")
@@ -870,12 +857,11 @@ pub fn udp_source_seen<A: Into<std::net::IpAddr> + Copy + Send + 'static>(
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .expect("setting a read timeout");
     let deadline = Instant::now() + Duration::from_secs(3);
-    let mut buf = [0u8; 64];
+    let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
-        // The first datagram may wait for ARP or a route; keep sending until one arrives.
-        let _ = tx.send_to(b"weft probe", to_addr);
-        if let Ok((_, peer)) = rx.recv_from(&mut buf) {
-            return Some(peer.ip());
+        let _ = tx.send_to(payload, to_addr);
+        if let Ok((n, peer)) = rx.recv_from(&mut buf) {
+            return Some((peer.ip(), buf[..n].to_vec()));
         }
     }
     None
@@ -886,18 +872,21 @@ impl Lab {
     /// underlay. Returns the instant the command was started, to measure how fast the hosts
     /// follow.
     pub fn revoke_lease(&self, subnet: Ipv4Net) -> Instant {
+        self.weftctl_ok(&["leases", "revoke", &subnet.to_string()])
+    }
+
+    /// Runs weftctl inside the underlay against the lab's etcd, as an operator's machine
+    /// would, and fails unless it succeeds; returns the instant it was started.
+    pub fn weftctl_ok(&self, args: &[&str]) -> Instant {
+        let weftctl = crate::bins::weftctl().display().to_string();
+        let url = self.etcd.client_url();
+        let mut full = vec![weftctl.as_str(), "--etcd-endpoints", &url];
+        full.extend_from_slice(args);
         let started = Instant::now();
-        let out = self.underlay.exec(&[
-            env!("CARGO_BIN_EXE_weftctl"),
-            "--etcd-endpoints",
-            &self.etcd.client_url(),
-            "leases",
-            "revoke",
-            &subnet.to_string(),
-        ]);
+        let out = self.underlay.exec(&full);
         assert!(
             out.status.success(),
-            "weftctl leases revoke {subnet} failed: {}{}",
+            "weftctl {args:?} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -906,10 +895,7 @@ impl Lab {
 
     /// The lease of `subnet` as stored in etcd (flannel's JSON), if there is one.
     pub fn lease_value(&self, subnet: Ipv4Net) -> Option<serde_json::Value> {
-        let key = format!(
-            "{SUBNETS_PREFIX}{}",
-            weft::subnet::lease_key_name(subnet, None)
-        );
+        let key = crate::leases::key(subnet, None);
         let text = self.etcd.get(&key)?;
         Some(
             serde_json::from_str(&text)
@@ -919,10 +905,6 @@ impl Lab {
 
     /// The etcd lease id the lease of `subnet` hangs on (0 for a reservation), if it exists.
     pub fn lease_id(&self, subnet: Ipv4Net) -> Option<i64> {
-        let key = format!(
-            "{SUBNETS_PREFIX}{}",
-            weft::subnet::lease_key_name(subnet, None)
-        );
-        self.etcd.key_lease(&key)
+        self.etcd.key_lease(&crate::leases::key(subnet, None))
     }
 }

@@ -8,7 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::lab::{wait_for, Pinger};
+use crate::ping::Pinger;
+use crate::wait::wait_for;
 
 /// The CNI config the machines' containers are attached with: the plugin's defaults, which
 /// are what the package's example conflist says.
@@ -19,8 +20,9 @@ pub struct Machines {
     pub count: usize,
 }
 
+/// The workspace's `scripts/machines` (testkit lives one level below the workspace).
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/machines")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/machines")
 }
 
 /// The package a test installs, from the variable `scripts/test` sets after `scripts/package`.

@@ -8,10 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::netns::Netns;
-
-const ETCD: &str = "/usr/bin/etcd";
-const ETCDCTL: &str = "/usr/bin/etcdctl";
+use crate::etcd::{lease_of_key, require_tools, succeeded, tail, ETCD, ETCDCTL};
+use crate::netns::{plug, Netns};
 
 /// One member: its namespace, address and process.
 pub struct Member {
@@ -37,9 +35,7 @@ impl Member {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        tail(&self.log)
     }
 
     fn kill(&mut self) {
@@ -83,12 +79,7 @@ impl EtcdCluster {
     /// Starts one member per address in `ips`, each in a namespace whose `eth0` is a port of
     /// `bridge` in `underlay` (port names `m1`, `m2`, …), and waits until the cluster is healthy.
     pub fn start(underlay: &Netns, bridge: &str, ips: &[&str]) -> EtcdCluster {
-        for tool in [ETCD, ETCDCTL] {
-            assert!(
-                std::path::Path::new(tool).exists(),
-                "{tool} is missing: install the Debian packages etcd-server and etcd-client"
-            );
-        }
+        require_tools();
         let dir = tempfile::Builder::new()
             .prefix("weft-etcd-cluster-")
             .tempdir()
@@ -97,21 +88,7 @@ impl EtcdCluster {
         for (i, ip) in ips.iter().enumerate() {
             let name = format!("m{}", i + 1);
             let ns = Netns::new(&format!("etcd{}", i + 1));
-            ns.ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &name,
-                "netns",
-                underlay.name(),
-            ]);
-            underlay.ip(&["link", "set", &name, "master", bridge, "up"]);
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
+            plug(&ns, "eth0", underlay, &name, bridge, &format!("{ip}/24"));
             members.push(Member {
                 log: dir.path().join(format!("{name}.log")),
                 name,
@@ -212,14 +189,7 @@ impl EtcdCluster {
 
     /// Like [`etcdctl`](Self::etcdctl), panicking with its output when it fails.
     pub fn etcdctl_ok(&self, args: &[&str]) -> String {
-        let out = self.etcdctl(args);
-        assert!(
-            out.status.success(),
-            "etcdctl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(args, self.etcdctl(args))
     }
 
     fn link_up(&self, m: &Member) -> bool {
@@ -384,11 +354,7 @@ impl EtcdCluster {
 
     /// The etcd lease id attached to `key` (0 for none), if the key exists.
     pub fn key_lease(&self, key: &str) -> Option<i64> {
-        let out = self.etcdctl_ok(&["get", key, "-w", "json"]);
-        let v: serde_json::Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("etcdctl get {out:?}: {e}"));
-        let kv = v["kvs"].as_array()?.first()?.clone();
-        Some(kv["lease"].as_i64().unwrap_or(0))
+        lease_of_key(&self.etcdctl_ok(&["get", key, "-w", "json"]))
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::netns::Netns;
+use crate::netns::Netns;
 
 pub struct Capture {
     stop: Arc<AtomicBool>,

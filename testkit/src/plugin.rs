@@ -1,27 +1,16 @@
-//! Harness for the plugin's integration tests: network namespaces that vanish with their
-//! guard, a "host" with its own subnet.env, data dir and bridge, and the plugin run as a
-//! runtime runs it (CNI_* variables, config on stdin, inside the host's namespace).
-#![allow(dead_code)]
-
-// The namespace guard the library's own integration tests use.
-#[path = "../../../tests/common/netns.rs"]
-pub mod netns;
-// The podman harness, shared with the library's two-host tests.
-#[path = "../../../tests/common/podman.rs"]
-pub mod podman;
-
-pub use netns::Netns;
-// Shared with the podman harness; not every test binary uses both.
-#[allow(unused_imports)]
-pub use podman::{run, unique};
+//! The plugin's own integration tests (`cni/tests`): a simulated "host" with its own
+//! namespace, subnet.env (as weftd would write it), data dir and bridge, and the plugin run as
+//! a runtime runs it (CNI_* variables, config on stdin, inside the host's namespace).
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
+
+use crate::cmd::{unique, Output};
+use crate::netns::Netns;
 
 /// What the plugin's tests read from a namespace beyond the shared guard: addresses and
 /// link details as iproute2's JSON shows them.
@@ -93,14 +82,7 @@ pub const NETWORK: &str = "198.19.0.0/16";
 pub const NETWORK6: &str = "2001:db8::/32";
 pub const MTU: u32 = 1400;
 
-/// What one plugin run printed and how it ended.
-#[derive(Debug)]
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
+/// What one plugin run printed and how it ended, read as a CNI result or error.
 impl Output {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
@@ -129,37 +111,30 @@ impl Output {
     }
 }
 
-/// Runs a CNI plugin binary the way a runtime does, inside `netns` (the "host").
-pub fn exec_plugin(binary: &Path, netns: &Netns, vars: &[(&str, String)], stdin: &[u8]) -> Output {
+/// Runs a CNI plugin binary the way a runtime does, inside the network namespace at `netns`
+/// (the "host"), with `vars` and nothing else of this process's environment but a PATH.
+pub fn exec_plugin(binary: &Path, netns: &Path, vars: &[(&str, String)], stdin: &[u8]) -> Output {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns.path().display()))
+    cmd.arg(format!("--net={}", netns.display()))
         .arg("--")
         .arg(binary)
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("cannot run nsenter (util-linux)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin)
-        .expect("cannot write the config to the plugin");
-    let out = child.wait_with_output().expect("plugin did not finish");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Output::from(crate::cmd::with_stdin(&mut cmd, stdin))
 }
 
-pub fn weft_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+/// The addresses reserved in one network's IPAM store `dir` (the files whose names are
+/// addresses), sorted; none when the store does not exist.
+pub fn reservations(dir: &Path) -> BTreeSet<IpAddr> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// A simulated host: its own namespace, subnet.env, data dir, bridge and network name.
@@ -270,17 +245,17 @@ impl Host {
             vars.push(("CNI_NETNS", n.display().to_string()));
         }
         vars.extend(extra.iter().cloned());
-        exec_plugin(&weft_binary(), &self.ns, &vars, conf.to_string().as_bytes())
+        exec_plugin(
+            &crate::bins::plugin(),
+            &self.ns.path(),
+            &vars,
+            conf.to_string().as_bytes(),
+        )
     }
 
     /// Addresses reserved on disk (file names that are addresses), sorted.
     pub fn reservations(&self) -> BTreeSet<IpAddr> {
-        let Ok(entries) = std::fs::read_dir(self.network_dir()) else {
-            return BTreeSet::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
+        reservations(&self.network_dir())
     }
 
     /// weft's attachment records left on disk.

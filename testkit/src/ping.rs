@@ -1,0 +1,137 @@
+//! Loss measured across an event: pings every 10 ms from one address to another until the
+//! test has done what it measures, counted from ping's own summaries.
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::netns::Netns;
+
+/// Counts from a [`Pinger`].
+#[derive(Debug, Clone, Default)]
+pub struct PingTotals {
+    pub transmitted: u64,
+    pub received: u64,
+    /// ping's summary of every run that lost packets, for the failure message.
+    pub lossy_runs: Vec<String>,
+}
+
+impl PingTotals {
+    pub fn lost(&self) -> u64 {
+        self.transmitted - self.received
+    }
+
+    /// Fails the test unless at least `at_least` pings went out (so they covered the event)
+    /// and none was lost.
+    pub fn assert_no_loss(&self, what: &str, at_least: u64) {
+        assert!(
+            self.transmitted >= at_least,
+            "{what}: only {} pings sent; the pinger did not cover the event",
+            self.transmitted
+        );
+        assert_eq!(
+            self.lost(),
+            0,
+            "{what}: {} of {} pings lost: {:?}",
+            self.lost(),
+            self.transmitted,
+            self.lossy_runs
+        );
+    }
+}
+
+/// Pings every 10 ms (ping makes that ~17 ms here) in back-to-back runs of 100 packets, each run waiting
+/// for every reply, so stopping never cuts a packet in flight and a lost packet is a real
+/// loss. Between two runs there is a gap of a few milliseconds while the next ping starts.
+pub struct Pinger {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<PingTotals, String>>>,
+}
+
+impl Pinger {
+    /// Pings from `src` to `dst` inside namespace `ns`.
+    pub fn in_netns(ns: &Netns, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Pinger {
+        let prefix = ["ip", "netns", "exec", ns.name()]
+            .map(String::from)
+            .to_vec();
+        Pinger::start_with(prefix, src, dst)
+    }
+
+    /// Pings with `prefix` before `ping`: the command that puts ping where `src` is (a
+    /// namespace, a container inside a machine).
+    pub fn start_with(
+        prefix: Vec<String>,
+        src: impl Into<IpAddr>,
+        dst: impl Into<IpAddr>,
+    ) -> Pinger {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (src, dst) = (src.into().to_string(), dst.into().to_string());
+        let thread = std::thread::spawn(move || {
+            let mut totals = PingTotals::default();
+            while !flag.load(Ordering::SeqCst) {
+                let out = Command::new(&prefix[0])
+                    .args(&prefix[1..])
+                    .args(["ping", "-q", "-n", "-i", "0.01"])
+                    .args(["-c", "100", "-W", "1", "-I", &src, &dst])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run ping (install iputils-ping): {e}"))?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let summary = text
+                    .lines()
+                    .find(|l| l.contains("packets transmitted"))
+                    .ok_or_else(|| {
+                        format!(
+                            "no summary from ping {src} -> {dst}: {text}{}",
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })?;
+                let count = |what: &str| -> Option<u64> {
+                    summary
+                        .split(", ")
+                        .find(|part| part.contains(what))?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                let (Some(tx), Some(rx)) = (count("transmitted"), count("received")) else {
+                    return Err(format!("cannot read ping's summary: {summary}"));
+                };
+                totals.transmitted += tx;
+                totals.received += rx;
+                if rx < tx {
+                    totals.lossy_runs.push(summary.to_string());
+                }
+            }
+            Ok(totals)
+        });
+        Pinger {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Lets the current run complete and returns the totals.
+    pub fn finish(mut self) -> PingTotals {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("finish is called once");
+        match thread.join() {
+            Ok(Ok(t)) => t,
+            Ok(Err(why)) => panic!("{why}"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
