@@ -100,6 +100,8 @@ fn measure_weft(host: &Netns, n: usize, interval: Duration, secs: u64) -> Run {
         .map(|i| Target {
             id: format!("peer-{i}"),
             addr: peer_addr(i).into(),
+            host: ipnet::Ipv4Net::new(peer_addr(i), 32).expect("a /32"),
+            public_ip: peer_addr(i).into(),
         })
         .collect();
     let cfg = ProbeConfig {

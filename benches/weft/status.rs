@@ -101,6 +101,7 @@ fn record(l: &FakeLease) -> String {
         public_ip: Some(l.public_ip.into()),
         alive_since: Stamp::now(),
         unreachable: Vec::new(),
+        unreachable_count: None,
         drift_repairs: DriftRepairs::default(),
         last_error: None,
     }

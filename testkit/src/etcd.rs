@@ -335,6 +335,18 @@ impl Etcd {
     /// or `etcd_debugging_mvcc_watcher_total`, the watches open): what clients did to it,
     /// seen from the server. Not for a TLS etcd.
     pub fn metric(&self, name: &str) -> f64 {
+        let body = self.metrics_page();
+        crate::http::metric(&body, name)
+            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {}", self.endpoint()))
+    }
+
+    /// The sum of the series of `name` with `labels` among theirs (see
+    /// [`crate::http::metric_sum`]).
+    pub fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::http::metric_sum(&self.metrics_page(), name, labels)
+    }
+
+    fn metrics_page(&self) -> String {
         assert!(self.tls.is_none(), "metrics of a TLS etcd are not read");
         let addr: SocketAddr = self
             .endpoint()
@@ -343,8 +355,7 @@ impl Etcd {
         let netns = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
         let (status, body) = crate::http::get(netns.as_deref(), addr, "/metrics");
         assert_eq!(status, 200, "etcd's /metrics at {addr}: {body}");
-        crate::http::metric(&body, name)
-            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {addr}"))
+        body
     }
 }
 
