@@ -20,6 +20,7 @@ const CFG: ProbeConfig = ProbeConfig {
     timeout: Duration::from_millis(100),
     down_after: 3,
     window: 10,
+    max_rate: 100,
 };
 
 /// Scheduling slack on a shared 2-core machine, added to every upper bound below.

@@ -11,7 +11,8 @@
 //! 65,536 are) all match: replies are never confused between peers or with another program's.
 //!
 //! One tokio task drives everything ([`driver`]): it sends each probe in its slot (see
-//! [`health::Grid`]; slots under 10 ms apart share a wake-up) and keeps the probes in flight
+//! [`health::Grid`]; slots under 50 ms apart share a wake-up; at most `--probe-max-rate`
+//! probes a second, the interval stretching beyond that many peers) and keeps the probes in flight
 //! as futures in one set, each ending at its timeout, so nothing is spawned per probe and
 //! 1,000 peers at 1 s with a 1 s timeout keep at most about 1,000 small futures alive. Which
 //! peers are down is kept as states change ([`down`]), never recounted over every peer, and
@@ -59,6 +60,8 @@ pub struct ProbeConfig {
     pub down_after: u32,
     /// Finished probes the loss figure covers.
     pub window: u32,
+    /// The most probes a second, to all peers together (see [`ProbeConfig::interval_for`]).
+    pub max_rate: u32,
 }
 
 /// A peer to probe: its name (its subnet in the family, e.g. "198.19.2.0/24"), the address
@@ -322,7 +325,10 @@ impl Prober {
             removed = gone.len(),
             "probe targets changed"
         );
-        p.early.extend(added.iter().cloned());
+        // A peer just added is probed early, but no more of them at once than a second's
+        // worth: a host starting among 5,000 peers does not send 5,000 probes in a burst.
+        let early = self.shared.cfg.max_rate as usize;
+        p.early.extend(added.iter().take(early).cloned());
         p.rotation.add_next(added);
         self.shared.publish_unreachable(&p);
         drop(p);

@@ -249,6 +249,32 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("running {ETCDCTL}: {e}"))
     }
 
+    /// Writes every key of `kvs` in one transaction, so a watcher gets them as one event
+    /// batch at one revision (values must hold no whitespace, as etcdctl's txn reads them).
+    pub fn put_all(&self, kvs: &[(String, String)]) {
+        assert!(
+            self.tls.is_none() && self.root.is_none(),
+            "put_all on a plain etcd"
+        );
+        let mut input = String::from("\n");
+        for (k, v) in kvs {
+            input.push_str(&format!("put {k} {v}\n"));
+        }
+        input.push_str("\n\n");
+        let mut c = self.command(ETCDCTL);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url()))
+            .arg("txn");
+        let out = crate::cmd::with_stdin(&mut c, input.as_bytes());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.starts_with("SUCCESS"),
+            "etcdctl txn of {} puts: {text}{}",
+            kvs.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Like [`etcdctl`](Self::etcdctl), panicking with its output when it fails.
     pub fn etcdctl_ok(&self, args: &[&str]) -> String {
         succeeded(args, self.etcdctl(args))
