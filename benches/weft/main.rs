@@ -114,6 +114,7 @@ fn main() {
                     singles: 5,
                     cold_runs: 1,
                     idle: Duration::from_secs(5),
+                    ctl_runs: 1,
                 }
             } else {
                 scale::Sizes {
@@ -127,6 +128,7 @@ fn main() {
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(60),
                     ),
+                    ctl_runs: 5,
                 }
             }),
             "acquire" => acquire::run(&if quick {
@@ -207,7 +209,7 @@ fn main() {
                 status::Sizes {
                     hosts: 5,
                     idle: Duration::from_secs(300),
-                    records: 1000,
+                    records: 5000,
                     runs: 5,
                 }
             }),
@@ -240,6 +242,8 @@ fn main() {
         }
         out.extend(tables);
     }
+    let summary = report::summary(&out, &report::commit());
+    summary.print();
     println!(
         "Machine: {}. Date: {}. Load average before: {load_before}; after: {}. Took {:.0} s{}.",
         report::machine(),
