@@ -157,6 +157,10 @@ impl Table {
         ]);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     pub fn note(&mut self, n: impl Into<String>) {
         self.notes.push(n.into());
     }
