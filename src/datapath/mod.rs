@@ -9,13 +9,15 @@
 //! The worker here runs the passes; its parts each do one job: [`schedule`] (when),
 //! [`watch`] (the kernel monitor), [`devices`] (devices, addresses, bridges), [`kernel`]
 //! (reading and applying routes, neighbours, FDB), [`tunnel`] (a device's own peers),
-//! [`uplink`] (following the external interface), [`probes`] (the prober's targets).
+//! [`uplink`] (following the external interface), [`probes`] (the prober's targets),
+//! [`tally`] (one log line per kind of what an apply did).
 
 mod devices;
 pub mod kernel;
 mod passes;
 mod probes;
 mod schedule;
+mod tally;
 mod tunnel;
 mod uplink;
 mod watch;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::tally::Tally;
 use super::{Failure, Snapshot};
 use crate::backend::{PeerId, Tunnel, TunnelChange, TunnelPeer};
 use crate::metrics::Metrics;
@@ -116,22 +117,22 @@ impl Tunnels {
     }
 }
 
-/// The repairs among `change`, logged: a peer set back as `previous` had it (unless the
-/// device only finished taking it in), a peer removed that `previous` did not have.
+/// The repairs among `change`, logged in one line per kind: a peer set back as `previous`
+/// had it (unless the device only finished taking it in), a peer removed that `previous` did
+/// not have.
 fn count_repairs(
     device: Option<&str>,
     change: &TunnelChange,
     finished: &[PeerId],
     previous: Option<&BTreeMap<PeerId, TunnelPeer>>,
 ) -> u64 {
-    let mut repairs = 0;
+    let mut tally = Tally::default();
     for p in &change.set {
         let object = p.describe();
         if finished.contains(&p.id()) {
             tracing::debug!(device, %object, "peer finished");
         } else if previous.is_some_and(|prev| prev.get(&p.id()) == Some(p)) {
-            repairs += 1;
-            tracing::info!(device, %object, "drift repaired");
+            tally.repaired(object.to_string());
         } else {
             tracing::debug!(device, %object, "programmed");
         }
@@ -139,11 +140,11 @@ fn count_repairs(
     for p in &change.remove {
         let object = p.describe();
         if previous.is_some_and(|prev| !prev.contains_key(&p.id())) {
-            repairs += 1;
-            tracing::info!(device, %object, "drift repaired: removed a peer no lease calls for");
+            tally.removed(object.to_string());
         } else {
             tracing::debug!(device, %object, "peer removed");
         }
     }
-    repairs
+    tally.log(device);
+    tally.repairs()
 }

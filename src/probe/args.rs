@@ -42,6 +42,16 @@ pub struct ProbeArgs {
         default_value_t = 20
     )]
     pub window: u32,
+
+    /// The most probes sent a second, to all peers together. With more peers than this
+    /// times --probe-interval, each peer is probed every peers / max-rate seconds instead,
+    /// so probing costs a host the same with 5,000 peers as with 500.
+    #[arg(
+        long = "probe-max-rate",
+        env = "WEFTD_PROBE_MAX_RATE",
+        default_value_t = 100
+    )]
+    pub max_rate: u32,
 }
 
 /// A probe setting that cannot work, with the value given.
@@ -55,6 +65,8 @@ pub enum ProbeConfigError {
     DownAfter(u32),
     #[error("--probe-loss-window {0}: must be at least 1")]
     Window(u32),
+    #[error("--probe-max-rate {0}: must be at least 1 probe a second")]
+    MaxRate(u32),
 }
 
 impl ProbeArgs {
@@ -65,6 +77,7 @@ impl ProbeArgs {
             timeout: self.timeout,
             down_after: self.down_after,
             window: self.window,
+            max_rate: self.max_rate,
         }
         .validated()
     }
@@ -90,7 +103,17 @@ impl ProbeConfig {
         if self.window < 1 {
             return Err(ProbeConfigError::Window(self.window));
         }
+        if self.max_rate < 1 {
+            return Err(ProbeConfigError::MaxRate(self.max_rate));
+        }
         Ok(self)
+    }
+
+    /// Time between two probes of the same peer with `peers` peers: the interval, stretched
+    /// so that no more than `max_rate` probes leave a second.
+    pub fn interval_for(&self, peers: usize) -> Duration {
+        let paced = Duration::from_secs_f64(peers as f64 / f64::from(self.max_rate));
+        self.interval.max(paced)
     }
 }
 
@@ -119,6 +142,17 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert_eq!(c.down_after, 3);
         assert_eq!(c.window, 20);
+        assert_eq!(c.max_rate, 100);
+    }
+
+    #[test]
+    fn the_interval_stretches_past_max_rate_peers() {
+        let c = parse(&[]).unwrap().config().unwrap();
+        assert_eq!(c.interval_for(10), Duration::from_secs(5));
+        assert_eq!(c.interval_for(500), Duration::from_secs(5));
+        assert_eq!(c.interval_for(5000), Duration::from_secs(50));
+        let a = parse(&["--probe-max-rate", "0"]).unwrap();
+        assert_eq!(a.config().unwrap_err(), ProbeConfigError::MaxRate(0));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct Host {
     /// The `--iface` weftd is started with; None lets it choose by the default route.
     pub iface: Option<String>,
     /// A WireGuard host's own mount namespace (see [`crate::wg`]).
-    pub mnt: Option<crate::wg::MountNs>,
+    pub mnt: Option<crate::netns::MountNs>,
     /// Variables weftd is started with besides the lab's.
     pub env: Vec<(String, String)>,
 }
@@ -206,7 +206,7 @@ impl Host {
         let weftctl = crate::bins::weftctl().display().to_string();
         let mut full = vec![weftctl.as_str(), "--etcd-endpoints", &self.etcd_url];
         full.extend_from_slice(args);
-        crate::wg::exec(self, &full)
+        exec(self, &full)
     }
 
     /// `weftctl check` of this host's kernel state against the leases, as an operator runs
@@ -350,10 +350,7 @@ impl Host {
             let devices = [self, to]
                 .iter()
                 .filter(|h| h.mnt.is_some())
-                .map(|h| {
-                    String::from_utf8_lossy(&crate::wg::exec(h, &["wg", "show"]).stdout)
-                        .into_owned()
-                })
+                .map(|h| String::from_utf8_lossy(&exec(h, &["wg", "show"]).stdout).into_owned())
                 .collect::<Vec<_>>()
                 .join("\n");
             panic!(
@@ -384,7 +381,7 @@ impl Drop for Host {
         }
         if self.mnt.is_some() {
             // wireguard-go outlives weftd by design; the lab's must go with the host.
-            crate::wg::kill_netns_processes(&self.ns);
+            crate::netns::kill_netns_processes(&self.ns);
         }
     }
 }
@@ -907,4 +904,25 @@ impl Lab {
     pub fn lease_id(&self, subnet: Ipv4Net) -> Option<i64> {
         self.etcd.key_lease(&crate::leases::key(subnet, None))
     }
+}
+
+/// Runs `args` inside the host's network namespace and its mount namespace (WireGuard hosts)
+/// or with `ip netns exec` (the others).
+pub fn exec(host: &Host, args: &[&str]) -> std::process::Output {
+    let mut cmd = match &host.mnt {
+        Some(m) => {
+            let mut c = Command::new("nsenter");
+            c.args(m.enter_args(&host.ns));
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", host.ns.name()]);
+            c
+        }
+    };
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
 }

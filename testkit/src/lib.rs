@@ -4,7 +4,8 @@
 //! when a test fails. A missing tool or binary fails the test with a message that names it.
 //!
 //! - [`netns`]: namespaces and the veths between them; [`cmd`]: running tools.
-//! - [`etcd`], [`etcd_cluster`]: one etcd, or three members in namespaces.
+//! - [`etcd`], [`etcd_cluster`]: one etcd, or three members in namespaces; [`fleet`]: light
+//!   hosts that do to etcd what weftd does, to count what an event costs it.
 //! - [`lab`] (and [`lab6`], [`wg`]): an underlay, etcd on it and hosts running weftd; [`ping`]
 //!   measures loss across what a test does to them; [`capture`] reads their frames.
 //! - [`cni`] (the plugin on a lab host), [`plugin`] (the plugin's own tests), [`podman`],
@@ -21,6 +22,7 @@ pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
+pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod lab6;

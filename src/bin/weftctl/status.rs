@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use weft::config::NetworkConfig;
-use weft::status::view::{ClusterView, Host, HostState};
+use weft::status::view::{ClusterView, Host, HostState, PAIRS_SHOWN};
 use weft::store::{EtcdOptions, EtcdStore, Reclaimed, StoreError};
 
 use super::text::short_duration;
@@ -256,17 +256,36 @@ fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Resul
     Ok(())
 }
 
-/// The pairs that cannot reach each other, as the hosts report them.
+/// The pairs that cannot reach each other, as the hosts report them: the first few named,
+/// the rest counted (a record names only its longest unreachable peers).
 fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
+    let u = view.unnamed;
     match view.pairs.as_slice() {
-        [] => writeln!(o, "reach:     every host reaches every other (as reported)")?,
+        [] if u.peers == 0 => {
+            writeln!(o, "reach:     every host reaches every other (as reported)")?
+        }
         pairs => {
             let n = pairs.len();
             writeln!(o, "reach:     {n} pairs cannot reach each other")?;
-            for p in pairs {
+            for p in pairs.iter().take(PAIRS_SHOWN) {
                 writeln!(o, "  {} <-> {} since {}", p.a, p.b, p.since)?;
             }
+            if n > PAIRS_SHOWN {
+                let more = n - PAIRS_SHOWN;
+                writeln!(
+                    o,
+                    "  … {more} more pairs (weftctl status -o json lists them)"
+                )?;
+            }
         }
+    }
+    if u.peers > 0 {
+        writeln!(
+            o,
+            "  … and {} unreachable peers counted by {} hosts but not named (/peers on each \
+             host lists them)",
+            u.peers, u.hosts
+        )?;
     }
     Ok(())
 }
@@ -324,7 +343,11 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
         )?;
         return Ok(());
     }
-    writeln!(o, "matrix:    row cannot reach column: x; no record: ?")?;
+    writeln!(
+        o,
+        "matrix:    row cannot reach column: x; no record: ?; not named by a record that \
+         counts more than it names: ~"
+    )?;
     for (i, h) in hosts.iter().enumerate() {
         writeln!(o, "  {i:>2}  {}", h.lease.subnet)?;
     }
@@ -343,6 +366,8 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
                     {
                         'x'
                     }
+                    // It counts more than it names: this peer may be one of them.
+                    Some(r) if r.unreachable_total() > r.unreachable.len() as u64 => '~',
                     Some(_) => '.',
                 };
                 format!("{c:>3}")
