@@ -42,7 +42,8 @@ struct Args {
     )]
     subnet_file: PathBuf,
 
-    /// Renew the lease this many minutes before it expires.
+    /// Renew the lease this many minutes before it expires, at most half of
+    /// --subnet-lease-ttl (so a short TTL alone works: 30m renews 15 minutes before expiry).
     #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
     subnet_lease_renew_margin: u64,
 
