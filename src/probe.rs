@@ -56,11 +56,21 @@ pub struct ProbeConfig {
     pub window: u32,
 }
 
-/// A peer to probe: its name (the lease key, e.g. "198.19.2.0-24") and the address probed.
+/// A peer to probe: its name (the lease key, e.g. "198.19.2.0-24"), the address probed and
+/// the peer's public address (shown in `/peers`, where an operator looks for the host).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub id: String,
     pub addr: IpAddr,
+    pub public_ip: Option<IpAddr>,
+}
+
+/// Where one peer is probed, and the public address it is known by (its lease's `PublicIP`,
+/// or `PublicIPv6` for the IPv6 side): the value of [`crate::plan::Desired::probes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProbeTo {
+    pub addr: IpAddr,
+    pub public_ip: Option<IpAddr>,
 }
 
 /// The address that probes a peer along the path its traffic takes, from one family's side of
@@ -82,6 +92,9 @@ pub fn probe_addr(side: &Side<'_>, tunnel: bool) -> Option<IpAddr> {
 pub struct PeerStatus {
     pub id: String,
     pub addr: IpAddr,
+    /// The peer's public address from its lease (null for a dual-stack peer's IPv6 side when
+    /// it has no `PublicIPv6`).
+    pub public_ip: Option<IpAddr>,
     pub state: PeerState,
     /// Round trip of the latest answer (in JSON: `last_rtt_ms`, a float, or null).
     #[serde(rename = "last_rtt_ms", serialize_with = "as_millis")]
@@ -166,6 +179,7 @@ struct Peers {
 
 struct Peer {
     addr: IpAddr,
+    public_ip: Option<IpAddr>,
     gen: u64,
     health: Health,
 }
@@ -237,8 +251,13 @@ impl Prober {
             .collect();
         let mut added = Vec::new();
         for t in set {
-            match p.by_id.get(&t.id) {
-                Some(peer) if peer.addr == t.addr => continue,
+            match p.by_id.get_mut(&t.id) {
+                // A new public address with the same probe address (a VXLAN peer renumbered)
+                // keeps the peer's state: the path probed is the same.
+                Some(peer) if peer.addr == t.addr => {
+                    peer.public_ip = t.public_ip;
+                    continue;
+                }
                 Some(_) => {
                     gone.insert(t.id.clone());
                 }
@@ -248,6 +267,7 @@ impl Prober {
             p.next_gen += 1;
             let fresh = Peer {
                 addr: t.addr,
+                public_ip: t.public_ip,
                 gen,
                 health: Health::new(now),
             };
@@ -285,6 +305,7 @@ impl Prober {
             .map(|(id, peer)| PeerStatus {
                 id: id.clone(),
                 addr: peer.addr,
+                public_ip: peer.public_ip,
                 state: peer.health.state(),
                 last_rtt: peer.health.last_rtt(),
                 loss: peer.health.loss(),
@@ -653,6 +674,7 @@ mod tests {
         let s = PeerStatus {
             id: "198.19.2.0-24".into(),
             addr: "198.19.2.0".parse().unwrap(),
+            public_ip: Some("198.18.0.2".parse().unwrap()),
             state: PeerState::Reachable,
             last_rtt: Some(Duration::from_micros(1500)),
             loss: 0.25,
@@ -664,7 +686,8 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "id": "198.19.2.0-24", "addr": "198.19.2.0", "state": "reachable",
+                "id": "198.19.2.0-24", "addr": "198.19.2.0", "public_ip": "198.18.0.2",
+                "state": "reachable",
                 "last_rtt_ms": 1.5, "loss": 0.25, "since": "2027-01-15T08:00:00.000Z",
                 "sent": 8, "lost": 2
             })

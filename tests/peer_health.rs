@@ -145,12 +145,30 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
             b.subnet()
         );
     }
+    // The table names each host of the pair by subnet and public address, and counts in
+    // the singular: "1 pair", not "1 pairs".
     let table = h2.weftctl(&["status"]);
     let text = String::from_utf8_lossy(&table.stdout);
+    let ip_of = |s: &str| {
+        [h1, h3]
+            .into_iter()
+            .find(|h| h.subnet().to_string() == s)
+            .map(|h| h.ip.clone())
+            .unwrap()
+    };
+    let line = format!(
+        "  {} ({}) <-> {} ({}) since ",
+        subnets[0],
+        ip_of(&subnets[0]),
+        subnets[1],
+        ip_of(&subnets[1])
+    );
+    assert!(text.contains(&line), "no line {line:?} in:\n{text}");
     assert!(
-        text.contains(&subnets[0]) && text.contains(&subnets[1]),
+        text.contains("reach:     1 pair cannot reach each other\n"),
         "{text}"
     );
+    assert!(text.contains("unhealthy: 1 problem\n"), "{text}");
 
     let out = lab
         .underlay

@@ -234,6 +234,7 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     let moved = Target {
         id: peer.id.clone(),
         addr: other.addr,
+        public_ip: None,
     };
     prober.set_peers(vec![moved]);
     let s = status(&prober, &peer.id);
@@ -247,6 +248,7 @@ fn target(id: &str, addr: &str) -> Target {
     Target {
         id: id.into(),
         addr: addr.parse::<IpAddr>().expect("address"),
+        public_ip: None,
     }
 }
 

@@ -100,6 +100,7 @@ fn measure_weft(host: &Netns, n: usize, interval: Duration, secs: u64) -> Run {
         .map(|i| Target {
             id: format!("peer-{i}"),
             addr: peer_addr(i).into(),
+            public_ip: None,
         })
         .collect();
     let cfg = ProbeConfig {

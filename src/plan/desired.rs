@@ -12,6 +12,7 @@ use crate::backend::{Host, Peer, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
+use crate::probe::ProbeTo;
 use crate::subnet::Family as SubnetFamily;
 
 /// The families a host runs an overlay in: those its lease has a subnet of, its external
@@ -184,7 +185,8 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                 if let Some(side) = lease.side(family) {
                     let tunnel = host.device.is_some();
                     if let Some(addr) = crate::probe::probe_addr(&side, tunnel) {
-                        out.probes.insert(side.subnet, addr);
+                        let public_ip = side.public_ip;
+                        out.probes.insert(side.subnet, ProbeTo { addr, public_ip });
                     }
                 }
                 out.peers += 1;

@@ -3,7 +3,6 @@
 //! leases to each other (then the caller computes the whole desired state).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -14,6 +13,7 @@ use crate::backend::{Host, PeerId, TunnelChange};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 use crate::netlink::{Op, Route};
+use crate::probe::ProbeTo;
 
 /// What an incremental update changes: kernel objects and tunnel peers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Update {
     pub fresh: BTreeSet<PeerId>,
     /// Peers the probes stop at, and peers they start or move to (see [`Desired::probes`]).
     pub probes_removed: Vec<IpNet>,
-    pub probes_set: Vec<(IpNet, IpAddr)>,
+    pub probes_set: Vec<(IpNet, ProbeTo)>,
 }
 
 /// Brings `applied` (the desired state last programmed) up to date with a few changed leases
@@ -126,12 +126,12 @@ fn replace(
     applied: &mut Desired,
     old: Desired,
     new: Desired,
-) -> (Vec<IpNet>, Vec<(IpNet, IpAddr)>) {
+) -> (Vec<IpNet>, Vec<(IpNet, ProbeTo)>) {
     let probes_removed: Vec<IpNet> = (old.probes.keys())
         .filter(|k| !new.probes.contains_key(*k))
         .copied()
         .collect();
-    let probes_set: Vec<(IpNet, IpAddr)> = (new.probes.iter())
+    let probes_set: Vec<(IpNet, ProbeTo)> = (new.probes.iter())
         .filter(|(k, v)| applied.probes.get(*k) != Some(*v))
         .map(|(k, v)| (*k, *v))
         .collect();

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::backend::{Identity, PeerId, TunnelPeer};
 use crate::netlink::{FdbEntry, Mac, Neighbour, Route};
+use crate::probe::ProbeTo;
 
 pub use desired::{check_side, desired, families, peer_objects, refused_parts};
 pub use diff::{describe, diff, diff_applied, diff_tunnel, is_repair, owned, Actual};
@@ -40,8 +41,9 @@ pub struct Desired {
     /// The identities (VTEP MACs, public keys) of the accepted peers and of this host.
     pub identities: BTreeSet<Identity>,
     /// The accepted peers as the probes see them: each one's subnet in the family, and the
-    /// address that answers along the path its traffic takes (see [`crate::probe::probe_addr`]).
-    pub probes: BTreeMap<IpNet, IpAddr>,
+    /// address that answers along the path its traffic takes (see [`crate::probe::probe_addr`])
+    /// with the peer's public address.
+    pub probes: BTreeMap<IpNet, ProbeTo>,
     pub peers: usize,
     pub skipped: Vec<Skip>,
 }
