@@ -203,10 +203,15 @@ fn peers_is_json_with_every_field_and_unknown_paths_still_say_where_to_look() {
     let p = &v[0];
     assert_eq!(p["id"], lab.hosts[1].subnet().to_string());
     assert_eq!(p["addr"], lab.hosts[1].subnet().network().to_string());
+    // The host an operator looks for: its public address from the lease.
+    assert_eq!(p["public_ip"], lab.hosts[1].ip);
     assert!(p["last_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{p}");
     for field in ["loss", "since", "sent", "lost"] {
         assert!(!p[field].is_null(), "{field} missing in {p}");
     }
+    // A VXLAN host has no handshakes: no WireGuard series at all.
+    let metrics = h.http_get("/metrics").1;
+    assert!(!metrics.contains("weft_wireguard_handshake"), "{metrics}");
     let (code, body) = h.http_get("/nope");
     assert_eq!(code, 404);
     assert!(body.contains("/peers"));
