@@ -87,6 +87,8 @@ impl EncodeMetric for DurationHistogram {
 pub struct Metrics {
     pub leases_known: Gauge<u64, AtomicU64>,
     pub leases_skipped: Gauge<u64, AtomicU64>,
+    /// The IPv4 subnets the config's range holds: what leases and reservations come from.
+    pub subnet_pool_size: Gauge<u64, AtomicU64>,
     pub peers_programmed: Gauge<u64, AtomicU64>,
     pub reconcile_runs: Counter,
     pub reconcile_duration: DurationHistogram,
@@ -122,6 +124,7 @@ impl Default for Metrics {
         let m = Metrics {
             leases_known: Gauge::default(),
             leases_skipped: Gauge::default(),
+            subnet_pool_size: Gauge::default(),
             peers_programmed: Gauge::default(),
             reconcile_runs: Counter::default(),
             reconcile_duration: DurationHistogram::default(),
@@ -173,6 +176,11 @@ fn register_gauges(r: &mut Registry, m: &Metrics) {
             &m.leases_known,
         ),
         ("weft_leases_skipped", SKIPPED_HELP, &m.leases_skipped),
+        (
+            "weft_subnet_pool_size",
+            "Subnets the network config's range (SubnetMin to SubnetMax) holds, in IPv4",
+            &m.subnet_pool_size,
+        ),
         (
             "weft_peers_programmed",
             "Remote hosts whose routes (and neighbour and FDB entries) are in the kernel",
@@ -521,6 +529,7 @@ mod tests {
             "weft_reconcile_runs_total 2",
             "weft_drift_repairs_total 2",
             "weft_leases_known 7",
+            "weft_subnet_pool_size 0",
             "weft_lease_expiry_seconds 60.0",
             "weft_ready 0",
             "weft_reconcile_duration_seconds_count 2",

@@ -43,29 +43,6 @@ fn state_of(h: &Host, peer: &Host) -> Option<String> {
         .map(|(_, s)| s)
 }
 
-/// Drops VXLAN between two underlay addresses, both ways, in the underlay's bridge.
-fn drop_vxlan(lab: &Lab, a: &str, b: &str) {
-    let nft = |args: &[&str]| {
-        let out = lab.underlay.exec(&[&["nft"], args].concat());
-        assert!(
-            out.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    nft(&["add", "table", "bridge", "cut"]);
-    nft(&[
-        "add", "chain", "bridge", "cut", "f", "{", "type", "filter", "hook", "forward", "priority",
-        "0", ";", "}",
-    ]);
-    for (from, to) in [(a, b), (b, a)] {
-        nft(&[
-            "add", "rule", "bridge", "cut", "f", "ip", "saddr", from, "ip", "daddr", to, "udp",
-            "dport", "8472", "drop",
-        ]);
-    }
-}
-
 #[test]
 fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_restored() {
     let mut lab = Lab::new(4, VXLAN_CONFIG);
@@ -88,7 +65,7 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
     assert_eq!(code, 200);
     assert!(body.contains("weft_probe_rtt_seconds_bucket"), "{body}");
 
-    drop_vxlan(&lab, &h1.ip, &h3.ip);
+    lab.cut_vxlan(&h1.ip, &h3.ip);
     let cut = Instant::now();
     for (a, b) in [(h1, h3), (h3, h1)] {
         let seen = wait_for(Duration::from_secs(6), || {
@@ -170,10 +147,7 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
     );
     assert!(text.contains("unhealthy: 1 problem\n"), "{text}");
 
-    let out = lab
-        .underlay
-        .exec(&["nft", "delete", "table", "bridge", "cut"]);
-    assert!(out.status.success());
+    lab.uncut_vxlan();
     for h in [h1, h3] {
         assert!(
             wait_for(Duration::from_secs(4), || all_reachable(h)).is_some(),
