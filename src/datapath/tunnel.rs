@@ -47,14 +47,19 @@ impl Tunnels {
         family: Family,
     ) -> Result<Option<Vec<TunnelPeer>>, Failure> {
         let Some(t) = self.get(s, family) else {
+            metrics.set_handshakes(family, Vec::new());
             return Ok(None);
         };
-        t.read(nl).map(Some).map_err(|e| {
+        let peers = t.read(nl).map_err(|e| {
             metrics.netlink_errors.inc();
             let device = s.devices[family].as_ref().map(|d| d.name.as_str());
             tracing::warn!(device, error = %e, "cannot read the device's peers");
             Failure::Dump
-        })
+        })?;
+        // Every read (the poll, each full pass) refreshes the handshake ages /metrics shows.
+        let handshakes = peers.iter().filter_map(|p| p.0.handshake()).collect();
+        metrics.set_handshakes(family, handshakes);
+        Ok(Some(peers))
     }
 
     /// Makes the peers of `family`'s tunnel device, `have`, into `want`. A change that puts
