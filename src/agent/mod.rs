@@ -275,7 +275,7 @@ impl Agent {
     async fn on_events(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
         let news = self.peers.apply(events, &self.own, self.host.ext.public_ip);
         if let Some(l) = news.updated {
-            self.own = l;
+            self.take_update(l).await;
         }
         if news.lost {
             self.reacquire().await?;

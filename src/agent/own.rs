@@ -16,17 +16,22 @@ impl Agent {
         if let Some(at) = self.renew_retry_at {
             return at;
         }
-        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let now = tokio::time::Instant::now();
         let Some(exp) = self.own.expiration else {
-            return far;
+            // A reservation never runs out; a lease whose expiry is unknown is renewed
+            // early rather than risked (a renewal answers with the expiry).
+            return match self.own.etcd_lease_id {
+                Some(_) => now + (self.opts.lease_ttl / 2).min(Duration::from_secs(3600)),
+                None => now + Duration::from_secs(3600),
+            };
         };
         let lead = self.opts.renew_margin.min(self.opts.lease_ttl / 2);
         match exp
             .checked_sub(lead)
             .map(|t| t.duration_since(SystemTime::now()))
         {
-            Some(Ok(d)) => tokio::time::Instant::now() + d,
-            _ => tokio::time::Instant::now(),
+            Some(Ok(d)) => now + d,
+            _ => now,
         }
     }
 
@@ -42,6 +47,31 @@ impl Agent {
                 .unwrap_or(0),
         };
         m.lease_expires_unix.store(unix, Ordering::Relaxed);
+    }
+
+    /// Takes this host's lease as the watch reported it. The watch carries no expirations
+    /// (a TTL look-up per event would cost every host one request per join), so the known
+    /// expiry stays while the etcd lease is the same one; a lease under another etcd lease
+    /// has its expiry looked up, since renewal is scheduled from it.
+    pub(super) async fn take_update(&mut self, mut l: crate::lease::Lease) {
+        if l.expiration.is_none() && l.etcd_lease_id.is_some() {
+            if l.etcd_lease_id == self.own.etcd_lease_id {
+                l.expiration = self.own.expiration;
+            } else {
+                match self.store.get_lease(l.subnet).await {
+                    Ok(Some(timed)) if timed.etcd_lease_id == l.etcd_lease_id => {
+                        l.expiration = timed.expiration;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read this host's lease expiry; renewing now");
+                        l.expiration = Some(SystemTime::now());
+                    }
+                }
+            }
+        }
+        self.own = l;
+        self.note_own_lease();
     }
 
     /// Takes `lease` as this host's own.
