@@ -168,28 +168,42 @@ impl ClusterView {
             .collect()
     }
 
+    /// A host as an operator knows it: its subnet and its public address from its lease
+    /// (records name peers by subnet only; the lease has the rest).
+    pub fn name(&self, subnet: Ipv4Net) -> String {
+        match self.hosts.iter().find(|h| h.lease.subnet == subnet) {
+            Some(h) => format!("{subnet} ({})", h.lease.attrs.public_ip),
+            None => format!("{subnet} (no lease)"),
+        }
+    }
+
     /// What keeps the cluster from being healthy, one line each; empty when it is.
     pub fn problems(&self, pool_warn_below: f64) -> Vec<String> {
         let mut out = Vec::new();
         for h in &self.hosts {
+            let name = || self.name(h.lease.subnet);
             match h.state {
-                HostState::NotReady => out.push(format!("{} is not ready", h.lease.subnet)),
-                HostState::Gone { since } => {
-                    out.push(format!("{} is gone since {since}", h.lease.subnet))
-                }
+                HostState::NotReady => out.push(format!("{} is not ready", name())),
+                HostState::Gone { since } => out.push(format!("{} is gone since {since}", name())),
                 HostState::Ready | HostState::NoStatus => {}
             }
         }
         for p in self.pairs.iter().take(PAIRS_SHOWN) {
             out.push(format!(
                 "{} and {} cannot reach each other since {}",
-                p.a, p.b, p.since
+                self.name(p.a),
+                self.name(p.b),
+                p.since
             ));
         }
-        if let Some(more) = self.pairs.len().checked_sub(PAIRS_SHOWN).filter(|n| *n > 0) {
-            out.push(format!(
+        match self.pairs.len().saturating_sub(PAIRS_SHOWN) {
+            0 => {}
+            1 => out.push(
+                "1 more pair cannot reach each other (weftctl status -o json lists it)".into(),
+            ),
+            more => out.push(format!(
                 "{more} more pairs cannot reach each other (weftctl status -o json lists them)"
-            ));
+            )),
         }
         let u = self.unnamed;
         if u.peers > 0 {
@@ -367,6 +381,10 @@ mod tests {
         );
         let problems = v.problems(10.0);
         assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("198.18.64.32/28 (198.18.0.1) is gone since"),
+            "a problem names the host by subnet and public address: {problems:?}"
+        );
         let now = Stamp::from_unix(1_800_000_000).time();
         let gone = v.reclaimable(Duration::from_secs(60), now);
         assert_eq!(gone.len(), 1);

@@ -256,15 +256,6 @@ fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Resul
     Ok(())
 }
 
-/// A host as an operator knows it: its subnet and its public address from its lease (the
-/// status record names peers by subnet only; the lease listing has the rest).
-fn host_name(view: &ClusterView, subnet: Ipv4Net) -> String {
-    match view.hosts.iter().find(|h| h.lease.subnet == subnet) {
-        Some(h) => format!("{subnet} ({})", h.lease.attrs.public_ip),
-        None => format!("{subnet} (no lease)"),
-    }
-}
-
 /// The pairs that cannot reach each other, as the hosts report them: the first few named,
 /// the rest counted (a record names only its longest unreachable peers).
 fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
@@ -281,7 +272,7 @@ fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
                 count(n as u64, "pair")
             )?;
             for p in pairs.iter().take(PAIRS_SHOWN) {
-                let (a, b) = (host_name(view, p.a), host_name(view, p.b));
+                let (a, b) = (view.name(p.a), view.name(p.b));
                 writeln!(o, "  {a} <-> {b} since {}", p.since)?;
             }
             if n > PAIRS_SHOWN {
