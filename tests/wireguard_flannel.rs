@@ -389,7 +389,11 @@ fn dual_stack_separate_mode_with_flannel() {
 #[test]
 fn a_node_moves_from_flannel_wireguard_to_weftd_without_loss() {
     let mut lab = lab_of(3, 2, WG_CONFIG, false);
-    let s3: Ipv4Net = "198.19.50.0/24".parse().unwrap();
+    // A subnet neither weft host took (they choose at random).
+    let s3: Ipv4Net = (50..60)
+        .map(|i| format!("198.19.{i}.0/24").parse().unwrap())
+        .find(|s| lab.hosts[..2].iter().all(|h| h.subnet() != *s))
+        .unwrap();
     let key = leases::key(s3, None);
 
     // Host 3 exactly as flanneld's wireguard backend leaves it.
