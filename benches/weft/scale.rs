@@ -258,7 +258,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         let mut d = Weftd::spawn(
             &h.ns,
             &url,
-            &subnet_file(run + 1),
+            &h.subnet_file,
             &log(&format!("w{}.log", run + 1)),
             &[],
         );

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
-use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use weft::config::NetworkConfig;
 use weft::status::view::{ClusterView, Host, HostState, PAIRS_SHOWN};
