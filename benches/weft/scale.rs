@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
+use ipnet::Ipv4Net;
 
 use crate::probe::{wait_absent, wait_present, Check, Probe};
 use crate::report::{median, percentile, Table, Target};
@@ -512,6 +513,17 @@ fn idle_cpu(d: &mut Weftd, window: Duration) -> f64 {
 /// device takes their frames (nftables sets every frame's type to "for this host", since
 /// each fake peer has a VTEP MAC of its own), and the replies go back to the weft host
 /// through the same device. The host routes the fake public addresses to the underlay.
+/// `network` without `own` (a subnet inside it), as the fewest prefixes.
+fn network_less(network: Ipv4Net, own: Ipv4Net) -> Vec<Ipv4Net> {
+    let base = u32::from(own.network());
+    (network.prefix_len() + 1..=own.prefix_len())
+        .map(|len| {
+            let sibling = (base & (u32::MAX << (32 - len))) ^ (1 << (32 - len));
+            Ipv4Net::new(sibling.into(), len).expect("a prefix length of at most 32")
+        })
+        .collect()
+}
+
 struct Responder<'a> {
     underlay: &'a Netns,
 }
@@ -546,16 +558,13 @@ impl<'a> Responder<'a> {
             "nolearning",
         ]);
         u(&["link", "set", "vxr", "up"]);
-        u(&[
-            "route",
-            "add",
-            "local",
-            "198.19.0.0/16",
-            "dev",
-            "lo",
-            "table",
-            "main",
-        ]);
+        // Every fake peer's tunnel address is local here; the host's own subnet is not
+        // (replies go back to it through vxr): the network less the own subnet, as the
+        // sibling of each of the own subnet's supernets.
+        let network = "198.19.0.0/16".parse().expect("the bench's network");
+        for net in network_less(network, own) {
+            u(&["route", "add", "local", &net.to_string(), "dev", "lo"]);
+        }
         u(&[
             "route",
             "add",
@@ -655,7 +664,10 @@ fn weftctl_times(h: &Host, url: &str, runs: usize) -> CtlTimes {
     for (what, args) in [
         ("weftctl leases", &["leases"][..]),
         ("weftctl status", &["status", "--pool-warn-below", "0"][..]),
-        ("weftctl check", &["check", "--subnet-file"][..]),
+        (
+            "weftctl check",
+            &["check", "--iface", "eth0", "--subnet-file"][..],
+        ),
     ] {
         let took = crate::rig::time_runs(runs, || {
             let mut c = in_ns(&weftctl);
