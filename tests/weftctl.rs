@@ -473,3 +473,69 @@ async fn an_etcd_that_stops_is_reported_not_waited_for() {
     etcd.start();
     assert_eq!(ok(&etcd, &["config", "get"]).trim_end(), CFG);
 }
+
+/// A large fleet's listing is one etcd round trip: expiries (one request per lease) are
+/// looked up only when asked, and the table says which it did.
+#[tokio::test]
+async fn a_large_fleet_is_listed_without_an_expiry_lookup_per_lease_unless_asked() {
+    let etcd = Etcd::new();
+    let cfg = r#"{"Network":"198.19.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#;
+    assert!(set_config(&etcd, cfg).status.success());
+    let mut c = etcd_client::Client::connect([etcd.client_url()], None)
+        .await
+        .unwrap();
+    let lease = c.lease_grant(3600, None).await.unwrap().id();
+    let value = serde_json::to_string(&vxlan_host(4, 1)).unwrap();
+    let on_lease = etcd_client::PutOptions::new().with_lease(lease);
+    for i in 0..501u32 {
+        let key = format!(
+            "/coreos.com/network/subnets/198.19.{}.{}-26",
+            i / 4,
+            i % 4 * 64
+        );
+        c.put(key, value.clone(), Some(on_lease.clone()))
+            .await
+            .unwrap();
+    }
+    let before = etcd.metric_sum(
+        "grpc_server_handled_total",
+        &[("grpc_method", "LeaseTimeToLive")],
+    );
+    let out = weftctl(&etcd, &["leases"]);
+    assert!(out.status.success());
+    let (table, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    let after = etcd.metric_sum(
+        "grpc_server_handled_total",
+        &[("grpc_method", "LeaseTimeToLive")],
+    );
+    assert_eq!(
+        after, before,
+        "no expiry looked up by default for 501 leases"
+    );
+    assert!(
+        stderr.contains("expiries not looked up for 501 leases")
+            && stderr.contains("weftctl leases list --expiry"),
+        "{stderr}"
+    );
+    assert_eq!(table.lines().count(), 502, "{table}");
+    assert!(table
+        .lines()
+        .skip(1)
+        .all(|l| l.split_whitespace().nth(4) == Some("?")));
+
+    let asked = ok(&etcd, &["leases", "list", "--expiry"]);
+    let looked_up = etcd.metric_sum(
+        "grpc_server_handled_total",
+        &[("grpc_method", "LeaseTimeToLive")],
+    );
+    assert!(looked_up > after, "--expiry looks the expiries up");
+    let line = asked.lines().nth(1).unwrap();
+    let expires = line.split_whitespace().nth(4).unwrap();
+    assert!(
+        expires.starts_with("59m") || expires.starts_with("1h"),
+        "{asked}"
+    );
+}

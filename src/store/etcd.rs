@@ -155,6 +155,13 @@ impl EtcdStore {
         read::list(&self.reg, cfg, 0, false).await
     }
 
+    /// Fills in the expirations of an untimed listing: one TTL look-up per etcd lease.
+    pub async fn time_leases(&self, list: &mut LeaseList) -> Result<(), StoreError> {
+        read::fill_expirations(&self.reg, &mut list.leases).await?;
+        list.timed = true;
+        Ok(())
+    }
+
     /// The lease of one subnet, if any (a key that does not parse is an error naming it).
     pub async fn get_lease(&self, subnet: Ipv4Net) -> Result<Option<Lease>, StoreError> {
         read::lease(&self.reg, subnet).await

@@ -21,7 +21,12 @@ use super::{status, Format};
 #[derive(Subcommand, Debug)]
 pub enum LeasesCmd {
     /// All leases, sorted by subnet.
-    List,
+    List {
+        /// Look up every lease's expiry even in a large fleet (one etcd request per lease;
+        /// done by default up to 500 leases).
+        #[arg(long)]
+        expiry: bool,
+    },
     /// One lease, by subnet, by an address inside its subnet, or by its PublicIP.
     Show { target: String },
     /// Print one line per lease change as it happens.
@@ -43,8 +48,8 @@ pub enum LeasesCmd {
 }
 
 pub async fn run(store: &EtcdStore, out: Format, cmd: Option<LeasesCmd>) -> Result<()> {
-    match cmd.unwrap_or(LeasesCmd::List) {
-        LeasesCmd::List => list(store, out, false).await,
+    match cmd.unwrap_or(LeasesCmd::List { expiry: false }) {
+        LeasesCmd::List { expiry } => list(store, out, false, expiry).await,
         LeasesCmd::Show { target } => show(store, out, &target).await,
         LeasesCmd::Watch => watch(store, out).await,
         LeasesCmd::Revoke { subnet } => {
@@ -71,6 +76,24 @@ pub async fn config_for_listing(store: &EtcdStore) -> Result<Option<NetworkConfi
     }
 }
 
+/// Leases whose expiry is looked up without being asked: each costs etcd one request, so a
+/// listing of a large fleet stays one round trip unless `--expiry` asks for them.
+const EXPIRY_LOOKUPS_MAX: usize = 500;
+
+/// Looks up the expiries when asked or when the leases are few; says so when it did not.
+async fn time_if_few(store: &EtcdStore, list: &mut LeaseList, asked: bool) -> Result<()> {
+    let on_etcd_leases = list.leases.iter().filter(|l| !l.is_reservation()).count();
+    if asked || on_etcd_leases <= EXPIRY_LOOKUPS_MAX {
+        store.time_leases(list).await?;
+    } else {
+        esay!(
+            "weftctl: expiries not looked up for {on_etcd_leases} leases (one etcd request \
+             each); `weftctl leases list --expiry` looks them up"
+        );
+    }
+    Ok(())
+}
+
 pub fn warn_skipped(list: &LeaseList) {
     for s in &list.skipped {
         esay!("weftctl: warning: skipping {}: {}", s.key, s.reason);
@@ -79,9 +102,17 @@ pub fn warn_skipped(list: &LeaseList) {
 
 /// `leases` (or `reservations list` with `only_reservations`): every lease with its host's
 /// liveness and the parts no host uses marked.
-pub async fn list(store: &EtcdStore, out: Format, only_reservations: bool) -> Result<()> {
+pub async fn list(
+    store: &EtcdStore,
+    out: Format,
+    only_reservations: bool,
+    expiry: bool,
+) -> Result<()> {
     let cfg = config_for_listing(store).await?;
-    let list = store.list_leases(cfg.as_ref()).await?;
+    let mut list = store.list_leases_untimed(cfg.as_ref()).await?;
+    if !only_reservations {
+        time_if_few(store, &mut list, expiry).await?;
+    }
     warn_skipped(&list);
     // The ALIVE column is an addition: a user who may read the leases but not weft's own
     // keys still gets the leases.
@@ -181,7 +212,8 @@ fn or_dash(s: &str) -> &str {
 
 fn expires(l: &Lease) -> String {
     let Some(t) = l.expiration else {
-        return "reserved".into();
+        let what = if l.is_reservation() { "reserved" } else { "?" };
+        return what.into();
     };
     match t.duration_since(SystemTime::now()) {
         Ok(d) if d.as_secs() > 0 => short_duration(d),

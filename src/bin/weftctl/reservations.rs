@@ -31,7 +31,7 @@ pub enum ReservationsCmd {
 
 pub async fn run(store: &EtcdStore, out: Format, cmd: ReservationsCmd) -> Result<()> {
     match cmd {
-        ReservationsCmd::List => leases::list(store, out, true).await,
+        ReservationsCmd::List => leases::list(store, out, true, false).await,
         ReservationsCmd::Add {
             subnet,
             public_ip,
