@@ -138,10 +138,14 @@ fn stderr_is_journal() -> bool {
 fn main() -> std::process::ExitCode {
     // One malloc arena per thread would let each of weftd's threads keep its own high-water
     // mark of freed memory; two arenas keep the resident size close to what is in use.
+    // A fixed mmap threshold: glibc otherwise raises it after each large free, so the big
+    // buffers of a full reconciliation (dumps of thousands of kernel objects) would stay in
+    // the heap afterwards instead of going back to the kernel when freed.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let args = Args::parse();
     if args.man_page {
