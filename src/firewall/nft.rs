@@ -25,6 +25,11 @@ pub enum Listing {
 
 /// The families in which a table named weft's exists, from `nft -j list tables`.
 pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
+    families_with(TABLE)
+}
+
+/// The families in which a table named `table` exists.
+pub fn families_with(table: &str) -> Result<HashSet<Family>, FirewallError> {
     let args = ["-j", "list", "tables"];
     let out = run(&args, None)?;
     let objects = parse(&out.stdout).map_err(|error| FirewallError::Listing {
@@ -35,7 +40,7 @@ pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
     for o in objects {
         if let NfListObject::Table(t) = o {
             let family = Family::ALL.into_iter().find(|f| nf_family(*f) == t.family);
-            if let Some(f) = family.filter(|_| t.name == TABLE) {
+            if let Some(f) = family.filter(|_| t.name == table) {
                 found.insert(f);
             }
         }
@@ -45,7 +50,12 @@ pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
 
 /// weft's table of `family`, which [`families_with_table`] found.
 pub fn list(family: Family) -> Result<Listing, FirewallError> {
-    let args = ["-j", "list", "table", nft_name(family), TABLE];
+    list_table(family, TABLE)
+}
+
+/// The table `table` of `family`, which [`families_with`] found.
+pub fn list_table(family: Family, table: &str) -> Result<Listing, FirewallError> {
+    let args = ["-j", "list", "table", nft_name(family), table];
     let out = run(&args, None)?;
     Ok(match parse(&out.stdout) {
         Ok(objects) => Listing::Objects(objects),
@@ -108,17 +118,24 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> Result<Output, FirewallError> {
         program: "nft",
         error,
     };
-    let mut child = crate::environ::command("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
+    let spawn_one = |program: &str| {
+        crate::environ::command(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // A runtime may run the CNI plugin with a PATH that leaves /usr/sbin out.
+    let mut child = match spawn_one("nft") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => spawn_one("/usr/sbin/nft"),
+        other => other,
+    }
+    .map_err(spawn)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input).map_err(spawn)?;
     }
