@@ -6,6 +6,7 @@
 mod host;
 mod own;
 mod peers;
+mod policy;
 mod startup;
 
 use std::collections::BTreeMap;
@@ -105,6 +106,7 @@ pub async fn run(opts: AgentConfig) -> anyhow::Result<()> {
 /// Start-up, then the main loop.
 async fn start_and_run(opts: AgentConfig, shown: Arc<http::Shown>) -> anyhow::Result<()> {
     let (mut agent, known, reports) = startup::start(opts, shown).await?;
+    agent.start_policy().await?;
     agent.note_own_lease();
     agent.adopt_listing(&known);
     agent.run(known, reports).await
@@ -248,6 +250,22 @@ impl Agent {
             unreadable: self.peers.unreadable,
             firewall: self.host.firewall_spec(&self.own, self.opts.ip_masq),
         }));
+    }
+
+    /// Network policy's thread and feed; its first pass runs before subnet.env is written,
+    /// so a plugin that finds subnet.env finds the policy program too.
+    async fn start_policy(&self) -> anyhow::Result<()> {
+        let mut own = vec![ipnet::IpNet::V4(self.own.subnet)];
+        own.extend(self.own.subnet6.map(ipnet::IpNet::V6));
+        let settings = policy::PolicySettings {
+            subnet_file: self.opts.subnet_file.clone(),
+            own,
+            host: self.own.key_name(),
+            ttl: self.opts.status_ttl,
+            resync: self.opts.resync,
+        };
+        let wait = Duration::from_secs(10);
+        policy::start(self.store.clone(), settings, self.metrics.clone(), wait).await
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {

@@ -51,6 +51,8 @@ pub struct Outcome {
     /// last written.
     pub drops: BTreeMap<String, u64>,
     pub took: Duration,
+    /// Why traffic between containers of one bridge may go unfiltered, if it may.
+    pub bridge_netfilter: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,9 @@ impl Enforcer {
             }
         }
         let program = Program::compile(&inputs.policies, &inputs.namespaces);
+        if !program.is_empty() {
+            out.bridge_netfilter = bridge_netfilter();
+        }
         let present = nft::families_with(TABLE)?;
         let mut batch = Batch::new();
         let mut wrote = Vec::new();
@@ -161,6 +166,27 @@ impl Enforcer {
                 .as_ref()
                 .is_some_and(|(w, l)| w.as_slice() == want && l.as_slice() == listed)
     }
+}
+
+/// Bridged traffic (containers of one bridge) reaches the forward hook only through
+/// br_netfilter; its switches are set on, per network namespace.
+fn bridge_netfilter() -> Option<String> {
+    let mut problems = Vec::new();
+    for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+        let path = format!("/proc/sys/net/bridge/{name}");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => {
+                if let Err(e) = std::fs::write(&path, "1") {
+                    problems.push(format!("cannot set {path}: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!(
+                "{path}: {e} (load br_netfilter: containers of one bridge are not filtered)"
+            )),
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 fn read(f: Family) -> Result<Read, FirewallError> {

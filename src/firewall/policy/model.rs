@@ -538,6 +538,25 @@ impl Port {
     }
 }
 
+/// A namespace's value in etcd: `{"labels": {...}}`, each label checked; the name label
+/// is every namespace's own and never stored.
+pub fn namespace_labels(value: &[u8]) -> Result<super::selector::Labels, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ns {
+        #[serde(default)]
+        labels: super::selector::Labels,
+    }
+    let ns: Ns = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    for (k, v) in &ns.labels {
+        super::selector::check_key("labels", k).map_err(|e| e.to_string())?;
+        super::selector::check_value(&format!("labels.{k}"), v).map_err(|e| e.to_string())?;
+    }
+    let mut labels = ns.labels;
+    labels.remove(NAME_LABEL);
+    Ok(labels)
+}
+
 /// The documents of a policy file as kubectl reads it: YAML (JSON is YAML too), several
 /// documents separated by `---`, a `kind: List` taken item by item. Empty documents are
 /// skipped.
