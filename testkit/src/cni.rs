@@ -53,14 +53,27 @@ impl Plugin {
 
     /// Runs the plugin's `command` for container `id` in `netns`; panics unless it succeeds.
     pub fn run(&self, command: &str, id: &str, netns: &Path) -> Value {
+        self.run_with(command, id, netns, "", &self.conf)
+    }
+
+    /// [`Plugin::run`] with `CNI_ARGS` and a config of the caller's.
+    pub fn run_with(
+        &self,
+        command: &str,
+        id: &str,
+        netns: &Path,
+        args: &str,
+        conf: &Value,
+    ) -> Value {
         let vars = [
             ("CNI_COMMAND", command.to_string()),
             ("CNI_CONTAINERID", id.to_string()),
             ("CNI_NETNS", netns.display().to_string()),
             ("CNI_IFNAME", "eth0".to_string()),
             ("CNI_PATH", "/usr/lib/cni".to_string()),
+            ("CNI_ARGS", args.to_string()),
         ];
-        let conf = self.conf.to_string();
+        let conf = conf.to_string();
         let out = exec_plugin(
             &crate::bins::plugin(),
             &self.host_ns,
@@ -77,9 +90,31 @@ impl Plugin {
 
     /// A new container attached with ADD.
     pub fn add(&self, tag: &str) -> Container {
+        self.add_workload(tag, None, &[])
+    }
+
+    /// A new container attached with ADD as a runtime attaches a Kubernetes pod: named
+    /// `tag` in `namespace` (CNI_ARGS `K8S_POD_NAMESPACE`, `K8S_POD_NAME`) with `labels`
+    /// (`args.cni.labels`).
+    pub fn add_workload(
+        &self,
+        tag: &str,
+        namespace: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> Container {
         let ns = Netns::new(tag);
         let id = format!("{}-{tag}", ns.name());
-        let result = self.run("ADD", &id, &ns.path());
+        let mut conf = self.conf.clone();
+        let labels: Vec<Value> = labels
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v}))
+            .collect();
+        conf["args"] = json!({"cni": {"labels": labels}});
+        let mut args = format!("IgnoreUnknown=1;K8S_POD_NAME={tag}");
+        if let Some(n) = namespace {
+            args.push_str(&format!(";K8S_POD_NAMESPACE={n}"));
+        }
+        let result = self.run_with("ADD", &id, &ns.path(), &args, &conf);
         let ip = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())

@@ -195,6 +195,13 @@ impl Host {
         })
     }
 
+    /// SIGKILL, as a crash would, and reap it.
+    pub fn kill(&mut self) {
+        let mut child = self.weftd.take().expect("weftd is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.weftd
             .as_mut()

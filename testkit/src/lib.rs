@@ -30,5 +30,6 @@ pub mod netns;
 pub mod ping;
 pub mod plugin;
 pub mod podman;
+pub mod tcp;
 pub mod wait;
 pub mod wg;
