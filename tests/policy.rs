@@ -168,6 +168,37 @@ fn the_kubernetes_example_across_two_hosts() {
     }
     lab.etcd.start();
 
+    // weftctl explains both verdicts and says which rule decided.
+    let why = |src: &str| {
+        let weftctl = testkit::bins::weftctl().display().to_string();
+        let url = lab.etcd.client_url();
+        let args = [
+            weftctl.as_str(),
+            "--etcd-endpoints",
+            &url,
+            "policy",
+            "why",
+            src,
+            "db",
+            "6379/tcp",
+        ];
+        lab.underlay.exec(&args)
+    };
+    let out = why("front2");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("allowed by default/test-network-policy ingress[0]"),
+        "{said}"
+    );
+    let out = why("other2");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     lab.weftctl_ok(&["policy", "delete", "test-network-policy"]);
     let open = wait_for(Duration::from_secs(5), || {
         ok(&other2, &db, 6379).then_some(())
