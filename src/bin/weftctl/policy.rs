@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Subcommand;
@@ -89,7 +89,7 @@ pub async fn run(store: &EtcdStore, out: Format, cmd: PolicyCmd) -> Result<()> {
     }
 }
 
-async fn apply(store: &EtcdStore, file: &PathBuf, namespace: Option<&str>) -> Result<()> {
+async fn apply(store: &EtcdStore, file: &Path, namespace: Option<&str>) -> Result<()> {
     let text = match file.to_str() {
         Some("-") => std::io::read_to_string(std::io::stdin())?,
         _ => weft::file::read_text(file, weft::file::limit::LARGE)
@@ -205,7 +205,7 @@ pub async fn run_namespace(store: &EtcdStore, out: Format, cmd: NamespaceCmd) ->
                 match l.split_once('=') {
                     Some((k, v)) => {
                         check_key("KEY", k)?;
-                        check_value(&format!("{k}"), v)?;
+                        check_value(k, v)?;
                         current.insert(k.into(), v.into());
                     }
                     None => match l.strip_suffix('-') {
