@@ -10,7 +10,8 @@
 //!
 //! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
-//! datapath against a hand-made pair, and join convergence on WireGuard).
+//! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
+//! workloads × 100 policies on real nftables).
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
@@ -20,6 +21,7 @@ mod convergence;
 mod datapath;
 mod dual;
 mod peer_probe;
+mod policy;
 mod probe;
 mod report;
 mod rig;
@@ -29,7 +31,7 @@ mod wireguard;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "convergence",
     "fleet",
     "scale",
@@ -40,6 +42,7 @@ const SECTIONS: [&str; 10] = [
     "probes",
     "status",
     "wireguard",
+    "policy",
 ];
 
 fn main() {
@@ -230,6 +233,19 @@ fn main() {
                         .ok()
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(20),
+                }
+            }),
+            "policy" => policy::run(&if quick {
+                policy::Sizes {
+                    workloads: 100,
+                    policies: 10,
+                    runs: 3,
+                }
+            } else {
+                policy::Sizes {
+                    workloads: 1000,
+                    policies: 100,
+                    runs: 20,
                 }
             }),
             _ => unreachable!("filtered above"),
