@@ -72,21 +72,21 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
         }
     }
     let first = timed(|| {
-        enforcer.ensure(&inputs).expect("the first pass");
+        enforcer.ensure(&inputs, true).expect("the first pass");
     });
     let rules = count_rules();
     let (mut idle, mut change, mut added, mut admit) = (vec![], vec![], vec![], vec![]);
     for r in 0..z.runs {
         idle.push(timed(|| {
-            enforcer.ensure(&inputs).unwrap();
+            enforcer.ensure(&inputs, false).unwrap();
         }));
         inputs.policies[0] = policy(0, z.policies, 81 + r as u16);
         change.push(timed(|| {
-            enforcer.ensure(&inputs).unwrap();
+            enforcer.ensure(&inputs, false).unwrap();
         }));
         inputs.remote.push(workload(z.workloads + r, z.policies));
         added.push(timed(|| {
-            enforcer.ensure(&inputs).unwrap();
+            enforcer.ensure(&inputs, false).unwrap();
         }));
         let w = workload(z.workloads + 500 + r, z.policies);
         admit.push(timed(|| {

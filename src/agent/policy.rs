@@ -93,9 +93,21 @@ fn note(m: &Metrics, r: Result<&Outcome, &EnforceError>) {
                     "network policy: workload record unreadable; ignored"
                 );
             }
-            if !o.rewritten.is_empty() || o.elements > 0 {
+            for what in &o.mended {
+                tracing::info!(
+                    what,
+                    "network policy: the tables differed from what they should hold; mended"
+                );
+            }
+            if o.changed() {
                 let took_us = o.took.as_micros() as u64;
-                tracing::info!(rewritten = ?o.rewritten, elements = o.elements, took_us, "network policy tables updated");
+                tracing::info!(
+                    structure = o.structure,
+                    elements = o.elements,
+                    full = o.full,
+                    took_us,
+                    "network policy tables updated"
+                );
             }
         }
         Err(e) => {

@@ -1,29 +1,30 @@
 //! weftd's side of network policy: keeps the policy tables equal to the policies, the
 //! namespaces and every workload known (this host's from the plugin's records, the others'
-//! from etcd). A structural change (a policy added, changed or removed) rewrites a family's
-//! table in one transaction, so no moment is without rules; a workload coming or going only
-//! adds or deletes set elements. Every pass reads the tables back, so a flush or a hand edit
-//! is repaired. Runs on a thread of its own, apart from the lease datapath: the tables are
-//! disjoint from everything else weft writes, and a pass over thousands of set elements
-//! never delays a route.
+//! from etcd). Each pass computes the wanted tables ([`rules::desired`]) and applies their
+//! difference ([`table::diff`]) in one transaction: a workload coming or going is a few set
+//! elements, a policy changing its rules is its own chain flushed and written again.
+//!
+//! What a pass compares with is the table as this enforcer last wrote it; nft is asked for
+//! the real one only on a full pass (the resync timer, a kick, after a failure, at start),
+//! which repairs any drift (a flush, a hand edit) and reads the drop counters. `weftctl
+//! check` runs the same comparison against the real tables ([`check`]). Runs on a thread
+//! of its own, apart from the lease datapath: the tables are disjoint from everything else
+//! weft writes, and a pass over thousands of set elements never delays a route.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use nftables::batch::Batch;
-use nftables::expr::Expression;
-use nftables::schema::NfListObject;
-use nftables::stmt::{Counter, Statement};
 
 use super::nft::{self, Listing};
-use super::policy::local::{element, LocalError, Shared};
+use super::policy::local::{LocalError, Locked, Shared};
 use super::policy::rules::{self, TABLE};
 use super::policy::selector::Labels;
+use super::policy::table::{self, Changes, Have, TableState};
 use super::policy::{Policy, Program, Workload};
-use super::{tables, FirewallError};
+use super::FirewallError;
 use crate::subnet::{Family, PerFamily};
 
 /// What the policy tables are computed from, besides this host's own workloads.
@@ -43,16 +44,27 @@ pub struct Outcome {
     pub local: Vec<Workload>,
     /// Records that could not be read: (file, why).
     pub unreadable: Vec<(String, String)>,
-    /// Tables rewritten (structure changed, absent, or edited by someone).
-    pub rewritten: Vec<Family>,
+    /// The pass read the tables back (and mended what differed).
+    pub full: bool,
+    /// What differed and was mended, family by family (`weftctl check`'s words).
+    pub mended: Vec<String>,
+    /// Chains, sets or counters written, or whole tables (not counting set elements).
+    pub structure: usize,
     /// Set elements added or deleted.
     pub elements: usize,
-    /// Packets refused at workloads each policy selects, by policy id, since its table was
-    /// last written.
+    /// Packets refused at workloads each policy selects, by policy id, as of the last full
+    /// pass (nftables counters, since the policy's counter was made).
     pub drops: BTreeMap<String, u64>,
     pub took: Duration,
     /// Why traffic between containers of one bridge may go unfiltered, if it may.
     pub bridge_netfilter: Option<String>,
+}
+
+impl Outcome {
+    /// Whether the pass changed the kernel.
+    pub fn changed(&self) -> bool {
+        self.structure > 0 || self.elements > 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,27 +75,40 @@ pub enum EnforceError {
     Firewall(#[from] FirewallError),
 }
 
-/// A table's structure as wanted and as nft listed it right after weft wrote it.
-type Written = (Vec<NfListObject<'static>>, Vec<NfListObject<'static>>);
+/// What the enforcer knows of a family's table.
+#[derive(Debug, Clone)]
+enum Known {
+    /// Nothing certain: read it back.
+    Unknown,
+    /// As it last wrote or read it (None: no table).
+    As(Option<TableState>),
+}
 
 pub struct Enforcer {
     shared: Shared,
-    written: PerFamily<Option<Written>>,
+    known: PerFamily<Known>,
+    /// The program file as last written.
+    program: Option<Program>,
+    drops: BTreeMap<String, u64>,
 }
 
-/// A family's table as read back: its structure (normalized, without elements or counter
-/// values), each set's elements, and the counters by policy.
-struct Read {
-    structure: Vec<NfListObject<'static>>,
-    elements: BTreeMap<String, BTreeSet<IpAddr>>,
-    drops: BTreeMap<String, u64>,
+/// One family: the table wanted and the one there.
+struct Family1 {
+    f: Family,
+    want: Option<TableState>,
+    changes: Changes,
 }
 
 impl Enforcer {
     pub fn new(subnet_file: &std::path::Path) -> Enforcer {
         Enforcer {
             shared: Shared::beside(subnet_file),
-            written: PerFamily::default(),
+            known: PerFamily {
+                v4: Known::Unknown,
+                v6: Known::Unknown,
+            },
+            program: None,
+            drops: BTreeMap::new(),
         }
     }
 
@@ -91,208 +116,197 @@ impl Enforcer {
         &self.shared
     }
 
-    /// One pass, under the lock shared with the plugin.
-    pub fn ensure(&mut self, inputs: &Inputs) -> Result<Outcome, EnforceError> {
+    /// One pass, under the lock shared with the plugin; `full` reads the tables back.
+    pub fn ensure(&mut self, inputs: &Inputs, full: bool) -> Result<Outcome, EnforceError> {
         let started = Instant::now();
-        let lock = self.shared.lock()?;
+        let shared = self.shared.clone();
+        let lock = shared.lock()?;
         let mut out = Outcome::default();
-        for (file, read) in lock.workloads() {
-            match read {
-                Ok(w) => out.local.push(w),
-                Err(why) => out.unreadable.push((file, why)),
-            }
-        }
+        read_records(&lock, &mut out);
         let program = Program::compile(&inputs.policies, &inputs.namespaces);
-        if !program.is_empty() {
-            out.bridge_netfilter = bridge_netfilter();
-        }
-        let present = nft::families_with(TABLE)?;
+        out.bridge_netfilter = bridge_netfilter(&self.shared, !program.is_empty());
+        let full = full
+            || Family::ALL
+                .iter()
+                .any(|f| matches!(self.known[*f], Known::Unknown));
+        out.full = full;
+        let present = match full {
+            true => Some(nft::families_with(TABLE)?),
+            false => None,
+        };
         let mut batch = Batch::new();
-        let mut wrote = Vec::new();
+        let mut families = Vec::new();
+        let mut drops = BTreeMap::new();
         for f in Family::ALL {
-            let want = rules::structure(&inputs.policies, &program, f);
-            let have = match present.contains(&f) {
-                true => Some(read(f)?),
-                false => None,
+            let have = match (&present, &self.known[f]) {
+                (Some(p), _) => read_back(f, p.contains(&f), &inputs.policies, &mut drops)?,
+                (None, Known::As(t)) => t.clone().map(Ok),
+                (None, Known::Unknown) => unreachable!("a pass without a known table is full"),
             };
-            let members = program.members(&out.local, &inputs.remote, f == Family::V6);
-            if let Some(h) = &have {
-                for (id, n) in &h.drops {
-                    *out.drops.entry(id.clone()).or_default() += n;
-                }
-            }
-            match (want, have) {
-                (None, None) => {}
-                (None, Some(_)) => {
-                    batch.delete(NfListObject::Table(rules::table_object(f)));
-                    self.written[f] = None;
-                    out.rewritten.push(f);
-                }
-                (Some(want), have) => {
-                    let want_norm = normalize(&want);
-                    match have.filter(|h| self.is_current(f, &want_norm, &h.structure)) {
-                        Some(h) => out.elements += element_diff(&mut batch, &members, &h.elements),
-                        None => {
-                            rewrite(&mut batch, f, want, &members);
-                            wrote.push((f, want_norm));
-                            out.rewritten.push(f);
-                        }
-                    }
-                }
-            }
+            let fam = wanted(inputs, &program, &out.local, f, &have);
+            fam.changes.write(&mut batch, f, fam.want.as_ref());
+            families.push(fam);
         }
-        if !out.rewritten.is_empty() || out.elements > 0 {
-            nft::apply(batch)?;
+        if full {
+            self.drops = drops;
         }
-        for (f, want) in wrote {
-            let listed = read(f).map(|r| r.structure).unwrap_or_default();
-            self.written[f] = Some((want, listed));
+        out.drops = self.drops.clone();
+        self.apply(batch, families, &mut out)?;
+        if full || self.program.as_ref() != Some(&program) {
+            lock.write_program(&program)?;
+            self.program = Some(program);
         }
-        lock.write_program(&program)?;
         drop(lock);
         out.took = started.elapsed();
         Ok(out)
     }
 
-    /// Whether a listed structure is the wanted one, or what nft listed after weft wrote it.
-    fn is_current(
-        &self,
-        f: Family,
-        want: &[NfListObject<'static>],
-        listed: &[NfListObject<'static>],
-    ) -> bool {
-        listed == want
-            || self.written[f]
-                .as_ref()
-                .is_some_and(|(w, l)| w.as_slice() == want && l.as_slice() == listed)
+    /// Applies the families' changes in one transaction and takes what was wanted as what
+    /// is there; on failure nothing is known any more (the next pass reads back).
+    fn apply(
+        &mut self,
+        batch: Batch<'static>,
+        families: Vec<Family1>,
+        out: &mut Outcome,
+    ) -> Result<(), EnforceError> {
+        if families.iter().any(|x| !x.changes.is_empty()) {
+            if let Err(e) = nft::apply(batch) {
+                self.known = PerFamily {
+                    v4: Known::Unknown,
+                    v6: Known::Unknown,
+                };
+                return Err(e.into());
+            }
+        }
+        for x in families {
+            let c = &x.changes;
+            out.elements += c.elements.add.len() + c.elements.delete.len();
+            if !c.elements_only() {
+                out.structure += usize::from(c.rewrite.is_some() || c.remove)
+                    + c.sets.add.len()
+                    + c.sets.delete.len()
+                    + c.chains.add.len()
+                    + c.chains.delete.len()
+                    + c.rules.len();
+            }
+            if out.full {
+                out.mended.extend(c.describe(x.f, x.want.as_ref()));
+            }
+            self.known[x.f] = Known::As(x.want);
+        }
+        Ok(())
     }
+}
+
+fn read_records(lock: &Locked<'_>, out: &mut Outcome) {
+    for (file, read) in lock.workloads() {
+        match read {
+            Ok(w) => out.local.push(w),
+            Err(why) => out.unreadable.push((file, why)),
+        }
+    }
+}
+
+/// The table wanted in family `f` and what changes the one there (`have`) into it.
+fn wanted(
+    inputs: &Inputs,
+    program: &Program,
+    local: &[Workload],
+    f: Family,
+    have: &Have,
+) -> Family1 {
+    let members = program.members(local, &inputs.remote, f == Family::V6);
+    let want = rules::desired(&inputs.policies, program, &members, f);
+    let changes = table::diff(want.as_ref(), have);
+    Family1 { f, want, changes }
+}
+
+/// Family `f`'s table as nft lists it (`present`: it exists), adding its counters to
+/// `drops` by policy id.
+fn read_back(
+    f: Family,
+    present: bool,
+    policies: &[Policy],
+    drops: &mut BTreeMap<String, u64>,
+) -> Result<Have, FirewallError> {
+    if !present {
+        return Ok(None);
+    }
+    let (listing, counts) = nft::list_table_counted(f, TABLE)?;
+    for p in policies {
+        if let Some(n) = counts.get(&rules::counter_name(p)) {
+            *drops.entry(p.id()).or_default() += n;
+        }
+    }
+    Ok(Some(match listing {
+        Listing::Objects(o) => TableState::from_listing(&o, f),
+        Listing::Unreadable(why) => Err(format!("its listing does not read: {why}")),
+    }))
+}
+
+/// `weftctl check`: this host's policy tables read back and compared with what `inputs`
+/// and this host's workload records call for, through the enforcer's own path; one line
+/// per difference (none when all is as weftd wants it).
+pub fn check(shared: &Shared, inputs: &Inputs) -> Result<Vec<String>, EnforceError> {
+    let lock = shared.lock()?;
+    let mut out = Outcome::default();
+    read_records(&lock, &mut out);
+    let mut lines: Vec<String> = (out.unreadable.iter())
+        .map(|(file, why)| format!("workload record {file} is unreadable: {why}"))
+        .collect();
+    let program = Program::compile(&inputs.policies, &inputs.namespaces);
+    let present = nft::families_with(TABLE)?;
+    for f in Family::ALL {
+        let have = read_back(f, present.contains(&f), &[], &mut BTreeMap::new())?;
+        let fam = wanted(inputs, &program, &out.local, f, &have);
+        lines.extend(fam.changes.describe(f, fam.want.as_ref()));
+    }
+    let written = lock.program().unwrap_or(None);
+    if written.as_ref() != Some(&program) && !(written.is_none() && program.is_empty()) {
+        lines.push(format!(
+            "{} is not the program of the policies in etcd (the plugin admits new containers by it)",
+            shared.program_path().display()
+        ));
+    }
+    Ok(lines)
 }
 
 /// Bridged traffic (containers of one bridge) reaches the forward hook only through
-/// br_netfilter; its switches are set on, per network namespace.
-fn bridge_netfilter() -> Option<String> {
+/// br_netfilter; its switches (per network namespace) are turned on while some policy
+/// exists, and those weft turned on are turned off again when the last policy goes. Which
+/// weft turned on is kept in a file beside subnet.env, so a restarted weftd knows.
+fn bridge_netfilter(shared: &Shared, on: bool) -> Option<String> {
+    let record = shared.bridge_record();
+    let mut ours: Vec<String> = (std::fs::read_to_string(&record).unwrap_or_default().lines())
+        .map(str::to_string)
+        .collect();
+    let before = ours.len();
     let mut problems = Vec::new();
     for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
         let path = format!("/proc/sys/net/bridge/{name}");
-        match std::fs::read_to_string(&path) {
-            Ok(v) if v.trim() == "1" => {}
-            Ok(_) => {
-                if let Err(e) = std::fs::write(&path, "1") {
-                    problems.push(format!("cannot set {path}: {e}"));
-                }
-            }
-            Err(e) => problems.push(format!(
+        let value = std::fs::read_to_string(&path).map(|v| v.trim() == "1");
+        let set = |v: &str| std::fs::write(&path, v).map_err(|e| format!("cannot set {path}: {e}"));
+        let r = match (on, value, ours.iter().any(|n| n == name)) {
+            (true, Ok(false), _) => set("1").map(|()| ours.push(name.to_string())),
+            (false, Ok(true), true) => set("0"),
+            (true, Err(e), _) => Err(format!(
                 "{path}: {e} (load br_netfilter: containers of one bridge are not filtered)"
             )),
+            _ => Ok(()),
+        };
+        if let Err(p) = r {
+            problems.push(p);
         }
+    }
+    let kept = match (on, before) {
+        (true, n) if n != ours.len() => std::fs::write(&record, ours.join("\n")),
+        (false, 1..) => std::fs::remove_file(&record),
+        _ => Ok(()),
+    };
+    if let Err(e) = kept {
+        problems.push(format!("{}: {e}", record.display()));
     }
     (!problems.is_empty()).then(|| problems.join("; "))
-}
-
-fn read(f: Family) -> Result<Read, FirewallError> {
-    let objects = match nft::list_table(f, TABLE)? {
-        Listing::Objects(o) => o,
-        // Not something weft wrote: rewritten, as any other difference.
-        Listing::Unreadable(_) => Vec::new(),
-    };
-    let mut elements = BTreeMap::new();
-    let mut drops = BTreeMap::new();
-    for o in &objects {
-        match o {
-            NfListObject::Set(s) => {
-                let addrs = (s.elem.iter().flat_map(|e| e.iter()))
-                    .filter_map(|e| match e {
-                        Expression::String(a) => a.parse().ok(),
-                        _ => None,
-                    })
-                    .collect();
-                elements.insert(s.name.to_string(), addrs);
-            }
-            NfListObject::Rule(r) => {
-                for st in r.expr.iter() {
-                    if let (Statement::Counter(Counter::Anonymous(Some(c))), Some(id)) =
-                        (st, &r.comment)
-                    {
-                        *drops.entry(id.to_string()).or_default() += c.packets.unwrap_or(0) as u64;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(Read {
-        structure: normalize(&objects),
-        elements,
-        drops,
-    })
-}
-
-/// [`tables::normalize`], with set elements and counter values left out: both change
-/// without the structure changing.
-fn normalize(objects: &[NfListObject<'static>]) -> Vec<NfListObject<'static>> {
-    let mut out = tables::normalize(objects);
-    for o in &mut out {
-        match o {
-            NfListObject::Set(s) => {
-                s.handle = None;
-                s.elem = None;
-            }
-            NfListObject::Rule(r) => {
-                let expr: Vec<Statement<'static>> = (r.expr.iter().cloned())
-                    .map(|st| match st {
-                        Statement::Counter(Counter::Anonymous(_)) => {
-                            Statement::Counter(Counter::Anonymous(None))
-                        }
-                        other => other,
-                    })
-                    .collect();
-                r.expr = expr.into();
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The table replaced whole in the batch: declared, deleted, declared again with every
-/// object and element.
-fn rewrite(
-    batch: &mut Batch<'static>,
-    f: Family,
-    want: Vec<NfListObject<'static>>,
-    members: &BTreeMap<String, BTreeSet<IpAddr>>,
-) {
-    let table = || NfListObject::Table(rules::table_object(f));
-    batch.add(table());
-    batch.delete(table());
-    want.into_iter().for_each(|o| batch.add(o));
-    for (set, addrs) in members {
-        for a in addrs {
-            batch.add(element(*a, set));
-        }
-    }
-}
-
-/// Adds what a set lacks and deletes what it should not hold; the number of changes.
-fn element_diff(
-    batch: &mut Batch<'static>,
-    want: &BTreeMap<String, BTreeSet<IpAddr>>,
-    have: &BTreeMap<String, BTreeSet<IpAddr>>,
-) -> usize {
-    let empty = BTreeSet::new();
-    let mut n = 0;
-    for (set, addrs) in want {
-        let there = have.get(set).unwrap_or(&empty);
-        for a in addrs.difference(there) {
-            batch.add(element(*a, set));
-            n += 1;
-        }
-        for a in there.difference(addrs) {
-            batch.delete(element(*a, set));
-            n += 1;
-        }
-    }
-    n
 }
 
 /// Commands to the enforcer's thread.
@@ -324,8 +338,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Starts the enforcer's thread. It does nothing until the first inputs arrive (a table
 /// written without the policies from etcd would be wrong), then passes on every change of
-/// the inputs or of the records directory, and every `resync` to repair drift. Each
-/// outcome goes to `report`.
+/// the inputs or of the records directory, reading the tables back every `resync` (and
+/// after a failure, a second later) to repair drift. Each outcome goes to `report`.
 pub fn spawn(
     mut enforcer: Enforcer,
     resync: Duration,
@@ -341,41 +355,46 @@ pub fn spawn(
             let mut next_full = Instant::now();
             loop {
                 let mut due = match rx.recv_timeout(POLL) {
-                    Ok(cmd) => absorb(cmd, &mut inputs),
+                    Ok(cmd) => absorb(cmd, &mut inputs, &mut next_full),
                     Err(mpsc::RecvTimeoutError::Timeout) => false,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 };
                 while let Ok(cmd) = rx.try_recv() {
-                    due |= absorb(cmd, &mut inputs);
+                    due |= absorb(cmd, &mut inputs, &mut next_full);
                 }
                 let stamp = dir_stamp(&dir);
                 due |= stamp != seen;
-                due |= Instant::now() >= next_full;
-                let Some(current) = inputs.as_ref().filter(|_| due) else {
+                let full = Instant::now() >= next_full;
+                let Some(current) = inputs.as_ref().filter(|_| due || full) else {
                     continue;
                 };
                 seen = stamp;
-                let result = enforcer.ensure(current);
-                let retry = if result.is_ok() {
-                    resync
-                } else {
-                    Duration::from_secs(1)
-                };
-                next_full = Instant::now() + retry;
+                let result = enforcer.ensure(current, full);
+                if full || result.is_err() {
+                    let retry = if result.is_ok() {
+                        resync
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    next_full = Instant::now() + retry;
+                }
                 report(result.as_ref());
             }
         })?;
     Ok(EnforcerHandle { tx })
 }
 
-fn absorb(cmd: Cmd, inputs: &mut Option<Arc<Inputs>>) -> bool {
+fn absorb(cmd: Cmd, inputs: &mut Option<Arc<Inputs>>, next_full: &mut Instant) -> bool {
     match cmd {
         Cmd::Inputs(new) => {
             let changed = inputs.as_ref().is_none_or(|old| **old != *new);
             *inputs = Some(new);
             changed
         }
-        Cmd::Kick => true,
+        Cmd::Kick => {
+            *next_full = Instant::now();
+            true
+        }
     }
 }
 

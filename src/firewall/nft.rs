@@ -2,7 +2,7 @@
 //! objects, and one JSON batch applied as one transaction. Decisions are made from the typed
 //! listing and nft's exit code; nft's messages only go into errors for people to read.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::process::{Output, Stdio};
 
@@ -63,6 +63,34 @@ pub fn list_table(family: Family, table: &str) -> Result<Listing, FirewallError>
     })
 }
 
+/// [`list_table`], with the packets each named counter holds, read from nft's own JSON (the
+/// crate's counter type holds 32 bits; its value is clamped to them before it is read).
+pub fn list_table_counted(
+    family: Family,
+    table: &str,
+) -> Result<(Listing, BTreeMap<String, u64>), FirewallError> {
+    let args = ["-j", "list", "table", nft_name(family), table];
+    let out = run(&args, None)?;
+    let mut counts = BTreeMap::new();
+    if let Ok(doc) = serde_json::from_slice::<Value>(&out.stdout) {
+        let objects = doc.get("nftables").and_then(Value::as_array);
+        for c in objects
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("counter"))
+        {
+            if let (Some(name), Some(n)) = (c["name"].as_str(), c["packets"].as_u64()) {
+                counts.insert(name.to_string(), n);
+            }
+        }
+    }
+    let listing = match parse(&out.stdout) {
+        Ok(objects) => Listing::Objects(objects),
+        Err(e) => Listing::Unreadable(e),
+    };
+    Ok((listing, counts))
+}
+
 /// Applies `batch` in one transaction (`nft -j -f -`): all of it or, on failure, none.
 pub fn apply(batch: Batch<'static>) -> Result<(), FirewallError> {
     let json = serde_json::to_vec(&batch.to_nftables()).map_err(FirewallError::Encode)?;
@@ -81,6 +109,18 @@ fn nft_name(family: Family) -> &'static str {
 /// made a one-element list first; everything else is read as the crate's types.
 fn parse(json: &[u8]) -> Result<Vec<NfListObject<'static>>, String> {
     let mut value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let objects = value.get_mut("nftables").and_then(Value::as_array_mut);
+    for c in objects
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get_mut("counter"))
+    {
+        for k in ["packets", "bytes"] {
+            if c[k].as_u64().is_some_and(|n| n > u64::from(u32::MAX)) {
+                c[k] = Value::from(u32::MAX);
+            }
+        }
+    }
     for statement in statements_mut(&mut value) {
         for nat in ["masquerade", "snat", "dnat", "redirect"] {
             if let Some(flags) = statement.get_mut(nat).and_then(|n| n.get_mut("flags")) {

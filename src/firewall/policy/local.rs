@@ -24,6 +24,9 @@ use crate::subnet::Family;
 const PROGRAM: &str = "weft-policy.json";
 const WORKLOADS: &str = "weft-workloads";
 const LOCK: &str = "weft-policy.lock";
+/// The br_netfilter switches weftd turned on (one name a line), to turn off with the last
+/// policy.
+const BRIDGE_RECORD: &str = "weft-policy.bridge-nf";
 /// A program file larger than this is not weftd's.
 const PROGRAM_LIMIT: u64 = 16 << 20;
 
@@ -60,6 +63,14 @@ impl Shared {
         }
     }
 
+    pub fn program_path(&self) -> PathBuf {
+        self.dir.join(PROGRAM)
+    }
+
+    pub fn bridge_record(&self) -> PathBuf {
+        self.dir.join(BRIDGE_RECORD)
+    }
+
     pub fn workloads_dir(&self) -> PathBuf {
         self.dir.join(WORKLOADS)
     }
@@ -88,7 +99,7 @@ pub struct Locked<'a> {
 
 impl Locked<'_> {
     fn program_path(&self) -> PathBuf {
-        self.shared.dir.join(PROGRAM)
+        self.shared.program_path()
     }
 
     /// The program weftd last wrote; `None` before it wrote one.

@@ -42,13 +42,18 @@ pub struct SetDef {
 /// one policy leaves the other sets' names (and contents) alone.
 pub fn set_name(sel: &WorkloadSelector) -> String {
     let text = serde_json::to_string(sel).expect("a selector always encodes");
-    // FNV-1a: a few lines for a stable, well-spread 64-bit name; no cryptography needed.
+    format!("g_{:016x}", fnv64(&text))
+}
+
+/// FNV-1a: a few lines for a stable, well-spread 64-bit name (of sets, chains and counters,
+/// which nft names may not be arbitrary text); no cryptography needed.
+pub(crate) fn fnv64(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("g_{h:016x}")
+    h
 }
 
 /// The workloads a policy applies to: its pod selector in its namespace.
