@@ -103,6 +103,7 @@ fn record(l: &FakeLease) -> String {
         unreachable: Vec::new(),
         drift_repairs: DriftRepairs::default(),
         last_error: None,
+        policy: None,
     }
     .to_json()
 }

@@ -57,3 +57,30 @@ pub fn withdraw(conf: &NetConf, att: &Attachment, addresses: &[IpAddr]) -> Resul
     all.dedup();
     lock.evict(&all).map_err(error)
 }
+
+/// GC: forgets the records of attachments the runtime no longer has and takes their
+/// addresses, and `released` (the reservations GC let go), out of every policy set.
+pub fn collect(
+    conf: &NetConf,
+    is_valid: impl Fn(&str, &str) -> bool,
+    released: &[IpAddr],
+) -> Result<()> {
+    let shared = Shared::beside(&conf.subnet_file);
+    let lock = shared.lock().map_err(error)?;
+    let mut gone: Vec<IpAddr> = released.to_vec();
+    for (id, _) in lock.workloads() {
+        let valid = id
+            .split_once('+')
+            .is_some_and(|(container, ifname)| is_valid(container, ifname));
+        if !valid {
+            gone.extend(
+                lock.remove_workload(&id)
+                    .into_iter()
+                    .flat_map(|w| w.addresses),
+            );
+        }
+    }
+    gone.sort();
+    gone.dedup();
+    lock.evict(&gone).map_err(error)
+}

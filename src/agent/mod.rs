@@ -129,6 +129,10 @@ struct Agent {
     rewatch: bool,
     /// systemd has been told READY=1.
     notified: bool,
+    /// Network policy follows this host's lease through it.
+    policy_lease: Option<tokio::sync::watch::Sender<policy::OwnLease>>,
+    /// Network policy's facts, for the status record.
+    policy_facts: tokio::sync::watch::Receiver<Option<crate::status::PolicyFacts>>,
 }
 
 impl Agent {
@@ -176,6 +180,7 @@ impl Agent {
             let renew_at = self.renew_at();
             tokio::select! {
                 Ok(()) = unreachable.changed() => {}
+                Ok(()) = self.policy_facts.changed() => {}
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
@@ -214,6 +219,7 @@ impl Agent {
             f.ready = m.not_ready_reasons().is_empty();
             f.drift_repairs = m.drift_repairs.get();
             f.unreachable = self.unreachable_peers();
+            f.policy = self.policy_facts.borrow().clone();
         });
     }
 
@@ -254,18 +260,30 @@ impl Agent {
 
     /// Network policy's thread and feed; its first pass runs before subnet.env is written,
     /// so a plugin that finds subnet.env finds the policy program too.
-    async fn start_policy(&self) -> anyhow::Result<()> {
-        let mut own = vec![ipnet::IpNet::V4(self.own.subnet)];
-        own.extend(self.own.subnet6.map(ipnet::IpNet::V6));
+    async fn start_policy(&mut self) -> anyhow::Result<()> {
+        let (lease_tx, lease) = tokio::sync::watch::channel(self.policy_own_lease());
+        let (facts, facts_rx) = tokio::sync::watch::channel(None);
+        self.policy_lease = Some(lease_tx);
+        self.policy_facts = facts_rx;
         let settings = policy::PolicySettings {
             subnet_file: self.opts.subnet_file.clone(),
-            own,
-            host: self.own.key_name(),
+            lease,
             ttl: self.opts.status_ttl,
             resync: self.opts.resync,
+            facts,
         };
         let wait = Duration::from_secs(10);
         policy::start(self.store.clone(), settings, self.metrics.clone(), wait).await
+    }
+
+    /// This host's lease as network policy sees it.
+    fn policy_own_lease(&self) -> policy::OwnLease {
+        let mut subnets = vec![ipnet::IpNet::V4(self.own.subnet)];
+        subnets.extend(self.own.subnet6.map(ipnet::IpNet::V6));
+        policy::OwnLease {
+            subnets,
+            host: self.own.key_name(),
+        }
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {

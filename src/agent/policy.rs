@@ -12,26 +12,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{EventType, WatchResponse};
+use etcd_client::{EventType, LeaseKeepAliveStream, LeaseKeeper, WatchResponse};
 use ipnet::IpNet;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::firewall::enforce::{self, EnforceError, Enforcer, EnforcerHandle, Inputs, Outcome};
 use crate::firewall::policy::model;
 use crate::firewall::policy::selector::Labels;
 use crate::firewall::policy::{Policy, Workload};
 use crate::metrics::Metrics;
+use crate::status::PolicyFacts;
 use crate::store::{EtcdStore, PolicyKey, StoreError};
+
+/// This host's lease as network policy sees it; it follows the lease when weftd acquires
+/// another subnet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnLease {
+    /// This host's subnets: workload records inside them are this host's to write.
+    pub subnets: Vec<IpNet>,
+    /// This host's lease key name, written into its records for people to read.
+    pub host: String,
+}
 
 /// What the policy component needs of weftd's settings.
 pub struct PolicySettings {
     pub subnet_file: PathBuf,
-    /// This host's subnets: workload records inside them are this host's to write.
-    pub own: Vec<IpNet>,
-    /// This host's lease key name, written into its records for people to read.
-    pub host: String,
+    pub lease: watch::Receiver<OwnLease>,
     pub ttl: Duration,
     pub resync: Duration,
+    /// Where this host's policy facts go (its status record).
+    pub facts: watch::Sender<Option<PolicyFacts>>,
 }
 
 /// The policy keys as known: by name below their kind's directory.
@@ -52,10 +62,23 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let m = metrics.clone();
+    let facts = settings.facts.clone();
     let report = move |r: Result<&Outcome, &EnforceError>| {
         note(&m, r);
         if let Ok(o) = r {
             let _ = tx.send(o.local.clone());
+            facts.send_if_modified(|f| {
+                let before = f.clone();
+                let applied = (o.structure > 0).then(SystemTime::now);
+                let old = f.as_ref().and_then(|f| f.applied);
+                *f = Some(PolicyFacts {
+                    policies: o.policies as u64,
+                    local_workloads: o.local.len() as u64,
+                    applied: applied.or(old),
+                    drops: o.drops.clone(),
+                });
+                *f != before
+            });
         }
     };
     let enforcer = Enforcer::new(&settings.subnet_file);
@@ -121,7 +144,7 @@ fn note(m: &Metrics, r: Result<&Outcome, &EnforceError>) {
 /// followed by a new list and watch.
 async fn run(
     store: EtcdStore,
-    s: PolicySettings,
+    mut s: PolicySettings,
     handle: EnforcerHandle,
     mut locals: mpsc::UnboundedReceiver<Vec<Workload>>,
     metrics: Arc<Metrics>,
@@ -132,7 +155,7 @@ async fn run(
     loop {
         match follow(
             &store,
-            &s,
+            &mut s,
             &handle,
             &mut locals,
             &mut publisher,
@@ -154,7 +177,7 @@ async fn run(
 /// One list and the watch after it.
 async fn follow(
     store: &EtcdStore,
-    s: &PolicySettings,
+    s: &mut PolicySettings,
     handle: &EnforcerHandle,
     locals: &mut mpsc::UnboundedReceiver<Vec<Workload>>,
     publisher: &mut Publisher,
@@ -192,9 +215,21 @@ async fn follow(
                     let _ = tx.send(());
                 }
             }
-            _ = keep_alive.tick() => publisher.keep_alive(store).await?,
+            _ = keep_alive.tick() => publisher.keep_alive(store, s.ttl).await,
+            Ok(()) = s.lease.changed() => {
+                // Another subnet: other records become this host's or stop being so, and
+                // this host's records name their new host.
+                handle.update(known.inputs(s, metrics));
+                publisher.rehost(store, s).await?;
+            }
         }
     }
+}
+
+/// Whether a record holds an address of this host's subnets.
+fn is_own(s: &PolicySettings, w: &Workload) -> bool {
+    let own = s.lease.borrow();
+    (w.addresses.iter()).any(|a| own.subnets.iter().any(|n| n.contains(a)))
 }
 
 fn gone(store: &EtcdStore) -> StoreError {
@@ -253,11 +288,7 @@ impl Known {
     /// The enforcer's inputs: every policy, the namespaces, and the workloads of other hosts.
     fn inputs(&self, s: &PolicySettings, metrics: &Metrics) -> Arc<Inputs> {
         let remote: Vec<Workload> = (self.workloads.values())
-            .filter(|w| {
-                !w.addresses
-                    .iter()
-                    .any(|a| s.own.iter().any(|n| n.contains(a)))
-            })
+            .filter(|w| !is_own(s, w))
             .cloned()
             .collect();
         metrics.policy.policies.set(self.policies.len() as u64);
@@ -272,10 +303,14 @@ impl Known {
     }
 }
 
-/// This host's workload records in etcd: what was written, on which etcd lease.
+/// This host's workload records in etcd: what was written, on which etcd lease, kept alive
+/// through one keep-alive stream.
 #[derive(Default)]
 struct Publisher {
     lease: Option<i64>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// This host's workloads as last published.
+    local: Vec<Workload>,
     /// Key name (the first address) → the value written; `None`: found in etcd, this
     /// host's, not (yet) written by this weftd.
     written: BTreeMap<String, Option<String>>,
@@ -287,11 +322,7 @@ impl Publisher {
     /// and go.
     fn adopt(&mut self, known: &Known, s: &PolicySettings) {
         for (name, w) in &known.workloads {
-            let ours = w
-                .addresses
-                .iter()
-                .any(|a| s.own.iter().any(|n| n.contains(a)));
-            if ours {
+            if is_own(s, w) {
                 self.written.entry(name.clone()).or_insert(None);
             }
         }
@@ -303,12 +334,15 @@ impl Publisher {
         s: &PolicySettings,
         local: Vec<Workload>,
     ) -> Result<(), StoreError> {
+        let host = s.lease.borrow().host.clone();
         let mut want = BTreeMap::new();
-        for mut w in local {
+        for w in &local {
             let Some(a) = w.key_address() else { continue };
-            w.host = s.host.clone();
+            let mut w = w.clone();
+            w.host = host.clone();
             want.insert(a.to_string(), w.encode());
         }
+        self.local = local;
         if want
             .iter()
             .any(|(k, v)| self.written.get(k) != Some(&Some(v.clone())))
@@ -335,23 +369,44 @@ impl Publisher {
         Ok(())
     }
 
-    /// One keep-alive of the records' etcd lease; a lease etcd no longer has means every
-    /// record must be written again on a new one.
-    async fn keep_alive(&mut self, store: &EtcdStore) -> Result<(), StoreError> {
-        let Some(id) = self.lease else { return Ok(()) };
-        let (mut keeper, mut stream) = store.keep_alive_stream(id).await?;
-        let alive = match keeper.keep_alive().await {
-            Ok(()) => matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0),
-            Err(_) => false,
-        };
-        if !alive {
-            tracing::warn!(
-                lease = format!("{id:x}"),
-                "network policy: the workload records' etcd lease is gone; writing them again"
-            );
-            self.lease = None;
-            self.written.values_mut().for_each(|v| *v = None);
+    /// The records again under this host's new lease key name.
+    async fn rehost(&mut self, store: &EtcdStore, s: &PolicySettings) -> Result<(), StoreError> {
+        let local = std::mem::take(&mut self.local);
+        self.publish(store, s, local).await
+    }
+
+    /// One keep-alive of the records' etcd lease, on the stream opened for it; a stream
+    /// that fails is opened again at the next tick, and a lease etcd no longer has means
+    /// every record must be written again on a new one.
+    async fn keep_alive(&mut self, store: &EtcdStore, ttl: Duration) {
+        let Some(id) = self.lease else { return };
+        if self.keeper.is_none() {
+            match store.keep_alive_stream(id).await {
+                Ok(k) => self.keeper = Some(k),
+                Err(e) => {
+                    return tracing::debug!(error = %e, "cannot open the workload records' keep-alive")
+                }
+            }
         }
-        Ok(())
+        let Some((keeper, stream)) = self.keeper.as_mut() else {
+            return;
+        };
+        let answer = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(ttl / 3, answer).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            Ok(Ok(Some(_))) => {
+                tracing::warn!(
+                    lease = format!("{id:x}"),
+                    "network policy: the workload records' etcd lease is gone; writing them again"
+                );
+                self.lease = None;
+                self.keeper = None;
+                self.written.values_mut().for_each(|v| *v = None);
+            }
+            _ => self.keeper = None,
+        }
     }
 }

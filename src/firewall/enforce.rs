@@ -44,6 +44,8 @@ pub struct Outcome {
     pub local: Vec<Workload>,
     /// Records that could not be read: (file, why).
     pub unreadable: Vec<(String, String)>,
+    /// The policies enforced.
+    pub policies: usize,
     /// The pass read the tables back (and mended what differed).
     pub full: bool,
     /// What differed and was mended, family by family (`weftctl check`'s words).
@@ -121,7 +123,10 @@ impl Enforcer {
         let started = Instant::now();
         let shared = self.shared.clone();
         let lock = shared.lock()?;
-        let mut out = Outcome::default();
+        let mut out = Outcome {
+            policies: inputs.policies.len(),
+            ..Outcome::default()
+        };
         read_records(&lock, &mut out);
         let program = Program::compile(&inputs.policies, &inputs.namespaces);
         out.bridge_netfilter = bridge_netfilter(&self.shared, !program.is_empty());

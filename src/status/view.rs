@@ -251,6 +251,7 @@ mod tests {
                 .collect(),
             drift_repairs: DriftRepairs::default(),
             last_error: None,
+            policy: None,
         }
         .to_json()
         .into_bytes()

@@ -119,7 +119,7 @@ async fn apply(store: &EtcdStore, file: &Path, namespace: Option<&str>) -> Resul
 }
 
 /// Every readable policy; unreadable ones are reported on stderr.
-async fn policies(store: &EtcdStore) -> Result<Vec<Policy>> {
+pub async fn policies(store: &EtcdStore) -> Result<Vec<Policy>> {
     let keys = store.list_policy(Some(PolicyKey::Policy)).await?;
     let mut out = Vec::new();
     for (_, name, value) in keys.keys {
@@ -170,7 +170,7 @@ async fn list(store: &EtcdStore, out: Format, namespace: Option<&str>) -> Result
     Ok(())
 }
 
-async fn namespaces(store: &EtcdStore) -> Result<BTreeMap<String, Labels>> {
+pub async fn namespaces(store: &EtcdStore) -> Result<BTreeMap<String, Labels>> {
     let keys = store.list_policy(Some(PolicyKey::Namespace)).await?;
     let mut out = BTreeMap::new();
     for (_, name, value) in keys.keys {
