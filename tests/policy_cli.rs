@@ -2,25 +2,14 @@
 //! as kubectl would store them, every unsupported or invalid field is refused naming the
 //! field and value with nothing stored, and list, show and delete do what they say.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use testkit::etcd::Etcd;
 
-const BIN: &str = env!("CARGO_BIN_EXE_weftctl");
 const EXAMPLES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/data/k8s-network-policies.yaml"
 );
-
-fn weftctl(etcd: &Etcd, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .env_clear()
-        .arg("--etcd-endpoints")
-        .arg(etcd.client_url())
-        .args(args)
-        .output()
-        .expect("running weftctl")
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -95,34 +84,31 @@ fn the_documentation_examples_apply_and_every_unsupported_field_is_refused() {
         );
         let path = dir.path().join("p.yaml");
         std::fs::write(&path, doc).unwrap();
-        let out = weftctl(&etcd, &["policy", "apply", "-f", path.to_str().unwrap()]);
+        let out = etcd.weftctl(&["policy", "apply", "-f", path.to_str().unwrap()]);
         assert!(!out.status.success(), "{to}: accepted");
         let said = text(&out);
         assert!(said.contains(field) && said.contains(value), "{to}: {said}");
         assert_eq!(stored(&etcd), 0, "{to}: something was stored");
     }
 
-    let out = weftctl(&etcd, &["policy", "apply", "-f", EXAMPLES]);
+    let out = etcd.weftctl(&["policy", "apply", "-f", EXAMPLES]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stored(&etcd), 7);
-    let list = text(&weftctl(&etcd, &["policy", "list"]));
+    let list = text(&etcd.weftctl(&["policy", "list"]));
     assert!(
         list.contains("test-network-policy") && list.contains("role=db"),
         "{list}"
     );
-    let show = weftctl(
-        &etcd,
-        &["-o", "json", "policy", "show", "default-deny-egress"],
-    );
+    let show = etcd.weftctl(&["-o", "json", "policy", "show", "default-deny-egress"]);
     let doc: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(doc["spec"]["policyTypes"], serde_json::json!(["Egress"]));
-    assert!(weftctl(&etcd, &["policy", "delete", "default-deny-egress"])
+    assert!(etcd
+        .weftctl(&["policy", "delete", "default-deny-egress"])
         .status
         .success());
-    assert!(
-        !weftctl(&etcd, &["policy", "delete", "default-deny-egress"])
-            .status
-            .success()
-    );
+    assert!(!etcd
+        .weftctl(&["policy", "delete", "default-deny-egress"])
+        .status
+        .success());
     assert_eq!(stored(&etcd), 6);
 }

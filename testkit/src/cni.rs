@@ -2,7 +2,7 @@
 //! the CNI_* variables and the network config on stdin. Each container is a namespace of its
 //! own, attached with ADD and detached with DEL.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -18,12 +18,13 @@ pub struct Plugin {
     pub conf: Value,
 }
 
-/// A container the plugin attached: its namespace, id and IPv4 address, and the MAC of its
-/// port on the bridge (the host end of its veth).
+/// A container the plugin attached: its namespace, id, IPv4 address (and IPv6 address on a
+/// dual-stack host), and the MAC of its port on the bridge (the host end of its veth).
 pub struct Container {
     pub ns: Netns,
     pub id: String,
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
     pub port_mac: String,
 }
 
@@ -115,11 +116,19 @@ impl Plugin {
             args.push_str(&format!(";K8S_POD_NAMESPACE={n}"));
         }
         let result = self.run_with("ADD", &id, &ns.path(), &args, &conf);
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        let ips: Vec<IpAddr> = (result["ips"].as_array().into_iter().flatten())
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = (ips.iter())
+            .find_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
             .unwrap_or_else(|| panic!("no IPv4 address in the ADD result: {result}"));
+        let ip6 = ips.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
         let port_mac = result["interfaces"][1]["mac"]
             .as_str()
             .unwrap_or_else(|| panic!("no host veth MAC in the ADD result: {result}"))
@@ -128,6 +137,7 @@ impl Plugin {
             ns,
             id,
             ip,
+            ip6,
             port_mac,
         }
     }
