@@ -6,52 +6,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use testkit::cni::{Container, Plugin};
-use testkit::lab::{Lab, VXLAN_CONFIG};
+use testkit::lab::{test_policy, Lab, VXLAN_CONFIG};
 use testkit::tcp::{connects, listen};
 use testkit::wait::wait_for;
 
 /// How long a refused connect is given: an allowed one on these labs takes milliseconds.
 const REFUSED_AFTER: Duration = Duration::from_millis(400);
-
-/// The Kubernetes documentation's first example, with its addresses moved into the test
-/// range: `role: db` takes TCP 6379 from `role: frontend` in its namespace, from namespaces
-/// labelled `project: myproject`, and from an ipBlock; it may only talk TCP 5978 to a block.
-const DB_POLICY: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: test-network-policy
-  namespace: default
-spec:
-  podSelector:
-    matchLabels:
-      role: db
-  policyTypes:
-  - Ingress
-  - Egress
-  ingress:
-  - from:
-    - ipBlock:
-        cidr: 198.18.0.0/24
-        except:
-        - 198.18.0.128/25
-    - namespaceSelector:
-        matchLabels:
-          project: myproject
-    - podSelector:
-        matchLabels:
-          role: frontend
-    ports:
-    - protocol: TCP
-      port: 6379
-  egress:
-  - to:
-    - ipBlock:
-        cidr: 198.18.0.0/24
-    ports:
-    - protocol: TCP
-      port: 5978
-"#;
 
 fn ip(c: &Container) -> IpAddr {
     IpAddr::V4(c.ip)
@@ -63,12 +23,6 @@ fn ok(from: &Container, to: &Container, port: u16) -> bool {
 
 fn refused(from: &Container, to: &Container, port: u16) -> bool {
     !connects(&from.ns, ip(to), port, REFUSED_AFTER)
-}
-
-fn apply(lab: &Lab, name: &str, yaml: &str) {
-    let path = lab.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    lab.weftctl_ok(&["policy", "apply", "-f", &path.display().to_string()]);
 }
 
 /// Two hosts; the Kubernetes example isolates `db` on host 1. Checked: a remote frontend
@@ -96,7 +50,7 @@ fn the_kubernetes_example_across_two_hosts() {
     );
 
     lab.weftctl_ok(&["namespace", "label", "team-a", "project=myproject"]);
-    apply(&lab, "db", DB_POLICY);
+    lab.apply_policy(&test_policy("test-network-policy"), None);
     let closed = wait_for(Duration::from_secs(5), || {
         refused(&other2, &db, 6379).then_some(())
     });

@@ -874,7 +874,28 @@ pub fn udp_exchange(
     None
 }
 
+/// A network policy the tests apply, found by its name in tests/data/test-policies.yaml.
+pub fn test_policy(name: &str) -> String {
+    let text = include_str!("../../tests/data/test-policies.yaml");
+    let wanted = format!("\n  name: {name}\n");
+    (text.split("\n---\n"))
+        .find(|d| d.contains(&wanted))
+        .unwrap_or_else(|| panic!("no policy {name} in tests/data/test-policies.yaml"))
+        .to_string()
+}
+
 impl Lab {
+    /// `weftctl policy apply` of `yaml` (into `namespace` when given), run inside the
+    /// underlay as an operator's machine would; fails unless it succeeds.
+    pub fn apply_policy(&self, yaml: &str, namespace: Option<&str>) {
+        let path = self.dir.path().join("policy.yaml");
+        std::fs::write(&path, yaml).expect("writing the policy file");
+        let path = path.display().to_string();
+        let mut args = vec!["policy", "apply", "-f", &path];
+        args.extend(namespace.iter().flat_map(|n| ["-n", n]));
+        self.weftctl_ok(&args);
+    }
+
     /// Revokes `subnet`'s lease as an operator would: `weftctl leases revoke` run inside the
     /// underlay. Returns the instant the command was started, to measure how fast the hosts
     /// follow.
