@@ -10,6 +10,7 @@
 //! - [`cni`] (the plugin on a lab host), [`plugin`] (the plugin's own tests), [`podman`],
 //!   [`docker`], [`machines`] (systemd machines booted with nspawn).
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
+//! - [`tcp`], [`datagram`]: TCP, UDP and SCTP between namespaces, allowed or not.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
 
@@ -18,6 +19,7 @@ pub mod bins;
 pub mod capture;
 pub mod cmd;
 pub mod cni;
+pub mod datagram;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
