@@ -92,6 +92,22 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// The first `named` of `items` and how many more, for one log line about many things
+/// ("a, b, c and 17 more"): what happens to many peers at once is one line, never one each.
+pub fn some_of<T: std::fmt::Display>(items: &[T], named: usize) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().take(named).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{item}");
+    }
+    if items.len() > named {
+        let _ = write!(out, " and {} more", items.len() - named);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +147,13 @@ mod tests {
         assert!(!out.contains('\u{202e}'), "{out:?}");
         assert!(out.contains("created=false"), "{out}");
         assert!(out.contains(r"key=x\u{1b}[2J\r\nWARN forged line"), "{out}");
+    }
+
+    #[test]
+    fn many_things_are_a_few_names_and_a_count() {
+        let v: Vec<u32> = (1..=20).collect();
+        assert_eq!(some_of(&v, 3), "1, 2, 3 and 17 more");
+        assert_eq!(some_of(&v[..2], 3), "1, 2");
+        assert_eq!(some_of::<u32>(&[], 3), "");
     }
 }

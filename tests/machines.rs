@@ -384,7 +384,11 @@ fn reboot_keeps_subnet_and_mac(lab: &Machines, ctr: &[std::net::Ipv4Addr]) {
     let peer_lines = |n: usize| {
         lab.journal(n)
             .lines()
-            .filter(|l| l.contains("peer joined") || l.contains("peer left"))
+            .filter(|l| {
+                ["peer joined", "peers joined", "peer left", "peers left"]
+                    .iter()
+                    .any(|m| l.contains(m))
+            })
             .count()
     };
     let before = [peer_lines(1), peer_lines(3)];

@@ -3,21 +3,24 @@
 //! over a veth (IPv6); the peer's echo requests dropped with nftables and let through again.
 //! Namespaces (and the nftables rules inside them) go when the guards drop, also on failure.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use testkit::cmd::with_stdin;
 use testkit::lab::make_flannel_device;
 use testkit::netns::{veth_pair, Netns};
-use weft::probe::{PeerState, PeerStatus, ProbeConfig, Prober, Target, Unreachable};
+use weft::probe::{PeerState, PeerStatus, ProbeConfig, Prober, Target, UnreachableHosts};
 
 const CFG: ProbeConfig = ProbeConfig {
     interval: Duration::from_millis(200),
     timeout: Duration::from_millis(100),
     down_after: 3,
     window: 10,
+    max_rate: 100,
 };
 
 /// Scheduling slack on a shared 2-core machine, added to every upper bound below.
@@ -99,9 +102,9 @@ async fn wait_state(p: &Prober, id: &str, state: PeerState, limit: Duration) -> 
 
 /// Waits for the next change of the unreachable set; returns it and how long it took.
 async fn next_unreachable(
-    rx: &mut tokio::sync::watch::Receiver<Unreachable>,
+    rx: &mut tokio::sync::watch::Receiver<UnreachableHosts>,
     limit: Duration,
-) -> (Unreachable, Duration) {
+) -> (BTreeSet<Ipv4Net>, Duration) {
     let t0 = Instant::now();
     tokio::time::timeout(limit, rx.changed())
         .await
@@ -112,11 +115,18 @@ async fn next_unreachable(
             )
         })
         .expect("prober gone");
-    (rx.borrow_and_update().clone(), t0.elapsed())
+    (hosts(&rx.borrow_and_update()), t0.elapsed())
 }
 
-fn set(ids: &[&str]) -> Unreachable {
-    ids.iter().map(|s| s.to_string()).collect()
+/// The hosts a summary names; with a few peers, it names every one it counts.
+fn hosts(u: &UnreachableHosts) -> BTreeSet<Ipv4Net> {
+    let named: BTreeSet<Ipv4Net> = u.oldest.iter().map(|(h, _)| *h).collect();
+    assert_eq!(u.count, named.len(), "{u:?}");
+    named
+}
+
+fn set(targets: &[&Target]) -> BTreeSet<Ipv4Net> {
+    targets.iter().map(|t| t.host).collect()
 }
 
 /// The whole life of a peer, seen from the prober: reachable with an RTT, unreachable after
@@ -126,13 +136,13 @@ fn set(ids: &[&str]) -> Unreachable {
 async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, other: Target) {
     let prober = Prober::start(CFG).expect("prober starts");
     let mut rx = prober.unreachable();
-    assert!(rx.borrow_and_update().is_empty());
+    assert!(hosts(&rx.borrow_and_update()).is_empty());
     prober.set_peers(vec![peer.clone(), ghost.clone()]);
 
     // Nobody holds the ghost's address: down after down_after probes (one every interval).
     let bound = CFG.interval * CFG.down_after + CFG.timeout + SLACK;
     let (down, _) = next_unreachable(&mut rx, bound).await;
-    assert_eq!(down, set(&[&ghost.id]));
+    assert_eq!(down, set(&[&ghost]));
     let g = status(&prober, &ghost.id);
     assert_eq!(g.state, PeerState::Unreachable);
     assert!(
@@ -158,7 +168,7 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     // intervals plus a timeout after it, the latest down_after intervals plus a timeout.
     drop_echo_to(&peer_ns, &rule);
     let (down, took) = next_unreachable(&mut rx, bound).await;
-    assert_eq!(down, set(&[&peer.id, &ghost.id]));
+    assert_eq!(down, set(&[&peer, &ghost]));
     let earliest = CFG.interval * (CFG.down_after - 1) + CFG.timeout;
     assert!(
         took + Duration::from_millis(20) >= earliest,
@@ -192,7 +202,7 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     allow_echo(&peer_ns);
     let since = std::time::SystemTime::now();
     let (up, took) = next_unreachable(&mut rx, CFG.interval + CFG.timeout + SLACK).await;
-    assert_eq!(up, set(&[&ghost.id]));
+    assert_eq!(up, set(&[&ghost]));
     let s = status(&prober, &peer.id);
     assert_eq!(s.state, PeerState::Reachable);
     assert!(s.since >= since, "{s:?}");
@@ -232,8 +242,8 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     // A peer that keeps its id but moves to another address is a new path: a fresh record.
     let moved_at = std::time::SystemTime::now();
     let moved = Target {
-        id: peer.id.clone(),
         addr: other.addr,
+        ..peer.clone()
     };
     prober.set_peers(vec![moved]);
     let s = status(&prober, &peer.id);
@@ -243,10 +253,13 @@ async fn peer_life(peer_ns: String, peer: Target, ghost: Target, rule: String, o
     assert_eq!(prober.snapshot().len(), 1);
 }
 
-fn target(id: &str, addr: &str) -> Target {
+/// A target of host `i` (its lease 198.19.i.0/24, public address 198.18.0.i).
+fn target(id: &str, addr: &str, i: u8) -> Target {
     Target {
         id: id.into(),
         addr: addr.parse::<IpAddr>().expect("address"),
+        host: Ipv4Net::new([198, 19, i, 0].into(), 24).expect("subnet"),
+        public_ip: [198, 18, 0, i].into(),
     }
 }
 
@@ -301,10 +314,10 @@ fn probe_ipv4_peer_over_vxlan_down_and_up() {
     block_on_in(&h1, move || {
         peer_life(
             peer_ns,
-            target("198.19.2.0-24", "198.19.2.0"),
-            target("198.19.3.0-24", "198.19.3.0"),
+            target("198.19.2.0-24", "198.19.2.0", 2),
+            target("198.19.3.0-24", "198.19.3.0", 3),
             "ip daddr 198.19.2.0 icmp type echo-request".into(),
-            target("underlay-198.18.0.2", "198.18.0.2"),
+            target("underlay-198.18.0.2", "198.18.0.2", 4),
         )
     });
 }
@@ -331,10 +344,10 @@ fn probe_ipv6_peer_down_and_up() {
     block_on_in(&h1, move || {
         peer_life(
             peer_ns,
-            target("peer6", "2001:db8:0:1::2"),
-            target("ghost6", "2001:db8:0:1::9"),
+            target("peer6", "2001:db8:0:1::2", 2),
+            target("ghost6", "2001:db8:0:1::9", 3),
             "ip6 daddr 2001:db8:0:1::2 icmpv6 type echo-request".into(),
-            target("peer6-second", "2001:db8:0:2::2"),
+            target("peer6-second", "2001:db8:0:2::2", 4),
         )
     });
 }

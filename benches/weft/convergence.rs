@@ -181,6 +181,15 @@ pub fn run(z: &Sizes) -> Vec<Table> {
             false,
         );
     }
+    // The same p99 against etcd's own delivery: what weft adds to it, whatever the machine.
+    t.compare(
+        "p99, etcd write → objects on one other host, against etcd's delivery",
+        med(&|r| r.one[1]),
+        Some(med(&|r| r.etcd[1])),
+        " ms",
+        Target::AtMost(2.0),
+        true,
+    );
     for (i, name) in names.iter().enumerate() {
         t.compare(
             &format!("{name}, etcd write → objects on all {} hosts", z.hosts),

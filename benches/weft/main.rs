@@ -8,7 +8,8 @@
 //! scripts/bench --quick              # tiny sizes: a smoke run of the bench itself
 //! ```
 //!
-//! Sections: convergence, fleet (100 hosts), scale (also prints memory), acquire, cni,
+//! Sections: convergence, fleet (100 hosts), fleet-cost (etcd's cost of a join, a death and
+//! a partition at 10, 100 and 1,000 light hosts), scale (also prints memory), acquire, cni,
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
 //! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
 //! workloads × 100 policies on real nftables).
@@ -20,6 +21,7 @@ mod cni;
 mod convergence;
 mod datapath;
 mod dual;
+mod fleet_cost;
 mod peer_probe;
 mod policy;
 mod probe;
@@ -31,9 +33,10 @@ mod wireguard;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "convergence",
     "fleet",
+    "fleet-cost",
     "scale",
     "acquire",
     "cni",
@@ -111,12 +114,21 @@ fn main() {
                     idle: Some(Duration::from_secs(120)),
                 }
             }),
+            // What an event costs etcd at 10, 100 and 1,000 light hosts, weft and flannel.
+            "fleet-cost" => fleet_cost::run(&fleet_cost::Sizes {
+                hosts: if quick {
+                    vec![10, 30]
+                } else {
+                    vec![10, 100, 1000]
+                },
+            }),
             "scale" => scale::run(&if quick {
                 scale::Sizes {
                     leases: 300,
                     singles: 5,
                     cold_runs: 1,
                     idle: Duration::from_secs(5),
+                    ctl_runs: 1,
                 }
             } else {
                 scale::Sizes {
@@ -130,6 +142,7 @@ fn main() {
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(60),
                     ),
+                    ctl_runs: 5,
                 }
             }),
             "acquire" => acquire::run(&if quick {
@@ -210,7 +223,7 @@ fn main() {
                 status::Sizes {
                     hosts: 5,
                     idle: Duration::from_secs(300),
-                    records: 1000,
+                    records: 5000,
                     runs: 5,
                 }
             }),
@@ -255,6 +268,10 @@ fn main() {
             t.print();
         }
         out.extend(tables);
+    }
+    let summary = report::summary(&out, &report::commit());
+    if !summary.is_empty() {
+        summary.print();
     }
     println!(
         "Machine: {}. Date: {}. Load average before: {load_before}; after: {}. Took {:.0} s{}.",

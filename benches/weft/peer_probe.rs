@@ -100,6 +100,8 @@ fn measure_weft(host: &Netns, n: usize, interval: Duration, secs: u64) -> Run {
         .map(|i| Target {
             id: format!("peer-{i}"),
             addr: peer_addr(i).into(),
+            host: ipnet::Ipv4Net::new(peer_addr(i), 32).expect("a /32"),
+            public_ip: peer_addr(i).into(),
         })
         .collect();
     let cfg = ProbeConfig {
@@ -107,6 +109,8 @@ fn measure_weft(host: &Netns, n: usize, interval: Duration, secs: u64) -> Run {
         timeout: Duration::from_secs(1).min(interval / 2),
         down_after: 3,
         window: 20,
+        // No cap: this section measures what a probe costs at fping's pace.
+        max_rate: u32::MAX,
     };
     weft::netlink::run_in_netns(&host.path(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -157,6 +157,10 @@ impl Table {
         ]);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     pub fn note(&mut self, n: impl Into<String>) {
         self.notes.push(n.into());
     }
@@ -183,6 +187,52 @@ impl Table {
 
     pub fn print(&self) {
         println!("{}", self.render());
+    }
+}
+
+/// Every row of `tables` that has a target, in one table: the summary BENCHMARKS.md shows,
+/// printed by the run itself so it is pasted whole and never goes stale. Each row names the
+/// commit it was measured on.
+pub fn summary(tables: &[Table], commit: &str) -> Table {
+    let mut t = Table::new(
+        &format!("Summary against the targets (commit {commit})"),
+        &[
+            "section",
+            "figure",
+            "target",
+            "weft",
+            "baseline (same run)",
+            "ratio",
+            "met?",
+            "commit",
+        ],
+    );
+    for table in tables {
+        let section = table.title.split(':').next().unwrap_or(&table.title);
+        for r in table.rows.iter().filter(|r| r.len() == 6 && r[4] != "–") {
+            t.row(vec![
+                section.to_string(),
+                r[0].clone(),
+                r[4].clone(),
+                r[1].clone(),
+                r[2].clone(),
+                r[3].clone(),
+                r[5].clone(),
+                commit.to_string(),
+            ]);
+        }
+    }
+    t
+}
+
+/// The commit the benchmarked code is, as `git describe` names it (`-dirty` with changes).
+pub fn commit() -> String {
+    let out = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "unknown".into(),
     }
 }
 

@@ -15,6 +15,8 @@ use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 use weft::subnet::lease_key_name;
 
+use crate::report::median;
+
 use testkit::netns::Netns;
 
 pub const PREFIX: &str = "/coreos.com/network";
@@ -384,4 +386,21 @@ pub fn start_lab(lab: &testkit::lab::Lab, extra: &[&str]) -> Vec<Weftd> {
     }
     lab.wait_converged();
     ds
+}
+
+/// Median wall time of `runs` runs of `cmd`, each required to succeed.
+pub fn time_runs(runs: usize, mut cmd: impl FnMut() -> Command) -> f64 {
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let out = cmd().output().expect("running the command");
+        v.push(ms(t0.elapsed()));
+        assert!(
+            out.status.success(),
+            "{:?} failed: {}",
+            cmd(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    median(&v)
 }

@@ -24,6 +24,8 @@ pub struct Sizes {
     pub singles: usize,
     pub cold_runs: usize,
     pub idle: Duration,
+    /// Runs of each weftctl command timed.
+    pub ctl_runs: usize,
 }
 
 /// /29 subnets: room for 8,191 hosts in 198.19.0.0/16.
@@ -315,13 +317,28 @@ pub fn run(z: &Sizes) -> Vec<Table> {
     eprintln!("scale: single adds with {} leases", z.leases);
     let big_add = singles(&rt, &client, h, &mut probe, &mut d, z.singles, 0x62);
     std::thread::sleep(Duration::from_secs(3));
-    eprintln!("scale: idle for {} s", z.idle.as_secs());
-    let cpu0 = d.cpu();
-    std::thread::sleep(z.idle);
-    let cpu_big = (d.cpu() - cpu0).as_secs_f64() / z.idle.as_secs_f64() * 100.0;
-    d.assert_running();
+    eprintln!("scale: idle for {} s, no peer answering", z.idle.as_secs());
+    let cpu_big = idle_cpu(&mut d, z.idle);
     let rss_big = d.status_kb("VmRSS") / 1024.0;
+    eprintln!("scale: peers answer through a responder on the underlay");
+    let responder = Responder::start(&lab.underlay, h);
+    let answered = poll(Duration::from_secs(180), Duration::from_millis(500), || {
+        (metric(h, "weft_peers_reachable") >= n).then_some(())
+    });
+    let reachable = metric(h, "weft_peers_reachable");
+    assert!(
+        answered.is_some(),
+        "{reachable} of {n} peers reachable after 180 s"
+    );
+    eprintln!(
+        "scale: idle for {} s, every peer answering",
+        z.idle.as_secs()
+    );
+    let cpu_answered = idle_cpu(&mut d, z.idle);
+    let rss_answered = d.status_kb("VmRSS") / 1024.0;
     let hwm_big = d.status_kb("VmHWM") / 1024.0;
+    let ctl = weftctl_times(h, &url, z.ctl_runs);
+    drop(responder);
     drop(probe);
     drop(d);
 
@@ -390,7 +407,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
     );
     t.compare(
         &format!(
-            "weftd CPU while idle, {} leases, {} s (vs {SMALL} leases, {} s)",
+            "weftd CPU while idle, {} leases, no peer answering, {} s (vs {SMALL} leases, {} s)",
             z.leases,
             z.idle.as_secs(),
             idle_small.as_secs()
@@ -401,6 +418,28 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         Target::Below(1.0),
         false,
     );
+    t.compare(
+        &format!(
+            "weftd CPU while idle, {} leases, every peer answering, {} s (vs {SMALL} leases)",
+            z.leases,
+            z.idle.as_secs(),
+        ),
+        cpu_answered,
+        Some(cpu_small),
+        " % of a core",
+        Target::Below(1.0),
+        false,
+    );
+    for (what, took) in &ctl.weft {
+        t.compare(
+            &format!("`{what}` over {} leases", z.leases),
+            *took,
+            Some(ctl.etcdctl),
+            " ms",
+            Target::AtMost(3.0),
+            true,
+        );
+    }
     t.note(format!(
         "Cold start: from spawning weftd (already inside a fresh host namespace, setns before exec) until its `weft_peers_programmed` metric, polled every 5 ms, reaches {}; then the bench dumps the kernel and checks {} routes, {} neighbours and {} FDB entries are there. It includes connecting to etcd, reading the config, listing {} leases, creating the VXLAN device, acquiring the host's own lease, and programming. Median of {} runs, each in a fresh namespace.",
         z.leases, z.leases, z.leases, z.leases, z.leases, z.cold_runs
@@ -414,12 +453,27 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         "One lease added: {} adds per size (after one unmeasured warm-up add), each removed before the next; start right before the etcd put, end when the host's netlink notifications have shown the route and two neighbour-table adds on the device (ARP entry and FDB entry), confirmed by an untimed dump. Inside weftd: `weft_reconcile_last_duration_seconds` after the fast path ran (samples where a resync interleaved are dropped). The baseline column is the same measurement with {SMALL} leases present: the ratio shows growth with the number of leases.",
         z.singles
     ));
-    t.note("Idle CPU: utime+stime from /proc/PID/stat over the window, weftd with its default 30 s resync (so the window holds full reconciliations).");
+    t.note("Idle CPU: utime+stime from /proc/PID/stat over the window, weftd with its default 30 s resync (so the window holds full reconciliations) and default probes (every 5 s, at most 100 a second: every peer probed every 50 s at 5,000 peers). No peer answering: the fake peers' public addresses lead nowhere, every probe times out. Every peer answering: a responder in the underlay namespace holds every fake peer's public and tunnel address behind one VXLAN device (an nftables ingress rule makes it take frames for any VTEP MAC), and the window starts once weftd reports all peers reachable.");
+    t.note(format!(
+        "weftctl: run inside the host's namespace against the same etcd, median of {} runs each, process start included; `weftctl check` compares this host's kernel (5,000 peers programmed) with the plan. Baseline: `etcdctl get --prefix {PREFIX}/ -w json`, one request for the same keys, in the same namespace.",
+        z.ctl_runs
+    ));
 
     let mut m = Table::comparison("6. Memory: weftd resident set");
     m.compare(
-        &format!("RSS idle, {} leases (vs {SMALL} leases)", z.leases),
+        &format!(
+            "RSS idle, {} leases, no peer answering (vs {SMALL} leases)",
+            z.leases
+        ),
         rss_big,
+        Some(rss_small),
+        " MB",
+        Target::AtMost(30.0),
+        false,
+    );
+    m.compare(
+        &format!("RSS idle, {} leases, every peer answering", z.leases),
+        rss_answered,
         Some(rss_small),
         " MB",
         Target::AtMost(30.0),
@@ -443,4 +497,182 @@ pub fn run(z: &Sizes) -> Vec<Table> {
     );
     m.note("VmRSS and VmHWM from /proc/PID/status (MB = 1024 kB × 1024). No other overlay agent is installed on this machine to measure next to weftd; the baseline column is weftd itself with 10 leases, which shows the cost per lease.");
     vec![t, m]
+}
+
+/// weftd's CPU over `window`, in percent of a core.
+fn idle_cpu(d: &mut Weftd, window: Duration) -> f64 {
+    let cpu0 = d.cpu();
+    std::thread::sleep(window);
+    d.assert_running();
+    (d.cpu() - cpu0).as_secs_f64() / window.as_secs_f64() * 100.0
+}
+
+/// Answers every fake peer's probes: in the underlay namespace, the fake peers' public
+/// addresses (198.18.64.0/18) and tunnel addresses (198.19.0.0/16) are local, one VXLAN
+/// device takes their frames (nftables sets every frame's type to "for this host", since
+/// each fake peer has a VTEP MAC of its own), and the replies go back to the weft host
+/// through the same device. The host routes the fake public addresses to the underlay.
+struct Responder<'a> {
+    underlay: &'a Netns,
+}
+
+impl<'a> Responder<'a> {
+    fn start(underlay: &'a Netns, h: &Host) -> Responder<'a> {
+        let own = h.subnet();
+        let tunnel = own.network().to_string();
+        let u = |args: &[&str]| {
+            underlay.ip(args);
+        };
+        u(&[
+            "route",
+            "add",
+            "local",
+            "198.18.64.0/18",
+            "dev",
+            "lo",
+            "table",
+            "main",
+        ]);
+        u(&[
+            "link",
+            "add",
+            "vxr",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        u(&["link", "set", "vxr", "up"]);
+        u(&[
+            "route",
+            "add",
+            "local",
+            "198.19.0.0/16",
+            "dev",
+            "lo",
+            "table",
+            "main",
+        ]);
+        u(&[
+            "route",
+            "add",
+            &own.to_string(),
+            "via",
+            &tunnel,
+            "dev",
+            "vxr",
+            "onlink",
+        ]);
+        let mac = h.vtep_mac();
+        u(&[
+            "neigh",
+            "add",
+            &tunnel,
+            "lladdr",
+            &mac,
+            "dev",
+            "vxr",
+            "nud",
+            "permanent",
+        ]);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                underlay.name(),
+                "bridge",
+                "fdb",
+                "append",
+                &mac,
+            ])
+            .args(["dev", "vxr", "dst", &h.ip, "self", "permanent"])
+            .output()
+            .expect("running bridge");
+        assert!(
+            out.status.success(),
+            "bridge fdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rules = "table netdev weft_bench_responder {\n\
+             chain in { type filter hook ingress device \"vxr\" priority 0; meta pkttype set host; }\n}\n";
+        let mut nft = Command::new("ip");
+        nft.args(["netns", "exec", underlay.name(), "nft", "-f", "-"]);
+        let out = testkit::cmd::with_stdin(&mut nft, rules.as_bytes());
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        h.ns.ip(&[
+            "route",
+            "add",
+            "198.18.64.0/18",
+            "via",
+            testkit::lab::ETCD_IP,
+        ]);
+        Responder { underlay }
+    }
+}
+
+impl Drop for Responder<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.underlay.name(),
+                "nft",
+                "delete",
+                "table",
+                "netdev",
+            ])
+            .arg("weft_bench_responder")
+            .output();
+        let _ = Command::new("ip")
+            .args(["-n", self.underlay.name(), "link", "del", "vxr"])
+            .output();
+    }
+}
+
+/// How long weftctl's leases, status and check take over the leases, next to etcdctl
+/// reading the same keys.
+struct CtlTimes {
+    weft: Vec<(&'static str, f64)>,
+    etcdctl: f64,
+}
+
+fn weftctl_times(h: &Host, url: &str, runs: usize) -> CtlTimes {
+    let weftctl = crate::rig::weftd_bin().with_file_name("weftctl");
+    let in_ns = |program: &std::path::Path| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", h.ns.name()]).arg(program);
+        c
+    };
+    let mut weft = Vec::new();
+    for (what, args) in [
+        ("weftctl leases", &["leases"][..]),
+        ("weftctl status", &["status", "--pool-warn-below", "0"][..]),
+        ("weftctl check", &["check", "--subnet-file"][..]),
+    ] {
+        let took = crate::rig::time_runs(runs, || {
+            let mut c = in_ns(&weftctl);
+            c.args(["--etcd-endpoints", url]).args(args);
+            if what == "weftctl check" {
+                c.arg(&h.subnet_file);
+            }
+            c
+        });
+        weft.push((what, took));
+    }
+    let etcdctl = crate::rig::time_runs(runs, || {
+        let mut c = in_ns(std::path::Path::new("/usr/bin/etcdctl"));
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={url}"))
+            .args(["get", "--prefix", &format!("{PREFIX}/"), "-w", "json"]);
+        c
+    });
+    CtlTimes { weft, etcdctl }
 }

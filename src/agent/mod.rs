@@ -9,7 +9,6 @@ mod peers;
 mod policy;
 mod startup;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -218,32 +217,26 @@ impl Agent {
             f.backend = self.host.cfg.backend.type_name().to_string();
             f.ready = m.not_ready_reasons().is_empty();
             f.drift_repairs = m.drift_repairs.get();
-            f.unreachable = self.unreachable_peers();
+            (f.unreachable_count, f.unreachable) = self.unreachable_peers();
             f.policy = self.policy_facts.borrow().clone();
         });
     }
 
-    /// The peers the probes find unreachable, by lease key, with since when (a dual-stack
-    /// peer counts when either family is cut).
-    fn unreachable_peers(&self) -> BTreeMap<String, SystemTime> {
+    /// The hosts the probes find unreachable: how many, and the longest unreachable few by
+    /// lease key name with since when (a dual-stack peer counts when either family is cut).
+    /// Costs the few it names, whatever the fleet's size.
+    fn unreachable_peers(&self) -> (u64, Vec<(String, SystemTime)>) {
         let Some(prober) = &self.prober else {
-            return BTreeMap::new();
+            return (0, Vec::new());
         };
-        if prober.unreachable().borrow().is_empty() {
-            return BTreeMap::new();
-        }
-        let by_subnet = self.peers.keys_by_subnet();
-        let mut out: BTreeMap<String, SystemTime> = BTreeMap::new();
-        for p in prober.snapshot() {
-            if p.state != crate::probe::PeerState::Unreachable {
-                continue;
-            }
-            if let Some(key) = by_subnet.get(&p.id) {
-                let since = out.entry(key.clone()).or_insert(p.since);
-                *since = (*since).min(p.since);
-            }
-        }
-        out
+        let hosts = prober.unreachable().borrow().clone();
+        let named = (hosts.oldest.iter())
+            .filter_map(|(subnet, since)| {
+                let lease = self.peers.get(subnet)?;
+                Some((lease.key_name(), *since))
+            })
+            .collect();
+        (hosts.count as u64, named)
     }
 
     fn publish(&self) {

@@ -76,7 +76,7 @@ impl Agent {
         } else {
             tracing::info!(subnet = %lease.subnet, ipv6_subnet = ?lease.subnet6, "lease re-acquired");
         }
-        self.peers.leases.remove(&self.own.subnet);
+        self.peers.remove(&self.own.subnet);
         self.hold(lease);
         if moved {
             self.write_subnet_env()?;

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use crate::lease::{Lease, LeaseEvent};
+use crate::status::Ring;
 
 #[derive(Default)]
 pub(super) struct Peers {
-    pub leases: BTreeMap<Ipv4Net, Arc<Lease>>,
+    leases: BTreeMap<Ipv4Net, Arc<Lease>>,
+    /// The leases' subnets as the status task sees them (to decide who marks a host gone).
+    ring: Ring,
     /// Keys in etcd that hold no usable lease (malformed, outside the network); the store
     /// drops them before they become events, but they count as skipped leases.
     pub unreadable: usize,
@@ -26,10 +29,61 @@ pub(super) struct OwnNews {
     pub lost: bool,
 }
 
+/// Peers that joined and left in one batch of events, as logs name them.
+#[derive(Default)]
+struct Moves {
+    joined: Vec<String>,
+    left: Vec<String>,
+}
+
+/// Peers named in one line; the others are counted.
+const LOG_NAMED: usize = 5;
+
+fn label(l: &Lease) -> String {
+    format!("{} at {}", l.subnet, l.attrs.public_ip)
+}
+
+impl Moves {
+    fn log(self) {
+        let line = |v: &[String]| (v.len(), crate::logging::some_of(v, LOG_NAMED));
+        match line(&self.joined) {
+            (0, _) => {}
+            (1, peer) => tracing::info!(peer, "peer joined"),
+            (count, peers) => tracing::info!(count, peers, "{count} peers joined"),
+        }
+        match line(&self.left) {
+            (0, _) => {}
+            (1, peer) => tracing::info!(peer, "peer left"),
+            (count, peers) => tracing::info!(count, peers, "{count} peers left"),
+        }
+    }
+}
+
 impl Peers {
+    pub fn new(ring: Ring) -> Peers {
+        Peers {
+            ring,
+            ..Peers::default()
+        }
+    }
+
     /// Puts `own` among the leases (after an acquisition, a renewal, a rewrite).
     pub fn set_own(&mut self, own: &Lease) {
-        self.leases.insert(own.subnet, Arc::new(own.clone()));
+        self.put(Arc::new(own.clone()));
+    }
+
+    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Arc<Lease>> {
+        self.leases.get(subnet)
+    }
+
+    fn put(&mut self, l: Arc<Lease>) {
+        self.ring.insert(l.subnet);
+        self.leases.insert(l.subnet, l);
+    }
+
+    pub fn remove(&mut self, subnet: &Ipv4Net) {
+        self.ring.remove(subnet);
+        self.leases.remove(subnet);
     }
 
     /// Every lease, shared: a snapshot costs a reference count per lease, not a copy.
@@ -38,19 +92,30 @@ impl Peers {
     }
 
     /// Applies a batch of watch events; `own` is this host's lease as it knows it,
-    /// `public_ip` its address.
+    /// `public_ip` its address. Peers joining and leaving are logged one line per batch.
     pub fn apply(&mut self, events: Vec<LeaseEvent>, own: &Lease, public_ip: Ipv4Addr) -> OwnNews {
         let mut news = OwnNews::default();
+        let mut moves = Moves::default();
         for ev in events {
             match ev {
-                LeaseEvent::Added(l) => self.added(l, own, public_ip, &mut news),
-                LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => self.removed(l, own, &mut news),
+                LeaseEvent::Added(l) => self.added(l, own, public_ip, &mut news, &mut moves),
+                LeaseEvent::Removed(l) | LeaseEvent::Expired(l) => {
+                    self.removed(l, own, &mut news, &mut moves)
+                }
             }
         }
+        moves.log();
         news
     }
 
-    fn added(&mut self, l: Lease, own: &Lease, public_ip: Ipv4Addr, news: &mut OwnNews) {
+    fn added(
+        &mut self,
+        l: Lease,
+        own: &Lease,
+        public_ip: Ipv4Addr,
+        news: &mut OwnNews,
+        moves: &mut Moves,
+    ) {
         if l.subnet == own.subnet && l.mod_revision < own.mod_revision {
             // Written before this host's last update of it (e.g. with the public IP it had
             // before a renumbering): already superseded.
@@ -64,12 +129,12 @@ impl Peers {
                 news.updated = Some(l.clone());
             }
         } else if !self.leases.contains_key(&l.subnet) {
-            tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer joined");
+            moves.joined.push(label(&l));
         }
-        self.leases.insert(l.subnet, Arc::new(l));
+        self.put(Arc::new(l));
     }
 
-    fn removed(&mut self, l: Lease, own: &Lease, news: &mut OwnNews) {
+    fn removed(&mut self, l: Lease, own: &Lease, news: &mut OwnNews, moves: &mut Moves) {
         // A key of a subnet that now lives under another key (a lease moved when its IPv6
         // part changed) is history, not a departure.
         let held = (self.leases.get(&l.subnet)).is_some_and(|h| h.key_name() == l.key_name());
@@ -80,20 +145,9 @@ impl Peers {
             tracing::warn!(subnet = %l.subnet, "this host's lease vanished from etcd; acquiring it again");
             news.lost = true;
         } else {
-            tracing::info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "peer left");
+            moves.left.push(label(&l));
         }
-        self.leases.remove(&l.subnet);
-    }
-
-    /// The lease key of each subnet (either family) of a known lease.
-    pub fn keys_by_subnet(&self) -> BTreeMap<String, String> {
-        (self.leases.values())
-            .flat_map(|l| {
-                let key = l.key_name();
-                std::iter::once((l.subnet.to_string(), key.clone()))
-                    .chain(l.subnet6.map(|s| (s.to_string(), key)))
-            })
-            .collect()
+        self.remove(&l.subnet);
     }
 
     /// What a fresh listing says happened since these leases were seen, as the watch events

@@ -77,7 +77,7 @@ pub(super) async fn start(opts: AgentConfig, shown: Arc<Shown>) -> anyhow::Resul
         store,
         host,
         own,
-        peers: Peers::default(),
+        peers: Peers::new(status.ring()),
         datapath,
         notified: false,
         renew_retry_at: None,

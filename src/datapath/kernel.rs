@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use ipnet::IpNet;
 
+use super::tally::Tally;
 use super::watch::Watched;
 use super::{Failure, Snapshot};
 use crate::backend::Host;
@@ -56,24 +57,21 @@ pub(super) fn apply(
             .find(|(index, _)| *index == i)
             .map_or_else(|| format!("#{i}"), |(_, n)| n.clone())
     };
-    let (mut failed, mut repairs) = (false, 0);
+    let mut tally = Tally::default();
     for (op, result) in ops.iter().zip(results) {
         let object = plan::describe(op, &dev);
         match result {
-            Ok(()) if previous.is_some_and(|p| plan::is_repair(op, p)) => {
-                repairs += 1;
-                tracing::info!(%object, "drift repaired");
-            }
+            Ok(()) if previous.is_some_and(|p| plan::is_repair(op, p)) => tally.repaired(object),
             Ok(()) => tracing::debug!(%object, "programmed"),
             Err(e) => {
-                failed = true;
                 metrics.netlink_errors.inc();
-                tracing::warn!(%object, error = %e, "netlink request failed; will retry");
+                tally.failed(object, &e);
             }
         }
     }
-    metrics.drift_repairs.inc_by(repairs);
-    if failed {
+    tally.log(None);
+    metrics.drift_repairs.inc_by(tally.repairs());
+    if tally.any_failed() {
         Err(Failure::Apply)
     } else {
         Ok(())

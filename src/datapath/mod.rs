@@ -9,13 +9,15 @@
 //! The worker here runs the passes; its parts each do one job: [`schedule`] (when),
 //! [`watch`] (the kernel monitor), [`devices`] (devices, addresses, bridges), [`kernel`]
 //! (reading and applying routes, neighbours, FDB), [`tunnel`] (a device's own peers),
-//! [`uplink`] (following the external interface), [`probes`] (the prober's targets).
+//! [`uplink`] (following the external interface), [`probes`] (the prober's targets),
+//! [`tally`] (one log line per kind of what an apply did).
 
 mod devices;
 pub mod kernel;
 mod passes;
 mod probes;
 mod schedule;
+mod tally;
 mod tunnel;
 mod uplink;
 mod watch;
@@ -288,6 +290,7 @@ impl Worker {
     /// without an IPv6 subnet is not an IPv6 peer, and is no broken lease either).
     fn count_leases(&self, s: &Snapshot, skipped: usize) {
         self.metrics.leases_known.set(s.leases.len() as u64);
+        self.metrics.subnet_pool_size.set(s.cfg.subnet_count());
         self.metrics
             .leases_skipped
             .set((skipped + s.unreadable) as u64);

@@ -2,19 +2,18 @@
 //! is told only what changed, so a lease event costs it nothing that grows with the fleet.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::plan::Desired;
+use crate::plan::{Desired, ProbeAt};
 use crate::probe::{Prober, Target};
 
 #[derive(Default)]
 pub(super) struct ProbeSync {
     prober: Option<Arc<Prober>>,
     /// The targets the prober was last given.
-    sent: BTreeMap<IpNet, IpAddr>,
+    sent: BTreeMap<IpNet, ProbeAt>,
 }
 
 impl ProbeSync {
@@ -28,7 +27,7 @@ impl ProbeSync {
     /// Points the prober at every peer of `applied` (each family's programmed state),
     /// changing only what differs from what it was last given.
     pub fn programmed<'a>(&mut self, applied: impl Iterator<Item = &'a Desired>) {
-        let now: BTreeMap<IpNet, IpAddr> = applied
+        let now: BTreeMap<IpNet, ProbeAt> = applied
             .flat_map(|a| a.probes.iter().map(|(k, v)| (*k, *v)))
             .collect();
         let removed = (self.sent.keys())
@@ -43,7 +42,7 @@ impl ProbeSync {
     }
 
     /// Hands the prober a change of its targets, whose ids are the peers' subnets.
-    pub fn change(&mut self, removed: Vec<IpNet>, set: Vec<(IpNet, IpAddr)>) {
+    pub fn change(&mut self, removed: Vec<IpNet>, set: Vec<(IpNet, ProbeAt)>) {
         if removed.is_empty() && set.is_empty() {
             return;
         }
@@ -56,9 +55,11 @@ impl ProbeSync {
         };
         let remove: Vec<String> = removed.iter().map(|k| k.to_string()).collect();
         let set = (set.into_iter())
-            .map(|(id, addr)| Target {
+            .map(|(id, at)| Target {
                 id: id.to_string(),
-                addr,
+                addr: at.addr,
+                host: at.host,
+                public_ip: at.public_ip,
             })
             .collect();
         prober.change(set, &remove);

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::tally::Tally;
 use super::{Failure, Snapshot};
 use crate::backend::{PeerId, Tunnel, TunnelChange, TunnelPeer};
 use crate::metrics::Metrics;
@@ -46,14 +47,19 @@ impl Tunnels {
         family: Family,
     ) -> Result<Option<Vec<TunnelPeer>>, Failure> {
         let Some(t) = self.get(s, family) else {
+            metrics.set_handshakes(family, Vec::new());
             return Ok(None);
         };
-        t.read(nl).map(Some).map_err(|e| {
+        let peers = t.read(nl).map_err(|e| {
             metrics.netlink_errors.inc();
             let device = s.devices[family].as_ref().map(|d| d.name.as_str());
             tracing::warn!(device, error = %e, "cannot read the device's peers");
             Failure::Dump
-        })
+        })?;
+        // Every read (the poll, each full pass) refreshes the handshake ages /metrics shows.
+        let handshakes = peers.iter().filter_map(|p| p.0.handshake()).collect();
+        metrics.set_handshakes(family, handshakes);
+        Ok(Some(peers))
     }
 
     /// Makes the peers of `family`'s tunnel device, `have`, into `want`. A change that puts
@@ -116,22 +122,22 @@ impl Tunnels {
     }
 }
 
-/// The repairs among `change`, logged: a peer set back as `previous` had it (unless the
-/// device only finished taking it in), a peer removed that `previous` did not have.
+/// The repairs among `change`, logged in one line per kind: a peer set back as `previous`
+/// had it (unless the device only finished taking it in), a peer removed that `previous` did
+/// not have.
 fn count_repairs(
     device: Option<&str>,
     change: &TunnelChange,
     finished: &[PeerId],
     previous: Option<&BTreeMap<PeerId, TunnelPeer>>,
 ) -> u64 {
-    let mut repairs = 0;
+    let mut tally = Tally::default();
     for p in &change.set {
         let object = p.describe();
         if finished.contains(&p.id()) {
             tracing::debug!(device, %object, "peer finished");
         } else if previous.is_some_and(|prev| prev.get(&p.id()) == Some(p)) {
-            repairs += 1;
-            tracing::info!(device, %object, "drift repaired");
+            tally.repaired(object.to_string());
         } else {
             tracing::debug!(device, %object, "programmed");
         }
@@ -139,11 +145,11 @@ fn count_repairs(
     for p in &change.remove {
         let object = p.describe();
         if previous.is_some_and(|prev| !prev.contains_key(&p.id())) {
-            repairs += 1;
-            tracing::info!(device, %object, "drift repaired: removed a peer no lease calls for");
+            tally.removed(object.to_string());
         } else {
             tracing::debug!(device, %object, "peer removed");
         }
     }
-    repairs
+    tally.log(device);
+    tally.repairs()
 }

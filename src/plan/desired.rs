@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Desired, Skip};
+use super::{Desired, ProbeAt, Skip};
 use crate::backend::{Host, Peer, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
@@ -181,30 +181,40 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
                 if let Some(s) = subnet {
                     accepted.insert(s.network(), s);
                 }
-                if let Some(side) = lease.side(family) {
-                    let tunnel = host.device.is_some();
-                    if let Some(addr) = crate::probe::probe_addr(&side, tunnel) {
-                        out.probes.insert(side.subnet, addr);
-                    }
-                }
-                out.peers += 1;
-                if let Some(r) = objects.route {
-                    out.routes.insert(r.dst, r);
-                }
-                if let Some(n) = objects.neighbour {
-                    out.neighbours.insert(n.ip, n);
-                }
-                if let Some(f) = objects.fdb {
-                    out.fdb.insert(f.mac, f);
-                }
-                if let Some(t) = objects.tunnel {
-                    out.tunnel.insert(t.id(), t);
-                }
+                take_peer(&mut out, host, lease, objects);
             }
             Err(reason) => out.skipped.push(Skip { key, reason }),
         }
     }
     out
+}
+
+/// Puts an accepted peer's kernel objects and where it is probed into `out`.
+fn take_peer(out: &mut Desired, host: &Host, lease: &Lease, objects: PeerObjects) {
+    if let Some(side) = lease.side(host.family()) {
+        let tunnel = host.device.is_some();
+        if let Some(addr) = crate::probe::probe_addr(&side, tunnel) {
+            let at = ProbeAt {
+                addr,
+                host: lease.subnet,
+                public_ip: (side.public_ip).unwrap_or(lease.attrs.public_ip.into()),
+            };
+            out.probes.insert(side.subnet, at);
+        }
+    }
+    out.peers += 1;
+    if let Some(r) = objects.route {
+        out.routes.insert(r.dst, r);
+    }
+    if let Some(n) = objects.neighbour {
+        out.neighbours.insert(n.ip, n);
+    }
+    if let Some(f) = objects.fdb {
+        out.fdb.insert(f.mac, f);
+    }
+    if let Some(t) = objects.tunnel {
+        out.tunnel.insert(t.id(), t);
+    }
 }
 
 /// The accepted subnet `s` overlaps, if any (see [`overlap`]).

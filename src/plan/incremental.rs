@@ -3,13 +3,12 @@
 //! leases to each other (then the caller computes the whole desired state).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::desired::{desired, overlap};
 use super::diff::ops_between;
-use super::Desired;
+use super::{Desired, ProbeAt};
 use crate::backend::{Host, PeerId, TunnelChange};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
@@ -24,7 +23,7 @@ pub struct Update {
     pub fresh: BTreeSet<PeerId>,
     /// Peers the probes stop at, and peers they start or move to (see [`Desired::probes`]).
     pub probes_removed: Vec<IpNet>,
-    pub probes_set: Vec<(IpNet, IpAddr)>,
+    pub probes_set: Vec<(IpNet, ProbeAt)>,
 }
 
 /// Brings `applied` (the desired state last programmed) up to date with a few changed leases
@@ -126,12 +125,12 @@ fn replace(
     applied: &mut Desired,
     old: Desired,
     new: Desired,
-) -> (Vec<IpNet>, Vec<(IpNet, IpAddr)>) {
+) -> (Vec<IpNet>, Vec<(IpNet, ProbeAt)>) {
     let probes_removed: Vec<IpNet> = (old.probes.keys())
         .filter(|k| !new.probes.contains_key(*k))
         .copied()
         .collect();
-    let probes_set: Vec<(IpNet, IpAddr)> = (new.probes.iter())
+    let probes_set: Vec<(IpNet, ProbeAt)> = (new.probes.iter())
         .filter(|(k, v)| applied.probes.get(*k) != Some(*v))
         .map(|(k, v)| (*k, *v))
         .collect();

@@ -13,7 +13,7 @@ pub(crate) mod testing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::backend::{Identity, PeerId, TunnelPeer};
 use crate::netlink::{FdbEntry, Mac, Neighbour, Route};
@@ -29,6 +29,16 @@ pub struct Skip {
     pub reason: String,
 }
 
+/// Where a peer is probed: the address that answers along the path its traffic takes (see
+/// [`crate::probe::probe_addr`]), and the host it names (its lease's IPv4 subnet and public
+/// address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeAt {
+    pub addr: IpAddr,
+    pub host: Ipv4Net,
+    pub public_ip: IpAddr,
+}
+
 /// The whole desired state, keyed the way the kernel identifies each object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -39,9 +49,8 @@ pub struct Desired {
     pub tunnel: BTreeMap<PeerId, TunnelPeer>,
     /// The identities (VTEP MACs, public keys) of the accepted peers and of this host.
     pub identities: BTreeSet<Identity>,
-    /// The accepted peers as the probes see them: each one's subnet in the family, and the
-    /// address that answers along the path its traffic takes (see [`crate::probe::probe_addr`]).
-    pub probes: BTreeMap<IpNet, IpAddr>,
+    /// The accepted peers as the probes see them, by each one's subnet in the family.
+    pub probes: BTreeMap<IpNet, ProbeAt>,
     pub peers: usize,
     pub skipped: Vec<Skip>,
 }

@@ -3,6 +3,7 @@
 //! and keeps the record's short etcd lease alive, so the record vanishes with the host.
 
 mod record;
+mod ring;
 pub mod view;
 mod writer;
 
@@ -14,6 +15,8 @@ pub use record::{
     DriftRepairs, GoneMark, LastError, PolicyDrops, PolicyStatus, RecordError, Stamp, StatusRecord,
     Unreachable, RECORD_VERSION, TOP_DROPS,
 };
+pub use ring::{Ring, MARKERS};
+pub use writer::MIN_GAP;
 
 use crate::store::EtcdStore;
 
@@ -25,9 +28,11 @@ pub struct Facts {
     pub public_ip: Option<IpAddr>,
     pub backend: String,
     pub ready: bool,
-    /// Peers this host cannot reach (their lease key names), with the time each was first
-    /// found unreachable. Filled by the peer prober; empty without it.
-    pub unreachable: BTreeMap<String, SystemTime>,
+    /// Hosts this host cannot reach, counted; filled by the peer prober, 0 without it.
+    pub unreachable_count: u64,
+    /// The longest unreachable of them, at most [`crate::probe::NAMED`]: their lease key
+    /// names, with the time each was found unreachable, the oldest first.
+    pub unreachable: Vec<(String, SystemTime)>,
     /// Kernel objects the datapath put back so far (a counter; the record adds the time it
     /// last grew).
     pub drift_repairs: u64,
@@ -54,6 +59,7 @@ pub struct PolicyFacts {
 pub struct StatusFeed {
     tx: tokio::sync::watch::Sender<Facts>,
     store: tokio::sync::watch::Sender<EtcdStore>,
+    ring: Ring,
 }
 
 impl StatusFeed {
@@ -61,11 +67,19 @@ impl StatusFeed {
     pub fn start(store: EtcdStore, ttl: Duration, facts: Facts) -> StatusFeed {
         let (tx, rx) = tokio::sync::watch::channel(facts);
         let (store_tx, store_rx) = tokio::sync::watch::channel(store);
-        tokio::spawn(writer::run(store_rx, ttl, rx));
+        let ring = Ring::default();
+        tokio::spawn(writer::run(store_rx, ttl, rx, ring.clone()));
         StatusFeed {
             tx,
             store: store_tx,
+            ring,
         }
+    }
+
+    /// The leases' subnets as the task must know them, kept by whoever follows the leases:
+    /// when a host's record vanishes, only the few hosts after it in this ring mark it gone.
+    pub fn ring(&self) -> Ring {
+        self.ring.clone()
     }
 
     /// Moves the task to a new etcd connection (the agent made one after the host's address

@@ -154,8 +154,14 @@ pub struct StatusRecord {
     /// When the record's etcd lease was granted: since then the host has been seen alive
     /// without a gap longer than the liveness TTL.
     pub alive_since: Stamp,
+    /// The longest unreachable of the hosts this host cannot reach, at most
+    /// [`crate::probe::NAMED`], the oldest first; `unreachable_count` counts them all.
     #[serde(default)]
     pub unreachable: Vec<Unreachable>,
+    /// Hosts this host cannot reach, named or not. Absent from records of weft before the
+    /// list was bounded (their list is complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_count: Option<u64>,
     #[serde(default)]
     pub drift_repairs: DriftRepairs,
     #[serde(default)]
@@ -205,6 +211,12 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(
 }
 
 impl StatusRecord {
+    /// Hosts this host cannot reach, named or not.
+    pub fn unreachable_total(&self) -> u64 {
+        let named = self.unreachable.len() as u64;
+        self.unreachable_count.map_or(named, |n| n.max(named))
+    }
+
     pub fn parse(key: &str, bytes: &[u8]) -> Result<StatusRecord, RecordError> {
         parse_versioned(key, bytes)
     }
@@ -239,6 +251,7 @@ mod tests {
             public_ip: Some("198.18.0.1".parse().unwrap()),
             alive_since: Stamp::from_unix(1_800_000_000),
             unreachable: vec![],
+            unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
             policy: None,
@@ -309,6 +322,7 @@ mod tests {
                         since: Stamp::from_unix(s),
                     })
                     .collect(),
+                unreachable_count: None,
                 drift_repairs: DriftRepairs {
                     count: repairs,
                     last: (repairs > 0).then_some(Stamp::from_unix(t)),

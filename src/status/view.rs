@@ -61,11 +61,26 @@ pub struct Pair {
     pub since: Stamp,
 }
 
+/// Unreachable peers the records count but do not name (a record names only its
+/// [`crate::probe::NAMED`] longest unreachable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unnamed {
+    /// Peers counted and not named, over all records.
+    pub peers: u64,
+    /// Hosts whose record leaves some out.
+    pub hosts: u64,
+}
+
+/// Pairs named one per line among the problems; the others are counted.
+pub const PAIRS_SHOWN: usize = 10;
+
 #[derive(Debug, Clone)]
 pub struct ClusterView {
     /// Sorted by subnet.
     pub hosts: Vec<Host>,
+    /// The pairs the records name, each once.
     pub pairs: Vec<Pair>,
+    pub unnamed: Unnamed,
     pub pool: Pool,
     /// Keys that could not be read, with why; a record that does not parse is skipped.
     pub unreadable: Vec<String>,
@@ -126,6 +141,7 @@ impl ClusterView {
         let (hosts, unreadable) = hosts(leases, keys);
         ClusterView {
             pairs: pairs(&hosts),
+            unnamed: unnamed(&hosts),
             pool: pool(cfg, leases),
             hosts,
             unreadable,
@@ -164,10 +180,25 @@ impl ClusterView {
                 HostState::Ready | HostState::NoStatus => {}
             }
         }
-        for p in &self.pairs {
+        for p in self.pairs.iter().take(PAIRS_SHOWN) {
             out.push(format!(
                 "{} and {} cannot reach each other since {}",
                 p.a, p.b, p.since
+            ));
+        }
+        if let Some(more) = self.pairs.len().checked_sub(PAIRS_SHOWN).filter(|n| *n > 0) {
+            out.push(format!(
+                "{more} more pairs cannot reach each other (weftctl status -o json lists them)"
+            ));
+        }
+        let u = self.unnamed;
+        if u.peers > 0 {
+            out.push(format!(
+                "{} hosts cannot reach {} more peers they do not name (a record names {}; \
+                 /peers on each host lists all)",
+                u.hosts,
+                u.peers,
+                crate::probe::NAMED
             ));
         }
         if self.pool.free_percent() < pool_warn_below {
@@ -199,6 +230,18 @@ fn pairs(hosts: &[Host]) -> Vec<Pair> {
     seen.into_iter()
         .map(|((a, b), since)| Pair { a, b, since })
         .collect()
+}
+
+fn unnamed(hosts: &[Host]) -> Unnamed {
+    let mut u = Unnamed::default();
+    for r in hosts.iter().filter_map(|h| h.record.as_ref()) {
+        let left_out = r.unreachable_total() - r.unreachable.len() as u64;
+        if left_out > 0 {
+            u.peers += left_out;
+            u.hosts += 1;
+        }
+    }
+    u
 }
 
 fn pool(cfg: &NetworkConfig, leases: &[Lease]) -> Pool {
@@ -249,6 +292,7 @@ mod tests {
                     since: Stamp::from_unix(200),
                 })
                 .collect(),
+            unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
             policy: None,

@@ -1,6 +1,9 @@
 //! The task behind [`StatusFeed`](super::StatusFeed): writes this host's record when its
-//! facts change (at most once a second), keeps the record's etcd lease alive with keep-alive
-//! messages (not writes), and marks other hosts gone when their records vanish.
+//! facts change (at most once every [`MIN_GAP`], however much they churn), keeps the record's
+//! etcd lease alive with keep-alive messages (not writes), and hears of records that vanish
+//! through a delete-only watch: its own is written again, another's is marked gone if this
+//! host is among the few after it in the ring (see [`super::ring`]). Nobody receives another
+//! host's record updates: etcd filters the puts out before they are sent.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,11 +15,21 @@ use tracing::{debug, info, warn};
 use super::record::{
     DriftRepairs, GoneMark, LastError, PolicyStatus, Stamp, StatusRecord, Unreachable,
 };
-use super::{Facts, RECORD_VERSION};
+use super::{Facts, Ring, RECORD_VERSION};
 use crate::store::{EtcdStore, StoreError};
+use crate::subnet::parse_lease_key_name;
 
-/// Records are written at most this often, so a flapping fact costs one write a second.
-const MIN_GAP: Duration = Duration::from_secs(1);
+/// Records are written at most this often (the first, and a change of name, at once), so a
+/// host whose peers flap costs etcd one bounded write per gap whatever the fleet's size.
+pub const MIN_GAP: Duration = Duration::from_secs(5);
+
+/// The wait between two markers of one gone host (see [`super::ring`]): the next one looks
+/// only if the one before has not marked it by then.
+const MARK_STAGGER: Duration = Duration::from_secs(1);
+
+/// The longest last error a record carries; a longer one is cut (it may come from etcd or a
+/// netlink reply, and the record must stay small).
+const MAX_ERROR_LEN: usize = 300;
 
 struct Writer {
     store: EtcdStore,
@@ -38,12 +51,17 @@ struct Writer {
     watch_retry_at: Instant,
     /// etcd refused the last attempt (warned once).
     refused: bool,
+    ring: Ring,
+    /// Hosts whose records vanished, to be marked gone by this host at the time given if
+    /// nobody before it in the ring has (its rank after the gone host: 1 marks at once).
+    marks: Vec<(Instant, usize, String)>,
 }
 
 pub(super) async fn run(
     mut stores: watch::Receiver<EtcdStore>,
     ttl: Duration,
     mut facts: watch::Receiver<Facts>,
+    ring: Ring,
 ) {
     let mut w = Writer {
         store: stores.borrow_and_update().clone(),
@@ -62,6 +80,8 @@ pub(super) async fn run(
         watch_rev: 0,
         watch_retry_at: Instant::now(),
         refused: false,
+        ring,
+        marks: Vec::new(),
     };
     // A third of the TTL: two keep-alives may be lost before the record expires.
     let mut tick = tokio::time::interval(ttl / 3);
@@ -77,13 +97,18 @@ pub(super) async fn run(
             Err(e) => debug!(error = %e, "status record not written; trying again"),
             Ok(()) => w.refused = false,
         }
+        let mark_at = w.marks.iter().map(|(t, _, _)| *t).min();
         tokio::select! {
             changed = facts.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                tokio::time::sleep_until(w.last_write + MIN_GAP).await;
+                let renamed = facts.borrow().lease_key != f.lease_key;
+                if !renamed {
+                    tokio::time::sleep_until(w.last_write + MIN_GAP).await;
+                }
             }
+            _ = sleep_until(mark_at) => w.mark_due().await,
             _ = tick.tick() => w.keep_alive().await,
             Ok(()) = stores.changed() => {
                 // The keep-alive stream and the watch ran on the old connection.
@@ -91,8 +116,15 @@ pub(super) async fn run(
                 w.keeper = None;
                 w.watch = None;
             }
-            msg = next_message(&mut w.watch) => w.on_watch(msg, &f.lease_key).await,
+            msg = next_message(&mut w.watch) => w.on_watch(msg, &f.lease_key),
         }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -167,14 +199,16 @@ impl Writer {
             public_ip: facts.public_ip,
             alive_since: self.alive_since,
             unreachable: (facts.unreachable.iter())
+                .take(crate::probe::NAMED)
                 .map(|(peer, since)| Unreachable {
                     peer: peer.clone(),
                     since: Stamp::from(*since),
                 })
                 .collect(),
+            unreachable_count: Some(facts.unreachable_count),
             drift_repairs: self.repairs.clone(),
             last_error: (facts.last_error.as_ref()).map(|(text, at)| LastError {
-                text: text.clone(),
+                text: cut(text, MAX_ERROR_LEN),
                 at: Stamp::from(*at),
             }),
             policy: facts.policy.as_ref().map(|p| {
@@ -217,11 +251,7 @@ impl Writer {
 
     /// A record vanished: another host's means it is gone (marked, once, by whoever sees it
     /// first); this host's own means it must be written again.
-    async fn on_watch(
-        &mut self,
-        msg: Result<Option<WatchResponse>, etcd_client::Error>,
-        own: &str,
-    ) {
+    fn on_watch(&mut self, msg: Result<Option<WatchResponse>, etcd_client::Error>, own: &str) {
         let resp = match msg {
             Ok(Some(r)) if !r.canceled() => r,
             Ok(Some(r)) => {
@@ -252,7 +282,37 @@ impl Writer {
                 self.written = None;
                 continue;
             }
-            self.mark_gone(name).await;
+            self.plan_mark(name, own);
+        }
+    }
+
+    /// A host's record vanished: this host marks it gone if it ranks among the few after it
+    /// in the ring, the first at once and each next one a stagger later.
+    fn plan_mark(&mut self, name: &str, own: &str) {
+        let (Ok((gone, _)), Ok((mine, _))) =
+            (parse_lease_key_name(name), parse_lease_key_name(own))
+        else {
+            return;
+        };
+        let Some(rank) = self.ring.rank_after(gone, mine) else {
+            return;
+        };
+        let at = Instant::now() + MARK_STAGGER * (rank as u32 - 1);
+        self.marks.push((at, rank, name.to_string()));
+    }
+
+    /// Marks the hosts whose turn has come; one after the first looks before it writes.
+    async fn mark_due(&mut self) {
+        let now = Instant::now();
+        let (due, later) = std::mem::take(&mut self.marks)
+            .into_iter()
+            .partition(|(t, _, _)| *t <= now);
+        self.marks = later;
+        for (_, rank, name) in due {
+            if rank > 1 && matches!(self.store.is_marked_gone(&name).await, Ok(true)) {
+                continue;
+            }
+            self.mark_gone(&name).await;
         }
     }
 
@@ -270,4 +330,16 @@ impl Writer {
             Err(e) => warn!(host = name, error = %e, "cannot mark a host gone"),
         }
     }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked as cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }

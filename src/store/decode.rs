@@ -18,6 +18,9 @@ pub struct LeaseList {
     pub skipped: Vec<SkippedLease>,
     /// The etcd revision of the listing; watch from here to miss nothing.
     pub revision: i64,
+    /// Whether the leases carry their expirations (a watch started from the listing then
+    /// keeps them up to date).
+    pub timed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,6 +81,7 @@ pub(super) async fn list(
         leases,
         skipped,
         revision,
+        timed,
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    WatchFilterType, WatchOptions, WatchStream,
 };
 
 use super::alloc::Allocator;
@@ -120,6 +120,11 @@ impl EtcdStore {
         Ok(resp.succeeded())
     }
 
+    /// Whether the host of lease key `name` is marked gone.
+    pub async fn is_marked_gone(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.registry().get(&self.gone_key(name)).await?.is_some())
+    }
+
     /// Every key under `<prefix>/weft/`, in one read.
     pub async fn list_weft(&self) -> Result<WeftKeys, StoreError> {
         let prefix = self.weft_prefix();
@@ -150,10 +155,14 @@ impl EtcdStore {
         Ok(keys)
     }
 
-    /// Watches the status records after `revision` (0: from now).
+    /// Watches the status records vanishing after `revision` (0: from now). Deletes only:
+    /// etcd filters the puts out before it sends anything, so no host receives another's
+    /// record updates.
     pub async fn watch_status(&self, revision: i64) -> Result<WatchStream, StoreError> {
         let prefix = self.status_prefix();
-        let mut opts = WatchOptions::new().with_prefix();
+        let mut opts = WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoPut]);
         if revision > 0 {
             opts = opts.with_start_revision(revision + 1);
         }

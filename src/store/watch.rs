@@ -50,6 +50,11 @@ pub struct LeaseWatcher {
     /// Changes when an unreachable member answers again: a retry need not wait out the
     /// backoff.
     member_returns: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Whether leases carry their expirations (looked up per etcd lease: one request per
+    /// lease added, and again near each expiry). weftd's watch does without: its datapath
+    /// never reads a peer's expiry, and with every host asking, each join would cost etcd a
+    /// request per host. Deletes are then all `Removed`.
+    timed: bool,
 }
 
 impl LeaseWatcher {
@@ -67,6 +72,7 @@ impl LeaseWatcher {
             last_problem: None,
             member_removals: reg.member_removals(),
             member_returns: reg.member_returns(),
+            timed: true,
             reg,
         }
     }
@@ -77,6 +83,7 @@ impl LeaseWatcher {
         list: &LeaseList,
     ) -> Self {
         let mut w = LeaseWatcher::new(reg, cfg, list.revision);
+        w.timed = list.timed;
         w.cache = list
             .leases
             .iter()
@@ -280,7 +287,7 @@ impl LeaseWatcher {
                 Err(e) => return Err(e),
             }
         }
-        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, self.timed).await?;
         self.take_list(&list);
         self.revision = list.revision;
         self.seeded = true;
@@ -303,7 +310,7 @@ impl LeaseWatcher {
 
     /// After a compaction: the current leases against the cache, as events.
     async fn resync(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
-        let list = read::list(&self.reg, self.cfg.as_ref(), 0, true).await?;
+        let list = read::list(&self.reg, self.cfg.as_ref(), 0, self.timed).await?;
         self.take_skipped(&list.skipped);
         let now = SystemTime::now();
         let mut fresh: HashMap<String, Lease> = list
@@ -349,7 +356,7 @@ impl LeaseWatcher {
             .filter(|id| *id != 0)
             .collect();
         // On failure the leases get "now" and the refresh timer asks again shortly.
-        let ttls = if ids.is_empty() {
+        let ttls = if ids.is_empty() || !self.timed {
             HashMap::new()
         } else {
             self.reg.ttls(&ids).await.unwrap_or_default()
@@ -398,7 +405,7 @@ impl LeaseWatcher {
                 return self.cache.remove(&key).map(LeaseEvent::Removed);
             }
         };
-        if let Some(id) = l.etcd_lease_id {
+        if let Some(id) = l.etcd_lease_id.filter(|_| self.timed) {
             let secs = ttls.get(&id).copied().unwrap_or(0).max(0) as u64;
             l.expiration = Some(now + Duration::from_secs(secs));
             if ttls.contains_key(&id) {

@@ -261,6 +261,32 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("running {ETCDCTL}: {e}"))
     }
 
+    /// Writes every key of `kvs` in one transaction, so a watcher gets them as one event
+    /// batch at one revision (values must hold no whitespace, as etcdctl's txn reads them).
+    pub fn put_all(&self, kvs: &[(String, String)]) {
+        assert!(
+            self.tls.is_none() && self.root.is_none(),
+            "put_all on a plain etcd"
+        );
+        let mut input = String::from("\n");
+        for (k, v) in kvs {
+            input.push_str(&format!("put {k} {v}\n"));
+        }
+        input.push_str("\n\n");
+        let mut c = self.command(ETCDCTL);
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url()))
+            .arg("txn");
+        let out = crate::cmd::with_stdin(&mut c, input.as_bytes());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.starts_with("SUCCESS"),
+            "etcdctl txn of {} puts: {text}{}",
+            kvs.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Like [`etcdctl`](Self::etcdctl), panicking with its output when it fails.
     pub fn etcdctl_ok(&self, args: &[&str]) -> String {
         succeeded(args, self.etcdctl(args))
@@ -347,6 +373,18 @@ impl Etcd {
     /// or `etcd_debugging_mvcc_watcher_total`, the watches open): what clients did to it,
     /// seen from the server. Not for a TLS etcd.
     pub fn metric(&self, name: &str) -> f64 {
+        let body = self.metrics_page();
+        crate::http::metric(&body, name)
+            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {}", self.endpoint()))
+    }
+
+    /// The sum of the series of `name` with `labels` among theirs (see
+    /// [`crate::http::metric_sum`]).
+    pub fn metric_sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::http::metric_sum(&self.metrics_page(), name, labels)
+    }
+
+    fn metrics_page(&self) -> String {
         assert!(self.tls.is_none(), "metrics of a TLS etcd are not read");
         let addr: SocketAddr = self
             .endpoint()
@@ -355,8 +393,7 @@ impl Etcd {
         let netns = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
         let (status, body) = crate::http::get(netns.as_deref(), addr, "/metrics");
         assert_eq!(status, 200, "etcd's /metrics at {addr}: {body}");
-        crate::http::metric(&body, name)
-            .unwrap_or_else(|| panic!("no {name} in etcd's /metrics at {addr}"))
+        body
     }
 }
 

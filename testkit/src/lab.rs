@@ -66,7 +66,7 @@ pub struct Host {
     /// The `--iface` weftd is started with; None lets it choose by the default route.
     pub iface: Option<String>,
     /// A WireGuard host's own mount namespace (see [`crate::wg`]).
-    pub mnt: Option<crate::wg::MountNs>,
+    pub mnt: Option<crate::netns::MountNs>,
     /// Variables weftd is started with besides the lab's.
     pub env: Vec<(String, String)>,
 }
@@ -213,7 +213,7 @@ impl Host {
         let weftctl = crate::bins::weftctl().display().to_string();
         let mut full = vec![weftctl.as_str(), "--etcd-endpoints", &self.etcd_url];
         full.extend_from_slice(args);
-        crate::wg::exec(self, &full)
+        exec(self, &full)
     }
 
     /// `weftctl check` of this host's kernel state against the leases, as an operator runs
@@ -357,10 +357,7 @@ impl Host {
             let devices = [self, to]
                 .iter()
                 .filter(|h| h.mnt.is_some())
-                .map(|h| {
-                    String::from_utf8_lossy(&crate::wg::exec(h, &["wg", "show"]).stdout)
-                        .into_owned()
-                })
+                .map(|h| String::from_utf8_lossy(&exec(h, &["wg", "show"]).stdout).into_owned())
                 .collect::<Vec<_>>()
                 .join("\n");
             panic!(
@@ -391,7 +388,7 @@ impl Drop for Host {
         }
         if self.mnt.is_some() {
             // wireguard-go outlives weftd by design; the lab's must go with the host.
-            crate::wg::kill_netns_processes(&self.ns);
+            crate::netns::kill_netns_processes(&self.ns);
         }
     }
 }
@@ -896,6 +893,36 @@ impl Lab {
         self.weftctl_ok(&args);
     }
 
+    /// Drops VXLAN (UDP 8472) between two underlay addresses, both ways, in the underlay's
+    /// bridge (nftables table `bridge cut`): the pair's overlay path is cut, nothing else.
+    pub fn cut_vxlan(&self, a: &str, b: &str) {
+        self.nft(&["add", "table", "bridge", "cut"]);
+        self.nft(&[
+            "add", "chain", "bridge", "cut", "f", "{", "type", "filter", "hook", "forward",
+            "priority", "0", ";", "}",
+        ]);
+        for (from, to) in [(a, b), (b, a)] {
+            self.nft(&[
+                "add", "rule", "bridge", "cut", "f", "ip", "saddr", from, "ip", "daddr", to, "udp",
+                "dport", "8472", "drop",
+            ]);
+        }
+    }
+
+    /// Undoes [`Lab::cut_vxlan`].
+    pub fn uncut_vxlan(&self) {
+        self.nft(&["delete", "table", "bridge", "cut"]);
+    }
+
+    fn nft(&self, args: &[&str]) {
+        let out = self.underlay.exec(&[&["nft"], args].concat());
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Revokes `subnet`'s lease as an operator would: `weftctl leases revoke` run inside the
     /// underlay. Returns the instant the command was started, to measure how fast the hosts
     /// follow.
@@ -935,4 +962,25 @@ impl Lab {
     pub fn lease_id(&self, subnet: Ipv4Net) -> Option<i64> {
         self.etcd.key_lease(&crate::leases::key(subnet, None))
     }
+}
+
+/// Runs `args` inside the host's network namespace and its mount namespace (WireGuard hosts)
+/// or with `ip netns exec` (the others).
+pub fn exec(host: &Host, args: &[&str]) -> std::process::Output {
+    let mut cmd = match &host.mnt {
+        Some(m) => {
+            let mut c = Command::new("nsenter");
+            c.args(m.enter_args(&host.ns));
+            c
+        }
+        None => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", host.ns.name()]);
+            c
+        }
+    };
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
 }

@@ -4,13 +4,15 @@
 //! when a test fails. A missing tool or binary fails the test with a message that names it.
 //!
 //! - [`netns`]: namespaces and the veths between them; [`cmd`]: running tools.
-//! - [`etcd`], [`etcd_cluster`]: one etcd, or three members in namespaces.
+//! - [`etcd`], [`etcd_cluster`]: one etcd, or three members in namespaces; [`fleet`]: light
+//!   hosts that do to etcd what weftd does, to count what an event costs it.
 //! - [`lab`] (and [`lab6`], [`wg`]): an underlay, etcd on it and hosts running weftd; [`ping`]
 //!   measures loss across what a test does to them; [`capture`] reads their frames.
 //! - [`cni`] (the plugin on a lab host), [`plugin`] (the plugin's own tests), [`podman`],
 //!   [`docker`], [`machines`] (systemd machines booted with nspawn).
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
 //! - [`tcp`], [`datagram`]: TCP, UDP and SCTP between namespaces, allowed or not.
+//! - [`prometheus`]: a real Prometheus scraping a lab and evaluating weft's shipped rules.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
 
@@ -23,6 +25,7 @@ pub mod datagram;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
+pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod lab6;
@@ -32,6 +35,7 @@ pub mod netns;
 pub mod ping;
 pub mod plugin;
 pub mod podman;
+pub mod prometheus;
 pub mod tcp;
 pub mod wait;
 pub mod wg;

@@ -13,8 +13,9 @@
 //! Names are `w<pid % 100000>-<n>-<tag>`: unique per test process and call, short, and easy to
 //! spot (`ip netns list | grep ^w`) should a killed test leave one behind.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -190,4 +191,85 @@ fn run(tool: &str, args: &[&str]) -> Output {
     Command::new(tool).args(args).output().unwrap_or_else(|e| {
         panic!("cannot run {tool} (is iproute2 installed? apt-get install iproute2): {e}")
     })
+}
+
+/// A mount namespace with private /run/wireguard and /run/flannel, held by a process that
+/// sleeps in it. Entering it through that process (`nsenter --target`) keeps the caller's root
+/// directory: CI runs the tests in a chroot, which entering a namespace by a pinned file
+/// would leave.
+pub struct MountNs {
+    holder: Child,
+}
+
+impl MountNs {
+    pub fn new() -> MountNs {
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mkdir -p /run/wireguard /run/flannel && mount -t tmpfs tmpfs /run/wireguard \
+                 && mount -t tmpfs tmpfs /run/flannel && echo ready && exec sleep infinity",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running unshare (util-linux)");
+        let mut line = String::new();
+        let out = holder.stdout.take().expect("the holder's stdout");
+        let _ = BufReader::new(out).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let status = holder.wait();
+            panic!("making a mount namespace failed: {status:?}");
+        }
+        MountNs { holder }
+    }
+
+    /// `nsenter` arguments that enter this mount namespace (keeping the root directory) and
+    /// `ns`'s network namespace.
+    pub fn enter_args(&self, ns: &Netns) -> Vec<String> {
+        let wd = std::env::current_dir().expect("the current directory");
+        vec![
+            format!("--target={}", self.holder.id()),
+            "--mount".into(),
+            "--root".into(),
+            format!("--wd={}", wd.display()),
+            format!("--net={}", ns.path().display()),
+        ]
+    }
+}
+
+/// A fresh mount namespace, as [`MountNs::new`] makes it.
+impl Default for MountNs {
+    fn default() -> MountNs {
+        MountNs::new()
+    }
+}
+
+impl Drop for MountNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Kills every process in `ns` (wireguard-go, left running by design) and waits for them.
+pub fn kill_netns_processes(ns: &Netns) {
+    for _ in 0..100 {
+        let out = Command::new("ip")
+            .args(["netns", "pids", ns.name()])
+            .output()
+            .expect("ip netns pids");
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for p in pids {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("warning: processes still run in {}", ns.name());
 }

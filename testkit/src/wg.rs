@@ -4,98 +4,19 @@
 //! (flannel's key file). The mount namespace outlives weftd, so a restarted weftd finds the
 //! device's socket where wireguard-go left it.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::lab::{Host, Lab};
-use crate::netns::Netns;
 use crate::wait::wait_for;
 
 pub const WG_DEVICE: &str = "flannel-wg";
 pub const WG_DEVICE6: &str = "flannel-wg-v6";
 pub const WG_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard"}}"#;
 
-/// A mount namespace with private /run/wireguard and /run/flannel, held by a process that
-/// sleeps in it. Entering it through that process (`nsenter --target`) keeps the caller's root
-/// directory: CI runs the tests in a chroot, which entering a namespace by a pinned file
-/// would leave.
-pub struct MountNs {
-    holder: Child,
-}
-
-impl MountNs {
-    pub fn new() -> MountNs {
-        let mut holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(
-                "mkdir -p /run/wireguard /run/flannel && mount -t tmpfs tmpfs /run/wireguard \
-                 && mount -t tmpfs tmpfs /run/flannel && echo ready && exec sleep infinity",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("running unshare (util-linux)");
-        let mut line = String::new();
-        let out = holder.stdout.take().expect("the holder's stdout");
-        let _ = BufReader::new(out).read_line(&mut line);
-        if line.trim() != "ready" {
-            let _ = holder.kill();
-            let status = holder.wait();
-            panic!("making a mount namespace failed: {status:?}");
-        }
-        MountNs { holder }
-    }
-
-    /// `nsenter` arguments that enter this mount namespace (keeping the root directory) and
-    /// `ns`'s network namespace.
-    pub fn enter_args(&self, ns: &Netns) -> Vec<String> {
-        let wd = std::env::current_dir().expect("the current directory");
-        vec![
-            format!("--target={}", self.holder.id()),
-            "--mount".into(),
-            "--root".into(),
-            format!("--wd={}", wd.display()),
-            format!("--net={}", ns.path().display()),
-        ]
-    }
-}
-
-/// A fresh mount namespace, as [`MountNs::new`] makes it.
-impl Default for MountNs {
-    fn default() -> MountNs {
-        MountNs::new()
-    }
-}
-
-impl Drop for MountNs {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
-
-/// Runs `args` inside the host's network namespace and its mount namespace (WireGuard hosts)
-/// or with `ip netns exec` (the others).
-pub fn exec(host: &Host, args: &[&str]) -> Output {
-    let mut cmd = match &host.mnt {
-        Some(m) => {
-            let mut c = Command::new("nsenter");
-            c.args(m.enter_args(&host.ns));
-            c
-        }
-        None => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", host.ns.name()]);
-            c
-        }
-    };
-    cmd.args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", host.ns.name()))
-}
+pub use crate::lab::exec;
+pub use crate::netns::{kill_netns_processes, MountNs};
 
 /// Like [`exec`], panicking with the command's stderr when it fails; returns its stdout.
 pub fn exec_ok(host: &Host, args: &[&str]) -> String {
@@ -168,28 +89,6 @@ pub struct WgDumpPeer {
     pub endpoint: String,
     pub allowed_ips: String,
     pub keepalive: String,
-}
-
-/// Kills every process in `ns` (wireguard-go, left running by design) and waits for them.
-pub fn kill_netns_processes(ns: &Netns) {
-    for _ in 0..100 {
-        let out = Command::new("ip")
-            .args(["netns", "pids", ns.name()])
-            .output()
-            .expect("ip netns pids");
-        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if pids.is_empty() {
-            return;
-        }
-        for p in pids {
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    eprintln!("warning: processes still run in {}", ns.name());
 }
 
 /// Says which WireGuard ran: kernel WireGuard is used where the module exists, and the tests

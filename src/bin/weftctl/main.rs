@@ -95,6 +95,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write weftctl's manual pages into DIR: weftctl(1) and one per subcommand
+    /// (weftctl-leases(1), weftctl-leases-show(1), ...), made from these definitions by
+    /// clap_mangen; the package is built with them.
+    #[command(hide = true)]
+    ManPages { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +108,15 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             let mut out = std::io::stdout();
             clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+            return ExitCode::SUCCESS;
+        }
+        Command::ManPages { dir } => {
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir));
+            if let Err(e) = written {
+                esay!("weftctl: writing manual pages into {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
             return ExitCode::SUCCESS;
         }
         Command::DockerOpts(args) => {
@@ -154,6 +168,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Policy(cmd) => policy::run(&store, out, cmd).await,
         Command::Namespace(cmd) => policy::run_namespace(&store, out, cmd).await,
         // Handled by main before this point.
-        Command::Completions { .. } | Command::DockerOpts(_) | Command::Status(_) => Ok(()),
+        Command::Completions { .. }
+        | Command::ManPages { .. }
+        | Command::DockerOpts(_)
+        | Command::Status(_) => Ok(()),
     }
 }

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
+use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use weft::config::NetworkConfig;
-use weft::status::view::{ClusterView, Host, HostState};
+use weft::status::view::{ClusterView, Host, HostState, PAIRS_SHOWN};
 use weft::status::PolicyStatus;
 use weft::store::{EtcdOptions, EtcdStore, PolicyKey, Reclaimed, StoreError};
 
-use super::text::short_duration;
+use super::text::{count, short_duration};
 use super::Format;
 
 /// Exit codes of `weftctl status`.
@@ -226,8 +227,7 @@ fn print_summary(
     match problems.len() {
         0 => writeln!(o, "healthy")?,
         n => {
-            let s = if n == 1 { "" } else { "s" };
-            writeln!(o, "unhealthy: {n} problem{s}")?;
+            writeln!(o, "unhealthy: {}", count(n as u64, "problem"))?;
             for p in problems {
                 writeln!(o, "  {p}")?;
             }
@@ -266,17 +266,47 @@ fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Resul
     Ok(())
 }
 
-/// The pairs that cannot reach each other, as the hosts report them.
+/// A host as an operator knows it: its subnet and its public address from its lease (the
+/// status record names peers by subnet only; the lease listing has the rest).
+fn host_name(view: &ClusterView, subnet: Ipv4Net) -> String {
+    match view.hosts.iter().find(|h| h.lease.subnet == subnet) {
+        Some(h) => format!("{subnet} ({})", h.lease.attrs.public_ip),
+        None => format!("{subnet} (no lease)"),
+    }
+}
+
+/// The pairs that cannot reach each other, as the hosts report them: the first few named,
+/// the rest counted (a record names only its longest unreachable peers).
 fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
+    let u = view.unnamed;
     match view.pairs.as_slice() {
-        [] => writeln!(o, "reach:     every host reaches every other (as reported)")?,
+        [] if u.peers == 0 => {
+            writeln!(o, "reach:     every host reaches every other (as reported)")?
+        }
         pairs => {
             let n = pairs.len();
-            writeln!(o, "reach:     {n} pairs cannot reach each other")?;
-            for p in pairs {
-                writeln!(o, "  {} <-> {} since {}", p.a, p.b, p.since)?;
+            writeln!(
+                o,
+                "reach:     {} cannot reach each other",
+                count(n as u64, "pair")
+            )?;
+            for p in pairs.iter().take(PAIRS_SHOWN) {
+                let (a, b) = (host_name(view, p.a), host_name(view, p.b));
+                writeln!(o, "  {a} <-> {b} since {}", p.since)?;
+            }
+            if n > PAIRS_SHOWN {
+                let more = count((n - PAIRS_SHOWN) as u64, "more pair");
+                writeln!(o, "  … {more} (weftctl status -o json lists them)")?;
             }
         }
+    }
+    if u.peers > 0 {
+        writeln!(
+            o,
+            "  … and {} counted by {} but not named (/peers on each host lists them)",
+            count(u.peers, "unreachable peer"),
+            count(u.hosts, "host"),
+        )?;
     }
     Ok(())
 }
@@ -290,14 +320,17 @@ fn print_repairs(
 ) -> Result<()> {
     let repairs = view.recent_repairs(args.repairs_within, now);
     let within = humantime::format_duration(args.repairs_within);
-    let n = repairs.len();
-    writeln!(o, "repairs:   {n} hosts repaired drift within {within}")?;
+    let n = count(repairs.len() as u64, "host");
+    writeln!(o, "repairs:   {n} repaired drift within {within}")?;
     for h in repairs {
         let r = h.record.as_ref().map(|r| &r.drift_repairs);
         let last = r.and_then(|r| r.last).map_or("-".into(), |t| t.to_string());
-        let count = r.map_or(0, |r| r.count);
-        let subnet = h.lease.subnet.to_string();
-        writeln!(o, "  {subnet:<18} {count} repairs, last {last}")?;
+        let repairs = count(r.map_or(0, |r| r.count), "repair");
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        writeln!(o, "  {subnet:<18} {ip:<15} {repairs}, last {last}")?;
     }
     Ok(())
 }
@@ -312,8 +345,8 @@ fn print_pool(o: &mut impl Write, view: &ClusterView, args: &StatusArgs) -> Resu
     };
     writeln!(
         o,
-        "pool:      {} subnets: {} used, {} reserved, {} free ({:.1}% free){low}",
-        p.total,
+        "pool:      {}: {} used, {} reserved, {} free ({:.1}% free){low}",
+        count(p.total, "subnet"),
         p.used,
         p.reserved,
         p.free,
@@ -334,9 +367,14 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
         )?;
         return Ok(());
     }
-    writeln!(o, "matrix:    row cannot reach column: x; no record: ?")?;
+    writeln!(
+        o,
+        "matrix:    row cannot reach column: x; no record: ?; not named by a record that \
+         counts more than it names: ~"
+    )?;
     for (i, h) in hosts.iter().enumerate() {
-        writeln!(o, "  {i:>2}  {}", h.lease.subnet)?;
+        let (subnet, ip) = (h.lease.subnet.to_string(), h.lease.attrs.public_ip);
+        writeln!(o, "  {i:>2}  {subnet:<18} {ip}")?;
     }
     let head: String = (0..hosts.len()).map(|i| format!("{i:>3}")).collect();
     writeln!(o, "     {head}")?;
@@ -353,6 +391,8 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
                     {
                         'x'
                     }
+                    // It counts more than it names: this peer may be one of them.
+                    Some(r) if r.unreachable_total() > r.unreachable.len() as u64 => '~',
                     Some(_) => '.',
                 };
                 format!("{c:>3}")
@@ -419,7 +459,8 @@ fn confirmed(n: usize) -> Result<bool> {
     }
     write!(
         weft::show::Safe(std::io::stdout()),
-        "remove {n} leases? [y/N] "
+        "remove {}? [y/N] ",
+        count(n as u64, "lease")
     )?;
     std::io::stdout().flush()?;
     let mut line = String::new();
