@@ -529,12 +529,20 @@ impl PolicyView {
         let behind: Vec<&(String, PolicyStatus)> = self.behind().collect();
         let workloads: u64 = self.hosts.iter().map(|(_, p)| p.local_workloads).sum();
         let dropped: u64 = self.hosts.iter().map(|(_, p)| p.dropped).sum();
+        let policies = match self.in_etcd {
+            1 => "1 policy".to_string(),
+            n => format!("{n} policies"),
+        };
+        let hold = match self.hosts.len() - behind.len() {
+            1 => "1 host holds".to_string(),
+            n => format!("{n} hosts hold"),
+        };
         writeln!(
             o,
-            "policy:    {} policies; {} hosts hold them all, {} behind; {workloads} containers; {dropped} packets refused",
-            self.in_etcd,
-            self.hosts.len() - behind.len(),
+            "policy:    {policies}; {hold} them all, {} behind; {}; {} refused",
             behind.len(),
+            count(workloads, "container"),
+            count(dropped, "packet"),
         )?;
         if !self.top.is_empty() {
             let top: Vec<String> = self.top.iter().map(|(p, n)| format!("{p} {n}")).collect();
