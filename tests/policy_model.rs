@@ -402,6 +402,8 @@ fn every_part_of_the_model_holds_for_real_traffic_in_both_families_across_hosts(
     assert!(h1_record["dropped"].as_u64().unwrap() > 0, "{h1_record:#}");
     let table = lab.hosts[0].weftctl(&["status", "--pool-warn-below", "0"]);
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    // Shown with --nocapture: the README's example is this output.
+    eprintln!("$ weftctl status --pool-warn-below 0\n{table}");
     assert!(
         table.contains("policy:    4 policies; 2 hosts hold them all, 0 behind; 7 containers"),
         "{table}"
