@@ -12,7 +12,7 @@
 //! a partition at 10, 100 and 1,000 light hosts), scale (also prints memory), acquire, cni,
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
 //! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
-//! workloads × 100 policies on real nftables).
+//! workloads × 100 policies on real nftables; ADD latency and TCP throughput with them).
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
@@ -24,6 +24,7 @@ mod dual;
 mod fleet_cost;
 mod peer_probe;
 mod policy;
+mod policy_path;
 mod probe;
 mod report;
 mod rig;
@@ -248,19 +249,29 @@ fn main() {
                         .unwrap_or(20),
                 }
             }),
-            "policy" => policy::run(&if quick {
-                policy::Sizes {
-                    workloads: 100,
-                    policies: 10,
-                    runs: 3,
-                }
-            } else {
-                policy::Sizes {
-                    workloads: 1000,
-                    policies: 100,
-                    runs: 20,
-                }
-            }),
+            "policy" => {
+                let mut tables = policy::run(&if quick {
+                    policy::Sizes {
+                        workloads: 100,
+                        policies: 10,
+                        runs: 3,
+                    }
+                } else {
+                    policy::Sizes {
+                        workloads: 1000,
+                        policies: 100,
+                        runs: 20,
+                    }
+                });
+                tables.extend(policy_path::run(&policy_path::Sizes {
+                    policies: if quick { 10 } else { 100 },
+                    workloads: if quick { 100 } else { 1000 },
+                    containers: if quick { 4 } else { 20 },
+                    rounds: if quick { 2 } else { 6 },
+                    iperf_secs: if quick { 1 } else { 3 },
+                }));
+                tables
+            }
             _ => unreachable!("filtered above"),
         };
         eprintln!("{s}: {:.0} s", t0.elapsed().as_secs_f64());

@@ -20,7 +20,7 @@ pub struct Sizes {
     pub runs: usize,
 }
 
-fn policy(i: usize, n: usize, port: u16) -> Policy {
+pub fn policy(i: usize, n: usize, port: u16) -> Policy {
     let doc = serde_json::json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": format!("p{i}"), "namespace": "default"},
@@ -33,7 +33,7 @@ fn policy(i: usize, n: usize, port: u16) -> Policy {
     model::parse(&doc, None).expect("a valid policy")
 }
 
-fn workload(i: usize, apps: usize) -> Workload {
+pub fn workload(i: usize, apps: usize) -> Workload {
     let addr = std::net::Ipv4Addr::new(198, 19, (i / 250) as u8 + 1, (i % 250) as u8 + 2);
     let labels = BTreeMap::from([("app".to_string(), format!("a{}", i % apps))]);
     Workload::new(None, &format!("w{i}"), labels, vec![addr.into()])
