@@ -12,7 +12,8 @@
 //! a partition at 10, 100 and 1,000 light hosts), scale (also prints memory), acquire, cni,
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
 //! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
-//! workloads × 100 policies on real nftables; ADD latency and TCP throughput with them).
+//! workloads × 100 policies on real nftables; a policy's spread over 10 hosts and weftd's
+//! memory; ADD latency and TCP throughput with them).
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
@@ -25,6 +26,7 @@ mod fleet_cost;
 mod peer_probe;
 mod policy;
 mod policy_path;
+mod policy_spread;
 mod probe;
 mod report;
 mod rig;
@@ -263,6 +265,12 @@ fn main() {
                         runs: 20,
                     }
                 });
+                tables.extend(policy_spread::run(&policy_spread::Sizes {
+                    hosts: if quick { 3 } else { 10 },
+                    policies: if quick { 10 } else { 100 },
+                    workloads: if quick { 100 } else { 1000 },
+                    runs: if quick { 3 } else { 20 },
+                }));
                 tables.extend(policy_path::run(&policy_path::Sizes {
                     policies: if quick { 10 } else { 100 },
                     workloads: if quick { 100 } else { 1000 },

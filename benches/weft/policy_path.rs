@@ -68,10 +68,10 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         } {
             enforce(&host, &subnet_file, if policed { &with } else { &none });
             let t = turn(z, &host, &ctrs, dir.path(), &format!("{r}{policed}"));
+            let kind = if policed { "with policies" } else { "none" };
             eprintln!(
-                "policy path round {} {}: ADD p50 {:.2} ms, TCP {:.2} Gbit/s",
+                "policy path round {} {kind}: ADD p50 {:.2} ms, TCP {:.2} Gbit/s",
                 r + 1,
-                if policed { "100 policies" } else { "none" },
                 median(&t.adds),
                 t.gbits
             );
