@@ -73,6 +73,30 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, FileError> {
     })
 }
 
+/// Opens (creating it, mode 0600) the lock file at `path` and waits for an exclusive flock
+/// on it; the lock is released when the file is closed. The plugin's IPAM store and the
+/// policy state it shares with weftd each lock this way.
+pub fn lock_exclusive(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 fn kind_name(t: &std::fs::FileType) -> &'static str {
     if t.is_dir() {
         "directory"

@@ -46,9 +46,9 @@ pub mod agent;
 pub mod check;
 #[cfg(feature = "daemon")]
 pub mod datapath;
-#[cfg(feature = "daemon")]
+#[cfg(feature = "policy")]
 pub mod environ;
-#[cfg(feature = "daemon")]
+#[cfg(feature = "policy")]
 pub mod firewall;
 #[cfg(feature = "daemon")]
 pub mod http;

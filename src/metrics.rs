@@ -108,6 +108,8 @@ pub struct Metrics {
     pub probe_errors: Counter,
     pub peers_reachable: Gauge<u64, AtomicU64>,
     pub peers_unreachable: Gauge<u64, AtomicU64>,
+    /// Network policy on this host.
+    pub policy: PolicyMetrics,
     /// Each tunnel device's peers' latest handshakes (WireGuard), as last read back; the
     /// datapath replaces a family's list on every read, a scrape turns them into ages.
     handshakes: Mutex<PerFamily<Vec<Handshake>>>,
@@ -142,6 +144,7 @@ impl Default for Metrics {
             probe_errors: Counter::default(),
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
+            policy: PolicyMetrics::default(),
             handshakes: Mutex::default(),
             lease_expiry: Gauge::default(),
             ready: Gauge::default(),
@@ -164,7 +167,59 @@ fn register(m: &Metrics) -> Registry {
     register_counters(&mut r, m);
     register_seconds(&mut r, m);
     register_histograms(&mut r, m);
+    register_policy(&mut r, &m.policy);
     r
+}
+
+/// Network policy's state on this host, as the policy thread last found it.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyMetrics {
+    pub policies: Gauge<u64, AtomicU64>,
+    pub local_workloads: Gauge<u64, AtomicU64>,
+    pub remote_workloads: Gauge<u64, AtomicU64>,
+    /// Unix time of the last pass that left the tables as wanted.
+    pub last_apply: Gauge<f64, AtomicU64>,
+    pub apply_errors: Counter,
+    /// Packets refused at workloads each policy selects, since its table was last written.
+    pub dropped: Family<Vec<(String, String)>, Gauge<u64, AtomicU64>>,
+}
+
+fn register_policy(r: &mut Registry, p: &PolicyMetrics) {
+    for (name, help, gauge) in [
+        (
+            "weft_policy_policies",
+            "Network policies known",
+            &p.policies,
+        ),
+        (
+            "weft_policy_local_workloads",
+            "Containers on this host the plugin attached",
+            &p.local_workloads,
+        ),
+        (
+            "weft_policy_remote_workloads",
+            "Containers on other hosts known from etcd",
+            &p.remote_workloads,
+        ),
+    ] {
+        r.register(name, help, gauge.clone());
+    }
+    r.register(
+        "weft_policy_last_apply_timestamp_seconds",
+        "Unix time of the last pass that left the policy tables as wanted",
+        p.last_apply.clone(),
+    );
+    r.register(
+        "weft_policy_apply_errors",
+        "Passes that could not bring the policy tables up to date",
+        p.apply_errors.clone(),
+    );
+    r.register(
+        "weft_policy_dropped_packets",
+        "Packets refused at containers a policy selects (nftables counters, since the table was \
+         last written)",
+        p.dropped.clone(),
+    );
 }
 
 /// The gauges.

@@ -16,13 +16,7 @@ const CFG: &str = r#"{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}"
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn weftctl(etcd: &Etcd, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .env_clear()
-        .arg("--etcd-endpoints")
-        .arg(etcd.client_url())
-        .args(args)
-        .output()
-        .expect("running weftctl")
+    etcd.weftctl(args)
 }
 
 fn ok(etcd: &Etcd, args: &[&str]) -> String {

@@ -25,7 +25,7 @@ const REFERENCE: &str = "/usr/lib/cni";
 /// Runs a plugin the way a runtime does: CNI_* variables, config on stdin, in the host's
 /// namespace (joined with setns before exec, so no helper process is timed). Returns the
 /// wall time of the plugin process.
-fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) -> f64 {
+pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) -> f64 {
     let nsfile = host.file();
     let fd = nsfile.as_raw_fd();
     let mut cmd = Command::new(binary);

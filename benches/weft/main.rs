@@ -11,7 +11,9 @@
 //! Sections: convergence, fleet (100 hosts), fleet-cost (etcd's cost of a join, a death and
 //! a partition at 10, 100 and 1,000 light hosts), scale (also prints memory), acquire, cni,
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
-//! datapath against a hand-made pair, and join convergence on WireGuard).
+//! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
+//! workloads × 100 policies on real nftables; a policy's spread over 10 hosts and weftd's
+//! memory; ADD latency and TCP throughput with them).
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
@@ -22,6 +24,9 @@ mod datapath;
 mod dual;
 mod fleet_cost;
 mod peer_probe;
+mod policy;
+mod policy_path;
+mod policy_spread;
 mod probe;
 mod report;
 mod rig;
@@ -31,7 +36,7 @@ mod wireguard;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "convergence",
     "fleet",
     "fleet-cost",
@@ -43,6 +48,7 @@ const SECTIONS: [&str; 11] = [
     "probes",
     "status",
     "wireguard",
+    "policy",
 ];
 
 fn main() {
@@ -245,6 +251,35 @@ fn main() {
                         .unwrap_or(20),
                 }
             }),
+            "policy" => {
+                let mut tables = policy::run(&if quick {
+                    policy::Sizes {
+                        workloads: 100,
+                        policies: 10,
+                        runs: 3,
+                    }
+                } else {
+                    policy::Sizes {
+                        workloads: 1000,
+                        policies: 100,
+                        runs: 20,
+                    }
+                });
+                tables.extend(policy_spread::run(&policy_spread::Sizes {
+                    hosts: if quick { 3 } else { 10 },
+                    policies: if quick { 10 } else { 100 },
+                    workloads: if quick { 100 } else { 1000 },
+                    runs: if quick { 3 } else { 20 },
+                }));
+                tables.extend(policy_path::run(&policy_path::Sizes {
+                    policies: if quick { 10 } else { 100 },
+                    workloads: if quick { 100 } else { 1000 },
+                    containers: if quick { 4 } else { 20 },
+                    rounds: if quick { 2 } else { 6 },
+                    iperf_secs: if quick { 1 } else { 3 },
+                }));
+                tables
+            }
             _ => unreachable!("filtered above"),
         };
         eprintln!("{s}: {:.0} s", t0.elapsed().as_secs_f64());

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
+use weft::firewall::policy::selector::{check_key, check_value, Labels};
 
 use crate::env::validate_ifname;
 use crate::error::{code, CniError, Result};
@@ -35,6 +36,9 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC's `cni.dev/valid-attachments` (or the 1.1.0 tag's `cni.dev/attachments`).
     pub valid_attachments: Option<HashSet<(String, String)>>,
+    /// `args.cni.labels` (`[{"key": "app", "value": "web"}]`): the workload's labels, which
+    /// network policies select by.
+    pub labels: Labels,
 }
 
 /// Decodes stdin into a JSON object (code 6 on failure).
@@ -123,6 +127,7 @@ impl NetConf {
             runtime_mac,
             prev_result,
             valid_attachments: valid_attachments(obj)?,
+            labels: labels(obj)?,
         })
     }
 
@@ -202,6 +207,37 @@ fn runtime_config(obj: &Map<String, Value>) -> Result<(Vec<IpAddr>, Option<Strin
     Ok((ips, mac))
 }
 
+/// `args.cni.labels`, the CNI conventions' list of key/value pairs; each label is checked
+/// as Kubernetes checks a pod's.
+fn labels(obj: &Map<String, Value>) -> Result<Labels> {
+    let found = (obj.get("args"))
+        .and_then(|a| a.get("cni"))
+        .and_then(|c| c.get("labels"));
+    let Some(list) = found.filter(|v| !v.is_null()) else {
+        return Ok(Labels::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| CniError::config(format!("args.cni.labels = {list} is not a list")))?;
+    let mut out = Labels::new();
+    for (i, item) in list.iter().enumerate() {
+        let field = format!("args.cni.labels[{i}]");
+        let pair = item
+            .as_object()
+            .and_then(|o| Some((o.get("key")?.as_str()?, o.get("value")?.as_str()?)));
+        let (k, v) = pair.ok_or_else(|| {
+            CniError::config(format!(
+                "{field} = {item} is not {{\"key\": …, \"value\": …}}"
+            ))
+        })?;
+        check_key(&format!("{field}.key"), k)
+            .and_then(|()| check_value(&format!("{field}.value"), v))
+            .map_err(|e| CniError::config(e.to_string()))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 fn valid_attachments(obj: &Map<String, Value>) -> Result<Option<HashSet<(String, String)>>> {
     let mut found = None;
     for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
@@ -264,6 +300,16 @@ mod tests {
                 "cni.dev/valid-attachments",
                 json!([1]),
                 "cni.dev/valid-attachments",
+            ),
+            (
+                "args",
+                json!({"cni": {"labels": [{"key": "app", "value": "a b"}]}}),
+                "args.cni.labels[0].value",
+            ),
+            (
+                "args",
+                json!({"cni": {"labels": {"app": "x"}}}),
+                "args.cni.labels",
             ),
         ] {
             let mut v = base.clone();

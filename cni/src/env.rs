@@ -53,6 +53,10 @@ impl Command {
 pub struct CniArgs {
     pub ip: Option<IpAddr>,
     pub mac: Option<String>,
+    /// `K8S_POD_NAMESPACE`: the workload's namespace for network policy.
+    pub namespace: Option<String>,
+    /// `K8S_POD_NAME`: the workload's name for network policy.
+    pub pod_name: Option<String>,
 }
 
 impl CniArgs {
@@ -84,6 +88,19 @@ impl CniArgs {
                     })?);
                 }
                 "MAC" => args.mac = Some(value.to_string()),
+                "K8S_POD_NAMESPACE" if !value.is_empty() => {
+                    weft::firewall::policy::model::check_namespace("K8S_POD_NAMESPACE", value)
+                        .map_err(|e| CniError::env(format!("CNI_ARGS: {e}")))?;
+                    args.namespace = Some(value.to_string());
+                }
+                "K8S_POD_NAME" if !value.is_empty() => {
+                    if value.len() > 253 || value.contains(char::is_control) {
+                        return Err(CniError::env(format!(
+                            "CNI_ARGS: K8S_POD_NAME={value:?} is not a name"
+                        )));
+                    }
+                    args.pod_name = Some(value.to_string());
+                }
                 _ => {}
             }
         }
@@ -211,6 +228,7 @@ mod tests {
             ("CNI_NETNS", "", "CNI_NETNS"),
             ("CNI_ARGS", "IP=1.2.3", "\"1.2.3\""),
             ("CNI_ARGS", "garbage", "\"garbage\""),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=Team_A", "K8S_POD_NAMESPACE"),
         ] {
             let mut vars: Vec<_> = ok.iter().filter(|(k, _)| *k != key).copied().collect();
             vars.push((key, value));

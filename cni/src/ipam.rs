@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -49,28 +48,8 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| CniError::store(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| CniError::store(format!("cannot open {}: {e}", path.display())))?;
-        loop {
-            // SAFETY: flock on a descriptor this function owns; no memory is involved.
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != ErrorKind::Interrupted {
-                return Err(CniError::store(format!(
-                    "cannot lock {}: {err}",
-                    path.display()
-                )));
-            }
-        }
+        let lock = weft::file::lock_exclusive(&path)
+            .map_err(|e| CniError::store(format!("cannot lock {}: {e}", path.display())))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             _lock: lock,

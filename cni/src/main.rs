@@ -11,6 +11,7 @@ mod env;
 mod error;
 mod ipam;
 mod link;
+mod policy;
 #[cfg(test)]
 mod props;
 mod result;

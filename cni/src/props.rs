@@ -309,7 +309,7 @@ proptest! {
     fn cni_args_round_trip(a in ip(), m in mac(), other in "[a-zA-Z0-9_]{1,12}") {
         let raw = format!("IgnoreUnknown=1;K8S_POD_NAME={other};IP={a};MAC={m}");
         let args = CniArgs::parse(&raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(args, CniArgs { ip: Some(a), mac: Some(m) });
+        prop_assert_eq!(args, CniArgs { ip: Some(a), mac: Some(m), pod_name: Some(other), ..CniArgs::default() });
     }
 
     #[test]
@@ -358,7 +358,7 @@ proptest! {
             container_id: "c".into(),
             ifname: "eth0".into(),
             netns: None,
-            args: CniArgs { ip: arg, mac: None },
+            args: CniArgs { ip: arg, ..CniArgs::default() },
         };
         let subnets = [
             (families.0, "198.19.0.1/24"),

@@ -6,6 +6,7 @@
 mod host;
 mod own;
 mod peers;
+mod policy;
 mod startup;
 
 use std::net::SocketAddr;
@@ -104,6 +105,7 @@ pub async fn run(opts: AgentConfig) -> anyhow::Result<()> {
 /// Start-up, then the main loop.
 async fn start_and_run(opts: AgentConfig, shown: Arc<http::Shown>) -> anyhow::Result<()> {
     let (mut agent, known, reports) = startup::start(opts, shown).await?;
+    agent.start_policy().await?;
     agent.note_own_lease();
     agent.adopt_listing(&known);
     agent.run(known, reports).await
@@ -126,6 +128,10 @@ struct Agent {
     rewatch: bool,
     /// systemd has been told READY=1.
     notified: bool,
+    /// Network policy follows this host's lease through it.
+    policy_lease: Option<tokio::sync::watch::Sender<policy::OwnLease>>,
+    /// Network policy's facts, for the status record.
+    policy_facts: tokio::sync::watch::Receiver<Option<crate::status::PolicyFacts>>,
 }
 
 impl Agent {
@@ -173,6 +179,7 @@ impl Agent {
             let renew_at = self.renew_at();
             tokio::select! {
                 Ok(()) = unreachable.changed() => {}
+                Ok(()) = self.policy_facts.changed() => {}
                 batch = lease_events.recv() => match batch {
                     Some(Ok(events)) => self.on_events(events).await?,
                     Some(Err(e)) => {
@@ -211,6 +218,7 @@ impl Agent {
             f.ready = m.not_ready_reasons().is_empty();
             f.drift_repairs = m.drift_repairs.get();
             (f.unreachable_count, f.unreachable) = self.unreachable_peers();
+            f.policy = self.policy_facts.borrow().clone();
         });
     }
 
@@ -241,6 +249,34 @@ impl Agent {
             unreadable: self.peers.unreadable,
             firewall: self.host.firewall_spec(&self.own, self.opts.ip_masq),
         }));
+    }
+
+    /// Network policy's thread and feed; its first pass runs before subnet.env is written,
+    /// so a plugin that finds subnet.env finds the policy program too.
+    async fn start_policy(&mut self) -> anyhow::Result<()> {
+        let (lease_tx, lease) = tokio::sync::watch::channel(self.policy_own_lease());
+        let (facts, facts_rx) = tokio::sync::watch::channel(None);
+        self.policy_lease = Some(lease_tx);
+        self.policy_facts = facts_rx;
+        let settings = policy::PolicySettings {
+            subnet_file: self.opts.subnet_file.clone(),
+            lease,
+            ttl: self.opts.status_ttl,
+            resync: self.opts.resync,
+            facts,
+        };
+        let wait = Duration::from_secs(10);
+        policy::start(self.store.clone(), settings, self.metrics.clone(), wait).await
+    }
+
+    /// This host's lease as network policy sees it.
+    fn policy_own_lease(&self) -> policy::OwnLease {
+        let mut subnets = vec![ipnet::IpNet::V4(self.own.subnet)];
+        subnets.extend(self.own.subnet6.map(ipnet::IpNet::V6));
+        policy::OwnLease {
+            subnets,
+            host: self.own.key_name(),
+        }
     }
 
     fn write_subnet_env(&self) -> anyhow::Result<()> {

@@ -79,6 +79,10 @@ impl Agent {
         self.own = lease;
         self.peers.set_own(&self.own);
         self.note_own_lease();
+        let own = self.policy_own_lease();
+        if let Some(tx) = &self.policy_lease {
+            tx.send_if_modified(|l| std::mem::replace(l, own) != *l);
+        }
     }
 
     /// Gets a lease again (the same subnet when it is still free) and re-advertises it; the

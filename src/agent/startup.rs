@@ -83,6 +83,8 @@ pub(super) async fn start(opts: AgentConfig, shown: Arc<Shown>) -> anyhow::Resul
         renew_retry_at: None,
         rewatch: false,
         status,
+        policy_lease: None,
+        policy_facts: tokio::sync::watch::channel(None).1,
     };
     Ok((agent, known, reports))
 }

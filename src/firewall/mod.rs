@@ -4,9 +4,13 @@
 //!
 //! Ownership: the tables named `weft` are weft's entirely; in iptables only rules of exactly
 //! weft's shape and comment are. Nothing else, in any table or chain, is read for a decision
-//! or touched. Network policy will be one more part of the spec, built into weft's tables.
+//! or touched. Network policy ([`policy`]) lives in tables of its own (`weft_policy`), whose
+//! sets the CNI plugin writes too; [`enforce`] keeps them.
 
-mod nft;
+#[cfg(feature = "daemon")]
+pub mod enforce;
+pub(crate) mod nft;
+pub mod policy;
 pub mod tables;
 pub mod xtables;
 

@@ -25,6 +25,11 @@ pub enum Listing {
 
 /// The families in which a table named weft's exists, from `nft -j list tables`.
 pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
+    families_with(TABLE)
+}
+
+/// The families in which a table named `table` exists.
+pub fn families_with(table: &str) -> Result<HashSet<Family>, FirewallError> {
     let args = ["-j", "list", "tables"];
     let out = run(&args, None)?;
     let objects = parse(&out.stdout).map_err(|error| FirewallError::Listing {
@@ -35,7 +40,7 @@ pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
     for o in objects {
         if let NfListObject::Table(t) = o {
             let family = Family::ALL.into_iter().find(|f| nf_family(*f) == t.family);
-            if let Some(f) = family.filter(|_| t.name == TABLE) {
+            if let Some(f) = family.filter(|_| t.name == table) {
                 found.insert(f);
             }
         }
@@ -45,12 +50,47 @@ pub fn families_with_table() -> Result<HashSet<Family>, FirewallError> {
 
 /// weft's table of `family`, which [`families_with_table`] found.
 pub fn list(family: Family) -> Result<Listing, FirewallError> {
-    let args = ["-j", "list", "table", nft_name(family), TABLE];
+    list_table(family, TABLE)
+}
+
+/// The table `table` of `family`, which [`families_with`] found.
+pub fn list_table(family: Family, table: &str) -> Result<Listing, FirewallError> {
+    let args = ["-j", "list", "table", nft_name(family), table];
     let out = run(&args, None)?;
     Ok(match parse(&out.stdout) {
         Ok(objects) => Listing::Objects(objects),
         Err(e) => Listing::Unreadable(e),
     })
+}
+
+/// [`list_table`], with the packets each named counter holds, read from nft's own JSON (the
+/// crate's counter type holds 32 bits; its value is clamped to them before it is read).
+/// Only weftd counts drops; the plugin never reads counters.
+#[cfg(feature = "daemon")]
+pub fn list_table_counted(
+    family: Family,
+    table: &str,
+) -> Result<(Listing, std::collections::BTreeMap<String, u64>), FirewallError> {
+    let args = ["-j", "list", "table", nft_name(family), table];
+    let out = run(&args, None)?;
+    let mut counts = std::collections::BTreeMap::new();
+    if let Ok(doc) = serde_json::from_slice::<Value>(&out.stdout) {
+        let objects = doc.get("nftables").and_then(Value::as_array);
+        for c in objects
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("counter"))
+        {
+            if let (Some(name), Some(n)) = (c["name"].as_str(), c["packets"].as_u64()) {
+                counts.insert(name.to_string(), n);
+            }
+        }
+    }
+    let listing = match parse(&out.stdout) {
+        Ok(objects) => Listing::Objects(objects),
+        Err(e) => Listing::Unreadable(e),
+    };
+    Ok((listing, counts))
 }
 
 /// Applies `batch` in one transaction (`nft -j -f -`): all of it or, on failure, none.
@@ -71,6 +111,18 @@ fn nft_name(family: Family) -> &'static str {
 /// made a one-element list first; everything else is read as the crate's types.
 fn parse(json: &[u8]) -> Result<Vec<NfListObject<'static>>, String> {
     let mut value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let objects = value.get_mut("nftables").and_then(Value::as_array_mut);
+    for c in objects
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get_mut("counter"))
+    {
+        for k in ["packets", "bytes"] {
+            if c[k].as_u64().is_some_and(|n| n > u64::from(u32::MAX)) {
+                c[k] = Value::from(u32::MAX);
+            }
+        }
+    }
     for statement in statements_mut(&mut value) {
         for nat in ["masquerade", "snat", "dnat", "redirect"] {
             if let Some(flags) = statement.get_mut(nat).and_then(|n| n.get_mut("flags")) {
@@ -108,17 +160,24 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> Result<Output, FirewallError> {
         program: "nft",
         error,
     };
-    let mut child = crate::environ::command("nft")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
+    let spawn_one = |program: &str| {
+        crate::environ::command(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // A runtime may run the CNI plugin with a PATH that leaves /usr/sbin out.
+    let mut child = match spawn_one("nft") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => spawn_one("/usr/sbin/nft"),
+        other => other,
+    }
+    .map_err(spawn)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input).map_err(spawn)?;
     }

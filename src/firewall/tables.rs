@@ -161,7 +161,7 @@ fn masquerade_fully_random() -> Statement<'static> {
 
 /// `ip saddr 198.19.0.0/16` and the like. A full-length prefix is a plain address, as nft
 /// lists it, so what is written compares equal to what is read back.
-fn addr(f: Family, field: &'static str, op: Operator, net: IpNet) -> Statement<'static> {
+pub(crate) fn addr(f: Family, field: &'static str, op: Operator, net: IpNet) -> Statement<'static> {
     let protocol = match f {
         Family::V4 => "ip",
         Family::V6 => "ip6",

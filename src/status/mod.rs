@@ -7,12 +7,13 @@ mod ring;
 pub mod view;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 pub use record::{
-    DriftRepairs, GoneMark, LastError, RecordError, Stamp, StatusRecord, Unreachable,
-    RECORD_VERSION,
+    DriftRepairs, GoneMark, LastError, PolicyDrops, PolicyStatus, RecordError, Stamp, StatusRecord,
+    Unreachable, RECORD_VERSION, TOP_DROPS,
 };
 pub use ring::{Ring, MARKERS};
 pub use writer::MIN_GAP;
@@ -37,6 +38,21 @@ pub struct Facts {
     pub drift_repairs: u64,
     /// The last failure worth an operator's eye, and when.
     pub last_error: Option<(String, SystemTime)>,
+    /// Network policy on this host, once its first pass ran.
+    pub policy: Option<PolicyFacts>,
+}
+
+/// Network policy on this host, as its policy thread last found it. Only what this host's
+/// own life changes: other hosts' containers coming and going never make it differ, so no
+/// host's record is written because of another's containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFacts {
+    pub policies: u64,
+    pub local_workloads: u64,
+    /// When the policies last changed in this host's tables.
+    pub applied: Option<SystemTime>,
+    /// Packets refused at this host's workloads, by policy id (as of the last full pass).
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// The agent's handle on the status task. Updating it never blocks and never waits for etcd.

@@ -86,6 +86,59 @@ pub struct LastError {
     pub at: Stamp,
 }
 
+/// Network policy on one host: a few counts, bounded whatever the number of policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Policies the host enforces.
+    pub policies: u64,
+    /// Containers on this host the plugin attached.
+    pub local_workloads: u64,
+    /// When the policies last changed in the host's tables.
+    pub applied: Option<Stamp>,
+    /// Packets refused at the host's containers, all policies together.
+    pub dropped: u64,
+    /// The policies that refused most there, most first, at most [`TOP_DROPS`].
+    #[serde(default)]
+    pub top_drops: Vec<PolicyDrops>,
+}
+
+/// How many policies a record names with their drops.
+pub const TOP_DROPS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDrops {
+    /// `namespace/name`.
+    pub policy: String,
+    pub packets: u64,
+}
+
+impl PolicyStatus {
+    /// The status of `policies` policies and `local` containers, from drops by policy.
+    pub fn new(
+        policies: u64,
+        local: u64,
+        applied: Option<Stamp>,
+        drops: &std::collections::BTreeMap<String, u64>,
+    ) -> PolicyStatus {
+        let mut top: Vec<PolicyDrops> = (drops.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, n)| PolicyDrops {
+                policy: p.clone(),
+                packets: *n,
+            })
+            .collect();
+        top.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.policy.cmp(&b.policy)));
+        top.truncate(TOP_DROPS);
+        PolicyStatus {
+            policies,
+            local_workloads: local,
+            applied,
+            dropped: drops.values().sum(),
+            top_drops: top,
+        }
+    }
+}
+
 /// One host's status record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
@@ -113,6 +166,9 @@ pub struct StatusRecord {
     pub drift_repairs: DriftRepairs,
     #[serde(default)]
     pub last_error: Option<LastError>,
+    /// Network policy on the host; absent before its first pass (and from older weft).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStatus>,
 }
 
 /// Left by the first host that sees a status record vanish while its subnet lease stays.
@@ -198,6 +254,7 @@ mod tests {
             unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
+            policy: None,
         }
     }
 
@@ -207,6 +264,18 @@ mod tests {
         let json = r.to_json();
         assert!(json.contains(r#""since":"2027-01-15T08:00:00Z""#), "{json}");
         assert_eq!(StatusRecord::parse("k", json.as_bytes()), Ok(r));
+    }
+
+    #[test]
+    fn the_policy_part_names_at_most_five_policies_most_refusing_first() {
+        let drops = (1..=8u64).map(|i| (format!("ns/p{i}"), i * 10)).collect();
+        let p = PolicyStatus::new(8, 3, None, &drops);
+        assert_eq!(p.dropped, 360);
+        let names: Vec<&str> = p.top_drops.iter().map(|d| d.policy.as_str()).collect();
+        assert_eq!(names, ["ns/p8", "ns/p7", "ns/p6", "ns/p5", "ns/p4"]);
+        let mut r = record();
+        r.policy = Some(p);
+        assert_eq!(StatusRecord::parse("k", r.to_json().as_bytes()), Ok(r));
     }
 
     #[test]
@@ -261,6 +330,10 @@ mod tests {
                 last_error: err.map(|(text, at)| LastError {
                     text,
                     at: Stamp::from_unix(at),
+                }),
+                policy: (repairs % 2 == 0).then(|| {
+                    let drops = [("default/db".to_string(), repairs)].into();
+                    PolicyStatus::new(repairs % 7, repairs % 3, Some(Stamp::from_unix(t)), &drops)
                 }),
             })
     }

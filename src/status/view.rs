@@ -309,6 +309,7 @@ mod tests {
             unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
+            policy: None,
         }
         .to_json()
         .into_bytes()

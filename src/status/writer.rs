@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::record::{DriftRepairs, GoneMark, LastError, Stamp, StatusRecord, Unreachable};
+use super::record::{
+    DriftRepairs, GoneMark, LastError, PolicyStatus, Stamp, StatusRecord, Unreachable,
+};
 use super::{Facts, Ring, RECORD_VERSION};
 use crate::store::{EtcdStore, StoreError};
 use crate::subnet::parse_lease_key_name;
@@ -208,6 +210,10 @@ impl Writer {
             last_error: (facts.last_error.as_ref()).map(|(text, at)| LastError {
                 text: cut(text, MAX_ERROR_LEN),
                 at: Stamp::from(*at),
+            }),
+            policy: facts.policy.as_ref().map(|p| {
+                let applied = p.applied.map(Stamp::from);
+                PolicyStatus::new(p.policies, p.local_workloads, applied, &p.drops)
             }),
         }
     }

@@ -10,6 +10,7 @@ mod alloc;
 mod decode;
 mod endpoints;
 mod etcd;
+mod policy;
 mod read;
 mod registry;
 mod status;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 pub use alloc::Previous;
 pub use decode::{LeaseList, SkippedLease};
 pub use etcd::EtcdStore;
+pub use policy::{PolicyKey, PolicyKeys};
 pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 

@@ -125,6 +125,18 @@ impl Etcd {
         format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
+    /// Runs the weftctl built with the test against this etcd (a loopback one), with an
+    /// empty environment; `args` follow `--etcd-endpoints`. Returns what it did, whatever it is.
+    pub fn weftctl(&self, args: &[&str]) -> Output {
+        Command::new(crate::bins::weftctl())
+            .env_clear()
+            .arg("--etcd-endpoints")
+            .arg(self.client_url())
+            .args(args)
+            .output()
+            .expect("running weftctl")
+    }
+
     fn peer_url(&self) -> String {
         format!("http://{}:{}", self.host, self.peer_port)
     }

@@ -195,6 +195,13 @@ impl Host {
         })
     }
 
+    /// SIGKILL, as a crash would, and reap it.
+    pub fn kill(&mut self) {
+        let mut child = self.weftd.take().expect("weftd is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.weftd
             .as_mut()
@@ -864,7 +871,28 @@ pub fn udp_exchange(
     None
 }
 
+/// A network policy the tests apply, found by its name in tests/data/test-policies.yaml.
+pub fn test_policy(name: &str) -> String {
+    let text = include_str!("../../tests/data/test-policies.yaml");
+    let wanted = format!("\n  name: {name}\n");
+    (text.split("\n---\n"))
+        .find(|d| d.contains(&wanted))
+        .unwrap_or_else(|| panic!("no policy {name} in tests/data/test-policies.yaml"))
+        .to_string()
+}
+
 impl Lab {
+    /// `weftctl policy apply` of `yaml` (into `namespace` when given), run inside the
+    /// underlay as an operator's machine would; fails unless it succeeds.
+    pub fn apply_policy(&self, yaml: &str, namespace: Option<&str>) {
+        let path = self.dir.path().join("policy.yaml");
+        std::fs::write(&path, yaml).expect("writing the policy file");
+        let path = path.display().to_string();
+        let mut args = vec!["policy", "apply", "-f", &path];
+        args.extend(namespace.iter().flat_map(|n| ["-n", n]));
+        self.weftctl_ok(&args);
+    }
+
     /// Drops VXLAN (UDP 8472) between two underlay addresses, both ways, in the underlay's
     /// bridge (nftables table `bridge cut`): the pair's overlay path is cut, nothing else.
     pub fn cut_vxlan(&self, a: &str, b: &str) {

@@ -11,6 +11,7 @@
 //! - [`cni`] (the plugin on a lab host), [`plugin`] (the plugin's own tests), [`podman`],
 //!   [`docker`], [`machines`] (systemd machines booted with nspawn).
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
+//! - [`tcp`], [`datagram`]: TCP, UDP and SCTP between namespaces, allowed or not.
 //! - [`prometheus`]: a real Prometheus scraping a lab and evaluating weft's shipped rules.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
@@ -20,6 +21,7 @@ pub mod bins;
 pub mod capture;
 pub mod cmd;
 pub mod cni;
+pub mod datagram;
 pub mod docker;
 pub mod etcd;
 pub mod etcd_cluster;
@@ -34,5 +36,6 @@ pub mod ping;
 pub mod plugin;
 pub mod podman;
 pub mod prometheus;
+pub mod tcp;
 pub mod wait;
 pub mod wg;

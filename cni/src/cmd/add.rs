@@ -54,6 +54,9 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         mtu,
     };
     let bridge = held.save_with_bridge(&state, &mut host_nl, &host, mtu)?;
+    // Admitted before the interface exists: the container's first packet meets its policy.
+    let addresses: Vec<IpAddr> = state.addresses.iter().map(IpNet::addr).collect();
+    crate::policy::admit(conf, att, addresses.clone())?;
     let side = ContainerSide {
         ifname: &att.ifname,
         addresses: &state.addresses,
@@ -68,7 +71,10 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<CniResult> {
         &bridge,
         conf,
         &side,
-    )?;
+    )
+    .inspect_err(|_| {
+        let _ = crate::policy::withdraw(conf, att, &addresses);
+    })?;
     held.keep();
     Ok(result(conf, &made, netns_path, &state, routes))
 }

@@ -35,6 +35,12 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             kernel_error.get_or_insert(e);
         }
     }
+    let addresses: Vec<std::net::IpAddr> = (state.iter())
+        .flat_map(|s| s.addresses.iter().map(|a| a.addr()))
+        .collect();
+    if let Err(e) = crate::policy::withdraw(conf, att, &addresses) {
+        kernel_error.get_or_insert(e);
+    }
     store.release_attachment(&att.container_id, &att.ifname)?;
     AttachmentState::remove(&store, &att.container_id, &att.ifname)?;
     match kernel_error {

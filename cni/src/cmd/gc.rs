@@ -1,6 +1,7 @@
 //! GC: releases every reservation and record of an attachment the runtime no longer lists in
 //! `cni.dev/valid-attachments`, including reservations host-local made before the move to
-//! weft. It goes on past errors and reports the first.
+//! weft, and takes their addresses out of the network policy sets. It goes on past errors
+//! and reports the first.
 
 use crate::config::NetConf;
 use crate::error::{CniError, Result};
@@ -19,10 +20,14 @@ pub fn run(conf: &NetConf) -> Result<()> {
     };
     let store = Store::lock(&conf.network_dir())?;
     let mut first_error = None;
+    let mut released = Vec::new();
     for r in store.reservations()? {
         if !is_valid(&r.container_id, r.ifname.as_deref()) {
-            if let Err(e) = store.release(r.ip) {
-                first_error.get_or_insert(e);
+            match store.release(r.ip) {
+                Ok(_) => released.push(r.ip),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
     }
@@ -43,6 +48,12 @@ pub fn run(conf: &NetConf) -> Result<()> {
         if let Err(e) = AttachmentState::remove(&store, &s.container_id, &s.ifname) {
             first_error.get_or_insert(e);
         }
+    }
+    // A released address must not stay in the policy sets: a remote host would go on
+    // treating whoever gets it next as the container that had it.
+    let valid_record = |id: &str, ifname: &str| is_valid(id, Some(ifname));
+    if let Err(e) = crate::policy::collect(conf, valid_record, &released) {
+        first_error.get_or_insert(e);
     }
     match first_error {
         Some(e) => Err(e),

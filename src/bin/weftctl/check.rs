@@ -1,13 +1,17 @@
 //! `weftctl check`: this host's kernel and subnet.env against the leases, through the
-//! datapath's own path (see weft::check).
+//! datapath's own path (see weft::check), and its network policy tables against the
+//! policies, through the policy thread's own path (see weft::firewall::enforce::check).
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use weft::check::Finding;
+use weft::firewall::enforce::Inputs;
+use weft::firewall::policy::local::Shared;
+use weft::firewall::policy::Workload;
 use weft::iface::{self, IfaceSelect};
 use weft::lease::Lease;
 use weft::netlink::Netlink;
-use weft::store::EtcdStore;
+use weft::store::{EtcdStore, PolicyKey};
 use weft::subnet_env::SubnetEnv;
 
 use super::Format;
@@ -69,6 +73,10 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
     report
         .findings
         .extend(weft::check::container_bridges(&mut nl)?);
+    if let Some(own) = own {
+        let lines = policy_tables(store, own, &args.subnet_file).await?;
+        report.findings.extend(lines.into_iter().map(Finding));
+    }
     for s in &list.skipped {
         report.notes.push(Finding(format!(
             "key {} is not a usable lease: {}",
@@ -96,4 +104,27 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
         0 => Ok(()),
         n => bail!("{} on this host", super::text::count(n as u64, "problem")),
     }
+}
+
+/// This host's network policy tables against the policies, namespaces and workloads in
+/// etcd and the plugin's records on this host, through weftd's own desired state and diff.
+async fn policy_tables(
+    store: &EtcdStore,
+    own: &Lease,
+    subnet_file: &std::path::Path,
+) -> Result<Vec<String>> {
+    let mut subnets = vec![ipnet::IpNet::V4(own.subnet)];
+    subnets.extend(own.subnet6.map(ipnet::IpNet::V6));
+    let keys = store.list_policy(Some(PolicyKey::Workload)).await?;
+    let remote = (keys.keys.iter())
+        .filter_map(|(_, _, v)| Workload::decode(v).ok())
+        .filter(|w| !(w.addresses.iter()).any(|a| subnets.iter().any(|n| n.contains(a))))
+        .collect();
+    let inputs = Inputs {
+        policies: super::policy::policies(store).await?,
+        namespaces: super::policy::namespaces(store).await?,
+        remote,
+    };
+    let shared = Shared::beside(subnet_file);
+    Ok(weft::firewall::enforce::check(&shared, &inputs)?)
 }

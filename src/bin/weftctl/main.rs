@@ -27,6 +27,7 @@ mod check;
 mod config;
 mod docker;
 mod leases;
+mod policy;
 mod reservations;
 mod status;
 mod text;
@@ -79,6 +80,12 @@ pub enum Command {
     /// Compare this host's kernel (device, routes, neighbours, FDB) and subnet.env with the
     /// leases; print what is wrong and exit 1, or print nothing and exit 0.
     Check(check::CheckArgs),
+    /// Network policies (Kubernetes NetworkPolicy) for every container of the network.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// Namespace labels, which policies' namespaceSelector chooses by.
+    #[command(subcommand)]
+    Namespace(policy::NamespaceCmd),
     /// Print dockerd's settings for this host's subnet from subnet.env (--bip, --ip-masq,
     /// --mtu), as flannel's mk-docker-opts.sh does, with its flags; needs no etcd.
     DockerOpts(docker::DockerOptsArgs),
@@ -158,6 +165,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Leases { command } => leases::run(&store, out, command).await,
         Command::Reservations(cmd) => reservations::run(&store, out, cmd).await,
         Command::Check(args) => check::run(&store, out, args).await,
+        Command::Policy(cmd) => policy::run(&store, out, cmd).await,
+        Command::Namespace(cmd) => policy::run_namespace(&store, out, cmd).await,
         // Handled by main before this point.
         Command::Completions { .. }
         | Command::ManPages { .. }

@@ -10,7 +10,8 @@ use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use weft::config::NetworkConfig;
 use weft::status::view::{ClusterView, Host, HostState, PAIRS_SHOWN};
-use weft::store::{EtcdOptions, EtcdStore, Reclaimed, StoreError};
+use weft::status::PolicyStatus;
+use weft::store::{EtcdOptions, EtcdStore, PolicyKey, Reclaimed, StoreError};
 
 use super::text::{count, short_duration};
 use super::Format;
@@ -117,11 +118,16 @@ pub async fn status(etcd: &EtcdOptions, out: Format, args: &StatusArgs) -> ExitC
         Ok(v) => v,
         Err(e) => return failed(etcd, out, e),
     };
+    let policies = match store.list_policy(Some(PolicyKey::Policy)).await {
+        Ok(keys) => keys.keys.len() as u64,
+        Err(e) => return failed(etcd, out, e.into()),
+    };
+    let policy = PolicyView::build(&view, policies);
     let now = SystemTime::now();
     let problems = view.problems(args.pool_warn_below);
     let result = match out {
-        Format::Json => print_json(&store, &view, &problems, args, now),
-        Format::Table => print_summary(&store, &view, &problems, args, now),
+        Format::Json => print_json(&store, &view, &policy, &problems, args, now),
+        Format::Table => print_summary(&store, &view, &policy, &problems, args, now),
     };
     if let Err(e) = result {
         esay!("weftctl: {e:#}");
@@ -155,6 +161,7 @@ fn failed(etcd: &EtcdOptions, out: Format, e: anyhow::Error) -> ExitCode {
 fn print_json(
     store: &EtcdStore,
     view: &ClusterView,
+    policy: &PolicyView,
     problems: &[String],
     args: &StatusArgs,
     now: SystemTime,
@@ -175,6 +182,7 @@ fn print_json(
         "pool": {"total": p.total, "used": p.used, "reserved": p.reserved, "free": p.free,
                  "free_percent": p.free_percent(), "warn_below_percent": args.pool_warn_below},
         "etcd": {"endpoints": store.endpoints(), "reachable": true},
+        "policy": policy.json(),
         "unreadable": view.unreadable,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -198,6 +206,7 @@ fn tally(view: &ClusterView, f: impl Fn(&weft::status::StatusRecord) -> String) 
 fn print_summary(
     store: &EtcdStore,
     view: &ClusterView,
+    policy: &PolicyView,
     problems: &[String],
     args: &StatusArgs,
     now: SystemTime,
@@ -209,6 +218,7 @@ fn print_summary(
     print_reach(&mut o, view)?;
     print_repairs(&mut o, view, args, now)?;
     print_pool(&mut o, view, args)?;
+    policy.print(&mut o)?;
     writeln!(o, "etcd:      reachable at {}", store.endpoints())?;
     if args.matrix {
         print_matrix(&mut o, view)?;
@@ -449,4 +459,93 @@ fn confirmed(n: usize) -> Result<bool> {
         .read_line(&mut line)
         .map_err(|e| anyhow!("reading the answer: {e}"))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Network policy across the hosts, from their records: the policies in etcd, the hosts
+/// that hold fewer (they have not caught up, or cannot), the containers, the packets
+/// refused and the policies that refused most.
+struct PolicyView {
+    in_etcd: u64,
+    /// Hosts with a policy part in their record, by subnet.
+    hosts: Vec<(String, PolicyStatus)>,
+    /// Refused packets by policy, over the hosts' top lists.
+    top: Vec<(String, u64)>,
+}
+
+impl PolicyView {
+    fn build(view: &ClusterView, in_etcd: u64) -> PolicyView {
+        let hosts: Vec<(String, PolicyStatus)> = (view.hosts.iter())
+            .filter_map(|h| {
+                let p = h.record.as_ref()?.policy.clone()?;
+                Some((h.lease.subnet.to_string(), p))
+            })
+            .collect();
+        let mut by_policy = std::collections::BTreeMap::<String, u64>::new();
+        for d in hosts.iter().flat_map(|(_, p)| &p.top_drops) {
+            *by_policy.entry(d.policy.clone()).or_default() += d.packets;
+        }
+        let mut top: Vec<(String, u64)> = by_policy.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top.truncate(weft::status::TOP_DROPS);
+        PolicyView {
+            in_etcd,
+            hosts,
+            top,
+        }
+    }
+
+    fn behind(&self) -> impl Iterator<Item = &(String, PolicyStatus)> {
+        self.hosts
+            .iter()
+            .filter(|(_, p)| p.policies != self.in_etcd)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "policies": self.in_etcd,
+            "hosts": self.hosts.len(),
+            "behind": self.behind().map(|(s, p)| json!({"subnet": s, "policies": p.policies})).collect::<Vec<_>>(),
+            "local_workloads": self.hosts.iter().map(|(_, p)| p.local_workloads).sum::<u64>(),
+            "dropped": self.hosts.iter().map(|(_, p)| p.dropped).sum::<u64>(),
+            "top_drops": self.top.iter().map(|(p, n)| json!({"policy": p, "packets": n})).collect::<Vec<_>>(),
+        })
+    }
+
+    fn print(&self, o: &mut impl Write) -> Result<()> {
+        if self.in_etcd == 0 && self.hosts.iter().all(|(_, p)| p.policies == 0) {
+            writeln!(o, "policy:    no network policy")?;
+            return Ok(());
+        }
+        let behind: Vec<&(String, PolicyStatus)> = self.behind().collect();
+        let workloads: u64 = self.hosts.iter().map(|(_, p)| p.local_workloads).sum();
+        let dropped: u64 = self.hosts.iter().map(|(_, p)| p.dropped).sum();
+        let policies = match self.in_etcd {
+            1 => "1 policy".to_string(),
+            n => format!("{n} policies"),
+        };
+        let hold = match self.hosts.len() - behind.len() {
+            1 => "1 host holds".to_string(),
+            n => format!("{n} hosts hold"),
+        };
+        writeln!(
+            o,
+            "policy:    {policies}; {hold} them all, {} behind; {}; {} refused",
+            behind.len(),
+            count(workloads, "container"),
+            count(dropped, "packet"),
+        )?;
+        if !self.top.is_empty() {
+            let top: Vec<String> = self.top.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            writeln!(o, "  most refused by: {}", top.join(", "))?;
+        }
+        for (subnet, p) in behind {
+            let applied = p.applied.map_or("never".into(), |t| t.to_string());
+            writeln!(
+                o,
+                "  {subnet:<18} holds {} of {} policies (last applied {applied})",
+                p.policies, self.in_etcd
+            )?;
+        }
+        Ok(())
+    }
 }

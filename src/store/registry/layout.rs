@@ -71,6 +71,12 @@ impl Layout {
     pub(crate) fn gone_key(&self, name: &str) -> String {
         format!("{}{name}", self.gone_prefix())
     }
+
+    /// Network policy's keys: `policies/<namespace>/<name>`, `namespaces/<name>` and
+    /// `workloads/<address>` below it.
+    pub(crate) fn policy_prefix(&self) -> String {
+        format!("{}policy/", self.weft_prefix())
+    }
 }
 
 #[cfg(test)]

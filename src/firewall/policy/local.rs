@@ -1,0 +1,235 @@
+//! What weftd and its CNI plugin share on one host, in the directory of subnet.env (which
+//! both already know, so hosts sharing one filesystem never collide): the compiled
+//! [`Program`] (`weft-policy.json`), one record per workload the plugin attached
+//! (`weft-workloads/<container>+<ifname>.json`) and a lock (`weft-policy.lock`).
+//!
+//! The lock makes the plugin's ADD and weftd's writes of the policy table one order: the
+//! plugin writes its record and puts the container's addresses into the sets while holding
+//! it; weftd reads the records and writes the table while holding it. So weftd never writes
+//! a table that misses a container the plugin already admitted, and the plugin never reads
+//! a program that the table does not hold yet.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nftables::batch::Batch;
+use nftables::schema::{Element, NfListObject};
+
+use super::program::Program;
+use super::rules::TABLE;
+use super::workload::Workload;
+use crate::firewall::tables::nf_family;
+use crate::subnet::Family;
+
+const PROGRAM: &str = "weft-policy.json";
+const WORKLOADS: &str = "weft-workloads";
+const LOCK: &str = "weft-policy.lock";
+/// The br_netfilter switches weftd turned on (one name a line), to turn off with the last
+/// policy.
+const BRIDGE_RECORD: &str = "weft-policy.bridge-nf";
+/// A program file larger than this is not weftd's.
+const PROGRAM_LIMIT: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: not a policy program weftd wrote: {why}")]
+    Program { path: PathBuf, why: String },
+    #[error(
+        "cannot put the container into the network policy sets (is weftd's table there?): {0}"
+    )]
+    Nft(crate::firewall::FirewallError),
+}
+
+/// The shared directory of one host.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    dir: PathBuf,
+}
+
+impl Shared {
+    /// The directory of `subnet_file`.
+    pub fn beside(subnet_file: &Path) -> Shared {
+        let dir = subnet_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Shared {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn program_path(&self) -> PathBuf {
+        self.dir.join(PROGRAM)
+    }
+
+    pub fn bridge_record(&self) -> PathBuf {
+        self.dir.join(BRIDGE_RECORD)
+    }
+
+    pub fn workloads_dir(&self) -> PathBuf {
+        self.dir.join(WORKLOADS)
+    }
+
+    /// Waits for the lock (weftd holds it for one table write; the plugin for one ADD).
+    pub fn lock(&self) -> Result<Locked<'_>, LocalError> {
+        let path = self.dir.join(LOCK);
+        let io = |error| LocalError::Io {
+            path: path.clone(),
+            error,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let file = crate::file::lock_exclusive(&path).map_err(io)?;
+        Ok(Locked {
+            shared: self,
+            _file: file,
+        })
+    }
+}
+
+/// The shared directory with its lock held; dropping it releases the lock.
+pub struct Locked<'a> {
+    shared: &'a Shared,
+    _file: File,
+}
+
+impl Locked<'_> {
+    fn program_path(&self) -> PathBuf {
+        self.shared.program_path()
+    }
+
+    /// The program weftd last wrote; `None` before it wrote one.
+    pub fn program(&self) -> Result<Option<Program>, LocalError> {
+        let path = self.program_path();
+        let bytes = match crate::file::read(&path, PROGRAM_LIMIT) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => {
+                return Err(LocalError::Program {
+                    path,
+                    why: e.to_string(),
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LocalError::Program {
+                path,
+                why: e.to_string(),
+            })
+    }
+
+    pub fn write_program(&self, p: &Program) -> Result<(), LocalError> {
+        let text = serde_json::to_vec(p).expect("a program always encodes");
+        write_atomic(&self.program_path(), &text)
+    }
+
+    /// Every workload record on this host, by file stem; unreadable ones with the reason.
+    pub fn workloads(&self) -> Vec<(String, Result<Workload, String>)> {
+        let dir = self.shared.workloads_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let read = crate::file::read(&e.path(), super::workload::MAX_RECORD as u64)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Workload::decode(&b));
+            out.push((stem.to_string(), read));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn put_workload(&self, id: &str, w: &Workload) -> Result<(), LocalError> {
+        let dir = self.shared.workloads_dir();
+        std::fs::create_dir_all(&dir).map_err(|error| LocalError::Io {
+            path: dir.clone(),
+            error,
+        })?;
+        write_atomic(&dir.join(format!("{id}.json")), w.encode().as_bytes())
+    }
+
+    /// Removes a record; the workload it held, if it was readable.
+    pub fn remove_workload(&self, id: &str) -> Option<Workload> {
+        let path = self.shared.workloads_dir().join(format!("{id}.json"));
+        let w = crate::file::read(&path, super::workload::MAX_RECORD as u64)
+            .ok()
+            .and_then(|b| Workload::decode(&b).ok());
+        let _ = std::fs::remove_file(&path);
+        w
+    }
+
+    /// Makes the policy sets hold `w`'s addresses exactly where the program puts a local
+    /// workload: added to its sets, and taken out of every other (an address of a container
+    /// whose DEL never came may still be there). One nft transaction; nothing when there is
+    /// no policy.
+    pub fn admit(&self, w: &Workload) -> Result<(), LocalError> {
+        let Some(program) = self.program()? else {
+            return Ok(());
+        };
+        if program.is_empty() {
+            return Ok(());
+        }
+        let member: Vec<&str> = program.sets_of(w, true);
+        let mut batch = Batch::new();
+        for set in &program.sets {
+            for a in &w.addresses {
+                let e = element(*a, &set.name);
+                batch.add(e.clone());
+                if !member.contains(&set.name.as_str()) {
+                    batch.delete(e);
+                }
+            }
+        }
+        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)
+    }
+
+    /// Takes `addresses` out of every policy set.
+    pub fn evict(&self, addresses: &[std::net::IpAddr]) -> Result<(), LocalError> {
+        let Some(program) = self.program()?.filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        for set in &program.sets {
+            for a in addresses {
+                let e = element(*a, &set.name);
+                batch.add(e.clone());
+                batch.delete(e);
+            }
+        }
+        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)
+    }
+}
+
+/// One address as an element of a set of weft's policy table in its family.
+pub fn element(a: std::net::IpAddr, set: &str) -> NfListObject<'static> {
+    let family = match a {
+        std::net::IpAddr::V4(_) => Family::V4,
+        std::net::IpAddr::V6(_) => Family::V6,
+    };
+    NfListObject::Element(Element {
+        family: nf_family(family),
+        table: TABLE.into(),
+        name: set.to_string().into(),
+        elem: vec![nftables::expr::Expression::String(a.to_string().into())].into(),
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|error| LocalError::Io {
+            path: path.to_path_buf(),
+            error,
+        })
+}
