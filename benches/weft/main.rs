@@ -80,6 +80,8 @@ fn main() {
         "the benchmarks build network namespaces: run them as root"
     );
 
+    // Named before the run: the code measured is the code of this moment.
+    let commit = report::commit();
     let started = Instant::now();
     let load_before = report::load();
     let mut out = Vec::new();
@@ -288,7 +290,7 @@ fn main() {
         }
         out.extend(tables);
     }
-    let summary = report::summary(&out, &report::commit());
+    let summary = report::summary(&out, &commit);
     if !summary.is_empty() {
         summary.print();
     }
