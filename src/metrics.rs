@@ -100,6 +100,8 @@ pub struct Metrics {
     pub probe_errors: Counter,
     pub peers_reachable: Gauge<u64, AtomicU64>,
     pub peers_unreachable: Gauge<u64, AtomicU64>,
+    /// The revision of `<prefix>/config` this host runs entirely (see the status record).
+    pub config_revision: Gauge<u64, AtomicU64>,
     // Derived from the state above when a scrape encodes them.
     lease_expiry: Gauge<f64, AtomicU64>,
     ready: Gauge<u64, AtomicU64>,
@@ -128,6 +130,7 @@ impl Default for Metrics {
             probe_errors: Counter::default(),
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
+            config_revision: Gauge::default(),
             lease_expiry: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::default(),
@@ -178,6 +181,11 @@ fn register_gauges(r: &mut Registry, m: &Metrics) {
             "weft_peers_unreachable",
             "Peers whose last probe was not answered",
             &m.peers_unreachable,
+        ),
+        (
+            "weft_config_revision",
+            "Revision of the network config (etcd's) this host runs entirely",
+            &m.config_revision,
         ),
     ] {
         r.register(name, help, gauge.clone());

@@ -105,6 +105,7 @@ fn record(l: &FakeLease) -> String {
         unreachable_count: None,
         drift_repairs: DriftRepairs::default(),
         last_error: None,
+        config: None,
     }
     .to_json()
 }

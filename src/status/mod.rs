@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 pub use record::{
-    DriftRepairs, GoneMark, LastError, RecordError, Stamp, StatusRecord, Unreachable,
-    RECORD_VERSION,
+    ConfigState, DriftRepairs, GoneMark, LastError, Newer, RecordError, Stamp, StatusRecord,
+    Unreachable, RECORD_VERSION,
 };
 pub use ring::{Ring, MARKERS};
 pub use writer::MIN_GAP;
@@ -37,6 +37,8 @@ pub struct Facts {
     pub drift_repairs: u64,
     /// The last failure worth an operator's eye, and when.
     pub last_error: Option<(String, SystemTime)>,
+    /// The config revision the host runs, and a newer one it does not.
+    pub config: Option<ConfigState>,
 }
 
 /// The agent's handle on the status task. Updating it never blocks and never waits for etcd.

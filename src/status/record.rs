@@ -86,6 +86,25 @@ pub struct LastError {
     pub at: Stamp,
 }
 
+/// Which config revision a host runs, and a newer one it does not run yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The revision of `<prefix>/config` whose config the host runs entirely.
+    pub rev: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer: Option<Newer>,
+}
+
+/// A newer config revision a host does not run yet: `state` is `refused`, `waiting` (for
+/// `weftctl migrate`), `moving` (its pairs are moving to the new backend) or `failed` (the new
+/// backend cannot run here); `why` in a line (cut at 200 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Newer {
+    pub rev: i64,
+    pub state: String,
+    pub why: String,
+}
+
 /// One host's status record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
@@ -113,6 +132,9 @@ pub struct StatusRecord {
     pub drift_repairs: DriftRepairs,
     #[serde(default)]
     pub last_error: Option<LastError>,
+    /// The config revision the host runs; absent from records of weft before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigState>,
 }
 
 /// Left by the first host that sees a status record vanish while its subnet lease stays.
@@ -198,6 +220,7 @@ mod tests {
             unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
+            config: None,
         }
     }
 
@@ -237,8 +260,12 @@ mod tests {
             proptest::collection::vec(("[0-9.a-f:&-]{1,30}", 0u64..4_000_000_000), 0..4),
             any::<u64>(),
             proptest::option::of((".{0,40}", 0u64..4_000_000_000)),
+            proptest::option::of((
+                any::<i64>(),
+                proptest::option::of((any::<i64>(), "[a-z]{0,8}", ".{0,40}")),
+            )),
         )
-            .prop_map(|(ready, t, ip, peers, repairs, err)| StatusRecord {
+            .prop_map(|(ready, t, ip, peers, repairs, err, config)| StatusRecord {
                 v: RECORD_VERSION,
                 version: "0.1.0".into(),
                 backend: "host-gw".into(),
@@ -261,6 +288,10 @@ mod tests {
                 last_error: err.map(|(text, at)| LastError {
                     text,
                     at: Stamp::from_unix(at),
+                }),
+                config: config.map(|(rev, newer)| ConfigState {
+                    rev,
+                    newer: newer.map(|(rev, state, why)| Newer { rev, state, why }),
                 }),
             })
     }

@@ -295,6 +295,7 @@ mod tests {
             unreachable_count: None,
             drift_repairs: DriftRepairs::default(),
             last_error: None,
+            config: None,
         }
         .to_json()
         .into_bytes()

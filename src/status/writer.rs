@@ -29,6 +29,9 @@ const MARK_STAGGER: Duration = Duration::from_secs(1);
 /// netlink reply, and the record must stay small).
 const MAX_ERROR_LEN: usize = 300;
 
+/// The longest reason a record gives for not running the newest config.
+const MAX_WHY_LEN: usize = 200;
+
 struct Writer {
     store: EtcdStore,
     ttl: Duration,
@@ -208,6 +211,12 @@ impl Writer {
             last_error: (facts.last_error.as_ref()).map(|(text, at)| LastError {
                 text: cut(text, MAX_ERROR_LEN),
                 at: Stamp::from(*at),
+            }),
+            config: facts.config.clone().map(|mut c| {
+                if let Some(n) = c.newer.as_mut() {
+                    n.why = cut(&n.why, MAX_WHY_LEN);
+                }
+                c
             }),
         }
     }

@@ -12,6 +12,7 @@ mod endpoints;
 mod etcd;
 mod read;
 mod registry;
+mod running;
 mod status;
 mod watch;
 
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 pub use alloc::Previous;
 pub use decode::{LeaseList, SkippedLease};
 pub use etcd::EtcdStore;
+pub use running::ConfigKeys;
 pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 
