@@ -11,7 +11,11 @@ become_root() {
     echo "$(basename "$1"): needs root (it makes network namespaces); run it as root" >&2
     exit 1
   fi
+  # sudo resets the environment: the toolchain's variables, and a CARGO_TARGET_DIR the user
+  # set, are passed on by hand so the build lands where the user looks for it.
+  local target=()
+  [ -z "${CARGO_TARGET_DIR:-}" ] || target=(CARGO_TARGET_DIR="$CARGO_TARGET_DIR")
   exec sudo env PATH="$PATH" \
     RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}" \
-    "$@"
+    "${target[@]}" "$@"
 }

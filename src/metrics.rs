@@ -3,16 +3,22 @@
 //! prometheus-client. The readiness facts are here too: `weft_ready` and `/readyz` read them.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{prometheus_text, text, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::backend::Handshake;
 use crate::probe::{Outcome, ProbeEvent};
+use crate::subnet::{Family as IpFamily, PerFamily};
+
+/// One label pair per series: (`peer`, the peer's subnet).
+type PeerLabel = Vec<(&'static str, String)>;
 
 /// Upper bounds of the duration histograms, in seconds: a fast-path reconciliation of one
 /// lease takes tens of microseconds, a full pass over thousands of leases seconds, and a
@@ -81,6 +87,8 @@ impl EncodeMetric for DurationHistogram {
 pub struct Metrics {
     pub leases_known: Gauge<u64, AtomicU64>,
     pub leases_skipped: Gauge<u64, AtomicU64>,
+    /// The IPv4 subnets the config's range holds: what leases and reservations come from.
+    pub subnet_pool_size: Gauge<u64, AtomicU64>,
     pub peers_programmed: Gauge<u64, AtomicU64>,
     pub reconcile_runs: Counter,
     pub reconcile_duration: DurationHistogram,
@@ -102,9 +110,14 @@ pub struct Metrics {
     pub peers_unreachable: Gauge<u64, AtomicU64>,
     /// The revision of `<prefix>/config` this host runs entirely (see the status record).
     pub config_revision: Gauge<u64, AtomicU64>,
+    /// Each tunnel device's peers' latest handshakes (WireGuard), as last read back; the
+    /// datapath replaces a family's list on every read, a scrape turns them into ages.
+    handshakes: Mutex<PerFamily<Vec<Handshake>>>,
     // Derived from the state above when a scrape encodes them.
     lease_expiry: Gauge<f64, AtomicU64>,
     ready: Gauge<u64, AtomicU64>,
+    handshake_age: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    handshake_age_max: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     registry: Registry,
 }
 
@@ -113,6 +126,7 @@ impl Default for Metrics {
         let m = Metrics {
             leases_known: Gauge::default(),
             leases_skipped: Gauge::default(),
+            subnet_pool_size: Gauge::default(),
             peers_programmed: Gauge::default(),
             reconcile_runs: Counter::default(),
             reconcile_duration: DurationHistogram::default(),
@@ -131,8 +145,11 @@ impl Default for Metrics {
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
             config_revision: Gauge::default(),
+            handshakes: Mutex::default(),
             lease_expiry: Gauge::default(),
             ready: Gauge::default(),
+            handshake_age: Family::default(),
+            handshake_age_max: Family::default(),
             registry: Registry::default(),
         };
         Metrics {
@@ -162,6 +179,11 @@ fn register_gauges(r: &mut Registry, m: &Metrics) {
             &m.leases_known,
         ),
         ("weft_leases_skipped", SKIPPED_HELP, &m.leases_skipped),
+        (
+            "weft_subnet_pool_size",
+            "Subnets the network config's range (SubnetMin to SubnetMax) holds, in IPv4",
+            &m.subnet_pool_size,
+        ),
         (
             "weft_peers_programmed",
             "Remote hosts whose routes (and neighbour and FDB entries) are in the kernel",
@@ -251,6 +273,22 @@ fn register_seconds(r: &mut Registry, m: &Metrics) {
     ] {
         r.register_with_unit(name, help, Unit::Seconds, gauge.clone());
     }
+    for (name, help, family) in [
+        (
+            "weft_wireguard_handshake_age",
+            "Time since the last WireGuard handshake with each peer (+Inf: none yet), labelled \
+             by the peer's subnet; WireGuard backend only, one series per peer",
+            &m.handshake_age,
+        ),
+        (
+            "weft_wireguard_handshake_age_max",
+            "The oldest of this host's WireGuard handshake ages (+Inf: a peer without one); \
+             WireGuard backend only, one series",
+            &m.handshake_age_max,
+        ),
+    ] {
+        r.register_with_unit(name, help, Unit::Seconds, family.clone());
+    }
 }
 
 /// The histograms, in seconds.
@@ -334,6 +372,39 @@ impl Metrics {
         }
     }
 
+    /// The handshakes `family`'s tunnel device holds, as just read back (empty when the
+    /// family has no tunnel device).
+    pub fn set_handshakes(&self, family: IpFamily, now: Vec<Handshake>) {
+        let mut h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        h[family] = now;
+    }
+
+    /// The handshake gauges for `now`: per-peer ages, and the oldest. Series of peers no
+    /// longer held go; a host without WireGuard peers has none.
+    fn encode_handshakes(&self, now: SystemTime) {
+        let all: Vec<Handshake> = {
+            let h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+            h.v4.iter().chain(h.v6.iter()).cloned().collect()
+        };
+        self.handshake_age.clear();
+        self.handshake_age_max.clear();
+        let mut oldest: Option<f64> = None;
+        for hs in all {
+            let age = match hs.last {
+                // A clock stepped back shows the handshake as just now, not in the future.
+                Some(t) => now.duration_since(t).unwrap_or_default().as_secs_f64(),
+                None => f64::INFINITY,
+            };
+            oldest = Some(oldest.map_or(age, |o: f64| o.max(age)));
+            (self.handshake_age)
+                .get_or_create(&vec![("peer", hs.peer)])
+                .set(age);
+        }
+        if let Some(o) = oldest {
+            self.handshake_age_max.get_or_create(&Vec::new()).set(o);
+        }
+    }
+
     pub fn record_reconcile(&self, took: Duration) {
         let secs = took.as_secs_f64();
         self.reconcile_runs.inc();
@@ -371,6 +442,7 @@ impl Metrics {
         });
         self.ready
             .set(u64::from(self.not_ready_reasons().is_empty()));
+        self.encode_handshakes(now);
         let mut out = String::new();
         // Writing into a String cannot fail; an Err would be a bug in the encoder, and half a
         // page is still the best answer then.
@@ -385,6 +457,19 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails unless `m` rendered at `now` in either text format has each of `lines` whole.
+    fn assert_rendered(m: &Metrics, now: SystemTime, lines: &[&str]) {
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = m.render(now, format);
+            for line in lines {
+                assert!(
+                    text.lines().any(|l| l == *line),
+                    "{format:?}: no {line:?} in\n{text}"
+                );
+            }
+        }
+    }
 
     fn make_ready(m: &Metrics) {
         m.lease_held.store(true, Ordering::Relaxed);
@@ -448,30 +533,27 @@ mod tests {
         m.leases_known.set(7);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         m.lease_expires_unix.store(1060, Ordering::Relaxed);
+        let lines = [
+            "weft_reconcile_runs_total 2",
+            "weft_drift_repairs_total 2",
+            "weft_leases_known 7",
+            "weft_subnet_pool_size 0",
+            "weft_lease_expiry_seconds 60.0",
+            "weft_ready 0",
+            "weft_reconcile_duration_seconds_count 2",
+            "weft_reconcile_duration_seconds_bucket{le=\"0.0001\"} 1",
+            "weft_reconcile_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "weft_reconcile_duration_seconds_bucket{le=\"0.005\"} 2",
+            "weft_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "weft_reconcile_last_duration_seconds 0.00007",
+            "weft_probe_rtt_seconds_count 0",
+            "weft_probe_errors_total 0",
+            "weft_peers_reachable 0",
+            "weft_peers_unreachable 0",
+        ];
+        assert_rendered(&m, now, &lines);
         for format in [Format::Prometheus, Format::OpenMetrics] {
             let text = m.render(now, format);
-            for line in [
-                "weft_reconcile_runs_total 2",
-                "weft_drift_repairs_total 2",
-                "weft_leases_known 7",
-                "weft_lease_expiry_seconds 60.0",
-                "weft_ready 0",
-                "weft_reconcile_duration_seconds_count 2",
-                "weft_reconcile_duration_seconds_bucket{le=\"0.0001\"} 1",
-                "weft_reconcile_duration_seconds_bucket{le=\"0.0025\"} 1",
-                "weft_reconcile_duration_seconds_bucket{le=\"0.005\"} 2",
-                "weft_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
-                "weft_reconcile_last_duration_seconds 0.00007",
-                "weft_probe_rtt_seconds_count 0",
-                "weft_probe_errors_total 0",
-                "weft_peers_reachable 0",
-                "weft_peers_unreachable 0",
-            ] {
-                assert!(
-                    text.lines().any(|l| l == line),
-                    "{format:?}: no {line:?} in\n{text}"
-                );
-            }
             let sum = text
                 .lines()
                 .find_map(|l| l.strip_prefix("weft_reconcile_duration_seconds_sum "))
@@ -487,5 +569,49 @@ mod tests {
             .and_then(|v| v.parse::<f64>().ok());
         assert_eq!(expiry, Some(f64::INFINITY), "{text}");
         assert!(text.lines().any(|l| l == "weft_ready 1"), "{text}");
+    }
+
+    #[test]
+    fn handshake_ages_per_peer_and_the_oldest_only_while_peers_are_held() {
+        let m = Metrics::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let text = m.render(now, Format::OpenMetrics);
+        assert!(
+            !text.contains("weft_wireguard_handshake_age_seconds{"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("weft_wireguard_handshake_age_max_seconds "),
+            "{text}"
+        );
+        let hs = |peer: &str, ago: Option<u64>| Handshake {
+            peer: peer.into(),
+            last: ago.map(|s| now - Duration::from_secs(s)),
+        };
+        m.set_handshakes(
+            IpFamily::V4,
+            vec![hs("198.19.2.0/24", Some(42)), hs("198.19.3.0/24", Some(7))],
+        );
+        let lines = [
+            "weft_wireguard_handshake_age_seconds{peer=\"198.19.2.0/24\"} 42.0",
+            "weft_wireguard_handshake_age_seconds{peer=\"198.19.3.0/24\"} 7.0",
+            "weft_wireguard_handshake_age_max_seconds 42.0",
+        ];
+        assert_rendered(&m, now, &lines);
+        // A peer without a handshake is infinitely old; a peer gone loses its series.
+        m.set_handshakes(IpFamily::V6, vec![hs("2001:db8:2::/64", None)]);
+        m.set_handshakes(IpFamily::V4, vec![hs("198.19.2.0/24", Some(42))]);
+        let text = m.render(now, Format::OpenMetrics);
+        assert!(
+            text.lines()
+                .any(|l| l == "weft_wireguard_handshake_age_seconds{peer=\"2001:db8:2::/64\"} inf"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "weft_wireguard_handshake_age_max_seconds inf"),
+            "{text}"
+        );
+        assert!(!text.contains("198.19.3.0/24"), "{text}");
     }
 }

@@ -43,29 +43,6 @@ fn state_of(h: &Host, peer: &Host) -> Option<String> {
         .map(|(_, s)| s)
 }
 
-/// Drops VXLAN between two underlay addresses, both ways, in the underlay's bridge.
-fn drop_vxlan(lab: &Lab, a: &str, b: &str) {
-    let nft = |args: &[&str]| {
-        let out = lab.underlay.exec(&[&["nft"], args].concat());
-        assert!(
-            out.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    nft(&["add", "table", "bridge", "cut"]);
-    nft(&[
-        "add", "chain", "bridge", "cut", "f", "{", "type", "filter", "hook", "forward", "priority",
-        "0", ";", "}",
-    ]);
-    for (from, to) in [(a, b), (b, a)] {
-        nft(&[
-            "add", "rule", "bridge", "cut", "f", "ip", "saddr", from, "ip", "daddr", to, "udp",
-            "dport", "8472", "drop",
-        ]);
-    }
-}
-
 #[test]
 fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_restored() {
     let mut lab = Lab::new(4, VXLAN_CONFIG);
@@ -88,7 +65,7 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
     assert_eq!(code, 200);
     assert!(body.contains("weft_probe_rtt_seconds_bucket"), "{body}");
 
-    drop_vxlan(&lab, &h1.ip, &h3.ip);
+    lab.cut_vxlan(&h1.ip, &h3.ip);
     let cut = Instant::now();
     for (a, b) in [(h1, h3), (h3, h1)] {
         let seen = wait_for(Duration::from_secs(6), || {
@@ -145,17 +122,32 @@ fn a_pair_cut_in_the_underlay_is_named_by_peers_and_metrics_and_clears_when_rest
             b.subnet()
         );
     }
+    // The table names each host of the pair by subnet and public address, and counts in
+    // the singular: "1 pair", not "1 pairs".
     let table = h2.weftctl(&["status"]);
     let text = String::from_utf8_lossy(&table.stdout);
+    let ip_of = |s: &str| {
+        [h1, h3]
+            .into_iter()
+            .find(|h| h.subnet().to_string() == s)
+            .map(|h| h.ip.clone())
+            .unwrap()
+    };
+    let line = format!(
+        "  {} ({}) <-> {} ({}) since ",
+        subnets[0],
+        ip_of(&subnets[0]),
+        subnets[1],
+        ip_of(&subnets[1])
+    );
+    assert!(text.contains(&line), "no line {line:?} in:\n{text}");
     assert!(
-        text.contains(&subnets[0]) && text.contains(&subnets[1]),
+        text.contains("reach:     1 pair cannot reach each other\n"),
         "{text}"
     );
+    assert!(text.contains("unhealthy: 1 problem\n"), "{text}");
 
-    let out = lab
-        .underlay
-        .exec(&["nft", "delete", "table", "bridge", "cut"]);
-    assert!(out.status.success());
+    lab.uncut_vxlan();
     for h in [h1, h3] {
         assert!(
             wait_for(Duration::from_secs(4), || all_reachable(h)).is_some(),
@@ -187,10 +179,15 @@ fn peers_is_json_with_every_field_and_unknown_paths_still_say_where_to_look() {
     let p = &v[0];
     assert_eq!(p["id"], lab.hosts[1].subnet().to_string());
     assert_eq!(p["addr"], lab.hosts[1].subnet().network().to_string());
+    // The host an operator looks for: its public address from the lease.
+    assert_eq!(p["public_ip"], lab.hosts[1].ip);
     assert!(p["last_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{p}");
     for field in ["loss", "since", "sent", "lost"] {
         assert!(!p[field].is_null(), "{field} missing in {p}");
     }
+    // A VXLAN host has no handshakes: no WireGuard series at all.
+    let metrics = h.http_get("/metrics").1;
+    assert!(!metrics.contains("weft_wireguard_handshake"), "{metrics}");
     let (code, body) = h.http_get("/nope");
     assert_eq!(code, 404);
     assert!(body.contains("/peers"));

@@ -111,7 +111,7 @@ fn records_show_each_host_and_a_killed_host_is_gone_then_reclaimed_for_a_new_hos
     );
     let table = text(&lab.hosts[1].weftctl(&["status", "--pool-warn-below", "0"]));
     assert!(
-        table.contains("repairs:   1 hosts repaired drift within 1h"),
+        table.contains("repairs:   1 host repaired drift within 1h"),
         "{table}"
     );
     let list = lab.hosts[0].weftctl(&["leases"]);

@@ -41,3 +41,51 @@ fn weftd_logs_every_problem_of_an_invalid_config_once() {
         assert!(found[0].contains("WARN"), "{}", found[0]);
     }
 }
+
+/// Flags whose defaults derive from another flag: the one flag a user sets alone is accepted
+/// (the default follows it), and a set value that cannot fit the other's default is refused
+/// with a message naming both and the flag to add.
+#[test]
+fn weftd_defaults_fit_the_one_flag_a_user_sets() {
+    let etcd = Etcd::new();
+    // No config in etcd: weftd gets as far as waiting for it, which is past flag checking,
+    // and never touches the network.
+    for flags in [
+        &["--probe-interval", "1s"][..],
+        &["--probe-interval", "300ms"][..],
+        &["--subnet-lease-ttl", "30m"][..],
+    ] {
+        let mut args = vec!["--etcd-endpoints".to_string(), etcd.client_url()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut d = BareWeftd::start_serving(&args);
+        let up = wait_for(Duration::from_secs(10), || {
+            d.metric("weft_ready").map(|_| ())
+        });
+        let running = d.is_running();
+        d.stop();
+        assert!(
+            up.is_some() && running,
+            "weftd {flags:?} alone was refused or did not serve:\n{}",
+            d.log.join("\n")
+        );
+    }
+
+    let mut d = BareWeftd::start(&[
+        "--etcd-endpoints",
+        &etcd.client_url(),
+        "--probe-timeout",
+        "6s",
+    ]);
+    let status = d.wait_exit(Duration::from_secs(10));
+    d.read_to_end(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{:?}", d.log);
+    assert!(
+        d.log.iter().any(|l| l.contains(
+            "--probe-timeout 6s: must be shorter than --probe-interval, whose default is 5s; \
+             set a longer --probe-interval too"
+        )),
+        "{:#?}",
+        d.log
+    );
+}

@@ -87,6 +87,7 @@ fn a_userspace_device_gets_the_hosts_key_port_and_peers_as_wg_reads_them() {
         allowed_ips: vec!["198.19.2.0/24".parse().unwrap()],
         psk: Some([0x43; 32]),
         keepalive: 25,
+        last_handshake: None,
     };
     let p6 = WgPeer {
         public_key: [0x44; 32],
@@ -94,6 +95,7 @@ fn a_userspace_device_gets_the_hosts_key_port_and_peers_as_wg_reads_them() {
         allowed_ips: vec!["2001:db8:100:2::/64".parse().unwrap()],
         psk: None,
         keepalive: 0,
+        last_handshake: None,
     };
     let change = Change {
         set: vec![peer.clone(), p6.clone()],

@@ -34,6 +34,30 @@ fn three_hosts_reach_each_other_and_the_underlay_carries_only_wireguard() {
         });
         assert!(all.is_some(), "{}: {:?}", h.ip, h.http_get("/peers"));
     }
+    // The probes' traffic made every pair shake hands: /metrics has each peer's handshake
+    // age, named by its subnet, fresh, and the host's oldest (read back every --tunnel-poll).
+    for h in &lab.hosts {
+        let peers: Vec<String> = (lab.hosts.iter())
+            .filter(|p| p.ip != h.ip)
+            .map(|p| {
+                format!(
+                    "weft_wireguard_handshake_age_seconds{{peer=\"{}\"}}",
+                    p.subnet()
+                )
+            })
+            .collect();
+        let fresh = |body: &str, series: &str| {
+            testkit::http::metric(body, series).is_some_and(|age| age < 30.0)
+        };
+        let seen = wait_for(Duration::from_secs(5), || {
+            let body = h.http_get("/metrics").1;
+            (peers.iter().all(|s| fresh(&body, s))
+                && fresh(&body, "weft_wireguard_handshake_age_max_seconds"))
+            .then_some(())
+        });
+        let body = h.http_get("/metrics").1;
+        assert!(seen.is_some(), "{}: no fresh {peers:?}:\n{body}", h.ip);
+    }
 
     let capture = Capture::start(&lab.underlay, "");
     let marker = b"weft-marker-3f9c1d2e-never-in-clear";

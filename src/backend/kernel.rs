@@ -189,6 +189,19 @@ pub trait DevicePeer: fmt::Debug + Send + Sync {
     /// A short description, for logs and `weftctl check`.
     fn describe(&self) -> String;
     fn as_any(&self) -> &dyn Any;
+    /// The peer's latest handshake, for a tunnel that has them (WireGuard): metrics only.
+    fn handshake(&self) -> Option<Handshake> {
+        None
+    }
+}
+
+/// When a tunnel device last completed a handshake with one peer, named as an operator
+/// knows the peer (its subnet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    pub peer: String,
+    /// None: never.
+    pub last: Option<std::time::SystemTime>,
 }
 
 /// A shared [`DevicePeer`]; equal when the device would call the peers the same.

@@ -42,7 +42,8 @@ struct Args {
     )]
     subnet_file: PathBuf,
 
-    /// Renew the lease this many minutes before it expires.
+    /// Renew the lease this many minutes before it expires, at most half of
+    /// --subnet-lease-ttl (so a short TTL alone works: 30m renews 15 minutes before expiry).
     #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
     subnet_lease_renew_margin: u64,
 
@@ -91,6 +92,11 @@ struct Args {
     /// Log level or filter (e.g. info, debug, weft=debug).
     #[arg(long, env = "WEFTD_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// Print weftd's manual page (roff, section 8) made from these flags, and exit: how the
+    /// package's weftd(8) is made, so it never disagrees with --help.
+    #[arg(long, hide = true)]
+    man_page: bool,
 }
 
 fn parse_status_ttl(s: &str) -> Result<Duration, String> {
@@ -101,6 +107,19 @@ fn parse_status_ttl(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// weftd(8), from the flags above (clap_mangen), on standard output.
+fn print_man_page() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    let page = clap_mangen::Man::new(Args::command()).section("8");
+    match page.render(&mut std::io::stdout().lock()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftd: writing the manual page: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Whether stderr is the journal stream systemd connected (JOURNAL_STREAM names its device and
@@ -125,6 +144,9 @@ fn main() -> std::process::ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let args = Args::parse();
+    if args.man_page {
+        return print_man_page();
+    }
     // SAFETY: no other thread exists yet. The password now lives in `args` only.
     unsafe { weft::environ::forget(weft::environ::SECRETS) };
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)

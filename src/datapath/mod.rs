@@ -314,6 +314,7 @@ impl Worker {
     /// without an IPv6 subnet is not an IPv6 peer, and is no broken lease either).
     fn count_leases(&self, s: &Snapshot, skipped: usize) {
         self.metrics.leases_known.set(s.leases.len() as u64);
+        self.metrics.subnet_pool_size.set(s.cfg.subnet_count());
         self.metrics
             .leases_skipped
             .set((skipped + s.unreadable) as u64);

@@ -48,6 +48,7 @@ impl Worker {
             result = result.and(done.map(|_| ()));
         }
         self.metrics.leases_known.set(s.leases.len() as u64);
+        self.metrics.subnet_pool_size.set(s.cfg.subnet_count());
         self.metrics.peers_programmed.set(peers as u64);
         if result.is_ok() && whole {
             self.probe_programmed();

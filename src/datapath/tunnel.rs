@@ -54,15 +54,20 @@ impl Tunnels {
         family: Family,
     ) -> Result<Option<Vec<TunnelPeer>>, Failure> {
         let Some(t) = self.get(s, family) else {
+            metrics.set_handshakes(family, Vec::new());
             return Ok(None);
         };
         let read = t.read(nl);
-        read.map(Some).map_err(|e| {
+        let peers = read.map_err(|e| {
             metrics.netlink_errors.inc();
             let device = self.device(family);
             tracing::warn!(device, error = %e, "cannot read the device's peers");
             Failure::Dump
-        })
+        })?;
+        // Every read (the poll, each full pass) refreshes the handshake ages /metrics shows.
+        let handshakes = peers.iter().filter_map(|p| p.0.handshake()).collect();
+        metrics.set_handshakes(family, handshakes);
+        Ok(Some(peers))
     }
 
     /// Makes the peers of `family`'s tunnel device, `have`, into `want`. A change that puts

@@ -18,13 +18,13 @@ pub struct ProbeArgs {
     pub interval: Duration,
 
     /// How long to wait for a probe's answer before counting it lost; below --probe-interval.
+    /// [default: 1s, or half of --probe-interval when that is shorter than 2s]
     #[arg(
         long = "probe-timeout",
         env = "WEFTD_PROBE_TIMEOUT",
-        default_value = "1s",
         value_parser = crate::duration::parse
     )]
-    pub timeout: Duration,
+    pub timeout: Option<Duration>,
 
     /// Consecutive lost probes after which a peer is unreachable (one answer makes it
     /// reachable again).
@@ -61,6 +61,10 @@ pub enum ProbeConfigError {
     ZeroInterval(String),
     #[error("--probe-timeout {timeout}: must be longer than zero and shorter than --probe-interval {interval}")]
     Timeout { timeout: String, interval: String },
+    /// The timeout was set and the interval was not: say that the interval is the default, so
+    /// the user knows which flag to add.
+    #[error("--probe-timeout {timeout}: must be shorter than --probe-interval, whose default is {interval}; set a longer --probe-interval too")]
+    TimeoutPastDefaultInterval { timeout: String, interval: String },
     #[error("--probe-down-after {0}: must be at least 1")]
     DownAfter(u32),
     #[error("--probe-loss-window {0}: must be at least 1")]
@@ -69,17 +73,41 @@ pub enum ProbeConfigError {
     MaxRate(u32),
 }
 
+/// The timeout when none is given: 1 s, but never more than half the interval, so a user who
+/// sets only a short `--probe-interval` gets a timeout that fits it rather than an error about
+/// a flag they never set.
+pub fn default_timeout(interval: Duration) -> Duration {
+    Duration::from_secs(1).min(interval / 2)
+}
+
+/// The interval's default, as the flag declares it (for the error that names it).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
 impl ProbeArgs {
-    /// The checked settings.
+    /// The checked settings, the timeout derived from the interval unless it was given.
     pub fn config(&self) -> Result<ProbeConfig, ProbeConfigError> {
-        ProbeConfig {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let timeout = self.timeout.unwrap_or(default_timeout(self.interval));
+        let cfg = ProbeConfig {
             interval: self.interval,
-            timeout: self.timeout,
+            timeout,
             down_after: self.down_after,
             window: self.window,
             max_rate: self.max_rate,
+        };
+        match cfg.validated() {
+            // clap does not say whether a value came from the default; an interval equal to
+            // the default was either not set or set to it, and the hint fits both.
+            Err(ProbeConfigError::Timeout { .. })
+                if self.interval == DEFAULT_INTERVAL && !timeout.is_zero() =>
+            {
+                Err(ProbeConfigError::TimeoutPastDefaultInterval {
+                    timeout: show(timeout),
+                    interval: show(self.interval),
+                })
+            }
+            other => other,
         }
-        .validated()
     }
 }
 
@@ -159,9 +187,41 @@ mod tests {
     fn probe_args_durations_in_humantime_or_seconds() {
         let a = parse(&["--probe-interval", "2", "--probe-timeout", "250ms"]).unwrap();
         assert_eq!(a.interval, Duration::from_secs(2));
-        assert_eq!(a.timeout, Duration::from_millis(250));
+        assert_eq!(a.timeout, Some(Duration::from_millis(250)));
         let e = parse(&["--probe-interval", "soon"]).unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn probe_args_timeout_default_fits_a_short_interval() {
+        // The issue's case: --probe-interval 1s alone was refused for the 1s default timeout.
+        // From 2 s up the default stays 1 s.
+        for (interval, timeout) in [("1s", 500), ("300ms", 150), ("2s", 1000), ("1m", 1000)] {
+            let c = parse(&["--probe-interval", interval]).unwrap().config();
+            assert_eq!(
+                c.unwrap().timeout,
+                Duration::from_millis(timeout),
+                "{interval}"
+            );
+        }
+        // A timeout the user gives is kept as given.
+        let a = parse(&["--probe-interval", "1s", "--probe-timeout", "900ms"]).unwrap();
+        assert_eq!(a.config().unwrap().timeout, Duration::from_millis(900));
+    }
+
+    #[test]
+    fn probe_args_timeout_past_the_default_interval_says_so() {
+        let e = parse(&["--probe-timeout", "6s"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--probe-timeout 6s: must be shorter than --probe-interval, whose default is 5s; \
+             set a longer --probe-interval too"
+        );
+        let a = parse(&["--probe-timeout", "6s", "--probe-interval", "10s"]).unwrap();
+        assert_eq!(a.config().unwrap().timeout, Duration::from_secs(6));
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub fn probe_addr(side: &Side<'_>, tunnel: bool) -> Option<IpAddr> {
 pub struct PeerStatus {
     pub id: String,
     pub addr: IpAddr,
+    /// The address an operator knows the peer's host by: its lease's public address in the
+    /// family (PublicIPv6 for an IPv6 side that has one, else PublicIP).
+    pub public_ip: IpAddr,
     pub state: PeerState,
     /// Round trip of the latest answer (in JSON: `last_rtt_ms`, a float, or null).
     #[serde(rename = "last_rtt_ms", serialize_with = "as_millis")]
@@ -344,6 +347,7 @@ impl Prober {
             .map(|(id, peer)| PeerStatus {
                 id: id.clone(),
                 addr: peer.addr,
+                public_ip: peer.public_ip,
                 state: peer.health.state(),
                 last_rtt: peer.health.last_rtt(),
                 loss: peer.health.loss(),
@@ -424,6 +428,7 @@ mod tests {
         let s = PeerStatus {
             id: "198.19.2.0-24".into(),
             addr: "198.19.2.0".parse().unwrap(),
+            public_ip: "198.18.0.2".parse().unwrap(),
             state: PeerState::Reachable,
             last_rtt: Some(Duration::from_micros(1500)),
             loss: 0.25,
@@ -435,8 +440,8 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({
-                "id": "198.19.2.0-24", "addr": "198.19.2.0", "state": "reachable",
-                "last_rtt_ms": 1.5, "loss": 0.25, "since": "2027-01-15T08:00:00.000Z",
+                "id": "198.19.2.0-24", "addr": "198.19.2.0", "public_ip": "198.18.0.2",
+                "state": "reachable", "last_rtt_ms": 1.5, "loss": 0.25, "since": "2027-01-15T08:00:00.000Z",
                 "sent": 8, "lost": 2
             })
         );

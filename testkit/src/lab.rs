@@ -865,6 +865,36 @@ pub fn udp_exchange(
 }
 
 impl Lab {
+    /// Drops VXLAN (UDP 8472) between two underlay addresses, both ways, in the underlay's
+    /// bridge (nftables table `bridge cut`): the pair's overlay path is cut, nothing else.
+    pub fn cut_vxlan(&self, a: &str, b: &str) {
+        self.nft(&["add", "table", "bridge", "cut"]);
+        self.nft(&[
+            "add", "chain", "bridge", "cut", "f", "{", "type", "filter", "hook", "forward",
+            "priority", "0", ";", "}",
+        ]);
+        for (from, to) in [(a, b), (b, a)] {
+            self.nft(&[
+                "add", "rule", "bridge", "cut", "f", "ip", "saddr", from, "ip", "daddr", to, "udp",
+                "dport", "8472", "drop",
+            ]);
+        }
+    }
+
+    /// Undoes [`Lab::cut_vxlan`].
+    pub fn uncut_vxlan(&self) {
+        self.nft(&["delete", "table", "bridge", "cut"]);
+    }
+
+    fn nft(&self, args: &[&str]) {
+        let out = self.underlay.exec(&[&["nft"], args].concat());
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Revokes `subnet`'s lease as an operator would: `weftctl leases revoke` run inside the
     /// underlay. Returns the instant the command was started, to measure how fast the hosts
     /// follow.

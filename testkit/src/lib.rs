@@ -11,6 +11,7 @@
 //! - [`cni`] (the plugin on a lab host), [`plugin`] (the plugin's own tests), [`podman`],
 //!   [`docker`], [`machines`] (systemd machines booted with nspawn).
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
+//! - [`prometheus`]: a real Prometheus scraping a lab and evaluating weft's shipped rules.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
 
@@ -32,5 +33,6 @@ pub mod netns;
 pub mod ping;
 pub mod plugin;
 pub mod podman;
+pub mod prometheus;
 pub mod wait;
 pub mod wg;

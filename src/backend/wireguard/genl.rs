@@ -19,6 +19,7 @@ use netlink_packet_generic::GenlMessage;
 use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
     WireguardCmd, WireguardMessage, WireguardPeer, WireguardPeerAttribute, WireguardPeerFlags,
+    WireguardTimeSpec,
 };
 
 use crate::netlink::socket::{self, Conn, DUMP_ATTEMPTS};
@@ -322,6 +323,7 @@ fn read_peer(attrs: Vec<WireguardPeerAttribute>) -> Result<WgPeer, AnswerError> 
     let mut psk = None;
     let mut endpoint = None;
     let mut keepalive = 0;
+    let mut last_handshake = None;
     for a in attrs {
         match a {
             WireguardPeerAttribute::PublicKey(k) => {
@@ -331,11 +333,13 @@ fn read_peer(attrs: Vec<WireguardPeerAttribute>) -> Result<WgPeer, AnswerError> 
                     allowed_ips: Vec::new(),
                     psk: None,
                     keepalive: 0,
+                    last_handshake: None,
                 })
             }
             WireguardPeerAttribute::PresharedKey(k) => psk = Some(k).filter(|k| *k != [0; 32]),
             WireguardPeerAttribute::Endpoint(e) => endpoint = Some(e),
             WireguardPeerAttribute::PersistentKeepalive(k) => keepalive = k,
+            WireguardPeerAttribute::LastHandshake(t) => last_handshake = handshake_time(t),
             WireguardPeerAttribute::AllowedIps(list) => {
                 for ip in list {
                     let mut addr = None;
@@ -357,7 +361,7 @@ fn read_peer(attrs: Vec<WireguardPeerAttribute>) -> Result<WgPeer, AnswerError> 
                     ips.push(net);
                 }
             }
-            // Handshake time, counters, protocol version: not weft's concern.
+            // Counters, protocol version: not weft's concern.
             _ => {}
         }
     }
@@ -367,7 +371,21 @@ fn read_peer(attrs: Vec<WireguardPeerAttribute>) -> Result<WgPeer, AnswerError> 
     peer.psk = psk;
     peer.endpoint = endpoint;
     peer.keepalive = keepalive;
+    peer.last_handshake = last_handshake;
     Ok(peer)
+}
+
+/// The kernel's handshake time (wall clock); zero means none yet.
+fn handshake_time(t: WireguardTimeSpec) -> Option<std::time::SystemTime> {
+    let (secs, nanos) = (
+        u64::try_from(t.seconds).ok()?,
+        u32::try_from(t.nano_seconds).ok()?,
+    );
+    if secs == 0 && nanos == 0 {
+        return None;
+    }
+    let since = std::time::Duration::new(secs, nanos.min(999_999_999));
+    std::time::SystemTime::UNIX_EPOCH.checked_add(since)
 }
 
 /// The device in a GET_DEVICE dump (all its messages, up to NLMSG_DONE). A device with many
@@ -515,6 +533,7 @@ mod tests {
             allowed_ips: vec!["198.19.2.0/24".parse().unwrap()],
             psk: Some([1; 32]),
             keepalive: 25,
+            last_handshake: None,
         }
     }
 
@@ -525,6 +544,7 @@ mod tests {
             allowed_ips: vec!["2001:db8:100:2::/64".parse().unwrap()],
             psk: None,
             keepalive: 0,
+            last_handshake: None,
         }
     }
 
@@ -762,6 +782,7 @@ mod tests {
                     .unwrap()],
                     psk: Some([7; 32]),
                     keepalive: 25,
+                    last_handshake: None,
                 }
             })
             .collect();
@@ -994,6 +1015,7 @@ mod tests {
                         allowed_ips,
                         psk: psk.map(|b| [b; 32]),
                         keepalive,
+                        last_handshake: None,
                     })
                     .collect()
             })

@@ -21,7 +21,8 @@ use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use {
     super::{
-        DevicePeer, DeviceSpec, Host, HostSecrets, Identity, Peer, PeerId, PeerObjects, TunnelPeer,
+        DevicePeer, DeviceSpec, Handshake, Host, HostSecrets, Identity, Peer, PeerId, PeerObjects,
+        TunnelPeer,
     },
     crate::iface::ExtIface,
     crate::netlink::{Mac, Route, RouteScope},
@@ -218,6 +219,9 @@ pub struct WgPeer {
     pub psk: Option<Key>,
     /// Seconds; 0 is off.
     pub keepalive: u16,
+    /// When the device last completed a handshake with the peer (None: never, or a peer
+    /// weft is about to write). Read back, never written, and no part of [`DevicePeer::same`].
+    pub last_handshake: Option<std::time::SystemTime>,
 }
 
 /// The WireGuard part of a lease: the host's public key and the port it listens on.
@@ -378,6 +382,7 @@ impl Backend for WireguardConfig {
                 allowed_ips,
                 psk: self.psk,
                 keepalive: self.keepalive,
+                last_handshake: None,
             }))),
             ..PeerObjects::default()
         })
@@ -494,6 +499,19 @@ impl DevicePeer for WgPeer {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    /// Named by the first of its allowed IPs, the peer's subnet (a lease's key part, stable
+    /// for the host's life, unlike its endpoint): what `/peers` calls it too.
+    fn handshake(&self) -> Option<Handshake> {
+        let peer = match self.allowed_ips.first() {
+            Some(net) => net.to_string(),
+            None => format_key(&self.public_key),
+        };
+        Some(Handshake {
+            peer,
+            last: self.last_handshake,
+        })
     }
 }
 
@@ -629,6 +647,7 @@ mod tests {
                 allowed_ips: vec![],
                 psk: None,
                 keepalive: 0,
+                last_handshake: None,
             },
         })
     }
@@ -829,6 +848,7 @@ mod tests {
             allowed_ips: vec![],
             psk: None,
             keepalive: 0,
+            last_handshake: None,
         };
         have.push(stranger);
         let change = diff_tunnel(&d.tunnel, &peers(&have));

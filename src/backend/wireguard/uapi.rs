@@ -7,7 +7,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::{Key, WgPeer};
 
@@ -106,7 +106,13 @@ pub fn parse_get(text: &str) -> Result<DeviceState, String> {
                 allowed_ips: Vec::new(),
                 psk: None,
                 keepalive: 0,
+                last_handshake: None,
             }),
+            "last_handshake_time_sec" | "last_handshake_time_nsec" => {
+                let peer = dev.peers.last_mut().ok_or_else(bad)?;
+                let n: u64 = v.parse().map_err(|_| bad())?;
+                peer.last_handshake = add_handshake_part(peer.last_handshake, k, n);
+            }
             "preshared_key" | "endpoint" | "persistent_keepalive_interval" | "allowed_ip" => {
                 let peer = dev.peers.last_mut().ok_or_else(bad)?;
                 match k {
@@ -120,11 +126,24 @@ pub fn parse_get(text: &str) -> Result<DeviceState, String> {
                     _ => peer.allowed_ips.push(v.parse().map_err(|_| bad())?),
                 }
             }
-            // Counters, handshake times, fwmark, protocol version: not weft's concern.
+            // Counters, fwmark, protocol version: not weft's concern.
             _ => {}
         }
     }
     Ok(dev)
+}
+
+/// The handshake time so far with one of its two lines (seconds, nanoseconds) added; the
+/// protocol gives both as 0 for a peer without a handshake, which stays None.
+fn add_handshake_part(so_far: Option<SystemTime>, key: &str, n: u64) -> Option<SystemTime> {
+    let part = match key {
+        "last_handshake_time_sec" => Duration::from_secs(n),
+        _ => Duration::from_nanos(n.min(999_999_999)),
+    };
+    if part.is_zero() {
+        return so_far;
+    }
+    so_far.unwrap_or(SystemTime::UNIX_EPOCH).checked_add(part)
 }
 
 /// Sends `request` and returns the answer up to its `errno` line, checking the errno.
@@ -199,6 +218,7 @@ mod tests {
             allowed_ips: vec!["198.19.2.0/24".parse().unwrap()],
             psk: Some([1; 32]),
             keepalive: 25,
+            last_handshake: None,
         }
     }
 
@@ -244,6 +264,17 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v6.peers[0].psk, None);
+        assert_eq!(v6.peers[0].last_handshake, None);
+        // A handshake is read as wall-clock time, from its two lines.
+        let shook = parse_get(&format!(
+            "public_key={}\nlast_handshake_time_sec=1800000000\nlast_handshake_time_nsec=500000000\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(
+            shook.peers[0].last_handshake,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_500))
+        );
         assert_eq!(
             v6.peers[0].endpoint,
             Some("[2001:db8::2]:51821".parse().unwrap())

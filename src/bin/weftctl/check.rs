@@ -132,7 +132,6 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
     }
     match report.findings.len() {
         0 => Ok(()),
-        1 => bail!("1 problem on this host"),
-        n => bail!("{n} problems on this host"),
+        n => bail!("{} on this host", super::text::count(n as u64, "problem")),
     }
 }

@@ -88,6 +88,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write weftctl's manual pages into DIR: weftctl(1) and one per subcommand
+    /// (weftctl-leases(1), weftctl-leases-show(1), ...), made from these definitions by
+    /// clap_mangen; the package is built with them.
+    #[command(hide = true)]
+    ManPages { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,15 @@ fn main() -> ExitCode {
         Command::Completions { shell } => {
             let mut out = std::io::stdout();
             clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+            return ExitCode::SUCCESS;
+        }
+        Command::ManPages { dir } => {
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir));
+            if let Err(e) = written {
+                esay!("weftctl: writing manual pages into {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
             return ExitCode::SUCCESS;
         }
         Command::DockerOpts(args) => {
@@ -145,6 +159,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Reservations(cmd) => reservations::run(&store, out, cmd).await,
         Command::Check(args) => check::run(&store, out, args).await,
         // Handled by main before this point.
-        Command::Completions { .. } | Command::DockerOpts(_) | Command::Status(_) => Ok(()),
+        Command::Completions { .. }
+        | Command::ManPages { .. }
+        | Command::DockerOpts(_)
+        | Command::Status(_) => Ok(()),
     }
 }

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
+use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use weft::config::NetworkConfig;
 use weft::status::view::{ClusterView, Host, HostState, PAIRS_SHOWN};
 use weft::store::{EtcdOptions, EtcdStore, Reclaimed, StoreError};
 
-use super::text::short_duration;
+use super::text::{count, short_duration};
 use super::Format;
 
 /// Exit codes of `weftctl status`.
@@ -216,8 +217,7 @@ fn print_summary(
     match problems.len() {
         0 => writeln!(o, "healthy")?,
         n => {
-            let s = if n == 1 { "" } else { "s" };
-            writeln!(o, "unhealthy: {n} problem{s}")?;
+            writeln!(o, "unhealthy: {}", count(n as u64, "problem"))?;
             for p in problems {
                 writeln!(o, "  {p}")?;
             }
@@ -256,6 +256,15 @@ fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Resul
     Ok(())
 }
 
+/// A host as an operator knows it: its subnet and its public address from its lease (the
+/// status record names peers by subnet only; the lease listing has the rest).
+fn host_name(view: &ClusterView, subnet: Ipv4Net) -> String {
+    match view.hosts.iter().find(|h| h.lease.subnet == subnet) {
+        Some(h) => format!("{subnet} ({})", h.lease.attrs.public_ip),
+        None => format!("{subnet} (no lease)"),
+    }
+}
+
 /// The pairs that cannot reach each other, as the hosts report them: the first few named,
 /// the rest counted (a record names only its longest unreachable peers).
 fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
@@ -266,25 +275,27 @@ fn print_reach(o: &mut impl Write, view: &ClusterView) -> Result<()> {
         }
         pairs => {
             let n = pairs.len();
-            writeln!(o, "reach:     {n} pairs cannot reach each other")?;
+            writeln!(
+                o,
+                "reach:     {} cannot reach each other",
+                count(n as u64, "pair")
+            )?;
             for p in pairs.iter().take(PAIRS_SHOWN) {
-                writeln!(o, "  {} <-> {} since {}", p.a, p.b, p.since)?;
+                let (a, b) = (host_name(view, p.a), host_name(view, p.b));
+                writeln!(o, "  {a} <-> {b} since {}", p.since)?;
             }
             if n > PAIRS_SHOWN {
-                let more = n - PAIRS_SHOWN;
-                writeln!(
-                    o,
-                    "  … {more} more pairs (weftctl status -o json lists them)"
-                )?;
+                let more = count((n - PAIRS_SHOWN) as u64, "more pair");
+                writeln!(o, "  … {more} (weftctl status -o json lists them)")?;
             }
         }
     }
     if u.peers > 0 {
         writeln!(
             o,
-            "  … and {} unreachable peers counted by {} hosts but not named (/peers on each \
-             host lists them)",
-            u.peers, u.hosts
+            "  … and {} counted by {} but not named (/peers on each host lists them)",
+            count(u.peers, "unreachable peer"),
+            count(u.hosts, "host"),
         )?;
     }
     Ok(())
@@ -299,14 +310,17 @@ fn print_repairs(
 ) -> Result<()> {
     let repairs = view.recent_repairs(args.repairs_within, now);
     let within = humantime::format_duration(args.repairs_within);
-    let n = repairs.len();
-    writeln!(o, "repairs:   {n} hosts repaired drift within {within}")?;
+    let n = count(repairs.len() as u64, "host");
+    writeln!(o, "repairs:   {n} repaired drift within {within}")?;
     for h in repairs {
         let r = h.record.as_ref().map(|r| &r.drift_repairs);
         let last = r.and_then(|r| r.last).map_or("-".into(), |t| t.to_string());
-        let count = r.map_or(0, |r| r.count);
-        let subnet = h.lease.subnet.to_string();
-        writeln!(o, "  {subnet:<18} {count} repairs, last {last}")?;
+        let repairs = count(r.map_or(0, |r| r.count), "repair");
+        let (subnet, ip) = (
+            h.lease.subnet.to_string(),
+            h.lease.attrs.public_ip.to_string(),
+        );
+        writeln!(o, "  {subnet:<18} {ip:<15} {repairs}, last {last}")?;
     }
     Ok(())
 }
@@ -321,8 +335,8 @@ fn print_pool(o: &mut impl Write, view: &ClusterView, args: &StatusArgs) -> Resu
     };
     writeln!(
         o,
-        "pool:      {} subnets: {} used, {} reserved, {} free ({:.1}% free){low}",
-        p.total,
+        "pool:      {}: {} used, {} reserved, {} free ({:.1}% free){low}",
+        count(p.total, "subnet"),
         p.used,
         p.reserved,
         p.free,
@@ -349,7 +363,8 @@ fn print_matrix(o: &mut impl Write, view: &ClusterView) -> Result<()> {
          counts more than it names: ~"
     )?;
     for (i, h) in hosts.iter().enumerate() {
-        writeln!(o, "  {i:>2}  {}", h.lease.subnet)?;
+        let (subnet, ip) = (h.lease.subnet.to_string(), h.lease.attrs.public_ip);
+        writeln!(o, "  {i:>2}  {subnet:<18} {ip}")?;
     }
     let head: String = (0..hosts.len()).map(|i| format!("{i:>3}")).collect();
     writeln!(o, "     {head}")?;
@@ -434,7 +449,8 @@ fn confirmed(n: usize) -> Result<bool> {
     }
     write!(
         weft::show::Safe(std::io::stdout()),
-        "remove {n} leases? [y/N] "
+        "remove {}? [y/N] ",
+        count(n as u64, "lease")
     )?;
     std::io::stdout().flush()?;
     let mut line = String::new();

@@ -16,3 +16,25 @@ pub fn short_duration(d: Duration) -> String {
         format!("{sec}s")
     }
 }
+
+/// `1 pair`, `2 pairs`, `0 pairs`: a count with its noun in the right number (every noun
+/// weftctl counts takes a plain `s`).
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    match n.into() {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_count_is_singular_for_one_only() {
+        assert_eq!(count(0u32, "pair"), "0 pairs");
+        assert_eq!(count(1u32, "pair"), "1 pair");
+        assert_eq!(count(2u32, "pair"), "2 pairs");
+        assert_eq!(count(1u64, "problem"), "1 problem");
+    }
+}
