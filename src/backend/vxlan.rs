@@ -304,21 +304,30 @@ impl Backend for VxlanConfig {
     /// the new one and a host on the old (flannel hosts keep theirs until restarted) could no
     /// longer reach each other.
     fn setting_change(&self, key: &str, old: &Value, new: &Value) -> SettingChange {
-        let split = |what: &str| {
+        let split = |what: &str, old: &Value, new: &Value| {
             SettingChange::Refused(format!(
                 "hosts on {what} {old} and on {new} cannot reach each other, and flannel hosts keep {old} until restarted; every host would have to move at one instant"
             ))
         };
+        // Port 0 is the kernel's default, which is flannel's.
+        let port = |v: &Value| match v.as_u64() {
+            None | Some(0) => Value::from(KERNEL_PORT),
+            Some(p) => Value::from(p),
+        };
         match key {
             "Learning" | "DirectRouting" => SettingChange::Live,
             "MTU" => super::mtu_change(old, new),
-            "VNI" => split("VNI"),
-            "Port" => split("UDP port"),
-            "GBP" => split("GBP"),
+            "VNI" => split("VNI", old, new),
+            "Port" if port(old) == port(new) => SettingChange::Live,
+            "Port" => split("UDP port", &port(old), &port(new)),
+            "GBP" => split("GBP", old, new),
             _ => SettingChange::Refused(format!("weft does not change {key} on running hosts")),
         }
     }
 }
+
+/// The UDP port the kernel gives a VXLAN device made with port 0.
+const KERNEL_PORT: u64 = 8472;
 
 /// `weftctl leases` shows each host's VTEP MAC (it is in `backend_data` already).
 pub const SUMMARY: Option<Summary> = Some(Summary {

@@ -287,6 +287,11 @@ mod tests {
             "{}",
             c.verdict
         );
+        // The kernel's default port written out is no move.
+        assert_eq!(
+            one(VX, &with(r#""Port":8472"#), &l).verdict,
+            Verdict::Live(None)
+        );
         // Raising an explicit MTU disturbs nobody.
         let c = one(&with(r#""MTU":1400"#), &with(r#""MTU":1450"#), &l);
         assert_eq!(c.verdict, Verdict::Live(None));

@@ -18,5 +18,6 @@ pub use moving::{
     needs_old, running, HostMove, Need, Running, Settle, Situation, DROP_AFTER, SETTLE,
 };
 pub use record::{
-    next, Hosts, Migration, Next, RecordError, Refusal, RunningConfig, RECORD_VERSION,
+    judge, next, Hosts, Judgement, Migration, Next, RecordError, Refusal, RunningConfig,
+    RECORD_VERSION,
 };

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::change::{classify, Verdict};
+use super::change::{classify, KeyChange, Verdict};
 use crate::config::{BackendConfig, NetworkConfig};
 use crate::lease::Lease;
 
@@ -250,24 +250,65 @@ pub fn next(record: Option<(&RunningConfig, i64)>, current: Current, leases: &[L
             guard: Some(rec_rev),
         };
     };
-    let refused: Vec<String> = (classify(&old, &new, leases).into_iter())
-        .filter_map(|c| match c.verdict {
-            Verdict::Refused(why) => Some(format!("{} {} → {}: {why}", c.key, c.old, c.new)),
-            _ => None,
-        })
-        .collect();
-    let record = if refused.is_empty() {
-        rec.accept(&old, &new, new.raw.clone(), Some(rev), rec_rev, Hosts::All)
-    } else {
-        RunningConfig {
-            refused: Some(Refusal { rev, why: refused }),
+    let j = judge(rec, rec_rev, &old, &new, Some(rev), leases, Hosts::All);
+    let record = match j.accepted {
+        Some(r) => r,
+        None => RunningConfig {
+            refused: Some(Refusal {
+                rev,
+                why: j.refusals(),
+            }),
             ..rec.clone()
-        }
+        },
     };
     Next::Write {
         record: Box::new(record),
         guard: Some(rec_rev),
     }
+}
+
+/// What running hosts do with a new document: each changed key with its verdict, and the
+/// record that follows when no key is refused. weftd (through [`next`]) and `weftctl config
+/// set` both decide here, so what weftctl promises is what hosts do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub changes: Vec<KeyChange>,
+    pub accepted: Option<RunningConfig>,
+}
+
+impl Judgement {
+    /// A line per refused key: `KEY OLD → NEW: why`.
+    pub fn refusals(&self) -> Vec<String> {
+        (self.changes.iter())
+            .filter_map(|c| match &c.verdict {
+                Verdict::Refused(why) => Some(format!("{} {} → {}: {why}", c.key, c.old, c.new)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether some key's change disturbs traffic (the operator confirms it).
+    pub fn disturbs(&self) -> bool {
+        (self.changes.iter()).any(|c| matches!(c.verdict, Verdict::Disturbs(_)))
+    }
+}
+
+/// Judges `new` (stored at `rev`; None: in one transaction with its record) against `old`,
+/// the config of `rec` (at mod revision `rec_rev`), given the leases; a changed
+/// `Backend.Type` moves `hosts`.
+pub fn judge(
+    rec: &RunningConfig,
+    rec_rev: i64,
+    old: &NetworkConfig,
+    new: &NetworkConfig,
+    rev: Option<i64>,
+    leases: &[Lease],
+    hosts: Hosts,
+) -> Judgement {
+    let changes = classify(old, new, leases);
+    let refused = changes.iter().any(|c| c.verdict.is_refused());
+    let accepted = (!refused).then(|| rec.accept(old, new, new.raw.clone(), rev, rec_rev, hosts));
+    Judgement { changes, accepted }
 }
 
 #[cfg(test)]
