@@ -2,6 +2,7 @@
 //! [`Facts`] to a [`StatusFeed`]; its task writes the host's [`StatusRecord`] when they change
 //! and keeps the record's short etcd lease alive, so the record vanishes with the host.
 
+pub mod behind;
 mod record;
 mod ring;
 pub mod view;

@@ -9,7 +9,8 @@ use weft::iface::{self, IfaceSelect};
 use weft::lease::Lease;
 use weft::live::RunningConfig;
 use weft::netlink::Netlink;
-use weft::store::{EtcdStore, StoreError};
+use weft::status::StatusRecord;
+use weft::store::{ConfigKeys, EtcdStore, StoreError};
 use weft::subnet_env::SubnetEnv;
 
 use super::Format;
@@ -34,8 +35,10 @@ pub struct CheckArgs {
 
 /// The config the network runs (the record weftd follows; the document where there is none
 /// yet), and the backend a migration under way moves from.
-async fn running_config(store: &EtcdStore) -> Result<(NetworkConfig, Option<BackendConfig>)> {
-    let keys = store.config_keys().await?;
+async fn running_config(
+    store: &EtcdStore,
+    keys: &ConfigKeys,
+) -> Result<(NetworkConfig, Option<BackendConfig>)> {
     if let Some((bytes, _)) = &keys.running {
         let record = RunningConfig::parse(&store.running_key(), bytes)?;
         let cfg = record.network().map_err(|problems| StoreError::Config {
@@ -49,6 +52,27 @@ async fn running_config(store: &EtcdStore) -> Result<(NetworkConfig, Option<Back
         .await?
         .ok_or_else(|| anyhow!("no network config in etcd at {}", store.config_key()))?;
     Ok((cfg, None))
+}
+
+/// What this host's status record says of the config it runs, when that is not the newest
+/// revision of `<prefix>/config` (see weft::status::behind).
+async fn config_behind(
+    store: &EtcdStore,
+    keys: &ConfigKeys,
+    own: &Lease,
+) -> Result<Option<Finding>> {
+    let Some((_, newest)) = &keys.config else {
+        return Ok(None);
+    };
+    let Some(bytes) = store.get_status(&own.key_name()).await? else {
+        return Ok(None);
+    };
+    let record = StatusRecord::parse(&store.status_key(&own.key_name()), &bytes)?;
+    let why = match &record.config {
+        Some(c) => weft::status::behind::why_behind(c, *newest),
+        None => Some("weftd does not report which config it runs".into()),
+    };
+    Ok(why.map(|w| Finding(format!("config: this host {w}"))))
 }
 
 /// The backends this host runs: of the config's and a migration's old one, those its lease
@@ -72,7 +96,8 @@ fn backends_run(
 /// `weftctl check`: findings on stdout (one per line, or JSON), leases this host cannot mend
 /// as notes on stderr; an error (exit 1) when anything is wrong.
 pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
-    let (cfg, from) = running_config(store).await?;
+    let keys = store.config_keys().await?;
+    let (cfg, from) = running_config(store, &keys).await?;
     // The check never reads an expiry: one read, no look-up per lease.
     let list = store.list_leases_untimed(Some(&cfg)).await?;
     let env = SubnetEnv::read(&args.subnet_file).ok();
@@ -107,6 +132,11 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
     report
         .findings
         .extend(weft::check::container_bridges(&mut nl)?);
+    if let Some(own) = own {
+        report
+            .findings
+            .extend(config_behind(store, &keys, own).await?);
+    }
     for s in &list.skipped {
         report.notes.push(Finding(format!(
             "key {} is not a usable lease: {}",
