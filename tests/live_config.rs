@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::lab::{Host, Lab, VXLAN_CONFIG, VXLAN_DEVICE};
+use testkit::lab6::DUAL_CONFIG;
 use testkit::leases::CONFIG_KEY;
 use testkit::ping::Pinger;
+use testkit::wg::{WG_CONFIG, WG_DEVICE};
 
 /// How long the fleet may take to report a new revision: a status record is written at most
 /// every 5 s, plus a second for the change to be judged and applied.
@@ -123,8 +125,8 @@ fn device_mtu(h: &Host) -> String {
     h.ns.ip(&["-o", "link", "show", VXLAN_DEVICE])
 }
 
-fn three_hosts_pinging() -> (Lab, Vec<Pinger>) {
-    let mut lab = Lab::new(3, VXLAN_CONFIG);
+/// `lab`'s hosts started, on the fleet's revision, their containers pinging around.
+fn pinging(mut lab: Lab) -> (Lab, Vec<Pinger>) {
     lab.start_all(&[]);
     lab.add_containers();
     lab.wait_converged();
@@ -132,6 +134,10 @@ fn three_hosts_pinging() -> (Lab, Vec<Pinger>) {
     let pingers = ping_ring(&lab);
     std::thread::sleep(Duration::from_millis(300));
     (lab, pingers)
+}
+
+fn three_hosts_pinging() -> (Lab, Vec<Pinger>) {
+    pinging(Lab::new(3, VXLAN_CONFIG))
 }
 
 #[test]
@@ -246,4 +252,115 @@ fn refused_keys_are_refused_with_their_reason_and_disturb_nothing() {
     lab.etcd.put(CONFIG_KEY, VXLAN_CONFIG);
     wait_fleet_on_newest(&lab, started, "the running config written back");
     no_loss(pingers, "while refused keys were written");
+}
+
+#[test]
+fn wireguard_psk_and_keepalive_reach_every_peer_with_no_packet_lost() {
+    let lab = testkit::wg::wg_lab(3, WG_CONFIG, &[]);
+    wait_fleet_on_newest(&lab, Instant::now(), "at start");
+    let pingers = ping_ring(&lab);
+    std::thread::sleep(Duration::from_millis(300));
+    // A fixed test key (genpsk's format): the PSK is a secret weftctl never prints.
+    let psk = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let doc = format!(
+        r#"{{"Network":"198.19.0.0/16","Backend":{{"Type":"wireguard","PSK":"{psk}","PersistentKeepaliveInterval":25}}}}"#
+    );
+    let started = Instant::now();
+    let o = config_set(&lab, &doc, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("Backend.PSK: - → (hidden): applied live"),
+        "{out}"
+    );
+    assert!(!out.contains(psk), "the PSK was printed: {out}");
+    assert!(
+        out.contains("Backend.PersistentKeepaliveInterval: 0 → 25: applied live"),
+        "{out}"
+    );
+    let all_set = until(REPORTED, || {
+        lab.hosts.iter().all(|h| {
+            let peers = h.wg_peers(WG_DEVICE);
+            peers.len() == 2 && peers.iter().all(|p| p.psk == psk && p.keepalive == "25")
+        })
+    });
+    let peers: Vec<_> = lab.hosts.iter().map(|h| h.wg_peers(WG_DEVICE)).collect();
+    assert!(all_set, "{peers:?}");
+    eprintln!(
+        "PSK and keepalive on every peer after {:?}",
+        started.elapsed()
+    );
+    wait_fleet_on_newest(&lab, started, "PSK and keepalive");
+    // A running session keeps its keys until its next handshake (within 2 minutes), which
+    // both ends then make with the PSK; the pings run on a while to cover the peers' update.
+    std::thread::sleep(Duration::from_secs(2));
+    no_loss(pingers, "while the PSK and keepalive changed");
+}
+
+#[test]
+fn a_narrower_range_and_ipv6_turned_on_reach_every_host_with_no_packet_lost() {
+    let (lab, pingers) = pinging(Lab::dual(3, VXLAN_CONFIG));
+
+    // SubnetMax down to the highest subnet leased: new leases come from the new range.
+    let max = lab.hosts.iter().map(|h| h.subnet()).max().unwrap().addr();
+    let doc = format!(
+        r#"{{"Network":"198.19.0.0/16","SubnetMax":"{max}","Backend":{{"Type":"vxlan"}}}}"#
+    );
+    let started = Instant::now();
+    let o = config_set(&lab, &doc, &[]);
+    assert!(
+        text(&o).contains("SubnetMax: 198.19.255.0 → "),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("new leases come from the new range"),
+        "{}",
+        text(&o)
+    );
+    wait_fleet_on_newest(&lab, started, "SubnetMax");
+
+    // IPv6 on: every host takes an IPv6 subnet beside its IPv4 one.
+    let v4: Vec<_> = lab.hosts.iter().map(Host::subnet).collect();
+    let started = Instant::now();
+    let o = config_set(&lab, DUAL_CONFIG, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("EnableIPv6: false → true: applied live"),
+        "{}",
+        text(&o)
+    );
+    let dual = until(REPORTED, || {
+        (lab.hosts.iter()).all(|h| {
+            std::fs::read_to_string(&h.subnet_file)
+                .is_ok_and(|t| t.contains("FLANNEL_IPV6_SUBNET="))
+        })
+    });
+    assert!(
+        dual,
+        "{:#?}",
+        lab.hosts.iter().map(Host::logs).collect::<Vec<_>>()
+    );
+    eprintln!("IPv6 subnets on every host after {:?}", started.elapsed());
+    wait_fleet_on_newest(&lab, started, "EnableIPv6");
+    assert_eq!(
+        lab.hosts.iter().map(Host::subnet).collect::<Vec<_>>(),
+        v4,
+        "IPv4 subnets kept"
+    );
+    lab.hosts.iter().for_each(Host::add_container6);
+    for (i, a) in lab.hosts.iter().enumerate() {
+        let b = &lab.hosts[(i + 1) % lab.hosts.len()];
+        let ok = until(Duration::from_secs(5), || {
+            a.ping6_from_container(b.container_ip6())
+        });
+        assert!(
+            ok,
+            "{} cannot reach {} over IPv6:\n{}",
+            a.ns.name(),
+            b.ns.name(),
+            a.logs()
+        );
+    }
+    no_loss(pingers, "while the range narrowed and IPv6 was turned on");
 }
