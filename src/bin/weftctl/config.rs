@@ -33,13 +33,37 @@ pub enum ConfigCmd {
         /// Only show what running hosts would do; store nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With a new Backend.Type: only these hosts move for now (IPv4 subnets,
+        /// comma-separated; `weftctl migrate` tells more); default every host.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<ipnet::Ipv4Net>,
     },
 }
 
 pub async fn run(store: &EtcdStore, out: Format, cmd: ConfigCmd) -> Result<()> {
     match cmd {
         ConfigCmd::Get { show_secrets } => get(store, out, show_secrets).await,
-        ConfigCmd::Set { file, yes, dry_run } => set(store, &file, yes, dry_run).await,
+        ConfigCmd::Set {
+            file,
+            yes,
+            dry_run,
+            hosts,
+        } => {
+            let hosts = match hosts.is_empty() {
+                true => Hosts::All,
+                false => Hosts::Some(hosts.iter().map(|n| n.trunc()).collect()),
+            };
+            set(
+                store,
+                &file,
+                Flags {
+                    yes,
+                    dry_run,
+                    hosts,
+                },
+            )
+            .await
+        }
     }
 }
 
@@ -128,7 +152,20 @@ fn running_record(store: &EtcdStore, keys: &ConfigKeys) -> Result<Option<(Runnin
 /// Validates the config, judges it against the running one and the leases, prints the
 /// verdict of each changed key, and stores it with its record (both guarded by what was
 /// read) unless a key is refused, or disturbs traffic without `--yes`.
-async fn set(store: &EtcdStore, file: &str, yes: bool, dry_run: bool) -> Result<()> {
+/// How `config set` goes about it.
+struct Flags {
+    yes: bool,
+    dry_run: bool,
+    /// The hosts a new Backend.Type moves.
+    hosts: Hosts,
+}
+
+async fn set(store: &EtcdStore, file: &str, flags: Flags) -> Result<()> {
+    let Flags {
+        yes,
+        dry_run,
+        hosts,
+    } = flags;
     let text = read_input(file)?;
     let key = store.config_key();
     let new = NetworkConfig::parse(&text).map_err(|problems| StoreError::Config {
@@ -144,7 +181,7 @@ async fn set(store: &EtcdStore, file: &str, yes: bool, dry_run: bool) -> Result<
                 problems,
             })?;
             let leases = store.list_leases_untimed(None).await?.leases;
-            let j = live::judge(rec, *rec_rev, &old, &new, None, &leases, Hosts::All);
+            let j = live::judge(rec, *rec_rev, &old, &new, None, &leases, hosts);
             say_changes(&j, &keys);
             if !j.refusals().is_empty() {
                 bail!("refused while the network runs; nothing written to {key}");

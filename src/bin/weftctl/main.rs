@@ -27,6 +27,7 @@ mod check;
 mod config;
 mod docker;
 mod leases;
+mod migrate;
 mod reservations;
 mod status;
 mod text;
@@ -73,6 +74,8 @@ pub enum Command {
     /// backends, unreachable pairs, drift repairs, the subnet pool, etcd. Exit 0 when
     /// healthy, 1 when not, 3 when etcd cannot be reached.
     Status(status::StatusArgs),
+    /// A change of Backend.Type under way: show it, or tell more hosts (or all) to move.
+    Migrate(migrate::MigrateArgs),
     /// Subnets pinned to a PublicIP; they never expire.
     #[command(subcommand)]
     Reservations(reservations::ReservationsCmd),
@@ -158,6 +161,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Leases { command } => leases::run(&store, out, command).await,
         Command::Reservations(cmd) => reservations::run(&store, out, cmd).await,
         Command::Check(args) => check::run(&store, out, args).await,
+        Command::Migrate(args) => migrate::run(&store, args).await,
         // Handled by main before this point.
         Command::Completions { .. }
         | Command::ManPages { .. }
