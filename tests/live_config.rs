@@ -5,60 +5,19 @@
 //! leaves every host as it ran; `weftctl status` and `weftctl check` name hosts that do not
 //! run the newest revision, and why.
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::lab::{Host, Lab, VXLAN_CONFIG, VXLAN_DEVICE};
 use testkit::lab6::DUAL_CONFIG;
 use testkit::leases::CONFIG_KEY;
+use testkit::live::{config_set, text, until, weftctl};
 use testkit::ping::Pinger;
 use testkit::wg::{WG_CONFIG, WG_DEVICE};
 
 /// How long the fleet may take to report a new revision: a status record is written at most
 /// every 5 s, plus a second for the change to be judged and applied.
 const REPORTED: Duration = Duration::from_secs(12);
-
-/// Polls `done` every 250 ms (each poll runs weftctl) for up to `patience`.
-fn until(patience: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + patience;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// weftctl run inside the underlay against the lab's etcd, as an operator's machine would.
-fn weftctl(lab: &Lab, args: &[&str]) -> Output {
-    let weftctl = testkit::bins::weftctl().display().to_string();
-    let url = lab.etcd.client_url();
-    let mut full = vec![weftctl.as_str(), "--etcd-endpoints", &url];
-    full.extend_from_slice(args);
-    lab.underlay.exec(&full)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `weftctl config set` of `doc` (written to a file in the lab's dir) with `extra` flags.
-fn config_set(lab: &Lab, doc: &str, extra: &[&str]) -> Output {
-    let path = lab.dir.path().join("config.json");
-    std::fs::write(&path, doc).unwrap();
-    let path = path.display().to_string();
-    let mut args = vec!["config", "set", path.as_str()];
-    args.extend_from_slice(extra);
-    weftctl(lab, &args)
-}
 
 /// The mod revision of `<prefix>/config`.
 fn config_rev(lab: &Lab) -> i64 {

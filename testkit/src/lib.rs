@@ -12,6 +12,7 @@
 //!   [`docker`], [`machines`] (systemd machines booted with nspawn).
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
 //! - [`prometheus`]: a real Prometheus scraping a lab and evaluating weft's shipped rules.
+//! - [`live`]: weftctl against a lab, as an operator changes a running network.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
 
@@ -28,6 +29,7 @@ pub mod http;
 pub mod lab;
 pub mod lab6;
 pub mod leases;
+pub mod live;
 pub mod machines;
 pub mod netns;
 pub mod ping;
