@@ -2,7 +2,21 @@
 //! unaware), applied but disturbing traffic (the operator confirms), or refused while the
 //! network runs. The rules of the keys every network has are here; each backend judges its
 //! own settings ([`crate::backend::Backend::setting_change`]). A network with no lease runs
-//! nowhere yet, so nothing is refused there.
+//! nowhere yet, so nothing is refused there. The README's table says the same:
+//!
+//! | key | verdict |
+//! |---|---|
+//! | `Network`, `SubnetLen`, `IPv6Network`, `IPv6SubnetLen` | live while every lease fits; else refused |
+//! | `SubnetMin`, `SubnetMax`, `IPv6SubnetMin`, `IPv6SubnetMax` | live; disturbs when leases lie outside |
+//! | `EnableIPv6` | on: live; off: refused while IPv6 subnets are leased |
+//! | `EnableNFTables` | live |
+//! | `Backend.Type` | a migration (live; disturbs when containers get a smaller MTU); refused while a host speaks a third backend |
+//! | vxlan `DirectRouting`, `Learning` | live |
+//! | vxlan, wireguard `MTU` | raised: live; lowered or to/from 0: disturbs |
+//! | vxlan `VNI`, `Port`, `GBP` | refused |
+//! | wireguard `PSK`, `PersistentKeepaliveInterval` | live |
+//! | wireguard `ListenPort`, `ListenPortV6` | disturbs |
+//! | wireguard `Mode`, any other backend setting | refused |
 
 use serde_json::{Map, Value};
 
