@@ -184,10 +184,11 @@ impl Agent {
         self.moving
             .settle
             .note(target, &self.peers.snapshot(), now, at_start);
-        if let Some(t) = self.moving.settle.next_settling(now) {
+        let own = self.own.subnet;
+        if let Some(t) = self.moving.settle.next_settling(now, own) {
             self.moving.wake(t);
         }
-        Some(Arc::new(self.moving.settle.settled(now)))
+        Some(Arc::new(self.moving.settle.settled(now, own)))
     }
 
     /// After the leases changed or time passed: the old backend goes once no peer needs it

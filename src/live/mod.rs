@@ -15,7 +15,7 @@ pub mod record;
 
 pub use change::{classify, KeyChange, Verdict};
 pub use moving::{
-    needs_old, running, HostMove, Need, Running, Settle, Situation, DROP_AFTER, SETTLE,
+    needs_old, running, HostMove, Need, Running, Settle, Situation, DROP_AFTER, LEAD, SETTLE,
 };
 pub use record::{
     judge, next, Hosts, Judgement, Migration, Next, RecordError, Refusal, RunningConfig,

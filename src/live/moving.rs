@@ -18,6 +18,12 @@ use crate::lease::{Lease, LeaseAttrs};
 /// uses it: far above the milliseconds etcd takes to deliver a lease to every host.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// How much later than the other end a pair's end with the higher subnet moves: the lower
+/// one sends first and so alone starts the new backend's handshake (WireGuard's), which the
+/// higher one answers before it sends over it. Two ends that start handshakes at one instant
+/// were seen to lose 1–5 s of traffic (wireguard-go retrying after its 5 s rekey timeout).
+pub const LEAD: Duration = Duration::from_secs(1);
+
 /// How long the old backend stays after the last pair moved off it: a peer that read the
 /// same leases a moment later may still send over it meanwhile.
 pub const DROP_AFTER: Duration = Duration::from_secs(3);
@@ -175,18 +181,25 @@ impl Settle {
         self.seen = keep;
     }
 
-    /// The subnets whose advertisement has been known for [`SETTLE`] at `now`.
-    pub fn settled(&self, now: Instant) -> BTreeSet<Ipv4Net> {
+    /// When the advertisement of `subnet`, first seen `at`, counts as settled for the host
+    /// of `own`: after [`SETTLE`], and [`LEAD`] more when the other end's subnet is lower.
+    fn due(subnet: Ipv4Net, at: Instant, own: Ipv4Net) -> Instant {
+        let lead = if subnet < own { LEAD } else { Duration::ZERO };
+        at + SETTLE + lead
+    }
+
+    /// The subnets whose advertisement has settled at `now` for the host of `own`.
+    pub fn settled(&self, now: Instant, own: Ipv4Net) -> BTreeSet<Ipv4Net> {
         (self.seen.iter())
-            .filter(|(_, (_, at))| now.duration_since(*at) >= SETTLE)
+            .filter(|(s, (_, at))| now >= Settle::due(**s, *at, own))
             .map(|(s, _)| *s)
             .collect()
     }
 
-    /// The next moment an advertisement settles, if one has yet to.
-    pub fn next_settling(&self, now: Instant) -> Option<Instant> {
-        (self.seen.values())
-            .map(|(_, at)| *at + SETTLE)
+    /// The next moment an advertisement settles for the host of `own`, if one has yet to.
+    pub fn next_settling(&self, now: Instant, own: Ipv4Net) -> Option<Instant> {
+        (self.seen.iter())
+            .map(|(s, (_, at))| Settle::due(*s, *at, own))
             .filter(|t| *t > now)
             .min()
     }
@@ -211,7 +224,7 @@ impl Settle {
             }
             if l.subnet == own || speaks(&self.backend) {
                 match self.seen.get(&l.subnet) {
-                    Some((_, at)) => until = until.max(Some(*at + SETTLE + DROP_AFTER)),
+                    Some((_, at)) => until = until.max(Some(*at + SETTLE + LEAD + DROP_AFTER)),
                     None => return Need::Always,
                 }
             }
@@ -327,21 +340,26 @@ mod tests {
             wg("198.19.3.0/24", false),
         ];
         s.note("wireguard", &leases, t0, false);
-        assert!(s.settled(t0).is_empty());
-        assert_eq!(s.next_settling(t0), Some(t0 + SETTLE));
-        assert_eq!(s.settled(t0 + SETTLE).len(), 2);
+        assert!(s.settled(t0, own).is_empty());
+        assert_eq!(s.next_settling(t0, own), Some(t0 + SETTLE));
+        assert_eq!(s.settled(t0 + SETTLE, own).len(), 2);
+        // Seen from host 2, host 1 (the lower subnet) moves first: host 2 follows a LEAD later.
+        let two: Ipv4Net = "198.19.2.0/24".parse().unwrap();
+        assert_eq!(s.settled(t0 + SETTLE, two), [two].into());
+        assert_eq!(s.next_settling(t0 + SETTLE, two), Some(t0 + SETTLE + LEAD));
+        assert_eq!(s.settled(t0 + SETTLE + LEAD, two).len(), 2);
         // Host 3 speaks only vxlan: vxlan stays.
         assert_eq!(s.old_needed("vxlan", own, &leases), Need::Always);
         let moved = vec![leases[0].clone(), leases[1].clone()];
         s.note("wireguard", &moved, t0 + SETTLE, false);
         assert_eq!(
             s.old_needed("vxlan", own, &moved),
-            Need::Until(t0 + SETTLE + DROP_AFTER)
+            Need::Until(t0 + SETTLE + LEAD + DROP_AFTER)
         );
         // A new advertisement (another key) starts its clock again; at start-up it counts
         // as just settled.
         let mut again = Settle::default();
         again.note("wireguard", &moved, t0 + SETTLE, true);
-        assert_eq!(again.settled(t0 + SETTLE).len(), 2);
+        assert_eq!(again.settled(t0 + SETTLE, own).len(), 2);
     }
 }
