@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::capture::{self, Capture};
-use testkit::lab::{flannel_vxlan_host, Host, Lab, VXLAN_CONFIG, VXLAN_DEVICE};
+use testkit::lab::{flannel_vxlan_host, udp_exchange, Host, Lab, VXLAN_CONFIG, VXLAN_DEVICE};
 use testkit::live::{config_set, text, until, weftctl};
 use testkit::ping::Pinger;
 use testkit::wg::{WG_CONFIG, WG_DEVICE};
@@ -171,6 +171,24 @@ fn assert_split(lab: &Lab, moved: [&Host; 2], other: &Host) {
     assert!(only(a, c, 8472, 51820), "{flows:?}");
 }
 
+/// Whether a marker sent by UDP between `a`'s and `b`'s containers (both ways, each
+/// delivered) crossed the underlay in clear.
+fn marker_in_clear(lab: &Lab, a: &Host, b: &Host) -> bool {
+    let marker = b"weft-live-marker-5b1e-never-in-clear-once-moved";
+    let c = Capture::start(&lab.underlay, "");
+    for (x, y) in [(a, b), (b, a)] {
+        let (src, dst) = (x.container_ip().into(), y.container_ip().into());
+        let got = udp_exchange(&x.ns, src, &y.ns, dst, marker);
+        assert!(
+            got.is_some_and(|(_, p)| p == marker),
+            "{} → {}: not delivered",
+            x.ip,
+            y.ip
+        );
+    }
+    c.finish().iter().any(|f| capture::contains(f, marker))
+}
+
 fn octet(h: &Host) -> u8 {
     h.ip.parse::<Ipv4Addr>().unwrap().octets()[3]
 }
@@ -216,6 +234,10 @@ fn vxlan_to_wireguard_host_by_host_then_all_with_no_packet_lost() {
     });
     assert!(waiting, "{}", text(&weftctl(&lab, &["status"])));
     assert_eq!(via(&lab.hosts[0], &lab.hosts[1]), VXLAN_DEVICE);
+    assert!(
+        marker_in_clear(&lab, &lab.hosts[0], &lab.hosts[1]),
+        "VXLAN carries it in clear"
+    );
     no_loss(pingers, "host 0 told to move");
     let pingers = ping_all(&lab.hosts);
 
@@ -225,6 +247,11 @@ fn vxlan_to_wireguard_host_by_host_then_all_with_no_packet_lost() {
     assert!(pair_on(h0, h1, WG_DEVICE), "{}", h0.logs());
     assert_eq!(via(h0, h2), VXLAN_DEVICE);
     assert_split(&lab, [h0, h1], h2);
+    assert!(
+        !marker_in_clear(&lab, h0, h1),
+        "the moved pair is not encrypted"
+    );
+    assert!(marker_in_clear(&lab, h0, h2), "the pair still on VXLAN");
     eprintln!(
         "pair 0–1 on WireGuard {:?} after the first config set",
         started.elapsed()
@@ -245,6 +272,12 @@ fn vxlan_to_wireguard_host_by_host_then_all_with_no_packet_lost() {
     // Everyone: each pair moves, VXLAN goes from every host, only 51820 crosses.
     ok(&lab, &["migrate", "--all"]);
     all_on(&lab, "wireguard", VXLAN_DEVICE, 51820, Instant::now());
+    for (a, b) in [(0, 2), (2, 3), (3, 1)] {
+        assert!(
+            !marker_in_clear(&lab, &lab.hosts[a], &lab.hosts[b]),
+            "{a}–{b} in clear"
+        );
+    }
     switch_loss(&lab.hosts, pingers, "every host told to move");
 }
 
