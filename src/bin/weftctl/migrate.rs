@@ -1,6 +1,6 @@
 //! `weftctl migrate`: which hosts a change of `Backend.Type` under way moves. `weftctl config
-//! set --hosts` starts a migration with some hosts; this command tells more (or all) to move,
-//! by rewriting the running-config record weftd follows.
+//! set --hosts` starts a migration with some hosts; this command tells more (by name, the next
+//! batch, or all) to move, by rewriting the running-config record weftd follows.
 
 use anyhow::{bail, Result};
 use ipnet::Ipv4Net;
@@ -12,6 +12,9 @@ pub struct MigrateArgs {
     /// Tell these hosts to move too (their IPv4 subnets, comma-separated).
     #[arg(long, value_delimiter = ',', conflicts_with = "all")]
     hosts: Vec<Ipv4Net>,
+    /// Tell the next N hosts not told yet to move (in subnet order).
+    #[arg(long, conflicts_with_all = ["all", "hosts"])]
+    batch: Option<usize>,
     /// Tell every host to move.
     #[arg(long)]
     all: bool,
@@ -32,19 +35,21 @@ pub async fn run(store: &EtcdStore, args: MigrateArgs) -> Result<()> {
         (Some(m), Ok(cfg)) => (m.from["Type"].as_str().unwrap_or("?").to_string(), cfg.backend.type_name()),
         _ => bail!("no backend migration under way (weftctl config set with a new Backend.Type starts one)"),
     };
+    let more = match args.batch {
+        Some(n) => next_batch(store, &record, n).await?,
+        None => args.hosts.iter().map(|n| n.trunc()).collect(),
+    };
     let m = record.migration.as_mut().expect("a migration");
-    if args.all {
-        m.hosts = Hosts::All;
-    } else if !args.hosts.is_empty() {
-        let mut set = match &m.hosts {
-            Hosts::All => bail!("every host is told to move already"),
-            Hosts::Some(set) => set.clone(),
-        };
-        set.extend(args.hosts.iter().map(|n| n.trunc()));
-        m.hosts = Hosts::Some(set);
-    } else {
-        say!("migration from {from} to {to}: {}", told(&m.hosts));
-        return Ok(());
+    match (&m.hosts, args.all) {
+        (_, true) => m.hosts = Hosts::All,
+        (Hosts::All, false) if !more.is_empty() => bail!("every host is told to move already"),
+        (Hosts::Some(set), false) if !more.is_empty() => {
+            m.hosts = Hosts::Some(set.iter().copied().chain(more).collect());
+        }
+        _ => {
+            say!("migration from {from} to {to}: {}", told(&m.hosts));
+            return Ok(());
+        }
     }
     if !store.put_running(&record.to_json(), Some(*rev)).await? {
         bail!(
@@ -56,6 +61,24 @@ pub async fn run(store: &EtcdStore, args: MigrateArgs) -> Result<()> {
     say!("migration from {from} to {to}: {}", told(&m.hosts));
     say!("weftctl status shows each host that has not moved, and why");
     Ok(())
+}
+
+/// The first `n` leases' subnets (in subnet order) the migration of `record` does not tell
+/// to move yet.
+async fn next_batch(store: &EtcdStore, record: &RunningConfig, n: usize) -> Result<Vec<Ipv4Net>> {
+    let Some(Hosts::Some(told)) = record.migration.as_ref().map(|m| &m.hosts) else {
+        bail!("every host is told to move already");
+    };
+    let mut subnets: Vec<Ipv4Net> = (store.list_leases_untimed(None).await?.leases.iter())
+        .filter(|l| !l.is_reservation() && !told.contains(&l.subnet))
+        .map(|l| l.subnet)
+        .collect();
+    subnets.sort();
+    subnets.truncate(n);
+    if subnets.is_empty() {
+        bail!("every host with a lease is told to move already");
+    }
+    Ok(subnets)
 }
 
 fn told(hosts: &Hosts) -> String {
