@@ -3,7 +3,7 @@
 //! applying anything, plus the backend's device against the lease and subnet.env.
 
 use crate::backend::{DeviceSpec, Host, HostSecrets};
-use crate::config::NetworkConfig;
+use crate::config::{BackendConfig, NetworkConfig};
 use crate::datapath::kernel::read_actual;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
@@ -30,10 +30,12 @@ pub struct Report {
     pub notes: Vec<Finding>,
 }
 
-/// What the check compares the kernel with: the network config, this host's external
-/// interface and device name (None: the backend's default), the leases and subnet.env.
+/// What the check compares the kernel with: the network config the host runs and the
+/// backends it runs (the preferred first; two mid-migration), this host's external interface
+/// and device name (None: the backend's default), the leases and subnet.env.
 pub struct Subject<'a> {
     pub cfg: &'a NetworkConfig,
+    pub backends: &'a [BackendConfig],
     pub ext: &'a ExtIface,
     pub device_name: Option<&'a str>,
     pub leases: &'a [Lease],
@@ -58,7 +60,7 @@ pub fn check(nl: &mut Netlink, s: &Subject, own: Option<&Lease>) -> Result<Repor
     Ok(report)
 }
 
-/// One family: the device, then the datapath's own path without the apply (desired state,
+/// One family: the devices, then the datapath's own path without the apply (desired state,
 /// kernel read, diff).
 fn check_family(
     nl: &mut Netlink,
@@ -67,22 +69,36 @@ fn check_family(
     family: Family,
     report: &mut Report,
 ) -> Result<(), NetlinkError> {
-    let spec = check_device(nl, s, own, family, &mut report.findings)?;
-    let device = spec.as_ref().map(|(i, spec)| (*i, spec.name.clone()));
-    let host = Host::new(s.ext, family, device.as_ref().map(|(i, _)| *i));
-    let (Some(host), Some(side)) = (host, own.side(family)) else {
+    let mut list = Vec::new();
+    let mut devices: Vec<(u32, DeviceSpec)> = Vec::new();
+    for b in s.backends {
+        let dev = check_device(nl, s, b, own, family, &mut report.findings)?;
+        let Some(host) = Host::new(s.ext, family, dev.as_ref().map(|(i, _)| *i)) else {
+            return Ok(());
+        };
+        list.push(plan::Speaker {
+            backend: b.clone(),
+            host,
+        });
+        devices.extend(dev);
+    }
+    let Some(side) = own.side(family) else {
         return Ok(());
     };
-    let desired = plan::desired(s.cfg, &host, own, s.leases);
+    let run = plan::Speakers {
+        list,
+        settled: None,
+    };
+    let desired = plan::desired(s.cfg, &run, own, s.leases);
     for skip in &desired.skipped {
         report.notes.push(Finding(format!(
             "lease {} is not programmed ({family}): {}",
             skip.key, skip.reason
         )));
     }
-    let actual = read_actual(nl, s.cfg, &host, side.subnet)?;
-    let dev_name = |i: u32| match &device {
-        Some((index, name)) if *index == i => name.clone(),
+    let actual = read_actual(nl, s.cfg, &run, side.subnet)?;
+    let dev_name = |i: u32| match devices.iter().find(|(index, _)| *index == i) {
+        Some((_, spec)) => spec.name.clone(),
         _ if i == s.ext.index => s.ext.name.clone(),
         _ => format!("#{i}"),
     };
@@ -96,8 +112,9 @@ fn check_family(
         };
         report.findings.push(Finding(line));
     }
-    if let Some((_, spec)) = spec {
-        check_tunnel(nl, &spec, &desired, &mut report.findings);
+    // One device of a family holds peers (see the datapath's tunnels).
+    if let Some((_, spec)) = devices.iter().find(|(_, d)| d.kind.tunnel(d).is_some()) {
+        check_tunnel(nl, spec, &desired, &mut report.findings);
     }
     Ok(())
 }
@@ -159,11 +176,12 @@ fn check_env(own: &Lease, env: Option<&SubnetEnv>, out: &mut Vec<Finding>) {
 fn check_device(
     nl: &mut Netlink,
     s: &Subject,
+    backend: &BackendConfig,
     own: &Lease,
     family: Family,
     out: &mut Vec<Finding>,
 ) -> Result<Option<(u32, DeviceSpec)>, NetlinkError> {
-    let backend = s.cfg.backend.backend();
+    let backend = backend.backend();
     let name = s.device_name.filter(|_| family == Family::V4);
     let Some(spec) = backend.device(s.ext, name, family, &HostSecrets::default()) else {
         return Ok(None);
@@ -172,12 +190,8 @@ fn check_device(
         out.push(Finding(format!("device {} is missing", spec.name)));
         return Ok(None);
     };
-    out.extend(
-        backend
-            .check_device(&link, own, family)
-            .into_iter()
-            .map(Finding),
-    );
+    let data = (own.attrs.speaks(backend.type_name())).and_then(|sp| sp.data(family));
+    out.extend(backend.check_device(&link, data).into_iter().map(Finding));
     if link.mtu != spec.mtu {
         out.push(Finding(format!(
             "device {} has MTU {} but should have {}",

@@ -1,6 +1,8 @@
 //! A host's subnet lease and the attributes stored as its value. The value is flannel's JSON,
 //! field for field (`PublicIP`, `PublicIPv6`, `BackendType`, `BackendData`, `BackendV6Data`),
-//! and `BackendData` is kept exactly as stored so foreign fields survive a rewrite.
+//! and `BackendData` is kept exactly as stored so foreign fields survive a rewrite. A weft host
+//! that speaks more than one backend (during a migration) names the others in `WeftBackends`,
+//! a field flannel's decoder ignores (see [`LeaseAttrs::spoken`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
@@ -52,9 +54,90 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_v6_data: Option<Value>,
+    /// weft's own: the backends this host speaks besides `BackendType`, as
+    /// `{"<type>": {"BackendData": …, "BackendV6Data": …}}`. flannel decodes a lease with Go's
+    /// `encoding/json`, which skips fields it does not know, so a flannel host reads the lease
+    /// as before and keeps talking `BackendType` to this host. Kept as stored; read through
+    /// [`LeaseAttrs::spoken`], which ignores what is not such an object.
+    #[serde(
+        rename = "WeftBackends",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub weft_backends: Option<Value>,
+}
+
+/// One backend a lease's host speaks, with its data in each family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spoken<'a> {
+    pub backend_type: &'a str,
+    pub data: Option<&'a Value>,
+    pub v6_data: Option<&'a Value>,
+}
+
+impl<'a> Spoken<'a> {
+    /// The data of `family` (`BackendData`, `BackendV6Data`).
+    pub fn data(&self, family: Family) -> Option<&'a Value> {
+        match family {
+            Family::V4 => self.data,
+            Family::V6 => self.v6_data,
+        }
+    }
 }
 
 impl LeaseAttrs {
+    /// Every backend the host speaks: `BackendType` first (flannel's one), then those in
+    /// `WeftBackends` by name. An entry that is not an object, or names `BackendType` again,
+    /// is ignored: another host wrote it, and it must not cost the lease its usable part.
+    pub fn spoken(&self) -> Vec<Spoken<'_>> {
+        let mut out = vec![Spoken {
+            backend_type: &self.backend_type,
+            data: self.backend_data.as_ref(),
+            v6_data: self.backend_v6_data.as_ref(),
+        }];
+        let Some(Value::Object(extra)) = &self.weft_backends else {
+            return out;
+        };
+        for (ty, v) in extra {
+            let Value::Object(parts) = v else { continue };
+            if ty.is_empty() || out.iter().any(|s| s.backend_type == ty) {
+                continue;
+            }
+            let part = |name: &str| parts.get(name).filter(|v| !v.is_null());
+            out.push(Spoken {
+                backend_type: ty,
+                data: part("BackendData"),
+                v6_data: part("BackendV6Data"),
+            });
+        }
+        out
+    }
+
+    /// The backend `backend_type` as this host speaks it, if it does.
+    pub fn speaks(&self, backend_type: &str) -> Option<Spoken<'_>> {
+        self.spoken()
+            .into_iter()
+            .find(|s| s.backend_type == backend_type)
+    }
+
+    /// `WeftBackends` naming `extra` backends, each with its data per family; `None` for none.
+    pub fn weft_backends_of<'b>(
+        extra: impl IntoIterator<Item = (&'b str, Option<Value>, Option<Value>)>,
+    ) -> Option<Value> {
+        let mut m = serde_json::Map::new();
+        for (ty, data, v6) in extra {
+            let mut parts = serde_json::Map::new();
+            if let Some(d) = data {
+                parts.insert("BackendData".into(), d);
+            }
+            if let Some(d) = v6 {
+                parts.insert("BackendV6Data".into(), d);
+            }
+            m.insert(ty.to_string(), Value::Object(parts));
+        }
+        (!m.is_empty()).then_some(Value::Object(m))
+    }
+
     /// The backend's data of `family` (`BackendData`, `BackendV6Data`), as stored: only the
     /// backend reads it.
     pub fn data(&self, family: Family) -> Option<&Value> {
@@ -184,6 +267,7 @@ impl Lease {
                 backend_type: "host-gw".into(),
                 backend_data: None,
                 backend_v6_data: None,
+                weft_backends: None,
             },
             expiration: None,
             etcd_lease_id: None,
@@ -223,6 +307,7 @@ mod tests {
             backend_type: backend_type.into(),
             backend_data: data,
             backend_v6_data: None,
+            weft_backends: None,
         }
     }
 
@@ -364,6 +449,7 @@ mod tests {
                     backend_type,
                     backend_data: bd,
                     backend_v6_data: bd6,
+                    weft_backends: None,
                 })
         }
 

@@ -15,7 +15,9 @@
 //! weft puts in nftables and iptables, [`agent`] runs the host's life cycle, [`metrics`]
 //! holds what the datapath and prober count and [`http`] serves it with health, status and
 //! peers; [`probe`] keeps each peer's reachability; [`status`] keeps the host's status record
-//! in etcd and computes the cluster view `weftctl status` prints.
+//! in etcd and computes the cluster view `weftctl status` prints; [`live`] decides what a
+//! config change does to a running network and which backends a host runs while the fleet
+//! moves from one to another.
 
 // No function over 80 lines (clippy.toml); CI runs clippy with -D warnings.
 #![warn(clippy::too_many_lines)]
@@ -54,6 +56,8 @@ pub mod firewall;
 pub mod http;
 #[cfg(feature = "daemon")]
 pub mod iface;
+#[cfg(feature = "daemon")]
+pub mod live;
 #[cfg(feature = "daemon")]
 pub mod logging;
 #[cfg(feature = "daemon")]

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub peers_unreachable: Gauge<u64, AtomicU64>,
     /// Network policy on this host.
     pub policy: PolicyMetrics,
+    /// The revision of `<prefix>/config` this host runs entirely (see the status record).
+    pub config_revision: Gauge<u64, AtomicU64>,
     /// Each tunnel device's peers' latest handshakes (WireGuard), as last read back; the
     /// datapath replaces a family's list on every read, a scrape turns them into ages.
     handshakes: Mutex<PerFamily<Vec<Handshake>>>,
@@ -145,6 +147,7 @@ impl Default for Metrics {
             peers_reachable: Gauge::default(),
             peers_unreachable: Gauge::default(),
             policy: PolicyMetrics::default(),
+            config_revision: Gauge::default(),
             handshakes: Mutex::default(),
             lease_expiry: Gauge::default(),
             ready: Gauge::default(),
@@ -255,6 +258,11 @@ fn register_gauges(r: &mut Registry, m: &Metrics) {
             "weft_peers_unreachable",
             "Peers whose last probe was not answered",
             &m.peers_unreachable,
+        ),
+        (
+            "weft_config_revision",
+            "Revision of the network config (etcd's) this host runs entirely",
+            &m.config_revision,
         ),
     ] {
         r.register(name, help, gauge.clone());

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use testkit::lab::{assert_mesh, make_flannel_device, udp_source_seen, Host, Lab, VXLAN_CONFIG};
+use testkit::lab::{assert_mesh, flannel_vxlan_host, udp_source_seen, Host, Lab, VXLAN_CONFIG};
 use testkit::leases;
 use testkit::wait::wait_for;
 use weft::subnet::lease_key_name;
@@ -240,18 +240,7 @@ fn weftd_hosts_and_a_hand_built_flannel_host_share_one_network() {
     // Host 3 is set up exactly as flanneld would set it up.
     let fl = &lab.hosts[2];
     let fl_subnet: Ipv4Net = "198.19.200.0/24".parse().unwrap();
-    let fl_container = Ipv4Addr::from(u32::from(fl_subnet.network()) + 1);
-    let fl_mac = make_flannel_device(&fl.ns, &fl.ip, fl_subnet);
-    fl.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-    fl.ns
-        .ip(&["addr", "add", &format!("{fl_container}/24"), "dev", "cni0"]);
-    fl.ns.ip(&["link", "set", "cni0", "up"]);
-    let value = format!(
-        r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fl_mac}"}}}}"#,
-        fl.ip
-    );
-    let key = leases::key(fl_subnet, None);
-    lab.etcd.put_on_lease(&key, &value, 3600);
+    let (fl_container, _) = flannel_vxlan_host(&lab.etcd, fl, fl_subnet);
     // flanneld on host 3 programs the weftd hosts from their leases, as flannel reads them.
     for h in &lab.hosts[..2] {
         let s = h.subnet();

@@ -106,6 +106,7 @@ fn record(l: &FakeLease) -> String {
         drift_repairs: DriftRepairs::default(),
         last_error: None,
         policy: None,
+        config: None,
     }
     .to_json()
 }

@@ -3,7 +3,9 @@
 //! ([`host`]), and hands every change to the datapath thread. Nothing here tears the
 //! datapath down: stopping weftd leaves the kernel as it is.
 
+mod config;
 mod host;
+mod moving;
 mod own;
 mod peers;
 mod policy;
@@ -26,9 +28,10 @@ use crate::netlink::format_mac;
 use crate::probe::{ProbeConfig, Prober};
 use crate::status::StatusFeed;
 use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
-use crate::subnet::Family;
 use crate::subnet_env::SubnetEnv;
+use config::Following;
 use host::HostFacts;
+use moving::Moving;
 use peers::Peers;
 
 /// weftd's settings, from its flags.
@@ -132,6 +135,10 @@ struct Agent {
     policy_lease: Option<tokio::sync::watch::Sender<policy::OwnLease>>,
     /// Network policy's facts, for the status record.
     policy_facts: tokio::sync::watch::Receiver<Option<crate::status::PolicyFacts>>,
+    /// The config the network runs, as last read.
+    following: Following,
+    /// This host's part in a migration between backends.
+    moving: Moving,
 }
 
 impl Agent {
@@ -168,6 +175,10 @@ impl Agent {
         self.rewatch = false;
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
+        let (mut config_events, mut config_task) = config::watch(
+            self.store.clone(),
+            self.following.record_rev.max(list.revision),
+        );
         // A peer becoming unreachable or reachable again wakes the loop, which puts it into
         // the status record; without probes this never fires.
         let mut unreachable = match &self.prober {
@@ -194,16 +205,25 @@ impl Agent {
                     self.publish();
                 }
                 _ = tokio::time::sleep_until(renew_at) => self.renew().await?,
+                Some(()) = config_events.recv() => self.on_config_event().await?,
+                _ = wake(self.moving.wake_at) => {
+                    self.moving.wake_at = None;
+                    self.publish();
+                    self.reconsider_old().await?;
+                }
                 Some(r) = reports.recv() => {
                     self.on_report(r).await?;
-                    if std::mem::take(&mut self.rewatch) {
-                        // The old watch task ends when it next tries to hand a batch over.
-                        let watcher = self.watch_again().await?;
-                        unreadable = watcher.skipped_keys();
-                        lease_events = spawn_watch(watcher);
-                    }
                     self.notify_ready_if_ready();
                 }
+            }
+            if std::mem::take(&mut self.rewatch) {
+                // The old watch task ends when it next tries to hand a batch over.
+                let watcher = self.watch_again().await?;
+                unreadable = watcher.skipped_keys();
+                lease_events = spawn_watch(watcher);
+                config_task.abort();
+                (config_events, config_task) =
+                    config::watch(self.store.clone(), self.following.record_rev);
             }
         }
     }
@@ -211,10 +231,13 @@ impl Agent {
     /// Hands this host's facts to the status record; it is written only when they changed.
     fn feed_status(&self) {
         let m = &self.metrics;
+        let rev = self.config_state().rev;
+        m.config_revision.set(u64::try_from(rev).unwrap_or(0));
         self.status.update(|f| {
             f.lease_key = self.own.key_name();
             f.public_ip = Some(self.host.ext.public_ip.into());
-            f.backend = self.host.cfg.backend.type_name().to_string();
+            f.backend = self.host.backend_names();
+            f.config = Some(self.config_state());
             f.ready = m.not_ready_reasons().is_empty();
             f.drift_repairs = m.drift_repairs.get();
             (f.unreachable_count, f.unreachable) = self.unreachable_peers();
@@ -239,11 +262,15 @@ impl Agent {
         (hosts.count as u64, named)
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let settled = self.settled();
         self.datapath.update(Arc::new(Snapshot {
             cfg: self.host.cfg.clone(),
             ext: self.host.ext.clone(),
+            backends: self.host.run.backends.clone(),
             devices: self.host.devices.clone(),
+            retire: self.retired(),
+            settled,
             own: self.own.clone(),
             leases: self.peers.snapshot(),
             unreadable: self.peers.unreadable,
@@ -318,7 +345,7 @@ impl Agent {
         } else {
             self.publish();
         }
-        Ok(())
+        self.reconsider_old().await
     }
 
     /// A datapath report: the external interface changed, or a device's MAC did.
@@ -327,19 +354,20 @@ impl Agent {
             self.on_external_change(ext).await?;
         }
         let known = &self.host.device_mac;
-        let changed: Vec<Family> = Family::ALL
-            .into_iter()
-            .filter(|f| r.device_mac[*f].is_some() && r.device_mac[*f] != known[*f])
+        let changed: Vec<(String, crate::netlink::Mac)> = (r.device_mac.into_iter())
+            .filter(|(name, mac)| known.get(name) != Some(mac))
             .collect();
-        if changed.is_empty() {
-            return Ok(());
+        for (name, mac) in &changed {
+            tracing::warn!(device = %name, mac = %format_mac(mac), "device MAC changed; re-advertising it");
+            self.host.device_mac.insert(name.clone(), *mac);
         }
-        for &f in &changed {
-            let mac = r.device_mac[f].expect("changed MACs are known");
-            tracing::warn!(family = %f, mac = %format_mac(&mac), "device MAC changed; re-advertising it");
-            self.host.device_mac[f] = Some(mac);
+        if !changed.is_empty() {
+            self.readvertise_macs(changed).await;
+        } else if self.host.attrs() != self.own.attrs {
+            // An earlier rewrite failed (etcd away): try again after each full pass.
+            self.advertise("the lease does not say what this host runs")
+                .await;
         }
-        self.readvertise_macs(changed).await;
         Ok(())
     }
 
@@ -358,11 +386,12 @@ impl Agent {
             old_iface = %old.name, old_index = old.index, old_public_ip = %old.public_ip, old_address = %old.iface_addr, old_mtu = old.mtu,
             "external interface changed; following it"
         );
-        let backend = self.host.cfg.backend.backend();
         let families = self.host.families();
-        for f in &families {
-            if let Err(why) = backend.usable(new, *f) {
-                tracing::warn!(iface = %new.name, "{why}");
+        for b in &self.host.run.backends {
+            for f in &families {
+                if let Err(why) = b.backend().usable(new, *f) {
+                    tracing::warn!(iface = %new.name, "{why}");
+                }
             }
         }
         self.host.devices = self.host.device_specs(&families);
@@ -431,6 +460,14 @@ impl Agent {
         self.peers.unreadable = list.skipped.len();
         self.on_events(events).await?;
         Ok(watcher)
+    }
+}
+
+/// Waits until `at`, or forever without one.
+async fn wake(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use super::{retry, Agent};
 use crate::store::{Previous, StoreError};
-use crate::subnet::Family;
 
 impl Agent {
     /// When to renew: the margin before expiry, or half the TTL when the margin is longer
@@ -145,24 +144,35 @@ impl Agent {
     }
 
     /// A device was recreated without the old MAC, or changed by hand: the lease advertises
-    /// the MACs of `changed` families as the devices have them now.
-    pub(super) async fn readvertise_macs(&mut self, changed: Vec<Family>) {
-        match self
-            .store
-            .update_lease_attrs(&self.own, &self.host.attrs())
-            .await
-        {
+    /// the `changed` devices' MACs as the devices have them now.
+    pub(super) async fn readvertise_macs(&mut self, changed: Vec<(String, crate::netlink::Mac)>) {
+        if !self.advertise("a device's MAC changed").await {
+            for (name, _) in changed {
+                self.host.device_mac.remove(&name);
+            }
+        }
+    }
+
+    /// Rewrites this host's lease in place when what it should advertise (`host.attrs()`:
+    /// the backends it speaks, their data) differs from what it does; `false` when that
+    /// failed (logged; the next change or report tries again).
+    pub(super) async fn advertise(&mut self, why: &str) -> bool {
+        let attrs = self.host.attrs();
+        if attrs == self.own.attrs {
+            return true;
+        }
+        match self.store.update_lease_attrs(&self.own, &attrs).await {
             Ok(l) => {
+                tracing::info!(subnet = %l.subnet, backend = %attrs.backend_type, also = ?attrs.weft_backends.as_ref().map(|v| v.to_string()), "lease rewritten: {why}");
                 self.own = l;
                 self.peers.set_own(&self.own);
                 self.publish();
+                true
             }
             Err(e) => {
                 self.metrics.etcd_errors.inc();
-                tracing::warn!(error = %e, "cannot re-advertise the device MAC; will retry");
-                for f in changed {
-                    self.host.device_mac[f] = None;
-                }
+                tracing::warn!(error = %e, "cannot rewrite the lease ({why}); will retry");
+                false
             }
         }
     }

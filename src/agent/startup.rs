@@ -7,19 +7,21 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
-use super::host::{families, HostFacts};
+use super::config::Following;
+use super::host::HostFacts;
+use super::moving::{start_backend, Moving};
 use super::peers::Peers;
 use super::{retry, Agent, AgentConfig};
 use crate::config::NetworkConfig;
 use crate::datapath::{Datapath, Report, Settings};
 use crate::http::Shown;
 use crate::iface::{self, ExtIface, IfaceSelect};
-use crate::metrics::Metrics;
-use crate::netlink::{format_mac, Mac, Netlink};
+use crate::live::{self, Situation};
+use crate::netlink::Netlink;
 use crate::probe::{ProbeConfig, Prober};
 use crate::status::{Facts, StatusFeed};
 use crate::store::{EtcdStore, LeaseList, Previous};
-use crate::subnet::{Family, PerFamily};
+use crate::subnet::PerFamily;
 use crate::subnet_env::SubnetEnv;
 
 /// The agent made ready, the listing it started from and the datapath's reports.
@@ -39,13 +41,14 @@ pub(super) async fn start(opts: AgentConfig, shown: Arc<Shown>) -> anyhow::Resul
         || EtcdStore::connect(&opts.etcd),
     )
     .await?;
-    let cfg = read_config(&store, &metrics).await?;
+    let following = super::config::settle(&store, &metrics).await?;
+    let cfg = read_config(&following)?;
     let ext = choose_iface(opts.select.clone()).await?;
     let known = retry("listing leases", &metrics, || {
         store.list_leases_untimed(Some(&cfg))
     })
     .await?;
-    let host = set_up_host(&opts, cfg, ext, &known).await?;
+    let (host, moving) = set_up_host(&opts, cfg, ext, &known, &following).await?;
     let prev = SubnetEnv::read(&opts.subnet_file)
         .map(|e| Previous {
             subnet: e.subnet_network(),
@@ -85,68 +88,73 @@ pub(super) async fn start(opts: AgentConfig, shown: Arc<Shown>) -> anyhow::Resul
         status,
         policy_lease: None,
         policy_facts: tokio::sync::watch::channel(None).1,
+        following,
+        moving,
     };
     Ok((agent, known, reports))
 }
 
-/// This host's facts once its backend's devices are ready: usable for the backend, with its
-/// secrets loaded and each device made or adopted. A device that must be made gets the MAC
-/// a lease of this host in `known` already advertises, so peers need not learn a new one.
+/// This host's facts once its backends' devices are ready: the backends the config and a
+/// migration under way call for, each usable, with its secrets loaded and its devices made or
+/// adopted. A device that must be made gets the MAC a lease of this host in `known` already
+/// advertises, so peers need not learn a new one. A backend a migration moves to that cannot
+/// run here leaves the host on the old one, saying why.
 async fn set_up_host(
     opts: &AgentConfig,
     cfg: NetworkConfig,
     ext: ExtIface,
     known: &LeaseList,
-) -> anyhow::Result<HostFacts> {
-    let backend = cfg.backend.backend();
-    let families = families(&cfg, &ext);
-    for f in &families {
-        backend.usable(&ext, *f).map_err(anyhow::Error::msg)?;
-    }
-    let secrets = backend.load_secrets().map_err(anyhow::Error::msg)?;
+    following: &Following,
+) -> anyhow::Result<(HostFacts, Moving)> {
+    let mine = (known.leases.iter()).find(|l| l.attrs.public_ip == ext.public_ip);
+    let from = following.record.from_backend();
+    let from_type = from.as_ref().map(|f| f.type_name());
+    // A host new to the network starts with the old backend too: peers may still need it.
+    let keep_old = mine.is_none_or(|l| from_type.is_some_and(|t| l.attrs.speaks(t).is_some()));
+    let selected = (following.record.migration.as_ref())
+        .is_some_and(|m| mine.is_some_and(|l| m.hosts.contains(l.subnet)));
     tracing::info!(iface = %ext.name, public_ip = %ext.public_ip, public_ipv6 = ?ext.v6.as_ref().map(|v| v.public_ip), mtu = ext.mtu, "external interface chosen");
-    let mut advertised = PerFamily::default();
-    if let Some(l) = known
-        .leases
-        .iter()
-        .find(|l| l.attrs.public_ip == ext.public_ip)
-    {
-        for f in Family::ALL {
-            advertised[f] = backend.advertised_mac(&l.attrs, f);
-        }
-    }
+    let situation = |failed| Situation {
+        target: &cfg.backend,
+        from: from.as_ref(),
+        selected,
+        failed,
+        keep_old,
+        own: mine.map(|l| &l.attrs),
+    };
+    let mut failed = None;
+    let mut run = live::running(&situation(None));
     let mut host = HostFacts {
         mtu: ext.mtu,
-        cfg,
+        cfg: cfg.clone(),
         ext,
+        run: run.clone(),
         devices: PerFamily::default(),
-        secrets,
-        device_mac: PerFamily::default(),
+        secrets: Default::default(),
+        device_mac: Default::default(),
         device_name: opts.vxlan_device.clone(),
     };
-    host.devices = host.device_specs(&families);
-    set_up_devices(&mut host, advertised).await?;
-    Ok(host)
-}
-
-/// Creates or adopts the backend's devices, noting each one's MAC and the MTU containers get.
-async fn set_up_devices(
-    host: &mut HostFacts,
-    advertised: PerFamily<Option<Mac>>,
-) -> anyhow::Result<()> {
-    for f in Family::ALL {
-        let Some(spec) = host.devices[f].clone() else {
+    for b in run.backends.clone() {
+        let Err(why) = start_backend(&mut host, &b, mine.map(|l| &l.attrs)).await else {
             continue;
         };
-        let (s, mac) = (spec.clone(), advertised[f]);
-        let dev = netlink(move |nl| Ok(s.kind.ensure(nl, &s, mac)?))
-            .await
-            .with_context(|| format!("cannot set up the device {}", spec.name))?;
-        tracing::info!(device = %spec.name, backend = host.cfg.backend.type_name(), mac = ?dev.mac.map(|m| format_mac(&m)), mtu = dev.mtu, created = dev.created, "device ready");
-        host.device_mac[f] = dev.mac;
+        if from.is_none() || b.type_name() != cfg.backend.type_name() {
+            bail!("cannot run the {} backend: {why}", b.type_name());
+        }
+        tracing::warn!(
+            backend = b.type_name(),
+            "cannot run the backend the network moves to: {why}; staying on {}",
+            from_type.unwrap_or_default()
+        );
+        failed = Some(why);
+        run = live::running(&situation(failed.as_deref()));
+        break;
     }
+    host.run = run;
+    let families = host.families();
+    host.devices = host.device_specs(&families);
     host.mtu = host.overlay_mtu();
-    Ok(())
+    Ok((host, Moving::new(failed, keep_old)))
 }
 
 /// Starts the peer probes, feeding the metrics and `/peers`. Without them (no raw or ping
@@ -179,17 +187,18 @@ async fn netlink<T: Send + 'static>(
     .context("netlink task failed")?
 }
 
-/// The network config, once one is stored; refused when it has no IPv4 network.
-async fn read_config(store: &EtcdStore, metrics: &Metrics) -> anyhow::Result<NetworkConfig> {
-    let cfg = store
-        .wait_for_config_counting(|| {
-            metrics.etcd_errors.inc();
-        })
-        .await?;
+/// The config the network runs; refused when it has no IPv4 network.
+fn read_config(f: &Following) -> anyhow::Result<NetworkConfig> {
+    let cfg = f.record.network().map_err(|e| {
+        anyhow::anyhow!(
+            "the running config (revision {}) cannot be used: {e}",
+            f.running_rev()
+        )
+    })?;
     if !cfg.enable_ipv4 || cfg.network.is_none() {
         bail!("the network config enables no IPv4 network; flannel's etcd layout needs an IPv4 subnet in every lease key, so weft needs EnableIPv4 with a Network");
     }
-    tracing::info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = cfg.backend.type_name(), "network config read");
+    tracing::info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = cfg.backend.type_name(), revision = f.running_rev(), "network config read");
     Ok(cfg)
 }
 

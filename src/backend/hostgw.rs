@@ -29,6 +29,7 @@ pub fn lease_attrs(public_ip: std::net::Ipv4Addr) -> crate::lease::LeaseAttrs {
         backend_type: TYPE.into(),
         backend_data: None,
         backend_v6_data: None,
+        weft_backends: None,
     }
 }
 

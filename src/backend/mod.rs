@@ -23,7 +23,6 @@ use crate::subnet::Family;
 #[cfg(feature = "daemon")]
 use crate::{
     iface::ExtIface,
-    lease::{Lease, LeaseAttrs},
     netlink::{Mac, Route},
 };
 
@@ -276,29 +275,57 @@ pub trait Backend {
     #[cfg(feature = "daemon")]
     fn lease_data(&self, spec: Option<&DeviceSpec>, device_mac: Option<Mac>) -> Option<Value>;
 
-    /// The MAC a lease advertises for the device of `family` (kept when the device must be
-    /// recreated).
+    /// The MAC this backend's data in a lease (`BackendData` or `BackendV6Data`, or their
+    /// counterparts in `WeftBackends`) advertises for the device (kept when the device must
+    /// be recreated).
     #[cfg(feature = "daemon")]
-    fn advertised_mac(&self, _attrs: &LeaseAttrs, _family: Family) -> Option<Mac> {
+    fn advertised_mac(&self, _data: Option<&Value>) -> Option<Mac> {
         None
     }
 
-    /// What `weftctl check` finds wrong with the device of `family`, as the kernel has it
-    /// (`link`), beyond MTU and state, given this host's lease.
+    /// What `weftctl check` finds wrong with the device, as the kernel has it (`link`),
+    /// beyond MTU and state, given what this host's lease advertises for it (`data`).
     #[cfg(feature = "daemon")]
-    fn check_device(
-        &self,
-        _link: &crate::netlink::Link,
-        _own: &Lease,
-        _family: Family,
-    ) -> Vec<String> {
+    fn check_device(&self, _link: &crate::netlink::Link, _data: Option<&Value>) -> Vec<String> {
         Vec::new()
     }
+
+    /// What running hosts do when the backend's setting `key` (flannel's name under
+    /// `Backend`) changes from `old` to `new`, both as [`Backend::params`] writes them. Unless
+    /// a backend says otherwise, a change is refused: it is not known to be safe live.
+    fn setting_change(&self, key: &str, _old: &Value, _new: &Value) -> SettingChange {
+        SettingChange::Refused(format!("weft does not change {key} on running hosts"))
+    }
+}
+
+/// What running hosts do with a changed backend setting; see [`Backend::setting_change`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingChange {
+    /// Applied in place at once; peers and traffic notice nothing.
+    Live,
+    /// Applied in place, and traffic may notice (why): the operator confirms it.
+    Disturbs(String),
+    /// Running hosts keep the setting they run (why).
+    Refused(String),
+}
+
+/// A changed MTU setting (0: derived from the external interface): raising it is live,
+/// lowering it (or a change to or from 0, which may lower it) disturbs running containers,
+/// which keep the MTU they were given. Shared by the backends that have `MTU`.
+pub fn mtu_change(old: &Value, new: &Value) -> SettingChange {
+    let (o, n) = (old.as_u64().unwrap_or(0), new.as_u64().unwrap_or(0));
+    if o != 0 && n > o {
+        return SettingChange::Live;
+    }
+    SettingChange::Disturbs(
+        "the devices' MTU and FLANNEL_MTU follow at once; containers started afterwards get the new MTU, running ones keep theirs and, where it is now too large, depend on path-MTU discovery until restarted".into(),
+    )
 }
 
 #[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
+    use crate::lease::{Lease, LeaseAttrs};
     use crate::netlink::{Link, VxlanSpec};
     use std::net::IpAddr;
 
@@ -391,14 +418,14 @@ mod tests {
             ..crate::backend::hostgw::lease_attrs("198.18.0.1".parse().unwrap())
         };
         assert_eq!(
-            vx.advertised_mac(&attrs, Family::V4),
+            vx.advertised_mac(attrs.data(Family::V4)),
             Some([0x0e, 0, 0, 0, 0, 1])
         );
         assert_eq!(BackendConfig::HostGw.backend().lease_data(None, None), None);
         assert_eq!(
             BackendConfig::HostGw
                 .backend()
-                .advertised_mac(&attrs, Family::V4),
+                .advertised_mac(attrs.data(Family::V4)),
             None
         );
     }
@@ -447,9 +474,10 @@ mod tests {
             vxlan: None,
             alias: None,
         };
-        assert!(vx.check_device(&link, &own, Family::V4).is_empty());
+        let data = own.attrs.data(Family::V4);
+        assert!(vx.check_device(&link, data).is_empty());
         link.mac = Some([0x0e, 0, 0, 0, 0, 2]);
-        let found = vx.check_device(&link, &own, Family::V4);
+        let found = vx.check_device(&link, data);
         assert_eq!(
             found,
             ["device flannel.1 has MAC 0e:00:00:00:00:02 but the lease advertises 0e:00:00:00:00:01"]

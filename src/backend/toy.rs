@@ -159,7 +159,7 @@ impl Backend for ToyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testing::{cfg, host, toy_lease, updates_match_full};
+    use crate::plan::testing::{cfg, run, toy_lease, updates_match_full};
     use crate::plan::{desired, diff_tunnel};
 
     #[test]
@@ -170,7 +170,7 @@ mod tests {
         let b = toy_lease("198.19.3.0/24", "198.18.0.3", "b", 3);
         let twin = toy_lease("198.19.4.0/24", "198.18.0.4", "a", 4);
         let mine = toy_lease("198.19.5.0/24", "198.18.0.5", "me", 5);
-        let d = desired(&c, &host(), &own, &[own.clone(), a.clone(), b, twin, mine]);
+        let d = desired(&c, &run(&c), &own, &[own.clone(), a.clone(), b, twin, mine]);
         assert_eq!((d.peers, d.tunnel.len(), d.routes.len()), (2, 2, 1));
         let reasons: Vec<&str> = d.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(

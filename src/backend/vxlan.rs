@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::{Backend, Summary};
+use super::{Backend, SettingChange, Summary};
 use crate::json::{get_bool, get_uint, invalid, rename, ConfigErrors};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
@@ -16,7 +16,6 @@ use {
         Device, DeviceError, DeviceKind, DeviceSpec, Host, HostSecrets, Identity, Peer, PeerObjects,
     },
     crate::iface::ExtIface,
-    crate::lease::{Lease, LeaseAttrs},
     crate::netlink::{
         format_mac, parse_mac, FdbEntry, Link, Mac, Neighbour, Netlink, Route, VxlanSpec,
         NUD_PERMANENT, VXLAN_DEFAULT_PORT,
@@ -279,26 +278,56 @@ impl Backend for VxlanConfig {
     }
 
     #[cfg(feature = "daemon")]
-    fn advertised_mac(&self, attrs: &LeaseAttrs, family: Family) -> Option<Mac> {
-        advertised(attrs, family).and_then(|d| parse_mac(&d.vtep_mac).ok())
+    fn advertised_mac(&self, data: Option<&Value>) -> Option<Mac> {
+        let d = VxlanLeaseData::from_value(data?)?;
+        parse_mac(&d.vtep_mac).ok()
     }
 
     /// Peers send to the MAC the lease advertises, so the device must have it.
     #[cfg(feature = "daemon")]
-    fn check_device(&self, link: &Link, own: &Lease, family: Family) -> Vec<String> {
-        if link.mac.is_none() || link.mac == self.advertised_mac(&own.attrs, family) {
+    fn check_device(&self, link: &Link, data: Option<&Value>) -> Vec<String> {
+        if link.mac.is_none() || link.mac == self.advertised_mac(data) {
             return Vec::new();
         }
         vec![format!(
             "device {} has MAC {} but the lease advertises {}",
             link.name,
             link.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-            advertised(&own.attrs, family)
+            data.and_then(VxlanLeaseData::from_value)
                 .map(|d| d.vtep_mac)
                 .unwrap_or_else(|| "none".into())
         )]
     }
+
+    /// Learning and DirectRouting are fixed in place (a route replaced is never missing); the
+    /// MTU follows as on a NIC change. VNI, Port and GBP make another wire format: a host on
+    /// the new one and a host on the old (flannel hosts keep theirs until restarted) could no
+    /// longer reach each other.
+    fn setting_change(&self, key: &str, old: &Value, new: &Value) -> SettingChange {
+        let split = |what: &str, old: &Value, new: &Value| {
+            SettingChange::Refused(format!(
+                "hosts on {what} {old} and on {new} cannot reach each other, and flannel hosts keep {old} until restarted; every host would have to move at one instant"
+            ))
+        };
+        // Port 0 is the kernel's default, which is flannel's.
+        let port = |v: &Value| match v.as_u64() {
+            None | Some(0) => Value::from(KERNEL_PORT),
+            Some(p) => Value::from(p),
+        };
+        match key {
+            "Learning" | "DirectRouting" => SettingChange::Live,
+            "MTU" => super::mtu_change(old, new),
+            "VNI" => split("VNI", old, new),
+            "Port" if port(old) == port(new) => SettingChange::Live,
+            "Port" => split("UDP port", &port(old), &port(new)),
+            "GBP" => split("GBP", old, new),
+            _ => SettingChange::Refused(format!("weft does not change {key} on running hosts")),
+        }
+    }
 }
+
+/// The UDP port the kernel gives a VXLAN device made with port 0.
+const KERNEL_PORT: u64 = 8472;
 
 /// `weftctl leases` shows each host's VTEP MAC (it is in `backend_data` already).
 pub const SUMMARY: Option<Summary> = Some(Summary {
@@ -325,12 +354,6 @@ impl DeviceKind for VxlanSpec {
     }
 }
 
-/// The VXLAN data a lease advertises for `family`.
-#[cfg(feature = "daemon")]
-fn advertised(attrs: &LeaseAttrs, family: Family) -> Option<VxlanLeaseData> {
-    attrs.data(family).and_then(VxlanLeaseData::from_value)
-}
-
 /// Attributes of a VXLAN host, as flannel writes them.
 pub fn lease_attrs(
     public_ip: std::net::Ipv4Addr,
@@ -349,6 +372,7 @@ pub fn lease_attrs(
             .to_value(),
         ),
         backend_v6_data: None,
+        weft_backends: None,
     }
 }
 
@@ -420,6 +444,7 @@ fn ensure(nl: &mut Netlink, spec: &VxlanSpec, mac: Option<Mac>) -> Result<Device
 #[cfg(all(test, feature = "daemon"))]
 mod tests {
     use super::*;
+    use crate::lease::LeaseAttrs;
     use proptest::prelude::*;
 
     fn mac() -> impl Strategy<Value = String> {

@@ -2,8 +2,6 @@
 //! adopted by the backend's own code, and made again when it vanishes), and the container
 //! bridges whose pinned MAC moved (see [`crate::bridge`]).
 
-use std::sync::atomic::Ordering;
-
 use ipnet::IpNet;
 
 use super::watch::Watched;
@@ -14,32 +12,62 @@ use crate::metrics::Metrics;
 use crate::netlink::{format_mac, Netlink};
 use crate::subnet::Family;
 
-/// Creates or adopts the backend's device of `family`, if it needs one, and tells the
-/// monitor its index.
-pub(super) fn ensure_device(
+/// Creates or adopts every backend's device of `family` and tells the monitor their indexes;
+/// gives each with its spec. A device that cannot be made is logged and skipped (the others
+/// still serve their peers), and the pass reports the failure.
+pub(super) fn ensure_devices(
     nl: &mut Netlink,
     metrics: &Metrics,
     watched: &Watched,
     s: &Snapshot,
     family: Family,
-) -> Result<Option<(DeviceSpec, Device)>, Failure> {
-    let Some(spec) = &s.devices[family] else {
-        return Ok(None);
-    };
-    let mac = s.cfg.backend.backend().advertised_mac(&s.own.attrs, family);
-    match spec.kind.ensure(nl, spec, mac) {
-        Ok(dev) => {
-            if dev.created {
-                tracing::warn!(device = %spec.name, mac = ?dev.mac.map(|m| format_mac(&m)), "device was missing; recreated it");
-                metrics.drift_repairs.inc();
+) -> (Vec<(DeviceSpec, Device)>, Result<(), Failure>) {
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for (i, spec) in s.devices_of(family) {
+        let backend = s.backends[i].backend();
+        let data = (s.own.attrs.speaks(backend.type_name())).and_then(|sp| sp.data(family));
+        match spec.kind.ensure(nl, spec, backend.advertised_mac(data)) {
+            Ok(dev) => {
+                if dev.created {
+                    tracing::warn!(device = %spec.name, mac = ?dev.mac.map(|m| format_mac(&m)), "device was missing; recreated it");
+                    metrics.drift_repairs.inc();
+                }
+                watched.set_device(&spec.name, dev.index);
+                out.push((spec.clone(), dev));
             }
-            watched.devices[family].store(dev.index, Ordering::Relaxed);
-            Ok(Some((spec.clone(), dev)))
+            Err(e) => {
+                metrics.netlink_errors.inc();
+                tracing::warn!(device = %spec.name, error = %e, "cannot set up the device; will retry");
+                result = Err(Failure::Device);
+            }
         }
-        Err(e) => {
-            metrics.netlink_errors.inc();
-            tracing::warn!(device = %spec.name, error = %e, "cannot set up the device; will retry");
-            Err(Failure::Device)
+    }
+    (out, result)
+}
+
+/// Removes the devices of backends this host no longer runs (the old one of a finished
+/// migration), where they still exist. Their routes, neighbours and peers go with them.
+pub(super) fn retire(nl: &mut Netlink, metrics: &Metrics, watched: &Watched, names: &[String]) {
+    for name in names {
+        let link = match nl.link_by_name(name) {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                metrics.netlink_errors.inc();
+                tracing::warn!(device = %name, error = %e, "cannot look for a device to retire");
+                continue;
+            }
+        };
+        watched.set_device(name, 0);
+        match nl.delete_link(link.index) {
+            Ok(()) => {
+                tracing::info!(device = %name, "device removed: no peer needs its backend any more")
+            }
+            Err(e) => {
+                metrics.netlink_errors.inc();
+                tracing::warn!(device = %name, error = %e, "cannot remove the device; will retry");
+            }
         }
     }
 }

@@ -2,34 +2,31 @@
 //! `weftctl check`), and applying operations with each outcome logged and counted (a drift
 //! repair, a first programming, a refusal).
 
-use std::sync::atomic::Ordering;
-
 use ipnet::IpNet;
 
 use super::tally::Tally;
 use super::watch::Watched;
 use super::{Failure, Snapshot};
-use crate::backend::Host;
 use crate::config::NetworkConfig;
 use crate::metrics::Metrics;
 use crate::netlink::{Netlink, NetlinkError, Op};
-use crate::plan::{self, Actual, Desired};
-use crate::subnet::Family;
+use crate::plan::{self, Actual, Desired, Speakers};
 
 /// Reads weft's objects from the kernel (the routes of the main table, the neighbours and FDB
-/// of the backend's device) and keeps those [`plan::owned`] says are weft's.
+/// of the backends' devices) and keeps those [`plan::owned`] says are weft's.
 pub fn read_actual(
     nl: &mut Netlink,
     cfg: &NetworkConfig,
-    host: &Host,
+    run: &Speakers,
     own_subnet: impl Into<IpNet>,
 ) -> Result<Actual, NetlinkError> {
-    let routes = nl.routes(host.family().into())?;
-    let (neigh, fdb) = match host.device {
-        Some(d) => (nl.neighbours(Some(d))?, nl.fdb(Some(d))?),
-        None => (Vec::new(), Vec::new()),
-    };
-    Ok(plan::owned(cfg, host, own_subnet, routes, neigh, fdb))
+    let routes = nl.routes(run.family().into())?;
+    let (mut neigh, mut fdb) = (Vec::new(), Vec::new());
+    for d in run.devices() {
+        neigh.extend(nl.neighbours(Some(d))?);
+        fdb.extend(nl.fdb(Some(d))?);
+    }
+    Ok(plan::owned(cfg, run, own_subnet, routes, neigh, fdb))
 }
 
 /// Applies `ops`, logging each and counting failures and repairs (an op that puts back what
@@ -78,18 +75,14 @@ pub(super) fn apply(
     }
 }
 
-/// The names of the devices ops may name by index: the external interface and each family's
-/// device.
+/// The names of the devices ops may name by index: the external interface and weft's
+/// devices.
 fn device_names(s: Option<&Snapshot>, watched: &Watched) -> Vec<(u32, String)> {
     let Some(s) = s else {
         return Vec::new();
     };
     let mut names = vec![(s.ext.index, s.ext.name.clone())];
-    for f in Family::ALL {
-        if let Some(d) = &s.devices[f] {
-            let index = watched.devices[f].load(Ordering::Relaxed);
-            names.push((index, d.name.clone()));
-        }
-    }
+    let devices = watched.devices.lock().unwrap_or_else(|e| e.into_inner());
+    names.extend(devices.iter().map(|(n, i)| (*i, n.clone())));
     names
 }

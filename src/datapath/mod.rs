@@ -22,21 +22,20 @@ mod tunnel;
 mod uplink;
 mod watch;
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::backend::{DeviceSpec, Host};
-use crate::config::NetworkConfig;
+use crate::config::{BackendConfig, NetworkConfig};
 use crate::firewall::{Firewall, FirewallSpec};
 use crate::iface::{ExtIface, IfaceSelect};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::netlink::{Mac, Monitor, Netlink};
-use crate::plan::{self, Desired};
+use crate::plan::{self, Desired, Speakers};
 use crate::probe::Prober;
 use crate::subnet::{Family, PerFamily};
 use probes::ProbeSync;
@@ -50,8 +49,16 @@ use watch::Watched;
 pub struct Snapshot {
     pub cfg: NetworkConfig,
     pub ext: ExtIface,
-    /// The backend's device of each family, for backends that have one.
-    pub devices: PerFamily<Option<DeviceSpec>>,
+    /// The backends this host runs, the preferred first: one, or two while the fleet moves
+    /// from one to another (see [`crate::live::moving`]).
+    pub backends: Vec<BackendConfig>,
+    /// Each backend's device in each family, in the order of `backends` (`None` for a
+    /// backend without one).
+    pub devices: PerFamily<Vec<Option<DeviceSpec>>>,
+    /// Devices of backends this host no longer runs: removed where they still exist.
+    pub retire: Vec<String>,
+    /// The leases whose advertisement of the preferred backend has settled (`None`: all).
+    pub settled: Option<Arc<BTreeSet<Ipv4Net>>>,
     pub own: Lease,
     /// Every valid lease known, this host's included.
     /// Shared with the agent: a snapshot costs a reference count per lease, not a copy.
@@ -72,14 +79,19 @@ impl Snapshot {
     fn own_subnet(&self, family: Family) -> Option<IpNet> {
         self.own.side(family).map(|s| s.subnet)
     }
+
+    /// The devices of `family`, with the index of their backend in `backends`.
+    pub fn devices_of(&self, family: Family) -> impl Iterator<Item = (usize, &DeviceSpec)> {
+        (self.devices[family].iter().enumerate()).filter_map(|(i, d)| Some((i, d.as_ref()?)))
+    }
 }
 
 /// What the datapath tells the agent after each full reconciliation.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// The devices' real MACs (backends with a device); the agent re-advertises one that
-    /// differs from the lease's.
-    pub device_mac: PerFamily<Option<Mac>>,
+    /// The devices' real MACs by device name (devices that have one); the agent
+    /// re-advertises one that differs from the lease's.
+    pub device_mac: BTreeMap<String, Mac>,
     /// The external interface as the kernel has it now, when it differs from the snapshot's
     /// (renumbered, re-created, another MTU, the default route moved): the agent makes a new
     /// snapshot from it, and the pass waits for that.
@@ -181,7 +193,7 @@ struct Worker {
     applied: PerFamily<Option<Desired>>,
     /// The snapshot and host facts `applied` was computed from: a lease event then only
     /// needs the leases that changed since.
-    applied_from: PerFamily<Option<(Arc<Snapshot>, Host)>>,
+    applied_from: PerFamily<Option<(Arc<Snapshot>, Speakers)>>,
     /// Skipped leases already warned about, with the reason.
     warned: HashSet<(String, String)>,
     uplink: Uplink,
@@ -269,18 +281,30 @@ impl Worker {
             .is_some_and(|s| s.families().all(|f| self.applied[f].is_some()))
     }
 
-    /// This host's facts in `family`, with the device as the kernel has it now.
-    fn host(&self, s: &Snapshot, family: Family) -> Option<Host> {
-        let device = self.watched.devices[family].load(Ordering::Relaxed);
-        let device = (s.devices[family].is_some() && device != 0).then_some(device);
-        Host::new(&s.ext, family, device)
+    /// This host's backends in `family`, each with its device as the kernel has it now.
+    fn speakers(&self, s: &Snapshot, family: Family) -> Option<Speakers> {
+        let list = (s.backends.iter().enumerate())
+            .map(|(i, backend)| {
+                let spec = s.devices[family].get(i).and_then(Option::as_ref);
+                let device = spec.and_then(|d| self.watched.device(&d.name));
+                let host = Host::new(&s.ext, family, device)?;
+                Some(plan::Speaker {
+                    backend: backend.clone(),
+                    host,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (!list.is_empty()).then(|| Speakers {
+            list,
+            settled: s.settled.clone(),
+        })
     }
 
-    fn desired(&mut self, s: &Snapshot, host: &Host) -> Desired {
-        let d = plan::desired(&s.cfg, host, &s.own, &s.leases);
+    fn desired(&mut self, s: &Snapshot, run: &Speakers) -> Desired {
+        let d = plan::desired(&s.cfg, run, &s.own, &s.leases);
         for skip in &d.skipped {
             if self.warned.insert((skip.key.clone(), skip.reason.clone())) {
-                tracing::warn!(key = %skip.key, family = %host.family(), reason = %skip.reason, "lease not programmed");
+                tracing::warn!(key = %skip.key, family = %run.family(), reason = %skip.reason, "lease not programmed");
             }
         }
         d

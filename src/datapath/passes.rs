@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{devices, kernel, lease_delta, release_free_memory, Failure, Report, Snapshot, Worker};
-use crate::backend::Host;
 use crate::netlink::Mac;
-use crate::plan::{self, Desired};
+use crate::plan::{self, Desired, Speakers};
 use crate::subnet::Family;
 
 /// What the fast path did in one family: operations sent, peers programmed.
@@ -30,10 +29,10 @@ impl Worker {
         let (mut changes, mut peers, mut whole) = (0, 0, false);
         let mut replaced = Vec::new();
         for family in s.families() {
-            let Some(host) = self.host(&s, family) else {
+            let Some(run) = self.speakers(&s, family) else {
                 continue;
             };
-            let done = self.fast_family(&s, &host, &mut whole);
+            let done = self.fast_family(&s, &run, &mut whole);
             let ok = done.is_ok();
             if let Ok(f) = &done {
                 (changes, peers) = (changes + f.ops, peers + f.peers);
@@ -41,7 +40,7 @@ impl Worker {
             // The snapshot this one replaces is freed after the clock stops: thousands of
             // leases take a while to free, and by then the kernel is already programmed.
             replaced.push(if ok {
-                self.applied_from[family].replace((s.clone(), host))
+                self.applied_from[family].replace((s.clone(), run))
             } else {
                 self.applied[family] = None;
                 self.applied_from[family].take()
@@ -68,11 +67,11 @@ impl Worker {
     fn fast_family(
         &mut self,
         s: &Arc<Snapshot>,
-        host: &Host,
+        run: &Speakers,
         whole: &mut bool,
     ) -> Result<FastFamily, Failure> {
-        let family = host.family();
-        if let Some(u) = self.incremental(s, host) {
+        let family = run.family();
+        if let Some(u) = self.incremental(s, run) {
             self.probes.change(u.probes_removed, u.probes_set);
             let peers = self.applied[family].as_ref().map_or(0, |a| a.peers);
             let fresh = u.fresh;
@@ -99,7 +98,7 @@ impl Worker {
             });
         }
         *whole = true;
-        let desired = self.desired(s, host);
+        let desired = self.desired(s, run);
         self.count_leases(s, desired.skipped.len());
         let Some(previous) = self.applied[family].take() else {
             return Err(Failure::NothingApplied);
@@ -133,15 +132,17 @@ impl Worker {
     /// The operations for the leases that changed since the applied snapshot of `host`'s
     /// family, updating its applied state; `None` when anything else changed or the change
     /// needs the whole picture (see [`plan::update`]).
-    fn incremental(&mut self, s: &Snapshot, host: &Host) -> Option<plan::Update> {
-        let family = host.family();
-        let (prev, prev_host) = self.applied_from[family].as_ref()?;
-        if prev_host != host || prev.cfg != s.cfg || prev.own.key_name() != s.own.key_name() {
+    fn incremental(&mut self, s: &Snapshot, run: &Speakers) -> Option<plan::Update> {
+        let family = run.family();
+        let (prev, prev_run) = self.applied_from[family].as_ref()?;
+        // This host's own lease counts too: what it advertises decides which backend a pair
+        // takes.
+        if prev_run != run || prev.cfg != s.cfg || prev.own != s.own {
             return None;
         }
         let (gone, added) = lease_delta(&prev.leases, &s.leases)?;
         let applied = self.applied[family].as_mut()?;
-        plan::update(&s.cfg, host, &s.own, applied, &gone, &added)
+        plan::update(&s.cfg, run, &s.own, applied, &gone, &added)
     }
 
     /// The full path: devices, addresses, dumps, diff and apply for each family, then the
@@ -166,6 +167,7 @@ impl Worker {
         } else {
             Ok(())
         };
+        devices::retire(&mut self.nl, &self.metrics, &self.watched, &s.retire);
         let mut report = Report::default();
         let mut skipped = 0;
         for family in Family::ALL {
@@ -174,8 +176,8 @@ impl Worker {
                 self.applied_from[family] = None;
                 continue;
             }
-            let (mac, pass) = self.full_family(&s, family, started);
-            report.device_mac[family] = mac;
+            let (macs, pass) = self.full_family(&s, family, started);
+            report.device_mac.extend(macs);
             skipped = skipped.max(pass.as_ref().map_or(0, |n| *n));
             result = result.and(pass.map(|_| ()));
         }
@@ -217,29 +219,28 @@ impl Worker {
         (self.watched.ext).store(s.ext.index, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// One family's part of the full path: its device, the device's address, and the
-    /// kernel's objects. Gives the device's MAC and, when all went in, the number of leases
+    /// One family's part of the full path: its devices, their address, and the kernel's
+    /// objects. Gives the devices' MACs by name and, when all went in, the number of leases
     /// the family skipped.
     fn full_family(
         &mut self,
         s: &Arc<Snapshot>,
         family: Family,
         started: Instant,
-    ) -> (Option<Mac>, Result<usize, Failure>) {
-        let device = devices::ensure_device(&mut self.nl, &self.metrics, &self.watched, s, family);
-        let device = match device {
-            Ok(d) => d,
-            Err(e) => return (None, Err(e)),
-        };
-        let mac = device.as_ref().and_then(|(_, d)| d.mac);
-        let address = match (&device, s.own_subnet(family)) {
-            (Some((spec, dev)), Some(subnet)) => {
-                devices::ensure_address(&mut self.nl, &self.metrics, spec, dev, subnet)
+    ) -> (Vec<(String, Mac)>, Result<usize, Failure>) {
+        let (devices, mut result) =
+            devices::ensure_devices(&mut self.nl, &self.metrics, &self.watched, s, family);
+        let macs = (devices.iter())
+            .filter_map(|(spec, dev)| Some((spec.name.clone(), dev.mac?)))
+            .collect();
+        if let Some(subnet) = s.own_subnet(family) {
+            for (spec, dev) in &devices {
+                let a = devices::ensure_address(&mut self.nl, &self.metrics, spec, dev, subnet);
+                result = result.and(a);
             }
-            _ => Ok(()),
-        };
+        }
         let kernel = self.reconcile_kernel(s, family, started);
-        (mac, address.and(kernel))
+        (macs, result.and(kernel))
     }
 
     /// Routes, neighbours and FDB of `family`, and its tunnel's peers: the kernel's against
@@ -251,12 +252,12 @@ impl Worker {
         family: Family,
         started: Instant,
     ) -> Result<usize, Failure> {
-        let (Some(host), Some(own_subnet)) = (self.host(s, family), s.own_subnet(family)) else {
+        let (Some(run), Some(own_subnet)) = (self.speakers(s, family), s.own_subnet(family)) else {
             return Ok(0);
         };
-        let desired = self.desired(s, &host);
+        let desired = self.desired(s, &run);
         let skipped = desired.skipped.len();
-        let actual = kernel::read_actual(&mut self.nl, &s.cfg, &host, own_subnet).map_err(|e| {
+        let actual = kernel::read_actual(&mut self.nl, &s.cfg, &run, own_subnet).map_err(|e| {
             self.metrics.netlink_errors.inc();
             tracing::warn!(%family, error = %e, "cannot read the kernel's routes, neighbours or FDB");
             Failure::Dump
@@ -264,6 +265,9 @@ impl Worker {
         let ops = plan::diff(&desired, &actual);
         let previous = self.applied[family].take();
         let applying = Instant::now();
+        // The tunnel's peers first, as on the fast path: a route that moves a pair onto the
+        // tunnel (a migration, a restart mid-way) finds the peer there.
+        let tunnel = self.mend_tunnel(s, family, &desired, previous.as_ref());
         let result = kernel::apply(
             &mut self.nl,
             &self.metrics,
@@ -272,7 +276,6 @@ impl Worker {
             &ops,
             previous.as_ref(),
         );
-        let tunnel = self.mend_tunnel(s, family, &desired, previous.as_ref());
         if !ops.is_empty() {
             tracing::info!(
                 %family,
@@ -286,7 +289,7 @@ impl Worker {
         let result = result.and(tunnel);
         if result.is_ok() {
             self.applied[family] = Some(desired);
-            self.applied_from[family] = Some((s.clone(), host));
+            self.applied_from[family] = Some((s.clone(), run));
         } else {
             self.applied_from[family] = None;
         }

@@ -12,8 +12,10 @@ use crate::netlink::Netlink;
 use crate::plan;
 use crate::subnet::{Family, PerFamily};
 
-/// Each family's tunnel, made from the device's spec when the family's pass manages peers,
-/// and kept while the device keeps its name (a tunnel may remember what it did).
+/// Each family's tunnel, made from the spec of the family's device whose pass manages peers,
+/// and kept while that device keeps its name (a tunnel may remember what it did). A host runs
+/// at most one backend whose device holds peers (WireGuard): a migration is between two
+/// types, and of the types weft has only WireGuard's devices hold peers.
 #[derive(Default)]
 pub(super) struct Tunnels {
     by_family: PerFamily<Option<(String, Box<dyn Tunnel>)>>,
@@ -26,15 +28,20 @@ impl Tunnels {
     }
 
     fn get(&mut self, s: &Snapshot, family: Family) -> Option<&mut Box<dyn Tunnel>> {
-        let Some(spec) = &s.devices[family] else {
-            self.by_family[family] = None;
-            return None;
-        };
         let slot = &mut self.by_family[family];
-        if slot.as_ref().is_none_or(|(name, _)| *name != spec.name) {
-            *slot = spec.kind.tunnel(spec).map(|t| (spec.name.clone(), t));
+        let kept = slot
+            .as_ref()
+            .is_some_and(|(name, _)| s.devices_of(family).any(|(_, d)| d.name == *name));
+        if !kept {
+            *slot = (s.devices_of(family))
+                .find_map(|(_, spec)| Some((spec.name.clone(), spec.kind.tunnel(spec)?)));
         }
         slot.as_mut().map(|(_, t)| t)
+    }
+
+    /// The name of `family`'s device that holds peers, if any.
+    fn device(&self, family: Family) -> Option<String> {
+        self.by_family[family].as_ref().map(|(n, _)| n.clone())
     }
 
     /// The peers `family`'s tunnel device holds; None when the family manages no device's
@@ -50,9 +57,10 @@ impl Tunnels {
             metrics.set_handshakes(family, Vec::new());
             return Ok(None);
         };
-        let peers = t.read(nl).map_err(|e| {
+        let read = t.read(nl);
+        let peers = read.map_err(|e| {
             metrics.netlink_errors.inc();
-            let device = s.devices[family].as_ref().map(|d| d.name.as_str());
+            let device = self.device(family);
             tracing::warn!(device, error = %e, "cannot read the device's peers");
             Failure::Dump
         })?;
@@ -103,8 +111,11 @@ impl Tunnels {
         if change.is_empty() {
             return Ok(());
         }
-        let device = s.devices[family].as_ref().map(|d| d.name.clone());
-        let Some(t) = self.get(s, family) else {
+        if self.get(s, family).is_none() {
+            return Ok(());
+        }
+        let device = self.device(family);
+        let Some((_, t)) = self.by_family[family].as_mut() else {
             return Ok(());
         };
         let finished = t.write(nl, change, held).map_err(|e| {

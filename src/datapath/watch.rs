@@ -12,12 +12,12 @@ use ipnet::IpNet;
 
 use super::Cmd;
 use crate::netlink::{Change, Mac, Monitor, Op};
-use crate::subnet::{Family, PerFamily};
 
 /// What the monitor thread needs to tell weft's objects from everything else.
 #[derive(Default)]
 pub(super) struct Watched {
-    pub devices: PerFamily<AtomicU32>,
+    /// weft's devices as the kernel has them: name → index.
+    pub devices: std::sync::Mutex<Vec<(String, u32)>>,
     pub ext: AtomicU32,
     /// No external interface could be chosen: any link or address may be the one awaited
     /// (a NIC re-created under a new index, an address not there yet).
@@ -31,6 +31,28 @@ pub(super) struct Watched {
     /// Deletions the worker is about to make: their notifications are its own echo, not
     /// drift, and must not cost a full reconciliation (a dump of every object).
     pub echo: std::sync::Mutex<Echo>,
+}
+
+impl Watched {
+    /// The index of device `name`, once it is known to exist.
+    pub fn device(&self, name: &str) -> Option<u32> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+    }
+
+    /// Notes device `name` at `index` (0: gone).
+    pub fn set_device(&self, name: &str, index: u32) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.retain(|(n, _)| n != name);
+        if index != 0 {
+            devices.push((name.to_string(), index));
+        }
+    }
+
+    fn device_indices(&self) -> Vec<u32> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.iter().map(|(_, i)| *i).collect()
+    }
 }
 
 /// How long an expected deletion notification is waited for. A delete of something already
@@ -90,7 +112,7 @@ pub(super) fn watch_kernel(mut monitor: Monitor, watched: Arc<Watched>, tx: mpsc
                 continue;
             }
         };
-        let devices = Family::ALL.map(|f| watched.devices[f].load(Ordering::Relaxed));
+        let devices = watched.device_indices();
         let is_device = |i: &u32| *i != 0 && devices.contains(i);
         let ext = watched.ext.load(Ordering::Relaxed);
         let missing = watched.ext_missing.load(Ordering::Relaxed);

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Desired, ProbeAt, Skip};
-use crate::backend::{Host, Peer, PeerObjects};
+use super::{Desired, ProbeAt, Skip, Speakers};
+use crate::backend::{Host, Identity, Peer, PeerObjects};
 use crate::config::NetworkConfig;
 use crate::iface::ExtIface;
 use crate::lease::Lease;
@@ -77,52 +77,129 @@ pub fn refused_parts(cfg: &NetworkConfig, lease: &Lease) -> Vec<(SubnetFamily, S
         .collect()
 }
 
-/// Checks one remote lease's side in `host`'s family on its own and returns the objects it
-/// calls for. `Err` says why it must not be programmed. The rules here hold for every backend
-/// and family ([`check_side`], and those relative to this host); the backend adds its own.
+/// Checks one remote lease's side in the family of `run` on its own and returns the objects
+/// it calls for, with the index in `run` of the backend that carries its traffic. `Err` says
+/// why it must not be programmed. The rules here hold for every backend and family
+/// ([`check_side`], and those relative to this host); each backend adds its own.
+///
+/// Every backend both ends speak gives its per-peer objects (a device's peer, a neighbour, an
+/// FDB entry), so the pair can move between them by a route; the route is the chosen one's:
+/// the first in `run`'s order, once the lease's advertisement of it and this host's have
+/// settled, else the next.
 pub fn peer_objects(
     cfg: &NetworkConfig,
-    host: &Host,
-    own_subnet: IpNet,
+    run: &Speakers,
+    own: &Lease,
     lease: &Lease,
-) -> Result<PeerObjects, String> {
+) -> Result<(PeerObjects, usize), String> {
+    let host = run.host();
     let family = host.family();
     let (subnet, public_ip) = check_side(cfg, lease, family)?;
-    if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
-        return Err(format!(
-            "subnet {subnet} overlaps this host's subnet {own_subnet}"
-        ));
+    if let Some(own_subnet) = own.side(family).map(|s| s.subnet) {
+        if subnet.contains(&own_subnet) || own_subnet.contains(&subnet) {
+            return Err(format!(
+                "subnet {subnet} overlaps this host's subnet {own_subnet}"
+            ));
+        }
     }
     if public_ip == host.public_ip {
         return Err(format!("PublicIP {public_ip} is this host's own address"));
     }
-    let backend = cfg.backend.backend();
-    let own_type = backend.type_name();
-    if lease.attrs.backend_type != own_type {
-        return Err(format!(
-            "BackendType {:?} differs from this network's {own_type:?}",
-            lease.attrs.backend_type
-        ));
+    let spoken = lease.attrs.spoken();
+    let mut refused = None;
+    let mut candidates: Vec<(usize, PeerObjects)> = Vec::new();
+    for (i, (backend, h)) in run.backends().enumerate() {
+        let Some(side) = spoken
+            .iter()
+            .find(|s| s.backend_type == backend.type_name())
+        else {
+            continue;
+        };
+        let peer = Peer {
+            subnet,
+            public_ip,
+            data: side.data(family),
+            lease,
+        };
+        match backend.peer(h, &peer) {
+            Ok(o) => candidates.push((i, o)),
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
     }
-    let peer = Peer {
-        subnet,
-        public_ip,
-        data: lease.side(family).and_then(|s| s.backend_data),
-        lease,
+    let Some(first) = candidates.first() else {
+        return Err(refused.unwrap_or_else(|| no_common_backend(run, lease)));
     };
-    backend.peer(host, &peer)
+    let wait = first.0 == 0
+        && candidates.len() > 1
+        && !(run.settled(lease.subnet) && run.settled(own.subnet));
+    let chosen = usize::from(wait);
+    Ok((merge(candidates.clone(), chosen), candidates[chosen].0))
 }
 
-/// The desired state of `host`'s family for all known leases. Leases that overlap each other
+/// Why a lease speaks none of `run`'s backends.
+fn no_common_backend(run: &Speakers, lease: &Lease) -> String {
+    let types: Vec<String> = (run.backends())
+        .map(|(b, _)| format!("{:?}", b.type_name()))
+        .collect();
+    match types.as_slice() {
+        [one] => format!(
+            "BackendType {:?} differs from this network's {one}",
+            lease.attrs.backend_type
+        ),
+        many => format!(
+            "BackendType {:?} is none of this host's {} (nor does WeftBackends name one)",
+            lease.attrs.backend_type,
+            many.join(" and ")
+        ),
+    }
+}
+
+/// One peer's objects from every backend both ends speak: the chosen one's route, and the
+/// others' per-peer state beside the chosen one's.
+fn merge(candidates: Vec<(usize, PeerObjects)>, chosen: usize) -> PeerObjects {
+    fn take<T>(mine: &mut Option<T>, theirs: Option<T>, chosen: bool) {
+        if chosen || mine.is_none() {
+            if let Some(t) = theirs {
+                *mine = Some(t);
+            }
+        }
+    }
+    let mut out = PeerObjects::default();
+    for (i, (_, o)) in candidates.into_iter().enumerate() {
+        let first = i == chosen;
+        if first {
+            out.route = o.route;
+        }
+        take(&mut out.neighbour, o.neighbour, first);
+        take(&mut out.fdb, o.fdb, first);
+        take(&mut out.tunnel, o.tunnel, first);
+    }
+    out
+}
+
+/// The identities (VTEP MAC, public key) a lease's data holds for each backend of `run`.
+fn identities(run: &Speakers, lease: &Lease) -> Vec<Identity> {
+    let family = run.family();
+    (run.backends())
+        .filter_map(|(b, _)| {
+            let data = lease.attrs.speaks(b.type_name())?.data(family);
+            b.identity(data)
+        })
+        .collect()
+}
+
+/// The desired state of `run`'s family for all known leases. Leases that overlap each other
 /// are settled by age: the older (lower revision, then lower key) is kept, the newer skipped.
 pub fn desired<L: std::borrow::Borrow<Lease>>(
     cfg: &NetworkConfig,
-    host: &Host,
+    run: &Speakers,
     own: &Lease,
     leases: &[L],
 ) -> Desired {
     let mut out = Desired::default();
-    let family = host.family();
+    let family = run.family();
     let Some(own_subnet) = own.side(family).map(|s| s.subnet) else {
         return out;
     };
@@ -137,18 +214,18 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     // The key is built once per lease, not once per comparison: this runs on every lease
     // event, with thousands of leases.
     sorted.sort_by_cached_key(|l| (l.mod_revision, l.key_name()));
-    let backend = cfg.backend.backend();
     if let Some(network) = cfg.network_of(family) {
-        for r in backend.device_routes(host, network) {
-            out.routes.insert(r.dst, r);
+        for (b, h) in run.backends() {
+            for r in b.device_routes(h, network) {
+                out.routes.insert(r.dst, r);
+            }
         }
     }
     let mut accepted: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
-    // This host's own identity is the oldest claim: a lease carrying it (a forgery, or a stale
-    // copy of this host's data) would point this host's MAC or key away from it.
-    let identity_of = |l: &Lease| backend.identity(l.side(family).and_then(|s| s.backend_data));
-    let own_identity = identity_of(own);
-    out.identities.extend(own_identity.clone());
+    // This host's own identities are the oldest claims: a lease carrying one (a forgery, or
+    // a stale copy of this host's data) would point this host's MAC or key away from it.
+    let own_identities = identities(run, own);
+    out.identities.extend(own_identities.iter().cloned());
     for lease in sorted {
         let key = lease.key_name();
         let subnet = subnet_of(lease);
@@ -160,28 +237,26 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
             });
             continue;
         }
-        match peer_objects(cfg, host, own_subnet, lease) {
-            Ok(objects) => {
+        match peer_objects(cfg, run, own, lease) {
+            Ok((objects, chosen)) => {
                 // Two leases with one identity would fight over one FDB entry or one
                 // device peer.
-                if let Some(id) = identity_of(lease) {
-                    let taken = out.identities.contains(&id);
-                    if taken {
-                        let reason = if Some(&id) == own_identity.as_ref() {
-                            format!("{id} is this host's own")
-                        } else {
-                            format!("{} is already used by an older lease", id.what)
-                        };
-                        out.skipped.push(Skip { key, reason });
-                        continue;
-                    }
-                    out.identities.insert(id);
+                let ids = identities(run, lease);
+                if let Some(id) = ids.iter().find(|id| out.identities.contains(*id)) {
+                    let reason = if own_identities.contains(id) {
+                        format!("{id} is this host's own")
+                    } else {
+                        format!("{} is already used by an older lease", id.what)
+                    };
+                    out.skipped.push(Skip { key, reason });
+                    continue;
                 }
+                out.identities.extend(ids);
                 // peer_objects refuses a lease without a subnet in the family.
                 if let Some(s) = subnet {
                     accepted.insert(s.network(), s);
                 }
-                take_peer(&mut out, host, lease, objects);
+                take_peer(&mut out, &run.list[chosen].host, lease, objects);
             }
             Err(reason) => out.skipped.push(Skip { key, reason }),
         }
@@ -189,7 +264,8 @@ pub fn desired<L: std::borrow::Borrow<Lease>>(
     out
 }
 
-/// Puts an accepted peer's kernel objects and where it is probed into `out`.
+/// Puts an accepted peer's kernel objects and where it is probed into `out`; `host` is this
+/// host's facts as the backend that carries the pair's traffic sees them.
 fn take_peer(out: &mut Desired, host: &Host, lease: &Lease, objects: PeerObjects) {
     if let Some(side) = lease.side(host.family()) {
         let tunnel = host.device.is_some();
@@ -249,7 +325,8 @@ pub(super) fn overlap<K: Ord, V>(
 mod tests {
     use super::*;
     use crate::netlink::NUD_PERMANENT;
-    use crate::plan::testing::{cfg, host, lease};
+    use crate::plan::testing::{cfg, lease, run};
+    use crate::plan::Speakers;
     use crate::plan::{owned, update};
 
     #[test]
@@ -257,7 +334,7 @@ mod tests {
         let c = cfg(r#"{"Type":"vxlan"}"#);
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
         let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
-        let d = desired(&c, &host(), &own, &[own.clone(), peer]);
+        let d = desired(&c, &run(&c), &own, &[own.clone(), peer]);
         assert_eq!(d.peers, 1);
         let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
         assert_eq!(r.gateway, Some("198.19.2.0".parse().unwrap()));
@@ -280,7 +357,7 @@ mod tests {
             Some("0E:00:00:00:00:01"),
             2,
         );
-        let d = desired(&c, &host(), &own, &[own.clone(), forged.clone()]);
+        let d = desired(&c, &run(&c), &own, &[own.clone(), forged.clone()]);
         assert_eq!((d.peers, d.fdb.len()), (0, 0));
         assert_eq!(
             d.skipped,
@@ -290,9 +367,9 @@ mod tests {
             }]
         );
         // The same when the lease arrives as an event.
-        let mut applied = desired(&c, &host(), &own, std::slice::from_ref(&own));
+        let mut applied = desired(&c, &run(&c), &own, std::slice::from_ref(&own));
         assert_eq!(
-            update(&c, &host(), &own, &mut applied, &[], &[forged]),
+            update(&c, &run(&c), &own, &mut applied, &[], &[forged]),
             None
         );
     }
@@ -356,7 +433,7 @@ mod tests {
                 9,
             ),
         ];
-        let d = desired(&c, &host(), &own, &bad);
+        let d = desired(&c, &run(&c), &own, &bad);
         assert_eq!(d.peers, 0, "{:?}", d.routes);
         assert_eq!(d.skipped.len(), bad.len());
         let reasons: Vec<_> = d.skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -380,7 +457,7 @@ mod tests {
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
         let older = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 5);
         let newer = lease("198.19.2.0/23", "198.18.0.3", Some("0e:00:00:00:00:03"), 9);
-        let d = desired(&c, &host(), &own, &[newer, older]);
+        let d = desired(&c, &run(&c), &own, &[newer, older]);
         assert_eq!(d.peers, 1);
         assert!(d
             .routes
@@ -411,7 +488,7 @@ mod tests {
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
         let near = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
         let far = lease("198.19.3.0/24", "198.18.5.3", Some("0e:00:00:00:00:03"), 3);
-        let d = desired(&c, &host(), &own, &[near, far]);
+        let d = desired(&c, &run(&c), &own, &[near, far]);
         let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
         assert_eq!(
             (r.gateway, r.oif, r.onlink),
@@ -425,7 +502,7 @@ mod tests {
         let own = lease("198.19.1.0/24", "198.18.0.1", None, 1);
         let peer = lease("198.19.2.0/24", "198.18.0.2", None, 2);
         let far = lease("198.19.3.0/24", "198.18.5.3", None, 3);
-        let d = desired(&c, &host(), &own, &[peer, far]);
+        let d = desired(&c, &run(&c), &own, &[peer, far]);
         let r = &d.routes[&"198.19.2.0/24".parse::<IpNet>().unwrap()];
         assert_eq!(r.gateway, Some("198.18.0.2".parse().unwrap()));
         assert!(d.neighbours.is_empty() && d.fdb.is_empty());
@@ -471,7 +548,8 @@ mod tests {
             device: None,
             other_public_ip: None,
         };
-        let d = desired(&c, &h6, &own, &[own.clone(), peer.clone(), v4_only.clone()]);
+        let r6 = Speakers::one(c.backend.clone(), h6);
+        let d = desired(&c, &r6, &own, &[own.clone(), peer.clone(), v4_only.clone()]);
         assert_eq!(d.peers, 1);
         let r = &d.routes[&"2001:db8:100:2::/64".parse::<IpNet>().unwrap()];
         assert_eq!(
@@ -481,11 +559,11 @@ mod tests {
         // An IPv4-only lease is no IPv6 peer, and not a broken lease either.
         assert!(d.skipped.is_empty(), "{:?}", d.skipped);
         // The IPv4 side of the same leases, through the same code.
-        let d4 = desired(&c, &host(), &own, &[own.clone(), peer, v4_only]);
+        let d4 = desired(&c, &run(&c), &own, &[own.clone(), peer, v4_only]);
         assert_eq!(d4.peers, 2);
         let kernel = vec![r.clone(), d4.routes.values().next().unwrap().clone()];
         assert_eq!(
-            owned(&c, &h6, own.subnet6.unwrap(), kernel, vec![], vec![]).routes,
+            owned(&c, &r6, own.subnet6.unwrap(), kernel, vec![], vec![]).routes,
             std::slice::from_ref(r)
         );
     }

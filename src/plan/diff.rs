@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::Desired;
-use crate::backend::{Host, PeerId, TunnelChange, TunnelPeer};
+use super::{Desired, Speakers};
+use crate::backend::{PeerId, TunnelChange, TunnelPeer};
 use crate::config::NetworkConfig;
 use crate::netlink::{
     is_permanent, FdbEntry, Mac, Neighbour, Op, Route, RTPROT_KERNEL, RT_TABLE_MAIN,
@@ -24,17 +24,20 @@ pub struct Actual {
 }
 
 /// Keeps only the kernel objects weft owns: routes in the main table inside the network (not
-/// this host's own subnet, not the kernel's) on weft's device or the external interface;
-/// permanent neighbours and FDB entries on the backend's device.
+/// this host's own subnet, not the kernel's) on one of weft's devices or the external
+/// interface; permanent neighbours and FDB entries on the backends' devices.
 pub fn owned(
     cfg: &NetworkConfig,
-    host: &Host,
+    run: &Speakers,
     own_subnet: impl Into<IpNet>,
     routes: Vec<Route>,
     neighbours: Vec<Neighbour>,
     fdb: Vec<FdbEntry>,
 ) -> Actual {
+    let host = run.host();
     let family = host.family();
+    let devices: Vec<u32> = run.devices().collect();
+    let on_device = |i: u32| devices.contains(&i);
     let Some(network) = cfg.network_of(family) else {
         return Actual::default();
     };
@@ -47,22 +50,16 @@ pub fn owned(
                 && network.contains(&r.dst)
                 && !own_subnet.contains(&r.dst)
                 && r.oif.is_some()
-                && (r.oif == host.device || r.oif == Some(host.ext_index))
+                && r.oif.is_some_and(|o| on_device(o) || o == host.ext_index)
         })
         .collect();
     let neighbours = neighbours
         .into_iter()
-        .filter(|n| {
-            Some(n.index) == host.device
-                && is_permanent(n.state)
-                && SubnetFamily::of(n.ip) == family
-        })
+        .filter(|n| on_device(n.index) && is_permanent(n.state) && SubnetFamily::of(n.ip) == family)
         .collect();
     let fdb = fdb
         .into_iter()
-        .filter(|f| {
-            Some(f.index) == host.device && f.permanent && f.dst.is_some() && f.mac != [0; 6]
-        })
+        .filter(|f| on_device(f.index) && f.permanent && f.dst.is_some() && f.mac != [0; 6])
         .collect();
     Actual {
         routes,
@@ -313,7 +310,7 @@ pub fn describe(op: &Op, dev: &dyn Fn(u32) -> String) -> String {
 mod tests {
     use super::*;
     use crate::plan::desired;
-    use crate::plan::testing::{cfg, host, lease};
+    use crate::plan::testing::{cfg, lease, run};
 
     #[test]
     fn diff_applied_matches_a_diff_against_a_kernel_holding_the_applied_state() {
@@ -332,8 +329,8 @@ mod tests {
         ];
         for old in &states {
             for new in &states {
-                let applied = desired(&c, &host(), &own, old);
-                let want = desired(&c, &host(), &own, new);
+                let applied = desired(&c, &run(&c), &own, old);
+                let want = desired(&c, &run(&c), &own, new);
                 let kernel = Actual {
                     routes: applied.routes.values().cloned().collect(),
                     neighbours: applied.neighbours.values().cloned().collect(),
@@ -349,7 +346,7 @@ mod tests {
         let c = cfg(r#"{"Type":"vxlan"}"#);
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
         let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
-        let d = desired(&c, &host(), &own, &[peer]);
+        let d = desired(&c, &run(&c), &own, &[peer]);
         let route = d.routes.values().next().unwrap().clone();
         // Another next hop with another metric: the replacement would leave it in place.
         let other_metric = Route {
@@ -378,7 +375,7 @@ mod tests {
     #[test]
     fn diff_replaces_missing_removes_stale_and_leaves_others_alone() {
         let c = cfg(r#"{"Type":"vxlan"}"#);
-        let h = host();
+        let h = run(&c);
         let own = lease("198.19.1.0/24", "198.18.0.1", Some("0e:00:00:00:00:01"), 1);
         let peer = lease("198.19.2.0/24", "198.18.0.2", Some("0e:00:00:00:00:02"), 2);
         let d = desired(&c, &h, &own, &[peer]);

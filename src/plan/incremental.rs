@@ -8,8 +8,8 @@ use ipnet::IpNet;
 
 use super::desired::{desired, overlap};
 use super::diff::ops_between;
-use super::{Desired, ProbeAt};
-use crate::backend::{Host, PeerId, TunnelChange};
+use super::{Desired, ProbeAt, Speakers};
+use crate::backend::{PeerId, TunnelChange};
 use crate::config::NetworkConfig;
 use crate::lease::Lease;
 use crate::netlink::{Op, Route};
@@ -38,7 +38,7 @@ pub struct Update {
 /// alike, so they are kept as they are.
 pub fn update(
     cfg: &NetworkConfig,
-    host: &Host,
+    run: &Speakers,
     own: &Lease,
     applied: &mut Desired,
     gone: &[Lease],
@@ -47,8 +47,8 @@ pub fn update(
     if !applied.skipped.is_empty() {
         return None;
     }
-    let old = desired(cfg, host, own, gone);
-    let new = desired(cfg, host, own, added);
+    let old = desired(cfg, run, own, gone);
+    let new = desired(cfg, run, own, added);
     if !old.skipped.is_empty() || !new.skipped.is_empty() {
         return None;
     }

@@ -15,12 +15,66 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::backend::{Identity, PeerId, TunnelPeer};
+use crate::backend::{Backend, Host, Identity, PeerId, TunnelPeer};
+use crate::config::BackendConfig;
 use crate::netlink::{FdbEntry, Mac, Neighbour, Route};
 
 pub use desired::{check_side, desired, families, peer_objects, refused_parts};
 pub use diff::{describe, diff, diff_applied, diff_tunnel, is_repair, owned, Actual};
 pub use incremental::{update, Update};
+
+/// One backend this host runs, with this host's facts as that backend sees them in one
+/// family (its own device).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speaker {
+    pub backend: BackendConfig,
+    pub host: Host,
+}
+
+/// The backends this host runs in one family, the preferred (the config's) first: one,
+/// or two while the fleet moves from one to another (see [`crate::live::moving`]). Each
+/// peer goes over the first one both ends speak, once its advertisement and this host's
+/// have `settled` (`None`: all have); the others keep their per-peer state too (a device's
+/// peers, neighbours, FDB entries), so moving a pair between them is a route replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speakers {
+    pub list: Vec<Speaker>,
+    pub settled: Option<std::sync::Arc<BTreeSet<Ipv4Net>>>,
+}
+
+impl Speakers {
+    /// One backend, as a host runs outside a migration.
+    pub fn one(backend: BackendConfig, host: Host) -> Speakers {
+        Speakers {
+            list: vec![Speaker { backend, host }],
+            settled: None,
+        }
+    }
+
+    /// This host's facts in the family (those of the preferred backend; they differ only by
+    /// device).
+    pub fn host(&self) -> &Host {
+        &self.list[0].host
+    }
+
+    pub fn family(&self) -> crate::subnet::Family {
+        self.host().family()
+    }
+
+    /// Whether the lease of `subnet` has settled its advertisement of the preferred backend.
+    fn settled(&self, subnet: Ipv4Net) -> bool {
+        self.settled.as_ref().is_none_or(|s| s.contains(&subnet))
+    }
+
+    /// The devices of every backend in the family.
+    pub fn devices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.list.iter().filter_map(|s| s.host.device)
+    }
+
+    fn backends(&self) -> impl Iterator<Item = (&dyn Backend, &Host)> {
+        self.list.iter().map(|s| (s.backend.backend(), &s.host))
+    }
+}
 
 /// A lease that is not programmed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,7 @@ pub fn lease(subnet: &str, ip: &str, mac: Option<&str>, rev: i64) -> Lease {
             backend_type: if mac.is_some() { "vxlan" } else { "host-gw" }.into(),
             backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m})),
             backend_v6_data: None,
+            weft_backends: None,
         },
         expiration: None,
         etcd_lease_id: None,
@@ -38,6 +39,11 @@ pub fn toy_lease(subnet: &str, ip: &str, id: &str, rev: i64) -> Lease {
     l.attrs.backend_type = "toy".into();
     l.attrs.backend_data = Some(serde_json::json!({ "id": id }));
     l
+}
+
+/// The config's backend on [`host`], alone.
+pub fn run(c: &NetworkConfig) -> super::Speakers {
+    super::Speakers::one(c.backend.clone(), host())
 }
 
 /// Host 198.18.0.1 on 198.18.0.0/24, external interface 2, the backend's device 7.
@@ -72,10 +78,10 @@ pub fn updates_match_full(c: &NetworkConfig, own: &Lease, states: &[Vec<Lease>])
                 .filter(|l| !old.iter().any(|o| key(o) == key(l)))
                 .cloned()
                 .collect();
-            let before = desired(c, &host(), own, old);
-            let want = desired(c, &host(), own, new);
+            let before = desired(c, &run(c), own, old);
+            let want = desired(c, &run(c), own, new);
             let mut applied = before.clone();
-            match update(c, &host(), own, &mut applied, &gone, &added) {
+            match update(c, &run(c), own, &mut applied, &gone, &added) {
                 Some(u) => {
                     fast += 1;
                     assert_eq!(u.ops, diff_applied(&want, &before), "{old:?} -> {new:?}");

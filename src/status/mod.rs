@@ -2,6 +2,7 @@
 //! [`Facts`] to a [`StatusFeed`]; its task writes the host's [`StatusRecord`] when they change
 //! and keeps the record's short etcd lease alive, so the record vanishes with the host.
 
+pub mod behind;
 mod record;
 mod ring;
 pub mod view;
@@ -12,8 +13,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 pub use record::{
-    DriftRepairs, GoneMark, LastError, PolicyDrops, PolicyStatus, RecordError, Stamp, StatusRecord,
-    Unreachable, RECORD_VERSION, TOP_DROPS,
+    ConfigState, DriftRepairs, GoneMark, LastError, Newer, PolicyDrops, PolicyStatus, RecordError,
+    Stamp, StatusRecord, Unreachable, RECORD_VERSION, TOP_DROPS,
 };
 pub use ring::{Ring, MARKERS};
 pub use writer::MIN_GAP;
@@ -40,6 +41,8 @@ pub struct Facts {
     pub last_error: Option<(String, SystemTime)>,
     /// Network policy on this host, once its first pass ran.
     pub policy: Option<PolicyFacts>,
+    /// The config revision the host runs, and a newer one it does not.
+    pub config: Option<ConfigState>,
 }
 
 /// Network policy on this host, as its policy thread last found it. Only what this host's

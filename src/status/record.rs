@@ -139,6 +139,25 @@ impl PolicyStatus {
     }
 }
 
+/// Which config revision a host runs, and a newer one it does not run yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The revision of `<prefix>/config` whose config the host runs entirely.
+    pub rev: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newer: Option<Newer>,
+}
+
+/// A newer config revision a host does not run yet: `state` is `refused`, `waiting` (for
+/// `weftctl migrate`), `moving` (its pairs are moving to the new backend) or `failed` (the new
+/// backend cannot run here); `why` in a line (cut at 200 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Newer {
+    pub rev: i64,
+    pub state: String,
+    pub why: String,
+}
+
 /// One host's status record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
@@ -169,6 +188,9 @@ pub struct StatusRecord {
     /// Network policy on the host; absent before its first pass (and from older weft).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyStatus>,
+    /// The config revision the host runs; absent from records of weft before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigState>,
 }
 
 /// Left by the first host that sees a status record vanish while its subnet lease stays.
@@ -255,6 +277,7 @@ mod tests {
             drift_repairs: DriftRepairs::default(),
             last_error: None,
             policy: None,
+            config: None,
         }
     }
 
@@ -306,8 +329,12 @@ mod tests {
             proptest::collection::vec(("[0-9.a-f:&-]{1,30}", 0u64..4_000_000_000), 0..4),
             any::<u64>(),
             proptest::option::of((".{0,40}", 0u64..4_000_000_000)),
+            proptest::option::of((
+                any::<i64>(),
+                proptest::option::of((any::<i64>(), "[a-z]{0,8}", ".{0,40}")),
+            )),
         )
-            .prop_map(|(ready, t, ip, peers, repairs, err)| StatusRecord {
+            .prop_map(|(ready, t, ip, peers, repairs, err, config)| StatusRecord {
                 v: RECORD_VERSION,
                 version: "0.1.0".into(),
                 backend: "host-gw".into(),
@@ -334,6 +361,10 @@ mod tests {
                 policy: (repairs % 2 == 0).then(|| {
                     let drops = [("default/db".to_string(), repairs)].into();
                     PolicyStatus::new(repairs % 7, repairs % 3, Some(Stamp::from_unix(t)), &drops)
+                }),
+                config: config.map(|(rev, newer)| ConfigState {
+                    rev,
+                    newer: newer.map(|(rev, state, why)| Newer { rev, state, why }),
                 }),
             })
     }

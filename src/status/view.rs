@@ -310,6 +310,7 @@ mod tests {
             drift_repairs: DriftRepairs::default(),
             last_error: None,
             policy: None,
+            config: None,
         }
         .to_json()
         .into_bytes()

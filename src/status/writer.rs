@@ -31,6 +31,9 @@ const MARK_STAGGER: Duration = Duration::from_secs(1);
 /// netlink reply, and the record must stay small).
 const MAX_ERROR_LEN: usize = 300;
 
+/// The longest reason a record gives for not running the newest config.
+const MAX_WHY_LEN: usize = 200;
+
 struct Writer {
     store: EtcdStore,
     ttl: Duration,
@@ -214,6 +217,12 @@ impl Writer {
             policy: facts.policy.as_ref().map(|p| {
                 let applied = p.applied.map(Stamp::from);
                 PolicyStatus::new(p.policies, p.local_workloads, applied, &p.drops)
+            }),
+            config: facts.config.clone().map(|mut c| {
+                if let Some(n) = c.newer.as_mut() {
+                    n.why = cut(&n.why, MAX_WHY_LEN);
+                }
+                c
             }),
         }
     }

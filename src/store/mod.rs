@@ -13,6 +13,7 @@ mod etcd;
 mod policy;
 mod read;
 mod registry;
+mod running;
 mod status;
 mod watch;
 
@@ -22,6 +23,7 @@ pub use alloc::Previous;
 pub use decode::{LeaseList, SkippedLease};
 pub use etcd::EtcdStore;
 pub use policy::{PolicyKey, PolicyKeys};
+pub use running::ConfigKeys;
 pub use status::{Reclaimed, WeftKeys};
 pub use watch::LeaseWatcher;
 

@@ -125,6 +125,12 @@ impl EtcdStore {
         Ok(self.registry().get(&self.gone_key(name)).await?.is_some())
     }
 
+    /// The status record of the host of lease key `name`, as stored.
+    pub async fn get_status(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let stored = self.registry().get(&self.status_key(name)).await?;
+        Ok(stored.map(|s| s.value))
+    }
+
     /// Every key under `<prefix>/weft/`, in one read.
     pub async fn list_weft(&self) -> Result<WeftKeys, StoreError> {
         let prefix = self.weft_prefix();

@@ -964,6 +964,25 @@ impl Lab {
     }
 }
 
+/// Sets host `fl` up as flanneld sets up a VXLAN host: its device, a bridge `cni0` holding
+/// the container address (the subnet's first), and its lease at `subnet` in `etcd` (on an
+/// hour's etcd lease). Gives the container address and the device's MAC; programming the
+/// peers ([`Host::flannel_programs`]) is the test's.
+pub fn flannel_vxlan_host(etcd: &Etcd, fl: &Host, subnet: Ipv4Net) -> (Ipv4Addr, String) {
+    let container = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    let mac = make_flannel_device(&fl.ns, &fl.ip, subnet);
+    fl.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
+    fl.ns
+        .ip(&["addr", "add", &format!("{container}/24"), "dev", "cni0"]);
+    fl.ns.ip(&["link", "set", "cni0", "up"]);
+    let value = format!(
+        r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+        fl.ip
+    );
+    etcd.put_on_lease(&crate::leases::key(subnet, None), &value, 3600);
+    (container, mac)
+}
+
 /// Runs `args` inside the host's network namespace and its mount namespace (WireGuard hosts)
 /// or with `ip netns exec` (the others).
 pub fn exec(host: &Host, args: &[&str]) -> std::process::Output {

@@ -13,6 +13,7 @@
 //! - [`bare_weftd`]: weftd outside any namespace, for tests that never get past etcd.
 //! - [`tcp`], [`datagram`]: TCP, UDP and SCTP between namespaces, allowed or not.
 //! - [`prometheus`]: a real Prometheus scraping a lab and evaluating weft's shipped rules.
+//! - [`live`]: weftctl against a lab, as an operator changes a running network.
 //! - [`bins`]: where weftd, weftctl and the plugin were built; [`wait`]: polling instead of
 //!   sleeping.
 
@@ -30,6 +31,7 @@ pub mod http;
 pub mod lab;
 pub mod lab6;
 pub mod leases;
+pub mod live;
 pub mod machines;
 pub mod netns;
 pub mod ping;

@@ -15,7 +15,7 @@ pub mod uapi;
 
 use serde_json::{Map, Value};
 
-use super::{Backend, Summary};
+use super::{Backend, SettingChange, Summary};
 use crate::json::{get_str, get_uint, hide_value, invalid, rename, ConfigErrors, HIDDEN};
 use crate::subnet::Family;
 #[cfg(feature = "daemon")]
@@ -281,6 +281,10 @@ impl Backend for WireguardConfig {
         OVERHEAD
     }
 
+    fn setting_change(&self, key: &str, old: &Value, new: &Value) -> SettingChange {
+        WireguardConfig::change_of(key, old, new)
+    }
+
     /// Mode ipv6 reaches every peer over IPv6, so this host needs an IPv6 address.
     #[cfg(feature = "daemon")]
     fn usable(&self, ext: &ExtIface, _family: Family) -> Result<(), String> {
@@ -411,6 +415,24 @@ impl Backend for WireguardConfig {
 }
 
 impl WireguardConfig {
+    /// What a changed setting does to running hosts (see [`Backend::setting_change`]).
+    fn change_of(key: &str, old: &Value, new: &Value) -> SettingChange {
+        match key {
+            // Set on every peer in place. A session keeps the keys its handshake made, and a
+            // new handshake (every 2 minutes) uses the new PSK once both ends have it, which
+            // weft hosts do within the moment the change takes to reach them.
+            "PSK" | "PersistentKeepaliveInterval" => SettingChange::Live,
+            "MTU" => super::mtu_change(old, new),
+            "ListenPort" | "ListenPortV6" => SettingChange::Disturbs(
+                "each host listens on the new port and advertises it in its lease; packets its peers send before they read the lease (a moment) go to the old port and are lost".into(),
+            ),
+            "Mode" => SettingChange::Refused(
+                "the mode decides which devices exist and where peers are reached; hosts in different modes cannot reach each other".into(),
+            ),
+            _ => SettingChange::Refused(format!("weft does not change {key} on running hosts")),
+        }
+    }
+
     /// Where a peer's one device is reached in Mode ipv4, ipv6 or auto. Auto takes IPv4 unless
     /// the peer's IPv4 address is private and both ends have a public IPv6 one, flannel's
     /// choice of the address most likely to connect.
@@ -506,7 +528,7 @@ pub const SUMMARY: Option<Summary> = Some(Summary {
 mod tests {
     use super::*;
     #[cfg(feature = "daemon")]
-    use crate::plan::testing::{cfg, host, updates_match_full};
+    use crate::plan::testing::{cfg, run, updates_match_full};
     #[cfg(feature = "daemon")]
     use crate::plan::{desired, diff_tunnel};
     #[cfg(feature = "daemon")]
@@ -732,7 +754,7 @@ mod tests {
         let c = cfg(r#"{"Type":"wireguard"}"#);
         let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
         let forged = wg_lease("198.19.181.0/24", "198.18.0.2", 1, 2);
-        let d = desired(&c, &host(), &own, &[own.clone(), forged]);
+        let d = desired(&c, &run(&c), &own, &[own.clone(), forged]);
         assert!(d.tunnel.is_empty());
         assert_eq!(d.skipped.len(), 1);
         let key = format_key(&[1; 32]);
@@ -751,7 +773,7 @@ mod tests {
         let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
         let peer = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
         let twin = wg_lease("198.19.3.0/24", "198.18.0.3", 2, 3);
-        let d = desired(&c, &host(), &own, &[own.clone(), peer.clone(), twin]);
+        let d = desired(&c, &run(&c), &own, &[own.clone(), peer.clone(), twin]);
         assert_eq!(d.peers, 1);
         assert_eq!(d.skipped.len(), 1);
         assert!(
@@ -804,7 +826,7 @@ mod tests {
         let own = wg_lease("198.19.1.0/24", "198.18.0.1", 1, 1);
         let a = wg_lease("198.19.2.0/24", "198.18.0.2", 2, 2);
         let b = wg_lease("198.19.3.0/24", "198.18.0.3", 3, 3);
-        let d = desired(&c, &host(), &own, &[a, b]);
+        let d = desired(&c, &run(&c), &own, &[a, b]);
         let mut have: Vec<WgPeer> = d.tunnel.values().map(|p| wg(p).clone()).collect();
         let peers = |h: &[WgPeer]| -> Vec<TunnelPeer> {
             h.iter().map(|p| TunnelPeer(Arc::new(p.clone()))).collect()

@@ -5,13 +5,16 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use weft::check::Finding;
+use weft::config::{BackendConfig, NetworkConfig};
 use weft::firewall::enforce::Inputs;
 use weft::firewall::policy::local::Shared;
 use weft::firewall::policy::Workload;
 use weft::iface::{self, IfaceSelect};
 use weft::lease::Lease;
+use weft::live::RunningConfig;
 use weft::netlink::Netlink;
-use weft::store::{EtcdStore, PolicyKey};
+use weft::status::StatusRecord;
+use weft::store::{ConfigKeys, EtcdStore, PolicyKey, StoreError};
 use weft::subnet_env::SubnetEnv;
 
 use super::Format;
@@ -34,13 +37,71 @@ pub struct CheckArgs {
     vxlan_device: Option<String>,
 }
 
-/// `weftctl check`: findings on stdout (one per line, or JSON), leases this host cannot mend
-/// as notes on stderr; an error (exit 1) when anything is wrong.
-pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
+/// The config the network runs (the record weftd follows; the document where there is none
+/// yet), and the backend a migration under way moves from.
+async fn running_config(
+    store: &EtcdStore,
+    keys: &ConfigKeys,
+) -> Result<(NetworkConfig, Option<BackendConfig>)> {
+    if let Some((bytes, _)) = &keys.running {
+        let record = RunningConfig::parse(&store.running_key(), bytes)?;
+        let cfg = record.network().map_err(|problems| StoreError::Config {
+            key: store.running_key(),
+            problems,
+        })?;
+        return Ok((cfg, record.from_backend()));
+    }
     let cfg = store
         .get_config()
         .await?
         .ok_or_else(|| anyhow!("no network config in etcd at {}", store.config_key()))?;
+    Ok((cfg, None))
+}
+
+/// What this host's status record says of the config it runs, when that is not the newest
+/// revision of `<prefix>/config` (see weft::status::behind).
+async fn config_behind(
+    store: &EtcdStore,
+    keys: &ConfigKeys,
+    own: &Lease,
+) -> Result<Option<Finding>> {
+    let Some((_, newest)) = &keys.config else {
+        return Ok(None);
+    };
+    let Some(bytes) = store.get_status(&own.key_name()).await? else {
+        return Ok(None);
+    };
+    let record = StatusRecord::parse(&store.status_key(&own.key_name()), &bytes)?;
+    let why = match &record.config {
+        Some(c) => weft::status::behind::why_behind(c, *newest),
+        None => Some("weftd does not report which config it runs".into()),
+    };
+    Ok(why.map(|w| Finding(format!("config: this host {w}"))))
+}
+
+/// The backends this host runs: of the config's and a migration's old one, those its lease
+/// speaks (the config's when it has no lease yet or speaks neither).
+fn backends_run(
+    cfg: &NetworkConfig,
+    from: Option<BackendConfig>,
+    own: Option<&Lease>,
+) -> Vec<BackendConfig> {
+    let all: Vec<BackendConfig> = std::iter::once(cfg.backend.clone()).chain(from).collect();
+    let spoken: Vec<BackendConfig> = (all.iter())
+        .filter(|b| own.is_some_and(|l| l.attrs.speaks(b.type_name()).is_some()))
+        .cloned()
+        .collect();
+    match spoken.is_empty() {
+        true => vec![cfg.backend.clone()],
+        false => spoken,
+    }
+}
+
+/// `weftctl check`: findings on stdout (one per line, or JSON), leases this host cannot mend
+/// as notes on stderr; an error (exit 1) when anything is wrong.
+pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> {
+    let keys = store.config_keys().await?;
+    let (cfg, from) = running_config(store, &keys).await?;
     // The check never reads an expiry: one read, no look-up per lease.
     let list = store.list_leases_untimed(Some(&cfg)).await?;
     let env = SubnetEnv::read(&args.subnet_file).ok();
@@ -59,8 +120,10 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
         .find(|l| Some(l.subnet) == env_subnet)
         .or(mine.first())
         .copied();
+    let backends = backends_run(&cfg, from, own);
     let subject = weft::check::Subject {
         cfg: &cfg,
+        backends: &backends,
         ext: &ext,
         device_name: args.vxlan_device.as_deref(),
         leases: &list.leases,
@@ -76,6 +139,9 @@ pub async fn run(store: &EtcdStore, out: Format, args: CheckArgs) -> Result<()> 
     if let Some(own) = own {
         let lines = policy_tables(store, own, &args.subnet_file).await?;
         report.findings.extend(lines.into_iter().map(Finding));
+        report
+            .findings
+            .extend(config_behind(store, &keys, own).await?);
     }
     for s in &list.skipped {
         report.notes.push(Finding(format!(

@@ -27,6 +27,7 @@ mod check;
 mod config;
 mod docker;
 mod leases;
+mod migrate;
 mod policy;
 mod reservations;
 mod status;
@@ -74,6 +75,8 @@ pub enum Command {
     /// backends, unreachable pairs, drift repairs, the subnet pool, etcd. Exit 0 when
     /// healthy, 1 when not, 3 when etcd cannot be reached.
     Status(status::StatusArgs),
+    /// A change of Backend.Type under way: show it, or tell more hosts (or all) to move.
+    Migrate(migrate::MigrateArgs),
     /// Subnets pinned to a PublicIP; they never expire.
     #[command(subcommand)]
     Reservations(reservations::ReservationsCmd),
@@ -167,6 +170,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(&store, out, args).await,
         Command::Policy(cmd) => policy::run(&store, out, cmd).await,
         Command::Namespace(cmd) => policy::run_namespace(&store, out, cmd).await,
+        Command::Migrate(args) => migrate::run(&store, args).await,
         // Handled by main before this point.
         Command::Completions { .. }
         | Command::ManPages { .. }

@@ -123,11 +123,20 @@ pub async fn status(etcd: &EtcdOptions, out: Format, args: &StatusArgs) -> ExitC
         Err(e) => return failed(etcd, out, e.into()),
     };
     let policy = PolicyView::build(&view, policies);
+    let newest = match newest_config(&store).await {
+        Ok(n) => n,
+        Err(e) => return failed(etcd, out, e),
+    };
     let now = SystemTime::now();
-    let problems = view.problems(args.pool_warn_below);
+    let mut problems = view.problems(args.pool_warn_below);
+    let behind = weft::status::behind::behind(&view.hosts, newest);
+    for (h, why) in &behind {
+        problems.push(format!("{} {why}", view.name(h.lease.subnet)));
+    }
+    let config = Config { newest, behind };
     let result = match out {
-        Format::Json => print_json(&store, &view, &policy, &problems, args, now),
-        Format::Table => print_summary(&store, &view, &policy, &problems, args, now),
+        Format::Json => print_json(&store, &view, &policy, &config, &problems, args, now),
+        Format::Table => print_summary(&store, &view, &policy, &config, &problems, args, now),
     };
     if let Err(e) = result {
         esay!("weftctl: {e:#}");
@@ -137,6 +146,20 @@ pub async fn status(etcd: &EtcdOptions, out: Format, args: &StatusArgs) -> ExitC
         true => ExitCode::SUCCESS,
         false => ExitCode::from(UNHEALTHY),
     }
+}
+
+/// The revision of `<prefix>/config` every host should run (the record's when there is no
+/// document).
+async fn newest_config(store: &EtcdStore) -> Result<i64> {
+    let keys = store.config_keys().await?;
+    let record = keys.running.as_ref().map(|(_, rev)| *rev);
+    Ok(keys.config.map(|(_, rev)| rev).or(record).unwrap_or(0))
+}
+
+/// The fleet against the newest config: the revision, and the hosts that do not run it.
+struct Config<'a> {
+    newest: i64,
+    behind: Vec<(&'a Host, String)>,
 }
 
 fn failed(etcd: &EtcdOptions, out: Format, e: anyhow::Error) -> ExitCode {
@@ -162,6 +185,7 @@ fn print_json(
     store: &EtcdStore,
     view: &ClusterView,
     policy: &PolicyView,
+    config: &Config,
     problems: &[String],
     args: &StatusArgs,
     now: SystemTime,
@@ -183,6 +207,10 @@ fn print_json(
                  "free_percent": p.free_percent(), "warn_below_percent": args.pool_warn_below},
         "etcd": {"endpoints": store.endpoints(), "reachable": true},
         "policy": policy.json(),
+        "config": {"revision": config.newest, "behind": config.behind.iter().map(|(h, why)| json!({
+            "subnet": h.lease.subnet.to_string(), "public_ip": h.lease.attrs.public_ip.to_string(),
+            "config": h.record.as_ref().and_then(|r| r.config.clone()), "why": why,
+        })).collect::<Vec<_>>()},
         "unreadable": view.unreadable,
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -207,6 +235,7 @@ fn print_summary(
     store: &EtcdStore,
     view: &ClusterView,
     policy: &PolicyView,
+    config: &Config,
     problems: &[String],
     args: &StatusArgs,
     now: SystemTime,
@@ -215,6 +244,7 @@ fn print_summary(
     print_hosts(&mut o, view, now)?;
     writeln!(o, "versions:  {}", tally(view, |r| r.version.clone()))?;
     writeln!(o, "backends:  {}", tally(view, |r| r.backend.clone()))?;
+    print_config(&mut o, view, config)?;
     print_reach(&mut o, view)?;
     print_repairs(&mut o, view, args, now)?;
     print_pool(&mut o, view, args)?;
@@ -261,6 +291,28 @@ fn print_hosts(o: &mut impl Write, view: &ClusterView, now: SystemTime) -> Resul
             h.lease.attrs.public_ip.to_string(),
         );
         writeln!(o, "  {subnet:<18} {ip:<15} {what}")?;
+    }
+    Ok(())
+}
+
+/// The config revision the fleet should run, and each live host that does not, with why.
+fn print_config(o: &mut impl Write, view: &ClusterView, config: &Config) -> Result<()> {
+    let n = config.behind.len();
+    match n {
+        0 => writeln!(
+            o,
+            "config:    revision {}, run by every host that reports one",
+            config.newest
+        )?,
+        _ => writeln!(
+            o,
+            "config:    revision {}; {} not on it",
+            config.newest,
+            count(n as u64, "host")
+        )?,
+    }
+    for (h, why) in &config.behind {
+        writeln!(o, "  {} {why}", view.name(h.lease.subnet))?;
     }
     Ok(())
 }

@@ -78,6 +78,7 @@ fn reservation(
         backend_type: String::new(),
         backend_data: None,
         backend_v6_data: None,
+        weft_backends: None,
     };
     if let Some(l) = old {
         let keep = attrs.public_ipv6;

@@ -64,6 +64,11 @@ impl Layout {
         format!("{}{name}", self.status_prefix())
     }
 
+    /// The config the network runs (see [`crate::live::record`]).
+    pub(crate) fn running_key(&self) -> String {
+        format!("{}config", self.weft_prefix())
+    }
+
     pub(crate) fn gone_prefix(&self) -> String {
         format!("{}gone/", self.weft_prefix())
     }
