@@ -377,12 +377,14 @@ pub fn start_lab(lab: &testkit::lab::Lab, extra: &[&str]) -> Vec<Weftd> {
             Weftd::spawn(&h.ns, &url, &h.subnet_file, &log, extra)
         })
         .collect();
+    // A hundred weftd starting at once on a small shared machine queue for its cores and
+    // for etcd: readiness is waited for generously (start-up is not what is measured).
     for (h, d) in lab.hosts.iter().zip(ds.iter_mut()) {
-        let ready = poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        let ready = poll(Duration::from_secs(120), Duration::from_millis(20), || {
             d.assert_running();
             (h.http_get("/readyz").0 == 200).then_some(())
         });
-        assert!(ready.is_some(), "weftd not ready in 30 s:\n{}", d.logs());
+        assert!(ready.is_some(), "weftd not ready in 120 s:\n{}", d.logs());
     }
     lab.wait_converged();
     ds
