@@ -37,6 +37,7 @@ pub enum PolicyCmd {
         #[arg(short = 'n', long, default_value = DEFAULT_NAMESPACE)]
         namespace: String,
     },
+    /// Delete one policy; every host drops it from its tables.
     Delete {
         name: String,
         #[arg(short = 'n', long, default_value = DEFAULT_NAMESPACE)]
