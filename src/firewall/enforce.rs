@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nftables::batch::Batch;
 
 use super::nft::{self, Listing};
-use super::policy::local::{LocalError, Locked, Shared};
+use super::policy::local::{LocalError, Locked, Members, Shared};
 use super::policy::rules::{self, TABLE};
 use super::policy::selector::Labels;
 use super::policy::table::{self, Changes, Have, TableState};
@@ -156,7 +156,8 @@ impl Enforcer {
             self.drops = drops;
         }
         out.drops = self.drops.clone();
-        self.apply(batch, families, &mut out)?;
+        self.apply(&lock, batch, families, &mut out)?;
+        self.write_members(&lock)?;
         if full || self.program.as_ref() != Some(&program) {
             lock.write_program(&program)?;
             self.program = Some(program);
@@ -170,11 +171,14 @@ impl Enforcer {
     /// is there; on failure nothing is known any more (the next pass reads back).
     fn apply(
         &mut self,
+        lock: &Locked<'_>,
         batch: Batch<'static>,
         families: Vec<Family1>,
         out: &mut Outcome,
     ) -> Result<(), EnforceError> {
         if families.iter().any(|x| !x.changes.is_empty()) {
+            // Until the sets are known again, the plugin must not trust the old membership.
+            lock.forget_members()?;
             if let Err(e) = nft::apply(batch) {
                 self.known = PerFamily {
                     v4: Known::Unknown,
@@ -200,6 +204,17 @@ impl Enforcer {
             self.known[x.f] = Known::As(x.want);
         }
         Ok(())
+    }
+}
+
+impl Enforcer {
+    /// The sets as this pass left them, by address, for the plugin's ADD and DEL.
+    fn write_members(&self, lock: &Locked<'_>) -> Result<(), LocalError> {
+        let tables = Family::ALL.iter().filter_map(|f| match &self.known[*f] {
+            Known::As(t) => t.as_ref(),
+            Known::Unknown => None,
+        });
+        lock.write_members(&Members::of(tables))
     }
 }
 
