@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use nftables::batch::Batch;
@@ -329,25 +329,51 @@ fn bridge_netfilter(shared: &Shared, on: bool) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// Commands to the enforcer's thread.
-pub enum Cmd {
-    Inputs(Arc<Inputs>),
-    /// Someone edited something: a full pass now.
-    Kick,
+/// What waits for the enforcer's thread: only the newest inputs (a burst of etcd events
+/// is one pass over the last of them, and no queue of full copies piles up while a pass
+/// runs), and whether someone asked for a full pass.
+#[derive(Default)]
+struct Pending {
+    inputs: Option<Arc<Inputs>>,
+    kick: bool,
 }
 
-/// Handle to the enforcer's thread.
+#[derive(Default)]
+struct Slot {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl Slot {
+    fn put(&self, f: impl FnOnce(&mut Pending)) {
+        f(&mut self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        self.wake.notify_one();
+    }
+
+    /// What is pending, waiting up to `wait` for something.
+    fn take(&self, wait: Duration) -> Pending {
+        let guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut guard, _) = self
+            .wake
+            .wait_timeout_while(guard, wait, |p| p.inputs.is_none() && !p.kick)
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *guard)
+    }
+}
+
+/// Handle to the enforcer's thread; the thread ends when every handle is gone.
 #[derive(Clone)]
 pub struct EnforcerHandle {
-    tx: mpsc::Sender<Cmd>,
+    slot: Arc<Slot>,
 }
 
 impl EnforcerHandle {
     pub fn update(&self, inputs: Arc<Inputs>) {
-        let _ = self.tx.send(Cmd::Inputs(inputs));
+        self.slot.put(|p| p.inputs = Some(inputs));
     }
+    /// Someone edited something: a full pass now.
     pub fn kick(&self) {
-        let _ = self.tx.send(Cmd::Kick);
+        self.slot.put(|p| p.kick = true);
     }
 }
 
@@ -365,7 +391,8 @@ pub fn spawn(
     resync: Duration,
     report: impl Fn(Result<&Outcome, &EnforceError>) + Send + 'static,
 ) -> std::io::Result<EnforcerHandle> {
-    let (tx, rx) = mpsc::channel();
+    let slot = Arc::new(Slot::default());
+    let ours = slot.clone();
     let dir = enforcer.shared().workloads_dir();
     std::thread::Builder::new()
         .name("policy".into())
@@ -374,14 +401,11 @@ pub fn spawn(
             let mut seen = dir_stamp(&dir);
             let mut next_full = Instant::now();
             loop {
-                let mut due = match rx.recv_timeout(POLL) {
-                    Ok(cmd) => absorb(cmd, &mut inputs, &mut next_full),
-                    Err(mpsc::RecvTimeoutError::Timeout) => false,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                };
-                while let Ok(cmd) = rx.try_recv() {
-                    due |= absorb(cmd, &mut inputs, &mut next_full);
+                let got = ours.take(POLL);
+                if Arc::strong_count(&ours) == 1 {
+                    return;
                 }
+                let mut due = absorb(got, &mut inputs, &mut next_full);
                 let stamp = dir_stamp(&dir);
                 due |= stamp != seen;
                 let full = Instant::now() >= next_full;
@@ -399,23 +423,25 @@ pub fn spawn(
                     next_full = Instant::now() + retry;
                 }
                 report(result.as_ref());
+                // A pass's listing and tables are freed now; give their pages back.
+                crate::datapath::release_free_memory();
             }
         })?;
-    Ok(EnforcerHandle { tx })
+    Ok(EnforcerHandle { slot })
 }
 
-fn absorb(cmd: Cmd, inputs: &mut Option<Arc<Inputs>>, next_full: &mut Instant) -> bool {
-    match cmd {
-        Cmd::Inputs(new) => {
-            let changed = inputs.as_ref().is_none_or(|old| **old != *new);
-            *inputs = Some(new);
-            changed
-        }
-        Cmd::Kick => {
-            *next_full = Instant::now();
-            true
-        }
+/// Takes what was pending: whether a pass is due.
+fn absorb(got: Pending, inputs: &mut Option<Arc<Inputs>>, next_full: &mut Instant) -> bool {
+    let mut due = false;
+    if let Some(new) = got.inputs {
+        due = inputs.as_ref().is_none_or(|old| **old != *new);
+        *inputs = Some(new);
     }
+    if got.kick {
+        *next_full = Instant::now();
+        due = true;
+    }
+    due
 }
 
 fn dir_stamp(dir: &PathBuf) -> Option<SystemTime> {
