@@ -165,3 +165,51 @@ fn the_kubernetes_example_across_two_hosts() {
         p2.del(c);
     }
 }
+
+/// A frontend whose DEL never came (its record and reservation gone, as after a host that
+/// lost them) leaves its address in the sets that let it reach db. With weftd down, so that
+/// only the plugin's ADD can clear it, a container of another role that gets the same
+/// address must be refused by db as any other is.
+#[test]
+fn a_stale_address_grants_the_next_container_nothing() {
+    let mut lab = Lab::new(1, VXLAN_CONFIG);
+    lab.start_all(&[]);
+    let dir = lab.dir.path().join("cni1");
+    let p = Plugin::new(&lab.hosts[0], &dir);
+    let db = p.add_workload("db", None, &[("role", "db")]);
+    let _l = listen(&db.ns, ip(&db), 6379);
+    lab.apply_policy(&test_policy("test-network-policy"), None);
+    let other = p.add_workload("other", None, &[("role", "other")]);
+    let closed = wait_for(Duration::from_secs(5), || {
+        refused(&other, &db, 6379).then_some(())
+    });
+    assert!(closed.is_some(), "{}", lab.hosts[0].logs());
+    let front = p.add_workload("front", None, &[("role", "frontend")]);
+    assert!(ok(&front, &db, 6379), "a frontend is allowed");
+
+    lab.hosts[0].kill();
+    let (stale, id) = (front.ip, front.id.clone());
+    // Its namespace goes (and the veth with it), as when a runtime loses a container.
+    drop(front);
+    let records = lab.hosts[0].subnet_file.with_file_name("weft-workloads");
+    std::fs::remove_file(records.join(format!("{id}+eth0.json"))).unwrap();
+    let store = dir.join(p.conf["name"].as_str().unwrap());
+    std::fs::remove_file(store.join(stale.to_string())).unwrap();
+    let before = std::net::Ipv4Addr::from(u32::from(stale) - 1);
+    std::fs::write(store.join("last_reserved_ip.0"), before.to_string()).unwrap();
+
+    let next = p.add_workload("next", None, &[("role", "other")]);
+    assert_eq!(
+        next.ip, stale,
+        "the plugin hands out the stale address again"
+    );
+    assert!(
+        refused(&next, &db, 6379),
+        "the frontend's stale address let a container of another role reach db"
+    );
+    lab.hosts[0].start(&[]);
+    lab.hosts[0].wait_ready();
+    for c in [db, other, next] {
+        p.del(c);
+    }
+}

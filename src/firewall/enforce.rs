@@ -13,13 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use nftables::batch::Batch;
 
 use super::nft::{self, Listing};
-use super::policy::local::{LocalError, Locked, Shared};
+use super::policy::local::{LocalError, Locked, Members, Shared};
 use super::policy::rules::{self, TABLE};
 use super::policy::selector::Labels;
 use super::policy::table::{self, Changes, Have, TableState};
@@ -156,7 +156,8 @@ impl Enforcer {
             self.drops = drops;
         }
         out.drops = self.drops.clone();
-        self.apply(batch, families, &mut out)?;
+        self.apply(&lock, batch, families, &mut out)?;
+        self.write_members(&lock)?;
         if full || self.program.as_ref() != Some(&program) {
             lock.write_program(&program)?;
             self.program = Some(program);
@@ -170,11 +171,14 @@ impl Enforcer {
     /// is there; on failure nothing is known any more (the next pass reads back).
     fn apply(
         &mut self,
+        lock: &Locked<'_>,
         batch: Batch<'static>,
         families: Vec<Family1>,
         out: &mut Outcome,
     ) -> Result<(), EnforceError> {
         if families.iter().any(|x| !x.changes.is_empty()) {
+            // Until the sets are known again, the plugin must not trust the old membership.
+            lock.forget_members()?;
             if let Err(e) = nft::apply(batch) {
                 self.known = PerFamily {
                     v4: Known::Unknown,
@@ -200,6 +204,17 @@ impl Enforcer {
             self.known[x.f] = Known::As(x.want);
         }
         Ok(())
+    }
+}
+
+impl Enforcer {
+    /// The sets as this pass left them, by address, for the plugin's ADD and DEL.
+    fn write_members(&self, lock: &Locked<'_>) -> Result<(), LocalError> {
+        let tables = Family::ALL.iter().filter_map(|f| match &self.known[*f] {
+            Known::As(t) => t.as_ref(),
+            Known::Unknown => None,
+        });
+        lock.write_members(&Members::of(tables))
     }
 }
 
@@ -314,25 +329,51 @@ fn bridge_netfilter(shared: &Shared, on: bool) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// Commands to the enforcer's thread.
-pub enum Cmd {
-    Inputs(Arc<Inputs>),
-    /// Someone edited something: a full pass now.
-    Kick,
+/// What waits for the enforcer's thread: only the newest inputs (a burst of etcd events
+/// is one pass over the last of them, and no queue of full copies piles up while a pass
+/// runs), and whether someone asked for a full pass.
+#[derive(Default)]
+struct Pending {
+    inputs: Option<Arc<Inputs>>,
+    kick: bool,
 }
 
-/// Handle to the enforcer's thread.
+#[derive(Default)]
+struct Slot {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+impl Slot {
+    fn put(&self, f: impl FnOnce(&mut Pending)) {
+        f(&mut self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        self.wake.notify_one();
+    }
+
+    /// What is pending, waiting up to `wait` for something.
+    fn take(&self, wait: Duration) -> Pending {
+        let guard = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut guard, _) = self
+            .wake
+            .wait_timeout_while(guard, wait, |p| p.inputs.is_none() && !p.kick)
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *guard)
+    }
+}
+
+/// Handle to the enforcer's thread; the thread ends when every handle is gone.
 #[derive(Clone)]
 pub struct EnforcerHandle {
-    tx: mpsc::Sender<Cmd>,
+    slot: Arc<Slot>,
 }
 
 impl EnforcerHandle {
     pub fn update(&self, inputs: Arc<Inputs>) {
-        let _ = self.tx.send(Cmd::Inputs(inputs));
+        self.slot.put(|p| p.inputs = Some(inputs));
     }
+    /// Someone edited something: a full pass now.
     pub fn kick(&self) {
-        let _ = self.tx.send(Cmd::Kick);
+        self.slot.put(|p| p.kick = true);
     }
 }
 
@@ -350,7 +391,8 @@ pub fn spawn(
     resync: Duration,
     report: impl Fn(Result<&Outcome, &EnforceError>) + Send + 'static,
 ) -> std::io::Result<EnforcerHandle> {
-    let (tx, rx) = mpsc::channel();
+    let slot = Arc::new(Slot::default());
+    let ours = slot.clone();
     let dir = enforcer.shared().workloads_dir();
     std::thread::Builder::new()
         .name("policy".into())
@@ -359,14 +401,11 @@ pub fn spawn(
             let mut seen = dir_stamp(&dir);
             let mut next_full = Instant::now();
             loop {
-                let mut due = match rx.recv_timeout(POLL) {
-                    Ok(cmd) => absorb(cmd, &mut inputs, &mut next_full),
-                    Err(mpsc::RecvTimeoutError::Timeout) => false,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                };
-                while let Ok(cmd) = rx.try_recv() {
-                    due |= absorb(cmd, &mut inputs, &mut next_full);
+                let got = ours.take(POLL);
+                if Arc::strong_count(&ours) == 1 {
+                    return;
                 }
+                let mut due = absorb(got, &mut inputs, &mut next_full);
                 let stamp = dir_stamp(&dir);
                 due |= stamp != seen;
                 let full = Instant::now() >= next_full;
@@ -384,23 +423,25 @@ pub fn spawn(
                     next_full = Instant::now() + retry;
                 }
                 report(result.as_ref());
+                // A pass's listing and tables are freed now; give their pages back.
+                crate::datapath::release_free_memory();
             }
         })?;
-    Ok(EnforcerHandle { tx })
+    Ok(EnforcerHandle { slot })
 }
 
-fn absorb(cmd: Cmd, inputs: &mut Option<Arc<Inputs>>, next_full: &mut Instant) -> bool {
-    match cmd {
-        Cmd::Inputs(new) => {
-            let changed = inputs.as_ref().is_none_or(|old| **old != *new);
-            *inputs = Some(new);
-            changed
-        }
-        Cmd::Kick => {
-            *next_full = Instant::now();
-            true
-        }
+/// Takes what was pending: whether a pass is due.
+fn absorb(got: Pending, inputs: &mut Option<Arc<Inputs>>, next_full: &mut Instant) -> bool {
+    let mut due = false;
+    if let Some(new) = got.inputs {
+        due = inputs.as_ref().is_none_or(|old| **old != *new);
+        *inputs = Some(new);
     }
+    if got.kick {
+        *next_full = Instant::now();
+        due = true;
+    }
+    due
 }
 
 fn dir_stamp(dir: &PathBuf) -> Option<SystemTime> {

@@ -1,7 +1,8 @@
 //! What weftd and its CNI plugin share on one host, in the directory of subnet.env (which
 //! both already know, so hosts sharing one filesystem never collide): the compiled
 //! [`Program`] (`weft-policy.json`), one record per workload the plugin attached
-//! (`weft-workloads/<container>+<ifname>.json`) and a lock (`weft-policy.lock`).
+//! (`weft-workloads/<container>+<ifname>.json`), which sets may hold each address
+//! ([`Members`], `weft-policy.members`) and a lock (`weft-policy.lock`).
 //!
 //! The lock makes the plugin's ADD and weftd's writes of the policy table one order: the
 //! plugin writes its record and puts the container's addresses into the sets while holding
@@ -9,14 +10,19 @@
 //! a table that misses a container the plugin already admitted, and the plugin never reads
 //! a program that the table does not hold yet.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use nftables::batch::Batch;
 use nftables::schema::{Element, NfListObject};
 
 use super::program::Program;
+use serde::{Deserialize, Serialize};
+
 use super::rules::TABLE;
+use super::table::TableState;
 use super::workload::Workload;
 use crate::firewall::tables::nf_family;
 use crate::subnet::Family;
@@ -24,6 +30,7 @@ use crate::subnet::Family;
 const PROGRAM: &str = "weft-policy.json";
 const WORKLOADS: &str = "weft-workloads";
 const LOCK: &str = "weft-policy.lock";
+const MEMBERS: &str = "weft-policy.members";
 /// The br_netfilter switches weftd turned on (one name a line), to turn off with the last
 /// policy.
 const BRIDGE_RECORD: &str = "weft-policy.bridge-nf";
@@ -65,6 +72,10 @@ impl Shared {
 
     pub fn program_path(&self) -> PathBuf {
         self.dir.join(PROGRAM)
+    }
+
+    pub fn members_path(&self) -> PathBuf {
+        self.dir.join(MEMBERS)
     }
 
     pub fn bridge_record(&self) -> PathBuf {
@@ -169,52 +180,154 @@ impl Locked<'_> {
     }
 
     /// Makes the policy sets hold `w`'s addresses exactly where the program puts a local
-    /// workload: added to its sets, and taken out of every other (an address of a container
-    /// whose DEL never came may still be there). One nft transaction; nothing when there is
-    /// no policy.
+    /// workload: added to its sets, and taken out of every other that may still hold them
+    /// (an address of a container whose DEL never came). With the membership file those
+    /// are the few sets it names; without it, every set. One nft transaction; nothing when
+    /// there is no policy.
     pub fn admit(&self, w: &Workload) -> Result<(), LocalError> {
-        let Some(program) = self.program()? else {
-            return Ok(());
-        };
-        if program.is_empty() {
-            return Ok(());
-        }
-        let member: Vec<&str> = program.sets_of(w, true);
-        let mut batch = Batch::new();
-        for set in &program.sets {
-            for a in &w.addresses {
-                let e = element(*a, &set.name);
-                batch.add(e.clone());
-                if !member.contains(&set.name.as_str()) {
-                    batch.delete(e);
-                }
-            }
-        }
-        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)
-    }
-
-    /// Takes `addresses` out of every policy set.
-    pub fn evict(&self, addresses: &[std::net::IpAddr]) -> Result<(), LocalError> {
         let Some(program) = self.program()?.filter(|p| !p.is_empty()) else {
             return Ok(());
         };
+        let wanted: BTreeSet<String> = (program.sets_of(w, true).into_iter())
+            .map(str::to_string)
+            .collect();
+        let Some(mut members) = self.members() else {
+            let mut batch = Batch::new();
+            for set in &program.sets {
+                for a in &w.addresses {
+                    let e = element(*a, &set.name);
+                    batch.add(e.clone());
+                    if !wanted.contains(&set.name) {
+                        batch.delete(e);
+                    }
+                }
+            }
+            return crate::firewall::nft::apply(batch).map_err(LocalError::Nft);
+        };
         let mut batch = Batch::new();
-        for set in &program.sets {
-            for a in addresses {
-                let e = element(*a, &set.name);
-                batch.add(e.clone());
-                batch.delete(e);
+        let mut tighten = false;
+        for a in &w.addresses {
+            let held = members.possible(&program, *a);
+            for set in &wanted {
+                batch.add(element(*a, set));
+            }
+            for set in held.difference(&wanted) {
+                clear(&mut batch, *a, set);
+                tighten = true;
+            }
+            // Written before the transaction, so the file never misses a set that holds it.
+            members.0.insert(*a, held.union(&wanted).cloned().collect());
+        }
+        self.write_members(&members)?;
+        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)?;
+        if tighten {
+            for a in &w.addresses {
+                members.0.insert(*a, wanted.clone());
+            }
+            // A failure leaves the file naming more sets than hold it, which is safe.
+            let _ = self.write_members(&members);
+        }
+        Ok(())
+    }
+
+    /// Takes `addresses` out of every policy set that may hold them.
+    pub fn evict(&self, addresses: &[IpAddr]) -> Result<(), LocalError> {
+        let Some(program) = self.program()?.filter(|p| !p.is_empty()) else {
+            return Ok(());
+        };
+        let mut members = self.members();
+        let mut batch = Batch::new();
+        let mut any = false;
+        for a in addresses {
+            let sets: BTreeSet<String> = match &members {
+                Some(m) => m.possible(&program, *a),
+                None => program.sets.iter().map(|s| s.name.clone()).collect(),
+            };
+            for set in &sets {
+                clear(&mut batch, *a, set);
+                any = true;
             }
         }
-        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)
+        if !any {
+            return Ok(());
+        }
+        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)?;
+        if let Some(m) = members.as_mut() {
+            for a in addresses {
+                m.0.remove(a);
+            }
+            // Removed only after nft took them out: a failure leaves a safe superset.
+            let _ = self.write_members(m);
+        }
+        Ok(())
+    }
+
+    /// Which sets hold each address, if the file is there and reads.
+    pub fn members(&self) -> Option<Members> {
+        let bytes = crate::file::read(&self.shared.members_path(), PROGRAM_LIMIT).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn write_members(&self, m: &Members) -> Result<(), LocalError> {
+        let text = serde_json::to_vec(m).expect("a membership always encodes");
+        write_atomic(&self.shared.members_path(), &text)
+    }
+
+    /// Removes the membership file (the plugin then clears every set), before a change
+    /// whose outcome is unknown until it returns.
+    pub fn forget_members(&self) -> Result<(), LocalError> {
+        match std::fs::remove_file(self.shared.members_path()) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(LocalError::Io {
+                path: self.shared.members_path(),
+                error,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
+/// Which policy sets may hold each address (`weft-policy.members`): never fewer than hold it.
+/// weftd writes it exactly after each pass; the plugin adds a container's sets before it
+/// puts it into them and removes them only after it took it out. So the plugin clears a
+/// stale address from the few sets named here, not from every set of the program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members(pub BTreeMap<IpAddr, BTreeSet<String>>);
+
+impl Members {
+    /// The sets of `program` that may hold `a`.
+    fn possible(&self, program: &Program, a: IpAddr) -> BTreeSet<String> {
+        let held = self.0.get(&a).into_iter().flatten();
+        held.filter(|s| program.sets.iter().any(|d| d.name == **s))
+            .cloned()
+            .collect()
+    }
+
+    /// The sets of tables as weftd wrote them, by address.
+    pub fn of<'t>(tables: impl IntoIterator<Item = &'t TableState>) -> Members {
+        let mut m = Members::default();
+        for t in tables {
+            for (set, addrs) in &t.sets {
+                for a in addrs {
+                    m.0.entry(*a).or_default().insert(set.clone());
+                }
+            }
+        }
+        m
+    }
+}
+
+/// Takes `a` out of `set`; added first, so it never fails on a set that no longer holds it.
+fn clear(batch: &mut Batch<'static>, a: IpAddr, set: &str) {
+    let e = element(a, set);
+    batch.add(e.clone());
+    batch.delete(e);
+}
+
 /// One address as an element of a set of weft's policy table in its family.
-pub fn element(a: std::net::IpAddr, set: &str) -> NfListObject<'static> {
+pub fn element(a: IpAddr, set: &str) -> NfListObject<'static> {
     let family = match a {
-        std::net::IpAddr::V4(_) => Family::V4,
-        std::net::IpAddr::V6(_) => Family::V6,
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
     };
     NfListObject::Element(Element {
         family: nf_family(family),

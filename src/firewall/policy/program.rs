@@ -150,6 +150,10 @@ impl Program {
             .iter()
             .map(|w| (w, true))
             .chain(remote.map(|w| (w, false)));
+        // Replicas share namespace and labels: each such kind is matched against every
+        // set's selectors once, not once per workload (a pass is then proportional to the
+        // policies plus the workloads, not to their product).
+        let mut chosen: BTreeMap<(&str, &Labels, bool), Vec<&str>> = BTreeMap::new();
         for (w, is_local) in all {
             let addrs: Vec<IpAddr> = (w.addresses.iter())
                 .filter(|a| a.is_ipv6() == v6)
@@ -158,8 +162,11 @@ impl Program {
             if addrs.is_empty() {
                 continue;
             }
-            for name in self.sets_of(w, is_local) {
-                if let Some(set) = out.get_mut(name) {
+            let names = chosen
+                .entry((w.namespace.as_str(), &w.labels, is_local))
+                .or_insert_with(|| self.sets_of(w, is_local));
+            for name in names.iter() {
+                if let Some(set) = out.get_mut(*name) {
                     set.extend(&addrs);
                 }
             }
