@@ -425,3 +425,59 @@ fn a_flannel_host_keeps_vxlan_with_every_weft_host_throughout() {
         "a migration with a flannel host in the fleet",
     );
 }
+
+const HOST_GW_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"host-gw"}}"#;
+
+/// The underlay carries VXLAN between the pair `moved` and none between `moved[0]` and
+/// `other`, whose containers' packets host-gw routes unwrapped.
+fn assert_vxlan_between(lab: &Lab, moved: [&Host; 2], other: &Host) {
+    let flows = underlay_flows(lab);
+    let (a, b, c) = (octet(moved[0]), octet(moved[1]), octet(other));
+    assert!(flows.contains(&(a, b, 8472)), "{flows:?}");
+    let with_other = |f: &&(u8, u8, u16)| f.0 == c || f.1 == c;
+    assert!(!flows.iter().any(|f| with_other(&f)), "{flows:?}");
+}
+
+#[test]
+fn host_gw_to_vxlan_host_by_host_and_back_at_once_with_no_packet_lost() {
+    let mut lab = Lab::new(3, HOST_GW_CONFIG);
+    lab.start_all(&[]);
+    lab.add_containers();
+    lab.wait_converged();
+    let pingers = ping_all(&lab.hosts);
+    std::thread::sleep(Duration::from_millis(300));
+    let [s0, s1] = [0, 1].map(|i| lab.hosts[i].subnet().to_string());
+
+    // VXLAN's MTU is smaller than host-gw's, hence --yes. Host 0 runs both, host-gw for all.
+    let out = set_ok(&lab, VXLAN_CONFIG, &["--yes", "--hosts", &s0]);
+    assert!(out.contains("host-gw → vxlan"), "{out}");
+    assert!(until(MOVED, || speaks(&lab, &lab.hosts[0])
+        == ["host-gw", "vxlan"]));
+    assert_eq!(via(&lab.hosts[0], &lab.hosts[1]), "eth0");
+    no_loss(pingers, "host 0 told to move to VXLAN");
+    let pingers = ping_all(&lab.hosts);
+
+    // Host 1 too: the pair 0–1 moves to VXLAN, each keeps host-gw with host 2.
+    ok(&lab, &["migrate", "--hosts", &s1]);
+    let [h0, h1, h2] = [0, 1, 2].map(|i| &lab.hosts[i]);
+    assert!(pair_on(h0, h1, VXLAN_DEVICE), "{}", h0.logs());
+    assert_eq!((via(h0, h2), via(h2, h1)), ("eth0".into(), "eth0".into()));
+    assert_vxlan_between(&lab, [h0, h1], h2);
+    switch_loss(
+        &lab.hosts,
+        pingers,
+        "hosts 0 and 1 on VXLAN, host 2 on host-gw",
+    );
+    let pingers = ping_all(&lab.hosts);
+
+    ok(&lab, &["migrate", "--all"]);
+    all_on(&lab, "vxlan", "no-such-device", 8472, Instant::now());
+    switch_loss(&lab.hosts, pingers, "host-gw to VXLAN, the last host");
+    let pingers = ping_all(&lab.hosts);
+
+    // Back at once: no VXLAN device nor UDP 8472 left.
+    set_ok(&lab, HOST_GW_CONFIG, &[]);
+    all_on(&lab, "host-gw", VXLAN_DEVICE, 0, Instant::now());
+    assert!(underlay_flows(&lab).is_empty());
+    switch_loss(&lab.hosts, pingers, "VXLAN to host-gw all at once");
+}
