@@ -438,12 +438,18 @@ fn assert_vxlan_between(lab: &Lab, moved: [&Host; 2], other: &Host) {
     assert!(!flows.iter().any(|f| with_other(&f)), "{flows:?}");
 }
 
-#[test]
-fn host_gw_to_vxlan_host_by_host_and_back_at_once_with_no_packet_lost() {
-    let mut lab = Lab::new(3, HOST_GW_CONFIG);
+/// A lab of `n` hosts on host-gw, started with containers.
+fn host_gw_lab(n: usize) -> Lab {
+    let mut lab = Lab::new(n, HOST_GW_CONFIG);
     lab.start_all(&[]);
     lab.add_containers();
     lab.wait_converged();
+    lab
+}
+
+#[test]
+fn host_gw_to_vxlan_host_by_host_and_back_at_once_with_no_packet_lost() {
+    let lab = host_gw_lab(3);
     let pingers = ping_all(&lab.hosts);
     std::thread::sleep(Duration::from_millis(300));
     let [s0, s1] = [0, 1].map(|i| lab.hosts[i].subnet().to_string());
@@ -480,4 +486,47 @@ fn host_gw_to_vxlan_host_by_host_and_back_at_once_with_no_packet_lost() {
     all_on(&lab, "host-gw", VXLAN_DEVICE, 0, Instant::now());
     assert!(underlay_flows(&lab).is_empty());
     switch_loss(&lab.hosts, pingers, "VXLAN to host-gw all at once");
+}
+
+#[test]
+fn a_migration_finishes_once_every_host_moved_and_a_host_joining_later_runs_only_the_new_backend() {
+    let mut lab = host_gw_lab(2);
+    let s0 = lab.hosts[0].subnet().to_string();
+    set_ok(&lab, VXLAN_CONFIG, &["--yes", "--hosts", &s0]);
+    assert!(until(MOVED, || speaks(&lab, &lab.hosts[0])
+        == ["host-gw", "vxlan"]));
+
+    // Both still speak host-gw (host 0 for host 1): refused, naming them.
+    let o = weftctl(&lab, &["migrate", "--finish"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    for h in &lab.hosts {
+        assert!(text(&o).contains(&h.subnet().to_string()), "{}", text(&o));
+    }
+
+    ok(&lab, &["migrate", "--all"]);
+    all_on(&lab, "vxlan", "no-such-device", 8472, Instant::now());
+    let out = ok(&lab, &["migrate", "--finish"]);
+    assert!(out.contains("finished"), "{out}");
+    let o = weftctl(&lab, &["migrate"]);
+    assert!(
+        text(&o).contains("no backend migration under way"),
+        "{}",
+        text(&o)
+    );
+    assert!(behind(&lab).0, "{}", text(&weftctl(&lab, &["status"])));
+
+    // A host joining now starts on VXLAN alone, never host-gw beside it.
+    let i = lab.add_host();
+    lab.hosts[i].start(&[]);
+    lab.hosts[i].wait_ready();
+    lab.hosts[i].add_container();
+    lab.wait_converged();
+    assert_eq!(speaks(&lab, &lab.hosts[i]), ["vxlan"]);
+    assert!(
+        !lab.hosts[i].logs().contains("\"host-gw\""),
+        "{}",
+        lab.hosts[i].logs()
+    );
+    testkit::lab::assert_mesh(&lab.hosts);
+    assert!(all_speak_only(&lab, "vxlan"));
 }
