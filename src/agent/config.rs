@@ -206,6 +206,8 @@ impl Agent {
     /// (device settings, routes, firewall, subnet.env), then the backends it calls for.
     pub(super) async fn follow(&mut self, f: Following) -> anyhow::Result<()> {
         let changed = f.record != self.following.record;
+        let from_rev = |f: &Following| f.record.migration.as_ref().map(|m| m.from_rev);
+        let new_move = from_rev(&f) != from_rev(&self.following);
         if f.not_run != self.following.not_run {
             for why in f.not_run.iter().flatten() {
                 tracing::warn!(
@@ -239,6 +241,12 @@ impl Agent {
         }
         // A new decision: a host that could not move tries again.
         self.moving.failed = None;
+        if new_move {
+            // What the last migration left says nothing of this one's peers: the backend
+            // this host moves from stays until none needs it (else it went at once, and its
+            // routes with it, until the peers' leases brought it back).
+            self.moving.keep_old = true;
+        }
         let env =
             (old.network, old.ipv6_network) != (self.host.cfg.network, self.host.cfg.ipv6_network);
         self.refresh_backends(env).await?;

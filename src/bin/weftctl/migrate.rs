@@ -1,6 +1,8 @@
 //! `weftctl migrate`: which hosts a change of `Backend.Type` under way moves. `weftctl config
 //! set --hosts` starts a migration with some hosts; this command tells more (by name, the next
-//! batch, or all) to move, by rewriting the running-config record weftd follows.
+//! batch, or all) to move, by rewriting the running-config record weftd follows; `--finish`
+//! ends it once every host speaks only the new backend, so that a host joining later starts
+//! with the new backend alone.
 
 use anyhow::{bail, Result};
 use ipnet::Ipv4Net;
@@ -18,6 +20,10 @@ pub struct MigrateArgs {
     /// Tell every host to move.
     #[arg(long)]
     all: bool,
+    /// End the migration once every host with a lease speaks only the new backend; refused,
+    /// with the hosts still speaking the old one, before.
+    #[arg(long, conflicts_with_all = ["all", "hosts", "batch"])]
+    finish: bool,
 }
 
 /// Shows the migration under way, or widens it to `--hosts` or `--all` (guarded by the record
@@ -35,6 +41,9 @@ pub async fn run(store: &EtcdStore, args: MigrateArgs) -> Result<()> {
         (Some(m), Ok(cfg)) => (m.from["Type"].as_str().unwrap_or("?").to_string(), cfg.backend.type_name()),
         _ => bail!("no backend migration under way (weftctl config set with a new Backend.Type starts one)"),
     };
+    if args.finish {
+        return finish(store, record, *rev, &from, to).await;
+    }
     let more = match args.batch {
         Some(n) => next_batch(store, &record, n).await?,
         None => args.hosts.iter().map(|n| n.trunc()).collect(),
@@ -60,6 +69,39 @@ pub async fn run(store: &EtcdStore, args: MigrateArgs) -> Result<()> {
     let m = record.migration.as_ref().expect("a migration");
     say!("migration from {from} to {to}: {}", told(&m.hosts));
     say!("weftctl status shows each host that has not moved, and why");
+    Ok(())
+}
+
+/// Ends the migration of `record` (read at `rev`) from backend `from` to `to` once no lease
+/// speaks `from` any more: a lease that does is a host (or a flannel host) that still needs
+/// it, and ending the migration would take it from every other host.
+async fn finish(
+    store: &EtcdStore,
+    mut record: RunningConfig,
+    rev: i64,
+    from: &str,
+    to: &str,
+) -> Result<()> {
+    let leases = store.list_leases_untimed(None).await?.leases;
+    let old: Vec<String> = (leases.iter())
+        .filter(|l| !l.is_reservation() && l.attrs.speaks(from).is_some())
+        .map(|l| format!("{} at {}", l.subnet, l.attrs.public_ip))
+        .collect();
+    if !old.is_empty() {
+        bail!(
+            "not finished: {} still speak {from}: {}",
+            old.len(),
+            old.join(", ")
+        );
+    }
+    record.migration = None;
+    if !store.put_running(&record.to_json(), Some(rev)).await? {
+        bail!(
+            "{} changed while this ran; nothing written: run again",
+            store.running_key()
+        );
+    }
+    say!("migration from {from} to {to} finished: every host runs {to} alone");
     Ok(())
 }
 
