@@ -6,11 +6,13 @@
 //! what weftd shares with its plugin on one host, [`workload`] the record of one container,
 //! [`verdict`] explains a decision for `weftctl policy why`.
 
+mod error;
 pub mod local;
 pub mod model;
 pub mod program;
 pub mod rules;
 pub mod selector;
+mod state;
 pub mod table;
 pub mod verdict;
 pub mod workload;

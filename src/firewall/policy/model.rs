@@ -8,6 +8,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::refuse;
+pub use super::error::PolicyError;
 use super::selector::LabelSelector;
 
 pub const API_VERSION: &str = "networking.k8s.io/v1";
@@ -16,21 +18,6 @@ pub const KIND: &str = "NetworkPolicy";
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The label every namespace carries, with its own name as the value.
 pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-/// Why a document was refused: the field (as a path into the document) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {why}")]
-pub struct PolicyError {
-    pub field: String,
-    pub why: String,
-}
-
-fn refuse(field: impl Into<String>, why: impl Into<String>) -> PolicyError {
-    PolicyError {
-        field: field.into(),
-        why: why.into(),
-    }
-}
 
 /// A validated policy, defaults applied. It is stored in etcd as [`Policy::to_document`].
 #[derive(Debug, Clone, PartialEq, Eq)]

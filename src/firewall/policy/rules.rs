@@ -37,7 +37,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 
 use super::model::{Peer, Policy, Port, Rule as PolicyRule};
 use super::program::{fnv64, set_name, target, Program, ISOLATED_IN, ISOLATED_OUT};
-use super::table::{ChainState, RuleState, TableState};
+use super::state::{ChainState, RuleState, TableState};
 use crate::firewall::tables::{addr, nf_family};
 use crate::subnet::Family;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::model::PolicyError;
+use super::error::PolicyError;
 
 pub type Labels = BTreeMap<String, String>;
 

@@ -13,38 +13,12 @@ use std::net::IpAddr;
 
 use nftables::batch::Batch;
 use nftables::expr::Expression;
-use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, Rule};
-use nftables::stmt::Statement;
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Rule};
 
 use super::rules::{chain, counter_object, set_object, table_object, TABLE};
+pub use super::state::{ChainState, Counts, RuleState, TableState};
 use crate::firewall::tables::nf_family;
 use crate::subnet::Family;
-
-/// A policy table: each set with its addresses, the named counters, each chain with its
-/// declaration and rules.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TableState {
-    pub sets: BTreeMap<String, BTreeSet<IpAddr>>,
-    pub counters: BTreeSet<String>,
-    pub chains: BTreeMap<String, ChainState>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChainState {
-    /// The chain as declared (type, hook, priority and policy of a base chain), no handle.
-    pub def: Chain<'static>,
-    pub rules: Vec<RuleState>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleState {
-    pub expr: Vec<Statement<'static>>,
-    /// The policy the rule belongs to (`namespace/name`).
-    pub comment: Option<String>,
-}
-
-/// Counter values as listed: packets by counter name.
-pub type Counts = BTreeMap<String, u64>;
 
 impl TableState {
     /// The table as nft listed it (`nft -j list table`), or why weft cannot take it piece
