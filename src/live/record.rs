@@ -307,7 +307,15 @@ pub fn judge(
 ) -> Judgement {
     let changes = classify(old, new, leases);
     let refused = changes.iter().any(|c| c.verdict.is_refused());
-    let accepted = (!refused).then(|| rec.accept(old, new, new.raw.clone(), rev, rec_rev, hosts));
+    let accepted = (!refused).then(|| {
+        let mut r = rec.accept(old, new, new.raw.clone(), rev, rec_rev, hosts);
+        // A network without leases has no host to move: the new backend is simply the
+        // network's (a migration would leave the first hosts waiting to be told to move).
+        if leases.is_empty() {
+            r.migration = None;
+        }
+        r
+    });
     Judgement { changes, accepted }
 }
 
@@ -366,6 +374,17 @@ mod tests {
             next(Some((&*record, 10)), Some((VX, 11)), &leases),
             Next::Run
         );
+    }
+
+    #[test]
+    fn a_new_backend_for_a_network_without_leases_is_no_migration() {
+        let rec = RunningConfig::new(doc(VX), Some(4));
+        let wg = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard"}}"#;
+        let Next::Write { record, .. } = next(Some((&rec, 5)), Some((wg, 9)), &[]) else {
+            panic!()
+        };
+        assert_eq!((record.rev, &record.config), (Some(9), &doc(wg)));
+        assert_eq!(record.migration, None);
     }
 
     #[test]
