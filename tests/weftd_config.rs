@@ -14,21 +14,35 @@ fn weftd_logs_every_problem_of_an_invalid_config_once() {
     etcd.put(CONFIG_KEY, r#"{"Network":"198.19.0.0/16","SubnetLen":31}"#);
     // Safe outside a namespace of its own: with no valid config it never gets past waiting.
     let mut d = BareWeftd::start_serving(&["--etcd-endpoints", &etcd.client_url()]);
-    // weftd counts every read of the config that fails: once it has read it four times
-    // (about a second apart), it has had three chances to log the problems again.
-    let reads = wait_for(Duration::from_secs(15), || {
-        d.metric("weft_etcd_errors_total").filter(|n| *n >= 4.0)
+    // weftd reads the config again about every second while it waits; etcd counts the
+    // requests (one or two a read). Eight more after the problems were logged are at least
+    // four more reads: three chances to log them again.
+    let reads = || {
+        ["Range", "Txn"]
+            .iter()
+            .map(|m| etcd.metric_sum("grpc_server_handled_total", &[("grpc_method", m)]))
+            .sum::<f64>()
+    };
+    let logged = d.wait_line(
+        Duration::from_secs(15),
+        &["cannot use the network config", "Backend.Type udp"],
+    );
+    let reads = logged.map(|_| reads()).and_then(|first| {
+        wait_for(Duration::from_secs(15), || {
+            let now = reads();
+            (now >= first + 8.0).then_some(now)
+        })
     });
     let still_waiting = d.is_running();
     d.stop();
     let log = d.log.join("\n");
     assert!(
         reads.is_some(),
-        "weftd did not read the config 4 times within 15 s (weft_etcd_errors_total):\n{log}"
+        "weftd did not log the problems and read the config 4 more times within 30 s:\n{log}"
     );
     assert!(still_waiting, "weftd exited:\n{log}");
 
-    let key = "cannot use the network config at /coreos.com/network/config: ";
+    let key = "cannot use the network config: ";
     for problem in [
         "SubnetLen 31: must be at most 30",
         "Backend.Type udp: Backend is absent",
@@ -36,6 +50,7 @@ fn weftd_logs_every_problem_of_an_invalid_config_once() {
         let found: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&format!("{key}{problem}")))
+            .filter(|l| l.contains("key=/coreos.com/network/config"))
             .collect();
         assert_eq!(found.len(), 1, "{problem}:\n{log}");
         assert!(found[0].contains("WARN"), "{}", found[0]);
