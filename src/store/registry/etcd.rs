@@ -230,8 +230,13 @@ impl Registry for EtcdRegistry {
         value: &str,
         lease: Option<i64>,
     ) -> Result<Option<i64>, StoreError> {
+        // No key of the same IPv4 subnet at all: a dual-stack key differs by its IPv6 part,
+        // and two hosts must never both create one for the same subnet.
+        let subnet = super::subnet_part(key);
         let txn = Txn::new()
-            .when(vec![Compare::version(key, CompareOp::Equal, 0)])
+            .when(vec![
+                Compare::version(subnet, CompareOp::Equal, 0).with_prefix()
+            ])
             .and_then(vec![TxnOp::put(key, value, with_lease(lease))]);
         Ok(applied(&self.txn(format!("put {key}"), txn).await?))
     }

@@ -28,6 +28,8 @@ struct EtcdLease {
 /// A condition of a guarded write.
 enum Cond<'a> {
     Absent(&'a str),
+    /// No key starts with it.
+    NoneUnder(&'a str),
     Present(&'a str),
     ModRevision(&'a str, i64),
     Lease(&'a str, Option<i64>),
@@ -64,6 +66,7 @@ impl State {
         let kv = |k: &str| self.keys.get(k);
         match *c {
             Cond::Absent(k) => kv(k).is_none(),
+            Cond::NoneUnder(p) => !self.keys.keys().any(|k| k.starts_with(p)),
             Cond::Present(k) => kv(k).is_some(),
             Cond::ModRevision(k, rev) => kv(k).map_or(0, |kv| kv.mod_revision) == rev,
             Cond::Lease(k, id) => kv(k).and_then(|kv| kv.lease) == id,
@@ -389,7 +392,8 @@ impl Registry for MemRegistry {
         value: &str,
         lease: Option<i64>,
     ) -> Result<Option<i64>, StoreError> {
-        self.txn(key, &[Cond::Absent(key)], &[Op::Put(key, value, lease)])
+        let subnet = Cond::NoneUnder(super::subnet_part(key));
+        self.txn(key, &[subnet], &[Op::Put(key, value, lease)])
     }
 
     async fn rewrite(

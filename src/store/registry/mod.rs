@@ -18,6 +18,12 @@ pub(super) use layout::Layout;
 
 use super::StoreError;
 
+/// A subnet key without its IPv6 part (`…/198.19.64.0-24&2001:db8::-64` → `…/198.19.64.0-24`):
+/// what keys of one IPv4 subnet all start with.
+fn subnet_part(key: &str) -> &str {
+    key.split('&').next().unwrap_or(key)
+}
+
 /// One key as the registry holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Stored {
@@ -99,7 +105,7 @@ pub(super) trait Registry {
     /// Keeps etcd lease `id` alive once and reads back `key` and the lease's TTL, all at once.
     async fn refresh(&self, id: i64, key: &str) -> Refresh;
 
-    /// Creates `key` if it does not exist.
+    /// Creates `key` if no key of the same IPv4 subnet exists (whatever its IPv6 part).
     async fn create(
         &self,
         key: &str,

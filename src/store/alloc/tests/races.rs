@@ -116,3 +116,16 @@ async fn two_hosts_picking_one_ipv6_subnet_leave_it_to_the_older() {
         "both creations succeed: their keys differ"
     );
 }
+
+#[tokio::test]
+async fn a_key_of_the_same_subnet_with_another_ipv6_part_also_wins_the_race() {
+    let (reg, cfg) = (MemRegistry::new(), cfg(V4));
+    // Another host creates a dual-stack key of the subnet this host is about to create: the
+    // keys differ, the subnet is the same.
+    let theirs = host(2).to_json();
+    reg.before_next_write(move |s, key| {
+        s.put(&format!("{key}&2001:db8:100:ff::-64"), &theirs, None);
+    });
+    let lease = acquire(&reg, &cfg, &host(1)).await;
+    assert_eq!(lease.subnet, net("198.19.2.0/24"));
+}
