@@ -1,4 +1,4 @@
-//! Hosts racing for subnets on one registry: creation is guarded by the key, so a lost race
+//! Hosts racing for subnets on one registry: creation is guarded by every key of the subnet, so a lost race
 //! re-reads and retries on the same etcd lease; the IPv6 subnet is de-duplicated after.
 
 use super::*;
