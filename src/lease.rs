@@ -5,6 +5,7 @@
 //! a field flannel's decoder ignores (see [`LeaseAttrs::spoken`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -226,15 +227,16 @@ impl Lease {
     }
 }
 
-/// A change in the set of leases, as a watcher reports it.
+/// A change in the set of leases, as a watcher reports it. The lease is shared with the
+/// watcher's cache and whoever keeps it (weftd's peers), so a fleet's leases are held once.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LeaseEvent {
     /// A new lease, or new attributes for a known one.
-    Added(Lease),
+    Added(Arc<Lease>),
     /// Deleted before its time (revoked, or removed by hand).
-    Removed(Lease),
+    Removed(Arc<Lease>),
     /// Deleted by etcd because nobody renewed it.
-    Expired(Lease),
+    Expired(Arc<Lease>),
 }
 
 impl LeaseEvent {

@@ -23,7 +23,7 @@ async fn next(w: &mut LeaseWatcher, within: Duration) -> Vec<LeaseEvent> {
 /// Watches the leases as weftd and weftctl do: a listing, then a watch from its revision.
 async fn watch(store: &EtcdStore, cfg: &NetworkConfig) -> LeaseWatcher {
     let list = store.list_leases(Some(cfg)).await.unwrap();
-    store.watch_from_list(Some(cfg.clone()), &list)
+    store.watch_from_list(Some(cfg.clone()), list)
 }
 
 /// Asserts that nothing more arrived: a lease acquired now is a fence, and since the watch
@@ -65,14 +65,18 @@ fn ev(kind: &str, l: &Lease) -> (String, String, Ipv4Addr) {
 async fn add_remove_and_expiry_arrive_as_typed_events() {
     let (_etcd, store, cfg) = with_config(CFG).await;
     let list = store.list_leases(Some(&cfg)).await.unwrap();
-    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
+    let listed = list.revision;
+    let mut w = store.watch_from_list(Some(cfg.clone()), list);
 
     let a = store
         .acquire_lease(&cfg, &vxlan_host(3, 1), None, HOUR)
         .await
         .unwrap();
     let got = next(&mut w, Duration::from_secs(10)).await;
-    assert_eq!(got, vec![LeaseEvent::Added(got[0].lease().clone())]);
+    assert_eq!(
+        got,
+        vec![LeaseEvent::Added(Arc::new(got[0].lease().clone()))]
+    );
     assert_eq!(got[0].lease().attrs, vxlan_host(3, 1));
     assert_eq!(got[0].lease().subnet, a.subnet);
     assert!(got[0].lease().expiration.is_some());
@@ -99,7 +103,7 @@ async fn add_remove_and_expiry_arrive_as_typed_events() {
     let got = next(&mut w, Duration::from_secs(15)).await;
     assert_eq!(summary(&got), vec![ev("expired", &b)]);
     assert_eq!(got[0].lease().attrs, vxlan_host(3, 2));
-    assert!(w.revision() > list.revision);
+    assert!(w.revision() > listed);
 }
 
 #[tokio::test]
@@ -154,7 +158,8 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         .await
         .unwrap();
     let list = store.list_leases(Some(&cfg)).await.unwrap();
-    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
+    let listed = list.revision;
+    let mut w = store.watch_from_list(Some(cfg.clone()), list);
 
     // Changes the watcher has not seen, then their history is compacted away.
     store.revoke_lease(a.subnet).await.unwrap();
@@ -176,7 +181,7 @@ async fn compaction_past_the_watcher_resyncs_with_exactly_the_difference() {
         .await
         .unwrap();
     let compacted = etcd.compact(None);
-    assert!(compacted > list.revision);
+    assert!(compacted > listed);
 
     let got = next(&mut w, Duration::from_secs(10)).await;
     let mut want = vec![ev("removed", &a), ev("added", &b2), ev("added", &d)];
@@ -296,7 +301,7 @@ async fn malformed_and_foreign_leases_are_skipped_once_with_a_warning() {
 
     // The watch starts from that listing, as weftd's does: it knows the good lease, and
     // the bad keys only as skipped ones, never as leases.
-    let mut w = store.watch_from_list(Some(cfg.clone()), &list);
+    let mut w = store.watch_from_list(Some(cfg.clone()), list);
     let known: Vec<_> = w.leases().iter().map(|l| ev("known", l)).collect();
     assert_eq!(known, vec![ev("known", &good)]);
     let mut skipped: Vec<String> = w.skipped_keys().borrow().keys().cloned().collect();

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::netlink::format_mac;
 use crate::probe::{ProbeConfig, Prober};
 use crate::status::StatusFeed;
-use crate::store::{EtcdOptions, EtcdStore, LeaseList, StoreError};
+use crate::store::{EtcdOptions, EtcdStore, LeaseList, LeaseWatcher, StoreError};
 use crate::subnet_env::SubnetEnv;
 use config::Following;
 use host::HostFacts;
@@ -110,8 +110,8 @@ async fn start_and_run(opts: AgentConfig, shown: Arc<http::Shown>) -> anyhow::Re
     let (mut agent, known, reports) = startup::start(opts, shown).await?;
     agent.start_policy().await?;
     agent.note_own_lease();
-    agent.adopt_listing(&known);
-    agent.run(known, reports).await
+    let watcher = agent.adopt_listing(known);
+    agent.run(watcher, reports).await
 }
 
 struct Agent {
@@ -144,20 +144,23 @@ struct Agent {
 impl Agent {
     /// The listing made before the acquisition is the starting state: the watch begins at its
     /// revision, so the acquisition itself (and anything else since) arrives as events.
-    /// Listing 5,000 leases again would cost a cold start a second.
-    fn adopt_listing(&mut self, list: &LeaseList) {
-        self.peers.unreadable = list.skipped.len();
-        for l in &list.leases {
-            self.peers.set_own(l);
+    /// Listing 5,000 leases again would cost a cold start a second. The watcher keeps the
+    /// listed leases and the peers share them: each lease is held once.
+    fn adopt_listing(&mut self, list: LeaseList) -> LeaseWatcher {
+        let watcher = (self.store).watch_from_list(Some(self.host.cfg.clone()), list);
+        self.peers.unreadable = watcher.skipped_keys().borrow().len();
+        for l in watcher.leases() {
+            self.peers.adopt(l);
         }
         self.peers.set_own(&self.own);
         self.publish();
+        watcher
     }
 
     /// The main loop: lease events, renewals and datapath reports, until an error ends it.
     async fn run(
         mut self,
-        list: LeaseList,
+        watcher: LeaseWatcher,
         mut reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
     ) -> anyhow::Result<()> {
         // subnet.env is written once the datapath has reported its first full pass (whether
@@ -171,14 +174,12 @@ impl Agent {
 
         // The watch starts from the list's revision and knows its leases, so a compaction
         // before the first event still yields exactly the difference.
-        let watcher = (self.store).watch_from_list(Some(self.host.cfg.clone()), &list);
         self.rewatch = false;
+        let listed = watcher.revision();
         let mut unreadable = watcher.skipped_keys();
         let mut lease_events = spawn_watch(watcher);
-        let (mut config_events, mut config_task) = config::watch(
-            self.store.clone(),
-            self.following.record_rev.max(list.revision),
-        );
+        let (mut config_events, mut config_task) =
+            config::watch(self.store.clone(), self.following.record_rev.max(listed));
         // A peer becoming unreachable or reachable again wakes the loop, which puts it into
         // the status record; without probes this never fires.
         let mut unreachable = match &self.prober {
@@ -449,15 +450,15 @@ impl Agent {
 
     /// Lists the leases on the current connection and watches from there; what changed since
     /// the leases this agent knows is handled as the events it would have been.
-    async fn watch_again(&mut self) -> anyhow::Result<crate::store::LeaseWatcher> {
+    async fn watch_again(&mut self) -> anyhow::Result<LeaseWatcher> {
         let (store, cfg) = (&self.store, &self.host.cfg);
         let list = retry("listing leases", &self.metrics, || {
             store.list_leases_untimed(Some(cfg))
         })
         .await?;
-        let watcher = (self.store).watch_from_list(Some(self.host.cfg.clone()), &list);
-        let events = self.peers.changes_since(&list.leases);
-        self.peers.unreadable = list.skipped.len();
+        let watcher = (self.store).watch_from_list(Some(self.host.cfg.clone()), list);
+        let events = self.peers.changes_since(&watcher.leases());
+        self.peers.unreadable = watcher.skipped_keys().borrow().len();
         self.on_events(events).await?;
         Ok(watcher)
     }
@@ -475,7 +476,7 @@ async fn wake(at: Option<tokio::time::Instant>) {
 /// `next()` is not cancel-safe (a batch it has taken off the stream is lost if the future is
 /// dropped while it looks up TTLs), so it must never be one branch of the agent's select.
 fn spawn_watch(
-    mut watcher: crate::store::LeaseWatcher,
+    mut watcher: LeaseWatcher,
 ) -> tokio::sync::mpsc::Receiver<Result<Vec<LeaseEvent>, StoreError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {

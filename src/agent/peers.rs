@@ -72,6 +72,11 @@ impl Peers {
         self.put(Arc::new(own.clone()));
     }
 
+    /// Takes a listed lease, shared with the watcher that listed it.
+    pub fn adopt(&mut self, l: Arc<Lease>) {
+        self.put(l);
+    }
+
     pub fn get(&self, subnet: &Ipv4Net) -> Option<&Arc<Lease>> {
         self.leases.get(subnet)
     }
@@ -110,7 +115,7 @@ impl Peers {
 
     fn added(
         &mut self,
-        l: Lease,
+        l: Arc<Lease>,
         own: &Lease,
         public_ip: Ipv4Addr,
         news: &mut OwnNews,
@@ -126,15 +131,15 @@ impl Peers {
                 tracing::error!(subnet = %l.subnet, holder = %l.attrs.public_ip, "this host's subnet now belongs to another host");
                 news.lost = true;
             } else {
-                news.updated = Some(l.clone());
+                news.updated = Some(l.as_ref().clone());
             }
         } else if !self.leases.contains_key(&l.subnet) {
             moves.joined.push(label(&l));
         }
-        self.put(Arc::new(l));
+        self.put(l);
     }
 
-    fn removed(&mut self, l: Lease, own: &Lease, news: &mut OwnNews, moves: &mut Moves) {
+    fn removed(&mut self, l: Arc<Lease>, own: &Lease, news: &mut OwnNews, moves: &mut Moves) {
         // A key of a subnet that now lives under another key (a lease moved when its IPv6
         // part changed) is history, not a departure.
         let held = (self.leases.get(&l.subnet)).is_some_and(|h| h.key_name() == l.key_name());
@@ -153,18 +158,18 @@ impl Peers {
     /// What a fresh listing says happened since these leases were seen, as the watch events
     /// it would have delivered: a lease not listed any more was removed; a new one, or one
     /// with another revision, was added.
-    pub fn changes_since(&self, listed: &[Lease]) -> Vec<LeaseEvent> {
-        let now: BTreeMap<Ipv4Net, &Lease> = listed.iter().map(|l| (l.subnet, l)).collect();
+    pub fn changes_since(&self, listed: &[Arc<Lease>]) -> Vec<LeaseEvent> {
+        let now: BTreeMap<Ipv4Net, &Arc<Lease>> = listed.iter().map(|l| (l.subnet, l)).collect();
         let mut events: Vec<LeaseEvent> = (self.leases.iter())
             .filter(|(s, _)| !now.contains_key(s))
-            .map(|(_, l)| LeaseEvent::Removed(l.as_ref().clone()))
+            .map(|(_, l)| LeaseEvent::Removed(l.clone()))
             .collect();
         events.extend(
             (now.values())
                 .filter(|l| {
                     (self.leases.get(&l.subnet)).is_none_or(|k| k.mod_revision != l.mod_revision)
                 })
-                .map(|l| LeaseEvent::Added((*l).clone())),
+                .map(|l| LeaseEvent::Added(Arc::clone(l))),
         );
         events
     }
@@ -192,7 +197,8 @@ mod tests {
             lease("198.19.1.0/24", 1),
             lease("198.19.3.0/24", 9),
             lease("198.19.4.0/24", 10),
-        ];
+        ]
+        .map(Arc::new);
         let events: Vec<(&str, String, i64)> = (peers.changes_since(&listed).iter())
             .map(|e| match e {
                 LeaseEvent::Added(l) => ("added", l.subnet.to_string(), l.mod_revision),
@@ -208,7 +214,7 @@ mod tests {
                 ("added", "198.19.4.0/24".to_string(), 10),
             ]
         );
-        let same: Vec<Lease> = peers.leases.values().map(|l| l.as_ref().clone()).collect();
+        let same: Vec<Arc<Lease>> = peers.leases.values().cloned().collect();
         assert!(peers.changes_since(&same).is_empty());
     }
 }

@@ -167,8 +167,9 @@ impl EtcdStore {
         read::lease(&self.reg, subnet).await
     }
 
-    /// Starts a watch right after a listing, whose leases the caller already knows.
-    pub fn watch_from_list(&self, cfg: Option<NetworkConfig>, list: &LeaseList) -> LeaseWatcher {
+    /// Starts a watch right after a listing, whose leases the caller already knows; the
+    /// watcher keeps them (see [`LeaseWatcher::leases`]).
+    pub fn watch_from_list(&self, cfg: Option<NetworkConfig>, list: LeaseList) -> LeaseWatcher {
         LeaseWatcher::from_list(self.reg.clone(), cfg, list)
     }
 

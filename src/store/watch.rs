@@ -4,6 +4,7 @@
 //! resumes after the last revision it delivered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
@@ -33,8 +34,8 @@ pub struct LeaseWatcher {
     cfg: Option<NetworkConfig>,
     /// Every change up to this revision has been delivered.
     revision: i64,
-    /// Full key → the lease as last reported.
-    cache: HashMap<String, Lease>,
+    /// Full key → the lease as last reported (shared with the events that reported it).
+    cache: HashMap<String, Arc<Lease>>,
     seeded: bool,
     stream: Option<WatchStream>,
     warned: HashSet<(String, i64)>,
@@ -80,15 +81,13 @@ impl LeaseWatcher {
     pub(super) fn from_list(
         reg: EtcdRegistry,
         cfg: Option<NetworkConfig>,
-        list: &LeaseList,
+        list: LeaseList,
     ) -> Self {
         let mut w = LeaseWatcher::new(reg, cfg, list.revision);
         w.timed = list.timed;
-        w.cache = list
-            .leases
-            .iter()
+        w.cache = (list.leases.into_iter())
             .filter(|l| outside_network(l, w.cfg.as_ref()).is_none())
-            .map(|l| (w.reg.layout().lease_key(l), l.clone()))
+            .map(|l| (w.reg.layout().lease_key(&l), Arc::new(l)))
             .collect();
         w.take_skipped(&list.skipped);
         w.mark_all_checked();
@@ -108,9 +107,9 @@ impl LeaseWatcher {
         self.revision
     }
 
-    /// The leases as the watcher knows them now, sorted by subnet.
-    pub fn leases(&self) -> Vec<Lease> {
-        let mut v: Vec<Lease> = self.cache.values().cloned().collect();
+    /// The leases as the watcher knows them now, sorted by subnet (shared, not copied).
+    pub fn leases(&self) -> Vec<Arc<Lease>> {
+        let mut v: Vec<Arc<Lease>> = self.cache.values().cloned().collect();
         v.sort_by_key(|l| (l.subnet.network(), l.subnet.prefix_len()));
         v
     }
@@ -274,7 +273,7 @@ impl LeaseWatcher {
         if self.revision > 0 {
             match read::list(&self.reg, self.cfg.as_ref(), self.revision, true).await {
                 Ok(list) => {
-                    self.take_list(&list);
+                    self.take_list(list);
                     self.seeded = true;
                     return Ok(Vec::new());
                 }
@@ -288,24 +287,21 @@ impl LeaseWatcher {
             }
         }
         let list = read::list(&self.reg, self.cfg.as_ref(), 0, self.timed).await?;
-        self.take_list(&list);
         self.revision = list.revision;
+        let leases = self.take_list(list);
         self.seeded = true;
-        Ok(list
-            .leases
-            .iter()
-            .map(|l| LeaseEvent::Added(l.clone()))
-            .collect())
+        Ok(leases.into_iter().map(LeaseEvent::Added).collect())
     }
 
-    fn take_list(&mut self, list: &LeaseList) {
+    /// Makes `list` the cache; returns its leases in the list's order.
+    fn take_list(&mut self, list: LeaseList) -> Vec<Arc<Lease>> {
         self.take_skipped(&list.skipped);
-        self.cache = list
-            .leases
-            .iter()
+        let leases: Vec<Arc<Lease>> = list.leases.into_iter().map(Arc::new).collect();
+        self.cache = (leases.iter())
             .map(|l| (self.reg.layout().lease_key(l), l.clone()))
             .collect();
         self.mark_all_checked();
+        leases
     }
 
     /// After a compaction: the current leases against the cache, as events.
@@ -313,33 +309,30 @@ impl LeaseWatcher {
         let list = read::list(&self.reg, self.cfg.as_ref(), 0, self.timed).await?;
         self.take_skipped(&list.skipped);
         let now = SystemTime::now();
-        let mut fresh: HashMap<String, Lease> = list
-            .leases
-            .iter()
-            .map(|l| (self.reg.layout().lease_key(l), l.clone()))
-            .collect();
+        let mut fresh: HashMap<String, Arc<Lease>> = HashMap::with_capacity(list.leases.len());
         let mut events = Vec::new();
-        let mut old_keys: Vec<&String> = self.cache.keys().collect();
-        old_keys.sort();
-        for key in old_keys {
-            if !fresh.contains_key(key) {
-                events.push(classify_delete(self.cache[key].clone(), now));
+        for mut l in list.leases {
+            let key = self.reg.layout().lease_key(&l);
+            let old = self.cache.get(&key);
+            let changed = old.is_none_or(|old| differs(old, &l));
+            // Keep the cached expiration of a lease whose listing had none.
+            if l.expiration.is_none() && l.etcd_lease_id.is_some() {
+                l.expiration = old.and_then(|o| o.expiration);
             }
-        }
-        for l in &list.leases {
-            let key = self.reg.layout().lease_key(l);
-            if self.cache.get(&key).is_none_or(|old| differs(old, l)) {
+            let l = Arc::new(l);
+            if changed {
                 events.push(LeaseEvent::Added(l.clone()));
             }
+            fresh.insert(key, l);
         }
-        // Keep cached expirations of unchanged leases only if the list had none.
-        for (k, l) in fresh.iter_mut() {
-            if l.expiration.is_none() && l.etcd_lease_id.is_some() {
-                if let Some(old) = self.cache.get(k) {
-                    l.expiration = old.expiration;
-                }
-            }
-        }
+        let mut gone: Vec<(&String, &Arc<Lease>)> = (self.cache.iter())
+            .filter(|(k, _)| !fresh.contains_key(*k))
+            .collect();
+        gone.sort_by(|a, b| a.0.cmp(b.0));
+        let removed: Vec<LeaseEvent> = (gone.into_iter())
+            .map(|(_, l)| classify_delete(l.clone(), now))
+            .collect();
+        events.splice(0..0, removed);
         self.cache = fresh;
         self.mark_all_checked();
         self.revision = list.revision;
@@ -414,6 +407,7 @@ impl LeaseWatcher {
         }
         self.unskip(&key);
         let changed = self.cache.get(&key).is_none_or(|old| differs(old, &l));
+        let l = Arc::new(l);
         self.cache.insert(key, l.clone());
         changed.then_some(LeaseEvent::Added(l))
     }
@@ -473,7 +467,7 @@ impl LeaseWatcher {
             };
             // A lease that is gone keeps its expiration: its key is about to be deleted.
             if let Some(secs) = ttls.get(&id).copied().filter(|s| *s > 0) {
-                l.expiration = Some(now + Duration::from_secs(secs as u64));
+                Arc::make_mut(l).expiration = Some(now + Duration::from_secs(secs as u64));
             }
         }
         for id in due {
@@ -569,7 +563,7 @@ fn differs(old: &Lease, new: &Lease) -> bool {
 
 /// etcd does not say why a key went away: a lease whose time was (nearly) up expired,
 /// anything else was removed.
-fn classify_delete(old: Lease, now: SystemTime) -> LeaseEvent {
+fn classify_delete(old: Arc<Lease>, now: SystemTime) -> LeaseEvent {
     match (old.etcd_lease_id, old.expiration) {
         (Some(_), Some(exp)) if now + EXPIRY_SLACK >= exp => LeaseEvent::Expired(old),
         _ => LeaseEvent::Removed(old),

@@ -94,7 +94,7 @@ impl Fleet {
         for l in &list.leases {
             ring.insert(l.subnet);
         }
-        let mut watcher = store.watch_from_list(Some(self.cfg.clone()), &list);
+        let mut watcher = store.watch_from_list(Some(self.cfg.clone()), list);
         let seen = self.seen.clone();
         let watch = tokio::spawn(async move {
             while let Ok(events) = watcher.next().await {

@@ -387,7 +387,7 @@ async fn watch(store: &EtcdStore, out: Format) -> Result<()> {
     let cfg = config_for_listing(store).await?;
     let list = store.list_leases(cfg.as_ref()).await?;
     warn_skipped(&list);
-    let mut watcher = store.watch_from_list(cfg, &list);
+    let mut watcher = store.watch_from_list(cfg, list);
     let mut stdout = std::io::stdout();
     loop {
         let events = watcher.next().await?;
