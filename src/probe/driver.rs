@@ -26,8 +26,8 @@ struct Finished {
 type InFlight = Pin<Box<dyn std::future::Future<Output = Finished> + Send>>;
 
 /// The shortest time between two wake-ups that send probes; see the loop in [`run`]. At
-/// the default 100 probes a second, five leave together every 50 ms: 20 wake-ups a second
-/// whatever the number of peers.
+/// the default 50 probes a second, two or three leave together every 50 ms: 20 wake-ups a
+/// second whatever the number of peers.
 const WAKE_GAP: Duration = Duration::from_millis(50);
 
 /// A random wait, up to half a second (at most half the interval), before the first slot of a
