@@ -19,8 +19,10 @@ use super::{Facts, Ring, RECORD_VERSION};
 use crate::store::{EtcdStore, StoreError};
 use crate::subnet::parse_lease_key_name;
 
-/// Records are written at most this often (the first, and a change of name, at once), so a
-/// host whose peers flap costs etcd one bounded write per gap whatever the fleet's size.
+/// Records are written at most this often (the first, a change of name and a change of the
+/// config revision the host runs, at once), so a host whose peers flap costs etcd one
+/// bounded write per gap whatever the fleet's size. A new config revision is an operator's
+/// step, not churn: `weftctl status` shows the fleet on it as soon as each host is.
 pub const MIN_GAP: Duration = Duration::from_secs(5);
 
 /// The wait between two markers of one gone host (see [`super::ring`]): the next one looks
@@ -106,8 +108,7 @@ pub(super) async fn run(
                 if changed.is_err() {
                     return;
                 }
-                let renamed = facts.borrow().lease_key != f.lease_key;
-                if !renamed {
+                if !at_once(&f, &facts.borrow()) {
                     tokio::time::sleep_until(w.last_write + MIN_GAP).await;
                 }
             }
@@ -122,6 +123,13 @@ pub(super) async fn run(
             msg = next_message(&mut w.watch) => w.on_watch(msg, &f.lease_key),
         }
     }
+}
+
+/// Whether a change of facts is written without waiting out [`MIN_GAP`]: the record's name
+/// changed, or the config revision the host runs did.
+fn at_once(before: &Facts, now: &Facts) -> bool {
+    let rev = |f: &Facts| f.config.as_ref().map(|c| c.rev);
+    now.lease_key != before.lease_key || rev(now) != rev(before)
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -351,4 +359,33 @@ fn cut(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::record::ConfigState;
+
+    fn running(rev: i64) -> Facts {
+        Facts {
+            lease_key: "198.19.1.0-24".into(),
+            config: Some(ConfigState { rev, newer: None }),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn a_new_config_revision_is_written_at_once_and_churn_waits() {
+        let before = running(7);
+        let mut churn = running(7);
+        churn.unreachable_count = 40;
+        assert!(!at_once(&before, &churn), "peers flapping wait out the gap");
+        assert!(
+            at_once(&before, &running(9)),
+            "a new revision goes out at once"
+        );
+        let mut renamed = running(7);
+        renamed.lease_key = "198.19.2.0-24".into();
+        assert!(at_once(&before, &renamed), "a new name goes out at once");
+    }
 }
