@@ -20,17 +20,6 @@ pub struct Probe {
     neigh_seen: u32,
 }
 
-/// How a probe decides an object is there.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Dump routes, neighbours and FDB after every notification (cheap on small hosts).
-    Dump,
-    /// Count the notifications (the route, then two neighbour-table adds on the device: the
-    /// ARP entry and the FDB entry), then confirm with one dump that is not timed. For hosts
-    /// with thousands of objects, where a dump per notification would load the machine.
-    Notify,
-}
-
 impl Probe {
     pub fn new(ns: &Path, device: &str) -> Probe {
         let mut nl = Netlink::in_netns(ns).expect("netlink socket in the host namespace");
@@ -162,7 +151,6 @@ impl Probe {
 pub fn wait_present(
     probes: &mut [Probe],
     l: &FakeLease,
-    check: Check,
     timeout: Duration,
 ) -> Vec<Option<Instant>> {
     let deadline = Instant::now() + timeout;
@@ -173,23 +161,17 @@ pub fn wait_present(
                 continue;
             }
             p.drain(Some(l.subnet));
-            match check {
-                Check::Dump => {
-                    if p.present(l) {
-                        done[i] = Some(Instant::now());
-                    }
-                }
-                Check::Notify => {
-                    if p.route_seen && p.neigh_seen >= 2 {
-                        let t = Instant::now();
-                        if p.present(l) {
-                            done[i] = Some(t);
-                        } else {
-                            // Something else on the device moved; wait for more.
-                            p.neigh_seen = 0;
-                            p.route_seen = false;
-                        }
-                    }
+            // Seen when the route and both neighbour-table adds on the device (the ARP and
+            // the FDB entry) were notified, then confirmed by one dump that is not timed: a
+            // dump after every notification would load a machine running many hosts.
+            if p.route_seen && p.neigh_seen >= 2 {
+                let t = Instant::now();
+                if p.present(l) {
+                    done[i] = Some(t);
+                } else {
+                    // Something else on the device moved; wait for more.
+                    p.neigh_seen = 0;
+                    p.route_seen = false;
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use etcd_client::PutOptions;
 use ipnet::Ipv4Net;
 
-use crate::probe::{wait_absent, wait_present, Check, Probe};
+use crate::probe::{wait_absent, wait_present, Probe};
 use crate::report::{median, percentile, Table, Target};
 use crate::rig::{
     etcd_client, free_subnets, leased_subnets, ms, poll, put_leases, FakeLease, NsRuntime, Weftd,
@@ -77,12 +77,7 @@ fn singles(
                 .expect("writing the lease");
             t0
         });
-        let seen = wait_present(
-            std::slice::from_mut(probe),
-            &l,
-            Check::Notify,
-            Duration::from_secs(10),
-        );
+        let seen = wait_present(std::slice::from_mut(probe), &l, Duration::from_secs(10));
         let t0 = rt.wait(put);
         let Some(t) = seen[0] else {
             d.assert_running();
@@ -455,7 +450,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         "One lease added: {} adds per size (after one unmeasured warm-up add), each removed before the next; start right before the etcd put, end when the host's netlink notifications have shown the route and two neighbour-table adds on the device (ARP entry and FDB entry), confirmed by an untimed dump. Inside weftd: `weft_reconcile_last_duration_seconds` after the fast path ran (samples where a resync interleaved are dropped). The baseline column is the same measurement with {SMALL} leases present: the ratio shows growth with the number of leases.",
         z.singles
     ));
-    t.note("Idle CPU: utime+stime from /proc/PID/stat over the window, weftd with its default 30 s resync (so the window holds full reconciliations) and default probes (every 5 s, at most 100 a second: every peer probed every 50 s at 5,000 peers). No peer answering: the fake peers' public addresses lead nowhere, every probe times out. Every peer answering: a responder in the underlay namespace holds every fake peer's public and tunnel address behind one VXLAN device (an nftables ingress rule makes it take frames for any VTEP MAC), and the window starts once weftd reports all peers reachable.");
+    t.note("Idle CPU: utime+stime from /proc/PID/stat over the window, weftd with its default 30 s resync (so the window holds full reconciliations) and default probes (every 5 s, at most 50 a second: every peer probed every 100 s at 5,000 peers). No peer answering: the fake peers' public addresses lead nowhere, every probe times out. Every peer answering: a responder in the underlay namespace holds every fake peer's public and tunnel address behind one VXLAN device (an nftables ingress rule makes it take frames for any VTEP MAC), and the window starts once weftd reports all peers reachable.");
     t.note(format!(
         "weftctl: run inside the host's namespace against the same etcd, median of {} runs each, process start included; `weftctl check` compares this host's kernel (5,000 peers programmed) with the plan. Baseline: `etcdctl get --prefix {PREFIX}/ -w json`, one request for the same keys, in the same namespace.",
         z.ctl_runs
