@@ -3,8 +3,6 @@
 //! an address from the host's subnet, a route to the overlay) for the same containers.
 
 use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -26,8 +24,6 @@ const REFERENCE: &str = "/usr/lib/cni";
 /// namespace (joined with setns before exec, so no helper process is timed). Returns the
 /// wall time of the plugin process.
 pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) -> f64 {
-    let nsfile = host.file();
-    let fd = nsfile.as_raw_fd();
     let mut cmd = Command::new(binary);
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -35,15 +31,7 @@ pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::rig::exec_in(&mut cmd, host);
     let input = conf.to_string();
     let t0 = Instant::now();
     let mut child = cmd
@@ -65,7 +53,6 @@ pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    drop(nsfile);
     took
 }
 

@@ -13,7 +13,8 @@
 //! datapath, dual, probes (peer probes to 1,000 simulated peers), status, wireguard (wireguard-go
 //! datapath against a hand-made pair, and join convergence on WireGuard), policy (1,000
 //! workloads × 100 policies on real nftables; a policy's spread over 10 hosts and weftd's
-//! memory; ADD latency and TCP throughput with them).
+//! memory; ADD latency and TCP throughput with them), live (`weftctl config set` until 10 hosts
+//! run the new revision: a live key and a backend migration).
 //! Needs root, /usr/bin/etcd, iproute2, iperf3, fping and Debian's containernetworking-plugins
 //! (and for wireguard: wireguard-go, wireguard-tools).
 
@@ -23,6 +24,7 @@ mod convergence;
 mod datapath;
 mod dual;
 mod fleet_cost;
+mod live;
 mod peer_probe;
 mod policy;
 mod policy_path;
@@ -36,7 +38,7 @@ mod wireguard;
 
 use std::time::{Duration, Instant};
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "convergence",
     "fleet",
     "fleet-cost",
@@ -49,6 +51,7 @@ const SECTIONS: [&str; 12] = [
     "status",
     "wireguard",
     "policy",
+    "live",
 ];
 
 fn main() {
@@ -282,6 +285,15 @@ fn main() {
                 }));
                 tables
             }
+            // A live key and a backend migration, each changed `runs` times on the fleet.
+            "live" => live::run(&if quick {
+                live::Sizes { hosts: 3, runs: 2 }
+            } else {
+                live::Sizes {
+                    hosts: 10,
+                    runs: 10,
+                }
+            }),
             _ => unreachable!("filtered above"),
         };
         eprintln!("{s}: {:.0} s", t0.elapsed().as_secs_f64());

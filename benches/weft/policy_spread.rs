@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, WatchOptions};
 use testkit::lab::{Lab, VXLAN_CONFIG};
 use testkit::netns::Netns;
 use weft::firewall::policy::rules::counter_name;
@@ -16,7 +15,7 @@ use weft::firewall::policy::Policy;
 
 use crate::policy::{policy, workload};
 use crate::report::{max, median, percentile, Table, Target};
-use crate::rig::{etcd_client, ms, start_lab, NsRuntime, PREFIX};
+use crate::rig::{etcd_client, ms, start_lab, watch_puts, NsRuntime, Put, PREFIX};
 
 pub struct Sizes {
     pub hosts: usize,
@@ -98,10 +97,10 @@ fn held_by_all(
 }
 
 /// Waits until the bare watcher saw a PUT of `key`.
-fn delivered(rx: &mpsc::Receiver<(String, Instant)>, key: &str) -> Instant {
+fn delivered(rx: &mpsc::Receiver<Put>, key: &str) -> Instant {
     loop {
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok((k, t)) if k == key => return t,
+            Ok(p) if p.key == key => return p.at,
             Ok(_) => continue,
             Err(_) => panic!("the baseline watcher never saw {key}"),
         }
@@ -109,29 +108,9 @@ fn delivered(rx: &mpsc::Receiver<(String, Instant)>, key: &str) -> Instant {
 }
 
 /// A bare watcher of the policies' prefix: each PUT's key, when it was delivered.
-fn watcher(rt: &NsRuntime, c: &etcd_client::Client) -> mpsc::Receiver<(String, Instant)> {
+fn watcher(rt: &NsRuntime, c: &etcd_client::Client) -> mpsc::Receiver<Put> {
     let (tx, rx) = mpsc::channel();
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let mut wc = c.clone();
-    rt.spawn(async move {
-        let prefix = format!("{PREFIX}/weft/policy/policies/");
-        let opts = Some(WatchOptions::new().with_prefix());
-        let mut stream = wc.watch(prefix, opts).await.expect("watching policies");
-        let _ = ready_tx.send(());
-        while let Ok(Some(resp)) = stream.message().await {
-            let now = Instant::now();
-            for ev in resp
-                .events()
-                .iter()
-                .filter(|e| e.event_type() == EventType::Put)
-            {
-                if let Some(kv) = ev.kv() {
-                    let _ = tx.send((String::from_utf8_lossy(kv.key()).into_owned(), now));
-                }
-            }
-        }
-    });
-    (ready_rx.recv_timeout(Duration::from_secs(10))).expect("the baseline watch did not start");
+    watch_puts(rt, c, &format!("{PREFIX}/weft/policy/policies/"), true, tx);
     rx
 }
 

@@ -65,6 +65,9 @@ pub enum Target {
     Below(f64),
     AtLeast(f64),
     None,
+    /// No target, said in words ("none in issue 23"): the row still stands in the summary,
+    /// so a figure its issue asked for is not missing there.
+    Unset(&'static str),
 }
 
 impl Target {
@@ -74,6 +77,7 @@ impl Target {
             Target::Below(t) => format!("< {}{unit}", num(*t)),
             Target::AtLeast(t) => format!("≥ {}{unit}", num(*t)),
             Target::None => "–".into(),
+            Target::Unset(why) => why.to_string(),
         }
     }
 
@@ -82,7 +86,7 @@ impl Target {
             Target::AtMost(t) => x <= *t,
             Target::Below(t) => x < *t,
             Target::AtLeast(t) => x >= *t,
-            Target::None => return "–",
+            Target::None | Target::Unset(_) => return "–",
         };
         if x.is_nan() {
             "not measured"
@@ -190,7 +194,7 @@ impl Table {
     }
 }
 
-/// Every row of `tables` that has a target, in one table: the summary BENCHMARKS.md shows,
+/// Every row of `tables` that has a target (or says why it has none), in one table: the summary BENCHMARKS.md shows,
 /// printed by the run itself so it is pasted whole and never goes stale. Each row names the
 /// commit it was measured on.
 pub fn summary(tables: &[Table], commit: &str) -> Table {

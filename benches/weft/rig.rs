@@ -9,9 +9,10 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use ipnet::Ipv4Net;
 use weft::subnet::lease_key_name;
 
@@ -75,6 +76,21 @@ impl NsRuntime {
     }
 }
 
+/// Makes `cmd` join `ns` between fork and exec: no `ip netns exec` helper process is started,
+/// so none is timed. The namespace file stays open as long as `cmd` does.
+pub fn exec_in(cmd: &mut Command, ns: &Netns) {
+    let nsfile = ns.file();
+    // SAFETY: setns is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A weftd started straight inside a host namespace (setns before exec, so no `ip netns
 /// exec` start-up is counted), killed on drop.
 pub struct Weftd {
@@ -91,8 +107,6 @@ impl Weftd {
         log: &Path,
         extra: &[&str],
     ) -> Weftd {
-        let nsfile = ns.file();
-        let fd = nsfile.as_raw_fd();
         let out = File::create(log).expect("creating the weftd log");
         let mut cmd = Command::new(weftd_bin());
         cmd.args([
@@ -109,18 +123,9 @@ impl Weftd {
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("cloning the log handle"))
         .stderr(out);
-        // SAFETY: setns is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        exec_in(&mut cmd, ns);
         let started = Instant::now();
         let child = cmd.spawn().expect("starting weftd");
-        drop(nsfile);
         Weftd {
             child: Some(child),
             started,
@@ -355,6 +360,42 @@ pub async fn delete_all_leases(c: &Client) {
         )
         .await
         .expect("deleting leases");
+}
+
+/// A PUT as a bare watcher received it.
+pub struct Put {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    /// When the watch response holding it arrived.
+    pub at: Instant,
+}
+
+/// A bare etcd watch of `key` (every key under it when `prefix`) on `rt`, sending each PUT
+/// to `tx` with the moment it was delivered: the baseline weftd's own watches are held to.
+/// Returns once etcd has the watch, so no write after it is missed.
+pub fn watch_puts(rt: &NsRuntime, c: &Client, key: &str, prefix: bool, tx: mpsc::Sender<Put>) {
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (mut wc, key) = (c.clone(), key.to_string());
+    rt.spawn(async move {
+        let opts = prefix.then(|| WatchOptions::new().with_prefix());
+        let mut stream =
+            (wc.watch(key.as_str(), opts).await).unwrap_or_else(|e| panic!("watching {key}: {e}"));
+        let _ = ready_tx.send(());
+        while let Ok(Some(resp)) = stream.message().await {
+            let at = Instant::now();
+            let puts = (resp.events().iter()).filter(|e| e.event_type() == EventType::Put);
+            for kv in puts.filter_map(|e| e.kv()) {
+                let _ = tx.send(Put {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    value: kv.value().to_vec(),
+                    mod_revision: kv.mod_revision(),
+                    at,
+                });
+            }
+        }
+    });
+    (ready_rx.recv_timeout(Duration::from_secs(10))).expect("the bare watch did not start");
 }
 
 pub use testkit::wait::poll;
