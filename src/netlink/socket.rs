@@ -15,7 +15,9 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 #[cfg(feature = "daemon")]
 use netlink_sys::protocols::NETLINK_GENERIC;
-use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
+#[cfg(feature = "policy")]
+use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::Socket;
 
 use super::NetlinkError;
@@ -74,6 +76,7 @@ impl Conn {
     }
 
     /// A NETLINK_NETFILTER socket (nf_tables) in the calling thread's namespace.
+    #[cfg(feature = "policy")]
     pub(crate) fn netfilter() -> Result<Self, NetlinkError> {
         Conn::open(NETLINK_NETFILTER)
     }
@@ -357,6 +360,7 @@ impl Conn {
     }
 }
 
+#[cfg(feature = "policy")]
 impl Conn {
     /// Sends `msgs`, requests the caller encoded (their sequence numbers are set here), in one
     /// sendmsg(), as an nfnetlink batch must travel, and gives each one's answer (`None`: none
@@ -400,6 +404,7 @@ impl Conn {
 }
 
 /// Files the answers in one datagram by sequence number; (how many, whether any was an error).
+#[cfg(feature = "policy")]
 fn answer_batch(
     datagram: &[u8],
     base: u32,
