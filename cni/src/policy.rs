@@ -20,7 +20,7 @@ fn record_id(att: &Attachment) -> String {
 
 fn error(e: LocalError) -> CniError {
     let code = match e {
-        LocalError::Nft(_) => code::KERNEL,
+        LocalError::Sets(_) => code::KERNEL,
         _ => code::STORE,
     };
     CniError::new(code, format!("network policy: {e}"))

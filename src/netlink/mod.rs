@@ -11,6 +11,8 @@ mod build;
 mod error;
 mod monitor;
 mod netns;
+#[cfg(feature = "policy")]
+pub mod nf_sets;
 #[cfg(test)]
 mod props;
 pub(crate) mod socket;

@@ -1,4 +1,5 @@
-//! The wire under the typed API: a netlink socket (route, or generic for WireGuard), request
+//! The wire under the typed API: a netlink socket (route, generic for WireGuard, netfilter for
+//! nf_tables set elements), request
 //! encoding, dumps that survive multi-part replies and interruption, and a pipeline that keeps
 //! thousands of acked requests in flight without ever letting the kernel drop an
 //! acknowledgement. One reply timeout and one dump retry policy for every protocol.
@@ -14,6 +15,8 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 #[cfg(feature = "daemon")]
 use netlink_sys::protocols::NETLINK_GENERIC;
+#[cfg(feature = "policy")]
+use netlink_sys::protocols::NETLINK_NETFILTER;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::Socket;
 
@@ -70,6 +73,12 @@ impl Conn {
     #[cfg(feature = "daemon")]
     pub(crate) fn generic() -> Result<Self, NetlinkError> {
         Conn::open(NETLINK_GENERIC)
+    }
+
+    /// A NETLINK_NETFILTER socket (nf_tables) in the calling thread's namespace.
+    #[cfg(feature = "policy")]
+    pub(crate) fn netfilter() -> Result<Self, NetlinkError> {
+        Conn::open(NETLINK_NETFILTER)
     }
 
     fn open(protocol: isize) -> Result<Self, NetlinkError> {
@@ -349,6 +358,75 @@ impl Conn {
             }
         }
     }
+}
+
+#[cfg(feature = "policy")]
+impl Conn {
+    /// Sends `msgs`, requests the caller encoded (their sequence numbers are set here), in one
+    /// sendmsg(), as an nfnetlink batch must travel, and gives each one's answer (`None`: none
+    /// came). Waits until every request flagged NLM_F_ACK is answered or any error came: the
+    /// kernel answers a batch inside the sendmsg(), so what is queued then is all there is.
+    pub(crate) fn batch(
+        &mut self,
+        mut msgs: Vec<Vec<u8>>,
+    ) -> io::Result<Vec<Option<Result<(), RawErr>>>> {
+        let base = self.seq.wrapping_add(1);
+        let mut out = Vec::new();
+        let mut awaited = 0usize;
+        for (i, m) in msgs.iter_mut().enumerate() {
+            if let Some(h) = m.get_mut(8..12) {
+                h.copy_from_slice(&base.wrapping_add(i as u32).to_ne_bytes());
+            }
+            if m.get(6..8)
+                .is_some_and(|f| u16::from_ne_bytes([f[0], f[1]]) & NLM_F_ACK != 0)
+            {
+                awaited += 1;
+            }
+            out.extend_from_slice(m);
+            out.resize(align4(out.len()), 0);
+        }
+        self.seq = self.seq.wrapping_add(msgs.len() as u32);
+        send_all(&self.sock, &out)?;
+        let mut answers: Vec<Option<Result<(), RawErr>>> = vec![None; msgs.len()];
+        let mut failed = false;
+        while awaited > 0 && !failed {
+            let len = recv_reply(&self.sock, &mut self.buf)?;
+            let got = answer_batch(&self.buf[..len], base, &mut answers)?;
+            awaited = awaited.saturating_sub(got.0);
+            failed |= got.1;
+        }
+        // Answers the kernel queued after the first error (the batch's other messages).
+        while let Some(len) = recv_datagram(&self.sock, &mut self.buf, libc::MSG_DONTWAIT)? {
+            answer_batch(&self.buf[..len], base, &mut answers)?;
+        }
+        Ok(answers)
+    }
+}
+
+/// Files the answers in one datagram by sequence number; (how many, whether any was an error).
+#[cfg(feature = "policy")]
+fn answer_batch(
+    datagram: &[u8],
+    base: u32,
+    answers: &mut [Option<Result<(), RawErr>>],
+) -> io::Result<(usize, bool)> {
+    let (mut count, mut failed) = (0, false);
+    for m in split(datagram) {
+        let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let idx = m.seq.wrapping_sub(base) as usize;
+        if m.ty != NLMSG_ERROR || idx >= answers.len() || answers[idx].is_some() {
+            continue;
+        }
+        let (code, ext) = parse_error(m.flags, m.payload);
+        answers[idx] = Some(if code == 0 {
+            Ok(())
+        } else {
+            failed = true;
+            Err(RawErr { errno: -code, ext })
+        });
+        count += 1;
+    }
+    Ok((count, failed))
 }
 
 fn lose_pending(results: &mut [Option<Result<(), RawErr>>], pending: &mut usize, errno: i32) {

@@ -15,17 +15,14 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use nftables::batch::Batch;
-use nftables::schema::{Element, NfListObject};
-
 use super::program::Program;
 use serde::{Deserialize, Serialize};
 
 use super::rules::TABLE;
 use super::table::TableState;
 use super::workload::Workload;
-use crate::firewall::tables::nf_family;
-use crate::subnet::Family;
+use crate::netlink::nf_sets::{change_elements, ElementChange};
+use crate::netlink::NetlinkError;
 
 const PROGRAM: &str = "weft-policy.json";
 const WORKLOADS: &str = "weft-workloads";
@@ -49,7 +46,7 @@ pub enum LocalError {
     #[error(
         "cannot put the container into the network policy sets (is weftd's table there?): {0}"
     )]
-    Nft(crate::firewall::FirewallError),
+    Sets(NetlinkError),
 }
 
 /// The shared directory of one host.
@@ -182,8 +179,8 @@ impl Locked<'_> {
     /// Makes the policy sets hold `w`'s addresses exactly where the program puts a local
     /// workload: added to its sets, and taken out of every other that may still hold them
     /// (an address of a container whose DEL never came). With the membership file those
-    /// are the few sets it names; without it, every set. One nft transaction; nothing when
-    /// there is no policy.
+    /// are the few sets it names; without it, every set. One netlink transaction; nothing
+    /// when there is no policy.
     pub fn admit(&self, w: &Workload) -> Result<(), LocalError> {
         let Some(program) = self.program()?.filter(|p| !p.is_empty()) else {
             return Ok(());
@@ -192,24 +189,24 @@ impl Locked<'_> {
             .map(str::to_string)
             .collect();
         let Some(mut members) = self.members() else {
-            let mut batch = Batch::new();
+            let mut batch = Vec::new();
             for set in &program.sets {
                 for a in &w.addresses {
-                    let e = element(*a, &set.name);
-                    batch.add(e.clone());
-                    if !wanted.contains(&set.name) {
-                        batch.delete(e);
+                    if wanted.contains(&set.name) {
+                        batch.push(element(true, *a, &set.name));
+                    } else {
+                        clear(&mut batch, *a, &set.name);
                     }
                 }
             }
-            return crate::firewall::nft::apply(batch).map_err(LocalError::Nft);
+            return apply(&batch);
         };
-        let mut batch = Batch::new();
+        let mut batch = Vec::new();
         let mut tighten = false;
         for a in &w.addresses {
             let held = members.possible(&program, *a);
             for set in &wanted {
-                batch.add(element(*a, set));
+                batch.push(element(true, *a, set));
             }
             for set in held.difference(&wanted) {
                 clear(&mut batch, *a, set);
@@ -219,7 +216,7 @@ impl Locked<'_> {
             members.0.insert(*a, held.union(&wanted).cloned().collect());
         }
         self.write_members(&members)?;
-        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)?;
+        apply(&batch)?;
         if tighten {
             for a in &w.addresses {
                 members.0.insert(*a, wanted.clone());
@@ -236,8 +233,7 @@ impl Locked<'_> {
             return Ok(());
         };
         let mut members = self.members();
-        let mut batch = Batch::new();
-        let mut any = false;
+        let mut batch = Vec::new();
         for a in addresses {
             let sets: BTreeSet<String> = match &members {
                 Some(m) => m.possible(&program, *a),
@@ -245,18 +241,17 @@ impl Locked<'_> {
             };
             for set in &sets {
                 clear(&mut batch, *a, set);
-                any = true;
             }
         }
-        if !any {
+        if batch.is_empty() {
             return Ok(());
         }
-        crate::firewall::nft::apply(batch).map_err(LocalError::Nft)?;
+        apply(&batch)?;
         if let Some(m) = members.as_mut() {
             for a in addresses {
                 m.0.remove(a);
             }
-            // Removed only after nft took them out: a failure leaves a safe superset.
+            // Removed only after the kernel took them out: a failure leaves a safe superset.
             let _ = self.write_members(m);
         }
         Ok(())
@@ -317,24 +312,23 @@ impl Members {
 }
 
 /// Takes `a` out of `set`; added first, so it never fails on a set that no longer holds it.
-fn clear(batch: &mut Batch<'static>, a: IpAddr, set: &str) {
-    let e = element(a, set);
-    batch.add(e.clone());
-    batch.delete(e);
+fn clear(batch: &mut Vec<ElementChange>, a: IpAddr, set: &str) {
+    batch.push(element(true, a, set));
+    batch.push(element(false, a, set));
 }
 
-/// One address as an element of a set of weft's policy table in its family.
-pub fn element(a: IpAddr, set: &str) -> NfListObject<'static> {
-    let family = match a {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
-    };
-    NfListObject::Element(Element {
-        family: nf_family(family),
-        table: TABLE.into(),
-        name: set.to_string().into(),
-        elem: vec![nftables::expr::Expression::String(a.to_string().into())].into(),
-    })
+/// One address added to or deleted from a set of weft's policy table in its family.
+fn element(add: bool, address: IpAddr, set: &str) -> ElementChange {
+    ElementChange {
+        add,
+        set: set.to_string(),
+        address,
+    }
+}
+
+/// The changes as one transaction of the kernel's.
+fn apply(batch: &[ElementChange]) -> Result<(), LocalError> {
+    change_elements(TABLE, batch).map_err(LocalError::Sets)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
