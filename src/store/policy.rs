@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{DeleteOptions, GetOptions, PutOptions, WatchOptions, WatchStream};
+use etcd_client::{DeleteOptions, PutOptions, WatchOptions, WatchStream};
 
 use super::registry::Registry;
 use super::{EtcdStore, StoreError};
@@ -60,22 +60,14 @@ impl EtcdStore {
             Some(k) => format!("{}{}", self.policy_prefix(), k.dir()),
             None => self.policy_prefix(),
         };
-        let mut c = self.registry().client();
-        let mut resp = self
-            .registry()
-            .timed(
-                format!("list {prefix}"),
-                c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let listing = self.registry().list(&prefix, 0).await?;
         let mut out = PolicyKeys {
-            revision: resp.header().map_or(0, |h| h.revision()),
+            revision: listing.revision,
             ..PolicyKeys::default()
         };
-        for kv in resp.take_kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            if let Some((kind, name)) = self.parse_policy_key(&key) {
-                out.keys.push((kind, name, kv.value().to_vec()));
+        for kv in listing.kvs {
+            if let Some((kind, name)) = self.parse_policy_key(&kv.key) {
+                out.keys.push((kind, name, kv.value));
             }
         }
         Ok(out)

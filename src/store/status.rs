@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    WatchFilterType, WatchOptions, WatchStream,
+    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions, WatchStream,
 };
 
 use super::alloc::Allocator;
@@ -133,29 +133,19 @@ impl EtcdStore {
 
     /// Every key under `<prefix>/weft/`, in one read.
     pub async fn list_weft(&self) -> Result<WeftKeys, StoreError> {
-        let prefix = self.weft_prefix();
-        let mut c = self.registry().client();
-        let mut resp = self
-            .registry()
-            .timed(
-                format!("list {prefix}"),
-                c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
+        let listing = self.registry().list(&self.weft_prefix(), 0).await?;
         let mut keys = WeftKeys {
-            revision: resp.header().map_or(0, |h| h.revision()),
+            revision: listing.revision,
             ..WeftKeys::default()
         };
         let (status, gone) = (self.status_prefix(), self.registry().layout().gone_prefix());
-        for kv in resp.take_kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = kv.value().to_vec();
-            if let Some(name) = key.strip_prefix(&status) {
-                keys.status.push((name.to_string(), value));
-            } else if let Some(name) = key.strip_prefix(&gone) {
-                keys.gone.push((name.to_string(), value));
+        for kv in listing.kvs {
+            if let Some(name) = kv.key.strip_prefix(&status) {
+                keys.status.push((name.to_string(), kv.value));
+            } else if let Some(name) = kv.key.strip_prefix(&gone) {
+                keys.gone.push((name.to_string(), kv.value));
             } else {
-                keys.other.push(key);
+                keys.other.push(kv.key);
             }
         }
         Ok(keys)
