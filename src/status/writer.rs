@@ -19,10 +19,11 @@ use super::{Facts, Ring, RECORD_VERSION};
 use crate::store::{EtcdStore, StoreError};
 use crate::subnet::parse_lease_key_name;
 
-/// Records are written at most this often (the first, a change of name and a change of the
-/// config revision the host runs, at once), so a host whose peers flap costs etcd one
-/// bounded write per gap whatever the fleet's size. A new config revision is an operator's
-/// step, not churn: `weftctl status` shows the fleet on it as soon as each host is.
+/// Records are written at most this often, so a host whose peers flap costs etcd one
+/// bounded write per gap whatever the fleet's size. The first record goes out at once, and
+/// so does a change of name or of the config revision the host runs when no other change
+/// is already waiting out the gap (a new revision is an operator's step, not churn; during
+/// a migration the intermediate changes come first, and the revision waits behind them).
 pub const MIN_GAP: Duration = Duration::from_secs(5);
 
 /// The wait between two markers of one gone host (see [`super::ring`]): the next one looks
