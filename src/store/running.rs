@@ -56,19 +56,10 @@ impl EtcdStore {
         Ok(keys)
     }
 
-    /// Writes the running-config record if the one there is still at `guard` (`None`: there
-    /// is none). `Ok(false)` when another writer got there first.
+    /// Writes the running-config record over the one that was read (`guard`: its mod revision;
+    /// `None`: there is none). `Ok(false)` when another writer got there first.
     pub async fn put_running(&self, json: &str, guard: Option<i64>) -> Result<bool, StoreError> {
-        let key = self.running_key();
-        let txn = Txn::new()
-            .when(vec![unchanged(&key, guard)])
-            .and_then(vec![TxnOp::put(key.as_str(), json, None)]);
-        let mut c = self.registry().client();
-        let resp = self
-            .registry()
-            .timed(format!("put {key}"), c.txn(txn))
-            .await?;
-        Ok(resp.succeeded())
+        self.put_guarded(&[(self.running_key(), json, guard)]).await
     }
 
     /// Writes a config document and its running-config record in one transaction, if both
@@ -80,22 +71,26 @@ impl EtcdStore {
         record: &str,
         running_guard: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let (config, running) = (self.config_key(), self.running_key());
-        let txn = Txn::new()
-            .when(vec![
-                unchanged(&config, config_guard),
-                unchanged(&running, running_guard),
-            ])
-            .and_then(vec![
-                TxnOp::put(config.as_str(), doc, None),
-                TxnOp::put(running.as_str(), record, None),
-            ]);
+        self.put_guarded(&[
+            (self.config_key(), doc, config_guard),
+            (self.running_key(), record, running_guard),
+        ])
+        .await
+    }
+
+    /// Puts every `(key, value, guard)` in one transaction if every key is still as read.
+    /// The request is named after the first key: a refusal names the key an operator knows.
+    async fn put_guarded(&self, puts: &[(String, &str, Option<i64>)]) -> Result<bool, StoreError> {
+        let when: Vec<Compare> = puts.iter().map(|(k, _, g)| unchanged(k, *g)).collect();
+        let then: Vec<TxnOp> = (puts.iter())
+            .map(|(k, v, _)| TxnOp::put(k.as_str(), *v, None))
+            .collect();
+        let name = puts
+            .first()
+            .map_or_else(String::new, |(k, _, _)| format!("put {k}"));
         let mut c = self.registry().client();
-        // Named as the plain put was: a refusal names the key an operator knows.
-        let resp = self
-            .registry()
-            .timed(format!("put {config}"), c.txn(txn))
-            .await?;
+        let txn = Txn::new().when(when).and_then(then);
+        let resp = self.registry().timed(name, c.txn(txn)).await?;
         Ok(resp.succeeded())
     }
 
