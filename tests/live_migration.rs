@@ -207,10 +207,9 @@ fn lab(n: usize, config: &str) -> Lab {
     // Every pair's first WireGuard handshake before the pingers start, one end at a time:
     // both ends of a pair sending their first packets at one instant lost up to 2.4 s while
     // wireguard-go sorted out two handshakes, which has nothing to do with a migration.
-    let patience = Duration::from_secs(10);
     for (i, a) in lab.hosts.iter().enumerate() {
         for b in &lab.hosts[i + 1..] {
-            a.reach_within(b, patience, "before the migration");
+            a.reach_within(b, testkit::wg::FIRST_CONTACT, "before the migration");
         }
     }
     lab

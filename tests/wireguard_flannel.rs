@@ -13,8 +13,8 @@ use testkit::lab::{Host, Lab};
 use testkit::leases;
 use testkit::wait::{pace_until, wait_for};
 use testkit::wg::{
-    exec, exec_ok, ifindex, say_mode, start_wireguard, wireguard_go_pids, WgDumpPeer, WG_CONFIG,
-    WG_DEVICE, WG_DEVICE6,
+    exec, exec_ok, ifindex, say_mode, start_wireguard, wireguard_go_pids, WgDumpPeer,
+    FIRST_CONTACT, WG_CONFIG, WG_DEVICE, WG_DEVICE6,
 };
 
 /// A dual-stack wireguard network, `separate` mode by default.
@@ -136,11 +136,11 @@ fn wait_peer(host: &Host, dev: &str, allowed: &str) -> WgDumpPeer {
     })
 }
 
-/// One ping from `src` (an address of `host`) to `dst`, retried for 5 s (the first packet
-/// waits for WireGuard's handshake).
+/// One ping from `src` (an address of `host`) to `dst`, retried for FIRST_CONTACT (the first
+/// packet waits for WireGuard's handshake, which the weft end's first probe may cross).
 fn reaches(host: &Host, src: IpAddr, dst: IpAddr) -> bool {
     let (src, dst) = (src.to_string(), dst.to_string());
-    wait_for(Duration::from_secs(5), || {
+    wait_for(FIRST_CONTACT, || {
         host.ns
             .exec(&["ping", "-c1", "-W1", "-I", &src, &dst])
             .status

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use testkit::cmd::with_stdin;
 use testkit::lab::{Host, Lab};
 use testkit::wait::{pace_until, wait_for};
-use testkit::wg::{exec, ifindex, wg_lab, wireguard_go_pids, WgDumpPeer, WG_CONFIG, WG_DEVICE};
+use testkit::wg::{
+    exec, ifindex, wg_lab, wireguard_go_pids, WgDumpPeer, FIRST_CONTACT, WG_CONFIG, WG_DEVICE,
+};
 
 /// How fast a hand edit of the device's peers or routes must be mended (`--tunnel-poll 1s`).
 const REPAIR_BOUND: Duration = Duration::from_secs(3);
@@ -24,16 +26,9 @@ fn assert_pings(from: &Host, to: &Host, what: &str) {
     from.reach_within(to, Duration::from_secs(5), what);
 }
 
-/// How long two hosts may take to first reach each other once both hold the other as a
-/// peer. Hosts started together program each other at the same moment; when both send at
-/// once their handshake initiations cross, neither completes, and WireGuard retries only
-/// after its 5 s rekey timeout. weftd makes that rare (the first probes wait a random moment,
-/// keepalives are set by the read-back after a peer is added): slow first contacts are
-/// printed, and two retries are allowed for the rare one.
-const FIRST_CONTACT: Duration = Duration::from_secs(12);
-
 /// Waits (FIRST_CONTACT) until every host's container reaches every other's, and says which
-/// first contacts were slow.
+/// first contacts were slow: weftd makes crossed handshakes rare (the first probes wait a
+/// random moment, keepalives are set by the read-back after a peer is added).
 fn wait_mesh(hosts: &[Host]) {
     for a in hosts {
         for b in hosts.iter().filter(|b| b.ip != a.ip) {

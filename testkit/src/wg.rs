@@ -15,6 +15,12 @@ pub const WG_DEVICE: &str = "flannel-wg";
 pub const WG_DEVICE6: &str = "flannel-wg-v6";
 pub const WG_CONFIG: &str = r#"{"Network":"198.19.0.0/16","Backend":{"Type":"wireguard"}}"#;
 
+/// How long two hosts may take to first reach each other once both hold the other as a
+/// peer. When both ends send at once (a weftd's first probe and a test's first ping, or two
+/// hosts programmed together), their handshake initiations cross, neither completes, and
+/// WireGuard retries only after its 5 s rekey timeout: two retries are allowed.
+pub const FIRST_CONTACT: Duration = Duration::from_secs(12);
+
 pub use crate::lab::exec;
 pub use crate::netns::{kill_netns_processes, MountNs};
 
