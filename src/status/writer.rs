@@ -21,9 +21,9 @@ use crate::subnet::parse_lease_key_name;
 
 /// Records are written at most this often, so a host whose peers flap costs etcd one
 /// bounded write per gap whatever the fleet's size. The first record goes out at once, and
-/// so does a change of name or of the config revision the host runs when no other change
-/// is already waiting out the gap (a new revision is an operator's step, not churn; during
-/// a migration the intermediate changes come first, and the revision waits behind them).
+/// so does a change of name or of the config revision the host runs, also when churn is
+/// already waiting out the gap (a new revision is an operator's step, and `weftctl status`
+/// reports the fleet split until every record names it).
 pub const MIN_GAP: Duration = Duration::from_secs(5);
 
 /// The wait between two markers of one gone host (see [`super::ring`]): the next one looks
@@ -110,7 +110,7 @@ pub(super) async fn run(
                     return;
                 }
                 if !at_once(&f, &facts.borrow()) {
-                    tokio::time::sleep_until(w.last_write + MIN_GAP).await;
+                    wait_gap(&mut facts, &f, w.last_write + MIN_GAP).await;
                 }
             }
             _ = sleep_until(mark_at) => w.mark_due().await,
@@ -131,6 +131,24 @@ pub(super) async fn run(
 fn at_once(before: &Facts, now: &Facts) -> bool {
     let rev = |f: &Facts| f.config.as_ref().map(|c| c.rev);
     now.lease_key != before.lease_key || rev(now) != rev(before)
+}
+
+/// Waits until `until`, the end of the write gap, or less: a change that goes out at once
+/// (against `written`, the facts of the last write) ends the wait, so a new config revision
+/// is not held up by churn that came before it.
+async fn wait_gap(facts: &mut watch::Receiver<Facts>, written: &Facts, until: Instant) {
+    let gap = tokio::time::sleep_until(until);
+    tokio::pin!(gap);
+    loop {
+        tokio::select! {
+            _ = &mut gap => return,
+            changed = facts.changed() => {
+                if changed.is_err() || at_once(written, &facts.borrow()) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -388,5 +406,37 @@ mod tests {
         let mut renamed = running(7);
         renamed.lease_key = "198.19.2.0-24".into();
         assert!(at_once(&before, &renamed), "a new name goes out at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_revision_cuts_short_a_gap_that_churn_is_waiting_out() {
+        let written = running(7);
+        let (tx, mut rx) = watch::channel(written.clone());
+        let start = Instant::now();
+        let mut churn = running(7);
+        churn.unreachable_count = 40;
+        tx.send(churn.clone()).unwrap();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            churn.unreachable_count = 41;
+            tx.send(churn).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(running(9)).unwrap();
+            tx
+        });
+        wait_gap(&mut rx, &written, start + MIN_GAP).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "more churn waits, a revision does not"
+        );
+        assert_eq!(rx.borrow().config.as_ref().map(|c| c.rev), Some(9));
+        drop(sender.await.unwrap());
+
+        // Churn alone waits the whole gap.
+        let (_tx, mut rx) = watch::channel(written.clone());
+        let start = Instant::now();
+        wait_gap(&mut rx, &written, start + MIN_GAP).await;
+        assert_eq!(start.elapsed(), MIN_GAP);
     }
 }
