@@ -5,7 +5,6 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -21,7 +20,7 @@ pub struct Sizes {
 const REFERENCE: &str = "/usr/lib/cni";
 
 /// Runs a plugin the way a runtime does: CNI_* variables, config on stdin, in the host's
-/// namespace (joined with setns before exec, so no helper process is timed). Returns the
+/// namespace (spawned from a thread inside it, see [`crate::rig::spawn_in`]). Returns the
 /// wall time of the plugin process.
 pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) -> f64 {
     let mut cmd = Command::new(binary);
@@ -31,12 +30,8 @@ pub fn exec(binary: &Path, host: &Netns, vars: &[(&str, String)], conf: &Value) 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    crate::rig::exec_in(&mut cmd, host);
     let input = conf.to_string();
-    let t0 = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()));
+    let (mut child, t0) = crate::rig::spawn_in(&mut cmd, host);
     child
         .stdin
         .take()
@@ -171,7 +166,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         );
     }
     t.note(format!(
-        "Each round: ADD for {} containers (separate network namespaces, all staying up, so the bridge fills), then DEL for all in reverse; the two plugins alternate who goes first. Time: wall time of the plugin process, from spawn to exit, started the way a runtime starts it (CNI_* variables, config on stdin, `CNI_NETNS` set) with the host namespace joined by setns before exec. Median over rounds of each round's percentile.",
+        "Each round: ADD for {} containers (separate network namespaces, all staying up, so the bridge fills), then DEL for all in reverse; the two plugins alternate who goes first. Time: wall time of the plugin process, from spawn to exit, started the way a runtime starts it (CNI_* variables, config on stdin, `CNI_NETNS` set) spawned from a thread inside the host namespace (posix_spawn: the bench process is not copied). Median over rounds of each round's percentile.",
         z.containers
     ));
     t.note("Same job: weft (`bridge` wbench0, subnet from subnet.env, MTU 1450, route to 198.19.0.0/16 via the gateway) against `/usr/lib/cni/bridge` (Debian's containernetworking-plugins, `isGateway`, MTU 1450) delegating to `/usr/lib/cni/host-local` (subnet 198.19.6.0/24, route to 198.19.0.0/16). Both at cniVersion 1.0.0.");

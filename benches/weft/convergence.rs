@@ -23,6 +23,23 @@ pub struct Sizes {
     pub idle: Option<Duration>,
 }
 
+/// How long the hosts' idle CPU is measured before the joins.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// weftd's CPU over one run, per lease event per host (ms): all of it, and what it spent
+/// above its idle rate.
+struct Cpu {
+    all: f64,
+    above_idle: f64,
+}
+
+/// Cores (CPU seconds a second) that `cpu` grows by over `window`.
+fn cores_used(cpu: &dyn Fn() -> Duration, window: Duration) -> f64 {
+    let (c0, t0) = (cpu(), Instant::now());
+    std::thread::sleep(window);
+    (cpu() - c0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
 struct RunStats {
     one: [f64; 3],
     all: [f64; 3],
@@ -80,11 +97,14 @@ pub fn run(z: &Sizes) -> Vec<Table> {
     let free = free_subnets(24, &taken, z.joins);
     assert_eq!(free.len(), z.joins, "not enough free subnets");
 
+    // What the hosts cost with nothing changing (probes, resyncs, keep-alives): the share of
+    // the joins' CPU that is not the joins'.
+    let idle_cores = cores_used(&weftd_cpu, IDLE_WINDOW);
     let mut runs = Vec::new();
     let mut cpu_per_event = Vec::new();
     for run in 0..z.runs {
         let (mut one, mut all, mut etcd) = (Vec::new(), Vec::new(), Vec::new());
-        let cpu0 = weftd_cpu();
+        let (cpu0, wall0) = (weftd_cpu(), Instant::now());
         for (j, subnet) in free.iter().enumerate() {
             let l = FakeLease::nth(*subnet, j as u32, 0x70 + run as u8);
             let (key, value) = (l.key(), l.value());
@@ -147,16 +167,22 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         }
         // Every join is two lease events (the put, then the revoke) on every host.
         let events = (2 * z.joins * z.hosts) as f64;
-        cpu_per_event.push((weftd_cpu() - cpu0).as_secs_f64() * 1000.0 / events);
+        let idle = idle_cores * wall0.elapsed().as_secs_f64();
+        let spent = (weftd_cpu() - cpu0).as_secs_f64();
+        cpu_per_event.push(Cpu {
+            all: spent * 1000.0 / events,
+            above_idle: (spent - idle).max(0.0) * 1000.0 / events,
+        });
         eprintln!(
-            "convergence run {}: one host p50 {:.2} p99 {:.2} max {:.2} ms; all hosts p99 {:.2} ms; etcd p99 {:.2} ms; weftd CPU {:.3} ms per lease event per host",
+            "convergence run {}: one host p50 {:.2} p99 {:.2} max {:.2} ms; all hosts p99 {:.2} ms; etcd p99 {:.2} ms; weftd CPU {:.3} ms per lease event per host ({:.3} above idle)",
             run + 1,
             percentile(&one, 50.0),
             percentile(&one, 99.0),
             max(&one),
             percentile(&all, 99.0),
             percentile(&etcd, 99.0),
-            cpu_per_event[run]
+            cpu_per_event[run].all,
+            cpu_per_event[run].above_idle
         );
         runs.push(RunStats {
             one: stats(&one),
@@ -217,11 +243,20 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         "Each figure is the median over {} runs of that run's percentile. Percentiles are nearest-rank.",
         z.runs
     ));
+    let all = median(&cpu_per_event.iter().map(|c| c.all).collect::<Vec<_>>());
+    let above = median(
+        &cpu_per_event
+            .iter()
+            .map(|c| c.above_idle)
+            .collect::<Vec<_>>(),
+    );
     t.note(format!(
-        "Where the time goes: weftd's CPU (utime+stime of every weftd over the run, divided by its lease events: each join is a put and a revoke, seen by every host) is {:.3} ms per lease event per host, so one event costs the {} hosts {:.0} ms of CPU together, on this machine's {} cores.",
-        median(&cpu_per_event),
+        "Where the time goes: idle, the {} weftds (probes, resyncs, keep-alives) used {:.1} % of a core together ({:.3} % each; utime+stime over {} s before the joins). Over the joins, weftd's CPU (utime+stime of every weftd over the run, divided by its lease events: each join is a put and a revoke, seen by every host) is {all:.3} ms per lease event per host, of which {above:.3} ms is above the idle rate: one event costs the hosts {:.0} ms of CPU together beyond idling, on this machine's {} cores.",
         z.hosts,
-        median(&cpu_per_event) * z.hosts as f64,
+        idle_cores * 100.0,
+        idle_cores * 100.0 / z.hosts as f64,
+        IDLE_WINDOW.as_secs(),
+        above * z.hosts as f64,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
     let mut tables = vec![t];

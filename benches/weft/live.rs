@@ -17,7 +17,7 @@ use weft::subnet::lease_key_name;
 
 use crate::report::{max, median, num, percentile, Table, Target};
 use crate::rig::{
-    etcd_client, exec_in, ms, start_lab, watch_puts, weftd_bin, NsRuntime, Put, Weftd, PREFIX,
+    etcd_client, ms, spawn_in, start_lab, watch_puts, weftd_bin, NsRuntime, Put, Weftd, PREFIX,
 };
 
 pub struct Sizes {
@@ -251,7 +251,6 @@ impl Fleet {
             .arg(self.lab.etcd.client_url())
             .args(args)
             .stdin(Stdio::null());
-        exec_in(&mut c, &self.lab.underlay);
         c
     }
 
@@ -259,8 +258,10 @@ impl Fleet {
     fn finish_migration(&self) {
         let end = Instant::now() + PATIENCE;
         loop {
-            let out = self.weftctl(&["migrate", "--finish"]).output();
-            let out = out.expect("running weftctl migrate");
+            let mut cmd = self.weftctl(&["migrate", "--finish"]);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let (child, _) = spawn_in(&mut cmd, &self.lab.underlay);
+            let out = child.wait_with_output().expect("running weftctl migrate");
             if out.status.success() {
                 return;
             }
@@ -284,8 +285,7 @@ impl Fleet {
         cmd.stdout(out.try_clone().expect("cloning a file handle"))
             .stderr(out);
         let mut p = Progress::new(self.hosts.len());
-        let t0 = Instant::now();
-        let mut child = cmd.spawn().expect("starting weftctl");
+        let (mut child, t0) = spawn_in(&mut cmd, &self.lab.underlay);
         while !p.done() {
             assert!(
                 t0.elapsed() < PATIENCE,
@@ -440,7 +440,7 @@ fn add_rows(t: &mut Table, case: &Case, s: &[Sample], base: &[f64], hosts: usize
 
 fn add_notes(t: &mut Table, z: &Sizes) {
     t.note(format!(
-        "Start: an `Instant` taken right before the bench spawns the real `weftctl config set FILE --yes` (joined to the underlay namespace between fork and exec, so process start is counted; each change is a real one, alternating between the case's two documents). End: the delivery, to a watch on `{PREFIX}/weft/status/` from inside host 1's namespace, of the last host's status record naming the new config revision as the one it runs entirely (nothing newer pending). A migration is told to every host at once (no `--hosts`) and finished with `weftctl migrate --finish` after each change, untimed."
+        "Start: an `Instant` taken right before the bench spawns the real `weftctl config set FILE --yes` (spawned from a thread inside the underlay namespace, so process start is counted; each change is a real one, alternating between the case's two documents). End: the delivery, to a watch on `{PREFIX}/weft/status/` from inside host 1's namespace, of the last host's status record naming the new config revision as the one it runs entirely (nothing newer pending). A migration is told to every host at once (no `--hosts`) and finished with `weftctl migrate --finish` after each change, untimed."
     ));
     t.note(format!(
         "Baseline: etcd's own delivery of the same document, PUT by the bench to `{BASELINE_KEY}` (a key no weftd reads) right before each change, to the same bare watcher: the floor under anything that follows a config write through etcd. Ratios compare percentiles of {} changes each; nearest-rank.",

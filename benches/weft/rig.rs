@@ -5,8 +5,6 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -76,22 +74,27 @@ impl NsRuntime {
     }
 }
 
-/// Makes `cmd` join `ns` between fork and exec: no `ip netns exec` helper process is started,
-/// so none is timed. The namespace file stays open as long as `cmd` does.
-pub fn exec_in(cmd: &mut Command, ns: &Netns) {
-    let nsfile = ns.file();
-    // SAFETY: setns is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+/// Starts `cmd` inside `ns` and gives the moment right before the spawn. The spawn is made
+/// from a thread that joined `ns` (a child is born in its parent thread's namespaces), so no
+/// `ip netns exec` helper is timed, and with no pre-exec hook std spawns with posix_spawn
+/// (a vfork): the bench process, large after the fleet sections, is never copied, and a
+/// plugin's figure does not depend on the size of the process that timed it.
+pub fn spawn_in(cmd: &mut Command, ns: &Netns) -> (Child, Instant) {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        let spawner = s.spawn(|| {
+            enter(&path);
+            let t0 = Instant::now();
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
+            (child, t0)
         });
-    }
+        spawner.join().expect("the spawning thread panicked")
+    })
 }
 
-/// A weftd started straight inside a host namespace (setns before exec, so no `ip netns
+/// A weftd started straight inside a host namespace ([`spawn_in`], so no `ip netns
 /// exec` start-up is counted), killed on drop.
 pub struct Weftd {
     child: Option<Child>,
@@ -123,9 +126,7 @@ impl Weftd {
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("cloning the log handle"))
         .stderr(out);
-        exec_in(&mut cmd, ns);
-        let started = Instant::now();
-        let child = cmd.spawn().expect("starting weftd");
+        let (child, started) = spawn_in(&mut cmd, ns);
         Weftd {
             child: Some(child),
             started,

@@ -438,7 +438,7 @@ pub fn run(z: &Sizes) -> Vec<Table> {
         );
     }
     t.note(format!(
-        "Cold start: from spawning weftd (already inside a fresh host namespace, setns before exec) until its `weft_peers_programmed` metric, polled every 5 ms, reaches {}; then the bench dumps the kernel and checks {} routes, {} neighbours and {} FDB entries are there. It includes connecting to etcd, reading the config, listing {} leases, creating the VXLAN device, acquiring the host's own lease, and programming. Median of {} runs, each in a fresh namespace.",
+        "Cold start: from spawning weftd (spawned from a thread inside a fresh host namespace) until its `weft_peers_programmed` metric, polled every 5 ms, reaches {}; then the bench dumps the kernel and checks {} routes, {} neighbours and {} FDB entries are there. It includes connecting to etcd, reading the config, listing {} leases, creating the VXLAN device, acquiring the host's own lease, and programming. Median of {} runs, each in a fresh namespace.",
         z.leases, z.leases, z.leases, z.leases, z.leases, z.cold_runs
     ));
     t.note(format!(
