@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use testkit::netns::Netns;
+use weft::firewall::enforce::{Enforcer, Inputs};
 use weft::firewall::policy::local::Shared;
 use weft::firewall::policy::rules::TABLE;
 use weft::firewall::policy::{model, Program, Workload};
@@ -169,4 +170,62 @@ fn a_missing_set_fails_the_whole_batch_and_is_named() {
     ];
     in_ns(&ns, move || change_elements(TABLE, &clear)).unwrap();
     assert!(!holds(&ns, "present", v6));
+}
+
+/// weftd's pass writes the membership file with the addresses the plugin may ask about (this
+/// host's subnet and its recorded workloads), not other hosts' workloads: an ADD reads a file
+/// the size of this host. A remote record that still claims an address of this host's subnet
+/// keeps its entry, so a new local container given that address is taken out of the remote
+/// workload's sets when admitted.
+#[test]
+fn the_membership_file_holds_this_hosts_addresses_and_a_reused_one_is_cleared() {
+    let ns = Netns::new("nlsetmem");
+    let dir = tempfile::tempdir().unwrap();
+    let subnet = dir.path().join("subnet.env");
+    let doc: serde_json::Value = serde_json::from_str(POLICY).unwrap();
+    let web_far = workload("web", &["198.18.9.5"]);
+    // Another host's record still holding an address of this host's subnet.
+    let web_stale = workload("web", &["198.18.1.7"]);
+    let inputs = Inputs {
+        policies: vec![model::parse(&doc, None).unwrap()],
+        namespaces: BTreeMap::new(),
+        remote: vec![web_far.clone(), web_stale],
+        subnets: vec!["198.18.1.0/24".parse().unwrap()],
+    };
+    let local = workload("db", &["198.18.1.5"]);
+    let s = subnet.clone();
+    let l = local.clone();
+    in_ns(&ns, move || {
+        let shared = Shared::beside(&s);
+        shared.lock().unwrap().put_workload("c1+eth0", &l).unwrap();
+        Enforcer::new(&s).ensure(&inputs, true).map(|_| ())
+    })
+    .unwrap();
+    let members = Shared::beside(&subnet).lock().unwrap().members().unwrap();
+    let held: Vec<String> = members.0.keys().map(IpAddr::to_string).collect();
+    assert_eq!(held, ["198.18.1.5", "198.18.1.7"], "{members:?}");
+    let program = Shared::beside(&subnet)
+        .lock()
+        .unwrap()
+        .program()
+        .unwrap()
+        .unwrap();
+    let web_sets: Vec<String> = (program.sets_of(&web_far, false).into_iter())
+        .map(str::to_string)
+        .collect();
+    assert!(!web_sets.is_empty(), "{:?}", program.sets);
+    let far: IpAddr = "198.18.9.5".parse().unwrap();
+    assert!(web_sets.iter().all(|set| holds(&ns, set, far)));
+
+    // The address comes back on this host as a db container: in none of web's sets.
+    let reused = workload("db", &["198.18.1.7"]);
+    let s = subnet.clone();
+    in_ns(&ns, move || {
+        Shared::beside(&s).lock().unwrap().admit(&reused)
+    })
+    .unwrap();
+    let a: IpAddr = "198.18.1.7".parse().unwrap();
+    for set in &web_sets {
+        assert!(!holds(&ns, set, a), "{a} still in {set}");
+    }
 }

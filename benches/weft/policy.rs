@@ -39,6 +39,16 @@ pub fn workload(i: usize, apps: usize) -> Workload {
     Workload::new(None, &format!("w{i}"), labels, vec![addr.into()])
 }
 
+/// This host's own subnet: its workloads' addresses, apart from every other host's.
+const OWN_SUBNET: &str = "198.19.100.0/24";
+
+/// The `i`th workload of this host, in [`OWN_SUBNET`].
+fn local_workload(i: usize, apps: usize) -> Workload {
+    let addr = std::net::Ipv4Addr::new(198, 19, 100, i as u8 + 2);
+    let labels = BTreeMap::from([("app".to_string(), format!("a{}", i % apps))]);
+    Workload::new(None, &format!("l{i}"), labels, vec![addr.into()])
+}
+
 pub fn run(z: &Sizes) -> Vec<Table> {
     let ns = Netns::new("pol");
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -61,13 +71,14 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
         policies: (0..z.policies).map(|i| policy(i, z.policies, 80)).collect(),
         namespaces: BTreeMap::new(),
         remote: (10..z.workloads).map(|i| workload(i, z.policies)).collect(),
+        subnets: vec![OWN_SUBNET.parse().expect("a subnet")],
     };
     inputs.policies.sort_by_key(Policy::id);
     let shared = Shared::beside(subnet_file);
     {
         let lock = shared.lock().expect("the lock");
         for i in 0..10 {
-            lock.put_workload(&format!("c{i}+eth0"), &workload(i, z.policies))
+            lock.put_workload(&format!("c{i}+eth0"), &local_workload(i, z.policies))
                 .unwrap();
         }
     }
@@ -88,7 +99,7 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
         added.push(timed(|| {
             enforcer.ensure(&inputs, false).unwrap();
         }));
-        let w = workload(z.workloads + 500 + r, z.policies);
+        let w = local_workload(10 + r, z.policies);
         admit.push(timed(|| {
             let lock = shared.lock().unwrap();
             lock.put_workload(&format!("n{r}+eth0"), &w).unwrap();

@@ -27,6 +27,8 @@ pub struct Sizes {
 
 /// iperf3's port: policy p0 lets app=a1 into app=a0 on it.
 const PORT: u16 = 5201;
+/// The host's subnet, as subnet.env below says: the plugin's containers take addresses in it.
+const OWN_SUBNET: &str = "198.19.50.0/24";
 
 /// One turn's figures: ADD times (ms) and TCP throughput (Gbit/s).
 struct Turn {
@@ -51,12 +53,14 @@ pub fn run(z: &Sizes) -> Vec<Table> {
             .collect(),
         namespaces: BTreeMap::new(),
         remote: (10..z.workloads).map(|i| workload(i, z.policies)).collect(),
+        subnets: vec![OWN_SUBNET.parse().expect("a subnet")],
     };
     with.policies.sort_by_key(Policy::id);
     let none = Inputs {
         policies: Vec::new(),
         namespaces: BTreeMap::new(),
         remote: Vec::new(),
+        subnets: vec![OWN_SUBNET.parse().expect("a subnet")],
     };
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for r in 0..z.rounds {

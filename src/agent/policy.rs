@@ -299,6 +299,7 @@ impl Known {
             policies,
             namespaces: self.namespaces.clone(),
             remote,
+            subnets: s.lease.borrow().subnets.clone(),
         })
     }
 }

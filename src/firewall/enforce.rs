@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use ipnet::IpNet;
 use nftables::batch::Batch;
 
 use super::nft::{self, Listing};
@@ -35,6 +36,9 @@ pub struct Inputs {
     pub namespaces: BTreeMap<String, Labels>,
     /// Other hosts' workloads, from etcd.
     pub remote: Vec<Workload>,
+    /// This host's subnets: the plugin only ever admits or evicts addresses inside them (or
+    /// a recorded local workload's), so the membership file holds no other.
+    pub subnets: Vec<IpNet>,
 }
 
 /// What one pass found and did.
@@ -157,7 +161,7 @@ impl Enforcer {
         }
         out.drops = self.drops.clone();
         self.apply(&lock, batch, families, &mut out)?;
-        self.write_members(&lock)?;
+        self.write_members(&lock, &inputs.subnets, &out.local)?;
         if full || self.program.as_ref() != Some(&program) {
             lock.write_program(&program)?;
             self.program = Some(program);
@@ -208,13 +212,24 @@ impl Enforcer {
 }
 
 impl Enforcer {
-    /// The sets as this pass left them, by address, for the plugin's ADD and DEL.
-    fn write_members(&self, lock: &Locked<'_>) -> Result<(), LocalError> {
+    /// The sets as this pass left them, by address, for the plugin's ADD and DEL: only the
+    /// addresses it may ask about (in `subnets` or held by a `local` workload), so that an
+    /// ADD reads and writes a file the size of this host's workloads, not the fleet's.
+    fn write_members(
+        &self,
+        lock: &Locked<'_>,
+        subnets: &[IpNet],
+        local: &[Workload],
+    ) -> Result<(), LocalError> {
         let tables = Family::ALL.iter().filter_map(|f| match &self.known[*f] {
             Known::As(t) => t.as_ref(),
             Known::Unknown => None,
         });
-        lock.write_members(&Members::of(tables))
+        let mut members = Members::of(tables);
+        members.0.retain(|a, _| {
+            subnets.iter().any(|n| n.contains(a)) || local.iter().any(|w| w.addresses.contains(a))
+        });
+        lock.write_members(&members)
     }
 }
 

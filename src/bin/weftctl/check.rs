@@ -190,6 +190,7 @@ async fn policy_tables(
         policies: super::policy::policies(store).await?,
         namespaces: super::policy::namespaces(store).await?,
         remote,
+        subnets,
     };
     let shared = Shared::beside(subnet_file);
     Ok(weft::firewall::enforce::check(&shared, &inputs)?)

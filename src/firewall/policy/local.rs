@@ -281,7 +281,8 @@ impl Locked<'_> {
     }
 }
 
-/// Which policy sets may hold each address (`weft-policy.members`): never fewer than hold it.
+/// Which policy sets may hold each address (`weft-policy.members`): never fewer than hold it,
+/// for every address the plugin may ask about (this host's subnets, its recorded workloads).
 /// weftd writes it exactly after each pass; the plugin adds a container's sets before it
 /// puts it into them and removes them only after it took it out. So the plugin clears a
 /// stale address from the few sets named here, not from every set of the program.
