@@ -46,7 +46,7 @@ pub struct ProbeArgs {
     /// The most probes sent a second, to all peers together. With more peers than this
     /// times --probe-interval, each peer is probed every peers / max-rate seconds instead,
     /// so probing costs a host the same with 5,000 peers as with 250. 50 keeps an idle host
-    /// with 5,000 answering peers under 1 % of a core: 1.08 % at 100 a second, 0.87 % at 50
+    /// with 5,000 answering peers under 1 % of a core: 1.08 % at 100 a second, 0.75–0.92 % at 50
     /// (BENCHMARKS.md), most of a probe's cost being the kernel's tunnel encapsulation.
     #[arg(
         long = "probe-max-rate",
