@@ -48,14 +48,17 @@ pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(io)?;
-    let kind = file.metadata().map_err(io)?.file_type();
+    let meta = file.metadata().map_err(io)?;
+    let kind = meta.file_type();
     if !kind.is_file() {
         return Err(FileError::NotRegular {
             path: path.to_path_buf(),
             kind: kind_name(&kind),
         });
     }
-    let mut bytes = Vec::new();
+    // Sized from the metadata, a file is read in one call or two rather than in a doubling
+    // series from 32 bytes (the plugin reads weftd's program file on every ADD).
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize + 1);
     file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() as u64 > limit {
         return Err(FileError::TooLarge {
