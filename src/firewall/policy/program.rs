@@ -16,8 +16,10 @@ use super::workload::Workload;
 pub const ISOLATED_IN: &str = "isolated_in";
 /// ... and for egress.
 pub const ISOLATED_OUT: &str = "isolated_out";
-/// The version of the program file's format.
-pub const VERSION: u32 = 1;
+/// The version of the program file's format: 2 names the isolated sets' members by their
+/// groups (`within`) instead of repeating every policy's selector (the plugin parses the
+/// file on every ADD). A version 1 file still reads: its sets carry selectors only.
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,14 +30,18 @@ pub struct Program {
     pub namespaces: BTreeMap<String, Labels>,
 }
 
-/// One address set: a workload belongs when any selector admits it (and, for a local-only
-/// set, when it runs on this host).
+/// One address set: a workload belongs when any selector admits it or it belongs to any
+/// set named in `within` (and, for a local-only set, when it runs on this host).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetDef {
     pub name: String,
     pub local_only: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any: Vec<WorkloadSelector>,
+    /// Sets defined by selectors (never by `within`), so one pass over them decides these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub within: Vec<String>,
 }
 
 /// The name of the set of workloads `sel` chooses: stable across compilations, so adding
@@ -90,14 +96,17 @@ impl Program {
                 name: set_name(&sel),
                 local_only: false,
                 any: vec![sel],
+                within: Vec::new(),
             })
             .collect();
         if !policies.is_empty() {
-            for (name, any) in [(ISOLATED_IN, isolated_in), (ISOLATED_OUT, isolated_out)] {
+            // Every target is a group of its own: the isolated sets name those groups.
+            for (name, targets) in [(ISOLATED_IN, isolated_in), (ISOLATED_OUT, isolated_out)] {
                 sets.push(SetDef {
                     name: name.into(),
                     local_only: true,
-                    any: any.into_iter().collect(),
+                    any: Vec::new(),
+                    within: targets.iter().map(set_name).collect(),
                 });
             }
         }
@@ -122,10 +131,17 @@ impl Program {
     /// The sets `w` belongs to; `local` when it runs on this host.
     pub fn sets_of<'p>(&'p self, w: &Workload, local: bool) -> Vec<&'p str> {
         let ns_labels = self.namespace_labels(&w.namespace);
+        let chosen: BTreeSet<&str> = (self.sets.iter())
+            .filter(|s| s.any.iter().any(|sel| admits(sel, w, &ns_labels)))
+            .map(|s| s.name.as_str())
+            .collect();
         self.sets
             .iter()
             .filter(|s| local || !s.local_only)
-            .filter(|s| s.any.iter().any(|sel| admits(sel, w, &ns_labels)))
+            .filter(|s| {
+                chosen.contains(s.name.as_str())
+                    || s.within.iter().any(|n| chosen.contains(n.as_str()))
+            })
             .map(|s| s.name.as_str())
             .collect()
     }
@@ -188,4 +204,101 @@ pub fn admits(sel: &WorkloadSelector, w: &Workload, ns_labels: &Labels) -> bool 
         NamespaceMatch::Labels(s) => s.matches(ns_labels),
     };
     ns_ok && sel.pods.matches(&w.labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::policy::model;
+
+    /// Policy `p{i}` isolates app=a{i} for ingress, lets app=a{i+1} in, and lets it out
+    /// anywhere (so it is isolated for egress too).
+    fn policy(i: usize, n: usize) -> Policy {
+        let doc = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": format!("p{i}"), "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": format!("a{i}")}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("a{}", (i + 1) % n)}}}]}],
+                "egress": [{"to": [{"namespaceSelector": {}}]}]},
+        });
+        model::parse(&doc, None).expect("a valid policy")
+    }
+
+    fn workload(app: &str) -> Workload {
+        let labels = Labels::from([("app".to_string(), app.to_string())]);
+        Workload::new(None, "w", labels, vec!["198.18.0.2".parse().unwrap()])
+    }
+
+    fn compiled(n: usize) -> Program {
+        let policies: Vec<Policy> = (0..n).map(|i| policy(i, n)).collect();
+        Program::compile(&policies, &BTreeMap::new())
+    }
+
+    #[test]
+    fn a_selected_workload_is_isolated_where_it_runs_and_only_there() {
+        let p = compiled(3);
+        let local = p.sets_of(&workload("a0"), true);
+        let remote = p.sets_of(&workload("a0"), false);
+        assert!(
+            local.contains(&ISOLATED_IN) && local.contains(&ISOLATED_OUT),
+            "{local:?}"
+        );
+        assert!(!remote.contains(&ISOLATED_IN) && !remote.contains(&ISOLATED_OUT));
+        // Its own group and the group of every workload; nothing else.
+        assert_eq!(local.len(), 4, "{local:?}");
+        let unselected = p.sets_of(&workload("other"), true);
+        assert_eq!(
+            unselected.len(),
+            1,
+            "only the everyone group: {unselected:?}"
+        );
+    }
+
+    /// `p` as version 1 wrote it: every set by its selectors, the groups' repeated.
+    fn as_version_1(p: &Program) -> Program {
+        let mut v1 = p.clone();
+        v1.version = 1;
+        for s in &mut v1.sets {
+            let groups = std::mem::take(&mut s.within);
+            let sel =
+                |name: &String| (p.sets.iter().find(|d| d.name == *name).unwrap()).any[0].clone();
+            s.any.extend(groups.iter().map(sel));
+        }
+        v1
+    }
+
+    #[test]
+    fn the_file_names_each_selector_once() {
+        let p = compiled(100);
+        let text = serde_json::to_string(&p).unwrap();
+        for i in [0, 42, 99] {
+            let sel = format!(r#"{{"app":"a{i}"}}"#);
+            assert_eq!(text.matches(&sel).count(), 1, "a{i} in {text}");
+        }
+        let v1 = serde_json::to_string(&as_version_1(&p)).unwrap();
+        assert!(
+            text.len() * 3 < v1.len() * 2,
+            "{} against {} bytes",
+            text.len(),
+            v1.len()
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_with_the_selectors_repeated_still_admits_the_same_sets() {
+        let p = compiled(5);
+        let v1 = serde_json::to_string(&as_version_1(&p)).unwrap();
+        let read: Program = serde_json::from_str(&v1).unwrap();
+        assert!(read.sets.iter().all(|s| s.within.is_empty()));
+        for app in ["a0", "a3", "other"] {
+            for local in [true, false] {
+                let w = workload(app);
+                assert_eq!(
+                    read.sets_of(&w, local),
+                    p.sets_of(&w, local),
+                    "{app} {local}"
+                );
+            }
+        }
+    }
 }
