@@ -229,3 +229,71 @@ fn the_membership_file_holds_this_hosts_addresses_and_a_reused_one_is_cleared() 
         assert!(!holds(&ns, set, a), "{a} still in {set}");
     }
 }
+
+/// The plugin amends the membership file by appending one line per step, never by making a
+/// new file: an ADD on a disk-backed directory then costs no create and rename. The lines
+/// still decide: a db container whose DEL never came is known from its line alone, so a web
+/// container given its address is taken out of db's sets; evicted, the address is in none.
+#[test]
+fn the_plugin_appends_to_the_membership_file_and_its_lines_clear_a_reused_address() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = Netns::new("nlsetjrn");
+    let program = program();
+    let names: Vec<String> = program.sets.iter().map(|s| s.name.clone()).collect();
+    table(&ns, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let subnet = dir.path().join("subnet.env");
+    let shared = Shared::beside(&subnet);
+    {
+        let lock = shared.lock().unwrap();
+        lock.write_program(&program).unwrap();
+        lock.write_members(&Default::default()).unwrap();
+    }
+    let file = shared.members_path();
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    let sets_of = |w: &Workload| -> Vec<String> {
+        (program.sets_of(w, true).into_iter())
+            .map(str::to_string)
+            .collect()
+    };
+    let a: IpAddr = "198.18.0.5".parse().unwrap();
+    let (db, web) = (
+        workload("db", &["198.18.0.5"]),
+        workload("web", &["198.18.0.5"]),
+    );
+    assert_ne!(sets_of(&db), sets_of(&web));
+
+    for w in [db.clone(), web.clone()] {
+        let s = subnet.clone();
+        in_ns(&ns, move || Shared::beside(&s).lock().unwrap().admit(&w)).unwrap();
+    }
+    for set in &names {
+        assert_eq!(
+            holds(&ns, set, a),
+            sets_of(&web).contains(set),
+            "{a} in {set}"
+        );
+    }
+    let members = shared.lock().unwrap().members().unwrap();
+    let named: Vec<String> = members.0[&a].iter().cloned().collect();
+    assert_eq!(named, sets_of(&web), "{members:?}");
+
+    let s = subnet.clone();
+    in_ns(&ns, move || Shared::beside(&s).lock().unwrap().evict(&[a])).unwrap();
+    assert!(names.iter().all(|set| !holds(&ns, set, a)));
+    let members = shared.lock().unwrap().members().unwrap();
+    assert!(
+        members.0.get(&a).is_none_or(|s| s.is_empty()),
+        "{members:?}"
+    );
+    // weftd's line, db before its transaction, web before and after (db's sets cleared),
+    // the eviction: five lines in the same file, and nothing else in the directory.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+    let tmp = std::fs::read_dir(dir.path()).unwrap().flatten();
+    let tmp: Vec<_> = tmp
+        .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

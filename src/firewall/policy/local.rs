@@ -33,6 +33,9 @@ const MEMBERS: &str = "weft-policy.members";
 const BRIDGE_RECORD: &str = "weft-policy.bridge-nf";
 /// A program file larger than this is not weftd's.
 const PROGRAM_LIMIT: u64 = 16 << 20;
+/// A membership file the plugin has appended this much to is rewritten whole instead (weftd
+/// rewrites it at every pass anyway; this bounds it while weftd is down).
+const MEMBERS_COMPACT: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -188,7 +191,7 @@ impl Locked<'_> {
         let wanted: BTreeSet<String> = (program.sets_of(w, true).into_iter())
             .map(str::to_string)
             .collect();
-        let Some(mut members) = self.members() else {
+        let Some(mut journal) = self.journal() else {
             let mut batch = Vec::new();
             for set in &program.sets {
                 for a in &w.addresses {
@@ -201,28 +204,29 @@ impl Locked<'_> {
             }
             return apply(&batch);
         };
-        let mut batch = Vec::new();
-        let mut tighten = false;
+        let (mut batch, mut before, mut after) = (Vec::new(), Members::default(), None);
         for a in &w.addresses {
-            let held = members.possible(&program, *a);
+            let held = journal.members.possible(&program, *a);
             for set in &wanted {
                 batch.push(element(true, *a, set));
             }
             for set in held.difference(&wanted) {
                 clear(&mut batch, *a, set);
-                tighten = true;
             }
-            // Written before the transaction, so the file never misses a set that holds it.
-            members.0.insert(*a, held.union(&wanted).cloned().collect());
+            if !held.is_subset(&wanted) {
+                after
+                    .get_or_insert_with(Members::default)
+                    .0
+                    .insert(*a, wanted.clone());
+            }
+            before.0.insert(*a, held.union(&wanted).cloned().collect());
         }
-        self.write_members(&members)?;
+        // Noted before the transaction, so the file never misses a set that holds it.
+        self.note(&mut journal, before)?;
         apply(&batch)?;
-        if tighten {
-            for a in &w.addresses {
-                members.0.insert(*a, wanted.clone());
-            }
+        if let Some(after) = after {
             // A failure leaves the file naming more sets than hold it, which is safe.
-            let _ = self.write_members(&members);
+            let _ = self.note(&mut journal, after);
         }
         Ok(())
     }
@@ -232,11 +236,11 @@ impl Locked<'_> {
         let Some(program) = self.program()?.filter(|p| !p.is_empty()) else {
             return Ok(());
         };
-        let mut members = self.members();
+        let mut journal = self.journal();
         let mut batch = Vec::new();
         for a in addresses {
-            let sets: BTreeSet<String> = match &members {
-                Some(m) => m.possible(&program, *a),
+            let sets: BTreeSet<String> = match &journal {
+                Some(j) => j.members.possible(&program, *a),
                 None => program.sets.iter().map(|s| s.name.clone()).collect(),
             };
             for set in &sets {
@@ -247,25 +251,69 @@ impl Locked<'_> {
             return Ok(());
         }
         apply(&batch)?;
-        if let Some(m) = members.as_mut() {
-            for a in addresses {
-                m.0.remove(a);
-            }
-            // Removed only after the kernel took them out: a failure leaves a safe superset.
-            let _ = self.write_members(m);
+        if let Some(j) = journal.as_mut() {
+            let gone = addresses.iter().map(|a| (*a, BTreeSet::new())).collect();
+            // Noted only after the kernel took them out: a failure leaves a safe superset.
+            let _ = self.note(j, Members(gone));
         }
         Ok(())
     }
 
-    /// Which sets hold each address, if the file is there and reads.
+    /// Which sets may hold each address, if the file is there and every line reads.
     pub fn members(&self) -> Option<Members> {
-        let bytes = crate::file::read(&self.shared.members_path(), PROGRAM_LIMIT).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        self.journal().map(|j| j.members)
     }
 
+    /// The membership file whole (weftd after a pass, the plugin when it grew large): one
+    /// line, which later lines amend.
     pub fn write_members(&self, m: &Members) -> Result<(), LocalError> {
-        let text = serde_json::to_vec(m).expect("a membership always encodes");
-        write_atomic(&self.shared.members_path(), &text)
+        self.write_members_len(m).map(drop)
+    }
+
+    /// [`Self::write_members`], returning the file's length.
+    fn write_members_len(&self, m: &Members) -> Result<usize, LocalError> {
+        let mut kept = m.clone();
+        kept.0.retain(|_, sets| !sets.is_empty());
+        let mut text = serde_json::to_vec(&kept).expect("a membership always encodes");
+        text.push(b'\n');
+        write_atomic(&self.shared.members_path(), &text).map(|()| text.len())
+    }
+
+    fn journal(&self) -> Option<Journal> {
+        let bytes = crate::file::read(&self.shared.members_path(), PROGRAM_LIMIT).ok()?;
+        let mut members = Members::default();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let amend: Members = serde_json::from_slice(line).ok()?;
+            members.0.extend(amend.0);
+        }
+        Some(Journal {
+            members,
+            len: bytes.len(),
+            ends_line: bytes.last() == Some(&b'\n'),
+        })
+    }
+
+    /// Records `amend` in the file: one line appended (no new file, no rename: the ADD
+    /// path), or the whole file rewritten once the lines add up.
+    fn note(&self, j: &mut Journal, amend: Members) -> Result<(), LocalError> {
+        let mut line = serde_json::to_vec(&amend).expect("a membership always encodes");
+        j.members.0.extend(amend.0);
+        if j.len + line.len() > MEMBERS_COMPACT {
+            (j.len, j.ends_line) = (self.write_members_len(&j.members)?, true);
+            return Ok(());
+        }
+        line.push(b'\n');
+        if !j.ends_line {
+            line.insert(0, b'\n');
+        }
+        let path = self.shared.members_path();
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &line));
+        appended.map_err(|error| LocalError::Io { path, error })?;
+        (j.len, j.ends_line) = (j.len + line.len(), true);
+        Ok(())
     }
 
     /// Removes the membership file (the plugin then clears every set), before a change
@@ -286,6 +334,10 @@ impl Locked<'_> {
 /// weftd writes it exactly after each pass; the plugin adds a container's sets before it
 /// puts it into them and removes them only after it took it out. So the plugin clears a
 /// stale address from the few sets named here, not from every set of the program.
+///
+/// The file is JSON lines: weftd's map, then the plugin's amendments, each naming the sets
+/// of the addresses it lists in place of what earlier lines said. A line that does not read
+/// makes the whole file unknown, and the plugin then clears every set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Members(pub BTreeMap<IpAddr, BTreeSet<String>>);
 
@@ -310,6 +362,14 @@ impl Members {
         }
         m
     }
+}
+
+/// The membership file as read, for [`Locked::note`] to amend.
+struct Journal {
+    members: Members,
+    /// Its length in bytes, and whether it ends a line (else an append starts a new one).
+    len: usize,
+    ends_line: bool,
 }
 
 /// Takes `a` out of `set`; added first, so it never fails on a set that no longer holds it.
@@ -340,4 +400,97 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
             path: path.to_path_buf(),
             error,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn one(a: &str, names: &[&str]) -> Members {
+        Members(BTreeMap::from([(a.parse().unwrap(), sets(names))]))
+    }
+
+    #[test]
+    fn later_lines_replace_what_earlier_ones_said_of_their_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::beside(&dir.path().join("subnet.env"));
+        let lock = shared.lock().unwrap();
+        let mut base = one("198.18.0.2", &["g_a", "g_b"]);
+        base.0.extend(one("198.18.0.3", &["g_a"]).0);
+        lock.write_members(&base).unwrap();
+        let mut j = lock.journal().unwrap();
+        lock.note(&mut j, one("198.18.0.2", &["g_c"])).unwrap();
+        lock.note(&mut j, one("198.18.0.3", &[])).unwrap();
+        let mut want = one("198.18.0.2", &["g_c"]);
+        want.0.extend(one("198.18.0.3", &[]).0);
+        assert_eq!(lock.members().unwrap(), want);
+        assert_eq!(j.members, want);
+    }
+
+    /// A line cut short (a plugin killed while writing it) makes the whole file unknown, so
+    /// the plugin clears every set rather than trust it; the next line starts on its own.
+    #[test]
+    fn a_line_that_does_not_read_makes_the_file_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::beside(&dir.path().join("subnet.env"));
+        let lock = shared.lock().unwrap();
+        lock.write_members(&one("198.18.0.2", &["g_a"])).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(shared.members_path())
+            .unwrap();
+        std::io::Write::write_all(&mut f, br#"{"198.18.0.2":["g_"#).unwrap();
+        assert_eq!(lock.members(), None);
+        let text = std::fs::read(shared.members_path()).unwrap();
+        let mut j = Journal {
+            members: Members::default(),
+            len: text.len(),
+            ends_line: false,
+        };
+        lock.note(&mut j, one("198.18.0.4", &["g_a"])).unwrap();
+        let text = std::fs::read_to_string(shared.members_path()).unwrap();
+        assert_eq!(
+            text.lines().last(),
+            Some(r#"{"198.18.0.4":["g_a"]}"#),
+            "{text}"
+        );
+        assert_eq!(lock.members(), None);
+    }
+
+    /// While weftd is down the plugin's lines add up; past the limit the file is rewritten
+    /// whole, what it says unchanged.
+    #[test]
+    fn the_file_is_rewritten_whole_once_the_lines_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::beside(&dir.path().join("subnet.env"));
+        let lock = shared.lock().unwrap();
+        lock.write_members(&Members::default()).unwrap();
+        let mut j = lock.journal().unwrap();
+        // 4,000 ADDs and DELs of 200 addresses.
+        for i in 0..4000u32 {
+            let a = format!("198.18.0.{}", i % 200 + 2);
+            let names: &[&str] = if i % 400 < 200 {
+                &["g_a", "isolated_in"]
+            } else {
+                &[]
+            };
+            lock.note(&mut j, one(&a, names)).unwrap();
+            let len = std::fs::metadata(shared.members_path()).unwrap().len();
+            assert!(len as usize <= MEMBERS_COMPACT, "{len} bytes after {i}");
+            assert_eq!(len as usize, j.len);
+        }
+        // The last round took every address out again; rewritten whole, the empty entries
+        // are dropped (absent and empty mean the same).
+        let read = lock.members().unwrap();
+        assert!(
+            read.0.len() <= 200 && read.0.values().all(|s| s.is_empty()),
+            "{read:?}"
+        );
+        lock.write_members(&read).unwrap();
+        assert_eq!(lock.members(), Some(Members::default()));
+    }
 }
