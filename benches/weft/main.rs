@@ -280,7 +280,7 @@ fn main() {
                     policies: if quick { 10 } else { 100 },
                     workloads: if quick { 100 } else { 1000 },
                     containers: if quick { 4 } else { 20 },
-                    rounds: if quick { 2 } else { 6 },
+                    rounds: if quick { 2 } else { 10 },
                     iperf_secs: if quick { 1 } else { 3 },
                 }));
                 tables
