@@ -1,5 +1,6 @@
 //! Loss measured across an event: pings every 10 ms from one address to another until the
-//! test has done what it measures, counted from ping's own summaries.
+//! test has done what it measures, counted from ping's own summaries; a lost request is
+//! named with the time of the reply before it.
 
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -14,7 +15,8 @@ use crate::netns::Netns;
 pub struct PingTotals {
     pub transmitted: u64,
     pub received: u64,
-    /// ping's summary of every run that lost packets, for the failure message.
+    /// ping's summary of every run that lost packets, with the sequence numbers it lost and
+    /// the time of the last reply before each (to match with the hosts' logs).
     pub lossy_runs: Vec<String>,
 }
 
@@ -74,7 +76,7 @@ impl Pinger {
             while !flag.load(Ordering::SeqCst) {
                 let out = Command::new(&prefix[0])
                     .args(&prefix[1..])
-                    .args(["ping", "-q", "-n", "-i", "0.01"])
+                    .args(["ping", "-n", "-D", "-i", "0.01"])
                     .args(["-c", "100", "-W", "1", "-I", &src, &dst])
                     .stdin(Stdio::null())
                     .output()
@@ -104,7 +106,9 @@ impl Pinger {
                 totals.transmitted += tx;
                 totals.received += rx;
                 if rx < tx {
-                    totals.lossy_runs.push(summary.to_string());
+                    totals
+                        .lossy_runs
+                        .push(format!("{summary}; {}", lost_seqs(&text, tx)));
                 }
             }
             Ok(totals)
@@ -127,11 +131,49 @@ impl Pinger {
     }
 }
 
+/// Which of a run's `tx` requests got no reply, each with the time (ping's `-D` stamp) of the
+/// last reply before it: "icmp_seq=57 after [1733490000.123456]".
+fn lost_seqs(text: &str, tx: u64) -> String {
+    let mut replies = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let stamp = line.split(']').next().unwrap_or("").trim_start_matches('[');
+        let seq = (line.split_whitespace())
+            .find_map(|w| w.strip_prefix("icmp_seq="))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            replies.insert(seq, stamp.to_string());
+        }
+    }
+    let lost: Vec<String> = (1..=tx)
+        .filter(|n| !replies.contains_key(n))
+        .map(|n| match replies.range(..n).next_back() {
+            Some((_, stamp)) => format!("icmp_seq={n} after [{stamp}]"),
+            None => format!("icmp_seq={n} (first of the run)"),
+        })
+        .collect();
+    format!("lost {}", lost.join(", "))
+}
+
 impl Drop for Pinger {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lost_request_is_named_with_the_reply_before_it() {
+        let text = "PING 198.18.0.2 (198.18.0.2) 56(84) bytes of data.\n\
+            [1733490000.100000] 64 bytes from 198.18.0.2: icmp_seq=1 ttl=64 time=0.05 ms\n\
+            [1733490000.120000] 64 bytes from 198.18.0.2: icmp_seq=2 ttl=64 time=0.05 ms\n\
+            [1733490000.160000] 64 bytes from 198.18.0.2: icmp_seq=4 ttl=64 time=0.05 ms\n";
+        assert_eq!(
+            super::lost_seqs(text, 5),
+            "lost icmp_seq=3 after [1733490000.120000], icmp_seq=5 after [1733490000.160000]"
+        );
     }
 }
