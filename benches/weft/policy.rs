@@ -10,7 +10,10 @@ use std::time::Instant;
 use testkit::netns::Netns;
 use weft::firewall::enforce::{Enforcer, Inputs};
 use weft::firewall::policy::local::Shared;
+use weft::firewall::policy::program::ISOLATED_IN;
+use weft::firewall::policy::rules::TABLE;
 use weft::firewall::policy::{model, Policy, Workload};
+use weft::netlink::nf_sets::{change_elements, ElementChange};
 
 use crate::report::{median, percentile, Table, Target};
 
@@ -87,6 +90,7 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
     });
     let rules = count_rules();
     let (mut idle, mut change, mut added, mut admit) = (vec![], vec![], vec![], vec![]);
+    let mut parts = AdmitParts::default();
     for r in 0..z.runs {
         idle.push(timed(|| {
             enforcer.ensure(&inputs, false).unwrap();
@@ -105,6 +109,7 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
             lock.put_workload(&format!("n{r}+eth0"), &w).unwrap();
             lock.admit(&w).unwrap();
         }));
+        parts.measure(&shared, r);
     }
     let _ = std::process::Command::new("nft")
         .args(["delete", "table", "ip", "weft_policy"])
@@ -165,9 +170,58 @@ fn measure(z: &Sizes, subnet_file: &std::path::Path) -> Vec<Table> {
         Target::None,
         false,
     );
+    parts.rows(&mut t);
     t.note("baseline: a pass that changes nothing (reads the tables back, compiles, compares)");
     t.note("the admit step is what an ADD costs more with policies; without any policy it reads one file and returns");
     vec![t]
+}
+
+/// The admit step's parts, each timed alone: what the plugin reads, and the kernel's
+/// transaction (and, for DEL, the deletion, which the kernel makes wait longer).
+#[derive(Default)]
+struct AdmitParts {
+    program: Vec<f64>,
+    members: Vec<f64>,
+    add: Vec<f64>,
+    delete: Vec<f64>,
+}
+
+impl AdmitParts {
+    fn measure(&mut self, shared: &Shared, r: usize) {
+        let lock = shared.lock().expect("the lock");
+        self.program.push(timed(|| drop(lock.program().unwrap())));
+        self.members.push(timed(|| drop(lock.members())));
+        let address = std::net::Ipv4Addr::new(198, 19, 100, 200 + r as u8).into();
+        let change = |add| {
+            let set = ISOLATED_IN.to_string();
+            [ElementChange { add, set, address }]
+        };
+        let (add, delete) = (change(true), change(false));
+        self.add
+            .push(timed(|| change_elements(TABLE, &add).unwrap()));
+        self.delete
+            .push(timed(|| change_elements(TABLE, &delete).unwrap()));
+    }
+
+    fn rows(&self, t: &mut Table) {
+        for (what, v) in [
+            (
+                "admit step: read and parse the program file (p50)",
+                &self.program,
+            ),
+            ("admit step: read the membership file (p50)", &self.members),
+            (
+                "admit step: one element added, one nf_tables transaction (p50)",
+                &self.add,
+            ),
+            (
+                "DEL's step: one element deleted, one nf_tables transaction (p50)",
+                &self.delete,
+            ),
+        ] {
+            t.compare(what, median(v), None, " ms", Target::None, false);
+        }
+    }
 }
 
 fn count_rules() -> usize {
