@@ -132,7 +132,12 @@ fn measure(pingers: Vec<(String, Pinger)>, what: &str) -> Vec<(u64, u64)> {
         let t = p.finish();
         (sent, lost) = (sent + t.transmitted, lost + t.lost());
         if t.lost() > 0 {
-            eprintln!("{what}: {name}: {} of {} lost", t.lost(), t.transmitted);
+            let runs = t.lossy_runs.join("; ");
+            eprintln!(
+                "{what}: {name}: {} of {} lost: {runs}",
+                t.lost(),
+                t.transmitted
+            );
         }
         assert!(
             t.transmitted >= 50,

@@ -47,6 +47,11 @@ impl PingTotals {
 /// Pings every 10 ms (ping makes that ~17 ms here) in back-to-back runs of 100 packets, each run waiting
 /// for every reply, so stopping never cuts a packet in flight and a lost packet is a real
 /// loss. Between two runs there is a gap of a few milliseconds while the next ping starts.
+///
+/// Each run has a deadline (`-w`) rather than a reply timeout (`-W`): with a count and no
+/// deadline, ping waits only twice the slowest round trip so far (at least one interval)
+/// after its last request, so a last reply delayed by more than ~10 ms under load was
+/// counted lost. With a deadline it waits for every reply until then.
 pub struct Pinger {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<PingTotals, String>>>,
@@ -77,7 +82,7 @@ impl Pinger {
                 let out = Command::new(&prefix[0])
                     .args(&prefix[1..])
                     .args(["ping", "-n", "-D", "-i", "0.01"])
-                    .args(["-c", "100", "-W", "1", "-I", &src, &dst])
+                    .args(["-c", "100", "-w", RUN_DEADLINE, "-I", &src, &dst])
                     .stdin(Stdio::null())
                     .output()
                     .map_err(|e| format!("cannot run ping (install iputils-ping): {e}"))?;
@@ -130,6 +135,9 @@ impl Pinger {
         }
     }
 }
+
+/// Seconds a run of 100 requests (~1.7 s) may take with every reply in.
+const RUN_DEADLINE: &str = "10";
 
 /// Which of a run's `tx` requests got no reply, each with the time (ping's `-D` stamp) of the
 /// last reply before it: "icmp_seq=57 after [1733490000.123456]".
