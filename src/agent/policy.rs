@@ -228,8 +228,7 @@ async fn follow(
 
 /// Whether a record holds an address of this host's subnets.
 fn is_own(s: &PolicySettings, w: &Workload) -> bool {
-    let own = s.lease.borrow();
-    (w.addresses.iter()).any(|a| own.subnets.iter().any(|n| n.contains(a)))
+    w.holds_address_in(&s.lease.borrow().subnets)
 }
 
 fn gone(store: &EtcdStore) -> StoreError {

@@ -24,6 +24,7 @@ use super::policy::local::{LocalError, Locked, Members, Shared};
 use super::policy::rules::{self, TABLE};
 use super::policy::selector::Labels;
 use super::policy::table::{self, Changes, Have, TableState};
+use super::policy::workload::in_subnets;
 use super::policy::{Policy, Program, Workload};
 use super::FirewallError;
 use crate::subnet::{Family, PerFamily};
@@ -226,9 +227,9 @@ impl Enforcer {
             Known::Unknown => None,
         });
         let mut members = Members::of(tables);
-        members.0.retain(|a, _| {
-            subnets.iter().any(|n| n.contains(a)) || local.iter().any(|w| w.addresses.contains(a))
-        });
+        members
+            .0
+            .retain(|a, _| in_subnets(subnets, a) || local.iter().any(|w| w.addresses.contains(a)));
         lock.write_members(&members)
     }
 }

@@ -184,7 +184,7 @@ async fn policy_tables(
     let keys = store.list_policy(Some(PolicyKey::Workload)).await?;
     let remote = (keys.keys.iter())
         .filter_map(|(_, _, v)| Workload::decode(v).ok())
-        .filter(|w| !(w.addresses.iter()).any(|a| subnets.iter().any(|n| n.contains(a))))
+        .filter(|w| !w.holds_address_in(&subnets))
         .collect();
     let inputs = Inputs {
         policies: super::policy::policies(store).await?,

@@ -5,10 +5,16 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::model::{check_namespace, DEFAULT_NAMESPACE};
 use super::selector::{check_key, check_value, Labels};
+
+/// Whether `a` is in one of `subnets`.
+pub fn in_subnets(subnets: &[IpNet], a: &IpAddr) -> bool {
+    subnets.iter().any(|n| n.contains(a))
+}
 
 /// The most labels and addresses a record may carry; far above what a container has.
 const MAX_LABELS: usize = 64;
@@ -50,6 +56,11 @@ impl Workload {
     /// `namespace/name`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the record holds an address of `subnets` (a host's own: its plugin's).
+    pub fn holds_address_in(&self, subnets: &[IpNet]) -> bool {
+        self.addresses.iter().any(|a| in_subnets(subnets, a))
     }
 
     /// The address the record is keyed by in etcd: its first one.
@@ -106,6 +117,20 @@ impl Workload {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_record_is_a_hosts_own_when_any_address_is_in_its_subnets() {
+        let addrs = vec![
+            "198.18.9.5".parse().unwrap(),
+            "2001:db8:1::5".parse().unwrap(),
+        ];
+        let w = Workload::new(None, "w", Labels::new(), addrs);
+        let nets = |s: &[&str]| -> Vec<IpNet> { s.iter().map(|n| n.parse().unwrap()).collect() };
+        assert!(w.holds_address_in(&nets(&["198.18.1.0/24", "2001:db8:1::/64"])));
+        assert!(w.holds_address_in(&nets(&["198.18.9.0/24"])));
+        assert!(!w.holds_address_in(&nets(&["198.18.1.0/24", "2001:db8:2::/64"])));
+        assert!(!w.holds_address_in(&[]));
+    }
 
     #[test]
     fn a_record_round_trips_and_garbage_is_refused() {
