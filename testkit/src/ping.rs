@@ -143,7 +143,9 @@ const RUN_DEADLINE: &str = "10";
 /// last reply before it: "icmp_seq=57 after [1733490000.123456]".
 fn lost_seqs(text: &str, tx: u64) -> String {
     let mut replies = std::collections::BTreeMap::new();
-    for line in text.lines() {
+    // Only replies: an error line ("From … icmp_seq=5 Destination Host Unreachable") names a
+    // sequence number too, and that request is lost.
+    for line in text.lines().filter(|l| l.contains(" bytes from ")) {
         let stamp = line.split(']').next().unwrap_or("").trim_start_matches('[');
         let seq = (line.split_whitespace())
             .find_map(|w| w.strip_prefix("icmp_seq="))
@@ -178,6 +180,7 @@ mod tests {
         let text = "PING 198.18.0.2 (198.18.0.2) 56(84) bytes of data.\n\
             [1733490000.100000] 64 bytes from 198.18.0.2: icmp_seq=1 ttl=64 time=0.05 ms\n\
             [1733490000.120000] 64 bytes from 198.18.0.2: icmp_seq=2 ttl=64 time=0.05 ms\n\
+            [1733490000.140000] From 198.18.0.1 icmp_seq=3 Destination Host Unreachable\n\
             [1733490000.160000] 64 bytes from 198.18.0.2: icmp_seq=4 ttl=64 time=0.05 ms\n";
         assert_eq!(
             super::lost_seqs(text, 5),
